@@ -1,0 +1,1 @@
+"""edge package: see docs/architecture.md; its work arrives with its own issue."""

@@ -1,0 +1,1 @@
+"""Domain vocabulary and wire formats shared by every part of citybrain."""

@@ -1,0 +1,29 @@
+"""Typed errors shared by every package.
+
+Recoverable errors (bad input that the caller can report and move past) derive from
+``CitybrainError``; each names the field that was wrong so an operator or a field engineer can
+fix the input without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CitybrainError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ValidationError(CitybrainError, ValueError):
+    """A value does not fit: ``field`` says which one, ``reason`` says what was wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class MessageError(ValidationError):
+    """A wire message could not be decoded into its schema (malformed, misfit or oversize)."""
+
+
+class TopicError(ValidationError):
+    """An MQTT topic is not one of the contract's topics, or names an invalid id."""

@@ -1,0 +1,276 @@
+"""The road network as immutable values: intersections, links with lanes, approaches,
+movements, detectors and signal groups, with every cross-reference checked once at build time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from citybrain.models.checks import check_count, check_id, check_number, check_unique
+from citybrain.models.errors import ValidationError
+from citybrain.models.signal import SignalGroup
+
+JAM_SPACING_M = 7.5
+"""Road length one stopped car occupies (vehicle length plus gap), the usual planning value."""
+
+
+class Turn(enum.StrEnum):
+    LEFT = "left"
+    THROUGH = "through"
+    RIGHT = "right"
+    UTURN = "uturn"
+
+
+class DetectorKind(enum.StrEnum):
+    STOP_BAR = "stop_bar"
+    """Presence loop at the stop line: occupancy and departures."""
+    ADVANCE = "advance"
+    """Count loop upstream of the stop line: arrivals, and blocked when the queue reaches it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Intersection:
+    id: str
+    x_m: float
+    y_m: float
+    signalized: bool = True
+
+    def __post_init__(self) -> None:
+        check_id("intersection.id", self.id)
+        check_number("intersection.x_m", self.x_m)
+        check_number("intersection.y_m", self.y_m)
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One lane of a link, numbered from the kerb (0), with the turns it allows at its end."""
+
+    index: int
+    turns: frozenset[Turn]
+
+    def __post_init__(self) -> None:
+        check_count("lane.index", self.index, le=15)
+        if not self.turns:
+            raise ValidationError("lane.turns", f"lane {self.index} allows no turn")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A directed road segment from one intersection to the next."""
+
+    id: str
+    from_node: str
+    to_node: str
+    length_m: float
+    lanes: tuple[Lane, ...]
+    speed_limit_mps: float
+    saturation_flow_vphpl: float = 1800.0
+    """Discharge rate of one lane in vehicles per hour of green (HCM base: 1900)."""
+
+    def __post_init__(self) -> None:
+        check_id("link.id", self.id)
+        check_id("link.from_node", self.from_node)
+        check_id("link.to_node", self.to_node)
+        if self.from_node == self.to_node:
+            raise ValidationError(
+                "link.to_node", f"link {self.id!r} starts and ends at {self.to_node!r}"
+            )
+        check_number("link.length_m", self.length_m, gt=0.0, le=100_000.0)
+        check_number("link.speed_limit_mps", self.speed_limit_mps, gt=0.0, le=70.0)
+        check_number("link.saturation_flow_vphpl", self.saturation_flow_vphpl, gt=0.0, le=3600.0)
+        if not 1 <= len(self.lanes) <= 16:
+            raise ValidationError(
+                "link.lanes", f"link {self.id!r} has {len(self.lanes)} lanes (1-16)"
+            )
+        if [lane.index for lane in self.lanes] != list(range(len(self.lanes))):
+            raise ValidationError("link.lanes", f"link {self.id!r}: lanes must be numbered 0..n-1")
+
+    @property
+    def storage_veh(self) -> float:
+        """How many stopped vehicles fit on the link before it spills back upstream."""
+        return len(self.lanes) * self.length_m / JAM_SPACING_M
+
+    @property
+    def free_flow_time_s(self) -> float:
+        return self.length_m / self.speed_limit_mps
+
+
+@dataclass(frozen=True, slots=True)
+class Approach:
+    """An incoming link seen from the intersection it enters: the unit queues are reported on."""
+
+    id: str
+    intersection_id: str
+    link_id: str
+
+    def __post_init__(self) -> None:
+        check_id("approach.id", self.id)
+        check_id("approach.intersection_id", self.intersection_id)
+        check_id("approach.link_id", self.link_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """A turn from one link onto another through an intersection, served by one signal group."""
+
+    id: str
+    intersection_id: str
+    from_link: str
+    to_link: str
+    turn: Turn
+    signal_group: str
+
+    def __post_init__(self) -> None:
+        check_id("movement.id", self.id)
+        check_id("movement.intersection_id", self.intersection_id)
+        check_id("movement.from_link", self.from_link)
+        check_id("movement.to_link", self.to_link)
+        check_id("movement.signal_group", self.signal_group)
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    id: str
+    link_id: str
+    kind: DetectorKind
+    distance_from_stop_line_m: float
+
+    def __post_init__(self) -> None:
+        check_id("detector.id", self.id)
+        check_id("detector.link_id", self.link_id)
+        check_number("detector.distance_from_stop_line_m", self.distance_from_stop_line_m, ge=0.0)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A whole road network; building one checks that every reference resolves."""
+
+    intersections: tuple[Intersection, ...]
+    links: tuple[Link, ...]
+    approaches: tuple[Approach, ...] = ()
+    movements: tuple[Movement, ...] = ()
+    signal_groups: tuple[SignalGroup, ...] = ()
+    detectors: tuple[Detector, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name, items in (
+            ("intersections", self.intersections),
+            ("links", self.links),
+            ("approaches", self.approaches),
+            ("movements", self.movements),
+            ("detectors", self.detectors),
+        ):
+            check_unique(f"network.{name}", (item.id for item in items))
+        check_unique(
+            "network.signal_groups", (f"{g.intersection_id}/{g.id}" for g in self.signal_groups)
+        )
+        self._check_references()
+
+    def _check_references(self) -> None:
+        nodes = self.intersection_by_id
+        links = self.link_by_id
+        for link in self.links:
+            for end in (link.from_node, link.to_node):
+                if end not in nodes:
+                    raise ValidationError(
+                        "link.nodes", f"link {link.id!r} names unknown node {end!r}"
+                    )
+        for approach in self.approaches:
+            link = links.get(approach.link_id)
+            if link is None:
+                raise ValidationError(
+                    "approach.link_id",
+                    f"approach {approach.id!r}: unknown link {approach.link_id!r}",
+                )
+            if link.to_node != approach.intersection_id:
+                raise ValidationError(
+                    "approach.link_id",
+                    f"approach {approach.id!r}: link {link.id!r} does not enter "
+                    f"{approach.intersection_id!r}",
+                )
+        groups = {(g.intersection_id, g.id): g for g in self.signal_groups}
+        for movement in self.movements:
+            source, target = links.get(movement.from_link), links.get(movement.to_link)
+            if source is None or target is None:
+                raise ValidationError(
+                    "movement.links", f"movement {movement.id!r} names an unknown link"
+                )
+            if (
+                source.to_node != movement.intersection_id
+                or target.from_node != movement.intersection_id
+            ):
+                raise ValidationError(
+                    "movement.links",
+                    f"movement {movement.id!r} does not pass through {movement.intersection_id!r}",
+                )
+            group = groups.get((movement.intersection_id, movement.signal_group))
+            if group is None:
+                raise ValidationError(
+                    "movement.signal_group",
+                    f"movement {movement.id!r}: no signal group {movement.signal_group!r} at "
+                    f"{movement.intersection_id!r}",
+                )
+            if movement.id not in group.movement_ids:
+                raise ValidationError(
+                    "signal_group.movement_ids",
+                    f"group {group.id!r} does not list movement {movement.id!r} that it serves",
+                )
+        movement_ids = self.movement_by_id
+        for group in self.signal_groups:
+            if group.intersection_id not in nodes:
+                raise ValidationError(
+                    "signal_group.intersection_id",
+                    f"group {group.id!r}: unknown intersection {group.intersection_id!r}",
+                )
+            for movement_id in group.movement_ids:
+                if movement_id not in movement_ids:
+                    raise ValidationError(
+                        "signal_group.movement_ids",
+                        f"group {group.id!r} lists unknown movement {movement_id!r}",
+                    )
+        for detector in self.detectors:
+            link = links.get(detector.link_id)
+            if link is None:
+                raise ValidationError(
+                    "detector.link_id",
+                    f"detector {detector.id!r}: unknown link {detector.link_id!r}",
+                )
+            if detector.distance_from_stop_line_m > link.length_m:
+                raise ValidationError(
+                    "detector.distance_from_stop_line_m",
+                    f"detector {detector.id!r} lies beyond the start of link {link.id!r}",
+                )
+
+    @cached_property
+    def intersection_by_id(self) -> Mapping[str, Intersection]:
+        return {item.id: item for item in self.intersections}
+
+    @cached_property
+    def link_by_id(self) -> Mapping[str, Link]:
+        return {item.id: item for item in self.links}
+
+    @cached_property
+    def movement_by_id(self) -> Mapping[str, Movement]:
+        return {item.id: item for item in self.movements}
+
+    def intersection(self, intersection_id: str) -> Intersection:
+        """The intersection with this id, or a ``ValidationError`` naming the unknown id."""
+        try:
+            return self.intersection_by_id[intersection_id]
+        except KeyError:
+            raise ValidationError(
+                "intersection", f"unknown intersection {intersection_id!r}"
+            ) from None
+
+    def link(self, link_id: str) -> Link:
+        try:
+            return self.link_by_id[link_id]
+        except KeyError:
+            raise ValidationError("link", f"unknown link {link_id!r}") from None
+
+    def signal_groups_at(self, intersection_id: str) -> tuple[SignalGroup, ...]:
+        self.intersection(intersection_id)
+        return tuple(g for g in self.signal_groups if g.intersection_id == intersection_id)

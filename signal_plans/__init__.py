@@ -1,0 +1,1 @@
+"""Timing plans, safety constraints, transitions and priority-plan building (pure, no I/O)."""

@@ -1,0 +1,367 @@
+"""The transition planner: the earliest safe way to give one group a green window, and back.
+
+Two layers. ``build_steps`` turns phase requests ("these groups green, at least until then")
+into display steps and enforces minimum greens, running walks, yellows and clearances itself,
+so whatever it is asked it emits only safe sequences. ``plan_green_window`` decides what to ask
+for: nothing (the normal plan already serves the window), a green extension, an early green
+(the running phase cut after its minimum so the next phase starts early) or a phase insertion,
+then the way back onto the normal plan's timeline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from citybrain.models.checks import check_id, check_number
+from citybrain.models.errors import ValidationError
+from citybrain.models.signal import Indication
+from citybrain.signal_plans.state import (
+    ControllerState,
+    Event,
+    Period,
+    SignalStep,
+    normal_periods,
+    normal_state_at,
+    steps_from_events,
+)
+from citybrain.signal_plans.timing import GroupTiming, TimingPlan
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseRequest:
+    """Show ``groups`` green (every other group red), holding them at least until ``until_s``."""
+
+    groups: frozenset[str]
+    until_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltSequence:
+    steps: tuple[SignalStep, ...]
+    changes_s: tuple[float, ...]
+    """When each request's change began (groups that stop turned yellow)."""
+    green_starts_s: tuple[float, ...]
+    """When each request's groups were all green."""
+    releases_s: tuple[float, ...]
+    """Earliest time every group of each request may stop (hold, minimum green, walks)."""
+
+
+def _earliest_end(timing: GroupTiming, since_s: float, walk_since_s: float | None) -> float:
+    end = since_s + timing.min_green_s
+    if walk_since_s is not None:
+        end = max(end, walk_since_s + timing.walk_s + timing.ped_clearance_s)
+    return end
+
+
+def build_steps(state: ControllerState, requests: Sequence[PhaseRequest]) -> BuiltSequence:
+    """Emit the display steps that serve ``requests`` in order, as early as safety allows.
+
+    All groups that stop at a change stop together, once the last of them has had its minimum
+    green and its running crossing's clearance; new groups start together once every stopping
+    group has had its yellow and red clearance, and every conflicting group already red its own.
+    No walk starts inside a plan.
+    """
+    signals = state.signals
+    timings = signals.timings
+    shown = {group: s.indication for group, s in state.groups.items()}
+    since = {group: s.since_s for group, s in state.groups.items()}
+    walks = {group: s.walk_since_s for group, s in state.groups.items()}
+    events: list[Event] = []
+    for group in state.yellows:
+        red_at = since[group] + timings[group].yellow_s
+        events.append(Event(max(red_at, state.at_s), group, Indication.RED))
+        shown[group], since[group] = Indication.RED, red_at
+    current = state.greens
+    cursor = state.at_s
+    changes: list[float] = []
+    starts: list[float] = []
+    releases: list[float] = []
+    for number, request in enumerate(requests):
+        check_number(f"requests[{number}].until_s", request.until_s)
+        signals.require_known(f"requests[{number}].groups", request.groups)
+        clash = signals.first_conflict(request.groups)
+        if clash is not None:
+            raise ValidationError(f"requests[{number}].groups", f"conflicting groups {clash}")
+        ending = current - request.groups
+        starting = request.groups - current
+        change_at = max([cursor, *(_earliest_end(timings[g], since[g], walks[g]) for g in ending)])
+        for group in ending:
+            red_at = change_at + timings[group].yellow_s
+            events.append(Event(change_at, group, Indication.YELLOW))
+            events.append(Event(red_at, group, Indication.RED))
+            shown[group], since[group], walks[group] = Indication.RED, red_at, None
+        green_at = change_at
+        if starting:
+            green_at = max(
+                [
+                    change_at + signals.intergreen_s(ending),
+                    *(
+                        since[other] + timings[other].red_clearance_s
+                        for group in starting
+                        for other in signals.conflicts_of[group] | {group}
+                    ),
+                ]
+            )
+            for group in starting:
+                events.append(Event(green_at, group, Indication.GREEN))
+                shown[group], since[group], walks[group] = Indication.GREEN, green_at, None
+        cursor = max(green_at, request.until_s)
+        changes.append(change_at)
+        starts.append(green_at)
+        releases.append(
+            max([cursor, *(_earliest_end(timings[g], since[g], walks[g]) for g in request.groups)])
+        )
+        current = request.groups
+    return BuiltSequence(
+        steps_from_events(state.displays(), events), tuple(changes), tuple(starts), tuple(releases)
+    )
+
+
+class Strategy(enum.StrEnum):
+    NONE = "none"
+    """The normal plan already shows the group green over the whole window."""
+    EXTENSION = "extension"
+    """The green that covers the window's opening is held until it closes."""
+    EARLY_GREEN = "early_green"
+    """The running phase is cut after its minimum so the next phase, the group's, starts early."""
+    INSERTION = "insertion"
+    """The group's phase is served out of turn, then the normal sequence resumes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    strategy: Strategy
+    steps: tuple[SignalStep, ...]
+    """Only what differs from the normal plan: the controller runs its plan until the first."""
+    starts_at_s: float
+    """When the controller leaves its normal plan: from then on it holds its displays until
+    the first step. The steps are checked against its state at this time."""
+    green_from_s: float
+    """When the group is green: at or before the window opens unless safety made it late."""
+    green_until_s: float
+    resume_at_s: float
+    """From here on the controller shows what the normal plan shows."""
+
+    def late_by_s(self, open_at_s: float) -> float:
+        return max(0.0, self.green_from_s - open_at_s)
+
+
+def plan_green_window(
+    plan: TimingPlan, state: ControllerState, group: str, open_at_s: float, close_at_s: float
+) -> Transition:
+    """Serve ``group`` green from ``open_at_s`` to ``close_at_s`` as closely as safety allows.
+
+    The group turns green late only when minimum greens and clearances leave no earlier choice;
+    they are never shortened.
+    """
+    check_id("group", group)
+    check_number("open_at_s", open_at_s)
+    check_number("close_at_s", close_at_s)
+    if close_at_s <= open_at_s:
+        raise ValidationError("close_at_s", "a window must close after it opens")
+    if close_at_s <= state.at_s:
+        raise ValidationError("close_at_s", "the window has already closed")
+    if state.signals != plan.signals:
+        raise ValidationError("state", "state and plan belong to different intersections")
+    candidates = plan.phases_serving(group)
+    if not candidates:
+        raise ValidationError("group", f"{group!r} is not served by plan {plan.plan_id!r}")
+    target = plan.phases[max(candidates, key=lambda i: (plan.greens_s[i], -i))].groups
+    open_at_s = max(open_at_s, state.at_s)
+    periods = [
+        p
+        for p in normal_periods(plan, state.at_s, close_at_s + 2 * plan.cycle_s)
+        if p.green_end_s > state.at_s
+    ]
+    if normal_state_at(plan, state.at_s).displays() == state.displays():
+        for period in periods:
+            groups = plan.phases[period.phase_index].groups
+            covers = period.green_start_s <= open_at_s and period.green_end_s >= close_at_s
+            if group in groups and covers:
+                return Transition(
+                    Strategy.NONE,
+                    (),
+                    state.at_s,
+                    period.green_start_s,
+                    period.green_end_s,
+                    state.at_s,
+                )
+        strategy, requests, starts_at = _requests_on_plan(
+            plan, state, target, group, open_at_s, close_at_s, periods
+        )
+    else:
+        strategy, requests = _requests_off_plan(state, target, group, open_at_s, close_at_s)
+        starts_at = state.at_s
+    return _with_way_back(plan, state, strategy, group, requests, periods, starts_at)
+
+
+def _requests_on_plan(
+    plan: TimingPlan,
+    state: ControllerState,
+    target: frozenset[str],
+    group: str,
+    open_at_s: float,
+    close_at_s: float,
+    periods: list[Period],
+) -> tuple[Strategy, list[PhaseRequest], float]:
+    """Follow the normal timeline until the latest cut that still opens the window in time.
+
+    Also returns when the plan must take over: at the cut itself when the phase it cuts has
+    had its normal green (walk included), else at that phase's start, so that it starts
+    inside the plan, without a walk, and may end after its minimum green.
+    """
+    requests: list[PhaseRequest] = []
+    timings = plan.signals.timings
+    for number, period in enumerate(periods):
+        groups = plan.phases[period.phase_index].groups
+        started = period.green_start_s <= state.at_s
+        if group in groups and (
+            period.green_end_s >= open_at_s or _gap_too_short(plan, period, open_at_s)
+        ):
+            takeover = max(state.at_s, min(period.green_end_s, close_at_s))
+            return Strategy.EXTENSION, [*requests, PhaseRequest(groups, close_at_s)], takeover
+        cut_at = open_at_s - plan.signals.intergreen_s(groups - target)
+        if cut_at > period.green_end_s:
+            requests.append(PhaseRequest(groups, period.green_end_s))
+            continue
+        strategy = Strategy.INSERTION
+        takeover = state.at_s
+        starting = plan.starting_groups(period.phase_index)
+        in_plan_minimum = max(timings[g].min_green_s for g in starting)
+        if started or cut_at >= period.green_start_s + in_plan_minimum:
+            requests.append(PhaseRequest(groups, cut_at))
+            if not started:
+                normal_minimum = plan.shortest_green_s(period.phase_index)
+                walked = cut_at >= period.green_start_s + normal_minimum
+                takeover = max(takeover, cut_at if walked else period.green_start_s)
+            following = periods[number + 1] if number + 1 < len(periods) else None
+            if following is not None and plan.phases[following.phase_index].groups == target:
+                strategy = Strategy.EARLY_GREEN
+        elif requests:
+            # Too little room to start this phase at all: skip it; the previous one clears.
+            takeover = max(takeover, requests[-1].until_s)
+        return strategy, [*requests, PhaseRequest(target, close_at_s)], takeover
+    raise ValidationError("close_at_s", "window lies beyond the planning horizon")
+
+
+def _requests_off_plan(
+    state: ControllerState, target: frozenset[str], group: str, open_at_s: float, close_at_s: float
+) -> tuple[Strategy, list[PhaseRequest]]:
+    """The controller is not on its normal timeline (say, leaving another priority plan)."""
+    current = state.greens
+    if group in current:
+        groups = target if current <= target else current
+        return Strategy.EXTENSION, [PhaseRequest(groups, close_at_s)]
+    if not current:
+        return Strategy.INSERTION, [PhaseRequest(target, close_at_s)]
+    cut_at = open_at_s - state.signals.intergreen_s(current - target)
+    return Strategy.INSERTION, [PhaseRequest(current, cut_at), PhaseRequest(target, close_at_s)]
+
+
+def _with_way_back(
+    plan: TimingPlan,
+    state: ControllerState,
+    strategy: Strategy,
+    group: str,
+    requests: list[PhaseRequest],
+    periods: list[Period],
+    starts_at_s: float,
+) -> Transition:
+    """Append the way back onto the normal timeline after the window.
+
+    Each following normal period is joined if its new groups still get their minimum green
+    before its normal end; one that is too far gone is served at its minimum instead, and the
+    next one tried, so no phase is skipped and the controller catches up within a cycle.
+    """
+    signals = plan.signals
+    built = build_steps(state, requests)
+    green_from = _green_run_start(state, built.steps, group, built.green_starts_s[-1])
+    release_at = built.releases_s[-1]
+    green_until: float | None = None
+    for period in periods:
+        if period.green_end_s <= release_at:
+            continue
+        groups = plan.phases[period.phase_index].groups
+        holding = requests[-1].groups
+        if groups == holding:
+            requests[-1] = PhaseRequest(groups, period.green_end_s)
+            built = build_steps(state, requests)
+            resume_at = max(built.green_starts_s[-1], period.green_start_s)
+            if green_until is None:
+                green_until = period.green_end_s
+            return _transition(
+                strategy, built.steps, starts_at_s, green_from, green_until, resume_at
+            )
+        ready_at = release_at + signals.intergreen_s(holding - groups)
+        if ready_at <= period.green_start_s:
+            # Early for this period: hold what runs so that it starts on time.
+            requests[-1] = PhaseRequest(
+                holding, period.green_start_s - signals.intergreen_s(holding - groups)
+            )
+        attempt = build_steps(state, [*requests, PhaseRequest(groups, period.green_end_s)])
+        if green_until is None:
+            green_until = period.green_end_s if group in groups else attempt.changes_s[-1]
+        shortest = max((signals.timings[g].min_green_s for g in groups - holding), default=0.0)
+        if period.green_end_s - attempt.green_starts_s[-1] >= shortest:
+            resume_at = max(attempt.green_starts_s[-1], period.green_start_s)
+            return _transition(
+                strategy, attempt.steps, starts_at_s, green_from, green_until, resume_at
+            )
+        minimal = build_steps(state, [*requests, PhaseRequest(groups, 0.0)])
+        requests.append(PhaseRequest(groups, minimal.releases_s[-1]))
+        release_at = minimal.releases_s[-1]
+    raise ValidationError("close_at_s", "no normal period to return to within the planning horizon")
+
+
+def _transition(
+    strategy: Strategy,
+    steps: tuple[SignalStep, ...],
+    starts_at_s: float,
+    green_from_s: float,
+    green_until_s: float,
+    resume_at_s: float,
+) -> Transition:
+    """A transition carrying only the steps from the takeover on (the rest is the normal plan)."""
+    kept = tuple(step for step in steps if step.at_s >= starts_at_s)
+    return Transition(strategy, kept, starts_at_s, green_from_s, green_until_s, resume_at_s)
+
+
+def _green_run_start(
+    state: ControllerState, steps: Sequence[SignalStep], group: str, at_s: float
+) -> float:
+    """When the green that ``group`` shows at ``at_s`` began."""
+    shown, since = state.groups[group].indication, state.groups[group].since_s
+    for step in steps:
+        if step.at_s > at_s:
+            break
+        if step.indication(group) is not shown:
+            shown, since = step.indication(group), step.at_s
+    return since
+
+
+def _gap_too_short(plan: TimingPlan, period: Period, open_at_s: float) -> bool:
+    """Whether clearing, serving the next phase minimally and returning would outlast the gap
+    between this green's normal end and the window, so holding the green is kinder."""
+    index = period.phase_index
+    following = (index + 1) % len(plan.phases)
+    detour = (
+        plan.intergreen_after_s(index)
+        + plan.shortest_green_s(following)
+        + plan.signals.intergreen_s(plan.phases[following].groups - plan.phases[index].groups)
+    )
+    return period.green_end_s <= open_at_s < period.green_end_s + detour
+
+
+def takeover_state(
+    plan: TimingPlan, state: ControllerState, transition: Transition
+) -> ControllerState:
+    """The controller's state when ``transition`` takes over, which its steps are checked against.
+
+    Before the takeover the controller runs its normal plan, so that state is the normal plan's
+    (``state`` itself when the takeover is now).
+    """
+    if transition.starts_at_s <= state.at_s:
+        return state
+    return normal_state_at(plan, transition.starts_at_s, before=True)
