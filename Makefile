@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 	rm -rf build/typecheck
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target build/typecheck .
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p citybrain
-	$(BIN)/mypy --config-file pyproject.toml tests benchmarks
+	MYPYPATH=build/typecheck $(BIN)/mypy --config-file pyproject.toml --explicit-package-bases tests
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider

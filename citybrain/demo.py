@@ -196,57 +196,49 @@ def _unsafe_checks(lines: list[StopLine]) -> tuple[tuple[str, Verdict], ...]:
 def render(result: DemoResult) -> str:
     """The human-readable report: one row per stop line, then totals and the safety refusals."""
     settings = result.settings
+    t0 = result.departure_s
+    lines = result.stop_lines
     rows = [
         f"citybrain demo: ambulance corridor along a {settings.intersections}-intersection "
         f"coordinated arterial (seed {settings.seed})",
-        f"  plans: 4-phase lead-lead, 100 s cycle, offsets for a {settings.speed_limit_mps * 3.6:.0f} km/h "
-        f"green wave; ambulance at {settings.ambulance_speed_mps * 3.6:.0f} km/h leaves at "
-        f"t={result.departure_s:.1f} s",
+        f"  plans: 4-phase lead-lead, 100 s cycle, offsets for a "
+        f"{settings.speed_limit_mps * 3.6:.0f} km/h green wave; the ambulance drives "
+        f"{settings.ambulance_speed_mps * 3.6:.0f} km/h",
         f"  queues ahead of it are sampled (Poisson, mean {settings.mean_queue_veh:g} veh over "
         f"{settings.lanes} lanes): no traffic engine yet",
         "",
         f"  {'stop':5} {'dist m':>7} {'ETA s':>7} {'queue':>5} {'window s':>13} {'normal':>9} "
         f"{'action':>11} {'green at':>9} {'lead s':>6} {'steps':>5} {'bytes':>5}  edge check",
     ]
-    for line in result.stop_lines:
-        t = line.transition
-        start = result.departure_s
+    for line in lines:
+        move = line.transition
         normal = "green" if line.normal_wait_s == 0.0 else f"red {line.normal_wait_s:4.1f}"
         verdict = "accepted" if line.verdict.accepted else f"REJECTED {line.verdict.code}"
         rows.append(
-            f"  {line.intersection:5} {line.distance_m:7.0f} {line.eta_s - start:7.1f} {line.queue_veh:5d} "
-            f"{line.open_at_s - start:6.1f}-{line.close_at_s - start:6.1f} {normal:>9} "
-            f"{t.strategy.value:>11} {t.green_from_s - start:9.1f} {line.eta_s - t.green_from_s:6.1f} "
-            f"{len(t.steps):5d} {line.payload_bytes:5d}  {verdict}"
+            f"  {line.intersection:5} {line.distance_m:7.0f} {line.eta_s - t0:7.1f} "
+            f"{line.queue_veh:5d} {line.open_at_s - t0:6.1f}-{line.close_at_s - t0:6.1f} "
+            f"{normal:>9} {move.strategy.value:>11} {move.green_from_s - t0:9.1f} "
+            f"{line.eta_s - move.green_from_s:6.1f} {len(move.steps):5d} "
+            f"{line.payload_bytes:5d}  {verdict}"
         )
-    red_wait = sum(line.normal_wait_s for line in result.stop_lines)
-    reds = sum(1 for line in result.stop_lines if line.normal_wait_s > 0.0)
-    late = [ln for ln in result.stop_lines if ln.transition.late_by_s(ln.open_at_s) > 0.0]
-    accepted = sum(1 for line in result.stop_lines if line.verdict.accepted)
+    reds = [line for line in lines if line.normal_wait_s > 0.0]
+    late = [line for line in lines if line.transition.late_by_s(line.open_at_s) > 0.0]
+    late_text = ", ".join(
+        f"{line.intersection} by {line.transition.late_by_s(line.open_at_s):.1f} s" for line in late
+    )
+    accepted = sum(1 for line in lines if line.verdict.accepted)
     rows += [
         "",
-        "  times are seconds after departure; 'lead s' is how long before the ambulance arrives "
-        "its green begins",
-        f"  normal plan: red at {reds} of {len(result.stop_lines)} stop lines, {red_wait:.1f} s of red "
-        "waiting (queues not counted)",
-        f"  corridor: green before arrival at {len(result.stop_lines) - len(late)} of "
-        f"{len(result.stop_lines)}; {len(late)} window(s) opened late "
-        + (
-            "("
-            + ", ".join(
-                f"{ln.intersection} by {ln.transition.late_by_s(ln.open_at_s):.1f} s" for ln in late
-            )
-            + ")"
-            if late
-            else ""
-        ),
-        f"  edge safety check: {accepted} of {len(result.stop_lines)} plans accepted",
+        "  times are seconds after departure; 'lead s': how long before arrival the green begins",
+        f"  normal plan: red at {len(reds)} of {len(lines)} stop lines, "
+        f"{sum(line.normal_wait_s for line in reds):.1f} s of red waiting (queues not counted)",
+        f"  corridor: window open in time at {len(lines) - len(late)} of {len(lines)}"
+        + (f"; late: {late_text}" if late else ""),
+        f"  edge safety check: {accepted} of {len(lines)} plans accepted",
         "",
         "  tampered plans, as an edge would see them:",
     ]
-    for label, verdict in result.unsafe_checks:
-        outcome = (
-            "accepted (!)" if verdict.accepted else f"rejected [{verdict.code}] {verdict.reason}"
-        )
+    for label, refusal in result.unsafe_checks:
+        outcome = "ACCEPTED" if refusal.accepted else f"rejected [{refusal.code}] {refusal.reason}"
         rows.append(f"    {label}: {outcome}")
     return "\n".join(rows)

@@ -10,6 +10,7 @@ fields without breaking older receivers; anything else new bumps ``v``.
 from __future__ import annotations
 
 import enum
+import itertools
 
 import msgspec
 
@@ -239,7 +240,7 @@ class SignalPlan(Message, frozen=True, kw_only=True):
                     f"windows[{index}]", "window lies outside valid_from..valid_until"
                 )
         times = [step.at for step in self.steps]
-        if any(later <= earlier for earlier, later in zip(times, times[1:], strict=False)):
+        if any(later <= earlier for earlier, later in itertools.pairwise(times)):
             raise ValidationError("steps", "step times must strictly increase")
         if times and (times[0] < self.valid_from or times[-1] >= self.valid_until):
             raise ValidationError("steps", "steps lie outside valid_from..valid_until")

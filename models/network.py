@@ -179,16 +179,16 @@ class Network:
                         "link.nodes", f"link {link.id!r} names unknown node {end!r}"
                     )
         for approach in self.approaches:
-            link = links.get(approach.link_id)
-            if link is None:
+            entering = links.get(approach.link_id)
+            if entering is None:
                 raise ValidationError(
                     "approach.link_id",
                     f"approach {approach.id!r}: unknown link {approach.link_id!r}",
                 )
-            if link.to_node != approach.intersection_id:
+            if entering.to_node != approach.intersection_id:
                 raise ValidationError(
                     "approach.link_id",
-                    f"approach {approach.id!r}: link {link.id!r} does not enter "
+                    f"approach {approach.id!r}: link {entering.id!r} does not enter "
                     f"{approach.intersection_id!r}",
                 )
         groups = {(g.intersection_id, g.id): g for g in self.signal_groups}
@@ -232,16 +232,16 @@ class Network:
                         f"group {group.id!r} lists unknown movement {movement_id!r}",
                     )
         for detector in self.detectors:
-            link = links.get(detector.link_id)
-            if link is None:
+            carrying = links.get(detector.link_id)
+            if carrying is None:
                 raise ValidationError(
                     "detector.link_id",
                     f"detector {detector.id!r}: unknown link {detector.link_id!r}",
                 )
-            if detector.distance_from_stop_line_m > link.length_m:
+            if detector.distance_from_stop_line_m > carrying.length_m:
                 raise ValidationError(
                     "detector.distance_from_stop_line_m",
-                    f"detector {detector.id!r} lies beyond the start of link {link.id!r}",
+                    f"detector {detector.id!r} lies beyond the start of link {carrying.id!r}",
                 )
 
     @cached_property

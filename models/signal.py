@@ -27,7 +27,7 @@ class Interval(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SignalGroup:
-    """A set of movements (and optionally a pedestrian crossing) that always show the same colour."""
+    """Movements (and perhaps a pedestrian crossing) that always show the same colour."""
 
     id: str
     intersection_id: str

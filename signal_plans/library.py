@@ -30,7 +30,8 @@ def nema_eight_group(intersection_id: str) -> IntersectionSignals:
     main = MAIN_LEFTS + MAIN_THROUGHS
     side = SIDE_LEFTS + SIDE_THROUGHS
     conflicts = [*product(main, side), ("1", "2"), ("5", "6"), ("3", "4"), ("7", "8")]
-    timings = dict.fromkeys(MAIN_LEFTS + SIDE_LEFTS, LEFT_TIMING) | dict.fromkeys(MAIN_THROUGHS + SIDE_THROUGHS, THROUGH_TIMING)
+    timings = dict.fromkeys(MAIN_LEFTS + SIDE_LEFTS, LEFT_TIMING)
+    timings |= dict.fromkeys(MAIN_THROUGHS + SIDE_THROUGHS, THROUGH_TIMING)
     return IntersectionSignals.build(intersection_id, timings, conflicts)
 
 

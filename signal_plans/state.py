@@ -172,23 +172,27 @@ class Period:
 
 
 def normal_periods(plan: TimingPlan, from_s: float, to_s: float) -> list[Period]:
-    """The plan's green periods whose clearance-inclusive span touches [from_s, to_s]."""
+    """The plan's green periods whose clearance-inclusive span touches [from_s, to_s].
+
+    Each period's times are computed from its cycle number and phase alone, so the same period
+    has bit-identical times whatever window it is asked for in.
+    """
     check_number("from_s", from_s)
     check_number("to_s", to_s)
     if to_s < from_s:
         raise ValidationError("to_s", "must not be before from_s")
     cycle = plan.cycle_s
-    cycle_start = plan.offset_s + math.floor((from_s - plan.offset_s) / cycle) * cycle - cycle
+    phase_starts = plan.phase_starts_s
     periods: list[Period] = []
-    while cycle_start <= to_s:
-        start = cycle_start
+    number = math.floor((from_s - plan.offset_s) / cycle) - 1
+    while plan.offset_s + number * cycle <= to_s:
+        cycle_start = plan.offset_s + number * cycle
         for index, green in enumerate(plan.greens_s):
+            start = cycle_start + phase_starts[index]
             end = start + green
-            after = end + plan.intergreen_after_s(index)
-            if after >= from_s and start <= to_s:
+            if end + plan.intergreen_after_s(index) >= from_s and start <= to_s:
                 periods.append(Period(index, start, end))
-            start = after
-        cycle_start += cycle
+        number += 1
     return periods
 
 

@@ -224,5 +224,13 @@ class TimingPlan:
     def cycle_s(self) -> float:
         return sum(green + self.intergreen_after_s(i) for i, green in enumerate(self.greens_s))
 
+    @cached_property
+    def phase_starts_s(self) -> tuple[float, ...]:
+        """Where each phase's green starts within the cycle."""
+        starts = [0.0]
+        for index, green in enumerate(self.greens_s[:-1]):
+            starts.append(starts[-1] + green + self.intergreen_after_s(index))
+        return tuple(starts)
+
     def phases_serving(self, group: str) -> tuple[int, ...]:
         return tuple(i for i, phase in enumerate(self.phases) if group in phase.groups)

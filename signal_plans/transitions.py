@@ -29,6 +29,10 @@ from citybrain.signal_plans.state import (
 from citybrain.signal_plans.timing import GroupTiming, TimingPlan
 
 
+ON_PLAN_TOLERANCE_S = 0.05
+"""How far a reported display start may drift from the normal plan's and still count as on plan."""
+
+
 @dataclass(frozen=True, slots=True)
 class PhaseRequest:
     """Show ``groups`` green (every other group red), holding them at least until ``until_s``."""
@@ -70,8 +74,9 @@ def build_steps(state: ControllerState, requests: Sequence[PhaseRequest]) -> Bui
     walks = {group: s.walk_since_s for group, s in state.groups.items()}
     events: list[Event] = []
     for group in state.yellows:
-        red_at = since[group] + timings[group].yellow_s
-        events.append(Event(max(red_at, state.at_s), group, Indication.RED))
+        # A yellow reported past its nominal end turns red now, and its clearance counts from now.
+        red_at = max(since[group] + timings[group].yellow_s, state.at_s)
+        events.append(Event(red_at, group, Indication.RED))
         shown[group], since[group] = Indication.RED, red_at
     current = state.greens
     cursor = state.at_s
@@ -134,7 +139,9 @@ class Strategy(enum.StrEnum):
 class Transition:
     strategy: Strategy
     steps: tuple[SignalStep, ...]
-    """Only what differs from the normal plan: the controller runs its plan until the first."""
+    """From the takeover on (the first step is at ``starts_at_s``). After the last step the
+    controller keeps its displays until its normal plan shows the same (``resume_at_s``), then
+    follows the normal plan again."""
     starts_at_s: float
     """When the controller leaves its normal plan: from then on it holds its displays until
     the first step. The steps are checked against its state at this time."""
@@ -175,7 +182,7 @@ def plan_green_window(
         for p in normal_periods(plan, state.at_s, close_at_s + 2 * plan.cycle_s)
         if p.green_end_s > state.at_s
     ]
-    if normal_state_at(plan, state.at_s).displays() == state.displays():
+    if _on_plan(plan, state):
         for period in periods:
             groups = plan.phases[period.phase_index].groups
             covers = period.green_start_s <= open_at_s and period.green_end_s >= close_at_s
@@ -195,6 +202,17 @@ def plan_green_window(
         strategy, requests = _requests_off_plan(state, target, group, open_at_s, close_at_s)
         starts_at = state.at_s
     return _with_way_back(plan, state, strategy, group, requests, periods, starts_at)
+
+
+def _on_plan(plan: TimingPlan, state: ControllerState) -> bool:
+    """Whether the controller is where its normal plan puts it: same displays, begun at the same
+    times (after a priority plan the colours can match while clearance timers do not)."""
+    normal = normal_state_at(plan, state.at_s).groups
+    return all(
+        shown.indication is normal[group].indication
+        and abs(shown.since_s - normal[group].since_s) <= ON_PLAN_TOLERANCE_S
+        for group, shown in state.groups.items()
+    )
 
 
 def _requests_on_plan(
@@ -292,7 +310,7 @@ def _with_way_back(
             if green_until is None:
                 green_until = period.green_end_s
             return _transition(
-                strategy, built.steps, starts_at_s, green_from, green_until, resume_at
+                state, strategy, built.steps, starts_at_s, green_from, green_until, resume_at
             )
         ready_at = release_at + signals.intergreen_s(holding - groups)
         if ready_at <= period.green_start_s:
@@ -307,7 +325,7 @@ def _with_way_back(
         if period.green_end_s - attempt.green_starts_s[-1] >= shortest:
             resume_at = max(attempt.green_starts_s[-1], period.green_start_s)
             return _transition(
-                strategy, attempt.steps, starts_at_s, green_from, green_until, resume_at
+                state, strategy, attempt.steps, starts_at_s, green_from, green_until, resume_at
             )
         minimal = build_steps(state, [*requests, PhaseRequest(groups, 0.0)])
         requests.append(PhaseRequest(groups, minimal.releases_s[-1]))
@@ -316,6 +334,7 @@ def _with_way_back(
 
 
 def _transition(
+    state: ControllerState,
     strategy: Strategy,
     steps: tuple[SignalStep, ...],
     starts_at_s: float,
@@ -323,8 +342,17 @@ def _transition(
     green_until_s: float,
     resume_at_s: float,
 ) -> Transition:
-    """A transition carrying only the steps from the takeover on (the rest is the normal plan)."""
+    """A transition carrying only the steps from the takeover on (before it runs the normal
+    plan), opening with a step at the takeover itself so that a held display is explicit."""
     kept = tuple(step for step in steps if step.at_s >= starts_at_s)
+    if not kept or kept[0].at_s > starts_at_s:
+        shown = [step for step in steps if step.at_s < starts_at_s]
+        hold = (
+            SignalStep(starts_at_s, shown[-1].green, shown[-1].yellow)
+            if shown
+            else SignalStep(starts_at_s, state.greens, state.yellows)
+        )
+        kept = (hold, *kept)
     return Transition(strategy, kept, starts_at_s, green_from_s, green_until_s, resume_at_s)
 
 

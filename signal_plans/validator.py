@@ -250,6 +250,7 @@ def check_plan(
             if overlap and signals.conflict(window.signal_group, other.signal_group):
                 return Verdict.reject(
                     RejectCode.CONFLICTING_GREENS,
-                    f"windows for conflicting {window.signal_group!r} and {other.signal_group!r} overlap",
+                    f"windows for conflicting {window.signal_group!r} and "
+                    f"{other.signal_group!r} overlap",
                 )
     return check_steps(state, tuple(SignalStep.from_wire(step) for step in plan.steps))

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from citybrain.models.errors import ValidationError
+from citybrain.models.signal import Indication
+from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
+from citybrain.signal_plans.state import (
+    ControllerState,
+    GroupState,
+    SignalStep,
+    advance,
+    normal_state_at,
+)
+from citybrain.signal_plans.timing import TimingPlan
+from citybrain.signal_plans.transitions import (
+    PhaseRequest,
+    Strategy,
+    Transition,
+    build_steps,
+    plan_green_window,
+    takeover_state,
+)
+from citybrain.signal_plans.validator import check_steps
+
+from .strategies import timing_plans
+from .timeline import violations
+
+GROUPS = list("12345678")
+PLAN = lead_lead_plan(nema_eight_group("X"), offset_s=7.0)
+
+
+def _normal_start(plan: TimingPlan, group: str, after: float) -> float:
+    """The next time the normal plan turns ``group`` green after ``after``."""
+    t = after
+    while normal_state_at(plan, t).groups[group].indication is Indication.GREEN:
+        t += 0.5
+    while normal_state_at(plan, t).groups[group].indication is not Indication.GREEN:
+        t += 0.5
+    return normal_state_at(plan, t).groups[group].since_s
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=timing_plans(),
+    now=st.floats(10_000.0, 20_000.0),
+    group=st.sampled_from(GROUPS),
+    lead=st.floats(-10.0, 150.0),
+    length=st.floats(1.0, 90.0),
+)
+def test_window_plans_are_safe_and_return_to_the_normal_plan(
+    plan: TimingPlan, now: float, group: str, lead: float, length: float
+) -> None:
+    state = normal_state_at(plan, now)
+    open_at = now + lead
+    close_at = max(open_at, now) + length
+    move = plan_green_window(plan, state, group, open_at, close_at)
+    start = takeover_state(plan, state, move)
+    assert check_steps(start, move.steps).accepted
+    assert violations(start, move.steps) == []
+    assert move.green_until_s >= close_at - 1e-6
+    back_at = max(move.resume_at_s, start.at_s)
+    assert (
+        advance(start, move.steps, back_at).displays() == normal_state_at(plan, back_at).displays()
+    )
+    # The group is green over the whole window from its opening (or its late start) to its close.
+    served_from = max(move.green_from_s, open_at)
+    served_until = max(close_at, move.green_from_s + plan.signals.timings[group].min_green_s)
+    probes = [served_from + (served_until - served_from) * k / 10 for k in range(1, 10)]
+    for t in probes:
+        assert _shown(plan, start, move, t)[group] is Indication.GREEN, t
+
+
+def _shown(
+    plan: TimingPlan, start: ControllerState, move: Transition, at_s: float
+) -> dict[str, Indication]:
+    """What the controller shows at ``at_s``: its normal plan outside the transition."""
+    if at_s < start.at_s or at_s >= max(move.resume_at_s, start.at_s) or not move.steps:
+        return normal_state_at(plan, at_s).displays()
+    return advance(start, move.steps, at_s).displays()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=timing_plans(),
+    now=st.floats(10_000.0, 20_000.0),
+    first=st.sampled_from(GROUPS),
+    second=st.sampled_from(GROUPS),
+    cut=st.floats(0.0, 40.0),
+    lead=st.floats(0.0, 120.0),
+)
+def test_plans_from_off_plan_states_are_safe(
+    plan: TimingPlan, now: float, first: str, second: str, cut: float, lead: float
+) -> None:
+    """A controller interrupted part-way through another priority plan still gets safe steps."""
+    state = normal_state_at(plan, now)
+    earlier = plan_green_window(plan, state, first, now + 5.0, now + 40.0)
+    start = takeover_state(plan, state, earlier)
+    midway = advance(start, earlier.steps, start.at_s + cut)
+    move = plan_green_window(plan, midway, second, midway.at_s + lead, midway.at_s + lead + 20.0)
+    begin = takeover_state(plan, midway, move)
+    assert check_steps(begin, move.steps).accepted
+    assert violations(begin, move.steps) == []
+
+
+def test_normal_plan_serving_the_window_needs_no_change() -> None:
+    green_start = _normal_start(PLAN, "2", 10_000.0)
+    state = normal_state_at(PLAN, green_start - 30.0)
+    move = plan_green_window(PLAN, state, "2", green_start + 2.0, green_start + 20.0)
+    assert move.strategy is Strategy.NONE
+    assert move.steps == ()
+
+
+def test_running_green_is_extended_to_the_window_close() -> None:
+    green_start = _normal_start(PLAN, "2", 10_000.0)
+    state = normal_state_at(PLAN, green_start + 20.0)
+    normal_end = green_start + PLAN.greens_s[1]
+    move = plan_green_window(PLAN, state, "2", green_start + 30.0, normal_end + 15.0)
+    assert move.strategy is Strategy.EXTENSION
+    assert move.green_from_s == green_start
+    yellow_at = next(step.at_s for step in move.steps if "2" in step.yellow)
+    assert yellow_at == pytest.approx(normal_end + 15.0)
+
+
+def test_side_street_green_is_cut_after_its_minimum_not_before() -> None:
+    side_start = _normal_start(PLAN, "4", 10_000.0)
+    state = normal_state_at(PLAN, side_start + 1.0)
+    move = plan_green_window(PLAN, state, "2", side_start + 2.0, side_start + 40.0)
+    timing = PLAN.signals.timings["4"]
+    walk_done = side_start + timing.walk_s + timing.ped_clearance_s
+    yellow_at = next(step.at_s for step in move.steps if "4" in step.yellow)
+    assert yellow_at == pytest.approx(max(side_start + timing.min_green_s, walk_done))
+    assert move.late_by_s(side_start + 2.0) > 0.0
+    assert move.green_from_s == pytest.approx(yellow_at + timing.yellow_s + timing.red_clearance_s)
+
+
+def test_build_steps_starts_new_groups_after_the_clearance() -> None:
+    state = normal_state_at(PLAN, _normal_start(PLAN, "4", 10_000.0) + 15.0)
+    assert state.greens == {"4", "8"}
+    built = build_steps(state, [PhaseRequest(frozenset({"2", "6"}), state.at_s + 10.0)])
+    timing = PLAN.signals.timings["4"]
+    assert built.green_starts_s[0] == pytest.approx(
+        built.changes_s[0] + timing.yellow_s + timing.red_clearance_s
+    )
+    assert check_steps(state, built.steps).accepted
+
+
+def test_build_steps_refuses_conflicting_requests() -> None:
+    state = normal_state_at(PLAN, 10_000.0)
+    with pytest.raises(ValidationError, match="conflicting"):
+        build_steps(state, [PhaseRequest(frozenset({"2", "4"}), 10_010.0)])
+
+
+@pytest.mark.parametrize(
+    ("group", "open_at", "close_at", "message"),
+    [
+        ("9", 10_010.0, 10_020.0, "not served"),
+        ("2", 10_020.0, 10_010.0, "close after it opens"),
+        ("2", 9_000.0, 9_010.0, "already closed"),
+        ("2", float("nan"), 10_010.0, "finite"),
+        ("bad/id", 10_010.0, 10_020.0, "valid id"),
+    ],
+)
+def test_window_requests_that_make_no_sense_are_refused(
+    group: str, open_at: float, close_at: float, message: str
+) -> None:
+    state = normal_state_at(PLAN, 10_000.0)
+    with pytest.raises(ValidationError, match=message):
+        plan_green_window(PLAN, state, group, open_at, close_at)
+
+
+def test_state_of_another_intersection_is_refused() -> None:
+    other = lead_lead_plan(nema_eight_group("Y"))
+    with pytest.raises(ValidationError, match="different intersections"):
+        plan_green_window(PLAN, normal_state_at(other, 10_000.0), "2", 10_010.0, 10_030.0)
+
+
+def test_a_yellow_in_progress_is_never_turned_back_to_green() -> None:
+    state = ControllerState(
+        PLAN.signals,
+        100.0,
+        {g: GroupState(Indication.RED, 50.0) for g in GROUPS}
+        | {"2": GroupState(Indication.YELLOW, 99.0), "6": GroupState(Indication.YELLOW, 99.0)},
+    )
+    move = plan_green_window(PLAN, state, "2", 100.0, 130.0)
+    timing = PLAN.signals.timings["2"]
+    assert check_steps(state, move.steps).accepted
+    assert move.green_from_s >= 99.0 + timing.yellow_s + timing.red_clearance_s - 1e-9
+    assert move.steps[0] == SignalStep(100.0, frozenset(), frozenset({"2", "6"}))
+    assert move.steps[1] == SignalStep(99.0 + timing.yellow_s, frozenset(), frozenset())
