@@ -28,7 +28,6 @@ from citybrain.signal_plans.state import (
 )
 from citybrain.signal_plans.timing import GroupTiming, TimingPlan
 
-
 ON_PLAN_TOLERANCE_S = 0.05
 """How far a reported display start may drift from the normal plan's and still count as on plan."""
 
