@@ -34,7 +34,12 @@ class Codec:
         self._decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
     def encode(self, message: Message) -> bytes:
-        payload = self._encoder.encode(message)
+        try:
+            payload = self._encoder.encode(message)
+        except UnicodeEncodeError as error:
+            raise MessageError(
+                "$", f"text that cannot be encoded as UTF-8: {error.reason}"
+            ) from None
         if len(payload) > self.max_payload_bytes:
             raise MessageError(
                 "$",
@@ -44,7 +49,7 @@ class Codec:
 
     def decode(self, payload: bytes | bytearray | memoryview, kind: type[M]) -> M:
         """Decode ``payload`` as ``kind`` or raise ``MessageError`` naming the offending field."""
-        size = len(payload)
+        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
         if size > self.max_payload_bytes:
             raise MessageError(
                 "$", f"payload is {size} bytes, over the {self.max_payload_bytes} limit"
@@ -58,6 +63,10 @@ class Codec:
             raise _message_error(error) from None
         except msgspec.DecodeError as error:
             raise MessageError("$", f"not valid JSON: {error}") from None
+        except UnicodeDecodeError as error:
+            raise MessageError("$", f"text is not valid UTF-8: {error.reason}") from None
+        except RecursionError:
+            raise MessageError("$", "JSON nested too deeply") from None
         return message
 
 

@@ -30,6 +30,8 @@ MAX_QUEUE_VEH = 2000.0
 """A queue longer than this on one approach is a broken estimator, not traffic."""
 MAX_FLOW_VPH = 20_000.0
 MAX_SPEED_MPS = 70.0
+MAX_SEQ = 2**53 - 1
+"""Largest sequence number every JSON reader (JavaScript included) holds exactly."""
 MIN_PRIORITY = 1
 MAX_PRIORITY = 10
 
@@ -86,8 +88,25 @@ def _check_time(field: str, value: float) -> None:
 
 
 def _check_text(field: str, value: str | None) -> None:
-    if value is not None and len(value) > MAX_TEXT:
+    if value is None:
+        return
+    if len(value) > MAX_TEXT:
         raise ValidationError(field, f"longer than {MAX_TEXT} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "contains characters that cannot be sent as UTF-8") from None
+
+
+def _check_enum(field: str, value: object, kind: type[enum.Enum]) -> None:
+    """Python callers must pass the enum member: a plain string would slip past ``is`` tests."""
+    if not isinstance(value, kind):
+        allowed = ", ".join(repr(member.value) for member in kind)
+        raise ValidationError(field, f"expected a {kind.__name__} ({allowed}), got {value!r}")
+
+
+def _check_seq(value: int) -> None:
+    check_count("seq", value, le=MAX_SEQ)
 
 
 def _check_length(field: str, items: tuple[object, ...], limit: int) -> None:
@@ -135,12 +154,17 @@ class Telemetry(Message, frozen=True, kw_only=True):
         super().__post_init__()
         check_id("intersection", self.intersection)
         _check_time("controller_time", self.controller_time)
-        check_count("seq", self.seq)
+        _check_seq(self.seq)
         if self.phase is not None:
             check_id("phase", self.phase)
+        if self.interval is not None:
+            _check_enum("interval", self.interval, Interval)
+        _check_enum("mode", self.mode, Mode)
         if len(self.signals) > MAX_SIGNAL_GROUPS:
             raise ValidationError("signals", f"more than {MAX_SIGNAL_GROUPS} signal groups")
         check_ids("signals", self.signals)
+        for group, shown in self.signals.items():
+            _check_enum(f"signals[{group}]", shown, Indication)
         _check_length("approaches", self.approaches, MAX_APPROACHES)
         check_unique("approaches", (a.approach for a in self.approaches))
         if self.plan_id is not None:
@@ -160,6 +184,8 @@ class Status(Message, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_id("intersection", self.intersection)
+        _check_enum("presence", self.presence, Presence)
+        _check_enum("mode", self.mode, Mode)
         _check_text("software_version", self.software_version)
         if self.at is not None:
             _check_time("at", self.at)
@@ -218,11 +244,12 @@ class SignalPlan(Message, frozen=True, kw_only=True):
         super().__post_init__()
         check_id("plan_id", self.plan_id)
         check_id("intersection", self.intersection)
-        check_count("seq", self.seq)
+        _check_seq(self.seq)
         for name in ("issued_at", "valid_from", "valid_until"):
             _check_time(name, getattr(self, name))
         if self.valid_until <= self.valid_from:
             raise ValidationError("valid_until", "a plan must expire after it becomes valid")
+        _check_enum("kind", self.kind, PlanKind)
         if self.corridor_id is not None:
             check_id("corridor_id", self.corridor_id)
         _check_length("windows", self.windows, MAX_WINDOWS)
@@ -261,8 +288,9 @@ class PlanAck(Message, frozen=True, kw_only=True):
         super().__post_init__()
         check_id("plan_id", self.plan_id)
         check_id("intersection", self.intersection)
-        check_count("seq", self.seq)
+        _check_seq(self.seq)
         _check_time("at", self.at)
+        _check_enum("status", self.status, AckStatus)
         if self.reason_code is not None:
             check_id("reason_code", self.reason_code)
         _check_text("reason", self.reason)
@@ -364,6 +392,7 @@ class CorridorStatus(Message, frozen=True, kw_only=True):
         super().__post_init__()
         check_id("corridor_id", self.corridor_id)
         check_id("vehicle", self.vehicle)
+        _check_enum("state", self.state, CorridorState)
         check_count("priority", self.priority, ge=MIN_PRIORITY, le=MAX_PRIORITY)
         _check_time("updated_at", self.updated_at)
         _check_length("route", self.route, MAX_ROUTE)

@@ -226,10 +226,21 @@ class Network:
                     f"group {group.id!r}: unknown intersection {group.intersection_id!r}",
                 )
             for movement_id in group.movement_ids:
-                if movement_id not in movement_ids:
+                listed = movement_ids.get(movement_id)
+                if listed is None:
                     raise ValidationError(
                         "signal_group.movement_ids",
                         f"group {group.id!r} lists unknown movement {movement_id!r}",
+                    )
+                if (listed.intersection_id, listed.signal_group) != (
+                    group.intersection_id,
+                    group.id,
+                ):
+                    raise ValidationError(
+                        "signal_group.movement_ids",
+                        f"group {group.id!r} at {group.intersection_id!r} lists movement "
+                        f"{movement_id!r}, which group {listed.signal_group!r} at "
+                        f"{listed.intersection_id!r} serves",
                     )
         for detector in self.detectors:
             carrying = links.get(detector.link_id)

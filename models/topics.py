@@ -47,6 +47,8 @@ class Topic:
             raise TopicError(error.field, error.reason) from None
 
     def _check(self) -> None:
+        if not isinstance(self.kind, TopicKind):
+            raise ValidationError("topic.kind", f"unknown topic kind {self.kind!r}")
         given = {
             "region": self.region,
             "intersection": self.intersection,
@@ -121,5 +123,10 @@ def intersection_filter(kind: TopicKind, *, region: str = "+", intersection: str
 
 def shared_filter(topic_filter: str, group: str) -> str:
     """The MQTT 5 shared-subscription form, so several cloud workers split one stream."""
-    check_id("share_group", group)
+    try:
+        check_id("share_group", group)
+    except ValidationError as error:
+        raise TopicError(error.field, error.reason) from None
+    if not topic_filter.startswith(f"{ROOT}/"):
+        raise TopicError("topic_filter", f"{topic_filter[:80]!r} is not under {ROOT}/")
     return f"$share/{group}/{topic_filter}"

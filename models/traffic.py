@@ -6,7 +6,7 @@ window computed in the cloud flushes exactly the queue the simulator builds.
 
 from __future__ import annotations
 
-from citybrain.models.checks import check_number
+from citybrain.models.checks import check_count, check_number
 
 DEFAULT_LOST_TIME_S = 2.0
 """Start-up lost time of a queue when its green begins (HCM uses 2 s)."""
@@ -30,12 +30,12 @@ def queue_discharge_time_s(
     An empty queue needs no green at all; a non-empty one pays the start-up lost time once.
     """
     check_number("queue_veh", queue_veh, ge=0.0)
-    check_number("lanes", lanes, ge=1)
+    check_count("lanes", lanes, ge=1, le=16)
     check_number("lost_time_s", lost_time_s, ge=0.0, le=10.0)
+    headway = saturation_headway_s(saturation_flow_vphpl)
     if queue_veh == 0.0:
         return 0.0
-    per_lane = queue_veh / lanes
-    return lost_time_s + per_lane * saturation_headway_s(saturation_flow_vphpl)
+    return lost_time_s + queue_veh / lanes * headway
 
 
 def travel_time_s(length_m: float, speed_mps: float) -> float:

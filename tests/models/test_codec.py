@@ -14,8 +14,11 @@ from citybrain.models.codec import DEFAULT_CODEC, DEFAULT_MAX_PAYLOAD_BYTES, Cod
 from citybrain.models.errors import MessageError, ValidationError
 from citybrain.models.messages import (
     ApproachState,
+    CorridorIntersection,
     CorridorRequest,
     CorridorStatus,
+    GreenWindow,
+    IntervalStep,
     Message,
     PlanAck,
     Presence,
@@ -297,11 +300,14 @@ def test_one_decoder_per_type_is_built_and_reused(monkeypatch: pytest.MonkeyPatc
 
 
 def _decodes_or_refuses(payload: bytes, kind: type[Message]) -> None:
+    refusal: MessageError | None = None
     try:
         message = DEFAULT_CODEC.decode(payload, kind)
     except MessageError as error:
-        assert error.field.startswith("$")
-        assert error.reason
+        refusal = error
+    if refusal is not None:
+        assert refusal.field.startswith("$")
+        assert refusal.reason
         return
     assert type(message) is kind
     assert DEFAULT_CODEC.decode(DEFAULT_CODEC.encode(message), kind) == message
@@ -314,41 +320,43 @@ def test_arbitrary_bytes_decode_or_raise_message_error(payload: bytes, kind: typ
     _decodes_or_refuses(payload, kind)
 
 
-def _field_names(kind: type[Any]) -> list[str]:
-    names = {field.name for field in msgspec.structs.fields(kind)}
-    for nested in (ApproachState,):
-        names |= {field.name for field in msgspec.structs.fields(nested)}
-    names |= {"at", "green", "yellow", "signal_group", "open_at", "close_at", "eta", "eta_low"}
+def _field_names() -> list[str]:
+    kinds: list[type[msgspec.Struct]] = [
+        *MESSAGE_TYPES,
+        ApproachState,
+        IntervalStep,
+        GreenWindow,
+        CorridorIntersection,
+    ]
+    names: set[str] = set()
+    for kind in kinds:
+        names |= {field.name for field in msgspec.structs.fields(kind)}
     return sorted(names)
 
 
-def _json_values(keys: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
-    scalars = (
-        st.none()
-        | st.booleans()
-        | st.integers(min_value=-(2**70), max_value=2**70)
-        | st.floats()
-        | st.text(max_size=70)
-        | st.sampled_from(["i-1", "green", "normal", "priority", "release", "rejected", "online"])
-    )
-    return st.recursive(
-        scalars,
-        lambda children: (
-            st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=6)
-        ),
-        max_leaves=20,
-    )
+_keys = st.sampled_from(_field_names()) | st.text(max_size=4)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=70)
+    | st.sampled_from(["i-1", "g1", "green", "normal", "priority", "release", "rejected", "online"])
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_keys, children, max_size=4),
+    max_leaves=12,
+)
+_documents = st.dictionaries(_keys, _json_values, max_size=10)
 
 
-@pytest.mark.parametrize("kind", MESSAGE_TYPES)
 @settings(max_examples=200, deadline=None)
-@given(data=st.data())
+@given(kind=st.sampled_from(MESSAGE_TYPES), document=_documents, versioned=st.booleans())
 def test_arbitrary_json_objects_decode_or_raise_message_error(
-    data: st.DataObject, kind: type[Message]
+    kind: type[Message], document: dict[str, Any], versioned: bool
 ) -> None:
-    keys = st.sampled_from(_field_names(kind)) | st.text(max_size=8)
-    document = data.draw(st.dictionaries(keys, _json_values(keys), max_size=12))
-    if data.draw(st.booleans()):
+    if versioned:
         document["v"] = 1
     _decodes_or_refuses(json.dumps(document).encode(), kind)
 
@@ -356,19 +364,23 @@ def test_arbitrary_json_objects_decode_or_raise_message_error(
 # --- known bugs -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: invalid UTF-8 inside a JSON string escapes Codec.decode as UnicodeDecodeError "
-    "instead of MessageError",
-)
 @pytest.mark.parametrize(
     ("payload", "kind"),
     [
-        (b'{"intersection":"i-1","presence":"online","software_version":"1.0\xff"}', Status),
-        (b'{"intersection":"\xc3(","controller_time":1,"seq":1}', Telemetry),
-        (
+        pytest.param(
+            b'{"intersection":"i-1","presence":"online","software_version":"1.0\xff"}',
+            Status,
+            id="status-0xff",
+        ),
+        pytest.param(
+            b'{"intersection":"\xc3(","controller_time":1,"seq":1}',
+            Telemetry,
+            id="telemetry-bad-continuation",
+        ),
+        pytest.param(
             b'{"vehicle":"v","time":0,"link":"\xed\xa0\x80","offset_m":0,"speed_mps":0}',
             VehiclePosition,
+            id="position-utf8-encoded-surrogate",
         ),
     ],
 )
@@ -378,13 +390,8 @@ def test_invalid_utf8_in_a_string_is_a_message_error(payload: bytes, kind: type[
     assert info.value.field.startswith("$")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a deeply nested unknown field (about 1000 levels, 2 KB, far under the size "
-    "limit) escapes Codec.decode as RecursionError instead of MessageError",
-)
 def test_deeply_nested_unknown_field_is_a_message_error() -> None:
-    depth = 5000
+    depth = 2000
     payload = (
         b'{"extra":' + b"[" * depth + b"]" * depth + b',"intersection":"i-1","presence":"online"}'
     )
@@ -394,11 +401,6 @@ def test_deeply_nested_unknown_field_is_a_message_error() -> None:
     assert info.value.field == "$"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Codec.decode measures len(payload), which counts items, not bytes, for a "
-    "memoryview with a wider format; a 70 KB payload passes the 64 KiB limit",
-)
 def test_size_limit_counts_bytes_of_a_wide_memoryview() -> None:
     payload = DEFAULT_CODEC.encode(STATUS) + b" " * (70 * 1024)
     payload += b" " * (-len(payload) % 8)
@@ -409,13 +411,10 @@ def test_size_limit_counts_bytes_of_a_wide_memoryview() -> None:
     assert info.value.field == "$"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a text field holding a lone surrogate (as os.fsdecode / surrogateescape "
-    "produce) passes construction, then Codec.encode raises UnicodeEncodeError instead of "
-    "a ValidationError / MessageError",
-)
 def test_unencodable_text_is_refused_as_a_validation_error() -> None:
-    with pytest.raises(ValidationError):
+    try:
         message = Status(intersection="i-1", presence=Presence.ONLINE, software_version="1.0\udcff")
+    except ValidationError:
+        return  # refused at construction: fine
+    with pytest.raises(ValidationError):
         DEFAULT_CODEC.encode(message)

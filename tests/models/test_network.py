@@ -205,12 +205,6 @@ def test_group_at_unknown_intersection() -> None:
     _refused("signal_group.intersection_id", signal_groups=groups)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Network only checks that a movement's own group lists it, not that every "
-    "movement a group lists belongs to that group and intersection; a group at A may list "
-    "a movement at B",
-)
 def test_group_listing_a_movement_of_another_intersection() -> None:
     groups = (
         SignalGroup("g1", "A", frozenset({"A-u", "B-u"})),

@@ -224,11 +224,6 @@ def test_topic_is_immutable() -> None:
         topic.region = "r2"  # type: ignore[misc]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Topic does not validate `kind`; Topic('bogus', corridor='c') is accepted and "
-    "renders as a corridor status topic that parses back to a different Topic",
-)
 def test_topic_refuses_unknown_kind() -> None:
     with pytest.raises(TopicError):
         Topic("bogus", corridor="c")  # type: ignore[arg-type]

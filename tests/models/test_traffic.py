@@ -110,11 +110,6 @@ def test_queue_discharge_refuses_bad_input(kwargs: dict[str, float], field: str)
     assert info.value.field == field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: queue_discharge_time_s returns 0.0 for an empty queue before it validates "
-    "saturation_flow_vphpl, so NaN / negative flows pass silently",
-)
 @pytest.mark.parametrize("flow", [math.nan, -1800.0])
 def test_empty_queue_still_validates_saturation_flow(flow: float) -> None:
     with pytest.raises(ValidationError) as info:
@@ -122,11 +117,6 @@ def test_empty_queue_still_validates_saturation_flow(flow: float) -> None:
     assert info.value.field == "saturation_flow_vphpl"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lanes is checked with check_number, not check_count, so a fractional lane "
-    "count such as 1.5 is accepted",
-)
 def test_fractional_lane_count_is_refused() -> None:
     with pytest.raises(ValidationError) as info:
         queue_discharge_time_s(3.0, lanes=1.5, saturation_flow_vphpl=1800)  # type: ignore[arg-type]
