@@ -28,6 +28,11 @@ from citybrain.signal_plans.state import (
 )
 from citybrain.signal_plans.timing import GroupTiming, TimingPlan
 
+SKIP_RATHER_THAN_LATE_S = 2.0
+"""A phase too short to fit before the window is still served at its minimum if that makes the
+window at most this late (less than the window's own safety margin); skipping it would cost its
+traffic a whole cycle."""
+
 ON_PLAN_TOLERANCE_S = 0.05
 """How far a reported display start may drift from the normal plan's and still count as on plan."""
 
@@ -247,8 +252,8 @@ def _requests_on_plan(
         takeover = state.at_s
         starting = plan.starting_groups(period.phase_index)
         in_plan_minimum = max(timings[g].min_green_s for g in starting)
-        if started or cut_at >= period.green_start_s + in_plan_minimum:
-            requests.append(PhaseRequest(groups, cut_at))
+        if started or cut_at + SKIP_RATHER_THAN_LATE_S >= period.green_start_s + in_plan_minimum:
+            requests.append(PhaseRequest(groups, max(cut_at, period.green_start_s)))
             if not started:
                 normal_minimum = plan.shortest_green_s(period.phase_index)
                 walked = cut_at >= period.green_start_s + normal_minimum
@@ -257,8 +262,12 @@ def _requests_on_plan(
             if following is not None and plan.phases[following.phase_index].groups == target:
                 strategy = Strategy.EARLY_GREEN
         elif requests:
-            # Too little room to start this phase at all: skip it; the previous one clears.
-            takeover = max(takeover, requests[-1].until_s)
+            # Too little room to start this phase at all: skip it, and hold the previous green
+            # until the window is due rather than open the window early.
+            previous = requests[-1]
+            due = open_at_s - plan.signals.intergreen_s(previous.groups - target)
+            takeover = max(takeover, previous.until_s)
+            requests[-1] = PhaseRequest(previous.groups, max(previous.until_s, due))
         return strategy, [*requests, PhaseRequest(target, close_at_s)], takeover
     raise ValidationError("close_at_s", "window lies beyond the planning horizon")
 

@@ -190,3 +190,18 @@ def test_a_yellow_in_progress_is_never_turned_back_to_green() -> None:
     assert move.green_from_s >= 99.0 + timing.yellow_s + timing.red_clearance_s - 1e-9
     assert move.steps[0] == SignalStep(100.0, frozenset(), frozenset({"2", "6"}))
     assert move.steps[1] == SignalStep(99.0 + timing.yellow_s, frozenset(), frozenset())
+
+
+def test_windows_the_planner_opens_itself_open_on_time_not_early() -> None:
+    """Opening early costs cross traffic; only a request made mid-clearance may open early."""
+    early: list[float] = []
+    for now in range(10_000, 10_200, 7):
+        for group in GROUPS:
+            for lead in (15.0, 35.0, 60.0, 95.0):
+                state = normal_state_at(PLAN, float(now))
+                move = plan_green_window(PLAN, state, group, now + lead, now + lead + 20.0)
+                if move.strategy in (Strategy.INSERTION, Strategy.EARLY_GREEN):
+                    early.append(now + lead - move.green_from_s)
+    assert len(early) > 100
+    too_early = [seconds for seconds in early if seconds > 0.5]
+    assert len(too_early) <= 0.05 * len(early), sorted(too_early)[-5:]
