@@ -60,7 +60,7 @@ class Codec:
         try:
             message: M = decoder.decode(payload)
         except msgspec.ValidationError as error:
-            raise _message_error(error) from None
+            raise message_error(error) from None
         except msgspec.DecodeError as error:
             raise MessageError("$", f"not valid JSON: {error}") from None
         except UnicodeDecodeError as error:
@@ -70,7 +70,7 @@ class Codec:
         return message
 
 
-def _message_error(error: msgspec.ValidationError) -> MessageError:
+def message_error(error: msgspec.ValidationError) -> MessageError:
     """Turn msgspec's ``<text> - at `$.a[0]``` into a field path and a reason."""
     match = _AT_PATH.match(str(error))
     path = (match.group("path") if match else None) or "$"

@@ -282,6 +282,13 @@ class Network:
         except KeyError:
             raise ValidationError("link", f"unknown link {link_id!r}") from None
 
+    @cached_property
+    def _groups_by_intersection(self) -> Mapping[str, tuple[SignalGroup, ...]]:
+        out: dict[str, list[SignalGroup]] = {}
+        for group in self.signal_groups:
+            out.setdefault(group.intersection_id, []).append(group)
+        return {node: tuple(groups) for node, groups in out.items()}
+
     def signal_groups_at(self, intersection_id: str) -> tuple[SignalGroup, ...]:
         self.intersection(intersection_id)
-        return tuple(g for g in self.signal_groups if g.intersection_id == intersection_id)
+        return self._groups_by_intersection.get(intersection_id, ())

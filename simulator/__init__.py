@@ -1,1 +1,2 @@
-"""simulator package: see docs/architecture.md; its work arrives with its own issue."""
+"""The simulator: networks, demand, a mesoscopic Numba traffic engine, emulated signal
+controllers and detectors, and scoring. It stands in for roads and cabinets."""

@@ -1,0 +1,197 @@
+"""Seeded, reproducible demand: Poisson arrivals with a peak, routed by turning ratios, plus
+individually placed vehicles (an ambulance on a fixed route)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from citybrain.models.checks import check_count, check_id, check_number
+from citybrain.models.errors import ValidationError
+from citybrain.simulator.compiled import CompiledNetwork
+from citybrain.simulator.kernels import random_walk_routes
+
+
+@dataclass(frozen=True, slots=True)
+class Peak:
+    """A bell-shaped peak: demand rises to ``factor`` x base at ``at_s``, ``width_s`` wide."""
+
+    at_s: float
+    width_s: float
+    factor: float
+
+    def __post_init__(self) -> None:
+        check_number("peak.at_s", self.at_s, ge=0.0)
+        check_number("peak.width_s", self.width_s, gt=0.0)
+        check_number("peak.factor", self.factor, ge=1.0, le=20.0)
+
+    def multiplier(self, t: NDArray[np.float64]) -> NDArray[np.float64]:
+        return 1.0 + (self.factor - 1.0) * np.exp(-(((t - self.at_s) / self.width_s) ** 2))
+
+
+@dataclass(frozen=True)
+class Trips:
+    """Vehicles to release: departure times, routes (CSR over links and the movements joining
+    them, -1 after the last link), desired-speed factors and which are emergency vehicles."""
+
+    depart: NDArray[np.float64]
+    route_start: NDArray[np.int64]
+    route_len: NDArray[np.int32]
+    route_links: NDArray[np.int32]
+    route_moves: NDArray[np.int32]
+    speed_factor: NDArray[np.float64]
+    emergency: NDArray[np.bool_]
+    names: dict[int, str]
+    """Vehicle index -> id, for the vehicles that carry one (emergency vehicles)."""
+
+    @property
+    def count(self) -> int:
+        return int(self.depart.shape[0])
+
+    @staticmethod
+    def concat(parts: Sequence[Trips]) -> Trips:
+        offsets = np.cumsum([0, *(p.route_links.shape[0] for p in parts)])[:-1]
+        firsts = np.cumsum([0, *(p.count for p in parts)])[:-1]
+        names: dict[int, str] = {}
+        for part, first in zip(parts, firsts, strict=True):
+            names.update({int(first) + i: name for i, name in part.names.items()})
+        return Trips(
+            np.concatenate([p.depart for p in parts]),
+            np.concatenate([p.route_start + o for p, o in zip(parts, offsets, strict=True)]),
+            np.concatenate([p.route_len for p in parts]),
+            np.concatenate([p.route_links for p in parts]),
+            np.concatenate([p.route_moves for p in parts]),
+            np.concatenate([p.speed_factor for p in parts]),
+            np.concatenate([p.emergency for p in parts]),
+            names,
+        )
+
+
+DEFAULT_TURNS = (0.15, 0.7, 0.15)
+"""Left, through, right shares at every intersection."""
+
+
+def random_trips(
+    net: CompiledNetwork,
+    *,
+    seed: int,
+    duration_s: float,
+    vehicles_per_hour: float,
+    start_s: float = 0.0,
+    peak: Peak | None = None,
+    turns: tuple[float, float, float] = DEFAULT_TURNS,
+    from_boundary: bool = True,
+    max_hops: int = 60,
+) -> Trips:
+    """Poisson arrivals (rate varying with ``peak``) on origin links chosen uniformly: the
+    network's entry links, or any link when ``from_boundary`` is false (SUMO randomTrips
+    style). Routes follow the turning shares until the network's edge or ``max_hops``."""
+    check_count("seed", seed)
+    check_number("duration_s", duration_s, gt=0.0, le=30 * 86400.0)
+    check_number("vehicles_per_hour", vehicles_per_hour, ge=0.0, le=10_000_000.0)
+    check_count("max_hops", max_hops, ge=1, le=10_000)
+    for name, share in zip(("left", "through", "right"), turns, strict=True):
+        check_number(f"turns.{name}", share, ge=0.0)
+    if sum(turns) <= 0.0:
+        raise ValidationError("turns", "at least one turning share must be positive")
+    rng = np.random.default_rng(seed)
+    top = vehicles_per_hour * (peak.factor if peak else 1.0) / 3600.0
+    expected = top * duration_s
+    count = int(rng.poisson(expected)) if expected > 0 else 0
+    times = np.sort(rng.uniform(start_s, start_s + duration_s, count))
+    if peak is not None:
+        keep = rng.uniform(0.0, 1.0, count) < peak.multiplier(times) / peak.factor
+        times = times[keep]
+    net_road = net.road.network
+    if from_boundary:
+        candidates = np.array(
+            [
+                i
+                for i, link_id in enumerate(net.link_ids)
+                if not net_road.intersection_by_id[
+                    net_road.link_by_id[link_id].from_node
+                ].signalized
+            ],
+            dtype=np.int32,
+        )
+    else:
+        candidates = np.arange(net.links, dtype=np.int32)
+    if candidates.size == 0:
+        raise ValidationError("origins", "the network has no entry link")
+    origins = candidates[rng.integers(0, candidates.size, times.size)]
+    n = times.size
+    links = np.zeros((n, max_hops), dtype=np.int32)
+    moves = np.zeros((n, max_hops), dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int32)
+    weights = np.array([turns[0], turns[1], turns[2], 0.0], dtype=np.float64)
+    random_walk_routes(
+        seed,
+        origins,
+        max_hops,
+        weights,
+        net.link_out_start,
+        net.mv_to,
+        net.mv_turn,
+        links,
+        moves,
+        lengths,
+    )
+    mask = np.arange(max_hops)[None, :] < lengths[:, None]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return Trips(
+        times.astype(np.float64),
+        starts,
+        lengths,
+        links[mask].astype(np.int32),
+        moves[mask].astype(np.int32),
+        rng.uniform(0.9, 1.05, n),
+        np.zeros(n, dtype=np.bool_),
+        {},
+    )
+
+
+def fixed_route(
+    net: CompiledNetwork,
+    links: Sequence[str],
+    *,
+    depart_s: float,
+    name: str,
+    emergency: bool = True,
+    speed_factor: float = 1.3,
+) -> Trips:
+    """One vehicle on a given route of link ids (for example an ambulance)."""
+    check_id("vehicle", name)
+    check_number("depart_s", depart_s, ge=0.0)
+    check_number("speed_factor", speed_factor, gt=0.0, le=3.0)
+    if not links:
+        raise ValidationError("route", "a route needs at least one link")
+    indices: list[int] = []
+    for position, link_id in enumerate(links):
+        if link_id not in net.link_index:
+            raise ValidationError(f"route[{position}]", f"unknown link {link_id!r}")
+        indices.append(net.link_index[link_id])
+    moves = [net.movement_between(a, b) for a, b in itertools.pairwise(indices)]
+    return Trips(
+        np.array([depart_s]),
+        np.array([0], dtype=np.int64),
+        np.array([len(indices)], dtype=np.int32),
+        np.array(indices, dtype=np.int32),
+        np.array([*moves, -1], dtype=np.int32),
+        np.array([speed_factor]),
+        np.array([emergency]),
+        {0: name},
+    )
+
+
+def free_flow_time_s(
+    net: CompiledNetwork, trips: Trips, vehicle: int, *, speed_factor: float | None = None
+) -> float:
+    """Travel time of ``vehicle`` on an empty network with every signal green."""
+    start = trips.route_start[vehicle]
+    links = trips.route_links[start : start + trips.route_len[vehicle]]
+    factor = trips.speed_factor[vehicle] if speed_factor is None else speed_factor
+    return float(np.sum(net.link_length[links] / (net.link_speed[links] * factor)))

@@ -1,0 +1,164 @@
+"""The simulation: owns the engine's state arrays and advances them with the Numba kernels.
+
+It does no I/O and knows no wall clock: callers (the scenario runner, the field-bus server,
+the paced clock) decide when to advance it. Signal controllers that run priority plans set an
+override mask per intersection; all others follow their normal timing plan inside the kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from citybrain.models.checks import check_number
+from citybrain.models.errors import ValidationError
+from citybrain.simulator import kernels
+from citybrain.simulator.compiled import CompiledNetwork
+from citybrain.simulator.demand import Trips
+
+DEFAULT_DT_S = 1.0
+LOST_TIME_S = 2.0
+END_LAG_S = 2.0
+"""Vehicles keep crossing for this long into the yellow (HCM's extension of effective green)."""
+
+
+class Simulation:
+    def __init__(
+        self,
+        net: CompiledNetwork,
+        trips: Trips,
+        *,
+        start_s: float = 0.0,
+        dt_s: float = DEFAULT_DT_S,
+        lost_time_s: float = LOST_TIME_S,
+        end_lag_s: float = END_LAG_S,
+    ) -> None:
+        check_number("dt_s", dt_s, ge=0.1, le=2.0)
+        check_number("start_s", start_s, ge=0.0)
+        check_number("lost_time_s", lost_time_s, ge=0.0, le=6.0)
+        check_number("end_lag_s", end_lag_s, ge=0.0, le=6.0)
+        if trips.count and (not np.all(np.isfinite(trips.depart)) or trips.depart.min() < 0):
+            raise ValidationError("trips.depart", "departure times must be finite and >= 0")
+        if trips.count and (trips.route_links.min() < 0 or trips.route_links.max() >= net.links):
+            raise ValidationError("trips.route_links", "a route names a link outside the network")
+        self.net = net
+        self.trips = trips
+        self.now = start_s
+        self.dt = dt_s
+        self.lost_time = lost_time_s
+        self.end_lag = end_lag_s
+        n_ctl, n_mv, n_links, n_veh = len(net.controller_ids), net.movements, net.links, trips.count
+        self.override = np.full(n_ctl, -1, dtype=np.int64)
+        self.allowed = np.zeros(n_ctl, dtype=np.int64)
+        self.q_head = np.full(n_mv, -1, dtype=np.int64)
+        self.q_tail = np.full(n_mv, -1, dtype=np.int64)
+        self.q_len = np.zeros(n_mv, dtype=np.int32)
+        self.next_departure = np.zeros(n_mv, dtype=np.float64)
+        self.was_allowed = np.zeros(n_mv, dtype=np.bool_)
+        self.link_count = np.zeros(n_links, dtype=np.int32)
+        self.link_queued = np.zeros(n_links, dtype=np.int32)
+        self.link_delay = np.zeros(n_links, dtype=np.float64)
+        self.link_departures = np.zeros(n_links, dtype=np.int64)
+        self.adv_count = np.zeros(n_links, dtype=np.int64)
+        self.adv_occupied = np.zeros(n_links, dtype=np.int64)
+        self.stop_count = np.zeros(n_links, dtype=np.int64)
+        self.stop_occupied = np.zeros(n_links, dtype=np.int64)
+        self.order = np.argsort(trips.depart, kind="stable").astype(np.int64)
+        self.cursor = np.zeros(1, dtype=np.int64)
+        self.waiting = np.zeros(n_veh, dtype=np.int64)
+        self.n_waiting = np.zeros(1, dtype=np.int64)
+        self.active = np.zeros(n_veh, dtype=np.int64)
+        self.n_active = np.zeros(1, dtype=np.int64)
+        self.hop_enter = np.full(trips.route_links.shape[0], np.nan)
+        self.state = np.zeros(n_veh, dtype=np.int8)
+        self.hop = np.zeros(n_veh, dtype=np.int32)
+        self.position = np.zeros(n_veh, dtype=np.float64)
+        self.next_in_queue = np.full(n_veh, -1, dtype=np.int64)
+        self.stopped = np.zeros(n_veh, dtype=np.bool_)
+        self.stops = np.zeros(n_veh, dtype=np.int32)
+        self.entered = np.full(n_veh, np.nan)
+        self.arrived = np.full(n_veh, np.nan)
+
+    def advance(self, seconds: float) -> None:
+        """Run whole steps covering ``seconds`` of simulated time."""
+        check_number("seconds", seconds, ge=0.0)
+        steps = round(seconds / self.dt)
+        if steps:
+            self.now = self._run(steps)
+
+    def _run(self, steps: int) -> float:
+        n, t = self.net, self.trips
+        return float(
+            kernels.run_steps(
+                steps,
+                self.now,
+                self.dt,
+                self.lost_time,
+                self.end_lag,
+                n.link_length,
+                n.link_lanes,
+                n.link_speed,
+                n.link_storage,
+                n.link_advance,
+                n.mv_from,
+                n.mv_to,
+                n.mv_controller,
+                n.mv_bit,
+                n.mv_lanes,
+                n.mv_headway,
+                n.ctl_cycle,
+                n.ctl_offset,
+                n.ctl_phase_start,
+                n.ph_begin,
+                n.ph_green,
+                n.ph_mask,
+                self.override,
+                self.allowed,
+                self.q_head,
+                self.q_tail,
+                self.q_len,
+                self.next_departure,
+                self.was_allowed,
+                self.link_count,
+                self.link_queued,
+                self.link_delay,
+                self.link_departures,
+                self.adv_count,
+                self.adv_occupied,
+                self.stop_count,
+                self.stop_occupied,
+                t.depart,
+                self.order,
+                self.cursor,
+                self.waiting,
+                self.n_waiting,
+                self.active,
+                self.n_active,
+                t.route_start,
+                t.route_len,
+                t.route_links,
+                t.route_moves,
+                self.hop_enter,
+                t.speed_factor,
+                self.state,
+                self.hop,
+                self.position,
+                self.next_in_queue,
+                self.stopped,
+                self.stops,
+                self.entered,
+                self.arrived,
+            )
+        )
+
+    @property
+    def vehicles_in_network(self) -> int:
+        return int(self.n_active[0])
+
+    def queue_on_link(self) -> NDArray[np.int32]:
+        """Ground truth: vehicles standing in queues on each link (all its movements)."""
+        return self.link_queued.copy()
+
+    def set_override(self, controller: int, mask: int | None) -> None:
+        """Make ``controller`` follow ``mask`` (groups that may proceed) instead of its plan."""
+        self.override[controller] = -1 if mask is None else mask
