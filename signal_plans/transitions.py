@@ -401,3 +401,20 @@ def takeover_state(
     if transition.starts_at_s <= state.at_s:
         return state
     return normal_state_at(plan, transition.starts_at_s, before=True)
+
+
+def return_to_normal(plan: TimingPlan, state: ControllerState) -> Transition:
+    """The earliest safe way from any state back onto the normal timeline (a release, or a
+    lease that ran out): hold what shows no longer than its minimums, then rejoin."""
+    if state.signals != plan.signals:
+        raise ValidationError("state", "state and plan belong to different intersections")
+    if _on_plan(plan, state):
+        return Transition(Strategy.NONE, (), state.at_s, state.at_s, state.at_s, state.at_s)
+    periods = [
+        p
+        for p in normal_periods(plan, state.at_s, state.at_s + 3 * plan.cycle_s)
+        if p.green_end_s > state.at_s
+    ]
+    holding = [PhaseRequest(state.greens, state.at_s)]
+    group = min(state.greens) if state.greens else min(plan.phases[0].groups)
+    return _with_way_back(plan, state, Strategy.NONE, group, holding, periods, state.at_s)

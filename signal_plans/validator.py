@@ -50,6 +50,8 @@ class RejectCode(enum.StrEnum):
     MIN_GREEN_CUT = "min_green_cut"
     PED_CLEARANCE_CUT = "ped_clearance_cut"
     ENDS_IN_YELLOW = "ends_in_yellow"
+    UNSUPPORTED = "unsupported"
+    BUSY = "busy"
 
 
 @dataclass(frozen=True, slots=True)

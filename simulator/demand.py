@@ -85,11 +85,14 @@ def random_trips(
     peak: Peak | None = None,
     turns: tuple[float, float, float] = DEFAULT_TURNS,
     from_boundary: bool = True,
+    origin_weights: dict[str, float] | None = None,
     max_hops: int = 60,
 ) -> Trips:
     """Poisson arrivals (rate varying with ``peak``) on origin links chosen uniformly: the
     network's entry links, or any link when ``from_boundary`` is false (SUMO randomTrips
-    style). Routes follow the turning shares until the network's edge or ``max_hops``."""
+    style). ``origin_weights`` (link id -> weight, default 1) skews the choice, for example
+    towards an arterial's main-road entries. Routes follow the turning shares until the
+    network's edge or ``max_hops``."""
     check_count("seed", seed)
     check_number("duration_s", duration_s, gt=0.0, le=30 * 86400.0)
     check_number("vehicles_per_hour", vehicles_per_hour, ge=0.0, le=10_000_000.0)
@@ -122,7 +125,20 @@ def random_trips(
         candidates = np.arange(net.links, dtype=np.int32)
     if candidates.size == 0:
         raise ValidationError("origins", "the network has no entry link")
-    origins = candidates[rng.integers(0, candidates.size, times.size)]
+    weights_by_link = np.ones(candidates.size)
+    for link_id, weight in (origin_weights or {}).items():
+        check_number(f"origin_weights[{link_id}]", weight, ge=0.0)
+        if link_id not in net.link_index:
+            raise ValidationError("origin_weights", f"unknown link {link_id!r}")
+        hits = np.flatnonzero(candidates == net.link_index[link_id])
+        if hits.size == 0:
+            raise ValidationError("origin_weights", f"{link_id!r} is not an origin link")
+        weights_by_link[hits] = weight
+    if weights_by_link.sum() <= 0.0:
+        raise ValidationError("origin_weights", "all origin weights are zero")
+    origins = candidates[
+        rng.choice(candidates.size, size=times.size, p=weights_by_link / weights_by_link.sum())
+    ]
     n = times.size
     links = np.zeros((n, max_hops), dtype=np.int32)
     moves = np.zeros((n, max_hops), dtype=np.int32)

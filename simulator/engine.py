@@ -74,7 +74,7 @@ class Simulation:
         self.hop = np.zeros(n_veh, dtype=np.int32)
         self.position = np.zeros(n_veh, dtype=np.float64)
         self.next_in_queue = np.full(n_veh, -1, dtype=np.int64)
-        self.stopped = np.zeros(n_veh, dtype=np.bool_)
+        self.joined = np.zeros(n_veh, dtype=np.float64)
         self.stops = np.zeros(n_veh, dtype=np.int32)
         self.entered = np.full(n_veh, np.nan)
         self.arrived = np.full(n_veh, np.nan)
@@ -144,7 +144,7 @@ class Simulation:
                 self.hop,
                 self.position,
                 self.next_in_queue,
-                self.stopped,
+                self.joined,
                 self.stops,
                 self.entered,
                 self.arrived,

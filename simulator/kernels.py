@@ -19,6 +19,8 @@ from numba import njit
 from citybrain.models.network import JAM_SPACING_M
 
 PENDING, DRIVING, QUEUED, ARRIVED = 0, 1, 2, 3
+STOP_WAIT_S = 1.0
+"""A vehicle that waits longer than this in a queue has stopped (counted once per queue)."""
 
 
 @njit(cache=True)
@@ -110,7 +112,7 @@ def run_steps(
     hop: np.ndarray,
     position: np.ndarray,
     next_in_queue: np.ndarray,
-    stopped: np.ndarray,
+    joined: np.ndarray,
     stops: np.ndarray,
     entered: np.ndarray,
     arrived: np.ndarray,
@@ -140,9 +142,6 @@ def run_steps(
             v = active[i]
             link = route_links[route_start[v] + hop[v]]
             if state[v] == QUEUED:
-                if not stopped[v]:
-                    stopped[v] = True
-                    stops[v] += 1
                 active[kept] = v
                 kept += 1
                 continue
@@ -169,6 +168,7 @@ def run_steps(
                 back = link_length[link] - q_len[move] * JAM_SPACING_M / mv_lanes[move]
                 if after >= back:
                     position[v] = max(back, before)
+                    joined[v] = t + max(0.0, back - before) / speed
                     state[v] = QUEUED
                     next_in_queue[v] = -1
                     if q_tail[move] >= 0:
@@ -201,7 +201,9 @@ def run_steps(
                 if link_count[target] >= link_storage[target]:
                     break
                 v = q_head[m]
-                leave = max(next_departure[m], t)
+                leave = max(next_departure[m], joined[v])
+                if leave >= horizon:
+                    break
                 q_head[m] = next_in_queue[v]
                 if q_head[m] < 0:
                     q_tail[m] = -1
@@ -216,11 +218,15 @@ def run_steps(
                 link_departures[source] += 1
                 stop_count[source] += 1
                 stop_busy[source] = True
+                if leave - joined[v] > STOP_WAIT_S:
+                    stops[v] += 1
                 hop[v] += 1
                 hop_enter[base + hop[v]] = leave
-                position[v] = 0.0
+                # the rest of the step is driven on the new link
+                position[v] = min(
+                    link_speed[target] * speed_factor[v] * (horizon - leave), link_length[target]
+                )
                 state[v] = DRIVING
-                stopped[v] = False
                 next_departure[m] = leave + mv_headway[m]
             if next_departure[m] < t:
                 next_departure[m] = t
@@ -236,9 +242,11 @@ def run_steps(
             if link_count[first] < link_storage[first]:
                 link_count[first] += 1
                 state[v] = DRIVING
-                position[v] = 0.0
                 hop[v] = 0
                 entered[v] = max(depart[v], t)
+                position[v] = min(
+                    link_speed[first] * speed_factor[v] * (horizon - entered[v]), link_length[first]
+                )
                 hop_enter[route_start[v]] = entered[v]
                 active[n_active[0]] = v
                 n_active[0] += 1
