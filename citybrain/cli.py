@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="plan an ambulance corridor along an arterial")
     demo.add_argument("--intersections", type=int, default=8, help="stop lines on the route (1-60)")
     demo.add_argument("--seed", type=int, default=7, help="scenario seed (same seed, same output)")
+    from citybrain.simulator import cli as sim_cli
+
+    sim_cli.add_commands(commands)
     return parser
 
 
@@ -37,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = demo.DemoSettings(intersections=args.intersections, seed=args.seed)
             print(demo.render(demo.run(settings)))
+        elif args.command == "sim":
+            from citybrain.simulator import cli as sim_cli
+
+            return sim_cli.main(args)
     except CitybrainError as error:
         print(f"citybrain: {error}", file=sys.stderr)
         return 2

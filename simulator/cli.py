@@ -1,0 +1,83 @@
+"""``citybrain sim``: run a scenario and write its scores; write a network file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from citybrain.simulator import netfile, scoring
+from citybrain.simulator.runner import Run
+from citybrain.simulator.scenarios import Level, build, load_network
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = commands.add_parser("sim", help="the traffic simulator")
+    sub = sim.add_subparsers(dest="sim_command", required=True)
+    run = sub.add_parser("run", help="run a scenario and write summary.json and CSV files")
+    run.add_argument(
+        "--network", default="arterial", help="arterial[:N], grid:RxC or a network file"
+    )
+    run.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
+    run.add_argument("--duration", type=float, default=3600.0, help="simulated seconds")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--peak", action="store_true", help="a demand peak mid-run (x1.5)")
+    run.add_argument(
+        "--ambulance-at", type=float, default=None, help="release an ambulance at this time"
+    )
+    run.add_argument(
+        "--out", type=Path, default=None, help="output folder (default out/<scenario>)"
+    )
+    run.add_argument("--no-progress", action="store_true")
+    network = sub.add_parser("network", help="generate a network and write it to a file")
+    network.add_argument("spec", help="arterial[:N] or grid:RxC")
+    network.add_argument("out", type=Path)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.sim_command == "network":
+        road = load_network(args.spec)
+        netfile.save(road, args.out)
+        net = road.network
+        print(f"wrote {args.out}: {len(net.intersections)} nodes, {len(net.links)} links")
+        return 0
+    scenario = build(
+        args.network,
+        level=args.demand,
+        duration_s=args.duration,
+        seed=args.seed,
+        peak=args.peak,
+        ambulance_at_s=args.ambulance_at,
+    )
+    log.info(
+        "%s: %d vehicles over %.0f s", scenario.name, scenario.trips.count, scenario.duration_s
+    )
+    run = Run(scenario.net, scenario.trips)
+    started = time.perf_counter()
+    with tqdm(
+        total=int(scenario.duration_s), unit="sim s", disable=args.no_progress, file=sys.stderr
+    ) as bar:
+        run.advance(scenario.duration_s, on_step=lambda now: bar.update(int(now) - bar.n))
+    wall = time.perf_counter() - started
+    result = scoring.score(run, scenario=scenario.name, started_s=0.0)
+    out = args.out or Path("out") / scenario.name
+    paths = scoring.write(result, run, out)
+    print(
+        f"{scenario.name}: {result.vehicles} vehicles, {result.arrived} arrived, "
+        f"{result.in_network} still in the network; {scenario.duration_s / wall:.0f}x real time"
+    )
+    print(
+        f"  mean travel time {result.mean_travel_time_s:.1f} s, delay {result.mean_delay_s:.1f} s, "
+        f"stops {result.mean_stops:.2f}, throughput {result.throughput_vph:.0f} veh/h"
+    )
+    for trip in result.emergency:
+        done = "not arrived" if trip.travel_time_s is None else f"{trip.travel_time_s:.1f} s"
+        print(f"  {trip.vehicle}: {done} (free flow {trip.free_flow_s:.1f} s), {trip.stops} stops")
+    print("  wrote " + ", ".join(str(p) for p in paths))
+    return 0
