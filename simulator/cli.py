@@ -35,6 +35,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--out", type=Path, default=None, help="output folder (default out/<scenario>)"
     )
     run.add_argument("--no-progress", action="store_true")
+    serve = sub.add_parser("serve", help="serve a scenario's cabinets on the field bus")
+    serve.add_argument(
+        "--network", default="arterial", help="arterial[:N], grid:RxC or a network file"
+    )
+    serve.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
+    serve.add_argument(
+        "--duration", type=float, default=3600.0, help="seconds of demand to generate"
+    )
+    serve.add_argument("--seed", type=int, default=1)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4710)
+    serve.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="paced clock, x real time; 0 = as fast as possible, advanced by clients",
+    )
     network = sub.add_parser("network", help="generate a network and write it to a file")
     network.add_argument("spec", help="arterial[:N] or grid:RxC")
     network.add_argument("out", type=Path)
@@ -47,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
         net = road.network
         print(f"wrote {args.out}: {len(net.intersections)} nodes, {len(net.links)} links")
         return 0
+    if args.sim_command == "serve":
+        return _serve(args)
     scenario = build(
         args.network,
         level=args.demand,
@@ -80,4 +99,33 @@ def main(args: argparse.Namespace) -> int:
         done = "not arrived" if trip.travel_time_s is None else f"{trip.travel_time_s:.1f} s"
         print(f"  {trip.vehicle}: {done} (free flow {trip.free_flow_s:.1f} s), {trip.stops} stops")
     print("  wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from citybrain.simulator.fieldbus import FieldBusServer
+
+    scenario = build(args.network, level=args.demand, duration_s=args.duration, seed=args.seed)
+    run = Run(scenario.net, scenario.trips)
+    speed = None if args.speed == 0 else args.speed
+
+    async def serve() -> None:
+        server = FieldBusServer(run, host=args.host, port=args.port, speed=speed)
+        port = await server.start()
+        clock = "as fast as clients advance it" if speed is None else f"{speed:g}x real time"
+        print(
+            f"{scenario.name}: {len(run.controllers)} cabinets on {args.host}:{port}, clock {clock}"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+        print(f"stopped at t={run.now:.0f} s; {server.core.rejected} requests refused")
+
+    asyncio.run(serve())
     return 0

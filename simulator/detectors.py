@@ -54,9 +54,14 @@ class DetectorCards:
         self.rng = np.random.default_rng(seed)
         net = sim.net.road.network
         self.approaches = {a.id: sim.net.link_index[a.link_id] for a in net.approaches}
+        self.by_intersection: dict[str, list[tuple[str, int]]] = {}
+        for a in net.approaches:
+            self.by_intersection.setdefault(a.intersection_id, []).append(
+                (a.id, self.approaches[a.id])
+            )
         self.failures: dict[tuple[str, str], Failure] = {}
-        self._last_time = sim.now
-        self._last = self._snapshot()
+        self._start = sim.now
+        self._last: dict[str, tuple[float, tuple[int, int, int, int]]] = {}
 
     def fail(self, approach: str, loop: str, failure: Failure | None) -> None:
         """Break (or with ``None`` repair) the ``loop`` ("stop" or "advance") of ``approach``."""
@@ -69,47 +74,53 @@ class DetectorCards:
         else:
             self.failures[(approach, loop)] = failure
 
-    def _snapshot(self) -> tuple[np.ndarray, ...]:
-        s = self.sim
-        return (
-            s.stop_count.copy(),
-            s.stop_occupied.copy(),
-            s.adv_count.copy(),
-            s.adv_occupied.copy(),
-        )
-
-    def read(self) -> dict[str, ApproachReading]:
-        now = self.sim.now
-        interval = now - self._last_time
-        current = self._snapshot()
-        stop_n, stop_occ, adv_n, adv_occ = (c - p for c, p in zip(current, self._last, strict=True))
-        self._last, self._last_time = current, now
-        steps = max(1.0, interval / self.sim.dt)
+    def read(self, intersection: str | None = None) -> dict[str, ApproachReading]:
+        """Readings since this approach was last read (each cabinet reads its own loops)."""
+        sim = self.sim
+        now = sim.now
         out: dict[str, ApproachReading] = {}
-        for approach, link in self.approaches.items():
+        for approach, link in self._approaches_at(intersection):
+            current = (
+                int(sim.stop_count[link]),
+                int(sim.stop_occupied[link]),
+                int(sim.adv_count[link]),
+                int(sim.adv_occupied[link]),
+            )
+            since, last = self._last.get(approach, (self._start, (0, 0, 0, 0)))
+            self._last[approach] = (now, current)
+            interval = now - since
+            steps = max(1.0, interval / sim.dt)
+            delta = [c - p for c, p in zip(current, last, strict=True)]
             readings = []
             for loop, count, occupied in (
-                ("stop", stop_n[link], stop_occ[link]),
-                ("advance", adv_n[link], adv_occ[link]),
+                ("stop", delta[0], delta[1]),
+                ("advance", delta[2], delta[3]),
             ):
-                counted = (
-                    int(self.rng.binomial(int(count), 1.0 - self.noise.miss_rate)) if count else 0
-                )
-                share = float(occupied) / steps
-                if self.noise.occupancy_sd:
-                    share += float(self.rng.normal(0.0, self.noise.occupancy_sd))
-                share = min(1.0, max(0.0, share))
-                failure = self.failures.get((approach, loop))
-                if failure is Failure.STUCK_ON:
-                    counted, share = 0, 1.0
-                elif failure is Failure.STUCK_OFF:
-                    counted, share = 0, 0.0
-                readings.append((counted, share))
+                readings.append(self._loop(approach, loop, count, occupied / steps))
             (sc, so), (ac, ao) = readings
             out[approach] = ApproachReading(approach, interval, sc, so, ac, ao)
         return out
 
-    def true_queues(self) -> dict[str, int]:
+    def _loop(self, approach: str, loop: str, count: int, share: float) -> tuple[int, float]:
+        counted = int(self.rng.binomial(count, 1.0 - self.noise.miss_rate)) if count else 0
+        if self.noise.occupancy_sd:
+            share += float(self.rng.normal(0.0, self.noise.occupancy_sd))
+        share = min(1.0, max(0.0, share))
+        failure = self.failures.get((approach, loop))
+        if failure is Failure.STUCK_ON:
+            return 0, 1.0
+        if failure is Failure.STUCK_OFF:
+            return 0, 0.0
+        return counted, share
+
+    def _approaches_at(self, intersection: str | None) -> list[tuple[str, int]]:
+        if intersection is None:
+            return list(self.approaches.items())
+        if intersection not in self.by_intersection:
+            raise ValidationError("intersection", f"no detectors at {intersection!r}")
+        return self.by_intersection[intersection]
+
+    def true_queues(self, intersection: str | None = None) -> dict[str, int]:
         """Ground truth: vehicles standing in queue on each approach now."""
         queued = self.sim.link_queued
-        return {approach: int(queued[link]) for approach, link in self.approaches.items()}
+        return {a: int(queued[link]) for a, link in self._approaches_at(intersection)}
