@@ -21,6 +21,7 @@ from citybrain.signal_plans.transitions import (
     Transition,
     build_steps,
     plan_green_window,
+    return_to_normal,
     takeover_state,
 )
 from citybrain.signal_plans.validator import check_steps
@@ -205,3 +206,28 @@ def test_windows_the_planner_opens_itself_open_on_time_not_early() -> None:
     assert len(early) > 100
     too_early = [seconds for seconds in early if seconds > 0.5]
     assert len(too_early) <= 0.05 * len(early), sorted(too_early)[-5:]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=timing_plans(),
+    now=st.floats(10_000.0, 20_000.0),
+    group=st.sampled_from(GROUPS),
+    cut=st.floats(0.0, 60.0),
+)
+def test_return_to_normal_is_safe_from_anywhere(
+    plan: TimingPlan, now: float, group: str, cut: float
+) -> None:
+    """A release or an expired lease brings any state back onto the timeline safely."""
+    state = normal_state_at(plan, now)
+    priority = plan_green_window(plan, state, group, now + 5.0, now + 50.0)
+    start = takeover_state(plan, state, priority)
+    midway = advance(start, priority.steps, start.at_s + cut)
+    back = return_to_normal(plan, midway)
+    assert check_steps(midway, back.steps).accepted
+    assert violations(midway, back.steps) == []
+    done_at = max(back.resume_at_s, midway.at_s)
+    assert (
+        advance(midway, back.steps, done_at).displays() == normal_state_at(plan, done_at).displays()
+    )
+    assert done_at - midway.at_s <= 2 * plan.cycle_s
