@@ -1,9 +1,9 @@
 """`citybrain demo`: a corridor along a coordinated arterial, computed end to end.
 
-Until the simulator and the optimizer land (their issues), the demo exercises what exists:
-coordinated timing plans, the queue-flushing window rule, the transition planner, the wire
-format and the edge's safety check. Every number it prints is computed from the seeded
-scenario below; the queues are sampled (Poisson) because no traffic engine exists yet.
+Until the optimizer lands (its issue), the demo exercises the signal-plan side: coordinated
+timing plans, the queue-flushing window rule, the transition planner, the wire format and the
+edge's safety check. Every number it prints is computed from the seeded scenario below; the
+queues are sampled (Poisson): the closed loop on the simulator is the optimizer issue's.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def render(result: DemoResult) -> str:
         f"{settings.speed_limit_mps * 3.6:.0f} km/h green wave; the ambulance drives "
         f"{settings.ambulance_speed_mps * 3.6:.0f} km/h",
         f"  queues ahead of it are sampled (Poisson, mean {settings.mean_queue_veh:g} veh over "
-        f"{settings.lanes} lanes): no traffic engine yet",
+        f"{settings.lanes} lanes); the closed loop on the simulator arrives with the optimizer",
         "",
         f"  {'stop':5} {'dist m':>7} {'ETA s':>7} {'queue':>5} {'window s':>13} {'normal':>9} "
         f"{'action':>11} {'green at':>9} {'lead s':>6} {'steps':>5} {'bytes':>5}  edge check",
