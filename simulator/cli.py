@@ -82,7 +82,11 @@ def main(args: argparse.Namespace) -> int:
     with tqdm(
         total=int(scenario.duration_s), unit="sim s", disable=args.no_progress, file=sys.stderr
     ) as bar:
-        run.advance(scenario.duration_s, on_step=lambda now: bar.update(int(now) - bar.n))
+
+        def show(now: float) -> None:
+            bar.update(int(now) - bar.n)
+
+        run.advance(scenario.duration_s, on_step=show)
     wall = time.perf_counter() - started
     result = scoring.score(run, scenario=scenario.name, started_s=0.0)
     out = args.out or Path("out") / scenario.name

@@ -61,9 +61,11 @@ class EmulatedController:
 
     def state_at(self, at_s: float) -> ControllerState:
         """What the controller shows at ``at_s`` (now or later), as things stand."""
-        if self.running is None:
+        running = self.running
+        if running is None or at_s < running.start.at_s:
+            # before a plan takes over, the normal plan runs
             return normal_state_at(self.plan, at_s)
-        return advance(self.running.start, self.running.steps, max(at_s, self.running.start.at_s))
+        return advance(running.start, running.steps, at_s)
 
     def command(self, message: SignalPlan, now_s: float) -> Outcome:
         """Accept and schedule a plan, or refuse it with the reason; an unsafe plan never runs."""
@@ -117,7 +119,7 @@ class EmulatedController:
         expired lease back to normal through a safe transition.
         """
         running = self.running
-        if running is None:
+        if running is None or now_s < running.start.at_s:
             return None
         shown = self.state_at(now_s)
         last = running.steps[-1].at_s if running.steps else running.start.at_s

@@ -157,7 +157,8 @@ def random_trips(
         lengths,
     )
     mask = np.arange(max_hops)[None, :] < lengths[:, None]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    starts = np.zeros(n, dtype=np.int64)
+    starts[1:] = np.cumsum(lengths)[:-1]
     return Trips(
         times.astype(np.float64),
         starts,

@@ -75,6 +75,7 @@ class Simulation:
         self.position = np.zeros(n_veh, dtype=np.float64)
         self.next_in_queue = np.full(n_veh, -1, dtype=np.int64)
         self.joined = np.zeros(n_veh, dtype=np.float64)
+        self.behind_loop = np.zeros(n_veh, dtype=np.bool_)
         self.stops = np.zeros(n_veh, dtype=np.int32)
         self.entered = np.full(n_veh, np.nan)
         self.arrived = np.full(n_veh, np.nan)
@@ -87,69 +88,26 @@ class Simulation:
             self.now = self._run(steps)
 
     def _run(self, steps: int) -> float:
+        return float(kernels.run_steps(*self.kernel_args(steps)))
+
+    def kernel_args(self, steps: int) -> tuple[object, ...]:
+        """The arguments of ``kernels.run_steps`` for ``steps`` steps from now (state in place)."""
         n, t = self.net, self.trips
-        return float(
-            kernels.run_steps(
-                steps,
-                self.now,
-                self.dt,
-                self.lost_time,
-                self.end_lag,
-                n.link_length,
-                n.link_lanes,
-                n.link_speed,
-                n.link_storage,
-                n.link_advance,
-                n.mv_from,
-                n.mv_to,
-                n.mv_controller,
-                n.mv_bit,
-                n.mv_lanes,
-                n.mv_headway,
-                n.ctl_cycle,
-                n.ctl_offset,
-                n.ctl_phase_start,
-                n.ph_begin,
-                n.ph_green,
-                n.ph_mask,
-                self.override,
-                self.allowed,
-                self.q_head,
-                self.q_tail,
-                self.q_len,
-                self.next_departure,
-                self.was_allowed,
-                self.link_count,
-                self.link_queued,
-                self.link_delay,
-                self.link_departures,
-                self.adv_count,
-                self.adv_occupied,
-                self.stop_count,
-                self.stop_occupied,
-                t.depart,
-                self.order,
-                self.cursor,
-                self.waiting,
-                self.n_waiting,
-                self.active,
-                self.n_active,
-                t.route_start,
-                t.route_len,
-                t.route_links,
-                t.route_moves,
-                self.hop_enter,
-                t.speed_factor,
-                self.state,
-                self.hop,
-                self.position,
-                self.next_in_queue,
-                self.joined,
-                self.stops,
-                self.entered,
-                self.arrived,
-            )
-        )
+        return (
+            steps, self.now, self.dt, self.lost_time, self.end_lag,
+            n.link_length, n.link_lanes, n.link_speed, n.link_storage, n.link_advance,
+            n.mv_from, n.mv_to, n.mv_controller, n.mv_bit, n.mv_lanes, n.mv_headway,
+            n.ctl_cycle, n.ctl_offset, n.ctl_phase_start, n.ph_begin, n.ph_green, n.ph_mask,
+            self.override, self.allowed,
+            self.q_head, self.q_tail, self.q_len, self.next_departure, self.was_allowed,
+            self.link_count, self.link_queued, self.link_delay, self.link_departures,
+            self.adv_count, self.adv_occupied, self.stop_count, self.stop_occupied,
+            t.depart, self.order, self.cursor, self.waiting, self.n_waiting,
+            self.active, self.n_active,
+            t.route_start, t.route_len, t.route_links, t.route_moves, self.hop_enter,
+            t.speed_factor, self.state, self.hop, self.position, self.next_in_queue,
+            self.joined, self.behind_loop, self.stops, self.entered, self.arrived,
+        )  # fmt: skip
 
     @property
     def vehicles_in_network(self) -> int:

@@ -113,6 +113,7 @@ def run_steps(
     position: np.ndarray,
     next_in_queue: np.ndarray,
     joined: np.ndarray,
+    behind_loop: np.ndarray,
     stops: np.ndarray,
     entered: np.ndarray,
     arrived: np.ndarray,
@@ -149,9 +150,9 @@ def run_steps(
             speed = link_speed[link] * speed_factor[v]
             before = position[v]
             after = before + speed * dt
-            if before < link_advance[link] <= after:
-                adv_count[link] += 1
             if move < 0:
+                if before < link_advance[link] <= after:
+                    adv_count[link] += 1
                 if after >= link_length[link]:
                     state[v] = ARRIVED
                     arrived[v] = t + (link_length[link] - before) / speed
@@ -166,8 +167,13 @@ def run_steps(
                 position[v] = after
             else:
                 back = link_length[link] - q_len[move] * JAM_SPACING_M / mv_lanes[move]
+                reached = min(after, max(back, before))
+                if before < link_advance[link] <= reached:
+                    adv_count[link] += 1
                 if after >= back:
                     position[v] = max(back, before)
+                    # joining the queue behind the advance loop: it passes the loop in the queue
+                    behind_loop[v] = position[v] < link_advance[link]
                     joined[v] = t + max(0.0, back - before) / speed
                     state[v] = QUEUED
                     next_in_queue[v] = -1
@@ -220,6 +226,9 @@ def run_steps(
                 stop_busy[source] = True
                 if leave - joined[v] > STOP_WAIT_S:
                     stops[v] += 1
+                if behind_loop[v]:
+                    adv_count[source] += 1
+                    behind_loop[v] = False
                 hop[v] += 1
                 hop_enter[base + hop[v]] = leave
                 # the rest of the step is driven on the new link

@@ -73,11 +73,17 @@ class _Timing(msgspec.Struct, array_like=True):
     ped_clearance: float
 
 
+class _Group(msgspec.Struct, array_like=True):
+    node: str
+    id: str
+    movements: list[str]
+    crossing: bool
+
+
 class _Plan(msgspec.Struct):
     node: str
     timings: dict[str, _Timing]
     conflicts: list[tuple[str, str]]
-    crossings: list[str]
     phases: list[tuple[str, list[str]]]
     greens: list[float]
     offset: float
@@ -91,16 +97,13 @@ class _File(msgspec.Struct):
     links: list[_Link]
     approaches: list[tuple[str, str, str]]
     movements: list[_Movement]
+    groups: list[_Group]
     detectors: list[_Detector]
     plans: list[_Plan]
 
 
 def save(road: RoadNetwork, path: Path) -> None:
     net = road.network
-    crossings: dict[str, list[str]] = {}
-    for group in net.signal_groups:
-        if group.pedestrian_crossing:
-            crossings.setdefault(group.intersection_id, []).append(group.id)
     document = _File(
         FORMAT,
         VERSION,
@@ -123,6 +126,10 @@ def save(road: RoadNetwork, path: Path) -> None:
             _Movement(m.id, m.intersection_id, m.from_link, m.to_link, m.turn, m.signal_group)
             for m in net.movements
         ],
+        [
+            _Group(g.intersection_id, g.id, sorted(g.movement_ids), g.pedestrian_crossing)
+            for g in net.signal_groups
+        ],
         [_Detector(d.id, d.link_id, d.kind, d.distance_from_stop_line_m) for d in net.detectors],
         [
             _Plan(
@@ -134,7 +141,6 @@ def save(road: RoadNetwork, path: Path) -> None:
                     for g, t in sorted(plan.signals.timings.items())
                 },
                 sorted(tuple(sorted(pair)) for pair in plan.signals.conflict_pairs),  # type: ignore[misc]
-                sorted(crossings.get(node, [])),
                 [(phase.id, sorted(phase.groups)) for phase in plan.phases],
                 list(plan.greens_s),
                 plan.offset_s,
@@ -169,10 +175,6 @@ def load(path: Path) -> RoadNetwork:
 
 
 def _build(document: _File) -> RoadNetwork:
-    crossings = {(plan.node, g) for plan in document.plans for g in plan.crossings}
-    members: dict[tuple[str, str], set[str]] = {}
-    for m in document.movements:
-        members.setdefault((m.node, m.group), set()).add(m.id)
     network = Network(
         tuple(Intersection(n.id, n.x, n.y, n.signalized) for n in document.nodes),
         tuple(
@@ -192,8 +194,7 @@ def _build(document: _File) -> RoadNetwork:
             Movement(m.id, m.node, m.source, m.target, m.turn, m.group) for m in document.movements
         ),
         tuple(
-            SignalGroup(group, node, frozenset(ids), (node, group) in crossings)
-            for (node, group), ids in sorted(members.items())
+            SignalGroup(g.id, g.node, frozenset(g.movements), g.crossing) for g in document.groups
         ),
         tuple(Detector(d.id, d.link, d.kind, d.distance) for d in document.detectors),
     )

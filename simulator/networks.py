@@ -232,7 +232,8 @@ def arterial(
     seed: int = 0,
 ) -> RoadNetwork:
     """An east-west arterial of ``intersections`` signalized junctions spread over ``length_m``
-    (spacing varied +-25 % from a seed, like a real street), each with a cross street to
+    (spacings drawn +-25 % around the mean from a seed, then scaled to ``length_m``, like a
+    real street), each with a cross street to
     boundary nodes north and south, and feeder links at both ends. Offsets give eastbound
     progression at the speed limit. The default is the reference case: 21 over 7 km."""
     import random

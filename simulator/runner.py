@@ -97,9 +97,9 @@ class Run:
     def _update_overrides(self) -> None:
         for node in list(self._running):
             c = self.net.controller_index[node]
-            mask = self.controllers[node].override_mask(self.now, self.net.group_bits[c])
-            self.sim.set_override(c, mask)
-            if mask is None:
+            controller = self.controllers[node]
+            self.sim.set_override(c, controller.override_mask(self.now, self.net.group_bits[c]))
+            if controller.running is None:
                 self._running.discard(node)
 
     def _record_tracks(self) -> None:
