@@ -7,6 +7,8 @@ override mask per intersection; all others follow their normal timing plan insid
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -90,7 +92,7 @@ class Simulation:
     def _run(self, steps: int) -> float:
         return float(kernels.run_steps(*self.kernel_args(steps)))
 
-    def kernel_args(self, steps: int) -> tuple[object, ...]:
+    def kernel_args(self, steps: int) -> tuple[Any, ...]:
         """The arguments of ``kernels.run_steps`` for ``steps`` steps from now (state in place)."""
         n, t = self.net, self.trips
         return (
