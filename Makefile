@@ -9,7 +9,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	&& { echo $$p; break; }; done)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench bench-sumo clean
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "citybrain needs Python >= 3.11 on PATH (or PYTHON=/path/to/python3.11)" >&2; exit 1; fi
@@ -42,6 +42,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
+
+# Our engine against SUMO micro and meso on the same grid, routes and signal timing.
+bench-sumo: $(STAMP)
+	$(BIN)/python benchmarks/sumo_compare.py --rows 20 --cols 20 --duration 600 --demand moderate
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -54,6 +54,10 @@ class CompiledNetwork:
     """Green start of each phase within the cycle."""
     ph_green: NDArray[np.float64]
     ph_mask: NDArray[np.int64]
+    ph_clear: NDArray[np.float64]
+    """Change interval after each phase (its intergreen)."""
+    ph_keep: NDArray[np.int64]
+    """Groups of each phase that are also green in the next one (overlaps)."""
 
     @property
     def links(self) -> int:
@@ -95,6 +99,8 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
     begins: list[float] = []
     greens: list[float] = []
     masks: list[int] = []
+    clears: list[float] = []
+    keeps: list[int] = []
     for c, node in enumerate(controller_ids):
         plan = road.plans[node]
         bits = {group: bit for bit, group in enumerate(sorted(plan.signals.groups))}
@@ -107,6 +113,9 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
             begins.append(plan.phase_starts_s[index])
             greens.append(plan.greens_s[index])
             masks.append(sum(1 << bits[g] for g in phase.groups))
+            following = plan.phases[(index + 1) % len(plan.phases)]
+            clears.append(plan.intergreen_after_s(index))
+            keeps.append(sum(1 << bits[g] for g in phase.groups & following.groups))
         phase_start[c + 1] = len(begins)
 
     ordered = sorted(net.movements, key=lambda m: (link_index[m.from_link], m.id))
@@ -162,4 +171,6 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
         np.array(begins, dtype=np.float64),
         np.array(greens, dtype=np.float64),
         np.array(masks, dtype=np.int64),
+        np.array(clears, dtype=np.float64),
+        np.array(keeps, dtype=np.int64),
     )

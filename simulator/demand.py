@@ -212,3 +212,102 @@ def free_flow_time_s(
     links = trips.route_links[start : start + trips.route_len[vehicle]]
     factor = trips.speed_factor[vehicle] if speed_factor is None else speed_factor
     return float(np.sum(net.link_length[links] / (net.link_speed[links] * factor)))
+
+
+def od_trips(
+    net: CompiledNetwork,
+    matrix: dict[tuple[str, str], float],
+    *,
+    seed: int,
+    duration_s: float,
+    start_s: float = 0.0,
+    peak: Peak | None = None,
+) -> Trips:
+    """Poisson arrivals per origin-destination pair of links (vehicles per hour), each vehicle
+    on the pair's shortest free-flow route through the network."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    check_count("seed", seed)
+    check_number("duration_s", duration_s, gt=0.0, le=30 * 86400.0)
+    for (origin, destination), rate in matrix.items():
+        for role, link_id in (("origin", origin), ("destination", destination)):
+            if link_id not in net.link_index:
+                raise ValidationError(
+                    f"matrix[{origin},{destination}]", f"unknown {role} link {link_id!r}"
+                )
+        check_number(f"matrix[{origin},{destination}]", rate, ge=0.0, le=100_000.0)
+    free_time = net.link_length / net.link_speed
+    graph = csr_matrix(
+        (free_time[net.mv_to], (net.mv_from, net.mv_to)), shape=(net.links, net.links)
+    )
+    origins = sorted({net.link_index[o] for o, _ in matrix})
+    _, predecessors = dijkstra(graph, indices=origins, return_predecessors=True)
+    row_of = {o: r for r, o in enumerate(origins)}
+    rng = np.random.default_rng(seed)
+    parts: list[Trips] = []
+    for (origin, destination), rate in sorted(matrix.items()):
+        a, b = net.link_index[origin], net.link_index[destination]
+        path = [b]
+        while path[-1] != a:
+            previous = int(predecessors[row_of[a], path[-1]])
+            if previous < 0:
+                raise ValidationError(
+                    f"matrix[{origin},{destination}]",
+                    f"{destination!r} cannot be reached from {origin!r}",
+                )
+            path.append(previous)
+        path.reverse()
+        top = rate * (peak.factor if peak else 1.0) / 3600.0
+        count = int(rng.poisson(top * duration_s))
+        times = np.sort(rng.uniform(start_s, start_s + duration_s, count))
+        if peak is not None:
+            times = times[rng.uniform(0.0, 1.0, count) < peak.multiplier(times) / peak.factor]
+        n = times.size
+        if n == 0:
+            continue
+        moves = [net.movement_between(x, y) for x, y in itertools.pairwise(path)] + [-1]
+        hops = len(path)
+        parts.append(
+            Trips(
+                times,
+                np.arange(n, dtype=np.int64) * hops,
+                np.full(n, hops, dtype=np.int32),
+                np.tile(np.array(path, dtype=np.int32), n),
+                np.tile(np.array(moves, dtype=np.int32), n),
+                rng.uniform(0.9, 1.05, n),
+                np.zeros(n, dtype=np.bool_),
+                {},
+            )
+        )
+    if not parts:
+        return Trips(
+            np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32),
+            np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0),
+            np.zeros(0, dtype=np.bool_), {},
+        )  # fmt: skip
+    merged = Trips.concat(parts)
+    order = np.argsort(merged.depart, kind="stable")
+    return _reorder(merged, order)
+
+
+def _reorder(trips: Trips, order: NDArray[np.int64]) -> Trips:
+    """The same vehicles, renumbered in ``order`` (routes moved with them)."""
+    lengths = trips.route_len[order]
+    starts = np.zeros(order.size, dtype=np.int64)
+    starts[1:] = np.cumsum(lengths)[:-1]
+    gather = (
+        np.concatenate(
+            [
+                np.arange(trips.route_start[v], trips.route_start[v] + trips.route_len[v])
+                for v in order
+            ]
+        )
+        if order.size
+        else np.zeros(0, dtype=np.int64)
+    )
+    names = {int(np.flatnonzero(order == v)[0]): name for v, name in trips.names.items()}
+    return Trips(
+        trips.depart[order], starts, lengths, trips.route_links[gather], trips.route_moves[gather],
+        trips.speed_factor[order], trips.emergency[order], names,
+    )  # fmt: skip

@@ -100,6 +100,7 @@ class Simulation:
             n.link_length, n.link_lanes, n.link_speed, n.link_storage, n.link_advance,
             n.mv_from, n.mv_to, n.mv_controller, n.mv_bit, n.mv_lanes, n.mv_headway,
             n.ctl_cycle, n.ctl_offset, n.ctl_phase_start, n.ph_begin, n.ph_green, n.ph_mask,
+            n.ph_clear, n.ph_keep,
             self.override, self.allowed,
             self.q_head, self.q_tail, self.q_len, self.next_departure, self.was_allowed,
             self.link_count, self.link_queued, self.link_delay, self.link_departures,

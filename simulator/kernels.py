@@ -32,11 +32,15 @@ def signal_masks(
     begin: np.ndarray,
     green: np.ndarray,
     mask: np.ndarray,
+    clear: np.ndarray,
+    keep: np.ndarray,
     end_lag: float,
     override: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Per controller, the bit mask of groups whose vehicles may cross the stop line at ``t``."""
+    """Per controller, the bit mask of groups whose vehicles may cross the stop line at ``t``:
+    a phase's groups during its green and the yellow end lag, and groups green in the next
+    phase too (overlaps, ``keep``) through the whole change interval ``clear``."""
     for c in range(cycle.shape[0]):
         if override[c] >= 0:
             out[c] = override[c]
@@ -49,6 +53,8 @@ def signal_masks(
                 since += cycle[c]
             if since < green[k] + end_lag:
                 allowed |= mask[k]
+            elif since < green[k] + clear[k]:
+                allowed |= keep[k]
         out[c] = allowed
 
 
@@ -77,6 +83,8 @@ def run_steps(
     ph_begin: np.ndarray,
     ph_green: np.ndarray,
     ph_mask: np.ndarray,
+    ph_clear: np.ndarray,
+    ph_keep: np.ndarray,
     override: np.ndarray,
     allowed: np.ndarray,
     # movement queues
@@ -131,6 +139,8 @@ def run_steps(
             ph_begin,
             ph_green,
             ph_mask,
+            ph_clear,
+            ph_keep,
             end_lag,
             override,
             allowed,
@@ -307,6 +317,9 @@ def random_walk_routes(
             total = 0.0
             for m in range(first, last):
                 total += turn_weights[mv_turn[m]]
+            if total <= 0.0:
+                route_moves[r, length - 1] = -1
+                break
             pick = np.random.random() * total
             chosen = last - 1
             for m in range(first, last):

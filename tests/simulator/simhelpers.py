@@ -53,6 +53,8 @@ def normal_masks(net: CompiledNetwork, t: float, end_lag_s: float) -> NDArray[np
         net.ph_begin,
         net.ph_green,
         net.ph_mask,
+        net.ph_clear,
+        net.ph_keep,
         end_lag_s,
         np.full(len(net.controller_ids), -1, dtype=np.int64),
         out,

@@ -249,3 +249,45 @@ def test_an_empty_demand_has_no_route_starts() -> None:
     empty = random_trips(NET, seed=1, duration_s=60.0, vehicles_per_hour=0.0)
     assert empty.count == 0
     assert empty.route_start.shape == (0,)
+
+
+def test_od_trips_follow_the_shortest_route_and_are_reproducible() -> None:
+    from citybrain.simulator.demand import od_trips
+
+    net = compile_network(arterial(5))
+    matrix = {("west-a01", "a05-east"): 720.0, ("a02s-a02", "a04-a04n"): 360.0}
+    trips = od_trips(net, matrix, seed=4, duration_s=3600.0)
+    again = od_trips(net, matrix, seed=4, duration_s=3600.0)
+    np.testing.assert_array_equal(trips.depart, again.depart)
+    assert np.all(np.diff(trips.depart) >= 0)
+    assert 1080 - 4 * 33 < trips.count < 1080 + 4 * 33  # Poisson(1080)
+    main = [
+        net.link_index[f"{a}-{b}"]
+        for a, b in zip(
+            ["west", "a01", "a02", "a03", "a04", "a05"],
+            ["a01", "a02", "a03", "a04", "a05", "east"],
+            strict=True,
+        )
+    ]
+    firsts = trips.route_links[trips.route_start]
+    v = int(np.flatnonzero(firsts == net.link_index["west-a01"])[0])
+    start = trips.route_start[v]
+    assert list(trips.route_links[start : start + trips.route_len[v]]) == main
+    assert trips.route_moves[start + trips.route_len[v] - 1] == -1
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        ({("nowhere", "a01-east"): 10.0}, "unknown origin"),
+        ({("west-a01", "nowhere"): 10.0}, "unknown destination"),
+        ({("west-a01", "a01-east"): -1.0}, ">= 0"),
+        ({("west-a01", "a01-east"): float("nan")}, "finite"),
+        ({("a01-east", "west-a01"): 10.0}, "cannot be reached"),
+    ],
+)
+def test_bad_od_matrices_are_refused(matrix: dict[tuple[str, str], float], message: str) -> None:
+    from citybrain.simulator.demand import od_trips
+
+    with pytest.raises(ValidationError, match=message):
+        od_trips(compile_network(arterial(1)), matrix, seed=1, duration_s=600.0)

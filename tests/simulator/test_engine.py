@@ -280,3 +280,51 @@ def test_simulation_refuses_bad_input() -> None:
     sim = Simulation(net, good)
     with pytest.raises(ValidationError, match="seconds"):
         sim.advance(-1.0)
+
+
+def test_a_group_green_in_two_consecutive_phases_keeps_moving_through_the_change() -> None:
+    from citybrain.signal_plans.timing import Phase, TimingPlan
+    from citybrain.simulator.networks import RoadNetwork
+
+    from .simhelpers import normal_masks
+
+    road = arterial(1)
+    signals = road.plans["a01"].signals
+    phases = (
+        Phase("lefts", frozenset({"1", "5"})),
+        Phase("west_lead", frozenset({"1", "6"})),  # 1 overlaps from the previous phase
+        Phase("main", frozenset({"2", "6"})),
+        Phase("side_lefts", frozenset({"3", "7"})),
+        Phase("side", frozenset({"4", "8"})),
+    )
+    plan = TimingPlan("normal", signals, phases, (10.0, 22.0, 30.0, 8.0, 22.0), 0.0)
+    net = compile_network(RoadNetwork("overlap", road.network, {"a01": plan}))
+    bits = net.group_bits[0]
+    change = plan.greens_s[0] + plan.intergreen_after_s(0) - 0.5  # last moment before phase 2
+    through_change = normal_masks(net, change, 2.0)[0]
+    assert through_change >> bits["1"] & 1  # the overlap keeps going
+    assert not through_change >> bits["5"] & 1  # the ending group stopped after its end lag
+
+
+def test_routes_end_where_every_way_on_has_zero_weight() -> None:
+    from citybrain.simulator import kernels
+
+    net = compile_network(arterial(2))
+    origins = np.arange(net.links, dtype=np.int32)
+    links = np.zeros((net.links, 10), dtype=np.int32)
+    moves = np.zeros((net.links, 10), dtype=np.int32)
+    lengths = np.zeros(net.links, dtype=np.int32)
+    kernels.random_walk_routes(
+        1,
+        origins,
+        10,
+        np.zeros(4),
+        net.link_out_start,
+        net.mv_to,
+        net.mv_turn,
+        links,
+        moves,
+        lengths,
+    )
+    assert np.all(lengths == 1)
+    assert np.all(moves[:, 0] == -1)
