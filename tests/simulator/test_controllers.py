@@ -14,7 +14,7 @@ import pytest
 
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import AckStatus, GreenWindow, IntervalStep, PlanKind, SignalPlan
-from citybrain.signal_plans.validator import RejectCode
+from citybrain.signal_plans.validator import RejectCode, check_steps
 from citybrain.simulator.compiled import compile_network
 from citybrain.simulator.engine import END_LAG_S, LOST_TIME_S
 from citybrain.simulator.networks import arterial
@@ -97,20 +97,26 @@ def test_a_green_window_for_the_main_through_is_accepted_and_served() -> None:
     assert _step(run) == _normal(t)
 
 
-def test_a_second_window_while_one_runs_is_refused_busy() -> None:
+def test_a_newer_window_replaces_a_running_plan_safely() -> None:
     run = _run()
     run.advance(365.0)
     first = _plan(run, windows=(GreenWindow(signal_group="2", open_at=375.0, close_at=390.0),))
     assert run.command("a01", first).status is AckStatus.ACCEPTED
+    run.advance(12.0)  # the first plan has taken over and shows its window
     second = _plan(
-        run, seq=2, windows=(GreenWindow(signal_group="4", open_at=395.0, close_at=400.0),)
+        run, seq=2, windows=(GreenWindow(signal_group="4", open_at=395.0, close_at=410.0),)
     )
     outcome = run.command("a01", second)
-    assert outcome.status is AckStatus.REJECTED
-    assert outcome.verdict.code is RejectCode.BUSY
-    running = run.controllers["a01"].running
-    assert running is not None
-    assert running.plan_id == "p1"
+    assert outcome.status is AckStatus.ACCEPTED, outcome.verdict
+    controller = run.controllers["a01"]
+    assert controller.running is not None
+    assert check_steps(controller.running.start, controller.running.steps).accepted
+    shown: dict[float, set[str]] = {}
+    while run.now < 420.0:
+        shown[run.now] = _step(run)
+    for groups in shown.values():
+        assert not (groups & {"1", "2", "5", "6"} and groups & {"3", "4", "7", "8"})
+    assert any("4" in groups for t, groups in shown.items() if 395.0 <= t < 410.0)
 
 
 CONFLICTING = (IntervalStep(at=40.0, green=("2", "4", "6")),)
