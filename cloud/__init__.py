@@ -1,1 +1,1 @@
-"""cloud package: see docs/architecture.md; its work arrives with its own issue."""
+"""The cloud: network state, the corridor manager, routing kernels, plan dispatch."""

@@ -1,0 +1,121 @@
+"""The cloud's picture of the network: per-approach queues and per-link travel times, each with
+its age and where it came from. Pure: inputs are telemetry messages and ``now``.
+
+A value older than ``stale_after_s`` is not trusted: the state falls back to the historical
+value (or zero queue / free-flow time when there is none) and says so in ``source``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from citybrain.models.checks import check_number
+from citybrain.models.errors import ValidationError
+from citybrain.models.messages import Telemetry
+from citybrain.models.network import Network
+from citybrain.models.traffic import DEFAULT_LOST_TIME_S
+
+log = logging.getLogger(__name__)
+
+
+class Source(enum.IntEnum):
+    LIVE = 0
+    HISTORICAL = 1
+    """Stale or missing live data: the historical value stands in."""
+    DEFAULT = 2
+    """Nothing known: zero queue."""
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """Queues per link (the approach it is), as the optimizer should use them now."""
+
+    queue_veh: NDArray[np.float64]
+    age_s: NDArray[np.float64]
+    source: NDArray[np.int8]
+
+    def confidence(self) -> NDArray[np.float64]:
+        """1 where the value is live telemetry, 0 where a fallback stands in."""
+        return np.where(self.source == Source.LIVE, 1.0, 0.0)
+
+
+class NetworkState:
+    def __init__(
+        self,
+        network: Network,
+        *,
+        stale_after_s: float = 10.0,
+        historical_queue_veh: NDArray[np.float64] | None = None,
+    ) -> None:
+        check_number("stale_after_s", stale_after_s, gt=0.0, le=3600.0)
+        self.network = network
+        self.stale_after = stale_after_s
+        self.link_index = {link.id: i for i, link in enumerate(network.links)}
+        self.approach_link = {a.id: self.link_index[a.link_id] for a in network.approaches}
+        self.approach_node = {a.id: a.intersection_id for a in network.approaches}
+        n = len(network.links)
+        self.queue = np.zeros(n)
+        self.updated = np.full(n, -np.inf)
+        if historical_queue_veh is not None:
+            if historical_queue_veh.shape != (n,) or not np.all(np.isfinite(historical_queue_veh)):
+                raise ValidationError("historical_queue_veh", f"expected {n} finite values")
+            if np.any(historical_queue_veh < 0):
+                raise ValidationError("historical_queue_veh", "queues cannot be negative")
+        self.historical = historical_queue_veh
+        self.last_seq: dict[str, int] = {}
+        self.rejected = 0
+        lanes = np.array([len(link.lanes) for link in network.links], dtype=np.float64)
+        saturation = np.array([link.saturation_flow_vphpl for link in network.links])
+        self.discharge_s_per_veh = 3600.0 / (saturation * lanes)
+
+    def ingest(self, message: Telemetry, now_s: float) -> None:
+        """Take one telemetry message; refuse (and count) one from an unknown intersection, an
+        unknown or foreign approach, or an old sequence number. Nothing is half-applied."""
+        node = message.intersection
+        if node not in self.network.intersection_by_id:
+            self._refuse(f"telemetry from unknown intersection {node!r}")
+        last = self.last_seq.get(node)
+        if last is not None and message.seq <= last:
+            self._refuse(f"{node}: telemetry seq {message.seq} is not newer than {last}")
+        updates = []
+        for reading in message.approaches:
+            link = self.approach_link.get(reading.approach)
+            if link is None or self.approach_node[reading.approach] != node:
+                self._refuse(f"{node}: unknown approach {reading.approach!r}")
+            updates.append((link, reading.queue_veh))
+        for link, queue in updates:
+            self.queue[link] = queue
+            self.updated[link] = now_s
+        self.last_seq[node] = message.seq
+
+    def _refuse(self, reason: str) -> None:
+        self.rejected += 1
+        log.warning("network state: %s", reason)
+        raise ValidationError("telemetry", reason)
+
+    def set_queue(self, link_id: str, queue_veh: float, now_s: float) -> None:
+        """Direct update (for in-process harnesses that read ground truth)."""
+        check_number("queue_veh", queue_veh, ge=0.0, le=2000.0)
+        self.queue[self.link_index[link_id]] = queue_veh
+        self.updated[self.link_index[link_id]] = now_s
+
+    def queues(self, now_s: float) -> QueueView:
+        age = now_s - self.updated
+        live = age <= self.stale_after
+        source = np.where(
+            live, Source.LIVE, Source.HISTORICAL if self.historical is not None else Source.DEFAULT
+        )
+        fallback = self.historical if self.historical is not None else np.zeros_like(self.queue)
+        return QueueView(np.where(live, self.queue, fallback), age, source.astype(np.int8))
+
+    def flush_time_s(
+        self, now_s: float, *, lost_time_s: float = DEFAULT_LOST_TIME_S
+    ) -> NDArray[np.float64]:
+        """Per link: green needed to discharge its queue over all its lanes (0 when empty)."""
+        queue = self.queues(now_s).queue_veh
+        return np.where(queue > 0, lost_time_s + queue * self.discharge_s_per_veh, 0.0)
