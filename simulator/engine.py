@@ -20,6 +20,8 @@ from citybrain.simulator.demand import Trips
 
 DEFAULT_DT_S = 1.0
 LOST_TIME_S = 2.0
+ACCELERATION_MPS2 = 2.0
+DECELERATION_MPS2 = 3.0
 END_LAG_S = 2.0
 """Vehicles keep crossing for this long into the yellow (HCM's extension of effective green)."""
 
@@ -34,11 +36,15 @@ class Simulation:
         dt_s: float = DEFAULT_DT_S,
         lost_time_s: float = LOST_TIME_S,
         end_lag_s: float = END_LAG_S,
+        acceleration_mps2: float = ACCELERATION_MPS2,
+        deceleration_mps2: float = DECELERATION_MPS2,
     ) -> None:
         check_number("dt_s", dt_s, ge=0.1, le=2.0)
         check_number("start_s", start_s, ge=0.0)
         check_number("lost_time_s", lost_time_s, ge=0.0, le=6.0)
         check_number("end_lag_s", end_lag_s, ge=0.0, le=6.0)
+        check_number("acceleration_mps2", acceleration_mps2, gt=0.0, le=10.0)
+        check_number("deceleration_mps2", deceleration_mps2, gt=0.0, le=10.0)
         if trips.count and (not np.all(np.isfinite(trips.depart)) or trips.depart.min() < 0):
             raise ValidationError("trips.depart", "departure times must be finite and >= 0")
         if trips.count and (trips.route_links.min() < 0 or trips.route_links.max() >= net.links):
@@ -49,6 +55,8 @@ class Simulation:
         self.dt = dt_s
         self.lost_time = lost_time_s
         self.end_lag = end_lag_s
+        # time lost per stop = speed x (1/2a + 1/2b)
+        self.stop_loss = 0.5 / acceleration_mps2 + 0.5 / deceleration_mps2
         n_ctl, n_mv, n_links, n_veh = len(net.controller_ids), net.movements, net.links, trips.count
         self.override = np.full(n_ctl, -1, dtype=np.int64)
         self.allowed = np.zeros(n_ctl, dtype=np.int64)
@@ -96,7 +104,7 @@ class Simulation:
         """The arguments of ``kernels.run_steps`` for ``steps`` steps from now (state in place)."""
         n, t = self.net, self.trips
         return (
-            steps, self.now, self.dt, self.lost_time, self.end_lag,
+            steps, self.now, self.dt, self.lost_time, self.end_lag, self.stop_loss,
             n.link_length, n.link_lanes, n.link_speed, n.link_storage, n.link_advance,
             n.mv_from, n.mv_to, n.mv_controller, n.mv_bit, n.mv_lanes, n.mv_headway,
             n.ctl_cycle, n.ctl_offset, n.ctl_phase_start, n.ph_begin, n.ph_green, n.ph_mask,

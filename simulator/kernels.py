@@ -8,6 +8,11 @@ time once a green begins, and only if the next link has storage left (so queues 
 upstream). Vehicles never overtake inside a queue: an emergency vehicle is faster on free road
 but waits behind an unflushed queue like everyone else.
 
+A vehicle that stopped loses ``v/2a + v/2b`` (braking and accelerating) on the link after the
+stop line, the travel time a car-following model would show (its position there starts that
+far behind the link's start, so positions below 0 mean "still accelerating away"); the stop
+line itself is crossed at the queue's saturation headway.
+
 Vehicle states: 0 not yet departed, 1 driving, 2 queued, 3 arrived.
 """
 
@@ -65,6 +70,7 @@ def run_steps(
     dt: float,
     lost_time: float,
     end_lag: float,
+    stop_loss: float,
     # network
     link_length: np.ndarray,
     link_lanes: np.ndarray,
@@ -234,17 +240,19 @@ def run_steps(
                 link_departures[source] += 1
                 stop_count[source] += 1
                 stop_busy[source] = True
-                if leave - joined[v] > STOP_WAIT_S:
+                stopped = leave - joined[v] > STOP_WAIT_S
+                if stopped:
                     stops[v] += 1
                 if behind_loop[v]:
                     adv_count[source] += 1
                     behind_loop[v] = False
                 hop[v] += 1
                 hop_enter[base + hop[v]] = leave
-                # the rest of the step is driven on the new link
-                position[v] = min(
-                    link_speed[target] * speed_factor[v] * (horizon - leave), link_length[target]
-                )
+                # the rest of the step is driven on the new link, less the time a stopped
+                # vehicle loses braking to a stop and accelerating back to its speed
+                speed = link_speed[target] * speed_factor[v]
+                lost = stop_loss * speed if stopped else 0.0
+                position[v] = min(speed * (horizon - leave - lost), link_length[target])
                 state[v] = DRIVING
                 next_departure[m] = leave + mv_headway[m]
             if next_departure[m] < t:

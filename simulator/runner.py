@@ -110,4 +110,4 @@ class Run:
             track = self.trajectories[name]
             track.times.append(self.now)
             track.links.append(int(trips.route_links[trips.route_start[v] + sim.hop[v]]))
-            track.positions.append(float(sim.position[v]))
+            track.positions.append(max(0.0, float(sim.position[v])))

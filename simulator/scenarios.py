@@ -24,13 +24,14 @@ class Level(enum.StrEnum):
 
 
 # Vehicles per hour entering on each main-road entry / each cross-street or grid entry. The
-# arterial's main through gets about 1,450 veh/h of capacity per direction (2 lanes, 39 s of
-# 100 s green plus end lag), so "saturated" overloads it and queues spill back.
+# arterial's main through gets about 1,400 veh/h of capacity per direction (2 lanes, 39 s of
+# 100 s green plus end lag); "saturated" sends about 1,900 veh/h through or right into it
+# (v/c about 1.3), so queues grow and spill back.
 MAIN_ENTRY_VPH = {
     Level.LIGHT: 400.0,
     Level.MODERATE: 800.0,
     Level.HEAVY: 1200.0,
-    Level.SATURATED: 1800.0,
+    Level.SATURATED: 2200.0,
 }
 SIDE_ENTRY_VPH = {
     Level.LIGHT: 60.0,
@@ -119,10 +120,13 @@ def build(
 
 
 def _main_route(road: RoadNetwork) -> list[str]:
-    """West to east along the arterial, or along the grid's first row."""
+    """Along the arterial from a station on the first cross street (south of the first
+    junction, turning east there, so every signalized junction is crossed) to its east end;
+    or along the grid's first row."""
     nodes = road.network.intersection_by_id
     if "west" in nodes and "east" in nodes:
-        chain = ["west", *sorted(n for n in road.plans), "east"]
+        junctions = sorted(n for n in road.plans)
+        chain = [f"{junctions[0]}s", *junctions, "east"]
     else:
         columns = sorted(
             (n for n in road.plans if n.startswith("g0_")), key=lambda n: int(n.split("_")[1])

@@ -52,12 +52,16 @@ def test_score_accounts_for_every_vehicle_and_the_ambulance_is_never_early() -> 
     (trip,) = result.emergency
     assert trip.vehicle == "AMB-1"
     assert trip.depart_s == 60.0
-    # 7 km at 1.3 x 13.9 m/s
-    assert trip.free_flow_s == pytest.approx(7000.0 / (13.9 * 1.3))
+    # from the station south of a01 (200 m of cross street), then the arterial east of a01,
+    # at 1.3 x 13.9 m/s
+    road = scenario.net.road.network
+    east_of_a01 = 7000.0 - road.intersection_by_id["a01"].x_m
+    assert trip.free_flow_s == pytest.approx((200.0 + east_of_a01) / (13.9 * 1.3))
     assert trip.arrived_s is not None
     assert trip.travel_time_s is not None
     assert trip.travel_time_s >= trip.free_flow_s - 1e-6
     assert [line.intersection for line in trip.stop_lines] == ["a01", "a02", "a03", "east"]
+    assert trip.stop_lines[0].link == "a01s-a01"
     for line in trip.stop_lines:
         assert line.delay_s >= -1e-6, line
     for before, after in zip(trip.stop_lines, trip.stop_lines[1:], strict=False):
