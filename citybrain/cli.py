@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from citybrain import __version__
 from citybrain.models.errors import CitybrainError
@@ -19,9 +21,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"citybrain {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="plan an ambulance corridor along an arterial")
-    demo.add_argument("--intersections", type=int, default=8, help="stop lines on the route (1-60)")
-    demo.add_argument("--seed", type=int, default=7, help="scenario seed (same seed, same output)")
+    demo = commands.add_parser(
+        "demo", help="an ambulance across the saturated arterial under three policies"
+    )
+    demo.add_argument("--seeds", type=int, default=3, help="seeds to average over (1-50)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object, not the table")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="diagram and JSON go here")
+    preview = commands.add_parser(
+        "preview", help="the signal-plan side of a corridor, no simulator"
+    )
+    preview.add_argument("--intersections", type=int, default=8, help="stop lines on the route")
+    preview.add_argument(
+        "--seed", type=int, default=7, help="scenario seed (same seed, same output)"
+    )
     from citybrain.simulator import cli as sim_cli
 
     sim_cli.add_commands(commands)
@@ -35,11 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command == "demo":
-            from citybrain import demo
+        if args.command == "preview":
+            from citybrain import preview
 
-            settings = demo.DemoSettings(intersections=args.intersections, seed=args.seed)
-            print(demo.render(demo.run(settings)))
+            settings = preview.DemoSettings(intersections=args.intersections, seed=args.seed)
+            print(preview.render(preview.run(settings)))
+        elif args.command == "demo":
+            return _demo(args)
         elif args.command == "sim":
             from citybrain.simulator import cli as sim_cli
 
@@ -47,4 +61,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CitybrainError as error:
         print(f"citybrain: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from citybrain import demo
+    from citybrain.models.checks import check_count
+
+    check_count("seeds", args.seeds, ge=1, le=50)
+    for noisy in ("citybrain", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def progress(text: str) -> None:
+        print(f"  running {text}", file=sys.stderr, flush=True)
+
+    comparison = demo.compare(range(1, args.seeds + 1), progress=None if args.json else progress)
+    data = demo.summary(comparison)
+    args.out.mkdir(parents=True, exist_ok=True)
+    demo.write_json(data, args.out / "demo.json")
+    first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
+    figure = demo.time_space_diagram(first, args.out / "time_space.png")
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(demo.render(data))
+        print(f"\n  time-space diagram (seed 1): {figure}; JSON: {args.out / 'demo.json'}")
     return 0

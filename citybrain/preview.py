@@ -1,9 +1,8 @@
-"""`citybrain demo`: a corridor along a coordinated arterial, computed end to end.
+"""`citybrain preview`: the signal-plan side of a corridor along a coordinated arterial, without
+the simulator: windows, transitions, the wire format and the edge's safety check.
 
-Until the optimizer lands (its issue), the demo exercises the signal-plan side: coordinated
-timing plans, the queue-flushing window rule, the transition planner, the wire format and the
-edge's safety check. Every number it prints is computed from the seeded scenario below; the
-queues are sampled (Poisson): the closed loop on the simulator is the optimizer issue's.
+Every number it prints is computed from the seeded scenario below; the queues are sampled
+(Poisson). The closed loop on the simulator is ``citybrain demo``.
 """
 
 from __future__ import annotations
@@ -199,13 +198,13 @@ def render(result: DemoResult) -> str:
     t0 = result.departure_s
     lines = result.stop_lines
     rows = [
-        f"citybrain demo: ambulance corridor along a {settings.intersections}-intersection "
+        f"citybrain preview: ambulance corridor along a {settings.intersections}-intersection "
         f"coordinated arterial (seed {settings.seed})",
         f"  plans: 4-phase lead-lead, 100 s cycle, offsets for a "
         f"{settings.speed_limit_mps * 3.6:.0f} km/h green wave; the ambulance drives "
         f"{settings.ambulance_speed_mps * 3.6:.0f} km/h",
         f"  queues ahead of it are sampled (Poisson, mean {settings.mean_queue_veh:g} veh over "
-        f"{settings.lanes} lanes); the closed loop on the simulator arrives with the optimizer",
+        f"{settings.lanes} lanes); the closed loop on the simulator is `citybrain demo`",
         "",
         f"  {'stop':5} {'dist m':>7} {'ETA s':>7} {'queue':>5} {'window s':>13} {'normal':>9} "
         f"{'action':>11} {'green at':>9} {'lead s':>6} {'steps':>5} {'bytes':>5}  edge check",

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from citybrain import demo
+from citybrain import preview as demo
 from citybrain.cli import main
 from citybrain.models.errors import ValidationError
 from citybrain.signal_plans.validator import check_steps
@@ -37,20 +37,20 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_cli_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--intersections", "3"]) == 0
+    assert main(["preview", "--intersections", "3"]) == 0
     out = capsys.readouterr().out
     assert "X03" in out
     assert "edge safety check: 3 of 3 plans accepted" in out
 
 
 def test_cli_reports_bad_input_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--intersections", "500"]) == 2
+    assert main(["preview", "--intersections", "500"]) == 2
     assert "intersections" in capsys.readouterr().err
 
 
 def test_installed_command() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "citybrain", "demo", "--intersections", "2"],
+        [sys.executable, "-m", "citybrain", "preview", "--intersections", "2"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,0 +1,521 @@
+"""The corridor manager: a pure state machine. Requests, vehicle positions, acks and ``now``
+go in; signal plans to send and corridor status to publish come out. No I/O, no clock.
+
+Lifecycle (after NTCIP 1211 / SAE J2735 SSM): requested -> processing -> granted (route and
+windows computed, plans sent within the horizon) -> active (the vehicle reports positions) ->
+completed | cancelled | timed_out | failed; an invalid request is refused with a typed error.
+
+Rolling horizon: plans are committed only for stop lines the vehicle reaches within
+``horizon_s``; every position update re-times the route (and re-routes when the vehicle left
+it); a plan is re-sent only when its window moved by more than ``min_change_s``; a stop line is
+released as soon as the vehicle is past it. Several vehicles: windows are reserved per
+(intersection, group); a conflicting reservation of a higher priority (ties: the earlier
+request) pushes a window back until the other's closes plus clearance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from citybrain.cloud.graph import CorridorGraph
+from citybrain.cloud.routing import Route, Router, UnreachableError
+from citybrain.cloud.state import NetworkState
+from citybrain.models.checks import check_number
+from citybrain.models.errors import ValidationError
+from citybrain.models.messages import (
+    AckStatus,
+    CorridorIntersection,
+    CorridorRequest,
+    CorridorState,
+    CorridorStatus,
+    GreenWindow,
+    PlanAck,
+    PlanKind,
+    SignalPlan,
+    VehiclePosition,
+)
+from citybrain.models.traffic import DEFAULT_LOST_TIME_S
+from citybrain.signal_plans.state import ControllerState
+from citybrain.signal_plans.timing import TimingPlan
+from citybrain.signal_plans.transitions import plan_green_window
+
+log = logging.getLogger(__name__)
+
+SWITCH_ESTIMATE_S = 8.0
+"""Assumed time to bring a group to green where the exact answer is not computed (beyond the
+horizon, and in route search): a typical remaining minimum green plus a clearance."""
+
+TERMINAL = {
+    CorridorState.COMPLETED,
+    CorridorState.CANCELLED,
+    CorridorState.TIMED_OUT,
+    CorridorState.FAILED,
+    CorridorState.REJECTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SendPlan:
+    intersection: str
+    plan: SignalPlan
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStatus:
+    status: CorridorStatus
+
+
+Action = SendPlan | PublishStatus
+
+
+@dataclass
+class StopLine:
+    """One intersection on a corridor's route: the movement it needs and its window."""
+
+    intersection: str
+    hop: int
+    movement: int
+    group: str
+    eta_s: float = 0.0
+    low_s: float = 0.0
+    high_s: float = 0.0
+    open_s: float = 0.0
+    close_s: float = 0.0
+    sent_open_s: float | None = None
+    sent_close_s: float | None = None
+    plan_id: str | None = None
+    confirmed: bool = False
+    released: bool = False
+    passed_s: float | None = None
+
+
+@dataclass
+class Corridor:
+    corridor_id: str
+    vehicle: str
+    priority: int
+    requested_at: float
+    destination_link: int
+    state: CorridorState
+    route: Route
+    offset_m: float
+    stop_lines: list[StopLine] = field(default_factory=list)
+    last_position_s: float = 0.0
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    horizon_s: float = 120.0
+    min_change_s: float = 2.0
+    lease_margin_s: float = 20.0
+    margin_s: float = 3.0
+    clear_after_s: float = 4.0
+    position_timeout_s: float = 30.0
+    max_corridors: int = 64
+    platoon_share: float = 0.7
+    """Share of the vehicles flushed ahead of the ambulance at one stop line that continue to
+    the next one (and so join the queue it must flush there): the through share."""
+
+    def __post_init__(self) -> None:
+        check_number("horizon_s", self.horizon_s, gt=0.0, le=600.0)
+        check_number("min_change_s", self.min_change_s, ge=0.0, le=60.0)
+        check_number("lease_margin_s", self.lease_margin_s, gt=0.0, le=120.0)
+        check_number("margin_s", self.margin_s, ge=0.0, le=30.0)
+        check_number("clear_after_s", self.clear_after_s, gt=0.0, le=60.0)
+        check_number("position_timeout_s", self.position_timeout_s, gt=0.0, le=600.0)
+        check_number("platoon_share", self.platoon_share, ge=0.0, le=1.0)
+
+
+SignalStates = Callable[[str, float], ControllerState]
+"""The cloud's view of an intersection's controller state at a time (from telemetry)."""
+
+
+class CorridorManager:
+    def __init__(
+        self,
+        graph: CorridorGraph,
+        router: Router,
+        network_state: NetworkState,
+        plans: Mapping[str, TimingPlan],
+        signal_states: SignalStates,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
+        self.graph = graph
+        self.router = router
+        self.network_state = network_state
+        self.plans = plans
+        self.signal_states = signal_states
+        self.settings = settings or Settings()
+        self.corridors: dict[str, Corridor] = {}
+        self.by_vehicle: dict[str, str] = {}
+        self.seq: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self.nodes_out: dict[str, list[int]] = {}
+        self.nodes_in: dict[str, list[int]] = {}
+        network = network_state.network
+        for link in network.links:
+            self.nodes_out.setdefault(link.from_node, []).append(graph.link_index[link.id])
+            self.nodes_in.setdefault(link.to_node, []).append(graph.link_index[link.id])
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def request(self, request: CorridorRequest, now_s: float) -> list[Action]:
+        """Grant a corridor or raise a typed error (nothing changes on an error)."""
+        if request.vehicle in self.by_vehicle:
+            existing = self.corridors[self.by_vehicle[request.vehicle]]
+            raise ValidationError(
+                "vehicle", f"{request.vehicle} already has corridor {existing.corridor_id}"
+            )
+        active = sum(1 for c in self.corridors.values() if c.state not in TERMINAL)
+        if active >= self.settings.max_corridors:
+            raise ValidationError("corridor", f"{active} corridors are active, the limit")
+        if request.route:
+            links = self._links_of_route(request.route)
+            origins, destinations = [links[0]], [links[-1]]
+        else:
+            origins = self._endpoints(request.origin, outgoing=True)
+            if request.destination is None:
+                raise ValidationError("destination", "give a destination or a route")
+            destinations = self._endpoints(request.destination, outgoing=False)
+        ready = self._ready_estimate(now_s)
+        best: Route | None = None
+        for origin, destination in itertools.product(origins, destinations):
+            try:
+                candidate = self.router.route(
+                    self.graph.link_ids[origin], 0.0, self.graph.link_ids[destination], now_s, ready
+                )
+            except UnreachableError:
+                continue
+            if best is None or candidate.arrival_s < best.arrival_s:
+                best = candidate
+        if best is None:
+            raise UnreachableError(
+                "destination", f"no route from {request.origin!r} to {request.destination!r}"
+            )
+        corridor_id = request.corridor_id or f"C{next(self._ids)}-{request.vehicle}"
+        if corridor_id in self.corridors:
+            raise ValidationError("corridor_id", f"{corridor_id} exists")
+        corridor = Corridor(
+            corridor_id,
+            request.vehicle,
+            request.priority,
+            now_s,
+            int(best.link_indices[-1]),
+            CorridorState.GRANTED,
+            best,
+            0.0,
+            last_position_s=now_s,
+        )
+        corridor.stop_lines = self._stop_lines(best)
+        self.corridors[corridor_id] = corridor
+        self.by_vehicle[request.vehicle] = corridor_id
+        log.info(
+            "corridor %s for %s: %d stop lines",
+            corridor_id,
+            request.vehicle,
+            len(corridor.stop_lines),
+        )
+        return self._replan(now_s)
+
+    def _links_of_route(self, route: tuple[str, ...]) -> list[int]:
+        """A fixed route given as intersections: the links joining consecutive ones."""
+        if len(route) < 2:
+            raise ValidationError("route", "a route names at least two intersections")
+        links = []
+        for index, (a, b) in enumerate(itertools.pairwise(route)):
+            found = [i for i in self.nodes_out.get(a, []) if i in self.nodes_in.get(b, [])]
+            if not found:
+                raise ValidationError(f"route[{index}]", f"no road from {a!r} to {b!r}")
+            links.append(found[0])
+        for x, y in itertools.pairwise(links):
+            self.graph.movement_between(x, y)
+        return links
+
+    def _endpoints(self, place: str, *, outgoing: bool) -> list[int]:
+        """A link id stands for itself; an intersection id for its outgoing/incoming links."""
+        if place in self.graph.link_index:
+            return [self.graph.link_index[place]]
+        table = self.nodes_out if outgoing else self.nodes_in
+        if place not in table:
+            role = "origin" if outgoing else "destination"
+            raise ValidationError(role, f"unknown intersection or link {place!r}")
+        return table[place]
+
+    def _stop_lines(self, route: Route) -> list[StopLine]:
+        lines = []
+        for hop, movement in enumerate(route.moves):
+            if movement < 0:
+                break
+            node = self.graph.intersection_ids[self.graph.mv_intersection[movement]]
+            if node in self.plans:
+                lines.append(StopLine(node, hop, int(movement), self.graph.mv_group[movement]))
+        return lines
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def on_position(self, position: VehiclePosition, now_s: float) -> list[Action]:
+        corridor_id = self.by_vehicle.get(position.vehicle)
+        if corridor_id is None:
+            raise ValidationError("vehicle", f"no corridor for vehicle {position.vehicle!r}")
+        corridor = self.corridors[corridor_id]
+        link = self.graph.link_index.get(position.link)
+        if link is None:
+            raise ValidationError("link", f"unknown link {position.link!r}")
+        if position.offset_m > self.graph.link_length[link] + 1.0:
+            raise ValidationError("offset_m", f"beyond the end of {position.link}")
+        corridor.last_position_s = now_s
+        if corridor.state is CorridorState.GRANTED:
+            corridor.state = CorridorState.ACTIVE
+        links = list(corridor.route.link_indices)
+        actions: list[Action] = []
+        if link in links:
+            hop = links.index(link)
+            for line in corridor.stop_lines:
+                if line.hop < hop and not line.released:
+                    line.passed_s = now_s
+                    actions += self._release(line, corridor, now_s)
+            if hop == len(links) - 1 and position.offset_m >= self.graph.link_length[link] - 1.0:
+                return actions + self._finish(corridor, CorridorState.COMPLETED, now_s, None)
+            corridor.route = self._reroute(corridor, link, position.offset_m, now_s, keep=hop)
+        else:
+            log.info("%s left its route at %s: re-routing", corridor.vehicle, position.link)
+            for line in corridor.stop_lines:
+                if not line.released:
+                    actions += self._release(line, corridor, now_s)
+            corridor.route = self._reroute(corridor, link, position.offset_m, now_s, keep=None)
+            corridor.stop_lines = self._stop_lines(corridor.route)
+        corridor.offset_m = min(position.offset_m, float(self.graph.link_length[link]))
+        return actions + self._replan(now_s)
+
+    def _reroute(
+        self, corridor: Corridor, link: int, offset_m: float, now_s: float, *, keep: int | None
+    ) -> Route:
+        """Re-time the rest of the route from the vehicle's position (re-route if it left it)."""
+        offset = min(offset_m, float(self.graph.link_length[link]))
+        destination = self.graph.link_ids[corridor.destination_link]
+        ready = self._ready_estimate(now_s)
+        if keep is None:
+            try:
+                return self.router.route(
+                    self.graph.link_ids[link], offset, destination, now_s, ready
+                )
+            except UnreachableError:
+                corridor.reason = "destination unreachable from where the vehicle is"
+                raise
+        rest = corridor.route.link_indices[keep:]
+        route = self.router.retime(rest, offset, now_s, ready)
+        for line in corridor.stop_lines:
+            line.hop = line.hop - keep if line.hop >= keep else -1
+        corridor.stop_lines = [
+            line for line in corridor.stop_lines if line.hop >= 0 or not line.released
+        ]
+        return route
+
+    def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:
+        for corridor in self.corridors.values():
+            for line in corridor.stop_lines:
+                if line.plan_id == ack.plan_id and line.intersection == ack.intersection:
+                    if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED):
+                        line.confirmed = True
+                    elif ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED):
+                        line.confirmed = False
+                        log.warning(
+                            "%s refused %s for %s: %s",
+                            ack.intersection,
+                            ack.plan_id,
+                            corridor.corridor_id,
+                            ack.reason,
+                        )
+                    return [PublishStatus(self._status(corridor, now_s))]
+        return []
+
+    def cancel(
+        self, corridor_id: str, now_s: float, *, reason: str = "cancelled by operator"
+    ) -> list[Action]:
+        corridor = self.corridors.get(corridor_id)
+        if corridor is None:
+            raise ValidationError("corridor_id", f"unknown corridor {corridor_id!r}")
+        if corridor.state in TERMINAL:
+            return []
+        return self._finish(corridor, CorridorState.CANCELLED, now_s, reason)
+
+    def tick(self, now_s: float) -> list[Action]:
+        """Time out corridors whose vehicle went silent."""
+        actions: list[Action] = []
+        for corridor in list(self.corridors.values()):
+            if corridor.state in TERMINAL:
+                continue
+            if now_s - corridor.last_position_s > self.settings.position_timeout_s:
+                actions += self._finish(
+                    corridor, CorridorState.TIMED_OUT, now_s, "no position reports"
+                )
+        return actions
+
+    # ---- planning -------------------------------------------------------------------------
+
+    def _ready_estimate(self, now_s: float) -> np.ndarray:
+        flush = self.network_state.flush_time_s(now_s)
+        return now_s + SWITCH_ESTIMATE_S + flush[self.graph.mv_from]
+
+    def _replan(self, now_s: float) -> list[Action]:
+        """Re-time every live corridor, highest priority (then earliest request) first, each
+        fitting its windows around the reservations of those before it."""
+        actions: list[Action] = []
+        reservations: list[tuple[str, str, float, float]] = []
+        live = [c for c in self.corridors.values() if c.state not in TERMINAL]
+        for corridor in sorted(live, key=lambda c: (-c.priority, c.requested_at)):
+            self._time_windows(corridor, now_s, reservations)
+            for line in corridor.stop_lines:
+                if line.released:
+                    continue
+                reservations.append((line.intersection, line.group, line.open_s, line.close_s))
+                actions += self._commit(line, corridor, now_s)
+            actions.append(PublishStatus(self._status(corridor, now_s)))
+        return actions
+
+    def _time_windows(
+        self, corridor: Corridor, now_s: float, reservations: list[tuple[str, str, float, float]]
+    ) -> None:
+        graph = self.graph
+        mv_flush = self._flush_along(corridor, now_s)
+        earliest = np.full(len(graph.movement_ids), now_s + SWITCH_ESTIMATE_S)
+        route = corridor.route
+        open_lines = [line for line in corridor.stop_lines if not line.released and line.hop >= 0]
+        for line in open_lines:
+            if route.line_s[line.hop] - now_s > self.settings.horizon_s:
+                continue
+            plan = self.plans[line.intersection]
+            state = self.signal_states(line.intersection, now_s)
+            try:
+                move = plan_green_window(plan, state, line.group, now_s, now_s + 1.0)
+                earliest[line.movement] = max(now_s, move.green_from_s)
+            except ValidationError as error:
+                log.warning("%s: cannot time a window: %s", line.intersection, error)
+            for node, group, opened, closed in reservations:
+                if node == line.intersection and plan.signals.conflict(group, line.group):
+                    clearance = plan.signals.intergreen_s({group})
+                    if (
+                        opened <= route.line_s[line.hop] + self.settings.clear_after_s
+                        and closed > now_s
+                    ):
+                        earliest[line.movement] = max(earliest[line.movement], closed + clearance)
+        windows = self.router.windows(
+            route, mv_flush, earliest, now_s,
+            margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
+        )  # fmt: skip
+        for line in open_lines:
+            i = line.hop
+            line.eta_s, line.low_s, line.high_s = (
+                float(windows.eta[i]),
+                float(windows.low[i]),
+                float(windows.high[i]),
+            )
+            line.open_s, line.close_s = float(windows.open[i]), float(windows.close[i])
+
+    def _flush_along(self, corridor: Corridor, now_s: float) -> np.ndarray:
+        """Per movement, the green needed before the vehicle arrives: its queue, plus the
+        vehicles a window upstream flushes ahead of the vehicle that continue to this stop line
+        (they arrive before it, so they are in its way too)."""
+        state = self.network_state
+        flush = state.flush_time_s(now_s)[self.graph.mv_from]
+        queues = state.queues(now_s).queue_veh
+        ahead = 0.0
+        for hop, movement in enumerate(corridor.route.moves):
+            if movement < 0:
+                break
+            link = int(corridor.route.link_indices[hop])
+            ahead = float(queues[link]) + self.settings.platoon_share * ahead
+            if ahead > 0.0:
+                flush[movement] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
+        return flush
+
+    def _commit(self, line: StopLine, corridor: Corridor, now_s: float) -> list[Action]:
+        settings = self.settings
+        if line.eta_s - now_s > settings.horizon_s:
+            return []
+        if line.sent_open_s is not None and line.sent_close_s is not None:
+            moved = max(abs(line.open_s - line.sent_open_s), abs(line.close_s - line.sent_close_s))
+            if moved <= settings.min_change_s:
+                return []
+        seq = self.seq.get(line.intersection, 0) + 1
+        self.seq[line.intersection] = seq
+        line.plan_id = f"{corridor.corridor_id}-{line.intersection}-{seq}"
+        opening = max(line.open_s, now_s)
+        closing = max(line.close_s, opening + 1.0)
+        plan = SignalPlan(
+            plan_id=line.plan_id,
+            intersection=line.intersection,
+            seq=seq,
+            issued_at=now_s,
+            valid_from=now_s,
+            valid_until=closing + settings.lease_margin_s,
+            corridor_id=corridor.corridor_id,
+            windows=(GreenWindow(signal_group=line.group, open_at=opening, close_at=closing),),
+        )
+        line.sent_open_s, line.sent_close_s, line.confirmed = line.open_s, line.close_s, False
+        return [SendPlan(line.intersection, plan)]
+
+    def _release(self, line: StopLine, corridor: Corridor, now_s: float) -> list[Action]:
+        line.released = True
+        if line.plan_id is None:
+            return []
+        seq = self.seq.get(line.intersection, 0) + 1
+        self.seq[line.intersection] = seq
+        plan = SignalPlan(
+            plan_id=f"{corridor.corridor_id}-{line.intersection}-release-{seq}",
+            intersection=line.intersection,
+            seq=seq,
+            issued_at=now_s,
+            valid_from=now_s,
+            valid_until=now_s + 30.0,
+            kind=PlanKind.RELEASE,
+            corridor_id=corridor.corridor_id,
+        )
+        return [SendPlan(line.intersection, plan)]
+
+    def _finish(
+        self, corridor: Corridor, state: CorridorState, now_s: float, reason: str | None
+    ) -> list[Action]:
+        actions: list[Action] = []
+        for line in corridor.stop_lines:
+            if not line.released:
+                actions += self._release(line, corridor, now_s)
+        corridor.state, corridor.reason = state, reason
+        self.by_vehicle.pop(corridor.vehicle, None)
+        log.info("corridor %s %s%s", corridor.corridor_id, state, f": {reason}" if reason else "")
+        return [*actions, PublishStatus(self._status(corridor, now_s))]
+
+    def _status(self, corridor: Corridor, now_s: float) -> CorridorStatus:
+        lines = []
+        for line in corridor.stop_lines:
+            if line.hop < 0 and line.released:
+                continue
+            lines.append(
+                CorridorIntersection(
+                    intersection=line.intersection,
+                    eta=max(0.0, line.eta_s),
+                    eta_low=max(0.0, min(line.low_s, line.eta_s)),
+                    eta_high=max(line.high_s, line.eta_s, 0.0),
+                    window_open=max(0.0, line.open_s) if line.close_s > line.open_s else None,
+                    window_close=line.close_s if line.close_s > line.open_s else None,
+                    actual_arrival=line.passed_s,
+                    confirmed=line.confirmed,
+                )
+            )
+        return CorridorStatus(
+            corridor_id=corridor.corridor_id,
+            vehicle=corridor.vehicle,
+            state=corridor.state,
+            priority=corridor.priority,
+            updated_at=now_s,
+            route=tuple(dict.fromkeys(line.intersection for line in corridor.stop_lines)),
+            intersections=tuple(lines),
+            reason=corridor.reason,
+        )

@@ -1,0 +1,385 @@
+"""A ``Network`` flattened into the plain arrays the corridor search runs on.
+
+The search graph's nodes are LINKS, its edges are MOVEMENTS: a vehicle's cost depends on the
+turn it takes at each stop line (each movement has its own queue and signal group), which a
+node-per-intersection graph cannot express. Index spaces: links ``0..L-1`` in the order of
+``network.links``; intersections ``0..N-1`` in the order of ``network.intersections``;
+movements ``0..M-1`` sorted (stably) by source link, so that the movements leaving link ``u``
+are ``out_start[u]:out_start[u + 1]``. ``movement_ids`` and ``movement_index`` follow that
+sorted order; ``mv_order[k]`` is movement ``k``'s position in ``network.movements``.
+
+Two lower bounds on the time still to drive feed the A* search (the larger is used; waits only
+add to the true time, so both stay admissible):
+
+* straight-line distance over ``max_speed``, the fastest any link closes distance;
+* landmarks (ALT): free-flow times from and to a few far-out intersections, computed once on
+  the intersection graph (turn restrictions ignored, which only lowers them), give
+  ``time(a -> b) >= time(L -> b) - time(L -> a)`` and ``>= time(a -> L) - time(b -> L)``.
+  On a grid the straight-line bound cannot tell the many equally short staircase routes apart
+  and A* ends up settling most links between the two ends; landmarks are exact there.
+
+Arrays are plain, writable NumPy arrays (Numba compiles one specialisation per array flavour,
+so read-only views would double the compile cache); treat them as immutable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from citybrain.models.checks import check_count, check_number
+from citybrain.models.errors import ValidationError
+from citybrain.models.network import Network
+
+ADMISSIBLE_MARGIN = 1e-9
+"""Relative slack added to ``max_speed`` so rounding can never make the A* bound overshoot."""
+DEFAULT_LANDMARKS = 8
+MAX_LANDMARKS = 64
+
+
+def heuristic_speed(
+    link_length: NDArray[np.float64],
+    link_time: NDArray[np.float64],
+    link_from_node: NDArray[np.int32],
+    link_to_node: NDArray[np.int32],
+    node_x: NDArray[np.float64],
+    node_y: NDArray[np.float64],
+) -> float:
+    """The fastest any link closes straight-line distance (m/s), for the A* bound.
+
+    Taking the larger of the driven speed and the end-to-end straight-line distance over the
+    link time keeps the bound admissible (and consistent) even where a link's stated length is
+    shorter than the distance between its end nodes, as in imported networks.
+    """
+    if link_time.shape[0] == 0:
+        return 0.0
+    chord = np.hypot(
+        node_x[link_to_node] - node_x[link_from_node], node_y[link_to_node] - node_y[link_from_node]
+    )
+    fastest = float(np.max(np.maximum(link_length, chord) / link_time))
+    return fastest * (1.0 + ADMISSIBLE_MARGIN)
+
+
+def choose_landmarks(
+    count: int,
+    link_from_node: NDArray[np.int32],
+    link_to_node: NDArray[np.int32],
+    node_x: NDArray[np.float64],
+    node_y: NDArray[np.float64],
+) -> NDArray[np.int32]:
+    """Up to ``count`` intersections on the rim: in each of ``count`` equal angular sectors
+    around the centre, the one farthest out (among those with links in and out). Landmarks
+    behind the origin or beyond the destination give the tightest bounds; the rim is where
+    they are for most queries."""
+    nodes = node_x.shape[0]
+    connected = np.zeros(nodes, dtype=bool)
+    if count == 0 or link_from_node.shape[0] == 0:
+        return np.zeros(0, dtype=np.int32)
+    connected[link_from_node] = True
+    has_in = np.zeros(nodes, dtype=bool)
+    has_in[link_to_node] = True
+    candidates = np.flatnonzero(connected & has_in)
+    if candidates.size == 0:
+        return np.zeros(0, dtype=np.int32)
+    cx, cy = node_x[candidates].mean(), node_y[candidates].mean()
+    dx, dy = node_x[candidates] - cx, node_y[candidates] - cy
+    sector = np.minimum((np.arctan2(dy, dx) + np.pi) / (2.0 * np.pi) * count, count - 1)
+    sector = sector.astype(np.int64)
+    radius = np.hypot(dx, dy)
+    chosen: list[int] = []
+    for s in range(count):
+        inside = np.flatnonzero(sector == s)
+        if inside.size:
+            chosen.append(int(candidates[inside[np.argmax(radius[inside])]]))
+    return np.array(sorted(set(chosen)), dtype=np.int32)
+
+
+def landmark_table(
+    landmarks: NDArray[np.int32],
+    link_time: NDArray[np.float64],
+    link_from_node: NDArray[np.int32],
+    link_to_node: NDArray[np.int32],
+    nodes: int,
+) -> NDArray[np.float64]:
+    """Free-flow times on the intersection graph: column ``2 j`` from landmark ``j`` to each
+    intersection, column ``2 j + 1`` from each intersection to landmark ``j`` (``inf`` where
+    there is no way). Parallel links count with their fastest time."""
+    table = np.zeros((nodes, 2 * landmarks.shape[0]), dtype=np.float64)
+    if landmarks.shape[0] == 0:
+        return table
+    pair = link_from_node.astype(np.int64) * nodes + link_to_node
+    order = np.lexsort((link_time, pair))
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = pair[order][1:] != pair[order][:-1]
+    keep = order[first]
+    weights = csr_matrix(
+        (link_time[keep], (link_from_node[keep], link_to_node[keep])), shape=(nodes, nodes)
+    )
+    sources = landmarks.astype(np.int64)
+    table[:, 0::2] = dijkstra(weights, directed=True, indices=sources).T
+    table[:, 1::2] = dijkstra(weights.T.tocsr(), directed=True, indices=sources).T
+    return table
+
+
+@dataclass(frozen=True, eq=False)
+class CorridorGraph:
+    """Link-and-movement arrays of one network at emergency free-flow speeds."""
+
+    link_ids: tuple[str, ...]
+    link_index: dict[str, int]
+    link_length: NDArray[np.float64]
+    link_time: NDArray[np.float64]
+    """Emergency free-flow time of each link: length / (speed limit * speed factor)."""
+    link_x: NDArray[np.float64]
+    """Coordinates of each link's downstream node (where its stop line is)."""
+    link_y: NDArray[np.float64]
+    link_from_node: NDArray[np.int32]
+    link_to_node: NDArray[np.int32]
+    out_start: NDArray[np.int64]
+    """CSR over movements: those leaving link ``u`` are ``out_start[u]:out_start[u + 1]``."""
+    movement_ids: tuple[str, ...]
+    movement_index: dict[str, int]
+    mv_order: NDArray[np.int64]
+    """Position of each (sorted) movement in ``network.movements``."""
+    mv_from: NDArray[np.int32]
+    mv_to: NDArray[np.int32]
+    mv_lanes: NDArray[np.int32]
+    """Lanes of the source link that allow the movement's turn."""
+    mv_headway_s: NDArray[np.float64]
+    """Saturation headway of the movement's queue: 3600 / (saturation flow * lanes)."""
+    mv_intersection: NDArray[np.int32]
+    mv_group: tuple[str, ...]
+    intersection_ids: tuple[str, ...]
+    intersection_index: dict[str, int]
+    node_x: NDArray[np.float64]
+    node_y: NDArray[np.float64]
+    max_speed: float
+    """Upper bound on straight-line progress per second (m/s): the A* heuristic's divisor."""
+    landmark_nodes: NDArray[np.int32]
+    lm_dist: NDArray[np.float64]
+    """Per intersection, free-flow times from / to each landmark (see ``landmark_table``)."""
+    emergency_speed_factor: float = 1.3
+
+    def __post_init__(self) -> None:
+        links, moves, nodes = len(self.link_ids), len(self.movement_ids), len(self.intersection_ids)
+        for name in ("link_length", "link_time", "link_x", "link_y"):
+            _check_array(name, getattr(self, name), np.float64, (links,))
+        for name in ("link_from_node", "link_to_node"):
+            _check_array(name, getattr(self, name), np.int32, (links,))
+        for name in ("node_x", "node_y"):
+            _check_array(name, getattr(self, name), np.float64, (nodes,))
+        _check_array("out_start", self.out_start, np.int64, (links + 1,))
+        _check_array("mv_order", self.mv_order, np.int64, (moves,))
+        for name in ("mv_from", "mv_to", "mv_lanes", "mv_intersection"):
+            _check_array(name, getattr(self, name), np.int32, (moves,))
+        _check_array("mv_headway_s", self.mv_headway_s, np.float64, (moves,))
+        count = self.landmark_nodes.shape[0] if isinstance(self.landmark_nodes, np.ndarray) else 0
+        _check_array("landmark_nodes", self.landmark_nodes, np.int32, (count,))
+        _check_array("lm_dist", self.lm_dist, np.float64, (nodes, 2 * count))
+        if len(self.mv_group) != moves:
+            raise ValidationError("mv_group", f"expected {moves} groups, got {len(self.mv_group)}")
+        if links and not bool(np.all(self.link_time > 0.0) and np.all(np.isfinite(self.link_time))):
+            raise ValidationError("link_time", "every link time must be finite and > 0")
+        for name in ("link_from_node", "link_to_node"):
+            values = getattr(self, name)
+            if links and (values.min() < 0 or values.max() >= nodes):
+                raise ValidationError(name, "intersection index out of range")
+        if self.out_start[0] != 0 or self.out_start[-1] != moves:
+            raise ValidationError("out_start", "CSR must start at 0 and end at the movement count")
+        if moves and not np.array_equal(
+            np.repeat(np.arange(links, dtype=np.int32), np.diff(self.out_start)), self.mv_from
+        ):
+            raise ValidationError("out_start", "movements must be sorted by source link")
+        if moves and (self.mv_to.min() < 0 or self.mv_to.max() >= links):
+            raise ValidationError("mv_to", "movement target outside the link range")
+        check_number("max_speed", self.max_speed, ge=0.0)
+
+    @classmethod
+    def from_network(
+        cls,
+        network: Network,
+        *,
+        emergency_speed_factor: float = 1.3,
+        landmarks: int = DEFAULT_LANDMARKS,
+    ) -> CorridorGraph:
+        """Flatten ``network``; link times are the emergency vehicle's free-flow times.
+        ``landmarks=0`` leaves A* with the straight-line bound only."""
+        check_number("emergency_speed_factor", emergency_speed_factor, gt=0.0, le=5.0)
+        intersection_ids = tuple(node.id for node in network.intersections)
+        intersection_index = {node_id: i for i, node_id in enumerate(intersection_ids)}
+        links = network.links
+        link_index = {link.id: i for i, link in enumerate(links)}
+        movements = network.movements
+        source = np.array([link_index[m.from_link] for m in movements], dtype=np.int32)
+        order = np.argsort(source, kind="stable").astype(np.int64)
+        ordered = [movements[i] for i in order]
+        lanes = np.zeros(len(ordered), dtype=np.int32)
+        saturation = np.zeros(len(ordered), dtype=np.float64)
+        for k, movement in enumerate(ordered):
+            link = links[source[order[k]]]
+            serving = sum(1 for lane in link.lanes if movement.turn in lane.turns)
+            if serving == 0:
+                raise ValidationError(
+                    "movement.turn",
+                    f"no lane of {link.id!r} allows {movement.id!r} ({movement.turn})",
+                )
+            lanes[k] = serving
+            saturation[k] = link.saturation_flow_vphpl
+        length = np.array([link.length_m for link in links], dtype=np.float64)
+        speed = np.array([link.speed_limit_mps for link in links], dtype=np.float64)
+        return cls.from_arrays(
+            link_ids=tuple(link.id for link in links),
+            link_length=length,
+            link_time=length / (speed * emergency_speed_factor),
+            link_from_node=np.array(
+                [intersection_index[link.from_node] for link in links], dtype=np.int32
+            ),
+            link_to_node=np.array(
+                [intersection_index[link.to_node] for link in links], dtype=np.int32
+            ),
+            intersection_ids=intersection_ids,
+            node_x=np.array([node.x_m for node in network.intersections], dtype=np.float64),
+            node_y=np.array([node.y_m for node in network.intersections], dtype=np.float64),
+            movement_ids=tuple(m.id for m in ordered),
+            mv_from=source[order],
+            mv_to=np.array([link_index[m.to_link] for m in ordered], dtype=np.int32),
+            mv_lanes=lanes,
+            mv_headway_s=3600.0 / (saturation * lanes),
+            mv_group=tuple(m.signal_group for m in ordered),
+            mv_order=order,
+            landmarks=landmarks,
+            emergency_speed_factor=emergency_speed_factor,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        link_ids: tuple[str, ...],
+        link_length: NDArray[np.float64],
+        link_time: NDArray[np.float64],
+        link_from_node: NDArray[np.int32],
+        link_to_node: NDArray[np.int32],
+        intersection_ids: tuple[str, ...],
+        node_x: NDArray[np.float64],
+        node_y: NDArray[np.float64],
+        movement_ids: tuple[str, ...],
+        mv_from: NDArray[np.int32],
+        mv_to: NDArray[np.int32],
+        mv_lanes: NDArray[np.int32],
+        mv_headway_s: NDArray[np.float64],
+        mv_group: Sequence[str],
+        mv_order: NDArray[np.int64] | None = None,
+        landmarks: int = DEFAULT_LANDMARKS,
+        emergency_speed_factor: float = 1.3,
+    ) -> CorridorGraph:
+        """Build from plain arrays (movements already sorted by source link), deriving the
+        CSR, the link coordinates, the A* speed bound and the landmark table. Lets generators
+        of very large networks skip building ``Network`` objects."""
+        check_count("landmarks", landmarks, le=MAX_LANDMARKS)
+        links = len(link_ids)
+        out_start = np.zeros(links + 1, dtype=np.int64)
+        if mv_from.shape[0]:
+            if mv_from.min() < 0 or mv_from.max() >= links:
+                raise ValidationError("mv_from", "movement source outside the link range")
+            np.cumsum(np.bincount(mv_from, minlength=links), out=out_start[1:])
+        chosen = choose_landmarks(landmarks, link_from_node, link_to_node, node_x, node_y)
+        return cls(
+            link_ids=link_ids,
+            link_index={link_id: i for i, link_id in enumerate(link_ids)},
+            link_length=link_length,
+            link_time=link_time,
+            link_x=node_x[link_to_node],
+            link_y=node_y[link_to_node],
+            link_from_node=link_from_node,
+            link_to_node=link_to_node,
+            out_start=out_start,
+            movement_ids=movement_ids,
+            movement_index={m: k for k, m in enumerate(movement_ids)},
+            mv_order=np.arange(len(movement_ids), dtype=np.int64) if mv_order is None else mv_order,
+            mv_from=mv_from,
+            mv_to=mv_to,
+            mv_lanes=mv_lanes,
+            mv_headway_s=mv_headway_s,
+            mv_intersection=link_to_node[mv_from] if links else np.zeros(0, dtype=np.int32),
+            mv_group=tuple(mv_group),
+            intersection_ids=intersection_ids,
+            intersection_index={node_id: i for i, node_id in enumerate(intersection_ids)},
+            node_x=node_x,
+            node_y=node_y,
+            max_speed=heuristic_speed(
+                link_length, link_time, link_from_node, link_to_node, node_x, node_y
+            ),
+            landmark_nodes=chosen,
+            lm_dist=landmark_table(
+                chosen, link_time, link_from_node, link_to_node, len(intersection_ids)
+            ),
+            emergency_speed_factor=emergency_speed_factor,
+        )
+
+    @property
+    def links(self) -> int:
+        return len(self.link_ids)
+
+    @property
+    def movements(self) -> int:
+        return len(self.movement_ids)
+
+    def with_link_times(self, link_time: NDArray[np.float64]) -> CorridorGraph:
+        """The same graph with other link times (e.g. congestion-aware), with both A* bounds
+        (speed and landmark table) recomputed: shorter times than the ones they were computed
+        for would make them overestimate, which is why this is the way to change times."""
+        times = np.array(link_time, dtype=np.float64, copy=True)
+        if times.shape != (self.links,):
+            raise ValidationError(
+                "link_time", f"expected {self.links} link times, got shape {times.shape}"
+            )
+        if not bool(np.all(np.isfinite(times)) and np.all(times > 0.0)):
+            raise ValidationError("link_time", "every link time must be finite and > 0")
+        return dataclasses.replace(
+            self,
+            link_time=times,
+            max_speed=heuristic_speed(
+                self.link_length,
+                times,
+                self.link_from_node,
+                self.link_to_node,
+                self.node_x,
+                self.node_y,
+            ),
+            lm_dist=landmark_table(
+                self.landmark_nodes, times, self.link_from_node, self.link_to_node, len(self.node_x)
+            ),
+        )
+
+    def movement_between(self, from_link: int, to_link: int) -> int:
+        """Index of the movement from link ``from_link`` onto ``to_link`` (both indices)."""
+        for name, value in (("from_link", from_link), ("to_link", to_link)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValidationError(name, f"expected a link index, got {type(value).__name__}")
+            if not 0 <= value < self.links:
+                raise ValidationError(name, f"link index {value} outside 0..{self.links - 1}")
+        for k in range(int(self.out_start[from_link]), int(self.out_start[from_link + 1])):
+            if self.mv_to[k] == to_link:
+                return k
+        raise ValidationError(
+            "movement",
+            f"no movement from link {self.link_ids[from_link]!r} to {self.link_ids[to_link]!r}",
+        )
+
+
+def _check_array(name: str, value: object, dtype: type[np.generic], shape: tuple[int, ...]) -> None:
+    if not isinstance(value, np.ndarray) or value.dtype != dtype or value.shape != shape:
+        got = getattr(value, "shape", None)
+        kind = getattr(value, "dtype", type(value).__name__)
+        raise ValidationError(
+            name, f"expected a {np.dtype(dtype).name} array of shape {shape}, got {kind} {got}"
+        )
+    if not value.flags.c_contiguous:
+        raise ValidationError(name, "must be C-contiguous")

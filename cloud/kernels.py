@@ -1,0 +1,617 @@
+"""Numba kernels of the corridor optimizer: time-dependent shortest routes over links.
+
+Cost model (every function here uses it, with the same floating-point operations in the same
+order, so a search's arrival time equals ``route_times`` along its route bit for bit):
+
+* a vehicle entering link ``u`` at time ``T`` reaches its stop line at
+  ``t_line = T + link_time[u]``; on the origin link, starting ``offset_m`` metres in, at
+  ``T + (link_length[u] - offset_m) / (link_length[u] / link_time[u])``;
+* crossing into ``w`` through movement ``m = (u -> w)`` it waits
+  ``wait = max(0, mv_ready[m] - t_line)``, where ``mv_ready[m]`` is the caller's absolute
+  earliest time the queue ahead of it on ``m`` can be gone (``-inf``: no queue, ``+inf``: the
+  movement may not be used), and enters ``w`` at ``t_line + wait``;
+* the destination is reached at the END of the destination link (no wait there).
+
+Entering later never lets a vehicle leave earlier (the cost is FIFO), so label-setting
+Dijkstra is exact. A* adds a lower bound on the time still to drive, the larger of the
+straight-line distance from the END of ``u`` to the END of the destination over the fastest
+straight-line speed of any link, and the landmark bound of ``lm_dist`` (free-flow times on the
+intersection graph, see ``graph.py``) to the destination's entry intersection plus the
+destination's own time; waits only lengthen the true time, so both are
+admissible and consistent. Its key is ``g + h * (1 + TIE_WEIGHT)``: the tiny weight makes the
+search prefer, among routes of equal length, the link closer to the destination, which on grid
+networks (where landmarks are exact and thousands of staircase routes tie) is the difference
+between settling the route and settling the whole rectangle. The price is an arrival at most
+``TIE_WEIGHT * h(origin)`` later than the optimum (about 0.01 ms on a three-hour trip).
+
+Workspaces are passed in and reused: ``visited`` is an int64 stamp array of ``L + 1`` whose
+last element counts queries, so a query never clears the ``L``-sized arrays; ``dist`` and
+``prev_mv`` are only meaningful where the stamp says this query touched them.
+
+Return codes: a route length ``>= 1``; ``-1`` unreachable; ``-2`` bad arguments (an index or
+array size out of range, a workspace too small). The kernels check every scalar index and every
+array size they are given; the CONTENTS of the graph arrays (CSR, targets, node of each link)
+are trusted, as ``CorridorGraph`` validates them once when it is built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+UNREACHABLE = -1
+BAD_ARGUMENTS = -2
+TIE_WEIGHT = 1e-9
+TIE_FACTOR = 1.0 + TIE_WEIGHT
+
+
+@njit(cache=True)
+def count_outside(values: np.ndarray, low: float, high: float) -> int:
+    """How many values lie outside ``[low, high]`` (NaN always does), in one pass without a
+    temporary array: the router validates every per-movement array of every query with it."""
+    bad = 0
+    for i in range(values.shape[0]):
+        x = values[i]
+        bad += (x < low) | (x > high) | (x != x)
+    return bad
+
+
+@njit(cache=True)
+def _heap_push(keys: np.ndarray, vals: np.ndarray, size: int, key: float, val: int) -> int:
+    """Binary min-heap on (key, val) pairs, ties broken by val (as Python's heapq on tuples)."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        pk = keys[parent]
+        if pk < key or (pk == key and vals[parent] < val):
+            break
+        keys[i] = pk
+        vals[i] = vals[parent]
+        i = parent
+    keys[i] = key
+    vals[i] = val
+    return size + 1
+
+
+@njit(cache=True)
+def _heap_pop(keys: np.ndarray, vals: np.ndarray, size: int) -> int:
+    """Remove the root (read it before calling); returns the new size."""
+    size -= 1
+    key = keys[size]
+    val = vals[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        r = c + 1
+        kc = keys[c]
+        if r < size:
+            kr = keys[r]
+            if kr < kc or (kr == kc and vals[r] < vals[c]):
+                c = r
+                kc = kr
+        if key < kc or (key == kc and val < vals[c]):
+            break
+        keys[i] = kc
+        vals[i] = vals[c]
+        i = c
+    keys[i] = key
+    vals[i] = val
+    return size
+
+
+@njit(cache=True)
+def _bound(
+    w: int,
+    destination: int,
+    xd: float,
+    yd: float,
+    tail_s: float,
+    link_x: np.ndarray,
+    link_y: np.ndarray,
+    max_speed: float,
+    link_to_node: np.ndarray,
+    lm_dist: np.ndarray,
+    entry_row: np.ndarray,
+) -> float:
+    """Lower bound on the time from the end of link ``w`` to the end of the destination.
+
+    The larger of the straight-line bound and, from the landmarks, the time to the
+    destination's ENTRY intersection plus the destination's own time ``tail_s`` (every way in
+    drives the whole destination link; aiming at its far end would let routes that reach that
+    intersection from the wrong side look finished). ``inf`` when the landmarks prove there is
+    no way; NaN bounds (inf - inf: this landmark reaches neither) are ignored.
+    """
+    if w == destination:
+        return 0.0
+    dx = link_x[w] - xd
+    dy = link_y[w] - yd
+    h = math.sqrt(dx * dx + dy * dy) / max_speed
+    if lm_dist.shape[1] == 0:
+        return h
+    row = link_to_node[w]
+    gap = 0.0
+    for j in range(0, lm_dist.shape[1], 2):
+        b = entry_row[j] - lm_dist[row, j]
+        if b > gap:
+            gap = b
+        b = lm_dist[row, j + 1] - entry_row[j + 1]
+        if b > gap:
+            gap = b
+    gap += tail_s
+    if gap > h:
+        h = gap
+    return h
+
+
+@njit(cache=True)
+def route_search(
+    origin: int,
+    offset_m: float,
+    destination: int,
+    depart_s: float,
+    out_start: np.ndarray,
+    mv_to: np.ndarray,
+    link_time: np.ndarray,
+    link_length: np.ndarray,
+    link_x: np.ndarray,
+    link_y: np.ndarray,
+    max_speed: float,
+    link_from_node: np.ndarray,
+    link_to_node: np.ndarray,
+    lm_dist: np.ndarray,
+    mv_ready: np.ndarray,
+    use_astar: bool,
+    dist: np.ndarray,
+    prev_mv: np.ndarray,
+    heap_keys: np.ndarray,
+    heap_vals: np.ndarray,
+    visited: np.ndarray,
+    out_links: np.ndarray,
+) -> int:
+    """Earliest-arrival route from ``offset_m`` into link ``origin`` to the end of
+    ``destination``, leaving at ``depart_s``: A* or Dijkstra, stopping once the destination is
+    settled. Writes the links into ``out_links`` and returns their count (or -1 / -2).
+
+    ``dist[u]`` is the time the vehicle reaches the end (stop line) of ``u``; ``prev_mv[u]``
+    the movement it entered ``u`` through (``-1`` at the origin). The heap needs one slot per
+    movement plus one (each movement relaxes at most once).
+    """
+    n_links = link_time.shape[0]
+    if (
+        origin < 0
+        or origin >= n_links
+        or destination < 0
+        or destination >= n_links
+        or out_start.shape[0] != n_links + 1
+        or dist.shape[0] < n_links
+        or prev_mv.shape[0] < n_links
+        or visited.shape[0] < n_links + 1
+        or heap_keys.shape[0] < 1
+        or heap_vals.shape[0] < heap_keys.shape[0]
+        or out_links.shape[0] < 1
+        or link_length.shape[0] != n_links
+        or link_x.shape[0] != n_links
+        or link_y.shape[0] != n_links
+        or mv_ready.shape[0] != mv_to.shape[0]
+        or out_start[n_links] > mv_to.shape[0]
+        or link_from_node.shape[0] != n_links
+        or link_to_node.shape[0] != n_links
+        or lm_dist.shape[1] % 2 != 0
+    ):
+        return BAD_ARGUMENTS
+    n_nodes = lm_dist.shape[0]
+    entry = link_from_node[destination]
+    if entry < 0 or entry >= n_nodes or link_to_node[origin] < 0 or link_to_node[origin] >= n_nodes:
+        return BAD_ARGUMENTS
+    capacity = heap_keys.shape[0]
+    reached = visited[n_links] + 2
+    settled = reached + 1
+    visited[n_links] = reached
+    astar = use_astar and max_speed > 0.0
+    xd = link_x[destination]
+    yd = link_y[destination]
+    entry_row = lm_dist[entry]
+    tail = link_time[destination]
+
+    length = link_length[origin]
+    g0 = depart_s + (length - offset_m) / (length / link_time[origin])
+    if g0 != g0:
+        return BAD_ARGUMENTS
+    if not (g0 < math.inf):
+        return UNREACHABLE
+    dist[origin] = g0
+    prev_mv[origin] = -1
+    visited[origin] = reached
+    h = 0.0
+    if astar:
+        h = _bound(
+            origin, destination, xd, yd, tail, link_x, link_y, max_speed, link_to_node, lm_dist,
+            entry_row,
+        )  # fmt: skip
+        if not (h < math.inf):
+            return UNREACHABLE
+    heap_keys[0] = g0 + h * TIE_FACTOR
+    heap_vals[0] = origin
+    size = 1
+    found = False
+    while size > 0:
+        u = heap_vals[0]
+        size = _heap_pop(heap_keys, heap_vals, size)
+        if visited[u] == settled:
+            continue
+        visited[u] = settled
+        if u == destination:
+            found = True
+            break
+        gu = dist[u]
+        for k in range(out_start[u], out_start[u + 1]):
+            w = mv_to[k]
+            stamp = visited[w]
+            if stamp == settled:
+                continue
+            wait = mv_ready[k] - gu
+            if wait < 0.0:
+                wait = 0.0
+            g = (gu + wait) + link_time[w]
+            if not (g < math.inf):
+                continue
+            if stamp == reached and not (g < dist[w]):
+                continue
+            h = 0.0
+            if astar:
+                h = _bound(
+                    w, destination, xd, yd, tail, link_x, link_y, max_speed, link_to_node,
+                    lm_dist, entry_row,
+                )  # fmt: skip
+                if not (h < math.inf):
+                    continue  # proven not to lead to the destination
+            dist[w] = g
+            prev_mv[w] = k
+            visited[w] = reached
+            if size >= capacity:
+                return BAD_ARGUMENTS
+            size = _heap_push(heap_keys, heap_vals, size, g + h * TIE_FACTOR, w)
+    if not found:
+        return UNREACHABLE
+    # walk back: the source of movement k is the last link whose CSR slice starts at or
+    # before k
+    n = 1
+    v = destination
+    while v != origin:
+        k = prev_mv[v]
+        v = np.searchsorted(out_start, k, side="right") - 1
+        n += 1
+        if n > n_links:
+            return BAD_ARGUMENTS
+    if n > out_links.shape[0]:
+        return BAD_ARGUMENTS
+    v = destination
+    for i in range(n - 1, -1, -1):
+        out_links[i] = v
+        if i > 0:
+            v = np.searchsorted(out_start, prev_mv[v], side="right") - 1
+    return n
+
+
+@njit(cache=True)
+def route_moves_of(
+    route_links: np.ndarray, n: int, prev_mv: np.ndarray, out_moves: np.ndarray
+) -> None:
+    """Movement of each hop of a route ``route_search`` just wrote (``-1`` after the last)."""
+    for i in range(n - 1):
+        out_moves[i] = prev_mv[route_links[i + 1]]
+    if n > 0:
+        out_moves[n - 1] = -1
+
+
+@njit(cache=True)
+def moves_along(
+    route_links: np.ndarray, n: int, out_start: np.ndarray, mv_to: np.ndarray, out_moves: np.ndarray
+) -> int:
+    """The movement of each hop of a route given as links (``-1`` after the last); returns
+    ``-1``, or the index of the first link no movement leads into from the one before it
+    (``-2`` on bad sizes or link indices)."""
+    n_links = out_start.shape[0] - 1
+    if n < 1 or route_links.shape[0] < n or out_moves.shape[0] < n:
+        return BAD_ARGUMENTS
+    for i in range(n):
+        if route_links[i] < 0 or route_links[i] >= n_links:
+            return BAD_ARGUMENTS
+    for i in range(n - 1):
+        u = route_links[i]
+        found = -1
+        for k in range(out_start[u], out_start[u + 1]):
+            if mv_to[k] == route_links[i + 1]:
+                found = k
+                break
+        if found < 0:
+            return i + 1
+        out_moves[i] = found
+    out_moves[n - 1] = -1
+    return -1
+
+
+@njit(cache=True)
+def route_times(
+    route_links: np.ndarray,
+    n: int,
+    route_moves: np.ndarray,
+    offset_m: float,
+    depart_s: float,
+    link_time: np.ndarray,
+    link_length: np.ndarray,
+    mv_ready: np.ndarray,
+    out_line: np.ndarray,
+    out_wait: np.ndarray,
+) -> float:
+    """Along a fixed route: the time at each stop line before waiting, the wait there (0 at the
+    last link, whose "stop line" is its end) and the arrival, which is returned.
+
+    NaN when ``n`` is not a valid length for the arrays given.
+    """
+    if (
+        n < 1
+        or route_links.shape[0] < n
+        or route_moves.shape[0] < n - 1
+        or out_line.shape[0] < n
+        or out_wait.shape[0] < n
+    ):
+        return math.nan
+    n_links = link_time.shape[0]
+    n_moves = mv_ready.shape[0]
+    u = route_links[0]
+    if u < 0 or u >= n_links:
+        return math.nan
+    length = link_length[u]
+    t: float = depart_s + (length - offset_m) / (length / link_time[u])
+    for i in range(n):
+        out_line[i] = t
+        if i == n - 1:
+            out_wait[i] = 0.0
+            break
+        m = route_moves[i]
+        w = route_links[i + 1]
+        if m < 0 or m >= n_moves or w < 0 or w >= n_links:
+            return math.nan
+        wait = mv_ready[m] - t
+        if wait < 0.0:
+            wait = 0.0
+        out_wait[i] = wait
+        t = (t + wait) + link_time[w]
+    return t
+
+
+@njit(cache=True)
+def free_flow_lines(
+    route_links: np.ndarray, n: int, line0: float, link_time: np.ndarray, out_line: np.ndarray
+) -> None:
+    """Stop-line times along a route with no waiting, from the first stop line's time."""
+    t = line0
+    for i in range(min(n, out_line.shape[0], route_links.shape[0])):
+        if i > 0:
+            t = t + link_time[route_links[i]]
+        out_line[i] = t
+
+
+@njit(cache=True)
+def windows(
+    line_s: np.ndarray,
+    n: int,
+    mv_flush_s: np.ndarray,
+    mv_earliest_s: np.ndarray,
+    route_moves: np.ndarray,
+    depart_s: float,
+    margin_s: float,
+    clear_after_s: float,
+    sigma0_s: float,
+    sigma_rate: float,
+    out_eta: np.ndarray,
+    out_open: np.ndarray,
+    out_close: np.ndarray,
+    out_low: np.ndarray,
+    out_high: np.ndarray,
+) -> float:
+    """Green windows, one per stop line except the last link's; returns the total shift.
+
+    At stop line ``i`` the vehicle's ETA is ``line_s[i]`` plus the delays so far; when the
+    queue on its movement cannot be flushed by then (``earliest + flush > eta``) the vehicle
+    is held back by the difference, and every later ETA follows. The window opens early
+    enough to flush the queue plus a margin (never before the earliest opening), closes
+    ``clear_after_s`` after the ETA, and the band ``eta -/+ (sigma0 + rate * (eta - depart))``
+    is the ETA's uncertainty, growing with the time driven.
+    """
+    count = n - 1
+    if (
+        count < 0
+        or line_s.shape[0] < n
+        or route_moves.shape[0] < count
+        or out_eta.shape[0] < count
+        or out_open.shape[0] < count
+        or out_close.shape[0] < count
+        or out_low.shape[0] < count
+        or out_high.shape[0] < count
+        or mv_flush_s.shape[0] != mv_earliest_s.shape[0]
+    ):
+        return math.nan
+    n_moves = mv_flush_s.shape[0]
+    shift = 0.0
+    for i in range(count):
+        m = route_moves[i]
+        if m < 0 or m >= n_moves:
+            return math.nan
+        flush = mv_flush_s[m]
+        earliest = mv_earliest_s[m]
+        eta = line_s[i] + shift
+        need = earliest + flush
+        if need > eta:
+            d = need - eta
+            eta += d
+            shift += d
+        opening = eta - flush - margin_s
+        if earliest > opening:
+            opening = earliest
+        out_eta[i] = eta
+        out_open[i] = opening
+        out_close[i] = eta + clear_after_s
+        spread = sigma0_s + sigma_rate * (eta - depart_s)
+        out_low[i] = eta - spread
+        out_high[i] = eta + spread
+    return shift
+
+
+@njit(cache=True)
+def route_batch(
+    origins: np.ndarray,
+    offsets_m: np.ndarray,
+    destinations: np.ndarray,
+    departs_s: np.ndarray,
+    out_start: np.ndarray,
+    mv_to: np.ndarray,
+    link_time: np.ndarray,
+    link_length: np.ndarray,
+    link_x: np.ndarray,
+    link_y: np.ndarray,
+    max_speed: float,
+    link_from_node: np.ndarray,
+    link_to_node: np.ndarray,
+    lm_dist: np.ndarray,
+    mv_ready: np.ndarray,
+    use_astar: bool,
+    dist: np.ndarray,
+    prev_mv: np.ndarray,
+    heap_keys: np.ndarray,
+    heap_vals: np.ndarray,
+    visited: np.ndarray,
+    route_buf: np.ndarray,
+    out_route_start: np.ndarray,
+    out_links: np.ndarray,
+    out_moves: np.ndarray,
+    out_line: np.ndarray,
+    out_wait: np.ndarray,
+    out_arrival: np.ndarray,
+) -> int:
+    """Many queries in one call: routes as CSR (``out_route_start``, an empty slice and an
+    ``inf`` arrival when unreachable), with moves, stop-line times and waits.
+
+    Returns how many queries it completed: fewer than asked when the route buffers are full
+    (call again on the rest with fresh buffers), ``-2`` on bad arguments.
+    """
+    q_count: int = origins.shape[0]
+    capacity = out_links.shape[0]
+    if (
+        offsets_m.shape[0] != q_count
+        or destinations.shape[0] != q_count
+        or departs_s.shape[0] != q_count
+        or out_route_start.shape[0] < q_count + 1
+        or out_arrival.shape[0] < q_count
+        or out_moves.shape[0] < capacity
+        or out_line.shape[0] < capacity
+        or out_wait.shape[0] < capacity
+    ):
+        return BAD_ARGUMENTS
+    out_route_start[0] = 0
+    for q in range(q_count):
+        start = out_route_start[q]
+        n = route_search(
+            origins[q],
+            offsets_m[q],
+            destinations[q],
+            departs_s[q],
+            out_start,
+            mv_to,
+            link_time,
+            link_length,
+            link_x,
+            link_y,
+            max_speed,
+            link_from_node,
+            link_to_node,
+            lm_dist,
+            mv_ready,
+            use_astar,
+            dist,
+            prev_mv,
+            heap_keys,
+            heap_vals,
+            visited,
+            route_buf,
+        )
+        if n == BAD_ARGUMENTS:
+            return BAD_ARGUMENTS
+        if n < 0:
+            out_route_start[q + 1] = start
+            out_arrival[q] = math.inf
+            continue
+        if start + n > capacity:
+            return q
+        end = start + n
+        for i in range(n):
+            out_links[start + i] = route_buf[i]
+        route_moves_of(out_links[start:end], n, prev_mv, out_moves[start:end])
+        out_arrival[q] = route_times(
+            out_links[start:end],
+            n,
+            out_moves[start:end],
+            offsets_m[q],
+            departs_s[q],
+            link_time,
+            link_length,
+            mv_ready,
+            out_line[start:end],
+            out_wait[start:end],
+        )
+        out_route_start[q + 1] = end
+    return q_count
+
+
+@njit(cache=True)
+def routes_evaluate(
+    route_start: np.ndarray,
+    route_links: np.ndarray,
+    route_moves: np.ndarray,
+    offsets_m: np.ndarray,
+    departs_s: np.ndarray,
+    link_time: np.ndarray,
+    link_length: np.ndarray,
+    mv_ready: np.ndarray,
+    out_line: np.ndarray,
+    out_wait: np.ndarray,
+    out_arrival: np.ndarray,
+) -> int:
+    """True times of fixed candidate routes given as CSR (``route_moves`` aligned with
+    ``route_links``, ``-1`` at each route's last link): ``route_times`` per route, arrivals
+    into ``out_arrival``. Returns the route count, or -2 on bad arguments."""
+    count: int = route_start.shape[0] - 1
+    total = route_links.shape[0]
+    if (
+        count < 0
+        or offsets_m.shape[0] != count
+        or departs_s.shape[0] != count
+        or out_arrival.shape[0] < count
+        or route_moves.shape[0] != total
+        or out_line.shape[0] < total
+        or out_wait.shape[0] < total
+    ):
+        return BAD_ARGUMENTS
+    for r in range(count):
+        start = route_start[r]
+        end = route_start[r + 1]
+        if start < 0 or end < start or end > total:
+            return BAD_ARGUMENTS
+        out_arrival[r] = route_times(
+            route_links[start:end],
+            end - start,
+            route_moves[start:end],
+            offsets_m[r],
+            departs_s[r],
+            link_time,
+            link_length,
+            mv_ready,
+            out_line[start:end],
+            out_wait[start:end],
+        )
+    return count

@@ -1,0 +1,239 @@
+"""Plain-Python references of the corridor kernels, written for reading, not speed.
+
+Same cost rule and the same floating-point operations in the same order as
+``citybrain.cloud.kernels`` (so results compare exactly), but built independently: Python
+lists, ``heapq`` on ``(key, link)`` tuples, dictionaries for labels and a predecessor-link map
+instead of stamps and CSR back-tracking.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+from citybrain.cloud.graph import CorridorGraph
+
+TIE_FACTOR = 1.0 + 1e-9
+"""A* key = g + h * TIE_FACTOR: prefer, among equally short routes, progress (see kernels)."""
+
+
+@dataclass(frozen=True)
+class PlainGraph:
+    """The search arrays of a ``CorridorGraph`` as Python lists."""
+
+    out: list[list[tuple[int, int]]]
+    """Per link: (movement, target link) pairs in CSR order."""
+    link_time: list[float]
+    link_length: list[float]
+    link_x: list[float]
+    link_y: list[float]
+    max_speed: float
+    link_from_node: list[int]
+    link_to_node: list[int]
+    landmarks: list[list[float]]
+    """Per intersection: [from landmark 0, to landmark 0, from landmark 1, ...]."""
+
+
+def plain(graph: CorridorGraph, link_time: list[float] | None = None) -> PlainGraph:
+    starts = graph.out_start.tolist()
+    targets = graph.mv_to.tolist()
+    out = [[(k, targets[k]) for k in range(starts[u], starts[u + 1])] for u in range(graph.links)]
+    return PlainGraph(
+        out,
+        graph.link_time.tolist() if link_time is None else list(link_time),
+        graph.link_length.tolist(),
+        graph.link_x.tolist(),
+        graph.link_y.tolist(),
+        float(graph.max_speed),
+        graph.link_from_node.tolist(),
+        graph.link_to_node.tolist(),
+        graph.lm_dist.tolist(),
+    )
+
+
+def origin_line(g: PlainGraph, origin: int, offset_m: float, depart_s: float) -> float:
+    """When the vehicle, ``offset_m`` into the origin link, reaches its stop line."""
+    length = g.link_length[origin]
+    return depart_s + (length - offset_m) / (length / g.link_time[origin])
+
+
+def search(
+    g: PlainGraph,
+    origin: int,
+    offset_m: float,
+    destination: int,
+    depart_s: float,
+    mv_ready: list[float],
+    *,
+    use_astar: bool,
+) -> tuple[list[int], list[int], float] | None:
+    """Earliest-arrival route as (links, moves with -1 last, arrival), or None if unreachable."""
+    xd, yd = g.link_x[destination], g.link_y[destination]
+    entry = g.landmarks[g.link_from_node[destination]]
+    tail = g.link_time[destination]
+
+    def bound(link: int) -> float:
+        """Straight line over the top speed, or (if larger) the landmarks' bound on the time
+        to the destination's entry intersection plus the destination link itself."""
+        if not use_astar or g.max_speed <= 0.0:
+            return 0.0
+        if link == destination:
+            return 0.0
+        dx = g.link_x[link] - xd
+        dy = g.link_y[link] - yd
+        h = math.sqrt(dx * dx + dy * dy) / g.max_speed
+        here = g.landmarks[g.link_to_node[link]]
+        if not here:
+            return h
+        gap = 0.0
+        for j in range(0, len(here), 2):
+            # NaN (inf - inf: this landmark reaches neither) never wins a comparison
+            ahead = entry[j] - here[j]
+            if ahead > gap:
+                gap = ahead
+            behind = here[j + 1] - entry[j + 1]
+            if behind > gap:
+                gap = behind
+        gap += tail
+        if gap > h:
+            h = gap
+        return h
+
+    start = origin_line(g, origin, offset_m, depart_s)
+    if bound(origin) == math.inf:
+        return None
+    best: dict[int, float] = {origin: start}
+    came: dict[int, tuple[int, int]] = {}  # link -> (previous link, movement)
+    done: set[int] = set()
+    heap = [(start + bound(origin) * TIE_FACTOR, origin)]
+    while heap:
+        _, u = heapq.heappop(heap)
+        if u in done:
+            continue
+        done.add(u)
+        if u == destination:
+            break
+        t = best[u]
+        for move, w in g.out[u]:
+            if w in done:
+                continue
+            wait = mv_ready[move] - t
+            if wait < 0.0:
+                wait = 0.0
+            arrive = (t + wait) + g.link_time[w]
+            if not arrive < math.inf:
+                continue
+            if w in best and not arrive < best[w]:
+                continue
+            h = bound(w)
+            if h == math.inf:
+                continue  # the landmarks prove w leads nowhere near the destination
+            best[w] = arrive
+            came[w] = (u, move)
+            heapq.heappush(heap, (arrive + h * TIE_FACTOR, w))
+    if destination not in done:
+        return None
+    links, moves = [destination], [-1]  # walking back: moves[j] is taken at the end of links[j]
+    while links[-1] != origin:
+        previous, move = came[links[-1]]
+        links.append(previous)
+        moves.append(move)
+    return links[::-1], moves[::-1], best[destination]
+
+
+def route_times(
+    g: PlainGraph,
+    links: list[int],
+    moves: list[int],
+    offset_m: float,
+    depart_s: float,
+    mv_ready: list[float],
+) -> tuple[list[float], list[float], float]:
+    """(stop-line times before waiting, waits, arrival) along a fixed route."""
+    t = origin_line(g, links[0], offset_m, depart_s)
+    line, waits = [], []
+    for i in range(len(links)):
+        line.append(t)
+        if i == len(links) - 1:
+            waits.append(0.0)
+            break
+        wait = max(0.0, mv_ready[moves[i]] - t)
+        waits.append(wait)
+        t = (t + wait) + g.link_time[links[i + 1]]
+    return line, waits, t
+
+
+@dataclass(frozen=True)
+class PlainWindows:
+    eta: list[float]
+    open: list[float]
+    close: list[float]
+    low: list[float]
+    high: list[float]
+    shift: float
+
+
+def windows(
+    line_s: list[float],
+    moves: list[int],
+    mv_flush: list[float],
+    mv_earliest: list[float],
+    depart_s: float,
+    *,
+    margin_s: float,
+    clear_after_s: float,
+    sigma0_s: float,
+    sigma_rate: float,
+) -> PlainWindows:
+    """One window per stop line but the last; an unflushable queue delays this and later ETAs."""
+    out = PlainWindows([], [], [], [], [], 0.0)
+    shift = 0.0
+    for i in range(len(line_s) - 1):
+        m = moves[i]
+        eta = line_s[i] + shift
+        need = mv_earliest[m] + mv_flush[m]
+        if need > eta:
+            d = need - eta
+            eta += d
+            shift += d
+        spread = sigma0_s + sigma_rate * (eta - depart_s)
+        out.eta.append(eta)
+        out.open.append(max(mv_earliest[m], eta - mv_flush[m] - margin_s))
+        out.close.append(eta + clear_after_s)
+        out.low.append(eta - spread)
+        out.high.append(eta + spread)
+    return PlainWindows(out.eta, out.open, out.close, out.low, out.high, shift)
+
+
+def brute_force_arrival(
+    g: PlainGraph,
+    origin: int,
+    offset_m: float,
+    destination: int,
+    depart_s: float,
+    mv_ready: list[float],
+) -> float:
+    """Best arrival over every simple route (tiny graphs only): checks label-setting's claim
+    that FIFO costs need no revisits or time-expanded search."""
+    best = math.inf
+    links: list[int] = [origin]
+    moves: list[int] = []
+
+    def walk(u: int) -> None:
+        nonlocal best
+        if u == destination:
+            *_, arrival = route_times(g, links, [*moves, -1], offset_m, depart_s, mv_ready)
+            best = min(best, arrival)
+            return
+        for move, w in g.out[u]:
+            if w in links:
+                continue
+            links.append(w)
+            moves.append(move)
+            walk(w)
+            links.pop()
+            moves.pop()
+
+    walk(origin)
+    return best

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from citybrain.cloud.corridor import CorridorManager, PublishStatus, SendPlan, Settings
+from citybrain.cloud.graph import CorridorGraph
+from citybrain.cloud.routing import Router, UnreachableError
+from citybrain.cloud.state import NetworkState
+from citybrain.models.errors import ValidationError
+from citybrain.models.messages import (
+    CorridorRequest,
+    CorridorState,
+    PlanKind,
+    VehiclePosition,
+)
+from citybrain.signal_plans.state import normal_state_at
+from citybrain.signal_plans.validator import check_plan
+from citybrain.simulator.networks import arterial
+
+ROAD = arterial(5, length_m=2400.0)
+GRAPH = CorridorGraph.from_network(ROAD.network, emergency_speed_factor=1.3)
+ROUTE = ("west", "a01", "a02", "a03", "a04", "a05", "east")
+
+
+def _manager(**settings: Any) -> CorridorManager:
+    state = NetworkState(ROAD.network)
+    return CorridorManager(
+        GRAPH,
+        Router(GRAPH),
+        state,
+        ROAD.plans,
+        lambda node, at: normal_state_at(ROAD.plans[node], at),
+        settings=Settings(**settings),
+    )
+
+
+def _request(vehicle: str = "AMB-1", priority: int = 5, **fields: Any) -> CorridorRequest:
+    values: dict[str, object] = {
+        "vehicle": vehicle, "origin": "west", "route": ROUTE, "priority": priority,
+        "requester": "dispatch", "requested_at": 100.0,
+    }  # fmt: skip
+    values.update(fields)
+    return CorridorRequest(**values)  # type: ignore[arg-type]
+
+
+def _plans(actions: list[SendPlan | PublishStatus]) -> list[SendPlan]:
+    return [a for a in actions if isinstance(a, SendPlan)]
+
+
+def _statuses(actions: list[SendPlan | PublishStatus]) -> list[PublishStatus]:
+    return [a for a in actions if isinstance(a, PublishStatus)]
+
+
+def test_a_request_is_granted_with_safe_plans_inside_the_horizon_only() -> None:
+    manager = _manager(horizon_s=60.0)
+    actions = manager.request(_request(), 100.0)
+    plans = _plans(actions)
+    (status,) = _statuses(actions)
+    assert status.status.state is CorridorState.GRANTED
+    assert [line.intersection for line in status.status.intersections] == [
+        "a01",
+        "a02",
+        "a03",
+        "a04",
+        "a05",
+    ]
+    etas = [line.eta for line in status.status.intersections]
+    assert etas == sorted(etas)
+    committed = {p.intersection for p in plans}
+    within = {line.intersection for line in status.status.intersections if line.eta - 100.0 <= 60.0}
+    assert committed == within
+    assert committed
+    for action in plans:
+        plan = action.plan
+        (window,) = plan.windows
+        assert window.signal_group == "2"  # eastbound through
+        eta = next(
+            x.eta for x in status.status.intersections if x.intersection == action.intersection
+        )
+        assert window.open_at < eta < window.close_at
+        state = normal_state_at(ROAD.plans[action.intersection], 100.0)
+        assert check_plan(plan, state, now_s=100.0, last_seq=None).accepted
+
+
+def test_queues_make_windows_open_earlier() -> None:
+    empty = _manager()
+    queued = _manager()
+    queued.network_state.set_queue("a01-a02", 30.0, 100.0)
+    first = {p.intersection: p.plan.windows[0] for p in _plans(empty.request(_request(), 100.0))}
+    second = {p.intersection: p.plan.windows[0] for p in _plans(queued.request(_request(), 100.0))}
+    assert second["a02"].open_at < first["a02"].open_at
+    # the vehicles flushed at a02 drive ahead of the ambulance, so a03 opens earlier too
+    assert second["a03"].open_at < first["a03"].open_at
+
+
+def test_positions_release_what_is_passed_and_the_end_completes_the_corridor() -> None:
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    position = VehiclePosition(
+        vehicle="AMB-1", time=130.0, link="a02-a03", offset_m=10.0, speed_mps=18.0
+    )
+    actions = manager.on_position(position, 130.0)
+    released = [p.intersection for p in _plans(actions) if p.plan.kind is PlanKind.RELEASE]
+    assert released == ["a01", "a02"]
+    assert _statuses(actions)[-1].status.state is CorridorState.ACTIVE
+    last = GRAPH.link_ids[GRAPH.link_index["a05-east"]]
+    length = float(GRAPH.link_length[GRAPH.link_index[last]])
+    end = VehiclePosition(vehicle="AMB-1", time=200.0, link=last, offset_m=length, speed_mps=18.0)
+    finish = manager.on_position(end, 200.0)
+    assert {p.intersection for p in _plans(finish)} == {"a03", "a04", "a05"}
+    assert all(p.plan.kind is PlanKind.RELEASE for p in _plans(finish))
+    assert _statuses(finish)[-1].status.state is CorridorState.COMPLETED
+    assert "AMB-1" not in manager.by_vehicle
+    seqs = [p.plan.seq for p in _plans(finish)]
+    assert all(s > 1 for s in seqs)
+
+
+def test_a_vehicle_off_its_route_is_re_routed() -> None:
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    detour = VehiclePosition(
+        vehicle="AMB-1", time=120.0, link="a01-a01n", offset_m=5.0, speed_mps=10.0
+    )
+    with pytest.raises(UnreachableError):
+        manager.on_position(detour, 120.0)  # a01n is a dead end: no way on to the destination
+    corridor = next(iter(manager.corridors.values()))
+    assert corridor.reason
+
+
+def test_silence_times_out_and_releases() -> None:
+    manager = _manager(position_timeout_s=20.0)
+    manager.request(_request(), 100.0)
+    assert manager.tick(110.0) == []
+    actions = manager.tick(125.0)
+    assert _statuses(actions)[-1].status.state is CorridorState.TIMED_OUT
+    assert all(p.plan.kind is PlanKind.RELEASE for p in _plans(actions))
+    assert _plans(actions)
+
+
+def test_a_higher_priority_keeps_its_window_and_the_other_waits_for_it() -> None:
+    manager = _manager()
+    manager.request(_request("AMB-1", priority=3), 100.0)
+    crossing = ("a03s", "a03", "a03n")
+    actions = manager.request(_request("FIRE-2", priority=9, origin="a03s", route=crossing), 100.0)
+    fire = manager.corridors[manager.by_vehicle["FIRE-2"]]
+    ambulance = manager.corridors[manager.by_vehicle["AMB-1"]]
+    (fire_line,) = [line for line in fire.stop_lines if line.intersection == "a03"]
+    (amb_line,) = [line for line in ambulance.stop_lines if line.intersection == "a03"]
+    signals = ROAD.plans["a03"].signals
+    assert signals.conflict(fire_line.group, amb_line.group)
+    overlap = min(fire_line.close_s, amb_line.close_s) > max(fire_line.open_s, amb_line.open_s)
+    assert not overlap
+    assert amb_line.open_s >= fire_line.close_s
+    assert _statuses(actions)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"origin": "nowhere", "route": None, "destination": "east"}, ValidationError),
+        ({"origin": "west", "route": None, "destination": "nowhere"}, ValidationError),
+        ({"route": ("west", "a02")}, ValidationError),
+        ({"origin": "a05-east", "route": None, "destination": "west-a01"}, UnreachableError),
+    ],
+)
+def test_bad_requests_are_refused_with_typed_errors(
+    fields: dict[str, Any], error: type[Exception]
+) -> None:
+    manager = _manager()
+    with pytest.raises(error):
+        manager.request(_request(**fields), 100.0)
+    assert manager.corridors == {}
+
+
+def test_a_second_corridor_for_the_same_vehicle_is_refused_and_unknowns_are_typed() -> None:
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    with pytest.raises(ValidationError, match="already has corridor"):
+        manager.request(_request(), 101.0)
+    with pytest.raises(ValidationError):
+        manager.on_position(
+            VehiclePosition(
+                vehicle="GHOST", time=1.0, link="west-a01", offset_m=0.0, speed_mps=1.0
+            ),
+            101.0,
+        )
+    with pytest.raises(ValidationError):
+        manager.on_position(
+            VehiclePosition(vehicle="AMB-1", time=1.0, link="nope", offset_m=0.0, speed_mps=1.0),
+            101.0,
+        )
+    with pytest.raises(ValidationError):
+        manager.cancel("nope", 101.0)
+
+
+def test_cancel_releases_everything_committed() -> None:
+    manager = _manager()
+    granted = manager.request(_request(), 100.0)
+    committed = {p.intersection for p in _plans(granted)}
+    corridor_id = next(iter(manager.corridors))
+    actions = manager.cancel(corridor_id, 105.0)
+    assert {p.intersection for p in _plans(actions)} == committed
+    assert _statuses(actions)[-1].status.state is CorridorState.CANCELLED
+    assert manager.cancel(corridor_id, 106.0) == []
+    assert np.isfinite(_statuses(actions)[-1].status.updated_at)
