@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,9 @@ from citybrain.simulator.scoring import EmergencyTrip, score
 log = logging.getLogger(__name__)
 
 AMBULANCE = "AMB-1"
+FLOW_WINDOW_S = 120.0
+"""Arrival flows reach the cloud as the advance loops' counts over this window, as telemetry
+would carry them."""
 PREEMPTION_DISTANCE_M = 300.0
 
 
@@ -83,6 +87,9 @@ class Setup:
     level: Level = Level.SATURATED
     warmup_s: float = 900.0
     after_s: float = 900.0
+    dispatch_lead_s: float = 60.0
+    """How long before the ambulance leaves its station the corridor is requested (the crew's
+    turnout time: dispatch systems ask for priority when the call is assigned)."""
 
 
 def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome:
@@ -92,8 +99,8 @@ def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome
         setup.network, level=setup.level, duration_s=end, seed=seed, ambulance_at_s=setup.warmup_s
     )
     run = Run(scenario.net, scenario.trips)
-    run.advance(setup.warmup_s - 1.0)
-    driver = _Driver(policy, scenario, run)
+    run.advance(setup.warmup_s - setup.dispatch_lead_s - FLOW_WINDOW_S - 1.0)
+    driver = _Driver(policy, scenario, run, setup)
     busy_until: dict[str, float] = {}
     while run.now < end:
         driver.step()
@@ -131,7 +138,7 @@ def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome
 class _Driver:
     """What happens each second under a policy: detection, requests, positions, plans."""
 
-    def __init__(self, policy: Policy, scenario: Scenario, run: Run) -> None:
+    def __init__(self, policy: Policy, scenario: Scenario, run: Run, setup: Setup) -> None:
         self.policy = policy
         self.run = run
         self.net = scenario.net
@@ -161,6 +168,8 @@ class _Driver:
             if node in run.controllers
         }
         self.manager: CorridorManager | None = None
+        self.counts: deque[tuple[float, np.ndarray]] = deque()
+        self.dispatched_at = float(self.trips.depart[self.vehicle]) - setup.dispatch_lead_s
         self.seq: dict[str, int] = {}
         if policy is Policy.CORRIDOR:
             graph = CorridorGraph.from_network(
@@ -178,6 +187,11 @@ class _Driver:
     def step(self) -> None:
         run, sim, v = self.run, self.run.sim, self.vehicle
         now = run.now
+        manager = self.manager
+        if manager is not None and now >= self.dispatched_at - FLOW_WINDOW_S:
+            self._observe(now)
+        if manager is not None and not manager.corridors and now >= self.dispatched_at:
+            self._request(now)
         for hop, node in enumerate(self.nodes):
             if node in self.signals and self.groups[hop]:
                 shown = run.controllers[node].state_at(now).groups[self.groups[hop]].indication
@@ -227,28 +241,40 @@ class _Driver:
         manager = self.manager
         if manager is None:
             return
-        for approach, link in self.run.detectors.approaches.items():
-            del approach
-            self.state.set_queue(
-                self.net.link_ids[link], float(self.run.sim.link_queued[link]), now
-            )
-        if AMBULANCE not in manager.by_vehicle and not manager.corridors:
-            origin = self.net.road.network.link_by_id[self.net.link_ids[self.route[0]]].from_node
-            route = (origin, *self.nodes)
-            request = CorridorRequest(
-                vehicle=AMBULANCE,
-                origin=origin,
-                route=route,
-                priority=8,
-                requester="dispatch",
-                requested_at=now,
-            )
-            self._apply(manager.request(request, now))
-            return
         if AMBULANCE not in manager.by_vehicle:
             return
         position = self._position(self.route[hop], float(self.run.sim.position[self.vehicle]))
         self._apply(manager.on_position(position, now))
+
+    def _observe(self, now: float) -> None:
+        """What telemetry would tell the cloud: the standing queue and the arrival flow (the
+        advance loops' counts over the last two minutes) of every approach."""
+        sim = self.run.sim
+        self.counts.append((now, sim.adv_count.copy()))
+        while len(self.counts) > 1 and now - self.counts[0][0] > FLOW_WINDOW_S:
+            self.counts.popleft()
+        then, before = self.counts[0]
+        span = max(now - then, 1.0)
+        for link in self.run.detectors.approaches.values():
+            flow = min(float(sim.adv_count[link] - before[link]) / span * 3600.0, 20_000.0)
+            queue = float(sim.link_queued[link])
+            self.state.set_queue(self.net.link_ids[link], queue, now, flow_vph=flow)
+
+    def _request(self, now: float) -> None:
+        """Dispatch: ask for the corridor before the ambulance leaves its station."""
+        if self.manager is None:
+            return
+        origin = self.net.road.network.link_by_id[self.net.link_ids[self.route[0]]].from_node
+        request = CorridorRequest(
+            vehicle=AMBULANCE,
+            origin=origin,
+            route=(origin, *self.nodes),
+            priority=8,
+            requester="dispatch",
+            requested_at=now,
+            depart_at=float(self.trips.depart[self.vehicle]),
+        )
+        self._apply(self.manager.request(request, now))
 
     def _position(self, link: int, offset_m: float) -> VehiclePosition:
         speed = self.net.link_speed[link] * float(self.trips.speed_factor[self.vehicle])

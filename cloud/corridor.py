@@ -39,6 +39,7 @@ from citybrain.models.messages import (
     SignalPlan,
     VehiclePosition,
 )
+from citybrain.models.network import JAM_SPACING_M
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S
 from citybrain.signal_plans.state import ControllerState
 from citybrain.signal_plans.timing import TimingPlan
@@ -106,6 +107,8 @@ class Corridor:
     offset_m: float
     stop_lines: list[StopLine] = field(default_factory=list)
     last_position_s: float = 0.0
+    depart_s: float = 0.0
+    """When the vehicle leaves; windows are timed from it until it reports positions."""
     reason: str | None = None
 
 
@@ -160,6 +163,20 @@ class CorridorManager:
         self.nodes_out: dict[str, list[int]] = {}
         self.nodes_in: dict[str, list[int]] = {}
         network = network_state.network
+        self.storage = np.array(
+            [len(link.lanes) * link.length_m / JAM_SPACING_M for link in network.links]
+        )
+        self.red_share = np.zeros(len(graph.movement_ids))
+        for movement in range(len(graph.movement_ids)):
+            node = graph.intersection_ids[graph.mv_intersection[movement]]
+            plan = plans.get(node)
+            if plan is not None:
+                green = sum(
+                    g
+                    for g, phase in zip(plan.greens_s, plan.phases, strict=True)
+                    if graph.mv_group[movement] in phase.groups
+                )
+                self.red_share[movement] = 1.0 - green / plan.cycle_s
         for link in network.links:
             self.nodes_out.setdefault(link.from_node, []).append(graph.link_index[link.id])
             self.nodes_in.setdefault(link.to_node, []).append(graph.link_index[link.id])
@@ -184,12 +201,21 @@ class CorridorManager:
             if request.destination is None:
                 raise ValidationError("destination", "give a destination or a route")
             destinations = self._endpoints(request.destination, outgoing=False)
+        depart = now_s if request.depart_at is None else request.depart_at
+        if not now_s - 1.0 <= depart <= now_s + self.settings.horizon_s:
+            raise ValidationError(
+                "depart_at", f"must lie between now and the {self.settings.horizon_s:.0f} s horizon"
+            )
         ready = self._ready_estimate(now_s)
         best: Route | None = None
         for origin, destination in itertools.product(origins, destinations):
             try:
                 candidate = self.router.route(
-                    self.graph.link_ids[origin], 0.0, self.graph.link_ids[destination], now_s, ready
+                    self.graph.link_ids[origin],
+                    0.0,
+                    self.graph.link_ids[destination],
+                    depart,
+                    ready,
                 )
             except UnreachableError:
                 continue
@@ -211,7 +237,8 @@ class CorridorManager:
             CorridorState.GRANTED,
             best,
             0.0,
-            last_position_s=now_s,
+            last_position_s=max(now_s, depart),
+            depart_s=depart,
         )
         corridor.stop_lines = self._stop_lines(best)
         self.corridors[corridor_id] = corridor
@@ -407,7 +434,7 @@ class CorridorManager:
                     ):
                         earliest[line.movement] = max(earliest[line.movement], closed + clearance)
         windows = self.router.windows(
-            route, mv_flush, earliest, now_s,
+            route, mv_flush, earliest, max(now_s, corridor.depart_s),
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
         )  # fmt: skip
         for line in open_lines:
@@ -426,12 +453,18 @@ class CorridorManager:
         state = self.network_state
         flush = state.flush_time_s(now_s)[self.graph.mv_from]
         queues = state.queues(now_s).queue_veh
+        inflow = state.inflow_veh_per_s(now_s)
         ahead = 0.0
         for hop, movement in enumerate(corridor.route.moves):
             if movement < 0:
                 break
             link = int(corridor.route.link_indices[hop])
-            ahead = float(queues[link]) + self.settings.platoon_share * ahead
+            # the queue when the vehicle gets there: it grows with arrivals while its movement
+            # is red (the normal plan's red share), up to what the link can store
+            until = max(0.0, float(corridor.route.line_s[hop]) - now_s)
+            grown = queues[link] + inflow[link] * until * self.red_share[movement]
+            expected = min(float(grown), float(self.storage[link]))
+            ahead = expected + self.settings.platoon_share * ahead
             if ahead > 0.0:
                 flush[movement] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
         return flush

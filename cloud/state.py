@@ -61,6 +61,8 @@ class NetworkState:
         n = len(network.links)
         self.queue = np.zeros(n)
         self.updated = np.full(n, -np.inf)
+        self.flow_vph = np.zeros(n)
+        """Arrivals per approach (telemetry's flow), to predict how queues grow."""
         if historical_queue_veh is not None:
             if historical_queue_veh.shape != (n,) or not np.all(np.isfinite(historical_queue_veh)):
                 raise ValidationError("historical_queue_veh", f"expected {n} finite values")
@@ -87,9 +89,10 @@ class NetworkState:
             link = self.approach_link.get(reading.approach)
             if link is None or self.approach_node[reading.approach] != node:
                 self._refuse(f"{node}: unknown approach {reading.approach!r}")
-            updates.append((link, reading.queue_veh))
-        for link, queue in updates:
+            updates.append((link, reading.queue_veh, reading.flow_vph))
+        for link, queue, flow in updates:
             self.queue[link] = queue
+            self.flow_vph[link] = flow
             self.updated[link] = now_s
         self.last_seq[node] = message.seq
 
@@ -98,11 +101,21 @@ class NetworkState:
         log.warning("network state: %s", reason)
         raise ValidationError("telemetry", reason)
 
-    def set_queue(self, link_id: str, queue_veh: float, now_s: float) -> None:
+    def set_queue(
+        self, link_id: str, queue_veh: float, now_s: float, *, flow_vph: float | None = None
+    ) -> None:
         """Direct update (for in-process harnesses that read ground truth)."""
         check_number("queue_veh", queue_veh, ge=0.0, le=2000.0)
-        self.queue[self.link_index[link_id]] = queue_veh
-        self.updated[self.link_index[link_id]] = now_s
+        link = self.link_index[link_id]
+        self.queue[link] = queue_veh
+        if flow_vph is not None:
+            self.flow_vph[link] = check_number("flow_vph", flow_vph, ge=0.0, le=20_000.0)
+        self.updated[link] = now_s
+
+    def inflow_veh_per_s(self, now_s: float) -> NDArray[np.float64]:
+        """Arrival rate per link where telemetry is live, 0 where it is not."""
+        live = now_s - self.updated <= self.stale_after
+        return np.where(live, self.flow_vph / 3600.0, 0.0)
 
     def queues(self, now_s: float) -> QueueView:
         age = now_s - self.updated

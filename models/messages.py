@@ -330,6 +330,8 @@ class CorridorRequest(Message, frozen=True, kw_only=True):
     requester: str
     requested_at: float
     corridor_id: str | None = None
+    depart_at: float | None = None
+    """When the vehicle will leave (a request made at dispatch, before turnout); default now."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -337,6 +339,8 @@ class CorridorRequest(Message, frozen=True, kw_only=True):
         check_id("origin", self.origin)
         check_id("requester", self.requester)
         _check_time("requested_at", self.requested_at)
+        if self.depart_at is not None:
+            _check_time("depart_at", self.depart_at)
         check_count("priority", self.priority, ge=MIN_PRIORITY, le=MAX_PRIORITY)
         if self.corridor_id is not None:
             check_id("corridor_id", self.corridor_id)

@@ -206,3 +206,14 @@ def test_cancel_releases_everything_committed() -> None:
     assert _statuses(actions)[-1].status.state is CorridorState.CANCELLED
     assert manager.cancel(corridor_id, 106.0) == []
     assert np.isfinite(_statuses(actions)[-1].status.updated_at)
+
+
+def test_arrivals_while_red_make_windows_open_earlier() -> None:
+    still = _manager()
+    arriving = _manager()
+    for manager, flow in ((still, 0.0), (arriving, 900.0)):
+        manager.network_state.set_queue("a02-a03", 4.0, 100.0, flow_vph=flow)
+    calm = {p.intersection: p.plan.windows[0] for p in _plans(still.request(_request(), 100.0))}
+    busy = {p.intersection: p.plan.windows[0] for p in _plans(arriving.request(_request(), 100.0))}
+    assert busy["a03"].open_at < calm["a03"].open_at
+    assert busy["a02"].open_at == calm["a02"].open_at

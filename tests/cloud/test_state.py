@@ -86,3 +86,13 @@ def test_bad_settings_and_history_are_refused() -> None:
         NetworkState(NETWORK, historical_queue_veh=np.full(3, 1.0))
     with pytest.raises(ValidationError):
         NetworkState(NETWORK).set_queue("west-a01", -1.0, 0.0)
+
+
+def test_inflow_comes_from_telemetry_and_stale_flow_counts_for_nothing() -> None:
+    state = NetworkState(NETWORK, stale_after_s=10.0)
+    state.ingest(_telemetry(1, 2.0), now_s=100.0)  # flow_vph=600 in the helper
+    link = state.link_index["west-a01"]
+    assert state.inflow_veh_per_s(105.0)[link] == pytest.approx(600.0 / 3600.0)
+    assert state.inflow_veh_per_s(111.0)[link] == 0.0
+    with pytest.raises(ValidationError):
+        state.set_queue("west-a01", 1.0, 0.0, flow_vph=-5.0)
