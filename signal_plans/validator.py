@@ -51,7 +51,6 @@ class RejectCode(enum.StrEnum):
     PED_CLEARANCE_CUT = "ped_clearance_cut"
     ENDS_IN_YELLOW = "ends_in_yellow"
     UNSUPPORTED = "unsupported"
-    BUSY = "busy"
 
 
 @dataclass(frozen=True, slots=True)
