@@ -223,7 +223,7 @@ class CorridorGraph:
         saturation = np.zeros(len(ordered), dtype=np.float64)
         for k, movement in enumerate(ordered):
             link = links[source[order[k]]]
-            serving = sum(1 for lane in link.lanes if movement.turn in lane.turns)
+            serving = link.lanes_allowing(movement.turn)
             if serving == 0:
                 raise ValidationError(
                     "movement.turn",

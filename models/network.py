@@ -97,6 +97,10 @@ class Link:
     def free_flow_time_s(self) -> float:
         return self.length_m / self.speed_limit_mps
 
+    def lanes_allowing(self, turn: Turn) -> int:
+        """How many of the link's lanes a vehicle making ``turn`` may queue and leave in."""
+        return sum(1 for lane in self.lanes if turn in lane.turns)
+
 
 @dataclass(frozen=True, slots=True)
 class Approach:

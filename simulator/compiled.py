@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from citybrain.models.errors import ValidationError
 from citybrain.models.network import JAM_SPACING_M, DetectorKind, Turn
+from citybrain.models.traffic import saturation_headway_s
 from citybrain.simulator.networks import RoadNetwork
 
 TURN_CODES = {Turn.LEFT: 0, Turn.THROUGH: 1, Turn.RIGHT: 2, Turn.UTURN: 3}
@@ -129,13 +130,13 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
     mv_headway = np.zeros(len(ordered), dtype=np.float64)
     for i, m in enumerate(ordered):
         source = net.link_by_id[m.from_link]
-        serving = sum(1 for lane in source.lanes if m.turn in lane.turns)
+        serving = source.lanes_allowing(m.turn)
         if serving == 0:
             raise ValidationError(
                 "movement", f"no lane of {source.id!r} allows {m.id!r} ({m.turn})"
             )
         mv_lanes[i] = serving
-        mv_headway[i] = 3600.0 / (source.saturation_flow_vphpl * serving)
+        mv_headway[i] = saturation_headway_s(source.saturation_flow_vphpl) / serving
         if m.intersection_id in controller_index:
             c = controller_index[m.intersection_id]
             mv_controller[i] = c
