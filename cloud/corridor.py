@@ -339,10 +339,8 @@ class CorridorManager:
         rest = corridor.route.link_indices[keep:]
         route = self.router.retime(rest, offset, now_s, ready)
         for line in corridor.stop_lines:
+            # stop lines behind the vehicle stay (hop -1) so the status keeps their arrival
             line.hop = line.hop - keep if line.hop >= keep else -1
-        corridor.stop_lines = [
-            line for line in corridor.stop_lines if line.hop >= 0 or not line.released
-        ]
         return route
 
     def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:
@@ -528,8 +526,6 @@ class CorridorManager:
     def _status(self, corridor: Corridor, now_s: float) -> CorridorStatus:
         lines = []
         for line in corridor.stop_lines:
-            if line.hop < 0 and line.released:
-                continue
             lines.append(
                 CorridorIntersection(
                     intersection=line.intersection,

@@ -217,3 +217,18 @@ def test_arrivals_while_red_make_windows_open_earlier() -> None:
     busy = {p.intersection: p.plan.windows[0] for p in _plans(arriving.request(_request(), 100.0))}
     assert busy["a03"].open_at < calm["a03"].open_at
     assert busy["a02"].open_at == calm["a02"].open_at
+
+
+def test_the_status_keeps_the_actual_arrival_at_every_stop_line_passed() -> None:
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    moving = VehiclePosition(
+        vehicle="AMB-1", time=130.0, link="a02-a03", offset_m=10.0, speed_mps=18.0
+    )
+    manager.on_position(moving, 130.0)
+    later = VehiclePosition(
+        vehicle="AMB-1", time=150.0, link="a03-a04", offset_m=5.0, speed_mps=18.0
+    )
+    (status,) = _statuses(manager.on_position(later, 150.0))
+    arrivals = {line.intersection: line.actual_arrival for line in status.status.intersections}
+    assert arrivals == {"a01": 130.0, "a02": 130.0, "a03": 150.0, "a04": None, "a05": None}
