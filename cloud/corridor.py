@@ -87,12 +87,18 @@ class StopLine:
     high_s: float = 0.0
     open_s: float = 0.0
     close_s: float = 0.0
-    sent_open_s: float | None = None
-    sent_close_s: float | None = None
     plan_id: str | None = None
     confirmed: bool = False
     released: bool = False
     passed_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """The windows last sent to an intersection: (corridor, group, open, close) each."""
+
+    plan_id: str
+    windows: tuple[tuple[str, str, float, float], ...]
 
 
 @dataclass
@@ -159,6 +165,7 @@ class CorridorManager:
         self.corridors: dict[str, Corridor] = {}
         self.by_vehicle: dict[str, str] = {}
         self.seq: dict[str, int] = {}
+        self.sent: dict[str, _Sent] = {}
         self._ids = itertools.count(1)
         self.nodes_out: dict[str, list[int]] = {}
         self.nodes_in: dict[str, list[int]] = {}
@@ -301,25 +308,23 @@ class CorridorManager:
         if corridor.state is CorridorState.GRANTED:
             corridor.state = CorridorState.ACTIVE
         links = list(corridor.route.link_indices)
-        actions: list[Action] = []
         if link in links:
             hop = links.index(link)
             for line in corridor.stop_lines:
                 if line.hop < hop and not line.released:
                     line.passed_s = now_s
-                    actions += self._release(line, corridor, now_s)
+                    line.released = True
             if hop == len(links) - 1 and position.offset_m >= self.graph.link_length[link] - 1.0:
-                return actions + self._finish(corridor, CorridorState.COMPLETED, now_s, None)
+                return self._finish(corridor, CorridorState.COMPLETED, now_s, None)
             corridor.route = self._reroute(corridor, link, position.offset_m, now_s, keep=hop)
         else:
             log.info("%s left its route at %s: re-routing", corridor.vehicle, position.link)
             for line in corridor.stop_lines:
-                if not line.released:
-                    actions += self._release(line, corridor, now_s)
+                line.released = True
             corridor.route = self._reroute(corridor, link, position.offset_m, now_s, keep=None)
             corridor.stop_lines = self._stop_lines(corridor.route)
         corridor.offset_m = min(position.offset_m, float(self.graph.link_length[link]))
-        return actions + self._replan(now_s)
+        return self._replan(now_s)
 
     def _reroute(
         self, corridor: Corridor, link: int, offset_m: float, now_s: float, *, keep: int | None
@@ -344,22 +349,30 @@ class CorridorManager:
         return route
 
     def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:
+        """Mark the stop lines a plan served as confirmed (or not); one plan can serve several
+        corridors crossing one intersection."""
+        actions: list[Action] = []
         for corridor in self.corridors.values():
-            for line in corridor.stop_lines:
-                if line.plan_id == ack.plan_id and line.intersection == ack.intersection:
-                    if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED):
-                        line.confirmed = True
-                    elif ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED):
-                        line.confirmed = False
-                        log.warning(
-                            "%s refused %s for %s: %s",
-                            ack.intersection,
-                            ack.plan_id,
-                            corridor.corridor_id,
-                            ack.reason,
-                        )
-                    return [PublishStatus(self._status(corridor, now_s))]
-        return []
+            lines = [
+                line
+                for line in corridor.stop_lines
+                if line.plan_id == ack.plan_id and line.intersection == ack.intersection
+            ]
+            if not lines:
+                continue
+            confirmed = ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED)
+            for line in lines:
+                line.confirmed = confirmed
+            if ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED):
+                log.warning(
+                    "%s refused %s for %s: %s",
+                    ack.intersection,
+                    ack.plan_id,
+                    corridor.corridor_id,
+                    ack.reason,
+                )
+            actions.append(PublishStatus(self._status(corridor, now_s)))
+        return actions
 
     def cancel(
         self, corridor_id: str, now_s: float, *, reason: str = "cancelled by operator"
@@ -391,19 +404,21 @@ class CorridorManager:
 
     def _replan(self, now_s: float) -> list[Action]:
         """Re-time every live corridor, highest priority (then earliest request) first, each
-        fitting its windows around the reservations of those before it."""
-        actions: list[Action] = []
+        fitting its windows around the reservations of those before it; then send each
+        intersection whose windows changed one plan holding all of them."""
+        statuses: list[Action] = []
         reservations: list[tuple[str, str, float, float]] = []
-        live = [c for c in self.corridors.values() if c.state not in TERMINAL]
-        for corridor in sorted(live, key=lambda c: (-c.priority, c.requested_at)):
+        for corridor in self._live():
             self._time_windows(corridor, now_s, reservations)
             for line in corridor.stop_lines:
-                if line.released:
-                    continue
-                reservations.append((line.intersection, line.group, line.open_s, line.close_s))
-                actions += self._commit(line, corridor, now_s)
-            actions.append(PublishStatus(self._status(corridor, now_s)))
-        return actions
+                if not line.released:
+                    reservations.append((line.intersection, line.group, line.open_s, line.close_s))
+            statuses.append(PublishStatus(self._status(corridor, now_s)))
+        return [*self._dispatch(now_s), *statuses]
+
+    def _live(self) -> list[Corridor]:
+        live = [c for c in self.corridors.values() if c.state not in TERMINAL]
+        return sorted(live, key=lambda c: (-c.priority, c.requested_at))
 
     def _time_windows(
         self, corridor: Corridor, now_s: float, reservations: list[tuple[str, str, float, float]]
@@ -423,13 +438,19 @@ class CorridorManager:
                 earliest[line.movement] = max(now_s, move.green_from_s)
             except ValidationError as error:
                 log.warning("%s: cannot time a window: %s", line.intersection, error)
-            for node, group, opened, closed in reservations:
-                if node == line.intersection and plan.signals.conflict(group, line.group):
-                    clearance = plan.signals.intergreen_s({group})
-                    if (
-                        opened <= route.line_s[line.hop] + self.settings.clear_after_s
-                        and closed > now_s
-                    ):
+            # Windows of another group here are served in turn (a conflicting one after its
+            # clearance). A pushed window can run into the next reservation: a few passes.
+            for _ in range(3):
+                arrival = max(float(route.line_s[line.hop]), float(earliest[line.movement]))
+                for node, group, opened, closed in reservations:
+                    if node != line.intersection or group == line.group or closed <= now_s:
+                        continue
+                    if opened <= arrival + self.settings.clear_after_s:
+                        clearance = (
+                            plan.signals.intergreen_s({group})
+                            if plan.signals.conflict(group, line.group)
+                            else 0.0
+                        )
                         earliest[line.movement] = max(earliest[line.movement], closed + clearance)
         windows = self.router.windows(
             route, mv_flush, earliest, max(now_s, corridor.depart_s),
@@ -467,61 +488,82 @@ class CorridorManager:
                 flush[movement] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
         return flush
 
-    def _commit(self, line: StopLine, corridor: Corridor, now_s: float) -> list[Action]:
+    def _dispatch(self, now_s: float) -> list[Action]:
+        """One plan per intersection holding every live window there (two corridors crossing
+        share it), sent when the set changed or a window moved by more than ``min_change_s``;
+        a release once no window is left."""
         settings = self.settings
-        if line.eta_s - now_s > settings.horizon_s:
-            return []
-        if line.sent_open_s is not None and line.sent_close_s is not None:
-            moved = max(abs(line.open_s - line.sent_open_s), abs(line.close_s - line.sent_close_s))
-            if moved <= settings.min_change_s:
-                return []
-        seq = self.seq.get(line.intersection, 0) + 1
-        self.seq[line.intersection] = seq
-        line.plan_id = f"{corridor.corridor_id}-{line.intersection}-{seq}"
-        opening = max(line.open_s, now_s)
-        closing = max(line.close_s, opening + 1.0)
-        plan = SignalPlan(
-            plan_id=line.plan_id,
-            intersection=line.intersection,
-            seq=seq,
-            issued_at=now_s,
-            valid_from=now_s,
-            valid_until=closing + settings.lease_margin_s,
-            corridor_id=corridor.corridor_id,
-            windows=(GreenWindow(signal_group=line.group, open_at=opening, close_at=closing),),
-        )
-        line.sent_open_s, line.sent_close_s, line.confirmed = line.open_s, line.close_s, False
-        return [SendPlan(line.intersection, plan)]
+        wanted: dict[str, list[tuple[Corridor, StopLine]]] = {}
+        for corridor in self._live():
+            for line in corridor.stop_lines:
+                due = line.eta_s - now_s <= settings.horizon_s
+                if not line.released and line.hop >= 0 and due and line.close_s > line.open_s:
+                    wanted.setdefault(line.intersection, []).append((corridor, line))
+        actions: list[Action] = []
+        for node in sorted(wanted.keys() | self.sent.keys()):
+            lines = sorted(wanted.get(node, []), key=lambda pair: pair[1].open_s)
+            sent = self.sent.get(node)
+            if not lines:
+                if sent is not None:
+                    actions.append(self._release(node, sent, now_s))
+                continue
+            windows = tuple((c.corridor_id, ln.group, ln.open_s, ln.close_s) for c, ln in lines)
+            if sent is not None and _same_windows(sent.windows, windows, settings.min_change_s):
+                continue
+            seq = self._next_seq(node)
+            plan_id = f"{lines[0][0].corridor_id}-{node}-{seq}"
+            green: list[GreenWindow] = []
+            for _, line in lines:
+                opening = max(line.open_s, now_s, green[-1].close_at if green else 0.0)
+                closing = max(line.close_s, opening + 1.0)
+                green.append(
+                    GreenWindow(signal_group=line.group, open_at=opening, close_at=closing)
+                )
+                line.plan_id, line.confirmed = plan_id, False
+            plan = SignalPlan(
+                plan_id=plan_id,
+                intersection=node,
+                seq=seq,
+                issued_at=now_s,
+                valid_from=now_s,
+                valid_until=green[-1].close_at + settings.lease_margin_s,
+                corridor_id=lines[0][0].corridor_id,
+                windows=tuple(green),
+            )
+            self.sent[node] = _Sent(plan_id, windows)
+            actions.append(SendPlan(node, plan))
+        return actions
 
-    def _release(self, line: StopLine, corridor: Corridor, now_s: float) -> list[Action]:
-        line.released = True
-        if line.plan_id is None:
-            return []
-        seq = self.seq.get(line.intersection, 0) + 1
-        self.seq[line.intersection] = seq
+    def _next_seq(self, node: str) -> int:
+        seq = self.seq.get(node, 0) + 1
+        self.seq[node] = seq
+        return seq
+
+    def _release(self, node: str, sent: _Sent, now_s: float) -> SendPlan:
+        del self.sent[node]
+        seq = self._next_seq(node)
+        corridor_id = sent.windows[0][0]
         plan = SignalPlan(
-            plan_id=f"{corridor.corridor_id}-{line.intersection}-release-{seq}",
-            intersection=line.intersection,
+            plan_id=f"{corridor_id}-{node}-release-{seq}",
+            intersection=node,
             seq=seq,
             issued_at=now_s,
             valid_from=now_s,
             valid_until=now_s + 30.0,
             kind=PlanKind.RELEASE,
-            corridor_id=corridor.corridor_id,
+            corridor_id=corridor_id,
         )
-        return [SendPlan(line.intersection, plan)]
+        return SendPlan(node, plan)
 
     def _finish(
         self, corridor: Corridor, state: CorridorState, now_s: float, reason: str | None
     ) -> list[Action]:
-        actions: list[Action] = []
         for line in corridor.stop_lines:
-            if not line.released:
-                actions += self._release(line, corridor, now_s)
+            line.released = True
         corridor.state, corridor.reason = state, reason
         self.by_vehicle.pop(corridor.vehicle, None)
         log.info("corridor %s %s%s", corridor.corridor_id, state, f": {reason}" if reason else "")
-        return [*actions, PublishStatus(self._status(corridor, now_s))]
+        return [*self._dispatch(now_s), PublishStatus(self._status(corridor, now_s))]
 
     def _status(self, corridor: Corridor, now_s: float) -> CorridorStatus:
         lines = []
@@ -548,3 +590,18 @@ class CorridorManager:
             intersections=tuple(lines),
             reason=corridor.reason,
         )
+
+
+def _same_windows(
+    sent: tuple[tuple[str, str, float, float], ...],
+    wanted: tuple[tuple[str, str, float, float], ...],
+    tolerance_s: float,
+) -> bool:
+    """Whether the windows sent still stand: same corridors and groups, none moved by more
+    than ``tolerance_s``."""
+    if [w[:2] for w in sent] != [w[:2] for w in wanted]:
+        return False
+    return all(
+        abs(a[2] - b[2]) <= tolerance_s and abs(a[3] - b[3]) <= tolerance_s
+        for a, b in zip(sent, wanted, strict=True)
+    )

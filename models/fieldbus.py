@@ -1,13 +1,17 @@
-"""What a signal cabinet reports over the field bus (docs/fieldbus.md): detector counts and
-signal displays. Shared by the simulator's cabinets and the edge's controller drivers, which
+"""The field bus (docs/fieldbus.md): what a signal cabinet reports (detector counts, signal
+displays, approach configuration) and the request/response protocol that carries it. Shared by
+the simulator's cabinets (the server) and the edge's controller drivers (the client), which
 never import each other."""
 
 from __future__ import annotations
 
+import enum
+
 import msgspec
 
 from citybrain.models.checks import check_id, check_number
-from citybrain.models.errors import ValidationError
+from citybrain.models.errors import CitybrainError, ValidationError
+from citybrain.models.messages import AckStatus, SignalPlan
 from citybrain.models.signal import Indication
 
 MAX_APPROACHES = 64
@@ -103,3 +107,87 @@ class ApproachConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValidationError("groups", f"an approach is served by 1-{MAX_GROUPS} groups")
         for index, group in enumerate(self.groups):
             check_id(f"groups[{index}]", group)
+
+
+# --- The protocol (docs/fieldbus.md): the simulator serves it, the edge's driver speaks it. ---
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 256 * 1024
+"""Longest request line a cabinet reads; anything longer is refused and the link closed."""
+
+LINK_CODES = frozenset({"disconnected", "timeout", "internal"})
+"""Error codes that say nothing about the request itself: asking again later may succeed."""
+
+
+class Op(enum.StrEnum):
+    HELLO = "hello"
+    SIGNALS = "signals"
+    DETECTORS = "detectors"
+    CONFIG = "config"
+    PLAN = "plan"
+    GROUND_TRUTH = "ground_truth"
+    ADVANCE = "advance"
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    id: int
+    op: Op
+    intersection: str | None = None
+    plan: SignalPlan | None = None
+    seconds: float | None = None
+
+
+class Failure(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``result`` stays raw JSON so one envelope serves every op: the reader of a connection
+    matches it to its request by ``id`` and the requester decodes it into the op's type."""
+
+    id: int
+    ok: bool
+    result: msgspec.Raw = msgspec.Raw()
+    error: Failure | None = None
+
+
+class Hello(msgspec.Struct, frozen=True, kw_only=True):
+    protocol: int
+    time: float
+    paced: bool
+    intersections: int
+
+
+class Clock(msgspec.Struct, frozen=True, kw_only=True):
+    time: float
+
+
+class PlanOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What the cabinet made of a plan: the ack an edge reports for it."""
+
+    time: float
+    status: AckStatus
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+class GroundTruth(msgspec.Struct, frozen=True, kw_only=True):
+    """True standing queue per approach (simulation only, for scoring estimators)."""
+
+    time: float
+    queues: dict[str, int]
+
+
+class FieldBusError(CitybrainError):
+    """A request failed: ``code`` says why; ``recoverable`` when the link, not the request,
+    was at fault (asking again once the link is back may succeed)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+    @property
+    def recoverable(self) -> bool:
+        return self.code in LINK_CODES

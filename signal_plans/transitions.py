@@ -22,6 +22,8 @@ from citybrain.signal_plans.state import (
     Event,
     Period,
     SignalStep,
+    advance,
+    normal_events,
     normal_periods,
     normal_state_at,
     steps_from_events,
@@ -361,6 +363,10 @@ def _transition(
             else SignalStep(starts_at_s, state.greens, state.yellows)
         )
         kept = (hold, *kept)
+    if resume_at_s > kept[-1].at_s:
+        # The controller holds its last displays until here: said with a last step, so that a
+        # normal phase showing the same colours earlier does not end the plan before its time.
+        kept = (*kept, SignalStep(resume_at_s, kept[-1].green, kept[-1].yellow))
     return Transition(strategy, kept, starts_at_s, green_from_s, green_until_s, resume_at_s)
 
 
@@ -401,6 +407,105 @@ def takeover_state(
     if transition.starts_at_s <= state.at_s:
         return state
     return normal_state_at(plan, transition.starts_at_s, before=True)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRequest:
+    group: str
+    open_at_s: float
+    close_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Several green windows served one after another by one plan."""
+
+    start: ControllerState
+    """The state at the takeover, which ``steps`` are checked against."""
+    steps: tuple[SignalStep, ...]
+    transitions: tuple[Transition, ...]
+    """One per window served (windows of one group that overlap are served as one)."""
+
+
+def plan_green_windows(
+    plan: TimingPlan, state: ControllerState, windows: Sequence[WindowRequest]
+) -> Schedule:
+    """Serve every window in order of opening, each planned from the state the one before
+    leaves (two corridors crossing one intersection share its plan).
+
+    After a window, the next is planned either from its close or, when the way back onto the
+    normal plan is complete before the next window opens, from there (the controller runs its
+    normal plan in between): whichever opens the next window sooner, the later takeover on a
+    tie, since it leaves normal operation alone longer. Windows already closed are dropped.
+    """
+    ordered = _merged(windows, state.at_s)
+    if not ordered:
+        raise ValidationError("windows", "every window has already closed")
+    first = plan_green_window(plan, state, *ordered[0])
+    start = takeover_state(plan, state, first)
+    steps = list(first.steps)
+    transitions = [first]
+    previous_close = ordered[0][2]
+    for group, open_at_s, close_at_s in ordered[1:]:
+        last = transitions[-1]
+        best: tuple[float, float, list[SignalStep], Transition] | None = None
+        earliest = max(start.at_s, last.starts_at_s, previous_close)
+        for takeover in sorted({earliest, max(last.resume_at_s, earliest)}):
+            if takeover >= close_at_s:
+                continue
+            chain = _followed_to(plan, steps, last.resume_at_s, takeover)
+            here = advance(start, chain, takeover)
+            move = plan_green_window(plan, here, group, open_at_s, close_at_s)
+            rank = (round(move.late_by_s(open_at_s), 1), -takeover)
+            if best is None or rank < best[:2]:
+                # until the move takes over, the controller runs its normal plan
+                kept = [s for s in chain if s.at_s <= takeover]
+                joined = _followed_to(plan, kept, takeover, move.starts_at_s)
+                best = (*rank, [s for s in joined if s.at_s < move.starts_at_s], move)
+        if best is None:
+            raise ValidationError("windows", f"the window of group {group!r} cannot be served")
+        steps = [*best[2], *best[3].steps]
+        transitions.append(best[3])
+        previous_close = close_at_s
+    return Schedule(start, tuple(steps), tuple(transitions))
+
+
+def _merged(windows: Sequence[WindowRequest], now_s: float) -> list[tuple[str, float, float]]:
+    """Open windows in order of opening; overlapping windows of one group become one, and
+    windows of different groups must not overlap (the corridor manager serves them in turn)."""
+    merged: list[tuple[str, float, float]] = []
+    for window in sorted(windows, key=lambda w: (w.open_at_s, w.close_at_s)):
+        check_id("group", window.group)
+        check_number("open_at_s", window.open_at_s)
+        check_number("close_at_s", window.close_at_s)
+        if window.close_at_s <= window.open_at_s:
+            raise ValidationError("close_at_s", "a window must close after it opens")
+        if window.close_at_s <= now_s:
+            continue
+        if merged and merged[-1][2] > window.open_at_s:
+            group, opened, closed = merged[-1]
+            if group != window.group:
+                raise ValidationError(
+                    "windows",
+                    f"windows of groups {group!r} and {window.group!r} overlap: "
+                    "windows of different groups are served in turn",
+                )
+            merged[-1] = (group, opened, max(closed, window.close_at_s))
+        else:
+            merged.append((window.group, window.open_at_s, window.close_at_s))
+    return merged
+
+
+def _followed_to(
+    plan: TimingPlan, steps: list[SignalStep], on_plan_from_s: float, until_s: float
+) -> list[SignalStep]:
+    """``steps``, then the normal plan's changes from ``on_plan_from_s`` (where the steps have
+    rejoined it) up to ``until_s``: the controller runs its normal plan between two windows."""
+    if until_s <= on_plan_from_s:
+        return steps
+    shown = normal_state_at(plan, on_plan_from_s).displays()
+    events = [e for e in normal_events(plan, on_plan_from_s, until_s) if e.at_s > on_plan_from_s]
+    return [*steps, *steps_from_events(shown, events)]
 
 
 def return_to_normal(plan: TimingPlan, state: ControllerState) -> Transition:

@@ -16,7 +16,11 @@ from citybrain.models.messages import AckStatus, PlanKind, SignalPlan
 from citybrain.models.signal import Indication
 from citybrain.signal_plans.state import ControllerState, SignalStep, advance, normal_state_at
 from citybrain.signal_plans.timing import TimingPlan
-from citybrain.signal_plans.transitions import plan_green_window, return_to_normal, takeover_state
+from citybrain.signal_plans.transitions import (
+    WindowRequest,
+    plan_green_windows,
+    return_to_normal,
+)
 from citybrain.signal_plans.validator import (
     RejectCode,
     SafetyLimits,
@@ -83,21 +87,18 @@ class EmulatedController:
             self._release(now_s)
             return Outcome(AckStatus.RELEASED, verdict)
         if message.windows:
-            if len(message.windows) > 1:
-                return self._refuse(
-                    message, Verdict.reject(RejectCode.UNSUPPORTED, "one green window per plan")
-                )
-            # A newer window replaces a running plan: it is planned from the state the
-            # running plan leaves at the takeover, so the change is as safe as any other.
-            window = message.windows[0]
+            # A newer plan replaces a running one: it is planned from the state the running
+            # plan leaves at the takeover, so the change is as safe as any other. Several
+            # windows (corridors crossing here) are served in turn.
+            requests = [
+                WindowRequest(w.signal_group, w.open_at, w.close_at) for w in message.windows
+            ]
             try:
-                move = plan_green_window(
-                    self.plan, current, window.signal_group, window.open_at, window.close_at
-                )
+                schedule = plan_green_windows(self.plan, current, requests)
             except ValidationError as error:
                 return self._refuse(message, Verdict.reject(RejectCode.UNSUPPORTED, str(error)))
-            steps = move.steps
-            start = takeover_state(self.plan, current, move)
+            steps = schedule.steps
+            start = schedule.start
         else:
             steps = tuple(SignalStep.from_wire(step) for step in message.steps)
             start = current

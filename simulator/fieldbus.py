@@ -2,72 +2,46 @@
 
 One TCP port serves the whole simulated city. Each line the client sends is one JSON request
 naming an intersection; each line the server sends back is the response with the same ``id``.
-Requests of one connection are answered in order. See ``docs/fieldbus.md``.
-
-Three layers, each small: the protocol Structs; ``FieldBusCore`` that answers a request from a
-``Run`` and ``now`` with no I/O; and the asyncio ``FieldBusServer`` / ``FieldBusClient``.
+See ``docs/fieldbus.md``. The protocol Structs live in ``models.fieldbus`` (the edge's client in
+``edge.drivers`` speaks them too); here are ``FieldBusCore``, which answers a request from a
+``Run`` and ``now`` with no I/O, and the asyncio ``FieldBusServer`` that frames and clocks it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import enum
-import itertools
 import logging
 import time
-from typing import Any
 
 import msgspec
 
 from citybrain.models.codec import message_error
-from citybrain.models.errors import CitybrainError, ValidationError
-from citybrain.models.messages import AckStatus, SignalPlan
-from citybrain.models.signal import Indication
+from citybrain.models.errors import ValidationError
+from citybrain.models.fieldbus import (
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    ApproachConfig,
+    ApproachCounts,
+    Clock,
+    DetectorReading,
+    Failure,
+    FieldBusError,
+    GroundTruth,
+    Hello,
+    Op,
+    PlanOutcome,
+    Request,
+    Response,
+)
+from citybrain.models.network import DetectorKind, Network
+from citybrain.signal_plans.config import IntersectionConfig, reading_from_state
 from citybrain.simulator.runner import Run
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 256 * 1024
-
-
-class Op(enum.StrEnum):
-    HELLO = "hello"
-    SIGNALS = "signals"
-    DETECTORS = "detectors"
-    PLAN = "plan"
-    GROUND_TRUTH = "ground_truth"
-    ADVANCE = "advance"
-
-
-class Request(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    op: Op
-    intersection: str | None = None
-    plan: SignalPlan | None = None
-    seconds: float | None = None
-
-
-class Failure(msgspec.Struct, frozen=True):
-    code: str
-    message: str
-
-
-class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    id: int
-    ok: bool
-    result: dict[str, Any] | None = None
-    error: Failure | None = None
-
-
-class FieldBusError(CitybrainError):
-    """The cabinet refused a request: ``code`` says why (recoverable)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {message}")
+_encode = msgspec.json.Encoder().encode
+_decode_request = msgspec.json.Decoder(Request).decode
 
 
 class FieldBusCore:
@@ -82,10 +56,12 @@ class FieldBusCore:
         self.paced = paced
         self.rejected = 0
         self.failed = 0
+        self._configs: dict[str, msgspec.Raw] = {}
+        self._approaches: _ApproachIndex | None = None
 
     def handle(self, line: bytes) -> Response:
         try:
-            request = msgspec.json.decode(line, type=Request)
+            request = _decode_request(line)
         except msgspec.ValidationError as error:
             self.rejected += 1
             failure = message_error(error)
@@ -101,7 +77,7 @@ class FieldBusCore:
             return Response(id=request.id, ok=True, result=self._answer(request))
         except FieldBusError as error:
             self.rejected += 1
-            return Response(id=request.id, ok=False, error=Failure(error.code, str(error)))
+            return Response(id=request.id, ok=False, error=Failure(error.code, error.message))
         except ValidationError as error:
             self.rejected += 1
             return Response(id=request.id, ok=False, error=Failure("invalid", str(error)))
@@ -112,15 +88,16 @@ class FieldBusCore:
                 id=request.id, ok=False, error=Failure("internal", "the cabinet failed to answer")
             )
 
-    def _answer(self, request: Request) -> dict[str, Any]:
+    def _answer(self, request: Request) -> msgspec.Raw:
         run = self.run
         if request.op is Op.HELLO:
-            return {
-                "protocol": PROTOCOL_VERSION,
-                "time": run.now,
-                "paced": self.paced,
-                "intersections": len(run.controllers),
-            }
+            hello = Hello(
+                protocol=PROTOCOL_VERSION,
+                time=run.now,
+                paced=self.paced,
+                intersections=len(run.controllers),
+            )
+            return msgspec.Raw(_encode(hello))
         if request.op is Op.ADVANCE:
             if self.paced:
                 raise FieldBusError("paced_clock", "the clock runs by itself in paced mode")
@@ -128,39 +105,104 @@ class FieldBusCore:
             if seconds is None or not 0.0 < seconds <= 3600.0:
                 raise FieldBusError("invalid", "advance needs 0 < seconds <= 3600")
             run.advance(seconds)
-            return {"time": run.now}
+            return msgspec.Raw(_encode(Clock(time=run.now)))
         node = request.intersection
         if node is None or node not in run.controllers:
             raise FieldBusError("unknown_intersection", f"no cabinet at {node!r}")
+        if request.op is Op.CONFIG:
+            if node not in self._configs:  # a cabinet's configuration does not change
+                self._configs[node] = msgspec.Raw(_encode(self._config(node).to_wire()))
+            return self._configs[node]
+        return msgspec.Raw(_encode(self._read_or_command(request, node)))
+
+    def _read_or_command(self, request: Request, node: str) -> msgspec.Struct:
+        run = self.run
         controller = run.controllers[node]
         if request.op is Op.SIGNALS:
-            shown = controller.state_at(run.now)
-            return {
-                "time": run.now,
-                "groups": {g: s.indication.value for g, s in sorted(shown.groups.items())},
-                "since": {g: s.since_s for g, s in sorted(shown.groups.items())},
-                "plan_id": controller.running.plan_id if controller.running else None,
-                "mode": "priority" if controller.running else "normal",
-            }
+            running = controller.running
+            return reading_from_state(
+                controller.state_at(run.now),
+                plan_id=None if running is None else running.plan_id,
+                mode="normal" if running is None else "priority",
+            )
         if request.op is Op.DETECTORS:
             readings = run.detectors.read(node)
-            return {
-                "time": run.now,
-                "approaches": [dataclasses.asdict(r) for r in readings.values()],
-            }
+            return DetectorReading(
+                time=run.now,
+                approaches=[
+                    ApproachCounts(
+                        approach=r.approach,
+                        interval_s=r.interval_s,
+                        stop_bar_count=r.stop_bar_count,
+                        stop_bar_occupancy=r.stop_bar_occupancy,
+                        advance_count=r.advance_count,
+                        advance_occupancy=r.advance_occupancy,
+                    )
+                    for r in readings.values()
+                ],
+            )
         if request.op is Op.GROUND_TRUTH:
-            return {"time": run.now, "queues": run.detectors.true_queues(node)}
+            return GroundTruth(time=run.now, queues=run.detectors.true_queues(node))
         plan = request.plan
         if plan is None:
             raise FieldBusError("invalid", "a plan request carries a plan")
         outcome = run.command(node, plan)
         verdict = outcome.verdict
-        return {
-            "time": run.now,
-            "status": outcome.status.value,
-            "reason_code": None if verdict.code is None else verdict.code.value,
-            "reason": verdict.reason or None,
-        }
+        return PlanOutcome(
+            time=run.now,
+            status=outcome.status,
+            reason_code=None if verdict.code is None else verdict.code.value,
+            reason=verdict.reason or None,
+        )
+
+    def _config(self, node: str) -> IntersectionConfig:
+        if self._approaches is None:
+            self._approaches = _ApproachIndex(self.run.net.road.network)
+        return IntersectionConfig(self.run.controllers[node].plan, self._approaches.at(node))
+
+
+class _ApproachIndex:
+    """Which groups serve each link and where its advance loop sits, indexed once so that
+    every cabinet of a large city reading its configuration costs one pass over the network."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self.groups: dict[str, set[str]] = {}
+        for movement in network.movements:
+            self.groups.setdefault(movement.from_link, set()).add(movement.signal_group)
+        self.setback: dict[str, float] = {}
+        for detector in network.detectors:  # the last one listed, as the engine places it
+            if detector.kind is DetectorKind.ADVANCE:
+                self.setback[detector.link_id] = detector.distance_from_stop_line_m
+        self.approaches: dict[str, list[tuple[str, str]]] = {}
+        for approach in network.approaches:
+            self.approaches.setdefault(approach.intersection_id, []).append(
+                (approach.id, approach.link_id)
+            )
+
+    def at(self, node: str) -> tuple[ApproachConfig, ...]:
+        """The approaches of ``node`` that a signal serves (a link whose only turn was left
+        out, a dead-end U-turn, has nothing to estimate). A link without an advance loop
+        counts arrivals at its upstream end, as the engine does."""
+        out = []
+        for approach, link_id in self.approaches.get(node, []):
+            groups = self.groups.get(link_id)
+            if not groups:
+                continue
+            link = self.network.link(link_id)
+            out.append(
+                ApproachConfig(
+                    approach=approach,
+                    link=link_id,
+                    lanes=len(link.lanes),
+                    length_m=link.length_m,
+                    speed_limit_mps=link.speed_limit_mps,
+                    saturation_flow_vphpl=link.saturation_flow_vphpl,
+                    advance_setback_m=self.setback.get(link_id, link.length_m),
+                    groups=sorted(groups),
+                )
+            )
+        return tuple(out)
 
 
 def _guess_id(line: bytes) -> int:
@@ -191,6 +233,7 @@ class FieldBusServer:
         self.host, self.port, self.speed = host, port, speed
         self._server: asyncio.Server | None = None
         self._clock: asyncio.Task[None] | None = None
+        self._sessions: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.connections = 0
 
     async def start(self) -> int:
@@ -206,6 +249,8 @@ class FieldBusServer:
         return self.port
 
     async def stop(self) -> None:
+        """Stop the clock, stop listening and hang up on every client: a stopped cabinet
+        answers nobody (``Server.close`` alone leaves accepted connections served)."""
         if self._clock is not None:
             self._clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,6 +258,9 @@ class FieldBusServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        for writer in self._sessions.values():
+            writer.close()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
 
     async def _tick(self, speed: float) -> None:
         run = self.core.run
@@ -226,6 +274,9 @@ class FieldBusServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         peer = writer.get_extra_info("peername")
+        session = asyncio.current_task()
+        if session is not None:
+            self._sessions[session] = writer
         try:
             while True:
                 try:
@@ -237,90 +288,20 @@ class FieldBusServer:
                         ok=False,
                         error=Failure("too_large", f"request over {MAX_LINE_BYTES} bytes"),
                     )
-                    writer.write(msgspec.json.encode(response) + b"\n")
+                    writer.write(_encode(response) + b"\n")
                     await writer.drain()
                     log.warning("field bus: oversize request from %s, closing", peer)
                     return
                 except asyncio.IncompleteReadError:
                     return
                 if line.strip():
-                    writer.write(msgspec.json.encode(self.core.handle(line)) + b"\n")
+                    writer.write(_encode(self.core.handle(line)) + b"\n")
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
+            if session is not None:
+                self._sessions.pop(session, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-
-
-class FieldBusClient:
-    """An edge agent's side of the field bus: one connection, requests answered in order."""
-
-    def __init__(self, *, host: str, port: int, timeout_s: float = 5.0) -> None:
-        self.host, self.port, self.timeout = host, port, timeout_s
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._ids = itertools.count(1)
-        self._lock = asyncio.Lock()
-
-    async def __aenter__(self) -> FieldBusClient:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, limit=MAX_LINE_BYTES), self.timeout
-        )
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self._writer.wait_closed()
-            self._writer = self._reader = None
-
-    async def request(self, op: Op, **fields: Any) -> dict[str, Any]:
-        if self._reader is None or self._writer is None:
-            raise FieldBusError("not_connected", "connect first")
-        request = Request(id=next(self._ids), op=op, **fields)
-        async with self._lock:
-            self._writer.write(msgspec.json.encode(request) + b"\n")
-            await self._writer.drain()
-            line = await asyncio.wait_for(self._reader.readuntil(b"\n"), self.timeout)
-        response = msgspec.json.decode(line, type=Response)
-        if response.id != request.id:
-            raise FieldBusError("protocol", f"answer {response.id} to request {request.id}")
-        if not response.ok or response.result is None:
-            failure = response.error or Failure("unknown", "no result")
-            raise FieldBusError(failure.code, failure.message)
-        return response.result
-
-    async def hello(self) -> dict[str, Any]:
-        return await self.request(Op.HELLO)
-
-    async def signals(self, intersection: str) -> dict[str, Indication]:
-        result = await self.request(Op.SIGNALS, intersection=intersection)
-        return {g: Indication(v) for g, v in result["groups"].items()}
-
-    async def detectors(self, intersection: str) -> list[dict[str, Any]]:
-        result = await self.request(Op.DETECTORS, intersection=intersection)
-        approaches: list[dict[str, Any]] = result["approaches"]
-        return approaches
-
-    async def send_plan(
-        self, intersection: str, plan: SignalPlan
-    ) -> tuple[AckStatus, str | None, str | None]:
-        result = await self.request(Op.PLAN, intersection=intersection, plan=plan)
-        return AckStatus(result["status"]), result["reason_code"], result["reason"]
-
-    async def ground_truth(self, intersection: str) -> dict[str, int]:
-        result = await self.request(Op.GROUND_TRUTH, intersection=intersection)
-        queues: dict[str, int] = result["queues"]
-        return queues
-
-    async def advance(self, seconds: float) -> float:
-        return float((await self.request(Op.ADVANCE, seconds=seconds))["time"])

@@ -11,13 +11,17 @@ from citybrain.cloud.routing import Router, UnreachableError
 from citybrain.cloud.state import NetworkState
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
+    AckStatus,
     CorridorRequest,
     CorridorState,
+    PlanAck,
     PlanKind,
     VehiclePosition,
 )
+from citybrain.models.signal import Indication
 from citybrain.signal_plans.state import normal_state_at
 from citybrain.signal_plans.validator import check_plan
+from citybrain.simulator.controllers import EmulatedController
 from citybrain.simulator.networks import arterial
 
 ROAD = arterial(5, length_m=2400.0)
@@ -155,6 +159,47 @@ def test_a_higher_priority_keeps_its_window_and_the_other_waits_for_it() -> None
     assert not overlap
     assert amb_line.open_s >= fire_line.close_s
     assert _statuses(actions)
+
+
+def test_corridors_crossing_one_intersection_share_one_plan_the_controller_runs() -> None:
+    manager = _manager()
+    manager.request(_request("AMB-1", priority=5), 100.0)
+    crossing = ("a03s", "a03", "a03n")
+    actions = manager.request(_request("FIRE-2", priority=5, origin="a03s", route=crossing), 100.0)
+    (shared,) = [p.plan for p in _plans(actions) if p.intersection == "a03"]
+    assert len(shared.windows) == 2
+    assert [w.open_at for w in shared.windows] == sorted(w.open_at for w in shared.windows)
+    controller = EmulatedController(ROAD.plans["a03"], end_lag_s=2.0)
+    outcome = controller.command(shared, 100.0)
+    assert outcome.status is AckStatus.ACCEPTED, outcome.verdict.reason
+    for window in shared.windows:
+        middle = (window.open_at + window.close_at) / 2
+        shown = controller.state_at(middle).groups[window.signal_group].indication
+        assert shown is Indication.GREEN
+    # an ack for the shared plan confirms both corridors' stop lines
+    ack = PlanAck(
+        plan_id=shared.plan_id, intersection="a03", seq=shared.seq,
+        status=AckStatus.ACCEPTED, at=100.0,
+    )  # fmt: skip
+    assert len(_statuses(manager.on_ack(ack, 100.0))) == 2
+    # the first vehicle through: the plan is re-sent with the other window only, not released
+    first = min(shared.windows, key=lambda w: w.open_at)
+    vehicle = "FIRE-2" if first.signal_group != "2" else "AMB-1"
+    corridor = manager.corridors[manager.by_vehicle[vehicle]]
+    (line,) = [line for line in corridor.stop_lines if line.intersection == "a03"]
+    past = corridor.route.link_indices[line.hop + 1]
+    position = VehiclePosition(
+        vehicle=vehicle,
+        time=first.close_at,
+        link=GRAPH.link_ids[past],
+        offset_m=5.0,
+        speed_mps=15.0,
+    )
+    after = [p.plan for p in _plans(manager.on_position(position, first.close_at))]
+    (again,) = [plan for plan in after if plan.intersection == "a03"]
+    assert again.kind is PlanKind.PRIORITY
+    assert [w.signal_group for w in again.windows] != [first.signal_group]
+    assert len(again.windows) == 1
 
 
 @pytest.mark.parametrize(

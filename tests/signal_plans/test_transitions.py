@@ -12,15 +12,19 @@ from citybrain.signal_plans.state import (
     GroupState,
     SignalStep,
     advance,
+    normal_events,
     normal_state_at,
 )
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.signal_plans.transitions import (
     PhaseRequest,
+    Schedule,
     Strategy,
     Transition,
+    WindowRequest,
     build_steps,
     plan_green_window,
+    plan_green_windows,
     return_to_normal,
     takeover_state,
 )
@@ -231,3 +235,126 @@ def test_return_to_normal_is_safe_from_anywhere(
         advance(midway, back.steps, done_at).displays() == normal_state_at(plan, done_at).displays()
     )
     assert done_at - midway.at_s <= 2 * plan.cycle_s
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=timing_plans(),
+    now=st.floats(10_000.0, 20_000.0),
+    groups=st.lists(st.sampled_from(GROUPS), min_size=2, max_size=3),
+    leads=st.lists(st.floats(0.0, 200.0), min_size=3, max_size=3),
+    lengths=st.lists(st.floats(4.0, 40.0), min_size=3, max_size=3),
+)
+def test_several_windows_are_served_in_turn_safely(
+    plan: TimingPlan, now: float, groups: list[str], leads: list[float], lengths: list[float]
+) -> None:
+    """Two corridors crossing one intersection: one plan serves both windows, each planned
+    from the state the previous leaves, and every step is safe."""
+    state = normal_state_at(plan, now)
+    windows, opens = [], now
+    for group, lead, length in zip(groups, leads, lengths, strict=False):
+        opens += lead
+        windows.append(WindowRequest(group, opens, opens + length))
+        opens += length
+    schedule = plan_green_windows(plan, state, windows)
+    assert check_steps(schedule.start, schedule.steps).accepted
+    assert violations(schedule.start, schedule.steps) == []
+    times = [s.at_s for s in schedule.steps]
+    assert times == sorted(times)
+    assert len(schedule.transitions) == len(windows)
+    for window, move in zip(windows, schedule.transitions, strict=True):
+        served_from = max(move.green_from_s, window.open_at_s)
+        for k in range(1, 10):
+            t = served_from + (window.close_at_s - served_from) * k / 10
+            if t < window.close_at_s:
+                shown = _controller_shows(plan, schedule, t)
+                assert shown[window.group] is Indication.GREEN, (window, t)
+    end = max(schedule.transitions[-1].resume_at_s, schedule.start.at_s, *(times or [0.0]))
+    assert _controller_shows(plan, schedule, end + 2 * plan.cycle_s) == (
+        normal_state_at(plan, end + 2 * plan.cycle_s).displays()
+    )
+
+
+def _controller_shows(plan: TimingPlan, schedule: Schedule, at_s: float) -> dict[str, Indication]:
+    """What a controller running ``schedule`` shows: its normal plan before the takeover, the
+    steps, then after the last step its displays held until the normal plan shows the same."""
+    start = schedule.start
+    if at_s < start.at_s:
+        return normal_state_at(plan, at_s).displays()
+    last = schedule.steps[-1].at_s if schedule.steps else start.at_s
+    if at_s < last:
+        return advance(start, schedule.steps, at_s).displays()
+    held = advance(start, schedule.steps, last).displays()
+    changes = [last] + [e.at_s for e in normal_events(plan, last, at_s) if e.at_s > last]
+    if any(normal_state_at(plan, t).displays() == held for t in changes):
+        return normal_state_at(plan, at_s).displays()
+    return held
+
+
+@pytest.mark.parametrize("gap", [6.0, 15.0, 90.0])
+def test_crossing_corridors_get_their_windows_in_turn(gap: float) -> None:
+    """Conflicting windows separated by at least the clearance open on time, and a long gap
+    between them runs the normal plan."""
+    now = 10_000.0
+    state = normal_state_at(PLAN, now)
+    first, second = "2", "4"
+    assert PLAN.signals.conflict(first, second)
+    open_first = now + 30.0
+    close_first = open_first + 15.0
+    open_second = close_first + gap
+    windows = [
+        WindowRequest(second, open_second, open_second + 12.0),
+        WindowRequest(first, open_first, close_first),
+    ]
+    schedule = plan_green_windows(PLAN, state, windows)
+    assert len(schedule.transitions) == 2
+    assert check_steps(schedule.start, schedule.steps).accepted
+    assert violations(schedule.start, schedule.steps) == []
+    for group, opened, closed in (
+        (first, open_first, close_first),
+        (second, open_second, open_second + 12.0),
+    ):
+        late = max(
+            0.0,
+            max(t.green_from_s for t in schedule.transitions if t.green_from_s <= closed) - opened,
+        )
+        for k in range(1, 10):
+            t = opened + late + (closed - opened - late) * k / 10
+            shown = advance(schedule.start, schedule.steps, t).groups[group].indication
+            assert shown is Indication.GREEN, (group, t)
+    if gap == 90.0:
+        middle = close_first + 45.0
+        assert (
+            advance(schedule.start, schedule.steps, middle).displays()
+            == normal_state_at(PLAN, middle).displays()
+        )
+
+
+def test_overlapping_windows_of_one_group_are_served_as_one() -> None:
+    now = 10_000.0
+    state = normal_state_at(PLAN, now)
+    schedule = plan_green_windows(
+        PLAN,
+        state,
+        [WindowRequest("4", now + 20.0, now + 35.0), WindowRequest("4", now + 30.0, now + 50.0)],
+    )
+    assert len(schedule.transitions) == 1
+    assert schedule.transitions[0].green_until_s >= now + 50.0 - 1e-6
+
+
+def test_windows_that_already_closed_are_dropped_and_none_left_is_refused() -> None:
+    now = 10_000.0
+    state = normal_state_at(PLAN, now)
+    with pytest.raises(ValidationError, match="closed"):
+        plan_green_windows(PLAN, state, [WindowRequest("4", now - 20.0, now - 5.0)])
+    with pytest.raises(ValidationError, match="in turn"):
+        plan_green_windows(
+            PLAN,
+            state,
+            [
+                WindowRequest("4", now + 20.0, now + 35.0),
+                WindowRequest("2", now + 30.0, now + 50.0),
+            ],
+        )
+    with pytest.raises(ValidationError, match="close after"):
+        plan_green_windows(PLAN, state, [WindowRequest("4", now + 20.0, now + 5.0)])

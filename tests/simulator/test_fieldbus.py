@@ -1,18 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import pytest
 
+from citybrain.edge.drivers import FieldBusClient
+from citybrain.models.fieldbus import MAX_LINE_BYTES, FieldBusError, SignalReading
 from citybrain.models.messages import AckStatus, IntervalStep, SignalPlan
 from citybrain.models.signal import Indication
-from citybrain.simulator.fieldbus import (
-    MAX_LINE_BYTES,
-    FieldBusClient,
-    FieldBusError,
-    FieldBusServer,
-)
+from citybrain.signal_plans.config import CabinetConfig, IntersectionConfig, state_from_reading
+from citybrain.signal_plans.state import normal_state_at
+from citybrain.simulator.fieldbus import FieldBusCore, FieldBusServer
+from citybrain.simulator.networks import ADVANCE_DETECTOR_M
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
 
@@ -41,18 +42,19 @@ def test_a_client_reads_signals_detectors_and_truth_and_drives_the_clock() -> No
         try:
             async with FieldBusClient(host="127.0.0.1", port=port) as client:
                 hello = await client.hello()
-                assert hello["intersections"] == 3
+                assert hello.intersections == 3
                 assert await client.advance(600.0) == pytest.approx(600.0)
                 shown = await client.signals("a01")
-                assert set(shown) == set("12345678")
-                assert set(shown.values()) <= set(Indication)
-                readings = await client.detectors("a01")
-                assert {r["approach"] for r in readings} == {"a01:E", "a01:W", "a01:N", "a01:S"}
-                assert sum(r["stop_bar_count"] for r in readings) > 0
-                again = await client.detectors("a01")
-                assert all(r["interval_s"] == 0.0 for r in again)
+                assert shown.time == run.now
+                assert set(shown.groups) == set("12345678")
+                assert set(shown.groups.values()) <= set(Indication)
+                readings = (await client.detectors("a01")).approaches
+                assert {r.approach for r in readings} == {"a01:E", "a01:W", "a01:N", "a01:S"}
+                assert sum(r.stop_bar_count for r in readings) > 0
+                again = (await client.detectors("a01")).approaches
+                assert all(r.interval_s == 0.0 for r in again)
                 truth = await client.ground_truth("a01")
-                assert truth == run.detectors.true_queues("a01")
+                assert truth.queues == run.detectors.true_queues("a01")
         finally:
             await server.stop()
 
@@ -77,10 +79,10 @@ def test_unsafe_plans_and_bad_requests_are_refused_and_the_server_keeps_serving(
                     valid_until=now + 60,
                     steps=(IntervalStep(at=now + 1, green=("2", "4")),),
                 )
-                status, code, reason = await client.send_plan("a01", unsafe)
-                assert status is AckStatus.REJECTED
-                assert code in {"conflicting_greens", "no_yellow"}
-                assert reason
+                outcome = await client.send_plan("a01", unsafe)
+                assert outcome.status is AckStatus.REJECTED
+                assert outcome.reason_code in {"conflicting_greens", "no_yellow"}
+                assert outcome.reason
                 assert run.sim.override[run.net.controller_index["a01"]] == -1
                 with pytest.raises(FieldBusError) as error:
                     await client.signals("nowhere")
@@ -99,7 +101,7 @@ def test_unsafe_plans_and_bad_requests_are_refused_and_the_server_keeps_serving(
             assert oversize[0]["error"]["code"] == "too_large"  # type: ignore[index]
             assert server.core.rejected >= 4
             async with FieldBusClient(host="127.0.0.1", port=port) as client:
-                assert (await client.hello())["protocol"] == 1
+                assert (await client.hello()).protocol == 1
         finally:
             await server.stop()
 
@@ -120,5 +122,68 @@ def test_paced_clock_runs_by_itself_and_refuses_advance() -> None:
                 assert error.value.code == "paced_clock"
         finally:
             await server.stop()
+
+    asyncio.run(scenario())
+
+
+def _answer(core: FieldBusCore, line: bytes) -> dict[str, Any]:
+    response = msgspec.json.decode(msgspec.json.encode(core.handle(line)))
+    assert isinstance(response, dict)
+    return response
+
+
+def test_config_gives_the_plan_the_cabinet_runs_and_its_approaches() -> None:
+    run = _run()
+    core = FieldBusCore(run, paced=False)
+    answer = _answer(core, b'{"id": 3, "op": "config", "intersection": "a02"}')
+    assert answer["ok"], answer
+    wire = msgspec.json.decode(msgspec.json.encode(answer["result"]), type=CabinetConfig)
+    config = IntersectionConfig.from_wire(wire)
+    assert config.plan == run.controllers["a02"].plan
+    network = run.net.road.network
+    by_id = {a.approach: a for a in config.approaches}
+    assert set(by_id) == {"a02:E", "a02:W", "a02:N", "a02:S"}
+    east = by_id["a02:E"]
+    link = network.link(east.link)
+    assert link.to_node == "a02"
+    assert (east.lanes, east.length_m, east.speed_limit_mps) == (3, link.length_m, 13.9)
+    assert east.saturation_flow_vphpl == link.saturation_flow_vphpl
+    assert east.advance_setback_m == ADVANCE_DETECTOR_M
+    assert east.groups == ["2", "5"]  # through and right on 2, the left on 5
+    assert by_id["a02:N"].groups == ["4", "7"]
+    again = _answer(core, b'{"id": 4, "op": "config", "intersection": "a02"}')
+    assert again["result"] == answer["result"]
+    unknown = _answer(core, b'{"id": 5, "op": "config", "intersection": "zz"}')
+    assert unknown["error"]["code"] == "unknown_intersection"
+
+
+def test_signals_report_running_walks() -> None:
+    run = _run()
+    core = FieldBusCore(run, paced=False)
+    plan = run.controllers["a01"].plan
+    run.advance(400.0)
+    while not any(s.walk_since_s for s in normal_state_at(plan, run.now).groups.values()):
+        run.advance(1.0)
+    answer = _answer(core, b'{"id": 1, "op": "signals", "intersection": "a01"}')["result"]
+    state = normal_state_at(plan, run.now)
+    walking = {g: s.walk_since_s for g, s in state.groups.items() if s.walk_since_s is not None}
+    assert walking
+    assert answer["walk_since"] == walking
+    assert answer["mode"] == "normal"
+    assert answer["plan_id"] is None
+    reading = msgspec.json.decode(msgspec.json.encode(answer), type=SignalReading)
+    assert state_from_reading(plan.signals, reading) == state
+
+
+def test_stopping_the_server_hangs_up_on_its_clients() -> None:
+    async def scenario() -> None:
+        server = FieldBusServer(_run())
+        port = await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b'{"id": 1, "op": "hello"}\n')
+        assert msgspec.json.decode(await reader.readline())["ok"]
+        await server.stop()
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""
+        writer.close()
 
     asyncio.run(scenario())
