@@ -95,6 +95,11 @@ class ControllerDriver(abc.ABC):
         """Hand a plan to the cabinet, which checks it again and answers with an ack status."""
 
     @abc.abstractmethod
+    async def release(self) -> CommandResult:
+        """Bring the cabinet back to its normal plan through a safe transition: the edge's own
+        command when a lease runs out or the cloud is lost (no sequence number involved)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Retire the driver: later calls raise a non-recoverable ``DriverError``."""
 
@@ -325,6 +330,9 @@ class FieldBusClient:
     async def send_plan(self, intersection: str, plan: SignalPlan) -> PlanOutcome:
         return await self.request(Op.PLAN, PlanOutcome, intersection=intersection, plan=plan)
 
+    async def release(self, intersection: str) -> PlanOutcome:
+        return await self.request(Op.RELEASE, PlanOutcome, intersection=intersection)
+
     async def ground_truth(self, intersection: str) -> GroundTruth:
         return await self.request(Op.GROUND_TRUTH, GroundTruth, intersection=intersection)
 
@@ -373,6 +381,11 @@ class FieldBusDriver(ControllerDriver):
             outcome = await self._client.send_plan(self._intersection, plan)
         return CommandResult(outcome.status, outcome.reason_code, outcome.reason)
 
+    async def release(self) -> CommandResult:
+        with self._errors():
+            outcome = await self._client.release(self._intersection)
+        return CommandResult(outcome.status, outcome.reason_code, outcome.reason)
+
     async def close(self) -> None:
         self._closed = True
 
@@ -399,6 +412,7 @@ class FakeDriver(ControllerDriver):
             )
         self.now_s = 0.0
         self.sent: list[SignalPlan] = []
+        self.released = 0
         self.result = CommandResult(AckStatus.ACCEPTED)
         self.closed = False
         self._shown: SignalReading | None = None
@@ -472,6 +486,11 @@ class FakeDriver(ControllerDriver):
         await self._enter()
         self.sent.append(plan)
         return self.result
+
+    async def release(self) -> CommandResult:
+        await self._enter()
+        self.released += 1
+        return CommandResult(AckStatus.RELEASED)
 
     async def close(self) -> None:
         self.closed = True

@@ -125,6 +125,7 @@ class Op(enum.StrEnum):
     DETECTORS = "detectors"
     CONFIG = "config"
     PLAN = "plan"
+    RELEASE = "release"
     GROUND_TRUTH = "ground_truth"
     ADVANCE = "advance"
 

@@ -139,6 +139,11 @@ class EmulatedController:
                 mask |= 1 << bits[group]
         return mask
 
+    def release(self, now_s: float) -> Outcome:
+        """Back to the normal plan through a safe transition, whatever runs (a local command)."""
+        self._release(now_s)
+        return Outcome(AckStatus.RELEASED, Verdict.accept())
+
     def _release(self, now_s: float) -> None:
         if self.running is None:
             return

@@ -143,10 +143,13 @@ class FieldBusCore:
             )
         if request.op is Op.GROUND_TRUTH:
             return GroundTruth(time=run.now, queues=run.detectors.true_queues(node))
-        plan = request.plan
-        if plan is None:
-            raise FieldBusError("invalid", "a plan request carries a plan")
-        outcome = run.command(node, plan)
+        if request.op is Op.RELEASE:
+            outcome = run.release(node)
+        else:
+            plan = request.plan
+            if plan is None:
+                raise FieldBusError("invalid", "a plan request carries a plan")
+            outcome = run.command(node, plan)
         verdict = outcome.verdict
         return PlanOutcome(
             time=run.now,

@@ -69,6 +69,14 @@ class Run:
             self._running.add(intersection)
         return outcome
 
+    def release(self, intersection: str) -> Outcome:
+        """A local command: leave any priority plan for the normal plan (an edge's lease or
+        fail-safe; it carries no sequence number, so the cloud's plans stay in order)."""
+        controller = self.controllers.get(intersection)
+        if controller is None:
+            raise ValidationError("intersection", f"no signal controller at {intersection!r}")
+        return controller.release(self.now)
+
     def _tracking(self) -> bool:
         state = self.sim.state
         return any(state[v] != ARRIVED for v in self.tracked.values())

@@ -8,7 +8,7 @@ import pytest
 
 from citybrain.edge.drivers import FieldBusClient
 from citybrain.models.fieldbus import MAX_LINE_BYTES, FieldBusError, SignalReading
-from citybrain.models.messages import AckStatus, IntervalStep, SignalPlan
+from citybrain.models.messages import AckStatus, GreenWindow, IntervalStep, SignalPlan
 from citybrain.models.signal import Indication
 from citybrain.signal_plans.config import CabinetConfig, IntersectionConfig, state_from_reading
 from citybrain.signal_plans.state import normal_state_at
@@ -185,5 +185,34 @@ def test_stopping_the_server_hangs_up_on_its_clients() -> None:
         await server.stop()
         assert await asyncio.wait_for(reader.read(), 2.0) == b""
         writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_release_brings_a_cabinet_back_to_its_normal_plan() -> None:
+    async def scenario() -> None:
+        run = _run()
+        server = FieldBusServer(run)
+        port = await server.start()
+        try:
+            async with FieldBusClient(host="127.0.0.1", port=port) as client:
+                await client.advance(600.0)
+                now = run.now
+                plan = SignalPlan(
+                    plan_id="w1", intersection="a01", seq=1, issued_at=now, valid_from=now,
+                    valid_until=now + 120.0,
+                    windows=(GreenWindow(signal_group="4", open_at=now + 20, close_at=now + 60),),
+                )  # fmt: skip
+                assert (await client.send_plan("a01", plan)).status is AckStatus.ACCEPTED
+                assert (await client.signals("a01")).mode == "priority"
+                released = await client.release("a01")
+                assert released.status is AckStatus.RELEASED
+                await client.advance(150.0)
+                shown = await client.signals("a01")
+                assert shown.mode == "normal"
+                normal = normal_state_at(run.controllers["a01"].plan, run.now).displays()
+                assert shown.groups == normal
+        finally:
+            await server.stop()
 
     asyncio.run(scenario())
