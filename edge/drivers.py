@@ -16,7 +16,7 @@ import itertools
 import logging
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from citybrain.models.fieldbus import (
 )
 from citybrain.models.messages import AckStatus, SignalPlan
 from citybrain.signal_plans.config import CabinetConfig, IntersectionConfig, reading_from_state
-from citybrain.signal_plans.state import normal_state_at
+from citybrain.signal_plans.state import NormalTimeline
 from citybrain.signal_plans.timing import TimingPlan
 
 log = logging.getLogger(__name__)
@@ -395,15 +395,22 @@ class FakeDriver(ControllerDriver):
 
     It reports what the test sets: the normal plan's displays at ``now_s`` (``show`` pins a
     reading instead), the detector readings queued with ``queue_detectors`` (zero counts since
-    the last read when none is queued), and the failures scripted with ``fail_next``. It records
+    the last read when none is queued), and the failures scripted with ``fail_next``; with a
+    ``clock`` its time follows it instead of ``now_s``. It records
     every plan that reaches it in ``sent`` and answers ``result`` (default accepted). It neither
     checks nor runs plans: the displays do not follow them, and a test cannot mistake the fake
     for the cabinet's safety checks.
     """
 
     def __init__(
-        self, intersection: str, plan: TimingPlan, approaches: list[ApproachConfig]
+        self,
+        intersection: str,
+        plan: TimingPlan,
+        approaches: list[ApproachConfig],
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        self._clock = clock
         self._config = IntersectionConfig(plan, tuple(approaches))
         if self._config.intersection != intersection:
             raise ValidationError(
@@ -411,6 +418,7 @@ class FakeDriver(ControllerDriver):
                 f"the plan is for {self._config.intersection!r}, not {intersection!r}",
             )
         self.now_s = 0.0
+        self._normal = NormalTimeline(plan)
         self.sent: list[SignalPlan] = []
         self.released = 0
         self.result = CommandResult(AckStatus.ACCEPTED)
@@ -446,6 +454,8 @@ class FakeDriver(ControllerDriver):
 
     async def _enter(self) -> None:
         await asyncio.sleep(0)  # a real driver suspends here; code above must cope with that
+        if self._clock is not None:
+            self.now_s = self._clock()
         if self.closed:
             raise DriverError(f"{self.intersection}: closed", recoverable=False, code="closed")
         if self._failures:
@@ -459,7 +469,7 @@ class FakeDriver(ControllerDriver):
         await self._enter()
         if self._shown is not None:
             return self._shown
-        return reading_from_state(normal_state_at(self._config.plan, self.now_s))
+        return reading_from_state(self._normal.state_at(self.now_s))
 
     async def detectors(self) -> DetectorReading:
         await self._enter()

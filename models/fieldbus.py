@@ -158,6 +158,8 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True):
     time: float
     paced: bool
     intersections: int
+    names: list[str] = []
+    """The cabinets on this bus (an edge process configured for "all" hosts each)."""
 
 
 class Clock(msgspec.Struct, frozen=True, kw_only=True):

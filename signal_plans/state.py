@@ -232,3 +232,25 @@ def normal_state_at(plan: TimingPlan, at_s: float, *, before: bool = False) -> C
             walk = event.at_s
         groups[event.group] = GroupState(event.indication, event.at_s, walk)
     return ControllerState(signals, at_s, groups)
+
+
+class NormalTimeline:
+    """``normal_state_at`` for a controller read many times a second: the displays and their
+    start times change only at the plan's events, so the two-cycle replay runs once per change
+    and the reads in between only restamp the time."""
+
+    def __init__(self, plan: TimingPlan) -> None:
+        self.plan = plan
+        self._valid_from = math.inf
+        self._valid_until = -math.inf
+        self._groups: Mapping[str, GroupState] = {}
+
+    def state_at(self, at_s: float) -> ControllerState:
+        if self._valid_from <= at_s < self._valid_until:
+            return ControllerState(self.plan.signals, at_s, self._groups)
+        state = normal_state_at(self.plan, at_s)
+        upcoming = normal_events(self.plan, at_s, at_s + self.plan.cycle_s)
+        self._valid_from = at_s
+        self._valid_until = next((e.at_s for e in upcoming if e.at_s > at_s), at_s)
+        self._groups = state.groups
+        return state

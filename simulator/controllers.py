@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import AckStatus, PlanKind, SignalPlan
 from citybrain.models.signal import Indication
-from citybrain.signal_plans.state import ControllerState, SignalStep, advance, normal_state_at
+from citybrain.signal_plans.state import (
+    ControllerState,
+    NormalTimeline,
+    SignalStep,
+    advance,
+    normal_state_at,
+)
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.signal_plans.transitions import (
     WindowRequest,
@@ -53,6 +59,7 @@ class EmulatedController:
         self, plan: TimingPlan, *, end_lag_s: float, limits: SafetyLimits | None = None
     ) -> None:
         self.plan = plan
+        self.normal = NormalTimeline(plan)
         self.end_lag = end_lag_s
         self.limits = limits or SafetyLimits()
         self.last_seq: int | None = None
@@ -68,7 +75,7 @@ class EmulatedController:
         running = self.running
         if running is None or at_s < running.start.at_s:
             # before a plan takes over, the normal plan runs
-            return normal_state_at(self.plan, at_s)
+            return self.normal.state_at(at_s)
         return advance(running.start, running.steps, at_s)
 
     def command(self, message: SignalPlan, now_s: float) -> Outcome:
@@ -119,7 +126,7 @@ class EmulatedController:
             return None
         shown = self.state_at(now_s)
         last = running.steps[-1].at_s if running.steps else running.start.at_s
-        if now_s >= last and normal_state_at(self.plan, now_s).displays() == shown.displays():
+        if now_s >= last and self.normal.state_at(now_s).displays() == shown.displays():
             self.running = None
             return None
         if now_s >= running.valid_until:

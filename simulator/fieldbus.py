@@ -96,6 +96,7 @@ class FieldBusCore:
                 time=run.now,
                 paced=self.paced,
                 intersections=len(run.controllers),
+                names=sorted(run.controllers),
             )
             return msgspec.Raw(_encode(hello))
         if request.op is Op.ADVANCE:

@@ -10,6 +10,7 @@ from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
 from citybrain.signal_plans.state import (
     ControllerState,
     GroupState,
+    NormalTimeline,
     SignalStep,
     advance,
     normal_events,
@@ -358,3 +359,15 @@ def test_windows_that_already_closed_are_dropped_and_none_left_is_refused() -> N
         )
     with pytest.raises(ValidationError, match="close after"):
         plan_green_windows(PLAN, state, [WindowRequest("4", now + 20.0, now + 5.0)])
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=timing_plans(), start=st.floats(0.0, 5_000.0), steps=st.lists(st.floats(0.0, 7.0)))
+def test_the_cached_normal_timeline_equals_the_replay(
+    plan: TimingPlan, start: float, steps: list[float]
+) -> None:
+    timeline = NormalTimeline(plan)
+    at = start
+    for step in [0.0, *steps, 0.05, 0.05, 300.0, -200.0]:
+        at = max(0.0, at + step)
+        assert timeline.state_at(at) == normal_state_at(plan, at)

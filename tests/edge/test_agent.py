@@ -1,0 +1,316 @@
+"""The edge agents end to end: a simulated city on the field bus, a real Mosquitto, and the
+agents between them, exercised the way the field would (outages, bad plans, garbage)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from citybrain.edge.agent import EdgeAgent, run_host
+from citybrain.edge.settings import (
+    BrokerSettings,
+    BufferSettings,
+    ControllerSettings,
+    EdgeSettings,
+    TelemetrySettings,
+)
+from citybrain.models.codec import DEFAULT_CODEC
+from citybrain.models.messages import (
+    AckStatus,
+    GreenWindow,
+    IntervalStep,
+    PlanAck,
+    Presence,
+    SignalPlan,
+    Status,
+    Telemetry,
+)
+from citybrain.simulator.fieldbus import FieldBusServer
+from citybrain.simulator.runner import Run
+from citybrain.simulator.scenarios import Level, build
+
+pytestmark = pytest.mark.broker
+
+REGION = "test"
+
+
+class Listener:
+    """A test's own MQTT client (persistent session, QoS 1) collecting what the agents send."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: dict[str, list[bytes]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"listener-{os.getpid()}-{port}",
+            clean_session=False,
+            protocol=paho.MQTTv311,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"cb/v1/{REGION}/#", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, userdata: object, message: Any) -> None:
+        with self.lock:
+            self.messages[message.topic].append(bytes(message.payload))
+
+    def of(self, node: str, kind: str) -> list[bytes]:
+        with self.lock:
+            return list(self.messages[f"cb/v1/{REGION}/x/{node}/{kind}"])
+
+    def acks(self, node: str) -> list[PlanAck]:
+        return [DEFAULT_CODEC.decode(p, PlanAck) for p in self.of(node, "ack")]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5.0)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class City:
+    def __init__(self, run: Run, agents: list[EdgeAgent], listener: Listener) -> None:
+        self.run, self.agents, self.listener = run, agents, listener
+
+    def agent(self, node: str) -> EdgeAgent:
+        return next(a for a in self.agents if a.intersection == node)
+
+    def plan(self, node: str, **fields: Any) -> SignalPlan:
+        now = self.run.now
+        values: dict[str, Any] = {
+            "plan_id": f"p-{node}-{fields.get('seq', 1)}", "intersection": node, "seq": 1,
+            "issued_at": now, "valid_from": now, "valid_until": now + 90.0,
+            "windows": (GreenWindow(signal_group="4", open_at=now + 15, close_at=now + 40),),
+        }  # fmt: skip
+        values.update(fields)
+        return SignalPlan(**values)
+
+    def send(self, plan: SignalPlan, node: str | None = None) -> None:
+        topic = f"cb/v1/{REGION}/x/{node or plan.intersection}/plan"
+        self.listener.publish(topic, msgspec.json.encode(plan))
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def _settings(broker_port: int, bus_port: int, buffer: Path) -> EdgeSettings:
+    return EdgeSettings(
+        region=REGION,
+        intersections="all",
+        broker=BrokerSettings(
+            host="127.0.0.1", port=broker_port, client_id_prefix="edge",
+            reconnect_min_s=0.5, reconnect_max_s=2.0, keepalive_s=5,
+        ),
+        controller=ControllerSettings(host="127.0.0.1", port=bus_port, poll_hz=10.0),
+        telemetry=TelemetrySettings(period_s=0.5),
+        buffer=BufferSettings(path=buffer),
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def city(mosquitto: Any, tmp_path: Path) -> AsyncIterator[City]:
+    scenario = build("arterial:3", level=Level.MODERATE, duration_s=3600, seed=3)
+    run = Run(scenario.net, scenario.trips)
+    run.advance(300.0)
+    server = FieldBusServer(run, speed=1.0)
+    bus_port = await server.start()
+    listener = Listener(mosquitto.port)
+    stop = asyncio.Event()
+    started: list[EdgeAgent] = []
+    host = asyncio.create_task(
+        run_host(_settings(mosquitto.port, bus_port, tmp_path / "buffer"), stop,
+                 started=started.extend)
+    )  # fmt: skip
+    try:
+        await until(lambda: len(started) == 3 and all(a.ready.is_set() for a in started))
+        await until(lambda: all(a.session is not None and a.session.connected for a in started))
+        yield City(run, started, listener)
+    finally:
+        stop.set()
+        await asyncio.wait_for(host, 15.0)
+        listener.close()
+        await server.stop()
+
+
+def test_telemetry_arrives_decodes_and_status_is_online(mosquitto: Any, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            await until(
+                lambda: all(len(c.listener.of(n, "telemetry")) >= 4 for n in c.run.controllers)
+            )
+            for node in c.run.controllers:
+                telemetry = [
+                    DEFAULT_CODEC.decode(p, Telemetry) for p in c.listener.of(node, "telemetry")
+                ]
+                seqs = [t.seq for t in telemetry]
+                assert seqs == sorted(seqs)
+                assert len(set(seqs)) == len(seqs)
+                assert {a.approach for a in telemetry[-1].approaches}
+                assert set(telemetry[-1].signals) == set(
+                    c.run.controllers[node].plan.signals.groups
+                )
+                (status, *_) = c.listener.of(node, "status")
+                assert DEFAULT_CODEC.decode(status, Status).presence is Presence.ONLINE
+        # a clean stop says offline itself (the will is only for a vanished agent)
+        last = c.listener.of("a01", "status")[-1]
+        assert DEFAULT_CODEC.decode(last, Status).presence is Presence.OFFLINE
+
+    asyncio.run(scenario())
+
+
+def test_a_plan_is_checked_applied_in_the_simulator_and_acked(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            plan = c.plan("a02")
+            c.send(plan)
+            await until(
+                lambda: (
+                    [a.status for a in c.listener.acks("a02")]
+                    == [AckStatus.ACCEPTED, AckStatus.APPLIED]
+                )
+            )
+            running = c.run.controllers["a02"].running
+            assert running is not None
+            assert running.plan_id == plan.plan_id
+            latency = c.agent("a02").stats.plan_latency_ms
+            assert len(latency) == 1
+            assert latency[0] < 500.0
+
+    asyncio.run(scenario())
+
+
+def test_bad_plans_are_refused_with_their_reason_and_never_reach_the_cabinet(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            cabinet = c.run.controllers["a01"]
+            now = c.run.now
+            c.send(c.plan("a01", seq=5, plan_id="good"))
+            await until(lambda: len(c.listener.acks("a01")) == 2)
+            cabinet.running = None
+            refused_before = cabinet.refused
+            shown = cabinet.state_at(now)
+            clash = next(
+                g
+                for g in sorted(shown.signals.groups)
+                if shown.signals.conflict(g, min(shown.greens))
+            )
+            clashing = tuple(sorted(shown.greens | {clash}))
+            bad = {
+                "conflicting_greens": c.plan("a01", seq=6, plan_id="unsafe", windows=(), steps=(
+                    IntervalStep(at=c.run.now + 0.5, green=clashing),)),
+                "expired": c.plan("a01", seq=7, plan_id="old", issued_at=now - 200,
+                                  valid_from=now - 200, valid_until=now - 100, windows=(
+                    GreenWindow(signal_group="4", open_at=now - 190, close_at=now - 150),)),
+                "out_of_sequence": c.plan("a01", seq=5, plan_id="replayed"),
+                "wrong_intersection": c.plan("a02", seq=8, plan_id="elsewhere"),
+            }  # fmt: skip
+            for plan in bad.values():
+                c.send(plan, "a01")
+            await until(lambda: len(c.listener.acks("a01")) == 2 + len(bad))
+            codes = {a.plan_id: a.reason_code for a in c.listener.acks("a01")[2:]}
+            assert codes == {plan.plan_id: code for code, plan in bad.items()}
+            assert cabinet.running is None
+            assert cabinet.refused == refused_before
+
+    asyncio.run(scenario())
+
+
+def test_every_telemetry_message_of_a_broker_outage_arrives_afterwards_in_order(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        mosquitto.config.write_text(
+            mosquitto.config.read_text()
+            .replace("persistence false", f"persistence true\npersistence_location {tmp_path}/")
+        )  # fmt: skip
+        mosquitto.kill()
+        mosquitto.start()
+        async with city(mosquitto, tmp_path) as c:
+            await until(lambda: len(c.listener.of("a03", "telemetry")) >= 3)
+            assert mosquitto.process is not None
+            mosquitto.process.send_signal(signal.SIGTERM)  # saves the listener's session
+            mosquitto.process.wait(5.0)
+            await asyncio.sleep(4.0)
+            agent = c.agent("a03")
+            assert agent.stats.buffered >= 6
+            mosquitto.start()
+            await until(lambda: agent.buffer.size(agent.agent_id) == 0 and agent.session is not None
+                        and agent.session.connected, timeout_s=20.0)  # fmt: skip
+            await asyncio.sleep(1.5)
+            for node in c.run.controllers:
+                seqs = [
+                    DEFAULT_CODEC.decode(p, Telemetry).seq for p in c.listener.of(node, "telemetry")
+                ]
+                first_seen = list(dict.fromkeys(seqs))
+                assert first_seen == sorted(first_seen), node
+                missing = sorted(set(range(first_seen[0], first_seen[-1] + 1)) - set(first_seen))
+                assert not missing, (node, missing)
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_that_runs_out_brings_the_intersection_back_by_itself(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            now = c.run.now
+            plan = c.plan("a03", valid_until=now + 8.0, windows=(
+                GreenWindow(signal_group="4", open_at=now + 1.0, close_at=now + 6.0),))  # fmt: skip
+            c.send(plan)
+            await until(
+                lambda: any(a.reason_code == "lease_expired" for a in c.listener.acks("a03")), 15.0
+            )
+            assert c.agent("a03").core is not None
+            assert c.agent("a03").core.counters["leases_expired"] == 1  # type: ignore[union-attr]
+            await until(lambda: c.run.controllers["a03"].running is None, 120.0)
+
+    asyncio.run(scenario())
+
+
+def test_garbage_on_the_plan_topic_is_counted_and_telemetry_goes_on(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            rng = random.Random(7)
+            garbage = [rng.randbytes(rng.randint(0, 2000)) for _ in range(150)]
+            garbage += [b"{}", b"null", b'{"v": 1}', b"[" * 5000, b"x" * 200_000]
+            garbage += [msgspec.json.encode({"plan_id": "p", "seq": -1, "windows": "no"})]
+            for payload in garbage:
+                c.listener.client.publish(f"cb/v1/{REGION}/x/a01/plan", payload, qos=1)
+            before = len(c.listener.of("a01", "telemetry"))
+            core = c.agent("a01").core
+            assert core is not None
+            await until(lambda: core.counters["plans_malformed"] == len(garbage), 15.0)
+            await until(lambda: len(c.listener.of("a01", "telemetry")) >= before + 3)
+            assert c.run.controllers["a01"].running is None
+            assert c.run.controllers["a01"].refused == 0
+
+    asyncio.run(scenario())

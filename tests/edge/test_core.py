@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from citybrain.edge.core import (
+    CONTROLLER_UNAVAILABLE,
+    LEASE_EXPIRED,
+    MALFORMED,
+    Action,
+    CoreSettings,
+    EdgeCore,
+    Publish,
+    ReleaseController,
+    SendToController,
+)
+from citybrain.models.fieldbus import ApproachConfig, ApproachCounts, DetectorReading
+from citybrain.models.messages import (
+    AckStatus,
+    GreenWindow,
+    IntervalStep,
+    Mode,
+    PlanAck,
+    PlanKind,
+    Presence,
+    SignalPlan,
+    Status,
+    Telemetry,
+)
+from citybrain.models.topics import TopicKind
+from citybrain.signal_plans.config import IntersectionConfig, reading_from_state
+from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
+from citybrain.signal_plans.state import normal_state_at
+
+PLAN = lead_lead_plan(nema_eight_group("X"), offset_s=0.0)
+APPROACHES = tuple(
+    ApproachConfig(
+        approach=f"X:{side}", link=f"{side}-X", lanes=2, length_m=300.0, speed_limit_mps=13.9,
+        saturation_flow_vphpl=1800.0, advance_setback_m=60.0, groups=list(groups),
+    )
+    for side, groups in (("W", "52"), ("E", "16"), ("S", "74"), ("N", "38"))
+)  # fmt: skip
+CONFIG = IntersectionConfig(PLAN, APPROACHES)
+NOW = 1000.0
+
+
+def _core(**settings: Any) -> EdgeCore:
+    core = EdgeCore(CONFIG, settings=CoreSettings(**settings), first_seq=7)
+    _read(core, NOW)
+    return core
+
+
+def _read(core: EdgeCore, at: float, *, mode: str = "normal") -> None:
+    state = normal_state_at(PLAN, at)
+    core.on_signals(reading_from_state(state, mode=mode), at)
+
+
+def _window_plan(seq: int = 1, **fields: Any) -> SignalPlan:
+    values: dict[str, Any] = {
+        "plan_id": f"p{seq}", "intersection": "X", "seq": seq, "issued_at": NOW,
+        "valid_from": NOW, "valid_until": NOW + 90.0,
+        "windows": (GreenWindow(signal_group="4", open_at=NOW + 20.0, close_at=NOW + 40.0),),
+    }  # fmt: skip
+    values.update(fields)
+    return SignalPlan(**values)
+
+
+def _acks(actions: list[Action]) -> list[PlanAck]:
+    return [a.message for a in actions if isinstance(a, Publish) and isinstance(a.message, PlanAck)]
+
+
+def _commands(actions: list[Action]) -> list[SignalPlan]:
+    return [a.plan for a in actions if isinstance(a, SendToController)]
+
+
+def test_detector_readings_become_telemetry_with_increasing_seq() -> None:
+    core = _core()
+    counts = [
+        ApproachCounts(
+            approach=a.approach, interval_s=1.0, stop_bar_count=0, stop_bar_occupancy=0.0,
+            advance_count=1, advance_occupancy=0.1,
+        )
+        for a in APPROACHES
+    ]  # fmt: skip
+    first = core.on_detectors(DetectorReading(time=NOW, approaches=counts), NOW)
+    second = core.on_detectors(DetectorReading(time=NOW + 1.0, approaches=counts), NOW + 1.0)
+    telemetry = [a.message for a in first + second if isinstance(a, Publish)]
+    assert all(isinstance(t, Telemetry) for t in telemetry)
+    assert [t.seq for t in telemetry if isinstance(t, Telemetry)] == [7, 8]
+    last = telemetry[-1]
+    assert isinstance(last, Telemetry)
+    assert {a.approach for a in last.approaches} == {a.approach for a in APPROACHES}
+    assert last.mode is Mode.NORMAL
+    assert set(last.signals) == set(PLAN.signals.groups)
+
+
+def test_a_safe_plan_is_accepted_handed_over_and_applied() -> None:
+    core = _core()
+    actions = core.on_plan(_window_plan(), NOW)
+    assert [a.status for a in _acks(actions)] == [AckStatus.ACCEPTED]
+    (sent,) = _commands(actions)
+    answered = core.on_command_result(sent.plan_id, AckStatus.ACCEPTED, None, None, NOW + 0.01)
+    assert [a.status for a in _acks(answered)] == [AckStatus.APPLIED]
+    assert core.active == sent
+
+
+def test_unsafe_expired_out_of_sequence_and_foreign_plans_are_refused_with_reasons() -> None:
+    core = _core()
+    core.on_plan(_window_plan(seq=5), NOW)
+    shown = normal_state_at(PLAN, NOW)
+    clash = next(
+        g for g in sorted(PLAN.signals.groups) if PLAN.signals.conflict(g, min(shown.greens))
+    )
+    bad_steps = (IntervalStep(at=NOW, green=tuple(sorted(shown.greens | {clash}))),)
+    cases = {
+        "conflicting_greens": _window_plan(seq=6, windows=(), steps=bad_steps),
+        "expired": _window_plan(seq=7, valid_from=NOW - 100, valid_until=NOW - 10, windows=(),
+                                steps=(IntervalStep(at=NOW - 100, green=("2",)),)),
+        "out_of_sequence": _window_plan(seq=5),
+        "wrong_intersection": _window_plan(seq=8, intersection="Y"),
+        "unknown_group": _window_plan(
+            seq=9, windows=(GreenWindow(signal_group="99", open_at=NOW + 1, close_at=NOW + 9),)
+        ),
+    }  # fmt: skip
+    for code, plan in cases.items():
+        actions = core.on_plan(plan, NOW)
+        (ack,) = _acks(actions)
+        assert ack.reason_code == code, (code, ack)
+        assert ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED)
+        assert ack.reason
+        assert not _commands(actions)
+    assert core.counters["plans_rejected_conflicting_greens"] == 1
+
+
+def test_without_a_recent_signal_reading_plans_are_refused() -> None:
+    core = EdgeCore(CONFIG)
+    (ack,) = _acks(core.on_plan(_window_plan(), NOW))
+    assert ack.reason_code == CONTROLLER_UNAVAILABLE
+    core = _core()
+    (ack,) = _acks(core.on_plan(_window_plan(), NOW + 10.0))
+    assert ack.reason_code == CONTROLLER_UNAVAILABLE
+
+
+def test_garbage_is_counted_and_readable_ids_get_a_refusal() -> None:
+    core = _core()
+    assert core.on_plan_payload(b"\xff\x00not json", NOW) == []
+    assert core.on_plan_payload(b"[1,2,3]", NOW) == []
+    half = msgspec.json.encode({"plan_id": "p9", "seq": 9, "intersection": "X", "v": 1})
+    (ack,) = _acks(core.on_plan_payload(half, NOW))
+    assert (ack.plan_id, ack.seq, ack.reason_code) == ("p9", 9, MALFORMED)
+    assert core.counters["plans_malformed"] == 3
+
+
+def test_a_plan_starting_later_is_handed_over_just_before_its_start() -> None:
+    core = _core()
+    plan = _window_plan(valid_from=NOW + 30.0, valid_until=NOW + 120.0, windows=(
+        GreenWindow(signal_group="4", open_at=NOW + 40.0, close_at=NOW + 60.0),
+    ))  # fmt: skip
+    actions = core.on_plan(plan, NOW)
+    assert [a.status for a in _acks(actions)] == [AckStatus.ACCEPTED]
+    assert not _commands(actions)
+    assert not _commands(core.tick(NOW + 20.0))
+    assert _commands(core.tick(NOW + 29.5)) == [plan]
+
+
+def test_a_lease_that_runs_out_brings_the_normal_plan_back() -> None:
+    core = _core()
+    plan = _window_plan()
+    core.on_plan(plan, NOW)
+    core.on_command_result(plan.plan_id, AckStatus.ACCEPTED, None, None, NOW)
+    _read(core, NOW + 50.0, mode="priority")
+    assert core.tick(NOW + 80.0) == []
+    actions = core.tick(plan.valid_until)
+    assert ReleaseController(LEASE_EXPIRED) in actions
+    (ack,) = _acks(actions)
+    assert (ack.status, ack.reason_code) == (AckStatus.RELEASED, LEASE_EXPIRED)
+    assert core.active is None
+
+
+def test_losing_the_broker_puts_the_intersection_on_its_local_plan() -> None:
+    core = _core(failsafe_after_s=30.0)
+    plan = _window_plan()
+    core.on_plan(plan, NOW)
+    core.on_command_result(plan.plan_id, AckStatus.ACCEPTED, None, None, NOW)
+    core.on_broker(False, NOW + 1.0)
+    assert not any(isinstance(a, ReleaseController) for a in core.tick(NOW + 20.0))
+    actions = core.tick(NOW + 31.0)
+    assert any(isinstance(a, ReleaseController) for a in actions)
+    assert core.mode is Mode.FAIL_SAFE
+    (back,) = core.on_broker(True, NOW + 40.0)
+    assert isinstance(back, Publish)
+    assert isinstance(back.message, Status)
+    assert back.message.presence is Presence.ONLINE
+    assert back.message.mode is Mode.NORMAL
+
+
+def test_release_plans_go_to_the_controller_and_are_acked_released() -> None:
+    core = _core()
+    core.on_plan(_window_plan(seq=1), NOW)
+    release = SignalPlan(
+        plan_id="r2", intersection="X", seq=2, issued_at=NOW, valid_from=NOW,
+        valid_until=NOW + 30.0, kind=PlanKind.RELEASE,
+    )  # fmt: skip
+    (sent,) = _commands(core.on_plan(release, NOW))
+    assert sent == release
+    (ack,) = _acks(core.on_command_result("r2", AckStatus.RELEASED, None, None, NOW))
+    assert ack.status is AckStatus.RELEASED
+
+
+def test_a_controller_that_cannot_be_reached_refuses_the_plan() -> None:
+    core = _core()
+    (sent,) = _commands(core.on_plan(_window_plan(), NOW))
+    (ack,) = _acks(core.on_command_failed(sent.plan_id, "link down", NOW))
+    assert (ack.status, ack.reason_code) == (AckStatus.REJECTED, CONTROLLER_UNAVAILABLE)
+
+
+def test_the_will_is_offline_and_birth_online() -> None:
+    core = _core()
+    assert core.will().presence is Presence.OFFLINE
+    assert core.will().at is None
+    assert core.birth(NOW).presence is Presence.ONLINE
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    payload=st.binary(max_size=300)
+    | json_values.map(msgspec.json.encode)
+    | st.fixed_dictionaries(
+        {"plan_id": st.text(max_size=8), "seq": st.integers(), "intersection": st.just("X")},
+        optional={"windows": json_values, "steps": json_values, "valid_from": json_values},
+    ).map(msgspec.json.encode)
+)
+def test_no_payload_crashes_the_core_or_reaches_the_controller(payload: bytes) -> None:
+    core = _core()
+    actions = core.on_plan_payload(payload, NOW)
+    assert not _commands(actions)
+    for action in actions:
+        assert isinstance(action, Publish)
+        assert action.kind is TopicKind.ACK
