@@ -22,9 +22,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="an ambulance across the saturated arterial under three policies"
+        "demo",
+        help="an ambulance across the saturated arterial, then two whose routes cross on a "
+        "10 x 10 grid, under three policies",
     )
     demo.add_argument("--seeds", type=int, default=3, help="seeds to average over (1-50)")
+    demo.add_argument(
+        "--grid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the grid with two crossing ambulances (default: yes)",
+    )
+    demo.add_argument(
+        "--peak",
+        action="store_true",
+        help="arterial demand with a peak (x1.5 mid-run, when the ambulance leaves)",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object, not the table")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="diagram and JSON go here")
     preview = commands.add_parser(
@@ -66,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from citybrain import demo
+    from citybrain.closed_loop import GRID, Setup
     from citybrain.models.checks import check_count
 
     check_count("seeds", args.seeds, ge=1, le=50)
@@ -75,15 +89,29 @@ def _demo(args: argparse.Namespace) -> int:
     def progress(text: str) -> None:
         print(f"  running {text}", file=sys.stderr, flush=True)
 
-    comparison = demo.compare(range(1, args.seeds + 1), progress=None if args.json else progress)
+    seeds = range(1, args.seeds + 1)
+    report = None if args.json else progress
+    comparison = demo.compare(seeds, setup=Setup(peak=args.peak), progress=report)
     data = demo.summary(comparison)
     args.out.mkdir(parents=True, exist_ok=True)
-    demo.write_json(data, args.out / "demo.json")
     first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
-    figure = demo.time_space_diagram(first, args.out / "time_space.png")
+    figures = [demo.time_space_diagram(first, args.out / "time_space.png")]
+    if args.grid:
+        grid = demo.compare(seeds, setup=GRID, progress=report)
+        data["grid"] = demo.grid_summary(grid)
+        first = {policy: outcomes[0] for policy, outcomes in grid.outcomes.items()}
+        figures += [
+            demo.time_space_diagram(first, args.out / f"grid_time_space_{v}.png", vehicle=v)
+            for v in data["grid"]["ambulances"]
+        ]
+    demo.write_json(data, args.out / "demo.json")
     if args.json:
         print(json.dumps(data))
     else:
         print(demo.render(data))
-        print(f"\n  time-space diagram (seed 1): {figure}; JSON: {args.out / 'demo.json'}")
+        if args.grid:
+            print()
+            print(demo.render_grid(data["grid"]))
+        shown = ", ".join(str(f) for f in figures)
+        print(f"\n  time-space diagrams (seed 1): {shown}; JSON: {args.out / 'demo.json'}")
     return 0

@@ -1,23 +1,26 @@
 """The closed-loop proof: the same seeded traffic under three policies, in one process.
 
-* ``no_priority``: the ambulance drives through the normal plans.
+* ``no_priority``: the ambulances drive through the normal plans.
 * ``local_preemption``: as deployed today, a detector about 300 m before each stop line calls
-  green for the ambulance's approach at that intersection alone; no queue flushing, no
-  coordination (still a safe transition: the controller plans and checks it).
-* ``corridor``: citybrain. The corridor manager routes the ambulance, times queue-flushing
-  windows on a rolling horizon, and sends plans the controllers check and run; queues come from
-  the simulator's ground truth (the edge's estimates replace them when edges exist).
+  green for an ambulance's approach at that intersection alone; no queue flushing, no
+  coordination (still a safe transition: the controller plans and checks it). Where two
+  ambulances call the same intersection, the later call replaces the earlier one, as it does
+  in the field.
+* ``corridor``: citybrain. The corridor manager routes every ambulance, times queue-flushing
+  windows on a rolling horizon (an intersection two corridors cross gets one plan serving both
+  windows in turn), and sends plans the controllers check and run; queues come from the
+  simulator's ground truth (the edge's estimates replace them when edges exist).
 
-Every figure comes from the run: the ambulance's trip, its delay stop line by stop line, the
-extra vehicle-seconds all other traffic spent compared with no priority, and how long the
-signals took to get back to their normal plans.
+Every figure comes from the run: each ambulance's trip, its delay and stops stop line by stop
+line, the extra vehicle-seconds all other traffic spent compared with no priority, and how long
+the signals took to get back to their normal plans.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +29,11 @@ from citybrain.cloud.corridor import CorridorManager, PublishStatus, SendPlan
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router
 from citybrain.cloud.state import NetworkState
+from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
     CorridorRequest,
+    CorridorState,
     GreenWindow,
     PlanAck,
     SignalPlan,
@@ -37,12 +42,19 @@ from citybrain.models.messages import (
 from citybrain.models.signal import Indication
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 from citybrain.simulator.runner import Run
-from citybrain.simulator.scenarios import Level, Scenario, build
+from citybrain.simulator.scenarios import (
+    Level,
+    Scenario,
+    build,
+    crossing_ambulances,
+    load_network,
+)
 from citybrain.simulator.scoring import EmergencyTrip, score
 
 log = logging.getLogger(__name__)
 
 AMBULANCE = "AMB-1"
+"""The first ambulance (the only one on the arterial)."""
 FLOW_WINDOW_S = 120.0
 """Arrival flows reach the cloud as the advance loops' counts over this window, as telemetry
 would carry them."""
@@ -55,30 +67,54 @@ class Policy(enum.StrEnum):
     CORRIDOR = "corridor"
 
 
-@dataclass
-class Outcome:
-    policy: Policy
-    seed: int
+@dataclass(frozen=True)
+class Journey:
+    """One ambulance's trip under a policy."""
+
     trip: EmergencyTrip
-    other_vehicle_seconds: float
+    route: tuple[str, ...]
+    """The intersections it passes, from its origin."""
     recovered_s: float
     """Mean over the route's intersections: from the ambulance passing the stop line until that
     controller was back on its normal plan (0 where it never left it)."""
     recovered_max_s: float
-    plans_sent: int = 0
-    plans_refused: int = 0
     trajectory: list[tuple[float, float]] = field(default_factory=list)
     """(time, distance along the route) of the ambulance."""
     signals: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     """Per route intersection: (time, indication of the ambulance's group)."""
     stop_line_m: dict[str, float] = field(default_factory=dict)
     """Distance along the route of each signalized stop line."""
+    stops_at: dict[str, int] = field(default_factory=dict)
+    """Per signalized stop line on the route: how often the ambulance stopped in its queue."""
 
     @property
     def travel_time_s(self) -> float:
         return (
             float(self.trip.travel_time_s) if self.trip.travel_time_s is not None else float("nan")
         )
+
+    def delay_at(self, intersection: str) -> float:
+        """Seconds lost on the link up to ``intersection``'s stop line (nan if not reached)."""
+        for line in self.trip.stop_lines:
+            if line.intersection == intersection:
+                return line.delay_s
+        return float("nan")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    policy: Policy
+    seed: int
+    journeys: dict[str, Journey]
+    """Per ambulance, in the scenario's order (``AMB-1`` first)."""
+    other_vehicle_seconds: float
+    """Vehicle-seconds all traffic but the emergency vehicles spent in the network."""
+    plans_sent: int = 0
+    plans_refused: int = 0
+    crossings: tuple[str, ...] = ()
+    """Signalized intersections on the routes of more than one ambulance."""
+    corridors: dict[str, CorridorState] = field(default_factory=dict)
+    """Per ambulance, the final state of its corridor (corridor policy only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +124,51 @@ class Setup:
     warmup_s: float = 900.0
     after_s: float = 900.0
     dispatch_lead_s: float = 60.0
-    """How long before the ambulance leaves its station the corridor is requested (the crew's
+    """How long before each ambulance leaves its station its corridor is requested (the crew's
     turnout time: dispatch systems ask for priority when the call is assigned)."""
+    peak: bool = False
+    """Demand with a peak (x1.5 at mid-run), see `citybrain.simulator.scenarios.build`."""
+    crossing: tuple[int, int] | None = None
+    """(row, column) on a grid: two ambulances whose routes cross at junction ``g{row}_{column}``
+    (`crossing_ambulances`: AMB-1 leaves after the warm-up); None: one along the main route."""
+
+
+GRID = Setup(
+    network="grid:10x10",
+    level=Level.HEAVY,
+    warmup_s=1500.0,
+    after_s=900.0,
+    crossing=(4, 5),
+)
+"""The grid case: heavy demand (650 veh/h per entry) is served at steady state with bounded
+queues after about 1,500 s, where ``saturated`` (1,000) keeps filling the grid for as long as
+it runs; AMB-1 along row 4 and AMB-2 along column 5 reach g4_5 together at free flow."""
 
 
 def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome:
     setup = setup or Setup()
     end = setup.warmup_s + setup.after_s
-    scenario = build(
-        setup.network, level=setup.level, duration_s=end, seed=seed, ambulance_at_s=setup.warmup_s
-    )
+    if setup.crossing is None:
+        scenario = build(
+            setup.network,
+            level=setup.level,
+            duration_s=end,
+            seed=seed,
+            peak=setup.peak,
+            ambulance_at_s=setup.warmup_s,
+        )
+    else:
+        road = load_network(setup.network)
+        row, column = setup.crossing
+        ambulances = crossing_ambulances(road, row=row, column=column, at_s=setup.warmup_s)
+        scenario = build(
+            road,
+            level=setup.level,
+            duration_s=end,
+            seed=seed,
+            peak=setup.peak,
+            ambulances=ambulances,
+        )
     run = Run(scenario.net, scenario.trips)
     run.advance(setup.warmup_s - setup.dispatch_lead_s - FLOW_WINDOW_S - 1.0)
     driver = _Driver(policy, scenario, run, setup)
@@ -108,55 +179,66 @@ def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome
         for node, controller in run.controllers.items():
             if controller.running is not None:
                 busy_until[node] = run.now
-    trip = score(run, scenario=scenario.name, started_s=0.0).emergency[0]
-    recoveries = [
-        max(0.0, busy_until[line.intersection] - line.left_s)
-        if line.intersection in busy_until
-        else 0.0
-        for line in trip.stop_lines
-        if line.intersection in run.controllers
-    ]
+    journeys: dict[str, Journey] = {}
+    for trip, vehicle in zip(
+        score(run, scenario=scenario.name, started_s=0.0).emergency, driver.vehicles, strict=True
+    ):
+        recoveries = [
+            max(0.0, busy_until[line.intersection] - line.left_s)
+            if line.intersection in busy_until
+            else 0.0
+            for line in trip.stop_lines
+            if line.intersection in run.controllers
+        ]
+        journeys[vehicle.name] = Journey(
+            trip,
+            (vehicle.origin, *vehicle.nodes),
+            float(np.mean(recoveries)) if recoveries else 0.0,
+            max(recoveries, default=0.0),
+            vehicle.trajectory,
+            vehicle.signals,
+            vehicle.stop_line_m,
+            vehicle.stops_at,
+        )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
     until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
     seconds = float(np.sum((until - scenario.trips.depart)[others]))
+    routes = Counter(node for vehicle in driver.vehicles for node in vehicle.stop_line_m)
+    crossings = tuple(sorted(node for node, count in routes.items() if count > 1))
+    corridors = (
+        {c.vehicle: c.state for c in driver.manager.corridors.values()}
+        if driver.manager is not None
+        else {}
+    )
     return Outcome(
-        policy,
-        seed,
-        trip,
-        seconds,
-        float(np.mean(recoveries)) if recoveries else 0.0,
-        max(recoveries, default=0.0),
-        driver.sent,
-        driver.refused,
-        driver.trajectory,
-        driver.signals,
-        driver.stop_line_m,
+        policy, seed, journeys, seconds, driver.sent, driver.refused, crossings, corridors
     )
 
 
-class _Driver:
-    """What happens each second under a policy: detection, requests, positions, plans."""
+class _Vehicle:
+    """One ambulance as the driver follows it: its route, what it met, what it asked for."""
 
-    def __init__(self, policy: Policy, scenario: Scenario, run: Run, setup: Setup) -> None:
-        self.policy = policy
-        self.run = run
-        self.net = scenario.net
-        self.trips = scenario.trips
-        self.vehicle = scenario.trips.count - 1
-        start = int(self.trips.route_start[self.vehicle])
-        length = int(self.trips.route_len[self.vehicle])
-        self.route = [int(i) for i in self.trips.route_links[start : start + length]]
-        self.moves = [int(m) for m in self.trips.route_moves[start : start + length]]
-        road = self.net.road.network
-        self.offsets = np.concatenate([[0.0], np.cumsum(self.net.link_length[self.route])])
-        self.nodes = [road.link_by_id[self.net.link_ids[i]].to_node for i in self.route]
+    def __init__(self, name: str, index: int, scenario: Scenario, run: Run, setup: Setup) -> None:
+        net, trips = scenario.net, scenario.trips
+        self.name = name
+        self.index = index
+        start = int(trips.route_start[index])
+        length = int(trips.route_len[index])
+        self.route = [int(i) for i in trips.route_links[start : start + length]]
+        self.moves = [int(m) for m in trips.route_moves[start : start + length]]
+        road = net.road.network
+        self.offsets = np.concatenate([[0.0], np.cumsum(net.link_length[self.route])])
+        self.origin = road.link_by_id[net.link_ids[self.route[0]]].from_node
+        self.nodes = [road.link_by_id[net.link_ids[i]].to_node for i in self.route]
         self.groups = [
-            road.movement_by_id[self.net.movement_ids[m]].signal_group if m >= 0 else ""
+            road.movement_by_id[net.movement_ids[m]].signal_group if m >= 0 else ""
             for m in self.moves
         ]
-        self.sent = 0
-        self.refused = 0
+        self.speed_factor = float(trips.speed_factor[index])
+        self.depart_s = float(trips.depart[index])
+        self.dispatched_at = self.depart_s - setup.dispatch_lead_s
+        self.requested = False
         self.preempted: set[int] = set()
         self.trajectory: list[tuple[float, float]] = []
         self.signals: dict[str, list[tuple[float, str]]] = {
@@ -167,14 +249,36 @@ class _Driver:
             for hop, node in enumerate(self.nodes)
             if node in run.controllers
         }
+        self.stops_at = dict.fromkeys(self.stop_line_m, 0)
+        self.hop = 0
+        self.stops = 0
+
+
+class _Driver:
+    """What happens each second under a policy: detection, requests, positions, plans."""
+
+    def __init__(self, policy: Policy, scenario: Scenario, run: Run, setup: Setup) -> None:
+        self.policy = policy
+        self.run = run
+        self.net = scenario.net
+        self.vehicles = [
+            _Vehicle(name, index, scenario, run, setup)
+            for index, name in sorted(scenario.trips.names.items())
+        ]
+        self.observe_from = min(v.dispatched_at for v in self.vehicles) - FLOW_WINDOW_S
+        self.sent = 0
+        self.refused = 0
         self.manager: CorridorManager | None = None
         self.counts: deque[tuple[float, np.ndarray]] = deque()
-        self.dispatched_at = float(self.trips.depart[self.vehicle]) - setup.dispatch_lead_s
         self.seq: dict[str, int] = {}
         if policy is Policy.CORRIDOR:
-            graph = CorridorGraph.from_network(
-                road, emergency_speed_factor=float(self.trips.speed_factor[self.vehicle])
-            )
+            factors = {v.speed_factor for v in self.vehicles}
+            if len(factors) > 1:
+                raise ValidationError(
+                    "ambulances", "the corridor graph times every vehicle at one emergency speed"
+                )
+            road = self.net.road.network
+            graph = CorridorGraph.from_network(road, emergency_speed_factor=factors.pop())
             self.state = NetworkState(road)
             self.manager = CorridorManager(
                 graph,
@@ -185,44 +289,59 @@ class _Driver:
             )
 
     def step(self) -> None:
-        run, sim, v = self.run, self.run.sim, self.vehicle
-        now = run.now
+        now = self.run.now
         manager = self.manager
-        if manager is not None and now >= self.dispatched_at - FLOW_WINDOW_S:
+        if manager is not None and now >= self.observe_from:
             self._observe(now)
-        if manager is not None and not manager.corridors and now >= self.dispatched_at:
-            self._request(now)
-        for hop, node in enumerate(self.nodes):
-            if node in self.signals and self.groups[hop]:
-                shown = run.controllers[node].state_at(now).groups[self.groups[hop]].indication
-                self.signals[node].append((now, shown.value))
+        for vehicle in self.vehicles:
+            if manager is not None and not vehicle.requested and now >= vehicle.dispatched_at:
+                self._request(vehicle, now)
+        for vehicle in self.vehicles:
+            self._follow(vehicle, now)
+
+    def _follow(self, vehicle: _Vehicle, now: float) -> None:
+        run, sim, v = self.run, self.run.sim, vehicle.index
+        for hop, node in enumerate(vehicle.nodes):
+            if node in vehicle.signals and vehicle.groups[hop]:
+                shown = run.controllers[node].state_at(now).groups[vehicle.groups[hop]].indication
+                vehicle.signals[node].append((now, shown.value))
         if sim.state[v] not in (DRIVING, QUEUED):
             manager = self.manager
-            if manager is not None and sim.state[v] == ARRIVED and AMBULANCE in manager.by_vehicle:
-                last = self.route[-1]
+            if (
+                manager is not None
+                and sim.state[v] == ARRIVED
+                and vehicle.name in manager.by_vehicle
+            ):
+                last = vehicle.route[-1]
                 self._apply(
-                    manager.on_position(self._position(last, self.net.link_length[last]), now)
+                    manager.on_position(
+                        self._position(vehicle, last, self.net.link_length[last]), now
+                    )
                 )
             return
         hop = int(sim.hop[v])
-        along = float(self.offsets[hop] + max(0.0, sim.position[v]))
-        self.trajectory.append((now, along))
+        # a stop counts when the vehicle leaves the queue: at the stop line it was queued at
+        stops = int(sim.stops[v])
+        if stops > vehicle.stops and vehicle.nodes[vehicle.hop] in vehicle.stops_at:
+            vehicle.stops_at[vehicle.nodes[vehicle.hop]] += stops - vehicle.stops
+        vehicle.hop, vehicle.stops = hop, stops
+        along = float(vehicle.offsets[hop] + max(0.0, sim.position[v]))
+        vehicle.trajectory.append((now, along))
         if self.policy is Policy.LOCAL_PREEMPTION:
-            self._preempt(hop, now)
+            self._preempt(vehicle, hop, now)
         elif self.manager is not None:
-            self._corridor(hop, now)
+            self._corridor(vehicle, hop, now)
 
-    def _preempt(self, hop: int, now: float) -> None:
-        node = self.nodes[hop]
-        if hop in self.preempted or node not in self.run.controllers or not self.groups[hop]:
+    def _preempt(self, vehicle: _Vehicle, hop: int, now: float) -> None:
+        node = vehicle.nodes[hop]
+        if hop in vehicle.preempted or node not in self.run.controllers or not vehicle.groups[hop]:
             return
-        remaining = self.net.link_length[self.route[hop]] - float(
-            self.run.sim.position[self.vehicle]
-        )
+        link = vehicle.route[hop]
+        remaining = self.net.link_length[link] - float(self.run.sim.position[vehicle.index])
         if remaining > PREEMPTION_DISTANCE_M:
             return
-        self.preempted.add(hop)
-        speed = self.net.link_speed[self.route[hop]] * float(self.trips.speed_factor[self.vehicle])
+        vehicle.preempted.add(hop)
+        speed = self.net.link_speed[link] * vehicle.speed_factor
         close = now + remaining / speed + 4.0
         seq = self.seq.get(node, 0) + 1
         self.seq[node] = seq
@@ -233,18 +352,16 @@ class _Driver:
             issued_at=now,
             valid_from=now,
             valid_until=close + 60.0,
-            windows=(GreenWindow(signal_group=self.groups[hop], open_at=now, close_at=close),),
+            windows=(GreenWindow(signal_group=vehicle.groups[hop], open_at=now, close_at=close),),
         )
         self._send(node, plan)
 
-    def _corridor(self, hop: int, now: float) -> None:
+    def _corridor(self, vehicle: _Vehicle, hop: int, now: float) -> None:
         manager = self.manager
-        if manager is None:
+        if manager is None or vehicle.name not in manager.by_vehicle:
             return
-        if AMBULANCE not in manager.by_vehicle:
-            return
-        position = self._position(self.route[hop], float(self.run.sim.position[self.vehicle]))
-        self._apply(manager.on_position(position, now))
+        offset = float(self.run.sim.position[vehicle.index])
+        self._apply(manager.on_position(self._position(vehicle, vehicle.route[hop], offset), now))
 
     def _observe(self, now: float) -> None:
         """What telemetry would tell the cloud: the standing queue and the arrival flow (the
@@ -260,26 +377,26 @@ class _Driver:
             queue = float(sim.link_queued[link])
             self.state.set_queue(self.net.link_ids[link], queue, now, flow_vph=flow)
 
-    def _request(self, now: float) -> None:
+    def _request(self, vehicle: _Vehicle, now: float) -> None:
         """Dispatch: ask for the corridor before the ambulance leaves its station."""
         if self.manager is None:
             return
-        origin = self.net.road.network.link_by_id[self.net.link_ids[self.route[0]]].from_node
+        vehicle.requested = True
         request = CorridorRequest(
-            vehicle=AMBULANCE,
-            origin=origin,
-            route=(origin, *self.nodes),
+            vehicle=vehicle.name,
+            origin=vehicle.origin,
+            route=(vehicle.origin, *vehicle.nodes),
             priority=8,
             requester="dispatch",
             requested_at=now,
-            depart_at=float(self.trips.depart[self.vehicle]),
+            depart_at=vehicle.depart_s,
         )
         self._apply(self.manager.request(request, now))
 
-    def _position(self, link: int, offset_m: float) -> VehiclePosition:
-        speed = self.net.link_speed[link] * float(self.trips.speed_factor[self.vehicle])
+    def _position(self, vehicle: _Vehicle, link: int, offset_m: float) -> VehiclePosition:
+        speed = self.net.link_speed[link] * vehicle.speed_factor
         return VehiclePosition(
-            vehicle=AMBULANCE,
+            vehicle=vehicle.name,
             time=self.run.now,
             link=self.net.link_ids[link],
             offset_m=min(max(0.0, float(offset_m)), float(self.net.link_length[link])),

@@ -1,5 +1,6 @@
-"""``citybrain demo``: the closed loop on the saturated 21-intersection arterial, three policies
-over the same seeds, as a table, a time-space diagram and (``--json``) one JSON object."""
+"""``citybrain demo``: the closed loop on the saturated 21-intersection arterial, then on a
+10 x 10 grid where two ambulances' routes cross; three policies over the same seeds, as tables,
+time-space diagrams and (``--json``) one JSON object."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from citybrain.closed_loop import Outcome, Policy, Setup, indication_colour, run_policy
+from citybrain.closed_loop import (
+    AMBULANCE,
+    Journey,
+    Outcome,
+    Policy,
+    Setup,
+    indication_colour,
+    run_policy,
+)
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,10 @@ def compare(
     for seed in seeds:
         for policy in Policy:
             if progress is not None:
-                progress(f"seed {seed}: {policy}")
+                progress(f"{setup.network} seed {seed}: {policy}")
             outcomes[policy].append(run_policy(policy, seed, setup))
     first = outcomes[Policy.NO_PRIORITY][0]
-    intersections = len(first.signals)
+    intersections = len({node for j in first.journeys.values() for node in j.stop_line_m})
     return Comparison(setup, tuple(seeds), outcomes, intersections)
 
 
@@ -45,40 +54,109 @@ def _mean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
-def summary(comparison: Comparison) -> dict[str, Any]:
-    """The JSON object scripts rely on (documented in the README)."""
+def _scenario(setup: Setup) -> str:
+    return f"{setup.network}-{setup.level}" + ("-peak" if setup.peak else "")
+
+
+def _journeys(outcomes: Sequence[Outcome], vehicle: str) -> list[Journey]:
+    return [o.journeys[vehicle] for o in outcomes]
+
+
+def _trip_figures(journeys: Sequence[Journey], free_flow: float) -> dict[str, Any]:
+    travel = _mean([j.travel_time_s for j in journeys])
+    return {
+        "travel_time_s": round(travel, 2),
+        "stops": round(_mean([float(j.trip.stops) for j in journeys]), 2),
+        "ratio_to_free_flow": round(travel / free_flow, 3),
+    }
+
+
+def _extra_delay(comparison: Comparison, policy: Policy) -> float:
+    """Extra vehicle-seconds of all but the emergency vehicles compared with no priority."""
+    if policy is Policy.NO_PRIORITY:
+        return 0.0
     base = comparison.outcomes[Policy.NO_PRIORITY]
-    free_flow = _mean([o.trip.free_flow_s for o in base])
+    extra = [
+        o.other_vehicle_seconds - b.other_vehicle_seconds
+        for o, b in zip(comparison.outcomes[policy], base, strict=True)
+    ]
+    return round(_mean(extra), 1)
+
+
+def summary(comparison: Comparison) -> dict[str, Any]:
+    """The JSON object scripts rely on (documented in the README), for one ambulance."""
+    base = _journeys(comparison.outcomes[Policy.NO_PRIORITY], AMBULANCE)
+    free_flow = _mean([j.trip.free_flow_s for j in base])
     policies: dict[str, Any] = {}
     for policy, outcomes in comparison.outcomes.items():
-        extra = [
-            o.other_vehicle_seconds - b.other_vehicle_seconds
-            for o, b in zip(outcomes, base, strict=True)
-        ]
-        travel = _mean([o.travel_time_s for o in outcomes])
+        journeys = _journeys(outcomes, AMBULANCE)
         per_stop: dict[str, list[float]] = {}
-        for outcome in outcomes:
-            for line in outcome.trip.stop_lines:
+        for journey in journeys:
+            for line in journey.trip.stop_lines:
                 per_stop.setdefault(line.intersection, []).append(line.delay_s)
         policies[policy.value] = {
-            "travel_time_s": round(travel, 2),
-            "stops": round(_mean([float(o.trip.stops) for o in outcomes]), 2),
-            "ratio_to_free_flow": round(travel / free_flow, 3),
-            "other_vehicles_extra_delay_s": round(_mean(extra), 1)
-            if policy is not Policy.NO_PRIORITY
-            else 0.0,
-            "recovery_s": round(_mean([o.recovered_s for o in outcomes]), 1),
-            "recovery_max_s": round(_mean([o.recovered_max_s for o in outcomes]), 1),
+            **_trip_figures(journeys, free_flow),
+            "other_vehicles_extra_delay_s": _extra_delay(comparison, policy),
+            "recovery_s": round(_mean([j.recovered_s for j in journeys]), 1),
+            "recovery_max_s": round(_mean([j.recovered_max_s for j in journeys]), 1),
             "plans_sent": round(_mean([float(o.plans_sent) for o in outcomes]), 1),
             "plans_refused": round(_mean([float(o.plans_refused) for o in outcomes]), 1),
             "delay_per_intersection_s": {k: round(_mean(v), 2) for k, v in per_stop.items()},
-            "per_seed_travel_time_s": [round(o.travel_time_s, 2) for o in outcomes],
+            "per_seed_travel_time_s": [round(j.travel_time_s, 2) for j in journeys],
         }
     return {
-        "scenario": f"{comparison.setup.network}-{comparison.setup.level}",
+        "scenario": _scenario(comparison.setup),
         "seeds": len(comparison.seeds),
         "intersections": comparison.intersections,
         "ambulance": {"free_flow_s": round(free_flow, 2)},
+        "policies": policies,
+    }
+
+
+def grid_summary(comparison: Comparison) -> dict[str, Any]:
+    """The ``grid`` member of the JSON object: every ambulance's trip per policy, what it met
+    at the intersection where the routes cross, and the cost to everyone else."""
+    base = comparison.outcomes[Policy.NO_PRIORITY]
+    vehicles = list(base[0].journeys)
+    (crossing,) = base[0].crossings
+    free_flow = {v: _mean([j.trip.free_flow_s for j in _journeys(base, v)]) for v in vehicles}
+    policies: dict[str, Any] = {}
+    for policy, outcomes in comparison.outcomes.items():
+        figures: dict[str, Any] = {}
+        for vehicle in vehicles:
+            journeys = _journeys(outcomes, vehicle)
+            figures[vehicle] = {
+                **_trip_figures(journeys, free_flow[vehicle]),
+                "delay_at_crossing_s": round(_mean([j.delay_at(crossing) for j in journeys]), 2),
+                "stops_at_crossing": round(
+                    _mean([float(j.stops_at[crossing]) for j in journeys]), 2
+                ),
+                "per_seed_travel_time_s": [round(j.travel_time_s, 2) for j in journeys],
+            }
+        every = [j for o in outcomes for j in o.journeys.values()]
+        clear = [all(j.stops_at[crossing] == 0 for j in o.journeys.values()) for o in outcomes]
+        policies[policy.value] = {
+            **figures,
+            "other_vehicles_extra_delay_s": _extra_delay(comparison, policy),
+            "both_through_crossing_without_stopping": round(_mean([float(c) for c in clear]), 2),
+            "recovery_s": round(_mean([j.recovered_s for j in every]), 1),
+            "plans_sent": round(_mean([float(o.plans_sent) for o in outcomes]), 1),
+            "plans_refused": round(_mean([float(o.plans_refused) for o in outcomes]), 1),
+        }
+    first = base[0].journeys
+    return {
+        "scenario": _scenario(comparison.setup),
+        "seeds": len(comparison.seeds),
+        "intersections": comparison.intersections,
+        "crossing": crossing,
+        "ambulances": {
+            v: {
+                "free_flow_s": round(free_flow[v], 2),
+                "depart_s": round(first[v].trip.depart_s, 2),
+                "route": list(first[v].route),
+            }
+            for v in vehicles
+        },
         "policies": policies,
     }
 
@@ -111,15 +189,59 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def time_space_diagram(outcomes: dict[Policy, Outcome], path: Path) -> Path:
-    """Distance along the route against time: the ambulance under each policy over the signal
-    bands (green/yellow/red of its movement) it met under the corridor policy."""
+def render_grid(data: dict[str, Any]) -> str:
+    vehicles = list(data["ambulances"])
+    crossing = data["crossing"]
+    rows = [
+        f"citybrain demo: {len(vehicles)} ambulances whose routes cross at {crossing} "
+        f"({data['scenario']}, {data['seeds']} seeds, the same traffic under each policy)",
+    ]
+    for vehicle, info in data["ambulances"].items():
+        rows.append(
+            f"  {vehicle}: {info['route'][0]} -> {info['route'][-1]}, leaves at "
+            f"{info['depart_s']:.1f} s, free flow {info['free_flow_s']:.1f} s"
+        )
+    rows += [
+        "",
+        f"  {'policy':18} {'vehicle':8} {'travel s':>9} {'x free':>7} {'stops':>6} "
+        f"{'at ' + crossing + ' s':>11} {'stops there':>12}",
+    ]
+    for name, p in data["policies"].items():
+        for vehicle in vehicles:
+            v = p[vehicle]
+            rows.append(
+                f"  {name if vehicle == vehicles[0] else '':18} {vehicle:8} "
+                f"{v['travel_time_s']:9.1f} {v['ratio_to_free_flow']:7.2f} {v['stops']:6.1f} "
+                f"{v['delay_at_crossing_s']:11.1f} {v['stops_at_crossing']:12.1f}"
+            )
+        clear = 100 * p["both_through_crossing_without_stopping"]
+        rows.append(
+            f"  {'':18} others +veh-s {p['other_vehicles_extra_delay_s']:.0f} | neither stops at "
+            f"{crossing}: {clear:.0f} % of seeds | plans {p['plans_sent']:.0f} sent, "
+            f"{p['plans_refused']:.0f} refused"
+        )
+    rows += [
+        "",
+        f"  at {crossing} s: seconds the ambulance lost on its last link before {crossing}'s "
+        "stop line (a stop",
+        "  at the stop line before costs 7.5 s of it, braking and pulling away); under the "
+        "corridor policy",
+        "  both windows share one plan and the controller serves them in turn",
+    ]
+    return "\n".join(rows)
+
+
+def time_space_diagram(
+    outcomes: dict[Policy, Outcome], path: Path, *, vehicle: str = AMBULANCE
+) -> Path:
+    """Distance along ``vehicle``'s route against time: its trajectory under each policy over
+    the signal bands (green/yellow/red of its movement) it met under the corridor policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    corridor = outcomes[Policy.CORRIDOR]
+    corridor = outcomes[Policy.CORRIDOR].journeys[vehicle]
     fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
     distances = corridor.stop_line_m
     start = min(t for t, _ in corridor.trajectory) if corridor.trajectory else 0.0
@@ -141,23 +263,24 @@ def time_space_diagram(outcomes: dict[Policy, Outcome], path: Path) -> Path:
         Policy.LOCAL_PREEMPTION: ("#1f6fb2", "-."),
         Policy.CORRIDOR: ("#000000", "-"),
     }
-    for policy, outcome in outcomes.items():
-        if outcome.trajectory:
-            times = [t - start for t, _ in outcome.trajectory]
+    journeys = {policy: outcome.journeys[vehicle] for policy, outcome in outcomes.items()}
+    for policy, journey in journeys.items():
+        if journey.trajectory:
+            times = [t - start for t, _ in journey.trajectory]
             ax.plot(
                 times,
-                [d for _, d in outcome.trajectory],
+                [d for _, d in journey.trajectory],
                 styles[policy][1],
                 color=styles[policy][0],
                 linewidth=1.8,
-                label=f"{policy.value} ({outcome.travel_time_s:.0f} s)",
+                label=f"{policy.value} ({journey.travel_time_s:.0f} s)",
             )
-    finish = max((t for o in outcomes.values() for t, _ in o.trajectory), default=start + 60.0)
+    finish = max((t for j in journeys.values() for t, _ in j.trajectory), default=start + 60.0)
     ax.set_xlim(-30.0, finish - start + 60.0)
-    ax.set_xlabel("time since dispatch (s)")
+    ax.set_xlabel("time since it left (s)")
     ax.set_ylabel("distance along the route (m)")
     ax.set_title(
-        "Ambulance corridor: trajectories over the signal state of its movement (corridor run)"
+        f"{vehicle}'s corridor: trajectories over the signal state of its movement (corridor run)"
     )
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)

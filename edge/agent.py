@@ -38,7 +38,7 @@ from citybrain.edge.drivers import (
 from citybrain.edge.mqtt import MqttSession, Outgoing, Will
 from citybrain.edge.settings import EdgeSettings, SettingsError
 from citybrain.models.codec import DEFAULT_CODEC, Codec
-from citybrain.models.errors import MessageError
+from citybrain.models.errors import CitybrainError, MessageError
 from citybrain.models.fieldbus import ApproachConfig, FieldBusError, SignalReading
 from citybrain.models.topics import TopicKind, intersection_topic
 from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
@@ -192,7 +192,7 @@ class EdgeAgent:
                 if failing:
                     log.info("%s: controller link back", self.intersection)
                 failing = False
-            except DriverError as error:
+            except CitybrainError as error:
                 self.stats.driver_errors += 1
                 if not failing:
                     log.warning("%s: controller link lost: %s", self.intersection, error)
@@ -209,7 +209,7 @@ class EdgeAgent:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             try:
                 reading = await self.driver.detectors()
-            except DriverError as error:
+            except CitybrainError as error:  # link down, or a reading that fails its checks
                 self.stats.driver_errors += 1
                 log.debug("%s: detectors not read: %s", self.intersection, error)
                 continue

@@ -426,7 +426,7 @@ class FakeDriver(ControllerDriver):
         self._shown: SignalReading | None = None
         self._readings: deque[DetectorReading] = deque()
         self._failures: deque[DriverError] = deque()
-        self._last_read_s = 0.0
+        self._last_read_s = clock() if clock is not None else 0.0
 
     @property
     def intersection(self) -> str:

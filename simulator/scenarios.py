@@ -1,14 +1,16 @@
-"""Named scenarios: a network, a demand level and optionally an ambulance, built from a seed."""
+"""Named scenarios: a network, a demand level and optionally emergency vehicles, built from a
+seed."""
 
 from __future__ import annotations
 
 import enum
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from citybrain.models.checks import check_count, check_number
+from citybrain.models.checks import check_count, check_number, check_unique
 from citybrain.models.errors import ValidationError
 from citybrain.simulator import netfile
 from citybrain.simulator.compiled import CompiledNetwork, compile_network
@@ -39,6 +41,9 @@ SIDE_ENTRY_VPH = {
     Level.HEAVY: 200.0,
     Level.SATURATED: 300.0,
 }
+# On grid:10x10, "heavy" is served at steady state from about 1,500 s (some 4,400 vehicles in
+# the grid, arrivals matching demand, no link full); "saturated" is not: the grid keeps filling
+# for as long as demand lasts (links at storage after two hours).
 GRID_ENTRY_VPH = {
     Level.LIGHT: 200.0,
     Level.MODERATE: 400.0,
@@ -47,6 +52,9 @@ GRID_ENTRY_VPH = {
 }
 
 _GRID = re.compile(r"grid:(\d+)x(\d+)")
+
+AMBULANCE_SPEED_FACTOR = 1.3
+"""An ambulance's desired speed over the speed limit, on free road."""
 
 
 def load_network(spec: str) -> RoadNetwork:
@@ -78,18 +86,32 @@ class Scenario:
     seed: int
 
 
+@dataclass(frozen=True, slots=True)
+class AmbulanceSpec:
+    """An emergency vehicle on a fixed route (link ids) leaving at ``depart_s``."""
+
+    name: str
+    route: tuple[str, ...]
+    depart_s: float
+    speed_factor: float = AMBULANCE_SPEED_FACTOR
+
+
 def build(
-    network: str,
+    network: str | RoadNetwork,
     *,
     level: Level,
     duration_s: float,
     seed: int,
     peak: bool = False,
     ambulance_at_s: float | None = None,
+    ambulances: Sequence[AmbulanceSpec] = (),
 ) -> Scenario:
+    """Seeded random demand on ``network`` (a spec for `load_network`, or a network already
+    loaded), then ``AMB-1`` along the main route at ``ambulance_at_s`` and ``ambulances``, in
+    that order, after the traffic (so they never change the traffic a seed gives)."""
     check_number("duration_s", duration_s, gt=0.0, le=7 * 86400.0)
     check_count("seed", seed)
-    road = load_network(network)
+    road = load_network(network) if isinstance(network, str) else network
     net = compile_network(road)
     nodes = road.network.intersection_by_id
     entries = [link for link in road.network.links if not nodes[link.from_node].signalized]
@@ -112,11 +134,72 @@ def build(
         peak=shape,
         origin_weights=weights,
     )
+    specs = list(ambulances)
     if ambulance_at_s is not None:
-        trips = Trips.concat(
-            [trips, fixed_route(net, _main_route(road), depart_s=ambulance_at_s, name="AMB-1")]
-        )
+        specs.insert(0, AmbulanceSpec("AMB-1", tuple(_main_route(road)), ambulance_at_s))
+    check_unique("ambulances", [spec.name for spec in specs])
+    if specs:
+        vehicles = [
+            fixed_route(
+                net,
+                spec.route,
+                depart_s=spec.depart_s,
+                name=spec.name,
+                speed_factor=spec.speed_factor,
+            )
+            for spec in specs
+        ]
+        trips = Trips.concat([trips, *vehicles])
     return Scenario(f"{road.name}-{level}", net, trips, duration_s, seed)
+
+
+def crossing_ambulances(
+    road: RoadNetwork,
+    *,
+    row: int,
+    column: int,
+    at_s: float,
+    speed_factor: float = AMBULANCE_SPEED_FACTOR,
+) -> tuple[AmbulanceSpec, AmbulanceSpec]:
+    """Two ambulances whose routes cross on a ``grid``: AMB-1 along ``row`` west to east,
+    leaving at ``at_s``; AMB-2 along ``column`` south to north, leaving so that at free flow
+    both reach the stop line of junction ``g{row}_{column}`` at the same moment, where their
+    corridors compete for the same intersection."""
+    nodes = road.network.intersection_by_id
+    rows = sum(1 for n in nodes if n.startswith("bW"))
+    columns = sum(1 for n in nodes if n.startswith("bS"))
+    check_count("row", row, le=max(rows - 1, 0))
+    check_count("column", column, le=max(columns - 1, 0))
+    east = [f"bW{row}", *(f"g{row}_{c}" for c in range(columns)), f"bE{row}"]
+    north = [f"bS{column}", *(f"g{r}_{column}" for r in range(rows)), f"bN{column}"]
+    crossing = f"g{row}_{column}"
+    routes = [_links(road, east), _links(road, north)]
+    reach = [_free_flow_to(road, route, crossing, speed_factor) for route in routes]
+    return (
+        AmbulanceSpec("AMB-1", tuple(routes[0]), at_s, speed_factor),
+        AmbulanceSpec("AMB-2", tuple(routes[1]), at_s + reach[0] - reach[1], speed_factor),
+    )
+
+
+def _links(road: RoadNetwork, chain: Sequence[str]) -> list[str]:
+    links = [f"{a}-{b}" for a, b in itertools.pairwise(chain)]
+    missing = [link for link in links if link not in road.network.link_by_id]
+    if missing:
+        raise ValidationError(
+            "ambulance", f"this network has no such route (missing {missing[:3]})"
+        )
+    return links
+
+
+def _free_flow_to(road: RoadNetwork, route: Sequence[str], node: str, speed_factor: float) -> float:
+    """Seconds from the start of ``route`` to the stop line at ``node`` on free road."""
+    seconds = 0.0
+    for link_id in route:
+        link = road.network.link_by_id[link_id]
+        seconds += link.length_m / (link.speed_limit_mps * speed_factor)
+        if link.to_node == node:
+            return seconds
+    raise ValidationError("crossing", f"the route does not reach {node!r}")
 
 
 def _main_route(road: RoadNetwork) -> list[str]:
@@ -132,10 +215,4 @@ def _main_route(road: RoadNetwork) -> list[str]:
             (n for n in road.plans if n.startswith("g0_")), key=lambda n: int(n.split("_")[1])
         )
         chain = ["bW0", *columns, "bE0"]
-    links = [f"{a}-{b}" for a, b in itertools.pairwise(chain)]
-    missing = [link for link in links if link not in road.network.link_by_id]
-    if missing:
-        raise ValidationError(
-            "ambulance", f"this network has no main route (missing {missing[:3]})"
-        )
-    return links
+    return _links(road, chain)

@@ -8,7 +8,8 @@ import pytest
 
 from citybrain import demo
 from citybrain.cli import main
-from citybrain.closed_loop import Policy, Setup, run_policy
+from citybrain.closed_loop import AMBULANCE, Policy, Setup, run_policy
+from citybrain.models.messages import CorridorState
 from citybrain.simulator.scenarios import Level
 
 SMALL = Setup(network="arterial:6", level=Level.SATURATED, warmup_s=300.0, after_s=900.0)
@@ -24,11 +25,19 @@ def test_every_policy_delivers_the_ambulance_and_no_plan_is_refused(
 ) -> None:
     for policy, outcomes in comparison.outcomes.items():
         for outcome in outcomes:
-            assert outcome.trip.arrived_s is not None, policy
-            assert outcome.travel_time_s >= outcome.trip.free_flow_s - 1e-6
+            assert list(outcome.journeys) == [AMBULANCE]
+            journey = outcome.journeys[AMBULANCE]
+            assert journey.trip.arrived_s is not None, policy
+            assert journey.travel_time_s >= journey.trip.free_flow_s - 1e-6
+            assert sum(journey.stops_at.values()) == journey.trip.stops
             assert outcome.plans_refused == 0
+            assert outcome.crossings == ()
     assert all(o.plans_sent == 0 for o in comparison.outcomes[Policy.NO_PRIORITY])
     assert all(o.plans_sent > 0 for o in comparison.outcomes[Policy.CORRIDOR])
+    assert all(
+        o.corridors == {AMBULANCE: CorridorState.COMPLETED}
+        for o in comparison.outcomes[Policy.CORRIDOR]
+    )
 
 
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:
@@ -53,6 +62,7 @@ def test_the_json_object_has_the_documented_shape(
         for key in ("travel_time_s", "stops", "ratio_to_free_flow", "other_vehicles_extra_delay_s"):
             assert math.isfinite(policy[key]), (name, key)
     assert data["policies"]["no_priority"]["other_vehicles_extra_delay_s"] == 0.0
+    assert "grid" not in data
     demo.write_json(data, tmp_path / "d.json")
     assert json.loads((tmp_path / "d.json").read_text()) == data
     picture = demo.time_space_diagram(
@@ -65,7 +75,7 @@ def test_the_json_object_has_the_documented_shape(
 def test_same_seed_same_result() -> None:
     first = run_policy(Policy.CORRIDOR, 5, SMALL)
     again = run_policy(Policy.CORRIDOR, 5, SMALL)
-    assert first.travel_time_s == again.travel_time_s
+    assert first.journeys[AMBULANCE].travel_time_s == again.journeys[AMBULANCE].travel_time_s
     assert first.other_vehicle_seconds == again.other_vehicle_seconds
 
 

@@ -20,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citybrain.edge.agent import EdgeAgent, run_host
+from citybrain.edge.cli import main
 from citybrain.edge.settings import (
     BrokerSettings,
     BufferSettings,
@@ -106,6 +107,15 @@ class City:
         self.listener.publish(topic, msgspec.json.encode(plan))
 
 
+def _publish_once(port: int, topic: str, payload: bytes) -> None:
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="once")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1).wait_for_publish(5.0)
+    client.disconnect()
+    client.loop_stop()
+
+
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -129,11 +139,16 @@ def _settings(broker_port: int, bus_port: int, buffer: Path) -> EdgeSettings:
     )  # fmt: skip
 
 
-@contextlib.asynccontextmanager
-async def city(mosquitto: Any, tmp_path: Path) -> AsyncIterator[City]:
+def _scenario() -> tuple[Any, Any]:
     scenario = build("arterial:3", level=Level.MODERATE, duration_s=3600, seed=3)
-    run = Run(scenario.net, scenario.trips)
-    run.advance(300.0)
+    return scenario.net, scenario.trips
+
+
+@contextlib.asynccontextmanager
+async def city(mosquitto: Any, tmp_path: Path, *, run: Run | None = None) -> AsyncIterator[City]:
+    if run is None:
+        run = Run(*_scenario())
+        run.advance(300.0)
     server = FieldBusServer(run, speed=1.0)
     bus_port = await server.start()
     listener = Listener(mosquitto.port)
@@ -312,5 +327,56 @@ def test_garbage_on_the_plan_topic_is_counted_and_telemetry_goes_on(
             await until(lambda: len(c.listener.of("a01", "telemetry")) >= before + 3)
             assert c.run.controllers["a01"].running is None
             assert c.run.controllers["a01"].refused == 0
+
+    asyncio.run(scenario())
+
+
+def test_plans_sent_while_an_agent_was_away_arrive_and_stale_ones_are_refused(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            now = c.run.now
+            fresh = c.plan("a01", seq=1, plan_id="while-away")
+            stale = c.plan("a01", seq=2, plan_id="too-old", issued_at=max(0.0, now - 100.0))
+        # every agent has stopped; its session (and subscription) stays on the broker
+        for plan in (fresh, stale):
+            _publish_once(mosquitto.port, f"cb/v1/{REGION}/x/a01/plan", msgspec.json.encode(plan))
+        async with city(mosquitto, tmp_path / "again", run=c.run) as again:
+            await until(lambda: len(again.listener.acks("a01")) >= 3, 15.0)
+            statuses = {a.plan_id: (a.status, a.reason_code) for a in again.listener.acks("a01")}
+            assert statuses["while-away"] == (AckStatus.APPLIED, None)
+            assert statuses["too-old"][1] in ("stale", "expired")
+
+    asyncio.run(scenario())
+
+
+def test_check_config_and_doctor_say_what_is_wrong(
+    mosquitto: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def scenario() -> None:
+        run = Run(*_scenario())
+        server = FieldBusServer(run, speed=1.0)
+        bus_port = await server.start()
+        config = tmp_path / "edge.toml"
+        config.write_text(
+            f'region = "{REGION}"\nintersections = "all"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+            f'[controller]\nport = {bus_port}\n[buffer]\npath = "{tmp_path / "buffer"}"\n'
+        )
+        assert await asyncio.to_thread(main, ["check-config", "--config", str(config)]) == 0
+        assert await asyncio.to_thread(main, ["doctor", "--config", str(config)]) == 0
+        report = capsys.readouterr().out
+        assert "3 cabinets answer" in report
+        assert "4 of 4 checks passed" in report
+        mosquitto.kill()
+        await server.stop()
+        assert await asyncio.to_thread(main, ["doctor", "--config", str(config)]) == 1
+        report = capsys.readouterr().out
+        assert "FAIL broker round trip" in report
+        assert "FAIL controller link" in report
+        config.write_text(config.read_text().replace("[broker]", "[broker]\nprot = 1"))
+        assert await asyncio.to_thread(main, ["check-config", "--config", str(config)]) == 2
+        assert "broker.prot" in capsys.readouterr().err
 
     asyncio.run(scenario())

@@ -1,0 +1,96 @@
+"""What operators can ask of the cloud service, as one seam: the HTTP API and the CLI sit on
+``Operations``; the service implements it, and tests put a fake behind it.
+
+Errors: ``ValidationError`` (a bad or unknown id, a duplicate request: HTTP 400/404/409 by
+``kind``), ``UnreachableError`` (no route: 422), ``ServiceUnavailable`` (the service cannot
+act now, say it is starting or the broker is away: 503).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+
+import msgspec
+
+from citybrain.models.errors import CitybrainError
+from citybrain.models.messages import CorridorRequest, CorridorStatus, Mode, Presence
+
+
+class ServiceUnavailable(CitybrainError):  # noqa: N818 - named after the HTTP status
+    """Recoverable: try again shortly."""
+
+
+class NotFound(CitybrainError):  # noqa: N818 - named after the HTTP status
+    """An unknown corridor or intersection id."""
+
+
+class Conflict(CitybrainError):  # noqa: N818 - named after the HTTP status
+    """The request clashes with the state: a vehicle that already has a corridor."""
+
+
+class Health(enum.StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"
+    """Working, with a dependency away (database buffering, broker reconnecting)."""
+    DOWN = "down"
+
+
+class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
+    status: Health
+    broker: bool
+    database: bool
+    telemetry_backlog: int
+    """Messages waiting to be written to the database."""
+    corridors_active: int
+    intersections_online: int
+    detail: dict[str, str] = {}
+
+
+class IntersectionView(msgspec.Struct, frozen=True, kw_only=True):
+    intersection: str
+    presence: Presence | None
+    """From the retained status; ``None`` when never heard of."""
+    mode: Mode | None
+    telemetry_age_s: float | None
+    """Controller seconds since the last telemetry; ``None`` when none yet."""
+    queues_veh: dict[str, float]
+    """Per approach, as the cloud uses them now (telemetry, or the stale fallback)."""
+    plan_id: str | None = None
+
+
+class NetworkView(msgspec.Struct, frozen=True, kw_only=True):
+    now: float
+    """The cloud's estimate of controller time."""
+    intersections: int
+    online: int
+    reporting: int
+    """Intersections with telemetry younger than the stale limit."""
+    corridors_active: int
+
+
+class Operations(abc.ABC):
+    @abc.abstractmethod
+    async def request_corridor(self, request: CorridorRequest) -> CorridorStatus:
+        """Grant a corridor and start dispatching its plans (raises on a bad request)."""
+
+    @abc.abstractmethod
+    async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]: ...
+
+    @abc.abstractmethod
+    async def corridor(self, corridor_id: str) -> CorridorStatus:
+        """Raises ``NotFound`` for an unknown id."""
+
+    @abc.abstractmethod
+    async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
+        """Cancel and release every intersection (``NotFound`` for an unknown id)."""
+
+    @abc.abstractmethod
+    async def network(self) -> NetworkView: ...
+
+    @abc.abstractmethod
+    async def intersection(self, intersection: str) -> IntersectionView:
+        """Raises ``NotFound`` for an unknown id."""
+
+    @abc.abstractmethod
+    async def health(self) -> HealthReport: ...

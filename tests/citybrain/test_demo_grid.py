@@ -1,0 +1,110 @@
+"""The closed loop with two ambulances whose routes cross on a grid (a 6 x 6 one, to stay fast;
+`citybrain demo` runs the 10 x 10)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from citybrain import demo
+from citybrain.cli import _parser
+from citybrain.closed_loop import GRID, Policy, Setup
+from citybrain.models.messages import CorridorState
+from citybrain.simulator.scenarios import Level
+
+SMALL_GRID = Setup(
+    network="grid:6x6", level=Level.HEAVY, warmup_s=900.0, after_s=700.0, crossing=(2, 3)
+)
+VEHICLES = ("AMB-1", "AMB-2")
+
+
+@pytest.fixture(scope="module")
+def comparison() -> demo.Comparison:
+    return demo.compare([1, 2], setup=SMALL_GRID)
+
+
+def test_both_ambulances_arrive_both_corridors_complete_and_no_plan_is_refused(
+    comparison: demo.Comparison,
+) -> None:
+    for policy, outcomes in comparison.outcomes.items():
+        for outcome in outcomes:
+            assert tuple(outcome.journeys) == VEHICLES
+            assert outcome.crossings == ("g2_3",)
+            assert outcome.plans_refused == 0, policy
+            for journey in outcome.journeys.values():
+                assert journey.trip.arrived_s is not None, policy
+                assert journey.travel_time_s >= journey.trip.free_flow_s - 1e-6
+                assert journey.stops_at["g2_3"] in (0, 1)
+                assert sum(journey.stops_at.values()) == journey.trip.stops
+    for outcome in comparison.outcomes[Policy.CORRIDOR]:
+        assert outcome.corridors == dict.fromkeys(VEHICLES, CorridorState.COMPLETED)
+    for outcome in comparison.outcomes[Policy.LOCAL_PREEMPTION]:
+        assert outcome.corridors == {}
+        assert outcome.plans_sent == 2 * 6  # one call per stop line and vehicle
+
+
+def test_at_free_flow_both_would_reach_the_crossing_together(
+    comparison: demo.Comparison,
+) -> None:
+    journeys = comparison.outcomes[Policy.NO_PRIORITY][0].journeys
+    reach = []
+    for journey in journeys.values():
+        free = 0.0
+        for line in journey.trip.stop_lines:
+            free += line.left_s - line.entered_s - line.delay_s
+            if line.intersection == "g2_3":
+                break
+        reach.append(journey.trip.depart_s + free)
+    assert reach[0] == pytest.approx(reach[1], abs=1e-6)
+    assert journeys["AMB-2"].route == ("bS3", *(f"g{r}_3" for r in range(6)), "bN3")
+
+
+def test_the_corridor_beats_no_priority_for_both_and_serves_the_crossing_in_turn(
+    comparison: demo.Comparison,
+) -> None:
+    data = demo.grid_summary(comparison)
+    assert data["crossing"] == "g2_3"
+    base, ours = data["policies"]["no_priority"], data["policies"]["corridor"]
+    for vehicle in VEHICLES:
+        assert ours[vehicle]["travel_time_s"] < base[vehicle]["travel_time_s"], vehicle
+        assert ours[vehicle]["stops"] < base[vehicle]["stops"], vehicle
+    # the corridor served first (the earlier request) does not stop at the crossing; the other
+    # waits there for the first window and its clearance, still less than with no priority
+    assert ours["AMB-1"]["stops_at_crossing"] == 0.0
+    assert ours["AMB-2"]["delay_at_crossing_s"] < base["AMB-2"]["delay_at_crossing_s"]
+    assert ours["plans_refused"] == 0.0
+
+
+def test_the_grid_json_member_has_the_documented_shape(
+    comparison: demo.Comparison, tmp_path: Path
+) -> None:
+    data = demo.grid_summary(comparison)
+    assert data["scenario"] == "grid:6x6-heavy"
+    assert data["seeds"] == 2
+    assert data["intersections"] == 11
+    for vehicle in VEHICLES:
+        assert data["ambulances"][vehicle]["free_flow_s"] > 0
+    for name in ("no_priority", "local_preemption", "corridor"):
+        policy = data["policies"][name]
+        for vehicle in VEHICLES:
+            for key in ("travel_time_s", "stops", "ratio_to_free_flow", "delay_at_crossing_s"):
+                assert math.isfinite(policy[vehicle][key]), (name, vehicle, key)
+        assert math.isfinite(policy["other_vehicles_extra_delay_s"])
+        assert 0.0 <= policy["both_through_crossing_without_stopping"] <= 1.0
+    assert data["policies"]["no_priority"]["other_vehicles_extra_delay_s"] == 0.0
+    demo.write_json(data, tmp_path / "g.json")
+    assert json.loads((tmp_path / "g.json").read_text()) == data
+    assert "g2_3" in demo.render_grid(data)
+    first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
+    picture = demo.time_space_diagram(first, tmp_path / "ts.png", vehicle="AMB-2")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_demo_runs_the_grid_unless_told_not_to() -> None:
+    assert _parser().parse_args(["demo"]).grid is True
+    assert _parser().parse_args(["demo", "--no-grid"]).grid is False
+    assert GRID.network == "grid:10x10"
+    assert GRID.crossing == (4, 5)

@@ -1,0 +1,93 @@
+"""Scenarios: one ambulance on the main route, or several on given routes (two crossing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from citybrain.models.errors import ValidationError
+from citybrain.simulator.compiled import compile_network
+from citybrain.simulator.demand import Trips, fixed_route, random_trips
+from citybrain.simulator.networks import arterial, grid
+from citybrain.simulator.scenarios import (
+    MAIN_ENTRY_VPH,
+    SIDE_ENTRY_VPH,
+    AmbulanceSpec,
+    Level,
+    build,
+    crossing_ambulances,
+)
+
+GRID = grid(10, 10)
+
+
+def _same(a: Trips, b: Trips) -> None:
+    for name in ("depart", "route_start", "route_len", "route_links", "route_moves"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.speed_factor, b.speed_factor)
+    np.testing.assert_array_equal(a.emergency, b.emergency)
+    assert a.names == b.names
+
+
+def test_the_arterial_ambulance_is_the_traffic_then_amb_1_on_the_main_route() -> None:
+    """The closed loop's arterial figures depend on this staying exactly as it was."""
+    scenario = build("arterial:4", level=Level.HEAVY, duration_s=600.0, seed=3, ambulance_at_s=90.0)
+    road = arterial(4)
+    net = compile_network(road)
+    weights = {
+        link.id: (MAIN_ENTRY_VPH if link.from_node in ("west", "east") else SIDE_ENTRY_VPH)[
+            Level.HEAVY
+        ]
+        for link in road.network.links
+        if not road.network.intersection_by_id[link.from_node].signalized
+    }
+    traffic = random_trips(
+        net, seed=3, duration_s=600.0, vehicles_per_hour=sum(weights.values()),
+        origin_weights=weights,
+    )  # fmt: skip
+    main = ["a01s-a01", "a01-a02", "a02-a03", "a03-a04", "a04-east"]
+    _same(
+        scenario.trips, Trips.concat([traffic, fixed_route(net, main, depart_s=90.0, name="AMB-1")])
+    )
+
+
+def test_crossing_ambulances_reach_their_crossing_together_at_free_flow() -> None:
+    first, second = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0)
+    assert (first.name, second.name) == ("AMB-1", "AMB-2")
+    assert first.route[0] == "bW4-g4_0"
+    assert first.route[-1] == "g4_9-bE4"
+    assert second.route[0] == "bS5-g0_5"
+    assert second.route[-1] == "g9_5-bN5"
+    assert len(first.route) == len(second.route) == 11
+    # AMB-1 has 150 + 5 x 200 m to g4_5's stop line, AMB-2 150 + 4 x 200 m: 200 m more
+    speed = 13.9 * 1.3
+    assert first.depart_s == 1000.0
+    assert second.depart_s == pytest.approx(1000.0 + 200.0 / speed)
+
+
+def test_several_ambulances_come_after_the_traffic_which_they_leave_unchanged() -> None:
+    specs = crossing_ambulances(GRID, row=4, column=5, at_s=300.0)
+    alone = build(GRID, level=Level.LIGHT, duration_s=600.0, seed=2)
+    both = build(GRID, level=Level.LIGHT, duration_s=600.0, seed=2, ambulances=specs)
+    count = alone.trips.count
+    assert both.trips.count == count + 2
+    assert both.trips.names == {count: "AMB-1", count + 1: "AMB-2"}
+    assert both.trips.emergency[count:].all()
+    assert not both.trips.emergency[:count].any()
+    np.testing.assert_array_equal(both.trips.depart[:count], alone.trips.depart)
+    np.testing.assert_array_equal(both.trips.speed_factor[count:], [1.3, 1.3])
+    assert both.name == "grid-10x10-light"
+
+
+def test_ambulance_names_must_differ_and_routes_must_exist() -> None:
+    spec = AmbulanceSpec("AMB-1", ("bW0-g0_0", "g0_0-g0_1"), 10.0)
+    with pytest.raises(ValidationError, match="duplicate"):
+        build(GRID, level=Level.LIGHT, duration_s=60.0, seed=1, ambulances=[spec, spec])
+    with pytest.raises(ValidationError, match="duplicate"):
+        build(
+            GRID, level=Level.LIGHT, duration_s=60.0, seed=1, ambulance_at_s=5.0, ambulances=[spec]
+        )
+    with pytest.raises(ValidationError, match="row"):
+        crossing_ambulances(GRID, row=10, column=5, at_s=0.0)
+    with pytest.raises(ValidationError, match="no such route"):
+        crossing_ambulances(arterial(3), row=0, column=0, at_s=0.0)
