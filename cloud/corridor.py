@@ -41,7 +41,7 @@ from citybrain.models.messages import (
 )
 from citybrain.models.network import JAM_SPACING_M
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S
-from citybrain.signal_plans.state import ControllerState
+from citybrain.signal_plans.state import ControllerState, normal_periods
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.signal_plans.transitions import plan_green_window
 
@@ -166,6 +166,8 @@ class CorridorManager:
         self.by_vehicle: dict[str, str] = {}
         self.seq: dict[str, int] = {}
         self.sent: dict[str, _Sent] = {}
+        self.unconfirmed: set[str] = set()
+        """Intersections whose edge did not acknowledge plans: planned around, sent nothing."""
         self._ids = itertools.count(1)
         self.nodes_out: dict[str, list[int]] = {}
         self.nodes_in: dict[str, list[int]] = {}
@@ -374,6 +376,25 @@ class CorridorManager:
             actions.append(PublishStatus(self._status(corridor, now_s)))
         return actions
 
+    def resend(self, intersection: str, now_s: float) -> list[Action]:
+        """Send the intersection its windows again, as a new plan (a fresh ``seq``: the edge
+        may have taken the first one and only its ack was lost)."""
+        self.sent.pop(intersection, None)
+        return self._dispatch(now_s)
+
+    def set_confirmed(self, intersection: str, confirmed: bool, now_s: float) -> list[Action]:
+        """Plan around an intersection whose edge does not answer (its normal plan decides
+        when the vehicle passes, later windows follow), or take it back once it answers."""
+        if confirmed == (intersection not in self.unconfirmed):
+            return []
+        if confirmed:
+            self.unconfirmed.discard(intersection)
+        else:
+            log.warning("%s does not acknowledge plans: planning around it", intersection)
+            self.unconfirmed.add(intersection)
+            self.sent.pop(intersection, None)
+        return self._replan(now_s)
+
     def cancel(
         self, corridor_id: str, now_s: float, *, reason: str = "cancelled by operator"
     ) -> list[Action]:
@@ -432,6 +453,11 @@ class CorridorManager:
             if route.line_s[line.hop] - now_s > self.settings.horizon_s:
                 continue
             plan = self.plans[line.intersection]
+            if line.intersection in self.unconfirmed:
+                # no plan reaches it: the vehicle passes when its normal plan serves the group
+                due = float(route.line_s[line.hop]) - float(mv_flush[line.movement])
+                earliest[line.movement] = _normal_green_from(plan, line.group, max(now_s, due))
+                continue
             state = self.signal_states(line.intersection, now_s)
             try:
                 move = plan_green_window(plan, state, line.group, now_s, now_s + 1.0)
@@ -496,6 +522,8 @@ class CorridorManager:
         wanted: dict[str, list[tuple[Corridor, StopLine]]] = {}
         for corridor in self._live():
             for line in corridor.stop_lines:
+                if line.intersection in self.unconfirmed:
+                    continue
                 due = line.eta_s - now_s <= settings.horizon_s
                 if not line.released and line.hop >= 0 and due and line.close_s > line.open_s:
                     wanted.setdefault(line.intersection, []).append((corridor, line))
@@ -605,3 +633,11 @@ def _same_windows(
         abs(a[2] - b[2]) <= tolerance_s and abs(a[3] - b[3]) <= tolerance_s
         for a, b in zip(sent, wanted, strict=True)
     )
+
+
+def _normal_green_from(plan: TimingPlan, group: str, at_s: float) -> float:
+    """When the normal plan next shows ``group`` green at or after ``at_s``."""
+    for period in normal_periods(plan, at_s, at_s + 2 * plan.cycle_s):
+        if group in plan.phases[period.phase_index].groups and period.green_end_s > at_s:
+            return max(at_s, period.green_start_s)
+    return at_s + plan.cycle_s

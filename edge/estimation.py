@@ -38,13 +38,15 @@ from citybrain.models.traffic import DEFAULT_LOST_TIME_S
 STUCK_ON_OCCUPANCY = 0.99
 """A shorted loop reads fully occupied (so does a standing queue, but only until it moves)."""
 MAX_COUNT = 1_000_000
+"""The bound ``ApproachCounts`` puts on one interval's count."""
 FALLBACK_CONFIDENCE = 0.3
 """Confidence kept by an estimate that replaces a stuck loop by an assumption."""
 
 
 class Flag(enum.StrEnum):
     SPILLBACK = "spillback"
-    """The queue reaches back over the advance loop: the part beyond it is inferred from flow."""
+    """The queue covers the advance loop; once it fills every lane up to it, the part beyond
+    is inferred from flow."""
     DETECTOR_FAULT = "detector_fault"
     """A loop is stuck (``QueueEstimate.faults`` says which): the estimate is a fallback."""
     STALE = "stale"
@@ -70,6 +72,10 @@ class EstimatorSettings:
     """Stop-bar occupancy at or below which the stop line stood clear most of the interval."""
     blocked_occupancy: float = 0.5
     """Advance-loop occupancy at or above which the queue reaches back over the loop."""
+    full_zone_share: float = 0.9
+    """Share of the zone between the loops (lanes x setback / jam spacing) that must be queued
+    before newcomers are taken to queue beyond a covered advance loop: short of it, the loop
+    is covered by some lanes only and the others still count what arrives."""
     silent_occupancy: float = 0.1
     """Below this occupancy and with no count, a loop registered nothing in the interval."""
     approach_speed_share: float = 0.85
@@ -91,7 +97,7 @@ class EstimatorSettings:
     jam_spacing_m: float = JAM_SPACING_M
 
     def __post_init__(self) -> None:
-        for name in ("clear_occupancy", "blocked_occupancy", "silent_occupancy"):
+        for name in ("clear_occupancy", "blocked_occupancy", "silent_occupancy", "full_zone_share"):
             check_number(name, getattr(self, name), ge=0.0, le=1.0)
         check_number("approach_speed_share", self.approach_speed_share, gt=0.0, le=2.0)
         check_number("flow_window_s", self.flow_window_s, gt=0.0, le=86_400.0)
@@ -151,24 +157,20 @@ class _LoopWatch:
 
     occupied_uncounted_s: float = 0.0
     missed_veh: float = 0.0
+    silent: bool = False
 
-    def observe(
-        self,
-        count: int,
-        occupancy: float,
-        *,
-        other_count: float,
-        interval_s: float,
-        silent_occupancy: float,
-    ) -> None:
+    def observe(self, count: int, occupancy: float, interval_s: float, silent_below: float) -> None:
         if count == 0 and occupancy >= STUCK_ON_OCCUPANCY:
             self.occupied_uncounted_s += interval_s
         else:
             self.occupied_uncounted_s = 0.0
-        if count == 0 and occupancy < silent_occupancy:
-            self.missed_veh += other_count
-        else:
+        self.silent = count == 0 and occupancy < silent_below
+        if not self.silent:
             self.missed_veh = 0.0
+
+    def went_by(self, vehicles: float) -> None:
+        if self.silent:
+            self.missed_veh += vehicles
 
     def fault(self, stuck_on: Fault, stuck_off: Fault, settings: EstimatorSettings) -> Fault | None:
         if self.occupied_uncounted_s >= settings.stuck_on_s:
@@ -220,13 +222,10 @@ class _ApproachEstimator:
     ) -> QueueEstimate:
         settings = self.settings
         interval = counts.interval_s
-        self.stop_bar.observe(
-            counts.stop_bar_count,
-            counts.stop_bar_occupancy,
-            other_count=counts.advance_count,
-            interval_s=interval,
-            silent_occupancy=settings.silent_occupancy,
-        )
+        silent = settings.silent_occupancy
+        self.stop_bar.observe(counts.stop_bar_count, counts.stop_bar_occupancy, interval, silent)
+        self.stop_bar.went_by(counts.advance_count)
+        self.advance.observe(counts.advance_count, counts.advance_occupancy, interval, silent)
         faults = self._faults()
         stop_bar_ok = not faults & STOP_BAR_FAULTS
         advance_ok = not faults & ADVANCE_FAULTS
@@ -251,14 +250,7 @@ class _ApproachEstimator:
         if stop_bar_ok:
             self.departures.add(departures, interval)
         recent = self._drive(arrivals - paid_off, interval, counts.stop_bar_occupancy * interval)
-        unmatched = self._depart(departures, from_moving=stop_bar_ok)
-        self.advance.observe(
-            counts.advance_count,
-            counts.advance_occupancy,
-            other_count=unmatched,
-            interval_s=interval,
-            silent_occupancy=settings.silent_occupancy,
-        )
+        self.advance.went_by(self._depart(departures, from_moving=stop_bar_ok))
         if clear:
             # nobody stands at a clear stop line: at most those who joined since it last was
             self.standing = min(self.standing, recent)
@@ -276,11 +268,11 @@ class _ApproachEstimator:
         were vehicles from beyond it (they join the queue at once, not as newcomers).
 
         A covered loop alone says little: one lane's queue covers it while the others flow
-        and are counted. Only once the zone between the loops is full (every lane queued up
-        to the loop) do arrivals queue beyond it, at the rate measured before the loop was
-        covered, less what the loop still counts: the balance may dip below zero."""
+        and are counted. Only once the zone between the loops is (nearly) full, every lane
+        queued up to the loop, do arrivals queue beyond it, at the rate measured before the
+        loop was covered, less what the loop still counts: the balance may dip below zero."""
         queued = self.standing + max(0.0, self.beyond)
-        if blocked and queued >= self.zone_veh - self.lane_zone_veh:
+        if blocked and queued >= self.settings.full_zone_share * self.zone_veh:
             expected = self.arrivals.per_s * occupancy * interval
         else:
             expected = 0.0
@@ -296,10 +288,10 @@ class _ApproachEstimator:
         return 0.0
 
     def _bound(self, *, blocked: bool, advance_ok: bool) -> None:
-        """Keep the estimate physical: never negative, never more than the link stores; a
-        queue covering the advance loop fills at least one lane up to it; one short of the
-        loop fits between the loops."""
-        self.standing = min(max(0.0, self.standing), self.storage_veh)
+        """Keep the estimate physical: never more than the link stores (never negative: the
+        queue only shrinks by departures, which stop at empty); a queue covering the advance
+        loop fills at least one lane up to it; one short of the loop fits between the loops."""
+        self.standing = min(self.standing, self.storage_veh)
         if blocked:
             self.beyond = min(self.beyond, self.storage_veh - self.standing)
             self.standing = max(self.standing, self.lane_zone_veh - max(0.0, self.beyond))
