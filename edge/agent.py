@@ -294,7 +294,7 @@ class EdgeAgent:
 
     async def _goodbye(self, core: EdgeCore, session: MqttSession) -> None:
         if session.connected:
-            payload = self.codec.encode(core.goodbye())
+            payload = self.codec.encode(core.goodbye(self.now()))
             session.publish(Outgoing(self.topic(TopicKind.STATUS), payload, STATUS), retain=True)
         await session.stop()
 

@@ -154,9 +154,15 @@ class EdgeCore:
             software_version=self.settings.software_version,
         )
 
-    def goodbye(self) -> Status:
+    def goodbye(self, now_s: float) -> Status:
         """The status a clean shutdown publishes itself (the will is not sent then)."""
-        return self.will()
+        return Status(
+            intersection=self.intersection,
+            presence=Presence.OFFLINE,
+            mode=self.mode,
+            software_version=self.settings.software_version,
+            at=now_s,
+        )
 
     # ---- readings -------------------------------------------------------------------------
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
+import shutil
 import signal
+import subprocess
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +49,7 @@ from citybrain.simulator.scenarios import Level, build
 pytestmark = pytest.mark.broker
 
 REGION = "test"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 class Listener:
@@ -380,3 +384,45 @@ def test_check_config_and_doctor_say_what_is_wrong(
         assert "broker.prot" in capsys.readouterr().err
 
     asyncio.run(scenario())
+
+
+def test_agents_log_in_with_a_password_and_a_wrong_one_is_refused(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    passwords = tmp_path / "passwd"
+    subprocess.run(  # noqa: S603 - fixed command line
+        [MOSQUITTO_PASSWD, "-b", "-c", str(passwords), "edge", "s3cret"], check=True
+    )
+    passwords.chmod(0o600)
+    mosquitto.config.write_text(
+        mosquitto.config.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        + f"password_file {passwords}\n"
+    )
+    mosquitto.kill()
+    mosquitto.start()
+    secret = tmp_path / "edge.pass"
+
+    async def connects(password: str) -> bool:
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        run = Run(*_scenario())
+        server = FieldBusServer(run, speed=1.0)
+        bus_port = await server.start()
+        settings = _settings(mosquitto.port, bus_port, tmp_path / f"buffer-{password}")
+        broker = dataclasses.replace(settings.broker, username="edge", password_file=secret)
+        settings = dataclasses.replace(settings, broker=broker)
+        stop = asyncio.Event()
+        agents: list[EdgeAgent] = []
+        host = asyncio.create_task(run_host(settings, stop, started=agents.extend))
+        try:
+            await until(lambda: len(agents) == 3 and all(a.session for a in agents))
+            with contextlib.suppress(AssertionError):
+                await until(lambda: all(a.session and a.session.connected for a in agents), 4.0)
+            return all(a.session is not None and a.session.connected for a in agents)
+        finally:
+            stop.set()
+            await asyncio.wait_for(host, 15.0)
+            await server.stop()
+
+    assert asyncio.run(connects("s3cret"))
+    assert not asyncio.run(connects("wrong"))
