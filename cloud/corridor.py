@@ -593,6 +593,12 @@ class CorridorManager:
         log.info("corridor %s %s%s", corridor.corridor_id, state, f": {reason}" if reason else "")
         return [*self._dispatch(now_s), PublishStatus(self._status(corridor, now_s))]
 
+    def status(self, corridor_id: str, now_s: float) -> CorridorStatus:
+        corridor = self.corridors.get(corridor_id)
+        if corridor is None:
+            raise ValidationError("corridor_id", f"unknown corridor {corridor_id!r}")
+        return self._status(corridor, now_s)
+
     def _status(self, corridor: Corridor, now_s: float) -> CorridorStatus:
         lines = []
         for line in corridor.stop_lines:

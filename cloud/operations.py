@@ -1,9 +1,11 @@
 """What operators can ask of the cloud service, as one seam: the HTTP API and the CLI sit on
 ``Operations``; the service implements it, and tests put a fake behind it.
 
-Errors: ``ValidationError`` (a bad or unknown id, a duplicate request: HTTP 400/404/409 by
-``kind``), ``UnreachableError`` (no route: 422), ``ServiceUnavailable`` (the service cannot
-act now, say it is starting or the broker is away: 503).
+Errors: ``ValidationError`` (a bad field: HTTP 400), ``NotFound`` (an unknown corridor or
+place: 404, or 400 ``unknown_intersection`` inside a request body), ``Conflict`` (a vehicle
+that already has a corridor, a corridor already ended: 409), ``UnreachableError`` (no route:
+422), ``ServiceUnavailable`` (the service cannot act now, say it is starting, the broker is
+away or the corridor limit is reached: 503).
 """
 
 from __future__ import annotations

@@ -1,0 +1,235 @@
+"""The cloud service's logic, with no I/O: telemetry, statuses, acks, vehicle positions,
+operator requests and ``now`` go in; plans and corridor statuses to publish come out.
+
+It keeps the city's state (``NetworkState``: queues and flows per approach; each
+intersection's presence, mode and last displays), drives the ``CorridorManager``, and tracks
+every plan until its ack: a plan not acknowledged within ``ack_timeout_s`` is sent again as a
+new plan (a fresh ``seq``: the edge may have taken the first and only the ack was lost); after
+``send_attempts`` the intersection is marked not confirmed and the corridor is re-planned
+around it (its normal plan decides when the vehicle passes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from citybrain.cloud.corridor import Action, CorridorManager, SendPlan, Settings
+from citybrain.cloud.graph import CorridorGraph
+from citybrain.cloud.routing import Router
+from citybrain.cloud.state import NetworkState
+from citybrain.models.checks import check_count, check_number
+from citybrain.models.errors import ValidationError
+from citybrain.models.messages import (
+    AckStatus,
+    CorridorRequest,
+    CorridorStatus,
+    Mode,
+    PlanAck,
+    PlanKind,
+    Presence,
+    SignalPlan,
+    Status,
+    Telemetry,
+    VehiclePosition,
+)
+from citybrain.models.network import Network
+from citybrain.models.signal import Indication
+from citybrain.signal_plans.state import ControllerState, GroupState, normal_state_at
+from citybrain.signal_plans.timing import TimingPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreSettings:
+    ack_timeout_s: float = 1.0
+    send_attempts: int = 3
+    stale_after_s: float = 10.0
+    corridor: Settings = field(default_factory=Settings)
+    emergency_speed_factor: float = 1.3
+
+    def __post_init__(self) -> None:
+        check_number("ack_timeout_s", self.ack_timeout_s, gt=0.0, le=60.0)
+        check_count("send_attempts", self.send_attempts, ge=1, le=10)
+        check_number("stale_after_s", self.stale_after_s, gt=0.0, le=3600.0)
+        check_number("emergency_speed_factor", self.emergency_speed_factor, ge=1.0, le=3.0)
+
+
+@dataclass
+class _Pending:
+    plan: SignalPlan
+    sent_at: float
+    attempts: int
+
+
+@dataclass
+class _Dispatch:
+    """A corridor's first plans, to time a request until every intersection acknowledged."""
+
+    started: float
+    waiting: set[tuple[str, str]]
+
+
+@dataclass
+class IntersectionSeen:
+    presence: Presence | None = None
+    mode: Mode | None = None
+    telemetry: Telemetry | None = None
+    received_at: float | None = None
+
+
+class CloudCore:
+    def __init__(
+        self,
+        network: Network,
+        plans: Mapping[str, TimingPlan],
+        *,
+        settings: CoreSettings | None = None,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings or CoreSettings()
+        self.network = network
+        self.plans = plans
+        self.graph = CorridorGraph.from_network(
+            network, emergency_speed_factor=self.settings.emergency_speed_factor
+        )
+        self.state = NetworkState(network, stale_after_s=self.settings.stale_after_s)
+        self.manager = CorridorManager(
+            self.graph,
+            Router(self.graph),
+            self.state,
+            plans,
+            self.signal_state,
+            settings=self.settings.corridor,
+        )
+        self.wall_clock = wall_clock
+        self.seen: dict[str, IntersectionSeen] = {
+            node.id: IntersectionSeen() for node in network.intersections if node.id in plans
+        }
+        self.pending: dict[tuple[str, str], _Pending] = {}
+        self.dispatches: dict[str, _Dispatch] = {}
+        self.counters: Counter[str] = Counter()
+        self.plan_latency_ms: deque[float] = deque(maxlen=10_000)
+        """Request to the last acknowledgement of a corridor's first plans, wall clock."""
+
+    # ---- the city's state -------------------------------------------------------------------
+
+    def on_telemetry(self, message: Telemetry, now_s: float) -> None:
+        """Raises ``ValidationError`` (counted) for an unknown intersection or approach, or a
+        sequence number already seen (a redelivery)."""
+        self.state.ingest(message, now_s)
+        seen = self.seen.get(message.intersection)
+        if seen is not None:
+            seen.telemetry = message
+            seen.mode = message.mode
+            seen.received_at = now_s
+        self.counters["telemetry"] += 1
+
+    def on_status(self, status: Status, now_s: float) -> list[Action]:
+        seen = self.seen.get(status.intersection)
+        if seen is None:
+            raise ValidationError("intersection", f"unknown intersection {status.intersection!r}")
+        seen.presence, seen.mode = status.presence, status.mode
+        if status.presence is Presence.ONLINE:
+            return self.manager.set_confirmed(status.intersection, True, now_s)
+        return []
+
+    def signal_state(self, node: str, at_s: float) -> ControllerState:
+        """The cloud's view of a controller: its normal plan's timeline when telemetry says it
+        runs it (or says nothing), else the displays last reported, held."""
+        plan = self.plans[node]
+        seen = self.seen.get(node)
+        telemetry = seen.telemetry if seen is not None else None
+        if telemetry is None or telemetry.mode is Mode.NORMAL or not telemetry.signals:
+            return normal_state_at(plan, at_s)
+        since = min(telemetry.controller_time, at_s)
+        groups = {
+            group: GroupState(
+                telemetry.signals.get(group, Indication.RED),
+                since if telemetry.signals.get(group, Indication.RED) is not Indication.RED
+                else -math.inf,
+            )
+            for group in plan.signals.groups
+        }  # fmt: skip
+        try:
+            return ControllerState(plan.signals, at_s, groups)
+        except ValidationError:
+            return normal_state_at(plan, at_s)
+
+    # ---- corridors --------------------------------------------------------------------------
+
+    def request(self, request: CorridorRequest, now_s: float) -> list[Action]:
+        actions = self.manager.request(request, now_s)
+        corridor_id = self.manager.by_vehicle[request.vehicle]
+        first = {(a.intersection, a.plan.plan_id) for a in actions if isinstance(a, SendPlan)}
+        self.dispatches[corridor_id] = _Dispatch(self.wall_clock(), first)
+        self.counters["corridors_requested"] += 1
+        return self._track(actions, now_s)
+
+    def cancel(self, corridor_id: str, now_s: float, *, reason: str) -> list[Action]:
+        return self._track(self.manager.cancel(corridor_id, now_s, reason=reason), now_s)
+
+    def on_position(self, position: VehiclePosition, now_s: float) -> list[Action]:
+        return self._track(self.manager.on_position(position, now_s), now_s)
+
+    def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:
+        self.counters[f"acks_{ack.status}"] += 1
+        pending = self.pending.pop((ack.intersection, ack.plan_id), None)
+        if pending is None and ack.status is not AckStatus.APPLIED:
+            self.counters["acks_unmatched"] += 1
+        actions = self.manager.set_confirmed(ack.intersection, True, now_s)
+        actions += self.manager.on_ack(ack, now_s)
+        if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED, AckStatus.RELEASED):
+            self._acknowledged(ack.intersection, ack.plan_id)
+        return self._track(actions, now_s)
+
+    def tick(self, now_s: float) -> list[Action]:
+        """Time out silent vehicles; send unacknowledged plans again, then plan around."""
+        actions = self.manager.tick(now_s)
+        settings = self.settings
+        for key, pending in list(self.pending.items()):
+            if now_s - pending.sent_at < settings.ack_timeout_s or key not in self.pending:
+                continue
+            node = key[0]
+            del self.pending[key]
+            if pending.attempts >= settings.send_attempts:
+                self.counters["intersections_unconfirmed"] += 1
+                actions += self.manager.set_confirmed(node, False, now_s)
+                continue
+            self.counters["plans_resent"] += 1
+            if pending.plan.kind is PlanKind.RELEASE:
+                resent: list[Action] = [SendPlan(node, pending.plan)]
+            else:
+                resent = self.manager.resend(node, now_s)
+            for action in resent:
+                if isinstance(action, SendPlan):
+                    self.pending[(node, action.plan.plan_id)] = _Pending(
+                        action.plan, now_s, pending.attempts + 1
+                    )
+            actions += resent
+        return self._track(actions, now_s)
+
+    def _track(self, actions: list[Action], now_s: float) -> list[Action]:
+        """Every plan going out waits for its ack (a resent one keeps its attempt count)."""
+        for action in actions:
+            if isinstance(action, SendPlan):
+                self.counters["plans_sent"] += 1
+                key = (action.intersection, action.plan.plan_id)
+                self.pending.setdefault(key, _Pending(action.plan, now_s, 1))
+        return actions
+
+    def _acknowledged(self, node: str, plan_id: str) -> None:
+        for corridor_id, dispatch in list(self.dispatches.items()):
+            dispatch.waiting.discard((node, plan_id))
+            if not dispatch.waiting:
+                self.plan_latency_ms.append((self.wall_clock() - dispatch.started) * 1000.0)
+                del self.dispatches[corridor_id]
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def statuses(self, now_s: float) -> list[CorridorStatus]:
+        return [self.manager.status(c, now_s) for c in self.manager.corridors]

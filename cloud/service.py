@@ -1,0 +1,473 @@
+"""The cloud service: one asyncio process (aiomqtt 2.x), its tasks in one TaskGroup.
+
+* receive: telemetry, statuses, acks and vehicle positions, decoded by the codec; anything
+  malformed, oversized or from an unknown intersection is counted and dropped;
+* tick: timeouts and plan retries of ``CloudCore``;
+* publish: plans (QoS 1) and retained corridor statuses, in the order the core made them;
+* store: telemetry to the database in batches, plans, acks and corridors to the audit trail.
+
+Queues are bounded: a full store queue makes the receive loop wait (backpressure to the broker
+connection) rather than grow. Scaling out: telemetry can be taken through an MQTT shared
+subscription (``share_group``): several workers with ``role="ingest"`` split the stream and
+write it, while one ``role="leader"`` keeps the city's state (it subscribes to all telemetry,
+not shared) and runs the corridors. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+from aiomqtt import ProtocolVersion
+
+from citybrain.cloud.core import CloudCore
+from citybrain.cloud.corridor import TERMINAL, Action, PublishStatus, SendPlan
+from citybrain.cloud.operations import (
+    Conflict,
+    Health,
+    HealthReport,
+    IntersectionView,
+    NetworkView,
+    NotFound,
+    Operations,
+    ServiceUnavailable,
+)
+from citybrain.models.checks import check_count, check_id, check_number
+from citybrain.models.codec import DEFAULT_CODEC, Codec
+from citybrain.models.errors import MessageError, TopicError, ValidationError
+from citybrain.models.messages import (
+    CorridorRequest,
+    CorridorStatus,
+    PlanAck,
+    Presence,
+    SignalPlan,
+    Status,
+    Telemetry,
+    VehiclePosition,
+)
+from citybrain.models.topics import (
+    TopicKind,
+    corridor_status_topic,
+    intersection_filter,
+    intersection_topic,
+    parse_topic,
+    shared_filter,
+)
+
+log = logging.getLogger(__name__)
+
+TelemetrySink = Callable[[Telemetry, float], Awaitable[None]]
+"""Where telemetry goes to be stored (awaits when the writer's queue is full)."""
+AuditSink = Callable[[object, float], Awaitable[None]]
+"""Where plans, acks and corridor statuses go for the audit trail."""
+
+
+class Role(enum.StrEnum):
+    LEADER = "leader"
+    """Keeps the city's state, runs the corridors, answers operators."""
+    INGEST = "ingest"
+    """Only stores telemetry taken from a shared subscription."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSettings:
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "citybrain-cloud"
+    region: str = "+"
+    role: Role = Role.LEADER
+    share_group: str | None = None
+    """Take telemetry for storage through ``$share/<group>/...`` (needs MQTT 5 or a broker
+    that accepts the shared form on 3.1.1, as Mosquitto does)."""
+    tick_s: float = 0.2
+    incoming_queue: int = 200_000
+    outgoing_queue: int = 10_000
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_count("broker_port", self.broker_port, ge=1, le=65_535)
+        check_id("client_id", self.client_id)
+        if self.region != "+":
+            check_id("region", self.region)
+        if self.share_group is not None:
+            check_id("share_group", self.share_group)
+        check_number("tick_s", self.tick_s, gt=0.0, le=10.0)
+        check_count("incoming_queue", self.incoming_queue, ge=100)
+        check_count("outgoing_queue", self.outgoing_queue, ge=100)
+        check_number("reconnect_min_s", self.reconnect_min_s, gt=0.0, le=60.0)
+        check_number("reconnect_max_s", self.reconnect_max_s, ge=self.reconnect_min_s, le=600.0)
+
+
+class ControllerClock:
+    """The cloud's estimate of controller time: the newest telemetry's time, advanced by the
+    wall clock since (in simulation the simulator's clock is the controllers' clock)."""
+
+    def __init__(self) -> None:
+        self._at: tuple[float, float] | None = None
+
+    def seen(self, controller_time: float) -> None:
+        if self._at is None or controller_time > self.now():
+            self._at = (controller_time, time.monotonic())
+
+    @property
+    def known(self) -> bool:
+        return self._at is not None
+
+    def now(self) -> float:
+        if self._at is None:
+            return 0.0
+        at, wall = self._at
+        return at + (time.monotonic() - wall)
+
+
+class CloudService(Operations):
+    def __init__(
+        self,
+        core: CloudCore,
+        *,
+        settings: ServiceSettings | None = None,
+        telemetry_sink: TelemetrySink | None = None,
+        audit_sink: AuditSink | None = None,
+        codec: Codec = DEFAULT_CODEC,
+        clock: ControllerClock | None = None,
+    ) -> None:
+        self.core = core
+        self.settings = settings or ServiceSettings()
+        self.telemetry_sink = telemetry_sink
+        self.audit_sink = audit_sink
+        self.codec = codec
+        self.clock = clock or ControllerClock()
+        self.counters: Counter[str] = Counter()
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._outgoing: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(
+            self.settings.outgoing_queue
+        )
+        self._lock = asyncio.Lock()
+        """Operator calls and incoming messages change the core one at a time."""
+        self._storage_ok = True
+        self._background: set[asyncio.Task[None]] = set()
+        self.regions: dict[str, str] = {}
+        """Intersection -> region, learnt from the topics its edge publishes on."""
+        self.backlog: Callable[[], int] = lambda: 0
+        """Telemetry waiting for the database (the storage writer sets this)."""
+
+    # ---- running ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected to the broker until ``stop``, reconnecting with jittered backoff."""
+        delay = self.settings.reconnect_min_s
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                delay = self.settings.reconnect_min_s
+            except aiomqtt.MqttError as error:
+                self.counters["broker_errors"] += 1
+                log.warning("cloud: broker connection failed: %s", error)
+            finally:
+                self.connected.clear()
+                self._client = None
+            if stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                # full jitter, so a fleet of workers does not reconnect in lockstep
+                wait = random.uniform(0.0, delay)  # noqa: S311 - jitter, not crypto
+                await asyncio.wait_for(stop.wait(), wait)
+            delay = min(self.settings.reconnect_max_s, delay * 2.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        async with aiomqtt.Client(
+            settings.broker_host,
+            settings.broker_port,
+            identifier=settings.client_id,
+            username=settings.username,
+            password=settings.password,
+            protocol=ProtocolVersion.V311,
+            clean_session=False,
+            max_queued_incoming_messages=settings.incoming_queue,
+            max_inflight_messages=1000,
+            timeout=10.0,
+        ) as client:
+            self._client = client
+            for topic in self._subscriptions():
+                await client.subscribe(topic, qos=1)
+            self.connected.set()
+            log.info("cloud (%s): connected, subscribed", settings.role)
+            async with asyncio.TaskGroup() as tasks:
+                receiving = tasks.create_task(self._receive(client))
+                ticking = tasks.create_task(self._tick())
+                sending = tasks.create_task(self._send(client))
+                stopping = tasks.create_task(stop.wait())
+                done, _ = await asyncio.wait(
+                    {receiving, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in (receiving, ticking, sending, stopping):
+                    task.cancel()
+                if receiving in done and receiving.exception() is not None:
+                    raise aiomqtt.MqttError("connection lost") from receiving.exception()
+
+    def _subscriptions(self) -> list[str]:
+        settings = self.settings
+        telemetry = intersection_filter(TopicKind.TELEMETRY, region=settings.region)
+        if settings.role is Role.INGEST:
+            group = settings.share_group or "ingest"
+            return [shared_filter(telemetry, group)]
+        return [
+            telemetry,
+            intersection_filter(TopicKind.STATUS, region=settings.region),
+            intersection_filter(TopicKind.ACK, region=settings.region),
+            "cb/v1/vehicle/+/position",
+        ]
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self.handle(message.topic.value, bytes(message.payload))
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """One message off the broker; never raises for bad input (counted and logged)."""
+        try:
+            where = parse_topic(topic)
+            if where.region is not None and where.intersection is not None:
+                self.regions.setdefault(where.intersection, where.region)
+            if where.kind is TopicKind.TELEMETRY:
+                await self._telemetry(self.codec.decode(payload, Telemetry))
+            elif self.settings.role is Role.INGEST:
+                self.counters["ignored"] += 1
+            elif where.kind is TopicKind.STATUS:
+                await self._status(self.codec.decode(payload, Status))
+            elif where.kind is TopicKind.ACK:
+                await self._ack(self.codec.decode(payload, PlanAck))
+            elif where.kind is TopicKind.VEHICLE_POSITION:
+                await self._position(self.codec.decode(payload, VehiclePosition))
+            else:
+                self.counters["ignored"] += 1
+        except (MessageError, TopicError) as error:
+            kind = "oversized" if "over the" in str(error) else "malformed"
+            self.counters[f"rejected_{kind}"] += 1
+            log.debug("cloud: %s message on %s: %s", kind, topic[:120], error)
+        except ValidationError as error:
+            self.counters["rejected_invalid"] += 1
+            log.debug("cloud: refused message on %s: %s", topic[:120], error)
+
+    async def _telemetry(self, message: Telemetry) -> None:
+        if self.settings.role is Role.LEADER:
+            self.clock.seen(message.controller_time)
+            async with self._lock:
+                self.core.on_telemetry(message, self.clock.now())
+        self.counters["telemetry"] += 1
+        if self.telemetry_sink is not None:
+            await self.telemetry_sink(message, time.time())
+
+    async def _status(self, status: Status) -> None:
+        async with self._lock:
+            self._apply(self.core.on_status(status, self.clock.now()))
+
+    async def _ack(self, ack: PlanAck) -> None:
+        self.counters["acks"] += 1
+        async with self._lock:
+            self._apply(self.core.on_ack(ack, self.clock.now()))
+        await self._audit(ack)
+
+    async def _position(self, position: VehiclePosition) -> None:
+        self.clock.seen(position.time)
+        async with self._lock:
+            self._apply(self.core.on_position(position, self.clock.now()))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            if self.settings.role is Role.LEADER:
+                async with self._lock:
+                    self._apply(self.core.tick(self.clock.now()))
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        """Publish in the order the core decided (paho sends in call order; the PUBACK is
+        awaited by several workers so one slow ack does not hold the rest)."""
+
+        async def worker() -> None:
+            while True:
+                topic, payload, retain = await self._outgoing.get()
+                try:
+                    await client.publish(topic, payload, qos=1, retain=retain)
+                    self.counters["published"] += 1
+                except aiomqtt.MqttError as error:
+                    self.counters["publish_failed"] += 1
+                    log.warning("cloud: publish to %s failed: %s", topic, error)
+
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(8):
+                workers.create_task(worker())
+
+    def _apply(self, actions: list[Action]) -> None:
+        region = self.settings.region if self.settings.region != "+" else None
+        for action in actions:
+            if isinstance(action, SendPlan):
+                topic = intersection_topic(
+                    TopicKind.PLAN, region or self._region_of(action.intersection),
+                    action.intersection,
+                )  # fmt: skip
+                self._enqueue(topic, self.codec.encode(action.plan), retain=False)
+                self.counters["plans_sent"] += 1
+                self._audit_soon(action.plan)
+            elif isinstance(action, PublishStatus):
+                status = action.status
+                topic = corridor_status_topic(status.corridor_id)
+                self._enqueue(topic, self.codec.encode(status), retain=True)
+                self._audit_soon(status)
+
+    def _enqueue(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        try:
+            self._outgoing.put_nowait((topic, payload, retain))
+        except asyncio.QueueFull:
+            self.counters["outgoing_dropped"] += 1
+            log.error("cloud: outgoing queue full, dropped a message to %s", topic)
+
+    def _region_of(self, intersection: str) -> str:
+        """The region an intersection's edge publishes under (learnt from its topics)."""
+        region = self.regions.get(intersection)
+        if region is None:
+            raise ValidationError("intersection", f"{intersection!r} has not been heard from")
+        return region
+
+    def _audit_soon(self, record: SignalPlan | CorridorStatus) -> None:
+        if self.audit_sink is not None:
+            task = asyncio.get_running_loop().create_task(self._audit(record))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _audit(self, record: object) -> None:
+        if self.audit_sink is None:
+            return
+        try:
+            await self.audit_sink(record, time.time())
+            self._storage_ok = True
+        except Exception as error:  # the audit trail must never stop a corridor
+            self._storage_ok = False
+            self.counters["audit_failed"] += 1
+            log.warning("cloud: audit record not written: %s", error)
+
+    # ---- operators --------------------------------------------------------------------------
+
+    async def request_corridor(self, request: CorridorRequest) -> CorridorStatus:
+        if self.settings.role is not Role.LEADER:
+            raise ServiceUnavailable("this worker only ingests telemetry")
+        if not self.connected.is_set():
+            raise ServiceUnavailable("not connected to the broker")
+        if not self.clock.known:
+            raise ServiceUnavailable("no telemetry yet: controller time unknown")
+        async with self._lock:
+            now = self.clock.now()
+            if request.vehicle in self.core.manager.by_vehicle:
+                existing = self.core.manager.by_vehicle[request.vehicle]
+                raise Conflict(f"{request.vehicle} already has corridor {existing}")
+            try:
+                actions = self.core.request(request, now)
+            except ValidationError as error:
+                raise _operator_error(error) from None
+            self._apply(actions)
+            corridor_id = self.core.manager.by_vehicle[request.vehicle]
+            return self.core.manager.status(corridor_id, now)
+
+    async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]:
+        statuses = self.core.statuses(self.clock.now())
+        if active_only:
+            statuses = [s for s in statuses if s.state not in TERMINAL]
+        return statuses
+
+    async def corridor(self, corridor_id: str) -> CorridorStatus:
+        if corridor_id not in self.core.manager.corridors:
+            raise NotFound(f"no corridor {corridor_id!r}")
+        return self.core.manager.status(corridor_id, self.clock.now())
+
+    async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
+        corridor = self.core.manager.corridors.get(corridor_id)
+        if corridor is None:
+            raise NotFound(f"no corridor {corridor_id!r}")
+        if corridor.state in TERMINAL:
+            raise Conflict(f"corridor {corridor_id} already ended ({corridor.state})")
+        async with self._lock:
+            now = self.clock.now()
+            self._apply(self.core.cancel(corridor_id, now, reason=reason))
+            return self.core.manager.status(corridor_id, now)
+
+    async def network(self) -> NetworkView:
+        now = self.clock.now()
+        seen = self.core.seen.values()
+        stale = self.core.settings.stale_after_s
+        return NetworkView(
+            now=now,
+            intersections=len(self.core.seen),
+            online=sum(1 for s in seen if s.presence is Presence.ONLINE),
+            reporting=sum(
+                1
+                for s in seen
+                if s.telemetry is not None and now - s.telemetry.controller_time <= stale
+            ),
+            corridors_active=self._active(),
+        )
+
+    async def intersection(self, intersection: str) -> IntersectionView:
+        seen = self.core.seen.get(intersection)
+        if seen is None:
+            raise NotFound(f"no intersection {intersection!r}")
+        now = self.clock.now()
+        view = self.core.state.queues(now)
+        queues = {
+            approach: float(view.queue_veh[link])
+            for approach, link in self.core.state.approach_link.items()
+            if self.core.state.approach_node[approach] == intersection
+        }
+        telemetry = seen.telemetry
+        return IntersectionView(
+            intersection=intersection,
+            presence=seen.presence,
+            mode=seen.mode,
+            telemetry_age_s=None
+            if telemetry is None
+            else max(0.0, now - telemetry.controller_time),
+            queues_veh=queues,
+            plan_id=None if telemetry is None else telemetry.plan_id,
+        )
+
+    async def health(self) -> HealthReport:
+        broker = self.connected.is_set()
+        status = Health.OK if broker and self._storage_ok else Health.DEGRADED
+        if not broker and self.counters["broker_errors"] > 3:
+            status = Health.DOWN
+        return HealthReport(
+            status=status,
+            broker=broker,
+            database=self._storage_ok,
+            telemetry_backlog=self.backlog(),
+            corridors_active=self._active(),
+            intersections_online=sum(
+                1 for s in self.core.seen.values() if s.presence is Presence.ONLINE
+            ),
+            detail={k: str(v) for k, v in sorted((self.counters + self.core.counters).items())},
+        )
+
+    def _active(self) -> int:
+        return sum(1 for c in self.core.manager.corridors.values() if c.state not in TERMINAL)
+
+
+def _operator_error(error: ValidationError) -> Exception:
+    """The manager's refusals, as the operator API's kinds of error."""
+    if error.field in ("origin", "destination") and "unknown" in error.reason:
+        return NotFound(str(error))
+    if error.field == "corridor":
+        return ServiceUnavailable(str(error))
+    if error.field == "corridor_id":
+        return Conflict(str(error))
+    return error

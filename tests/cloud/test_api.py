@@ -1,0 +1,603 @@
+"""The operators' HTTP API against a fake ``Operations``: every endpoint and every refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from citybrain.cloud.api import STATS, create_app, serve_api
+from citybrain.cloud.operations import (
+    Conflict,
+    Health,
+    HealthReport,
+    IntersectionView,
+    NetworkView,
+    NotFound,
+    Operations,
+    ServiceUnavailable,
+)
+from citybrain.cloud.routing import UnreachableError
+from citybrain.models.errors import ValidationError
+from citybrain.models.messages import (
+    CorridorIntersection,
+    CorridorRequest,
+    CorridorState,
+    CorridorStatus,
+    Mode,
+    Presence,
+)
+
+TERMINAL = {
+    CorridorState.REJECTED,
+    CorridorState.COMPLETED,
+    CorridorState.CANCELLED,
+    CorridorState.TIMED_OUT,
+    CorridorState.FAILED,
+}
+KNOWN = ("A", "B", "C", "D", "Z")
+ISLAND = "Z"
+"""A known intersection no road leads to."""
+LEG_S = 20.0
+
+
+class FakeOperations(Operations):
+    """In memory: corridors along the given intersections, one leg of ``LEG_S`` each; ``advance``
+    moves a vehicle one stop line on, the way the service's status would."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.statuses: dict[str, CorridorStatus] = {}
+        self.requests: list[CorridorRequest] = []
+        self.health_status = Health.OK
+        self.unavailable = False
+        self.broken = False
+        self._next = 1
+
+    def _check_up(self) -> None:
+        if self.broken:
+            raise RuntimeError("secret internal detail")
+        if self.unavailable:
+            raise ServiceUnavailable("starting: waiting for the broker")
+
+    async def request_corridor(self, request: CorridorRequest) -> CorridorStatus:
+        self._check_up()
+        self.requests.append(request)
+        route = request.route or (request.origin, request.destination or request.origin)
+        for place in route:
+            if place not in KNOWN:
+                raise NotFound(f"unknown intersection {place!r}")
+        if ISLAND in route:
+            raise UnreachableError("destination", f"no route from {route[0]!r} to {ISLAND!r}")
+        if request.priority == 1:
+            raise ValidationError("depart_at", "must lie between now and the horizon")
+        for status in self.statuses.values():
+            if status.vehicle == request.vehicle and status.state not in TERMINAL:
+                raise Conflict(f"{request.vehicle} already has corridor {status.corridor_id}")
+        corridor_id = request.corridor_id or f"C{self._next}-{request.vehicle}"
+        self._next += 1
+        start = request.requested_at
+        status = CorridorStatus(
+            corridor_id=corridor_id,
+            vehicle=request.vehicle,
+            state=CorridorState.GRANTED,
+            priority=request.priority,
+            updated_at=self.now,
+            route=route,
+            intersections=tuple(
+                CorridorIntersection(
+                    intersection=place,
+                    eta=start + LEG_S * hop,
+                    eta_low=start + LEG_S * hop - 2.0,
+                    eta_high=start + LEG_S * hop + 3.0,
+                    window_open=start + LEG_S * hop - 8.0,
+                    window_close=start + LEG_S * hop + 4.0,
+                )
+                for hop, place in enumerate(route, start=1)
+            ),
+        )
+        self.statuses[corridor_id] = status
+        return status
+
+    async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]:
+        self._check_up()
+        return [s for s in self.statuses.values() if not (active_only and s.state in TERMINAL)]
+
+    async def corridor(self, corridor_id: str) -> CorridorStatus:
+        self._check_up()
+        if corridor_id not in self.statuses:
+            raise NotFound(f"unknown corridor {corridor_id!r}")
+        return self.statuses[corridor_id]
+
+    async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
+        status = await self.corridor(corridor_id)
+        if status.state in TERMINAL:
+            raise Conflict(f"corridor {corridor_id} is already {status.state}")
+        return self._set(status, state=CorridorState.CANCELLED, reason=reason)
+
+    async def network(self) -> NetworkView:
+        self._check_up()
+        active = sum(1 for s in self.statuses.values() if s.state not in TERMINAL)
+        return NetworkView(
+            now=self.now, intersections=len(KNOWN), online=4, reporting=3, corridors_active=active
+        )
+
+    async def intersection(self, intersection: str) -> IntersectionView:
+        self._check_up()
+        if intersection not in KNOWN:
+            raise NotFound(f"unknown intersection {intersection!r}")
+        if intersection == ISLAND:
+            return IntersectionView(
+                intersection=intersection,
+                presence=None,
+                mode=None,
+                telemetry_age_s=None,
+                queues_veh={},
+            )
+        return IntersectionView(
+            intersection=intersection,
+            presence=Presence.ONLINE,
+            mode=Mode.NORMAL,
+            telemetry_age_s=0.8,
+            queues_veh={f"{intersection}:N": 3.5, f"{intersection}:S": 0.0},
+            plan_id="normal",
+        )
+
+    async def health(self) -> HealthReport:
+        self._check_up()
+        return HealthReport(
+            status=self.health_status,
+            broker=self.health_status is Health.OK,
+            database=True,
+            telemetry_backlog=0,
+            corridors_active=len(self.statuses),
+            intersections_online=4,
+        )
+
+    def advance(self, corridor_id: str) -> None:
+        """The vehicle passes its next stop line (confirmed); past the last one, completed."""
+        status = self.statuses[corridor_id]
+        self.now += LEG_S
+        rows = list(status.intersections)
+        pending = [i for i, row in enumerate(rows) if row.actual_arrival is None]
+        if not pending:
+            self._set(status, state=CorridorState.COMPLETED)
+            return
+        rows[pending[0]] = msgspec.structs.replace(
+            rows[pending[0]], actual_arrival=rows[pending[0]].eta + 1.0, confirmed=True
+        )
+        self._set(status, state=CorridorState.ACTIVE, intersections=tuple(rows))
+
+    def _set(self, status: CorridorStatus, **changes: Any) -> CorridorStatus:
+        updated = msgspec.structs.replace(status, updated_at=self.now, **changes)
+        self.statuses[status.corridor_id] = updated
+        return updated
+
+
+REQUEST = {"vehicle": "AMB-7", "origin": "A", "destination": "D", "priority": 8, "requester": "op"}
+
+Client = TestClient[web.Request, web.Application]
+
+
+@asynccontextmanager
+async def api(ops: Operations, **options: Any) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(create_app(ops, **options))) as client:
+        yield client
+
+
+def run(scenario: Callable[[Client, FakeOperations], Awaitable[None]], **options: Any) -> None:
+    async def main() -> None:
+        ops = FakeOperations()
+        async with api(ops, **options) as client:
+            await scenario(client, ops)
+
+    asyncio.run(main())
+
+
+async def error_of(response: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
+    """The error object of a refusal, after checking its status, code and shape."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert set(error) <= {"code", "message", "field"}
+    return error
+
+
+async def post_json(client: Client, path: str, body: object) -> aiohttp.ClientResponse:
+    return await client.post(path, data=msgspec.json.encode(body), headers=JSON)
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+# ---- POST /v1/corridors ---------------------------------------------------------------------
+
+
+def test_a_request_is_granted_with_201_and_the_corridor_status() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await post_json(client, "/v1/corridors", REQUEST)
+        assert response.status == 201
+        status = msgspec.json.decode(await response.read(), type=CorridorStatus)
+        assert status.vehicle == "AMB-7"
+        assert status.state is CorridorState.GRANTED
+        assert status.route == ("A", "D")
+        assert status.priority == 8
+        assert ops.requests[-1].requested_at == ops.now, "filled from the service's clock"
+
+    run(scenario)
+
+
+def test_a_given_requested_at_is_kept_and_a_route_passed_on() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        body = {**REQUEST, "route": ["A", "B", "C"], "requested_at": 42.5, "future_field": [1]}
+        response = await post_json(client, "/v1/corridors", body)
+        assert response.status == 201
+        assert ops.requests[-1].requested_at == 42.5
+        assert ops.requests[-1].route == ("A", "B", "C")
+        assert (await response.json())["route"] == ["A", "B", "C"]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b"{not json", "$", "not valid JSON"),
+        (b"", "$", "body is required"),
+        (b"[1, 2]", "$", "Expected `object`"),
+        (b'"AMB-7"', "$", "Expected `object`"),
+        (b'{"vehicle": "\xff"}', "$", "UTF-8"),
+        (b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "$", "nested too deeply"),
+        (msgspec.json.encode({**REQUEST, "priority": 11}), "$.priority", "<= 10"),
+        (msgspec.json.encode({**REQUEST, "priority": "high"}), "$.priority", "Expected `int`"),
+        (msgspec.json.encode({**REQUEST, "vehicle": "AMB 7"}), "$.vehicle", "not a valid id"),
+        (msgspec.json.encode({**REQUEST, "route": ["A", "B/C"]}), "$.route[1]", "not a valid id"),
+        (msgspec.json.encode({**REQUEST, "requested_at": -1}), "$.requested_at", ">= 0"),
+        (msgspec.json.encode({**REQUEST, "requested_at": None}), "$.requested_at", "null"),
+        (msgspec.json.encode({**REQUEST, "v": 2}), "$.v", "schema version"),
+        (
+            msgspec.json.encode({"origin": "A", "destination": "D", "requester": "op"}),
+            "$",
+            "vehicle",
+        ),
+        (msgspec.json.encode({**REQUEST, "destination": None}), "$.destination", "route"),
+    ],
+)
+def test_a_malformed_or_invalid_body_is_refused_with_400_naming_the_field(
+    body: bytes, field: str, words: str
+) -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await client.post("/v1/corridors", data=body, headers=JSON)
+        error = await error_of(response, 400, "invalid")
+        assert error["field"] == field
+        assert words in error["message"]
+        assert not ops.statuses
+
+    run(scenario)
+
+
+def test_a_refusal_from_the_service_is_400_with_the_body_path() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "priority": 1})
+        error = await error_of(response, 400, "invalid")
+        assert error["field"] == "$.depart_at"
+
+    run(scenario)
+
+
+def test_an_unknown_intersection_is_400_unknown_intersection() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "destination": "Q"})
+        error = await error_of(response, 400, "unknown_intersection")
+        assert "'Q'" in error["message"]
+
+    run(scenario)
+
+
+def test_an_unreachable_destination_is_422_unreachable() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "destination": ISLAND})
+        error = await error_of(response, 422, "unreachable")
+        assert error["field"] == "$.destination"
+        assert "no route" in error["message"]
+
+    run(scenario)
+
+
+def test_a_second_corridor_for_the_same_vehicle_is_409_duplicate() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        assert (await post_json(client, "/v1/corridors", REQUEST)).status == 201
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "destination": "C"})
+        error = await error_of(response, 409, "duplicate")
+        assert "C1-AMB-7" in error["message"]
+
+    run(scenario)
+
+
+def test_an_unavailable_service_is_503_with_retry_after() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        ops.unavailable = True
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "requested_at": 1.0})
+        error = await error_of(response, 503, "unavailable")
+        assert response.headers["Retry-After"] == "2"
+        assert "broker" in error["message"]
+        response = await post_json(client, "/v1/corridors", REQUEST)  # fails reading the clock
+        await error_of(response, 503, "unavailable")
+        await error_of(await client.get("/v1/corridors"), 503, "unavailable")
+
+    run(scenario)
+
+
+def test_a_body_over_the_limit_is_413_whether_announced_or_streamed() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        big = msgspec.json.encode({**REQUEST, "requester": "x" * 5000})
+        await error_of(await client.post("/v1/corridors", data=big, headers=JSON), 413, "too_large")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b" " * 1000
+
+        response = await client.post("/v1/corridors", data=chunks(), headers=JSON)
+        error = await error_of(response, 413, "too_large")
+        assert "4096 byte limit" in error["message"]
+        assert ops.requests == []
+
+    run(scenario, max_body_bytes=4096)
+
+
+def test_the_default_limit_is_64_kib() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        route = [f"X{i:05d}" for i in range(8000)]
+        body = msgspec.json.encode({**REQUEST, "route": route})
+        assert len(body) > 64 * 1024
+        response = await client.post("/v1/corridors", data=body, headers=JSON)
+        await error_of(response, 413, "too_large")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}],
+)
+def test_a_body_that_is_not_declared_json_is_415(headers: dict[str, str]) -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await client.post(
+            "/v1/corridors", data=msgspec.json.encode(REQUEST), headers=headers
+        )
+        await error_of(response, 415, "unsupported_media_type")
+        assert ops.requests == []
+
+    run(scenario)
+
+
+def test_a_json_content_type_with_a_charset_is_accepted() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await client.post(
+            "/v1/corridors",
+            data=msgspec.json.encode(REQUEST),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert response.status == 201
+
+    run(scenario)
+
+
+# ---- reading and cancelling corridors -------------------------------------------------------
+
+
+def test_list_all_or_only_active_corridors() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        for vehicle in ("AMB-1", "AMB-2"):
+            assert (await post_json(client, "/v1/corridors", {**REQUEST, "vehicle": vehicle})).ok
+        await client.post("/v1/corridors/C1-AMB-1/cancel")
+        every = await (await client.get("/v1/corridors")).json()
+        assert [c["corridor_id"] for c in every["corridors"]] == ["C1-AMB-1", "C2-AMB-2"]
+        for flag in ("true", "1", "TRUE"):
+            active = await (await client.get(f"/v1/corridors?active={flag}")).json()
+            assert [c["corridor_id"] for c in active["corridors"]] == ["C2-AMB-2"]
+        inactive = await (await client.get("/v1/corridors?active=false")).json()
+        assert len(inactive["corridors"]) == 2
+        error = await error_of(await client.get("/v1/corridors?active=maybe"), 400, "invalid")
+        assert error["field"] == "active"
+
+    run(scenario)
+
+
+def test_an_empty_list_is_an_empty_array() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        response = await client.get("/v1/corridors")
+        assert response.status == 200
+        assert await response.json() == {"corridors": []}
+
+    run(scenario)
+
+
+def test_show_a_corridor_or_404_for_an_unknown_id() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        await post_json(client, "/v1/corridors", REQUEST)
+        response = await client.get("/v1/corridors/C1-AMB-7")
+        assert response.status == 200
+        status = msgspec.json.decode(await response.read(), type=CorridorStatus)
+        assert [row.intersection for row in status.intersections] == ["A", "D"]
+        error = await error_of(await client.get("/v1/corridors/C9-NOPE"), 404, "not_found")
+        assert "C9-NOPE" in error["message"]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/corridors/bad$id",
+        "/v1/corridors/a%20b",
+        "/v1/corridors/-leading",
+        "/v1/corridors/" + "x" * 65,
+        "/v1/corridors/bad$id/cancel",
+        "/v1/intersections/bad$id",
+    ],
+)
+def test_an_invalid_id_is_refused_before_it_reaches_the_service(path: str) -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        ops.broken = True  # any call through to the service would be a 500
+        send = client.post if path.endswith("/cancel") else client.get
+        error = await error_of(await send(path), 400, "invalid")
+        assert error["field"] in ("corridor_id", "intersection")
+        assert "not a valid id" in error["message"]
+
+    run(scenario)
+
+
+def test_cancel_with_and_without_a_reason() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        for vehicle in ("AMB-1", "AMB-2"):
+            await post_json(client, "/v1/corridors", {**REQUEST, "vehicle": vehicle})
+        response = await post_json(
+            client, "/v1/corridors/C1-AMB-1/cancel", {"reason": "false call"}
+        )
+        assert response.status == 200
+        body = await response.json()
+        assert (body["state"], body["reason"]) == ("cancelled", "false call")
+        response = await client.post("/v1/corridors/C2-AMB-2/cancel")
+        assert (await response.json())["reason"] == "cancelled by operator"
+
+    run(scenario)
+
+
+def test_cancel_refusals() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        await post_json(client, "/v1/corridors", REQUEST)
+        path = "/v1/corridors/C1-AMB-7/cancel"
+        error = await error_of(await post_json(client, path, {"reason": "  "}), 400, "invalid")
+        assert error["field"] == "$.reason"
+        error = await error_of(await post_json(client, path, {"reason": 5}), 400, "invalid")
+        assert error["field"] == "$.reason"
+        too_long = {"reason": "x" * 600}
+        await error_of(await post_json(client, path, too_long), 400, "invalid")
+        await error_of(await client.post(path, data=b"{", headers=JSON), 400, "invalid")
+        response = await client.post(path, data=b"why", headers={"Content-Type": "text/plain"})
+        await error_of(response, 415, "unsupported_media_type")
+        await error_of(await client.post("/v1/corridors/C5-X/cancel"), 404, "not_found")
+        assert (await client.post(path)).status == 200
+        error = await error_of(await client.post(path), 409, "conflict")
+        assert "already cancelled" in error["message"]
+
+    run(scenario)
+
+
+# ---- network, intersections, health --------------------------------------------------------
+
+
+def test_network_view() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        await post_json(client, "/v1/corridors", REQUEST)
+        response = await client.get("/v1/network")
+        assert response.status == 200
+        view = msgspec.json.decode(await response.read(), type=NetworkView)
+        assert view == NetworkView(
+            now=100.0, intersections=5, online=4, reporting=3, corridors_active=1
+        )
+
+    run(scenario)
+
+
+def test_intersection_view_known_never_heard_of_and_unknown() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        body = await (await client.get("/v1/intersections/B")).json()
+        assert body["presence"] == "online"
+        assert body["queues_veh"] == {"B:N": 3.5, "B:S": 0.0}
+        silent = await (await client.get(f"/v1/intersections/{ISLAND}")).json()
+        assert (silent["presence"], silent["telemetry_age_s"]) == (None, None)
+        error = await error_of(await client.get("/v1/intersections/Q"), 404, "not_found")
+        assert "'Q'" in error["message"]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("health", "status"), [(Health.OK, 200), (Health.DEGRADED, 200), (Health.DOWN, 503)]
+)
+def test_health_is_503_only_when_down(health: Health, status: int) -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        ops.health_status = health
+        response = await client.get("/v1/health")
+        assert response.status == status
+        report = msgspec.json.decode(await response.read(), type=HealthReport)
+        assert report.status is health
+
+    run(scenario)
+
+
+# ---- what is not an endpoint, and what goes wrong inside -----------------------------------
+
+
+def test_an_unexpected_error_is_a_generic_500_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        ops.broken = True
+        for path in ("/v1/network", "/v1/health"):
+            response = await client.get(path)
+            error = await error_of(response, 500, "internal")
+            assert error["message"].startswith("internal error")
+            text = await response.text()
+            assert "secret" not in text
+            assert "Traceback" not in text
+        assert client.app[STATS].errors["internal"] == 2
+
+    with caplog.at_level(logging.ERROR, logger="citybrain.cloud.api"):
+        run(scenario)
+    assert "secret internal detail" in caplog.text, "the log has the detail"
+
+
+def test_refusals_are_counted_by_code() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        await client.post("/v1/corridors", data=b"{", headers=JSON)
+        await client.get("/v1/corridors/nope")
+        errors = client.app[STATS].errors
+        assert (errors["invalid"], errors["not_found"]) == (1, 1)
+
+    run(scenario)
+
+
+def test_unknown_paths_and_methods_answer_in_json() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        await error_of(await client.get("/v2/corridors"), 404, "not_found")
+        await error_of(await client.get("/"), 404, "not_found")
+        response = await client.delete("/v1/corridors/C1-AMB-7")
+        await error_of(response, 405, "method_not_allowed")
+        assert "GET" in response.headers["Allow"]
+        await error_of(await client.put("/v1/network"), 405, "method_not_allowed")
+
+    run(scenario)
+
+
+def test_serve_api_on_a_free_port_until_cleanup() -> None:
+    async def main() -> None:
+        runner = await serve_api(FakeOperations(), "127.0.0.1", 0)
+        host, port = runner.addresses[0][:2]
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{host}:{port}/v1/health") as response,
+            ):
+                assert response.status == 200
+        finally:
+            await runner.cleanup()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as session:
+                await session.get(f"http://{host}:{port}/v1/health")
+
+    asyncio.run(main())
