@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="arterial demand with a peak (x1.5 mid-run, when the ambulance leaves)",
     )
+    demo.add_argument(
+        "--westbound",
+        action="store_true",
+        help="the arterial ambulance drives west, against the green wave, from a station on "
+        "the last cross street (the run goes on 2,400 s after it leaves, not 900 s)",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object, not the table")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="diagram and JSON go here")
     preview = commands.add_parser(
@@ -47,9 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument(
         "--seed", type=int, default=7, help="scenario seed (same seed, same output)"
     )
+    from citybrain import corridor_cli
     from citybrain.simulator import cli as sim_cli
 
     sim_cli.add_commands(commands)
+    corridor_cli.add_commands(commands)
     return parser
 
 
@@ -71,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from citybrain.simulator import cli as sim_cli
 
             return sim_cli.main(args)
+        elif args.command == "corridor":
+            from citybrain import corridor_cli
+
+            return corridor_cli.main(args)
     except CitybrainError as error:
         print(f"citybrain: {error}", file=sys.stderr)
         return 2
@@ -78,8 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from citybrain import demo
-    from citybrain.closed_loop import GRID, Setup
+    from citybrain.closed_loop import GRID, WESTBOUND, Setup
     from citybrain.models.checks import check_count
 
     check_count("seeds", args.seeds, ge=1, le=50)
@@ -91,7 +105,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     seeds = range(1, args.seeds + 1)
     report = None if args.json else progress
-    comparison = demo.compare(seeds, setup=Setup(peak=args.peak), progress=report)
+    setup = replace(WESTBOUND, peak=args.peak) if args.westbound else Setup(peak=args.peak)
+    comparison = demo.compare(seeds, setup=setup, progress=report)
     data = demo.summary(comparison)
     args.out.mkdir(parents=True, exist_ok=True)
     first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}

@@ -43,6 +43,7 @@ from citybrain.models.signal import Indication
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import (
+    Direction,
     Level,
     Scenario,
     build,
@@ -131,6 +132,9 @@ class Setup:
     crossing: tuple[int, int] | None = None
     """(row, column) on a grid: two ambulances whose routes cross at junction ``g{row}_{column}``
     (`crossing_ambulances`: AMB-1 leaves after the warm-up); None: one along the main route."""
+    direction: Direction = "eastbound"
+    """The one ambulance's way along the main route: ``westbound`` drives against the
+    arterial's green wave, where no priority meets far more reds (only without ``crossing``)."""
 
 
 GRID = Setup(
@@ -144,6 +148,11 @@ GRID = Setup(
 queues after about 1,500 s, where ``saturated`` (1,000) keeps filling the grid for as long as
 it runs; AMB-1 along row 4 and AMB-2 along column 5 reach g4_5 together at free flow."""
 
+WESTBOUND = Setup(direction="westbound", after_s=2400.0)
+"""The arterial ambulance against the green wave: it stops at nearly every signal and takes
+about 1,540 s without priority (4x free flow), so the run goes on 2,400 s after it leaves (about
+1.5x its slowest trip, as 900 s is for eastbound's 600 s) for every policy's trip to end."""
+
 
 def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome:
     setup = setup or Setup()
@@ -156,8 +165,11 @@ def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome
             seed=seed,
             peak=setup.peak,
             ambulance_at_s=setup.warmup_s,
+            ambulance_direction=setup.direction,
         )
     else:
+        if setup.direction != "eastbound":
+            raise ValidationError("direction", "crossing ambulances have their own directions")
         road = load_network(setup.network)
         row, column = setup.crossing
         ambulances = crossing_ambulances(road, row=row, column=column, at_s=setup.warmup_s)

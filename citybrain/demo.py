@@ -21,6 +21,7 @@ from citybrain.closed_loop import (
     indication_colour,
     run_policy,
 )
+from citybrain.models.errors import ValidationError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,17 @@ def compare(
         for policy in Policy:
             if progress is not None:
                 progress(f"{setup.network} seed {seed}: {policy}")
-            outcomes[policy].append(run_policy(policy, seed, setup))
+            outcome = run_policy(policy, seed, setup)
+            late = [name for name, j in outcome.journeys.items() if j.trip.arrived_s is None]
+            if late:
+                # a trip cut short has no travel time; leaving it out of the means would
+                # flatter that policy
+                raise ValidationError(
+                    "after_s",
+                    f"{', '.join(late)} still driving when the run ended ({policy}, seed {seed}): "
+                    "run longer after it leaves",
+                )
+            outcomes[policy].append(outcome)
     first = outcomes[Policy.NO_PRIORITY][0]
     intersections = len({node for j in first.journeys.values() for node in j.stop_line_m})
     return Comparison(setup, tuple(seeds), outcomes, intersections)
@@ -55,7 +66,8 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _scenario(setup: Setup) -> str:
-    return f"{setup.network}-{setup.level}" + ("-peak" if setup.peak else "")
+    name = f"{setup.network}-{setup.level}" + ("-peak" if setup.peak else "")
+    return name if setup.direction == "eastbound" else f"{name}-{setup.direction}"
 
 
 def _journeys(outcomes: Sequence[Outcome], vehicle: str) -> list[Journey]:

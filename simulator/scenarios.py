@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from citybrain.models.checks import check_count, check_number, check_unique
 from citybrain.models.errors import ValidationError
@@ -55,6 +56,10 @@ _GRID = re.compile(r"grid:(\d+)x(\d+)")
 
 AMBULANCE_SPEED_FACTOR = 1.3
 """An ambulance's desired speed over the speed limit, on free road."""
+
+Direction = Literal["eastbound", "westbound"]
+"""Which way ``AMB-1`` crosses the main route. The arterial's offsets make an eastbound green
+wave, so westbound it drives against the progression and meets far more reds."""
 
 
 def load_network(spec: str) -> RoadNetwork:
@@ -104,11 +109,13 @@ def build(
     seed: int,
     peak: bool = False,
     ambulance_at_s: float | None = None,
+    ambulance_direction: Direction = "eastbound",
     ambulances: Sequence[AmbulanceSpec] = (),
 ) -> Scenario:
     """Seeded random demand on ``network`` (a spec for `load_network`, or a network already
-    loaded), then ``AMB-1`` along the main route at ``ambulance_at_s`` and ``ambulances``, in
-    that order, after the traffic (so they never change the traffic a seed gives)."""
+    loaded), then ``AMB-1`` along the main route (`main_route`, ``ambulance_direction``) at
+    ``ambulance_at_s`` and ``ambulances``, in that order, after the traffic (so they never
+    change the traffic a seed gives)."""
     check_number("duration_s", duration_s, gt=0.0, le=7 * 86400.0)
     check_count("seed", seed)
     road = load_network(network) if isinstance(network, str) else network
@@ -136,7 +143,8 @@ def build(
     )
     specs = list(ambulances)
     if ambulance_at_s is not None:
-        specs.insert(0, AmbulanceSpec("AMB-1", tuple(_main_route(road)), ambulance_at_s))
+        route = tuple(main_route(road, ambulance_direction))
+        specs.insert(0, AmbulanceSpec("AMB-1", route, ambulance_at_s))
     check_unique("ambulances", [spec.name for spec in specs])
     if specs:
         vehicles = [
@@ -202,17 +210,24 @@ def _free_flow_to(road: RoadNetwork, route: Sequence[str], node: str, speed_fact
     raise ValidationError("crossing", f"the route does not reach {node!r}")
 
 
-def _main_route(road: RoadNetwork) -> list[str]:
-    """Along the arterial from a station on the first cross street (south of the first
-    junction, turning east there, so every signalized junction is crossed) to its east end;
-    or along the grid's first row."""
+def main_route(road: RoadNetwork, direction: Direction = "eastbound") -> list[str]:
+    """Along the arterial from a station on an end cross street, turning right onto the
+    arterial there so every signalized junction is crossed: eastbound from south of the first
+    junction to the east end, westbound from north of the last one to the west end. On a grid,
+    along its first row, between its boundary nodes."""
     nodes = road.network.intersection_by_id
     if "west" in nodes and "east" in nodes:
-        junctions = sorted(n for n in road.plans)
-        chain = [f"{junctions[0]}s", *junctions, "east"]
+        # by position, not name: past a99 the names no longer sort along the street
+        junctions = sorted(road.plans, key=lambda n: nodes[n].x_m)
+        if direction == "eastbound":
+            chain = [f"{junctions[0]}s", *junctions, "east"]
+        else:
+            chain = [f"{junctions[-1]}n", *reversed(junctions), "west"]
     else:
         columns = sorted(
             (n for n in road.plans if n.startswith("g0_")), key=lambda n: int(n.split("_")[1])
         )
         chain = ["bW0", *columns, "bE0"]
+        if direction == "westbound":
+            chain.reverse()
     return _links(road, chain)

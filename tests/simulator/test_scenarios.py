@@ -16,6 +16,7 @@ from citybrain.simulator.scenarios import (
     Level,
     build,
     crossing_ambulances,
+    main_route,
 )
 
 GRID = grid(10, 10)
@@ -49,6 +50,30 @@ def test_the_arterial_ambulance_is_the_traffic_then_amb_1_on_the_main_route() ->
     _same(
         scenario.trips, Trips.concat([traffic, fixed_route(net, main, depart_s=90.0, name="AMB-1")])
     )
+
+
+def test_the_westbound_main_route_mirrors_the_eastbound_one() -> None:
+    road = arterial(3)
+    assert main_route(road, "westbound") == ["a03n-a03", "a03-a02", "a02-a01", "a01-west"]
+    scenario = build(
+        road,
+        level=Level.HEAVY,
+        duration_s=600.0,
+        seed=3,
+        ambulance_at_s=90.0,
+        ambulance_direction="westbound",
+    )
+    east = build(road, level=Level.HEAVY, duration_s=600.0, seed=3, ambulance_at_s=90.0)
+    count = scenario.trips.count - 1
+    np.testing.assert_array_equal(scenario.trips.depart, east.trips.depart)
+    assert scenario.trips.names == {count: "AMB-1"}
+    assert main_route(GRID, "westbound")[0] == "bE0-g0_9"
+    assert main_route(GRID, "westbound")[-1] == "g0_0-bW0"
+
+
+def test_the_main_route_follows_the_street_past_99_junctions() -> None:
+    route = main_route(arterial(101))
+    assert route[99:102] == ["a99-a100", "a100-a101", "a101-east"]
 
 
 def test_crossing_ambulances_reach_their_crossing_together_at_free_flow() -> None:
