@@ -12,7 +12,6 @@ around it (its normal plan decides when the vehicle passes).
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +36,8 @@ from citybrain.models.messages import (
     VehiclePosition,
 )
 from citybrain.models.network import Network
-from citybrain.models.signal import Indication
-from citybrain.signal_plans.state import ControllerState, GroupState, normal_state_at
+from citybrain.signal_plans.controller import ControllerModel
+from citybrain.signal_plans.state import ControllerState
 from citybrain.signal_plans.timing import TimingPlan
 
 log = logging.getLogger(__name__)
@@ -47,10 +46,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoreSettings:
     ack_timeout_s: float = 1.0
+    """Wall-clock seconds."""
     send_attempts: int = 3
     stale_after_s: float = 10.0
     corridor: Settings = field(default_factory=Settings)
     emergency_speed_factor: float = 1.3
+    twin_slack_s: float = 3.0
+    """How long after a plan's takeover the field may still report its normal plan."""
 
     def __post_init__(self) -> None:
         check_number("ack_timeout_s", self.ack_timeout_s, gt=0.0, le=60.0)
@@ -63,6 +65,7 @@ class CoreSettings:
 class _Pending:
     plan: SignalPlan
     sent_at: float
+    """Wall clock: an ack's round trip does not scale with a simulation's pace."""
     attempts: int
 
 
@@ -110,6 +113,7 @@ class CloudCore:
         self.seen: dict[str, IntersectionSeen] = {
             node.id: IntersectionSeen() for node in network.intersections if node.id in plans
         }
+        self.twins = {node: ControllerModel(plan) for node, plan in plans.items()}
         self.pending: dict[tuple[str, str], _Pending] = {}
         self.dispatches: dict[str, _Dispatch] = {}
         self.counters: Counter[str] = Counter()
@@ -122,6 +126,7 @@ class CloudCore:
         """Raises ``ValidationError`` (counted) for an unknown intersection or approach, or a
         sequence number already seen (a redelivery)."""
         self.state.ingest(message, now_s)
+        self._sync(message)
         seen = self.seen.get(message.intersection)
         if seen is not None:
             seen.telemetry = message
@@ -139,26 +144,22 @@ class CloudCore:
         return []
 
     def signal_state(self, node: str, at_s: float) -> ControllerState:
-        """The cloud's view of a controller: its normal plan's timeline when telemetry says it
-        runs it (or says nothing), else the displays last reported, held."""
-        plan = self.plans[node]
-        seen = self.seen.get(node)
-        telemetry = seen.telemetry if seen is not None else None
-        if telemetry is None or telemetry.mode is Mode.NORMAL or not telemetry.signals:
-            return normal_state_at(plan, at_s)
-        since = min(telemetry.controller_time, at_s)
-        groups = {
-            group: GroupState(
-                telemetry.signals.get(group, Indication.RED),
-                since if telemetry.signals.get(group, Indication.RED) is not Indication.RED
-                else -math.inf,
-            )
-            for group in plan.signals.groups
-        }  # fmt: skip
-        try:
-            return ControllerState(plan.signals, at_s, groups)
-        except ValidationError:
-            return normal_state_at(plan, at_s)
+        """The cloud's view of a controller: its twin, which has run every plan the cloud sent
+        there the way the controller runs it (same code, same takeover instant)."""
+        twin = self.twins[node]
+        twin.update(at_s)
+        return twin.state_at(at_s)
+
+    def _sync(self, message: Telemetry) -> None:
+        """A controller reporting its normal plan long after the twin took a plan over is not
+        running it (refused, released locally, fail-safe): the twin follows the field."""
+        twin = self.twins.get(message.intersection)
+        running = twin.running if twin is not None else None
+        if twin is None or running is None or message.mode is not Mode.NORMAL:
+            return
+        if message.controller_time > running.start.at_s + self.settings.twin_slack_s:
+            self.counters["twin_resynced"] += 1
+            twin.running = None
 
     # ---- corridors --------------------------------------------------------------------------
 
@@ -174,6 +175,9 @@ class CloudCore:
         return self._track(self.manager.cancel(corridor_id, now_s, reason=reason), now_s)
 
     def on_position(self, position: VehiclePosition, now_s: float) -> list[Action]:
+        if position.vehicle not in self.manager.by_vehicle:
+            self.counters["positions_without_corridor"] += 1  # any AVL unit may report
+            return []
         return self._track(self.manager.on_position(position, now_s), now_s)
 
     def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:
@@ -181,6 +185,11 @@ class CloudCore:
         pending = self.pending.pop((ack.intersection, ack.plan_id), None)
         if pending is None and ack.status is not AckStatus.APPLIED:
             self.counters["acks_unmatched"] += 1
+        twin = self.twins.get(ack.intersection)
+        running = twin.running if twin is not None else None
+        refused = ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED)
+        if refused and twin is not None and running is not None and running.plan_id == ack.plan_id:
+            twin.running = None  # the field did not take it: it runs what it ran before
         actions = self.manager.set_confirmed(ack.intersection, True, now_s)
         actions += self.manager.on_ack(ack, now_s)
         if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED, AckStatus.RELEASED):
@@ -191,8 +200,9 @@ class CloudCore:
         """Time out silent vehicles; send unacknowledged plans again, then plan around."""
         actions = self.manager.tick(now_s)
         settings = self.settings
+        wall = self.wall_clock()
         for key, pending in list(self.pending.items()):
-            if now_s - pending.sent_at < settings.ack_timeout_s or key not in self.pending:
+            if wall - pending.sent_at < settings.ack_timeout_s or key not in self.pending:
                 continue
             node = key[0]
             del self.pending[key]
@@ -208,7 +218,7 @@ class CloudCore:
             for action in resent:
                 if isinstance(action, SendPlan):
                     self.pending[(node, action.plan.plan_id)] = _Pending(
-                        action.plan, now_s, pending.attempts + 1
+                        action.plan, wall, pending.attempts + 1
                     )
             actions += resent
         return self._track(actions, now_s)
@@ -218,8 +228,14 @@ class CloudCore:
         for action in actions:
             if isinstance(action, SendPlan):
                 self.counters["plans_sent"] += 1
+                twin = self.twins[action.intersection]
+                if twin.command(action.plan, action.plan.valid_from).status not in (
+                    AckStatus.ACCEPTED,
+                    AckStatus.RELEASED,
+                ):
+                    self.counters["twin_refused"] += 1
                 key = (action.intersection, action.plan.plan_id)
-                self.pending.setdefault(key, _Pending(action.plan, now_s, 1))
+                self.pending.setdefault(key, _Pending(action.plan, self.wall_clock(), 1))
         return actions
 
     def _acknowledged(self, node: str, plan_id: str) -> None:

@@ -130,6 +130,10 @@ class Settings:
     platoon_share: float = 0.7
     """Share of the vehicles flushed ahead of the ambulance at one stop line that continue to
     the next one (and so join the queue it must flush there): the through share."""
+    takeover_lead_s: float = 0.0
+    """Plans take over this long after they are made (``valid_from``), so that they reach the
+    controller first and every party (edge, cabinet, the cloud's twin) takes over at the same
+    instant. 0 where commands arrive at once (in-process); about the plan path's p99 over MQTT."""
 
     def __post_init__(self) -> None:
         check_number("horizon_s", self.horizon_s, gt=0.0, le=600.0)
@@ -139,6 +143,7 @@ class Settings:
         check_number("clear_after_s", self.clear_after_s, gt=0.0, le=60.0)
         check_number("position_timeout_s", self.position_timeout_s, gt=0.0, le=600.0)
         check_number("platoon_share", self.platoon_share, ge=0.0, le=1.0)
+        check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
 
 
 SignalStates = Callable[[str, float], ControllerState]
@@ -540,9 +545,10 @@ class CorridorManager:
                 continue
             seq = self._next_seq(node)
             plan_id = f"{lines[0][0].corridor_id}-{node}-{seq}"
+            takeover = now_s + settings.takeover_lead_s
             green: list[GreenWindow] = []
             for _, line in lines:
-                opening = max(line.open_s, now_s, green[-1].close_at if green else 0.0)
+                opening = max(line.open_s, takeover, green[-1].close_at if green else 0.0)
                 closing = max(line.close_s, opening + 1.0)
                 green.append(
                     GreenWindow(signal_group=line.group, open_at=opening, close_at=closing)
@@ -553,7 +559,7 @@ class CorridorManager:
                 intersection=node,
                 seq=seq,
                 issued_at=now_s,
-                valid_from=now_s,
+                valid_from=takeover,
                 valid_until=green[-1].close_at + settings.lease_margin_s,
                 corridor_id=lines[0][0].corridor_id,
                 windows=tuple(green),
@@ -576,7 +582,7 @@ class CorridorManager:
             intersection=node,
             seq=seq,
             issued_at=now_s,
-            valid_from=now_s,
+            valid_from=now_s + self.settings.takeover_lead_s,
             valid_until=now_s + 30.0,
             kind=PlanKind.RELEASE,
             corridor_id=corridor_id,

@@ -40,6 +40,7 @@ from citybrain.cloud.operations import (
     Operations,
     ServiceUnavailable,
 )
+from citybrain.cloud.storage import AckReceived, PlanSent, TelemetryWriter
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import MessageError, TopicError, ValidationError
@@ -110,25 +111,30 @@ class ServiceSettings:
 
 
 class ControllerClock:
-    """The cloud's estimate of controller time: the newest telemetry's time, advanced by the
-    wall clock since (in simulation the simulator's clock is the controllers' clock)."""
+    """The cloud's estimate of controller time: the newest time it has been told (telemetry,
+    vehicle positions), advanced since at ``rate`` (1 in the field; a simulation's pace) for
+    at most ``hold_s`` of wall time, so it never runs ahead of controllers that fell behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, rate: float = 1.0, hold_s: float = 1.0) -> None:
+        check_number("rate", rate, gt=0.0, le=10_000.0)
+        check_number("hold_s", hold_s, gt=0.0, le=60.0)
+        self.rate = rate
+        self.hold_s = hold_s
         self._at: tuple[float, float] | None = None
-
-    def seen(self, controller_time: float) -> None:
-        if self._at is None or controller_time > self.now():
-            self._at = (controller_time, time.monotonic())
 
     @property
     def known(self) -> bool:
         return self._at is not None
 
+    def seen(self, controller_time: float) -> None:
+        if self._at is None or controller_time > self._at[0]:
+            self._at = (controller_time, time.monotonic())
+
     def now(self) -> float:
         if self._at is None:
             return 0.0
         at, wall = self._at
-        return at + (time.monotonic() - wall)
+        return at + min(time.monotonic() - wall, self.hold_s) * self.rate
 
 
 class CloudService(Operations):
@@ -460,6 +466,24 @@ class CloudService(Operations):
 
     def _active(self) -> int:
         return sum(1 for c in self.core.manager.corridors.values() if c.state not in TERMINAL)
+
+
+def writer_sinks(writer: TelemetryWriter) -> tuple[TelemetrySink, AuditSink]:
+    """The service's sinks on a storage writer: telemetry waits for room (backpressure),
+    audit records are queued without waiting."""
+
+    async def telemetry(message: Telemetry, received_at: float) -> None:
+        await writer.put(message, received_at)
+
+    async def audit(record: object, at: float) -> None:
+        if isinstance(record, SignalPlan):
+            writer.put_record(PlanSent(record, at))
+        elif isinstance(record, PlanAck):
+            writer.put_record(AckReceived(record, at))
+        elif isinstance(record, CorridorStatus):
+            writer.put_record(record)
+
+    return telemetry, audit
 
 
 def _operator_error(error: ValidationError) -> Exception:

