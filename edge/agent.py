@@ -90,6 +90,8 @@ class EdgeAgent:
         self.ready = asyncio.Event()
         """Set once the controller's configuration is read and the core exists."""
         self._reading: tuple[float, float] | None = None
+        self._rate = 1.0
+        """Controller seconds per wall second, smoothed over recent reads."""
         self._live = False
         self._replay = asyncio.Event()
         self._commands: asyncio.Queue[tuple[SendToController | ReleaseController, float]] = (
@@ -100,11 +102,13 @@ class EdgeAgent:
         return intersection_topic(kind, self.settings.region, self.intersection)
 
     def now(self) -> float:
-        """Controller time: the last reading's, advanced by the wall clock since (capped)."""
+        """Controller time: the last reading's, advanced since at the rate the controller's
+        clock has been seen to run (1 in the field; a simulation's pace), for at most
+        ``CLOCK_HOLD_S`` of wall time."""
         if self._reading is None:
             return 0.0
         at, read_at = self._reading
-        return at + min(time.monotonic() - read_at, CLOCK_HOLD_S)
+        return at + min(time.monotonic() - read_at, CLOCK_HOLD_S) * self._rate
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: read the controller, stream telemetry, apply plans. On stop the
@@ -177,7 +181,11 @@ class EdgeAgent:
         return None
 
     def _clock(self, reading: SignalReading) -> None:
-        self._reading = (reading.time, time.monotonic())
+        wall = time.monotonic()
+        if self._reading is not None and wall - self._reading[1] > 0.01:
+            seen = (reading.time - self._reading[0]) / (wall - self._reading[1])
+            self._rate += 0.2 * (min(max(seen, 0.0), 1000.0) - self._rate)
+        self._reading = (reading.time, wall)
 
     async def _poll(self) -> None:
         core = self._core()
