@@ -229,7 +229,8 @@ class CloudCore:
             if isinstance(action, SendPlan):
                 self.counters["plans_sent"] += 1
                 twin = self.twins[action.intersection]
-                if twin.command(action.plan, action.plan.valid_from).status not in (
+                # as the field takes it: before its takeover when there is a lead
+                if twin.command(action.plan, action.plan.issued_at).status not in (
                     AckStatus.ACCEPTED,
                     AckStatus.RELEASED,
                 ):

@@ -40,7 +40,13 @@ from citybrain.cloud.operations import (
     Operations,
     ServiceUnavailable,
 )
-from citybrain.cloud.storage import AckReceived, PlanSent, StorageError, TelemetryWriter
+from citybrain.cloud.storage import (
+    AckReceived,
+    PlanSent,
+    StorageError,
+    TelemetryWriter,
+    check_storable,
+)
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import MessageError, TopicError, ValidationError
@@ -64,6 +70,9 @@ from citybrain.models.topics import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_TIME_S = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: later times are not times any clock or database here can hold."""
 
 TelemetrySink = Callable[[Telemetry, float], Awaitable[None]]
 """Where telemetry goes to be stored (awaits when the writer's queue is full)."""
@@ -247,22 +256,33 @@ class CloudService(Operations):
         """One message off the broker; never raises for bad input (counted and logged)."""
         try:
             where = parse_topic(topic)
-            if where.region is not None and where.intersection is not None:
-                self.regions.setdefault(where.intersection, where.region)
             if where.kind is TopicKind.TELEMETRY:
-                await self._telemetry(self.codec.decode(payload, Telemetry))
+                telemetry = self.codec.decode(payload, Telemetry)
+                self._addressed(where.intersection, telemetry.intersection)
+                await self._telemetry(telemetry)
+                self._learn_region(where.intersection, where.region)
             elif self.settings.role is Role.INGEST:
                 self.counters["ignored"] += 1
             elif where.kind is TopicKind.STATUS:
-                await self._status(self.codec.decode(payload, Status))
+                status = self.codec.decode(payload, Status)
+                self._addressed(where.intersection, status.intersection)
+                await self._status(status)
+                self._learn_region(where.intersection, where.region)
             elif where.kind is TopicKind.ACK:
-                await self._ack(self.codec.decode(payload, PlanAck))
+                ack = self.codec.decode(payload, PlanAck)
+                self._addressed(where.intersection, ack.intersection)
+                await self._ack(ack)
             elif where.kind is TopicKind.VEHICLE_POSITION:
-                await self._position(self.codec.decode(payload, VehiclePosition))
+                position = self.codec.decode(payload, VehiclePosition)
+                if where.vehicle != position.vehicle:
+                    raise ValidationError(
+                        "vehicle", "the body names another vehicle than its topic"
+                    )
+                await self._position(position)
             else:
                 self.counters["ignored"] += 1
         except (MessageError, TopicError) as error:
-            kind = "oversized" if "over the" in str(error) else "malformed"
+            kind = "oversized" if error.field == "$" and "bytes" in error.reason else "malformed"
             self.counters[f"rejected_{kind}"] += 1
             log.debug("cloud: %s message on %s: %s", kind, topic[:120], error)
         except ValidationError as error:
@@ -273,26 +293,43 @@ class CloudService(Operations):
             self.counters["storage_failed"] += 1
             log.error("cloud: telemetry not stored: %s", error)
 
+    def _addressed(self, topic_intersection: str | None, body_intersection: str) -> None:
+        """A message speaks for the intersection of its topic, which the city must have: one
+        edge's broker rights do not let it speak for another."""
+        if topic_intersection != body_intersection:
+            raise ValidationError("intersection", "the body names another intersection")
+        if body_intersection not in self.core.seen:
+            raise ValidationError("intersection", f"unknown intersection {body_intersection!r}")
+
+    def _learn_region(self, intersection: str | None, region: str | None) -> None:
+        """Plans go to the region an intersection's accepted messages came from."""
+        if intersection is not None and region is not None:
+            self.regions[intersection] = region
+
     async def _telemetry(self, message: Telemetry) -> None:
+        received = time.time()
+        check_storable(message, received)  # an absurd time is refused before anything moves
         if self.settings.role is Role.LEADER:
-            self.clock.seen(message.controller_time)
             async with self._lock:
                 self.core.on_telemetry(message, self.clock.now())
+            self.clock.seen(message.controller_time)
         self.counters["telemetry"] += 1
         if self.telemetry_sink is not None:
-            await self.telemetry_sink(message, time.time())
+            await self.telemetry_sink(message, received)
 
     async def _status(self, status: Status) -> None:
         async with self._lock:
             self._apply(self.core.on_status(status, self.clock.now()))
 
     async def _ack(self, ack: PlanAck) -> None:
+        check_number("at", ack.at, le=MAX_TIME_S)
         self.counters["acks"] += 1
         async with self._lock:
             self._apply(self.core.on_ack(ack, self.clock.now()))
         await self._audit(ack)
 
     async def _position(self, position: VehiclePosition) -> None:
+        check_number("time", position.time, le=MAX_TIME_S)
         self.clock.seen(position.time)
         async with self._lock:
             self._apply(self.core.on_position(position, self.clock.now()))
@@ -300,9 +337,14 @@ class CloudService(Operations):
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.settings.tick_s)
-            if self.settings.role is Role.LEADER:
+            if self.settings.role is not Role.LEADER:
+                continue
+            try:
                 async with self._lock:
                     self._apply(self.core.tick(self.clock.now()))
+            except Exception:  # one bad tick must not end the session (and every corridor)
+                self.counters["tick_failed"] += 1
+                log.exception("cloud: tick failed")
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Publish in the order the core decided (paho sends in call order; the PUBACK is
@@ -326,10 +368,12 @@ class CloudService(Operations):
         region = self.settings.region if self.settings.region != "+" else None
         for action in actions:
             if isinstance(action, SendPlan):
-                topic = intersection_topic(
-                    TopicKind.PLAN, region or self._region_of(action.intersection),
-                    action.intersection,
-                )  # fmt: skip
+                where = region or self.regions.get(action.intersection)
+                if where is None:
+                    # never heard from: nothing to send to; its ack timeout plans around it
+                    self.counters["plans_unroutable"] += 1
+                    continue
+                topic = intersection_topic(TopicKind.PLAN, where, action.intersection)
                 self._enqueue(topic, self.codec.encode(action.plan), retain=False)
                 self.counters["plans_sent"] += 1
                 self._audit_soon(action.plan)
@@ -346,13 +390,6 @@ class CloudService(Operations):
             self.counters["outgoing_dropped"] += 1
             log.error("cloud: outgoing queue full, dropped a message to %s", topic)
 
-    def _region_of(self, intersection: str) -> str:
-        """The region an intersection's edge publishes under (learnt from its topics)."""
-        region = self.regions.get(intersection)
-        if region is None:
-            raise ValidationError("intersection", f"{intersection!r} has not been heard from")
-        return region
-
     def _audit_soon(self, record: SignalPlan | CorridorStatus) -> None:
         if self.audit_sink is not None:
             task = asyncio.get_running_loop().create_task(self._audit(record))
@@ -365,6 +402,9 @@ class CloudService(Operations):
         try:
             await self.audit_sink(record, time.time())
             self._storage_ok = True
+        except ValidationError as error:
+            self.counters["audit_invalid"] += 1
+            log.warning("cloud: audit record refused: %s", error)
         except Exception as error:  # the audit trail must never stop a corridor
             self._storage_ok = False
             self.counters["audit_failed"] += 1
@@ -404,12 +444,12 @@ class CloudService(Operations):
         return self.core.manager.status(corridor_id, self.clock.now())
 
     async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
-        corridor = self.core.manager.corridors.get(corridor_id)
-        if corridor is None:
-            raise NotFound(f"no corridor {corridor_id!r}")
-        if corridor.state in TERMINAL:
-            raise Conflict(f"corridor {corridor_id} already ended ({corridor.state})")
         async with self._lock:
+            corridor = self.core.manager.corridors.get(corridor_id)
+            if corridor is None:
+                raise NotFound(f"no corridor {corridor_id!r}")
+            if corridor.state in TERMINAL:
+                raise Conflict(f"corridor {corridor_id} already ended ({corridor.state})")
             now = self.clock.now()
             self._apply(self.core.cancel(corridor_id, now, reason=reason))
             return self.core.manager.status(corridor_id, now)

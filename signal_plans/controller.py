@@ -132,7 +132,9 @@ class ControllerModel:
         if old is None or takeover <= now_s or old.start.at_s >= takeover:
             return _Running(plan_id, start, steps, valid_until)
         kept = [step for step in old.steps if step.at_s < takeover]
-        bridged = followed_to(self.plan, kept, takeover, start.at_s)
+        bridged = [
+            s for s in followed_to(self.plan, kept, takeover, start.at_s) if s.at_s < start.at_s
+        ]
         return _Running(plan_id, old.start, (*bridged, *steps), valid_until)
 
     def update(self, now_s: float) -> None:
