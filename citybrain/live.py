@@ -425,4 +425,4 @@ async def run_live(
                 flavor = store.flavor
             finally:
                 await store.close()
-    return LiveResult(broker_name, f"{database_name}, {flavor}", live, baseline(options), rows)
+    return LiveResult(broker_name, f"{flavor} ({database_name})", live, baseline(options), rows)
