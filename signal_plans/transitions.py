@@ -460,6 +460,18 @@ def plan_green_windows(
             if best is None or rank < best[:2]:
                 # until the move takes over, the controller runs its normal plan
                 kept = [s for s in chain if s.at_s <= takeover]
+                if not move.steps:
+                    # on its normal plan there, which serves this window: run that plan until
+                    # the next green after the window's (never stop on a yellow)
+                    until = next(
+                        p.green_start_s
+                        for p in normal_periods(
+                            plan, move.green_until_s, move.green_until_s + 2 * plan.cycle_s
+                        )
+                        if p.green_start_s > move.green_until_s
+                    )
+                    best = (*rank, followed_to(plan, kept, takeover, until), move)
+                    continue
                 joined = followed_to(plan, kept, takeover, move.starts_at_s)
                 best = (*rank, [s for s in joined if s.at_s < move.starts_at_s], move)
         if best is None:
@@ -467,6 +479,9 @@ def plan_green_windows(
         steps = [*best[2], *best[3].steps]
         transitions.append(best[3])
         previous_close = close_at_s
+    if not steps:
+        # the normal plan serves every window: nothing to take over
+        return Schedule(state, (), tuple(transitions))
     return Schedule(start, tuple(steps), tuple(transitions))
 
 
@@ -500,11 +515,13 @@ def followed_to(
     plan: TimingPlan, steps: list[SignalStep], on_plan_from_s: float, until_s: float
 ) -> list[SignalStep]:
     """``steps``, then the normal plan's changes from ``on_plan_from_s`` (where the steps have
-    rejoined it) up to ``until_s``: the controller runs its normal plan between two windows."""
-    if until_s <= on_plan_from_s:
+    rejoined it) up to ``until_s``: the controller runs its normal plan between two windows.
+    Steps already there past ``on_plan_from_s`` are that plan's too: it resumes after them."""
+    begin = max(on_plan_from_s, steps[-1].at_s) if steps else on_plan_from_s
+    if until_s <= begin:
         return steps
-    shown = normal_state_at(plan, on_plan_from_s).displays()
-    events = [e for e in normal_events(plan, on_plan_from_s, until_s) if e.at_s > on_plan_from_s]
+    shown = normal_state_at(plan, begin).displays()
+    events = [e for e in normal_events(plan, begin, until_s) if e.at_s > begin]
     return [*steps, *steps_from_events(shown, events)]
 
 
