@@ -185,7 +185,7 @@ def plan_green_window(
     open_at_s = max(open_at_s, state.at_s)
     periods = [
         p
-        for p in normal_periods(plan, state.at_s, close_at_s + 2 * plan.cycle_s)
+        for p in normal_periods(plan, state.at_s, close_at_s + 4 * plan.cycle_s)
         if p.green_end_s > state.at_s
     ]
     if _on_plan(plan, state):
@@ -534,7 +534,7 @@ def return_to_normal(plan: TimingPlan, state: ControllerState) -> Transition:
         return Transition(Strategy.NONE, (), state.at_s, state.at_s, state.at_s, state.at_s)
     periods = [
         p
-        for p in normal_periods(plan, state.at_s, state.at_s + 3 * plan.cycle_s)
+        for p in normal_periods(plan, state.at_s, state.at_s + 4 * plan.cycle_s)
         if p.green_end_s > state.at_s
     ]
     holding = [PhaseRequest(state.greens, state.at_s)]
