@@ -114,6 +114,7 @@ class CloudCore:
             node.id: IntersectionSeen() for node in network.intersections if node.id in plans
         }
         self.twins = {node: ControllerModel(plan) for node, plan in plans.items()}
+        self._twin_backlog: dict[str, list[SignalPlan]] = {}
         self.pending: dict[tuple[str, str], _Pending] = {}
         self.dispatches: dict[str, _Dispatch] = {}
         self.counters: Counter[str] = Counter()
@@ -146,14 +147,31 @@ class CloudCore:
     def signal_state(self, node: str, at_s: float) -> ControllerState:
         """The cloud's view of a controller: its twin, which has run every plan the cloud sent
         there the way the controller runs it (same code, same takeover instant)."""
-        twin = self.twins[node]
+        twin = self._twin(node)
         twin.update(at_s)
         return twin.state_at(at_s)
+
+    def _twin(self, node: str) -> ControllerModel:
+        """The intersection's twin, given the plans sent since it was last looked at, each as
+        the field takes it: before its takeover when there is a lead."""
+        twin = self.twins[node]
+        for plan in self._twin_backlog.pop(node, ()):
+            if twin.command(plan, plan.issued_at).status not in (
+                AckStatus.ACCEPTED,
+                AckStatus.RELEASED,
+            ):
+                self.counters["twin_refused"] += 1
+        return twin
+
+    def settle(self) -> None:
+        """Bring every twin up to date (after the plans of a burst have gone out)."""
+        for node in list(self._twin_backlog):
+            self._twin(node)
 
     def _sync(self, message: Telemetry) -> None:
         """A controller reporting its normal plan long after the twin took a plan over is not
         running it (refused, released locally, fail-safe): the twin follows the field."""
-        twin = self.twins.get(message.intersection)
+        twin = self._twin(message.intersection) if message.intersection in self.twins else None
         running = twin.running if twin is not None else None
         if twin is None or running is None or message.mode is not Mode.NORMAL:
             return
@@ -185,7 +203,7 @@ class CloudCore:
         pending = self.pending.pop((ack.intersection, ack.plan_id), None)
         if pending is None and ack.status is not AckStatus.APPLIED:
             self.counters["acks_unmatched"] += 1
-        twin = self.twins.get(ack.intersection)
+        twin = self._twin(ack.intersection) if ack.intersection in self.twins else None
         running = twin.running if twin is not None else None
         refused = ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED)
         if refused and twin is not None and running is not None and running.plan_id == ack.plan_id:
@@ -228,13 +246,8 @@ class CloudCore:
         for action in actions:
             if isinstance(action, SendPlan):
                 self.counters["plans_sent"] += 1
-                twin = self.twins[action.intersection]
-                # as the field takes it: before its takeover when there is a lead
-                if twin.command(action.plan, action.plan.issued_at).status not in (
-                    AckStatus.ACCEPTED,
-                    AckStatus.RELEASED,
-                ):
-                    self.counters["twin_refused"] += 1
+                # the twin takes it once it is on its way (see _twin): not on the send path
+                self._twin_backlog.setdefault(action.intersection, []).append(action.plan)
                 key = (action.intersection, action.plan.plan_id)
                 self.pending.setdefault(key, _Pending(action.plan, self.wall_clock(), 1))
         return actions

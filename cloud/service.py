@@ -348,7 +348,7 @@ class CloudService(Operations):
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Publish in the order the core decided (paho sends in call order; the PUBACK is
-        awaited by several workers so one slow ack does not hold the rest)."""
+        awaited by many workers so a burst of plans leaves at once)."""
 
         async def worker() -> None:
             while True:
@@ -361,7 +361,7 @@ class CloudService(Operations):
                     log.warning("cloud: publish to %s failed: %s", topic, error)
 
         async with asyncio.TaskGroup() as workers:
-            for _ in range(8):
+            for _ in range(64):
                 workers.create_task(worker())
 
     def _apply(self, actions: list[Action]) -> None:
