@@ -128,7 +128,6 @@ class MqttSession:
             return False
         if qos > 0:
             self._inflight[info.mid] = message
-        client.loop_write()  # out now, not on a later turn of the loop (acks are awaited)
         return True
 
     async def stop(self, *, timeout_s: float = 2.0) -> None:

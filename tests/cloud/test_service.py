@@ -569,7 +569,10 @@ def test_malformed_oversized_and_unknown_messages_are_counted_dropped_and_surviv
         assert {a.ack.intersection for a in store.acks.values()} <= {"a01", "a02", "a03"}
         assert all(p.plan.corridor_id == granted.corridor_id for p in store.plans.values())
 
-    asyncio.run(scenario())
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), 120.0)
+
+    asyncio.run(bounded())
 
 
 # ---- 4. an edge that never acknowledges -----------------------------------------------------
