@@ -182,15 +182,15 @@ def normal_periods(plan: TimingPlan, from_s: float, to_s: float) -> list[Period]
     if to_s < from_s:
         raise ValidationError("to_s", "must not be before from_s")
     cycle = plan.cycle_s
-    phase_starts = plan.phase_starts_s
+    template = plan.cycle_template
     periods: list[Period] = []
     number = math.floor((from_s - plan.offset_s) / cycle) - 1
     while plan.offset_s + number * cycle <= to_s:
         cycle_start = plan.offset_s + number * cycle
-        for index, green in enumerate(plan.greens_s):
-            start = cycle_start + phase_starts[index]
-            end = start + green
-            if end + plan.intergreen_after_s(index) >= from_s and start <= to_s:
+        for index, phase in enumerate(template):
+            start = cycle_start + phase.start_s
+            end = start + phase.green_s
+            if end + phase.intergreen_after_s >= from_s and start <= to_s:
                 periods.append(Period(index, start, end))
         number += 1
     return periods
@@ -198,19 +198,15 @@ def normal_periods(plan: TimingPlan, from_s: float, to_s: float) -> list[Period]
 
 def normal_events(plan: TimingPlan, from_s: float, to_s: float) -> list[Event]:
     """Every display change of the normal plan in [from_s, to_s], in time order."""
-    timings = plan.signals.timings
+    template = plan.cycle_template
     events: list[Event] = []
     for period in normal_periods(plan, from_s, to_s):
-        index = period.phase_index
-        groups = plan.phases[index].groups
-        for group in plan.starting_groups(index):
+        phase = template[period.phase_index]
+        for group in phase.starting:
             events.append(Event(period.green_start_s, group, Indication.GREEN))
-        following = plan.phases[(index + 1) % len(plan.phases)].groups
-        for group in groups - following:
+        for group, yellow_s in phase.stopping:
             events.append(Event(period.green_end_s, group, Indication.YELLOW))
-            events.append(
-                Event(period.green_end_s + timings[group].yellow_s, group, Indication.RED)
-            )
+            events.append(Event(period.green_end_s + yellow_s, group, Indication.RED))
     return sorted((e for e in events if from_s <= e.at_s <= to_s), key=lambda event: event.at_s)
 
 
@@ -223,14 +219,21 @@ def normal_state_at(plan: TimingPlan, at_s: float, *, before: bool = False) -> C
     green of a group with a crossing starts with its walk.
     """
     signals = plan.signals
-    groups = {group: GroupState(Indication.RED, NEVER) for group in signals.groups}
+    last: dict[str, Event] = {}
     for event in normal_events(plan, at_s - 2 * plan.cycle_s, at_s):
         if before and event.at_s >= at_s:
             break
+        last[event.group] = event
+    groups: dict[str, GroupState] = {}
+    for group in signals.groups:
+        event = last.get(group)
+        if event is None:
+            groups[group] = GroupState(Indication.RED, NEVER)
+            continue
         walk = None
-        if event.indication is Indication.GREEN and signals.timings[event.group].has_crossing:
+        if event.indication is Indication.GREEN and signals.timings[group].has_crossing:
             walk = event.at_s
-        groups[event.group] = GroupState(event.indication, event.at_s, walk)
+        groups[group] = GroupState(event.indication, event.at_s, walk)
     return ControllerState(signals, at_s, groups)
 
 

@@ -153,6 +153,20 @@ class Phase:
             raise ValidationError("phase.groups", f"phase {self.id!r} has no signal group")
 
 
+@dataclass(frozen=True, slots=True)
+class PhaseTemplate:
+    """One phase of a plan's cycle, as its normal timeline uses it."""
+
+    start_s: float
+    """Where its green starts within the cycle."""
+    green_s: float
+    starting: tuple[str, ...]
+    """Groups that turn green when it starts (not green in the phase before)."""
+    stopping: tuple[tuple[str, float], ...]
+    """Groups that stop when it ends (not green in the phase after), with their yellow."""
+    intergreen_after_s: float
+
+
 @dataclass(frozen=True)
 class TimingPlan:
     """A fixed-time coordinated plan: phases in order, each with its green split, and an offset.
@@ -217,8 +231,30 @@ class TimingPlan:
 
     def intergreen_after_s(self, index: int) -> float:
         """Clearance between phase ``index`` and the phase that follows it in sequence."""
-        following = self.phases[(index + 1) % len(self.phases)]
-        return self.signals.intergreen_s(self.phases[index].groups - following.groups)
+        return self.cycle_template[index].intergreen_after_s
+
+    @cached_property
+    def cycle_template(self) -> tuple[PhaseTemplate, ...]:
+        """Per phase, what the normal timeline needs of it, worked out once per plan: the
+        controllers, the edge and the cloud replay this timeline for every plan they check."""
+        timings = self.signals.timings
+        count = len(self.phases)
+        template = []
+        start = 0.0
+        for index, phase in enumerate(self.phases):
+            following = self.phases[(index + 1) % count].groups
+            stopping = phase.groups - following
+            template.append(
+                PhaseTemplate(
+                    start_s=start,
+                    green_s=self.greens_s[index],
+                    starting=tuple(sorted(phase.groups - self.phases[index - 1].groups)),
+                    stopping=tuple((g, timings[g].yellow_s) for g in sorted(stopping)),
+                    intergreen_after_s=self.signals.intergreen_s(stopping),
+                )
+            )
+            start = start + self.greens_s[index] + template[-1].intergreen_after_s
+        return tuple(template)
 
     @cached_property
     def cycle_s(self) -> float:
@@ -227,10 +263,7 @@ class TimingPlan:
     @cached_property
     def phase_starts_s(self) -> tuple[float, ...]:
         """Where each phase's green starts within the cycle."""
-        starts = [0.0]
-        for index, green in enumerate(self.greens_s[:-1]):
-            starts.append(starts[-1] + green + self.intergreen_after_s(index))
-        return tuple(starts)
+        return tuple(phase.start_s for phase in self.cycle_template)
 
     def phases_serving(self, group: str) -> tuple[int, ...]:
         return tuple(i for i, phase in enumerate(self.phases) if group in phase.groups)

@@ -201,9 +201,15 @@ def plan_green_window(
                     period.green_end_s,
                     state.at_s,
                 )
-        strategy, requests, starts_at = _requests_on_plan(
+        strategy, requests, starts_at, decided = _requests_on_plan(
             plan, state, target, group, open_at_s, close_at_s, periods
         )
+        if decided >= 2 and periods[decided - 1].green_start_s > state.at_s:
+            # Up to the period before the one cut or extended, the plan only replays the normal
+            # timeline, and its steps before the takeover are dropped: start from the normal
+            # state there (a window minutes ahead costs what one a cycle ahead does).
+            state = normal_state_at(plan, periods[decided - 1].green_start_s, before=True)
+            requests = requests[decided - 1 :]
     else:
         strategy, requests = _requests_off_plan(state, target, group, open_at_s, close_at_s)
         starts_at = state.at_s
@@ -229,12 +235,13 @@ def _requests_on_plan(
     open_at_s: float,
     close_at_s: float,
     periods: list[Period],
-) -> tuple[Strategy, list[PhaseRequest], float]:
+) -> tuple[Strategy, list[PhaseRequest], float, int]:
     """Follow the normal timeline until the latest cut that still opens the window in time.
 
     Also returns when the plan must take over: at the cut itself when the phase it cuts has
     had its normal green (walk included), else at that phase's start, so that it starts
-    inside the plan, without a walk, and may end after its minimum green.
+    inside the plan, without a walk, and may end after its minimum green; and the index of
+    the period cut or extended (one request per period before it).
     """
     requests: list[PhaseRequest] = []
     timings = plan.signals.timings
@@ -245,7 +252,8 @@ def _requests_on_plan(
             period.green_end_s >= open_at_s or _gap_too_short(plan, period, open_at_s)
         ):
             takeover = max(state.at_s, min(period.green_end_s, close_at_s))
-            return Strategy.EXTENSION, [*requests, PhaseRequest(groups, close_at_s)], takeover
+            extended = [*requests, PhaseRequest(groups, close_at_s)]
+            return Strategy.EXTENSION, extended, takeover, number
         cut_at = open_at_s - plan.signals.intergreen_s(groups - target)
         if cut_at > period.green_end_s:
             requests.append(PhaseRequest(groups, period.green_end_s))
@@ -270,7 +278,7 @@ def _requests_on_plan(
             due = open_at_s - plan.signals.intergreen_s(previous.groups - target)
             takeover = max(takeover, previous.until_s)
             requests[-1] = PhaseRequest(previous.groups, max(previous.until_s, due))
-        return strategy, [*requests, PhaseRequest(target, close_at_s)], takeover
+        return strategy, [*requests, PhaseRequest(target, close_at_s)], takeover, number
     raise ValidationError("close_at_s", "window lies beyond the planning horizon")
 
 

@@ -371,3 +371,36 @@ def test_the_cached_normal_timeline_equals_the_replay(
     for step in [0.0, *steps, 0.05, 0.05, 300.0, -200.0]:
         at = max(0.0, at + step)
         assert timeline.state_at(at) == normal_state_at(plan, at)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=timing_plans(),
+    now=st.floats(10_000.0, 20_000.0),
+    group=st.sampled_from(GROUPS),
+    lead=st.floats(0.0, 600.0),
+    length=st.floats(1.0, 60.0),
+    later=st.floats(0.0, 1.0),
+)
+def test_a_window_far_ahead_is_planned_the_same_from_a_later_takeover(
+    plan: TimingPlan, now: float, group: str, lead: float, length: float, later: float
+) -> None:
+    """On its normal plan, a controller shows the same whether the plan for a window minutes
+    ahead takes over now or up to two cycles before the window: the corridor manager moves
+    far plans' takeover later to keep their lease within the limit, and the planner starts
+    from the normal timeline close to the window rather than replay the cycles before it."""
+    open_at = now + lead
+    close_at = open_at + length
+    takeover = now + later * max(0.0, lead - 2 * plan.cycle_s)
+    windows = [WindowRequest(group, open_at, close_at)]
+    early = plan_green_windows(plan, normal_state_at(plan, now, before=True), windows)
+    late = plan_green_windows(plan, normal_state_at(plan, takeover, before=True), windows)
+
+    def shown(schedule: Schedule, at_s: float) -> dict[str, Indication]:
+        if not schedule.steps or at_s < schedule.start.at_s:
+            return normal_state_at(plan, at_s).displays()
+        return advance(schedule.start, schedule.steps, at_s).displays()
+
+    probes = [takeover + k * 0.5 for k in range(int((close_at + 2 * plan.cycle_s - takeover) * 2))]
+    for t in probes:
+        assert shown(early, t) == shown(late, t), t
