@@ -351,6 +351,7 @@ class CloudService(Operations):
         awaited by many workers so a burst of plans leaves at once)."""
 
         async def worker() -> None:
+            me = asyncio.current_task()
             while True:
                 topic, payload, retain = await self._outgoing.get()
                 try:
@@ -359,6 +360,10 @@ class CloudService(Operations):
                 except aiomqtt.MqttError as error:
                     self.counters["publish_failed"] += 1
                     log.warning("cloud: publish to %s failed: %s", topic, error)
+                if me is not None and me.cancelling():
+                    # aiomqtt waits for the PUBACK with asyncio.wait_for, which on Python 3.11
+                    # loses a cancel that lands as the PUBACK does: the session would never end
+                    raise asyncio.CancelledError
 
         async with asyncio.TaskGroup() as workers:
             for _ in range(64):

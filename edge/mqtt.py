@@ -74,6 +74,8 @@ class MqttSession:
         self._up = asyncio.Event()
         self._stopping = False
         self._misc: asyncio.Task[None] | None = None
+        self._driving = False
+        """Inside paho's loop_read / loop_write / loop_misc (and so maybe in its callbacks)."""
 
     def stopping(self) -> bool:
         """A call, not an attribute: ``stop`` flips it while ``run`` awaits."""
@@ -128,6 +130,10 @@ class MqttSession:
             return False
         if qos > 0:
             self._inflight[info.mid] = message
+        if not self._driving:
+            # out now rather than when the loop next polls for writing: with many agents on
+            # one loop, an ack would otherwise wait for every other agent's work first
+            self._write(client)
         return True
 
     async def stop(self, *, timeout_s: float = 2.0) -> None:
@@ -209,18 +215,35 @@ class MqttSession:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, OSError):
             if wanted:
-                loop.add_writer(sock, client.loop_write)
+                loop.add_writer(sock, self._write, client)
             else:
                 loop.remove_writer(sock)
 
     def _read(self, client: paho.Client) -> None:
-        rc = client.loop_read()
+        self._driving = True
+        try:
+            rc = client.loop_read()
+        finally:
+            self._driving = False
         if rc != paho.MQTT_ERR_SUCCESS and client is self._client:
             self._gone(f"read failed ({paho.error_string(rc)})")
 
+    def _write(self, client: paho.Client) -> None:
+        """paho reports a failed write to its disconnect callback itself."""
+        self._driving = True
+        try:
+            client.loop_write()
+        finally:
+            self._driving = False
+
     async def _misc_loop(self, client: paho.Client) -> None:
         while client is self._client:
-            if client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+            self._driving = True
+            try:
+                rc = client.loop_misc()
+            finally:
+                self._driving = False
+            if rc != paho.MQTT_ERR_SUCCESS:
                 self._gone("keepalive failed")
                 return
             await asyncio.sleep(1.0)
@@ -249,7 +272,9 @@ class MqttSession:
             self._gone(f"disconnected: {reason}")
 
     def _message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.on_message(message.topic, bytes(message.payload))
+        # handled just after paho's read, not inside it: what the handler publishes (an ack)
+        # can then go out at once (paho's callbacks must not write)
+        asyncio.get_running_loop().call_soon(self.on_message, message.topic, bytes(message.payload))
 
     def _published(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any

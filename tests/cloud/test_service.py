@@ -987,3 +987,33 @@ def test_the_twin_takes_a_plan_replacing_a_running_one_as_the_cabinet_does() -> 
         twin.update(message.valid_from)
         verdicts.append((twin.command(message, message.valid_from).status, told))
     assert verdicts == [(AckStatus.ACCEPTED, AckStatus.ACCEPTED)] * 3
+
+
+def test_a_publish_that_swallows_its_cancel_does_not_keep_the_session_open() -> None:
+    """aiomqtt waits for a PUBACK with asyncio.wait_for, which on Python 3.11 returns normally
+    when the PUBACK lands together with a cancel: the publishers must still stop, or the
+    service never shuts down (found as a hang at the end of an end-to-end test)."""
+
+    class SwallowingClient:
+        published = 0
+
+        async def publish(self, topic: str, payload: bytes, **_: Any) -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60.0)
+            self.published += 1
+
+    async def scenario() -> None:
+        road = arterial(2, length_m=800.0)
+        core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
+        service = CloudService(core, settings=ServiceSettings(client_id="t", region="test"))
+        client = SwallowingClient()
+        for n in range(3):
+            service._enqueue(f"t/{n}", b"x", retain=False)
+        sending = asyncio.create_task(service._send(client))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        sending.cancel()
+        done, _ = await asyncio.wait({sending}, timeout=2.0)
+        assert done, "the publishers ignored the cancel"
+        assert client.published == 3
+
+    asyncio.run(scenario())
