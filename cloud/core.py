@@ -203,11 +203,12 @@ class CloudCore:
         pending = self.pending.pop((ack.intersection, ack.plan_id), None)
         if pending is None and ack.status is not AckStatus.APPLIED:
             self.counters["acks_unmatched"] += 1
-        twin = self._twin(ack.intersection) if ack.intersection in self.twins else None
-        running = twin.running if twin is not None else None
         refused = ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED)
-        if refused and twin is not None and running is not None and running.plan_id == ack.plan_id:
-            twin.running = None  # the field did not take it: it runs what it ran before
+        if refused and ack.intersection in self.twins:
+            # (an accepted plan leaves the twin alone: it takes its plans when next looked at)
+            twin = self._twin(ack.intersection)
+            if twin.running is not None and twin.running.plan_id == ack.plan_id:
+                twin.running = None  # the field did not take it: it runs what it ran before
         actions = self.manager.set_confirmed(ack.intersection, True, now_s)
         actions += self.manager.on_ack(ack, now_s)
         if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED, AckStatus.RELEASED):

@@ -52,6 +52,7 @@ from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import MessageError, TopicError, ValidationError
 from citybrain.models.messages import (
     CorridorRequest,
+    CorridorState,
     CorridorStatus,
     PlanAck,
     Presence,
@@ -104,6 +105,9 @@ class ServiceSettings:
     outgoing_queue: int = 10_000
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    status_every_s: float = 0.05
+    """A corridor's retained status goes out at most this often, the latest one winning: each
+    of 21 acks changes it, and publishing (and auditing) each would delay the acks behind."""
 
     def __post_init__(self) -> None:
         check_count("broker_port", self.broker_port, ge=1, le=65_535)
@@ -117,6 +121,7 @@ class ServiceSettings:
         check_count("outgoing_queue", self.outgoing_queue, ge=100)
         check_number("reconnect_min_s", self.reconnect_min_s, gt=0.0, le=60.0)
         check_number("reconnect_max_s", self.reconnect_max_s, ge=self.reconnect_min_s, le=600.0)
+        check_number("status_every_s", self.status_every_s, ge=0.0, le=5.0)
 
 
 class ControllerClock:
@@ -173,6 +178,9 @@ class CloudService(Operations):
         """Operator calls and incoming messages change the core one at a time."""
         self._storage_ok = True
         self._background: set[asyncio.Task[None]] = set()
+        self._statuses_due: dict[str, CorridorStatus] = {}
+        """Corridor statuses waiting for the next status publish, the latest per corridor."""
+        self._states_published: dict[str, CorridorState] = {}
         self.regions: dict[str, str] = {}
         """Intersection -> region, learnt from the topics its edge publishes on."""
         self.backlog: Callable[[], int] = lambda: 0
@@ -384,9 +392,29 @@ class CloudService(Operations):
                 self._audit_soon(action.plan)
             elif isinstance(action, PublishStatus):
                 status = action.status
-                topic = corridor_status_topic(status.corridor_id)
-                self._enqueue(topic, self.codec.encode(status), retain=True)
-                self._audit_soon(status)
+                if self._states_published.get(status.corridor_id) is not status.state:
+                    # a change of state goes out at once; updates within a state are coalesced
+                    self._statuses_due.pop(status.corridor_id, None)
+                    self._publish_status(status)
+                    continue
+                if not self._statuses_due:
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(self.settings.status_every_s, self._publish_statuses)
+                self._statuses_due[status.corridor_id] = status
+
+    def _publish_statuses(self) -> None:
+        due, self._statuses_due = self._statuses_due, {}
+        for status in due.values():
+            self._publish_status(status)
+
+    def _publish_status(self, status: CorridorStatus) -> None:
+        if status.state in TERMINAL:
+            self._states_published.pop(status.corridor_id, None)  # nothing follows: forget it
+        else:
+            self._states_published[status.corridor_id] = status.state
+        topic = corridor_status_topic(status.corridor_id)
+        self._enqueue(topic, self.codec.encode(status), retain=True)
+        self._audit_soon(status)
 
     def _enqueue(self, topic: str, payload: bytes, *, retain: bool) -> None:
         try:

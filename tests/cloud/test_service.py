@@ -1017,3 +1017,40 @@ def test_a_publish_that_swallows_its_cancel_does_not_keep_the_session_open() -> 
         assert client.published == 3
 
     asyncio.run(scenario())
+
+
+def test_statuses_within_a_state_are_coalesced_and_a_change_of_state_goes_out_at_once() -> None:
+    """Each of a corridor's acks updates its status: the retained topic gets the latest every
+    ``status_every_s`` instead of one publish (and one audit row) per ack."""
+    from citybrain.cloud.corridor import PublishStatus
+
+    def status(state: CorridorState, at: float) -> PublishStatus:
+        return PublishStatus(CorridorStatus(corridor_id="C1", vehicle="AMB-1", state=state,
+                                            priority=5, updated_at=at))  # fmt: skip
+
+    async def scenario() -> None:
+        road = arterial(2, length_m=800.0)
+        core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
+        settings = ServiceSettings(client_id="t", region="test", status_every_s=0.05)
+        service = CloudService(core, settings=settings)
+        sent: list[CorridorStatus] = []
+
+        def drain() -> None:
+            while not service._outgoing.empty():
+                sent.append(DEFAULT_CODEC.decode(service._outgoing.get_nowait()[1], CorridorStatus))
+
+        service._apply([status(CorridorState.GRANTED, 1.0)])
+        service._apply([status(CorridorState.GRANTED, float(t)) for t in range(2, 22)])
+        drain()
+        assert [s.updated_at for s in sent] == [1.0], "the first of a state goes out at once"
+        await asyncio.sleep(0.1)
+        drain()
+        assert [s.updated_at for s in sent] == [1.0, 21.0], "then only the latest"
+        service._apply([status(CorridorState.GRANTED, 22.0), status(CorridorState.CANCELLED, 23.0)])
+        drain()
+        assert [s.state for s in sent][-1] is CorridorState.CANCELLED
+        await asyncio.sleep(0.1)
+        drain()
+        assert [s.updated_at for s in sent] == [1.0, 21.0, 23.0], "the older update is dropped"
+
+    asyncio.run(scenario())
