@@ -69,6 +69,9 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 REQUESTS = int(os.environ.get("CITYBRAIN_BENCH_REQUESTS", "60"))
 """Corridor requests per path (direct and HTTP API)."""
+EDGE_BOXES = int(os.environ.get("CITYBRAIN_BENCH_EDGE_BOXES", "21"))
+"""Edge processes the 21 agents run in: one per intersection, as deployed (a box beside each
+cabinet); 1 puts them all on one event loop."""
 WINDOW_S = float(os.environ.get("CITYBRAIN_BENCH_WINDOW_S", "60"))
 STEP_S = float(os.environ.get("CITYBRAIN_BENCH_STEP_S", "15"))
 """Length of one ramp step."""
@@ -155,18 +158,19 @@ async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> 
         await asyncio.sleep(0.005)
 
 
-def _edge_config(workdir: Path, broker_port: int, bus_port: int) -> Path:
-    """The edge box's TOML. The lease limit is raised to its maximum: the last stop lines of a
-    7 km corridor are 6-7 minutes away, and the default 300 s would refuse their plans."""
-    path = workdir / "edge.toml"
+def _edge_config(
+    workdir: Path, broker_port: int, bus_port: int, hosted: list[str], box: int
+) -> Path:
+    """One edge box's TOML, with the default safety limits (the corridor manager keeps every
+    plan's lease within 300 s)."""
+    path = workdir / f"edge-{box}.toml"
     path.write_text(
-        'region = "bench"\nintersections = "all"\n'
+        f'region = "bench"\nintersections = {json.dumps(hosted)}\n'
         f'[broker]\nhost = "127.0.0.1"\nport = {broker_port}\nclient_id_prefix = "bench"\n'
         "reconnect_min_s = 0.2\nreconnect_max_s = 2.0\n"
         f'[controller]\nhost = "127.0.0.1"\nport = {bus_port}\npoll_hz = 10.0\n'
         "[telemetry]\nperiod_s = 1.0\n"
-        f'[buffer]\npath = "{workdir / "edge-buffer"}"\n'
-        "[safety]\nmax_lease_s = 900.0\n"
+        f'[buffer]\npath = "{workdir / f"edge-buffer-{box}"}"\n'
         '[log]\nlevel = "warning"\n'
     )
     return path
@@ -268,60 +272,63 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
     result = _Latency()
     sim_command = [str(BIN / "citybrain"), "sim", "serve", "--network", "arterial",
                    "--speed", "1", "--port", str(bus_port)]  # fmt: skip
-    edge_command = [str(BIN / "citybrain-edge"), "run", "--config",
-                    str(_edge_config(workdir, broker_port, bus_port))]  # fmt: skip
+    boxes = [arterial[box::EDGE_BOXES] for box in range(EDGE_BOXES)]
     store = await PostgresStore.open(dsn)
-    with _process(sim_command, workdir / "sim.log") as sim:
+    with _process(sim_command, workdir / "sim.log") as sim, contextlib.ExitStack() as stack:
         await _port_open(bus_port, sim, 60.0)
-        with _process(edge_command, workdir / "edge.log") as edge:
-            try:
-                async with TelemetryWriter(store) as writer:
-                    telemetry_sink, audit_sink = writer_sinks(writer)
-                    service = CloudService(
-                        core,
-                        settings=ServiceSettings(
-                            broker_port=broker_port, client_id="cloud-bench", region="bench"
-                        ),
-                        telemetry_sink=telemetry_sink,
-                        audit_sink=audit_sink,
-                        clock=ControllerClock(rate=1.0),
+        edges = []
+        for box, hosted in enumerate(boxes):
+            config = _edge_config(workdir, broker_port, bus_port, hosted, box)
+            command = [str(BIN / "citybrain-edge"), "run", "--config", str(config)]
+            edges.append(stack.enter_context(_process(command, workdir / f"edge-{box}.log")))
+        try:
+            async with TelemetryWriter(store) as writer:
+                telemetry_sink, audit_sink = writer_sinks(writer)
+                service = CloudService(
+                    core,
+                    settings=ServiceSettings(
+                        broker_port=broker_port, client_id="cloud-bench", region="bench"
+                    ),
+                    telemetry_sink=telemetry_sink,
+                    audit_sink=audit_sink,
+                    clock=ControllerClock(rate=1.0),
+                )
+                service.backlog = lambda: writer.pending
+                stop = asyncio.Event()
+                running = asyncio.create_task(service.run(stop))
+                api = await serve_api(service, "127.0.0.1", 0)
+                host, port = api.addresses[0][:2]
+                try:
+                    await _until(
+                        lambda: all(s.telemetry is not None for s in core.seen.values()),
+                        60.0,
+                        "telemetry from all 21 intersections",
                     )
-                    service.backlog = lambda: writer.pending
-                    stop = asyncio.Event()
-                    running = asyncio.create_task(service.run(stop))
-                    api = await serve_api(service, "127.0.0.1", 0)
-                    host, port = api.addresses[0][:2]
-                    try:
-                        await _until(
-                            lambda: all(s.telemetry is not None for s in core.seen.values()),
-                            60.0,
-                            "telemetry from all 21 intersections",
-                        )
-                        tap = _Tap(broker_port)
-                        tapping = asyncio.create_task(tap.run())
-                        await asyncio.wait_for(tap.ready.wait(), 10.0)
-                        parts = {"cloud (this process)": [os.getpid()], "edges": [edge.pid],
-                                 "simulator": [sim.pid], "broker": [broker_pid],
-                                 "PostgreSQL": _postgres_pids(server)}  # fmt: skip
-                        cpu0 = {name: _cpu_s(pids) for name, pids in parts.items()}
-                        machine0, wall0 = _machine_s(), time.monotonic()
-                        await _requests(service, core, samples, route, f"http://{host}:{port}",
-                                        result, tap)  # fmt: skip
-                        wall = time.monotonic() - wall0
-                        for name, pids in parts.items():
-                            result.cores[name] = (_cpu_s(pids) - cpu0[name]) / wall
-                        result.cores["machine"] = (_machine_s() - machine0) / wall
-                        tapping.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await tapping
-                        await _round_trips(broker_port, result)
-                    finally:
-                        stop.set()
-                        await api.cleanup()
-                        await running
-                    await writer.flush()
-            finally:
-                await store.close()
+                    tap = _Tap(broker_port)
+                    tapping = asyncio.create_task(tap.run())
+                    await asyncio.wait_for(tap.ready.wait(), 10.0)
+                    parts = {"cloud (this process)": [os.getpid()], "edges": [e.pid for e in edges],
+                             "simulator": [sim.pid], "broker": [broker_pid],
+                             "PostgreSQL": _postgres_pids(server)}  # fmt: skip
+                    cpu0 = {name: _cpu_s(pids) for name, pids in parts.items()}
+                    machine0, wall0 = _machine_s(), time.monotonic()
+                    await _requests(service, core, samples, route, f"http://{host}:{port}",
+                                    result, tap)  # fmt: skip
+                    wall = time.monotonic() - wall0
+                    for name, pids in parts.items():
+                        result.cores[name] = (_cpu_s(pids) - cpu0[name]) / wall
+                    result.cores["machine"] = (_machine_s() - machine0) / wall
+                    tapping.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await tapping
+                    await _round_trips(broker_port, result)
+                finally:
+                    stop.set()
+                    await api.cleanup()
+                    await running
+                await writer.flush()
+        finally:
+            await store.close()
     result.counters = dict(service.counters + core.counters)
     result.in_process_ms = _in_process(road, settings, core, route, result)
     return result

@@ -220,7 +220,11 @@ class CloudService(Operations):
             username=settings.username,
             password=settings.password,
             protocol=ProtocolVersion.V311,
-            clean_session=False,
+            # The leader's session persists (acks and statuses wait for it across a reconnect);
+            # an ingest worker's does not: Mosquitto keeps dealing a stopped member of a shared
+            # subscription its turn while its session lives, and those messages wait for it
+            # (then overflow); without a session the live workers take them all.
+            clean_session=settings.role is Role.INGEST,
             max_queued_incoming_messages=settings.incoming_queue,
             max_inflight_messages=1000,
             timeout=10.0,

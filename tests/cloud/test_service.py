@@ -752,6 +752,40 @@ def test_two_ingest_workers_split_a_shared_subscription_with_no_loss_or_duplicat
     asyncio.run(scenario())
 
 
+@pytest.mark.broker
+@pytest.mark.db
+def test_a_stopped_ingest_worker_leaves_its_share_to_the_others(
+    mosquitto: Any, postgres: Any
+) -> None:
+    """Found by the ingest benchmark: with persistent sessions Mosquitto kept dealing a stopped
+    worker its turn of the shared subscription, and those messages never reached the
+    database. A worker that stops now takes no share: the one left takes everything."""
+    dsn = postgres.create_database()
+    total = 400
+
+    async def scenario() -> None:
+        stores = [await PostgresStore.open(dsn), await PostgresStore.open(dsn)]
+        try:
+            async with running(mosquitto.port, stores[1], client_id="ingest-2", role=Role.INGEST,
+                               share_group="ingest", region="+") as (two, _):  # fmt: skip
+                async with running(mosquitto.port, stores[0], client_id="ingest-1",
+                                   role=Role.INGEST, share_group="ingest",
+                                   region="+") as (one, _):  # fmt: skip
+                    assert one.connected.is_set()
+                async with publisher(mosquitto.port) as client:
+                    for message in _known_telemetry(total):
+                        topic = _topic(TopicKind.TELEMETRY, message.intersection)
+                        await client.publish(topic, DEFAULT_CODEC.encode(message), qos=1)
+                await until(lambda: two.counters["telemetry"] >= total, 15.0, "all taken by two")
+            assert one.counters["telemetry"] == 0
+            assert await stores[1].count_telemetry() == total
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(scenario())
+
+
 # ---- bugs found on the way (fixed; each test keeps it fixed) --------------------------------
 
 
