@@ -226,6 +226,7 @@ class CloudService(Operations):
             # (then overflow); without a session the live workers take them all.
             clean_session=settings.role is Role.INGEST,
             max_queued_incoming_messages=settings.incoming_queue,
+            queue_type=self._incoming_queue_type(),
             max_inflight_messages=1000,
             timeout=10.0,
         ) as client:
@@ -246,6 +247,22 @@ class CloudService(Operations):
                     task.cancel()
                 if receiving in done and receiving.exception() is not None:
                     raise aiomqtt.MqttError("connection lost") from receiving.exception()
+
+    def _incoming_queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's incoming queue, counting what it refuses when full. paho acknowledges a
+        message to the broker as it reads it, so one refused here is lost: counted as
+        ``incoming_dropped`` (the health turns degraded), never silent."""
+        counters = self.counters
+
+        class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                try:
+                    super().put_nowait(item)
+                except asyncio.QueueFull:
+                    counters["incoming_dropped"] += 1
+                    raise
+
+        return CountingQueue
 
     def _subscriptions(self) -> list[str]:
         settings = self.settings
@@ -533,7 +550,8 @@ class CloudService(Operations):
     async def health(self) -> HealthReport:
         broker = self.connected.is_set()
         database = self._storage_ok and self.database_up()
-        status = Health.OK if broker and database else Health.DEGRADED
+        lossless = self.counters["incoming_dropped"] == 0
+        status = Health.OK if broker and database and lossless else Health.DEGRADED
         if not broker and self.counters["broker_errors"] > 3:
             status = Health.DOWN
         return HealthReport(

@@ -1088,3 +1088,24 @@ def test_statuses_within_a_state_are_coalesced_and_a_change_of_state_goes_out_at
         assert [s.updated_at for s in sent] == [1.0, 21.0, 23.0], "the older update is dropped"
 
     asyncio.run(scenario())
+
+
+def test_messages_the_incoming_queue_refuses_are_counted_and_degrade_the_health() -> None:
+    """Found by the ingest benchmark: past ``incoming_queue`` aiomqtt discarded messages with
+    a log line only (paho had already acknowledged them to the broker)."""
+
+    async def scenario() -> None:
+        road = arterial(2, length_m=800.0)
+        core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
+        service = CloudService(core, settings=ServiceSettings(client_id="t", incoming_queue=100))
+        queue = service._incoming_queue_type()(maxsize=100)
+        message = aiomqtt.Message("t", b"x", qos=1, retain=False, mid=1, properties=None)
+        for _ in range(103):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(message)
+        assert service.counters["incoming_dropped"] == 3
+        health = await service.health()
+        assert health.status is Health.DEGRADED
+        assert health.detail["incoming_dropped"] == "3"
+
+    asyncio.run(scenario())
