@@ -182,10 +182,11 @@ class CloudCore:
     # ---- corridors --------------------------------------------------------------------------
 
     def request(self, request: CorridorRequest, now_s: float) -> list[Action]:
+        started = self.wall_clock()  # the latency an operator sees includes the routing
         actions = self.manager.request(request, now_s)
         corridor_id = self.manager.by_vehicle[request.vehicle]
         first = {(a.intersection, a.plan.plan_id) for a in actions if isinstance(a, SendPlan)}
-        self.dispatches[corridor_id] = _Dispatch(self.wall_clock(), first)
+        self.dispatches[corridor_id] = _Dispatch(started, first)
         self.counters["corridors_requested"] += 1
         return self._track(actions, now_s)
 
@@ -213,6 +214,8 @@ class CloudCore:
         actions += self.manager.on_ack(ack, now_s)
         if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED, AckStatus.RELEASED):
             self._acknowledged(ack.intersection, ack.plan_id)
+        elif refused:
+            self._refused(ack.intersection, ack.plan_id)
         return self._track(actions, now_s)
 
     def tick(self, now_s: float) -> list[Action]:
@@ -258,6 +261,14 @@ class CloudCore:
             dispatch.waiting.discard((node, plan_id))
             if not dispatch.waiting:
                 self.plan_latency_ms.append((self.wall_clock() - dispatch.started) * 1000.0)
+                del self.dispatches[corridor_id]
+
+    def _refused(self, node: str, plan_id: str) -> None:
+        """A first plan refused: that request will never be acknowledged all through, so it
+        gives no latency sample (counted instead)."""
+        for corridor_id, dispatch in list(self.dispatches.items()):
+            if (node, plan_id) in dispatch.waiting:
+                self.counters["dispatches_refused"] += 1
                 del self.dispatches[corridor_id]
 
     # ---- views ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ import numpy as np
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Route, Router, UnreachableError
 from citybrain.cloud.state import NetworkState
-from citybrain.models.checks import check_number
+from citybrain.models.checks import check_count, check_number
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
@@ -91,6 +92,9 @@ class StopLine:
     confirmed: bool = False
     released: bool = False
     passed_s: float | None = None
+    flushed_veh: float = 0.0
+    """Vehicles its window flushes ahead of the vehicle: the estimate before the window opened,
+    kept (never lowered) while it flushes, since the queue it measures then is draining."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,12 @@ class Settings:
     """Plans take over this long after they are made (``valid_from``), so that they reach the
     controller first and every party (edge, cabinet, the cloud's twin) takes over at the same
     instant. 0 where commands arrive at once (in-process); about the plan path's p99 over MQTT."""
+    keep_ended: int = 1000
+    """Ended corridors kept in memory (for late acks and listing); older ones are forgotten."""
+    max_lease_s: float = 300.0
+    """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
+    further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
+    controller runs its normal plan until then, which is what the plan would replay)."""
 
     def __post_init__(self) -> None:
         check_number("horizon_s", self.horizon_s, gt=0.0, le=600.0)
@@ -144,6 +154,10 @@ class Settings:
         check_number("position_timeout_s", self.position_timeout_s, gt=0.0, le=600.0)
         check_number("platoon_share", self.platoon_share, ge=0.0, le=1.0)
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
+        check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
+        check_count("keep_ended", self.keep_ended, ge=1, le=1_000_000)
+        if self.lease_margin_s + self.clear_after_s >= self.max_lease_s:
+            raise ValidationError("max_lease_s", "leaves no room for a window")
 
 
 SignalStates = Callable[[str, float], ControllerState]
@@ -168,7 +182,13 @@ class CorridorManager:
         self.signal_states = signal_states
         self.settings = settings or Settings()
         self.corridors: dict[str, Corridor] = {}
+        """Live corridors and the last ``keep_ended`` that ended (the audit trail has all)."""
         self.by_vehicle: dict[str, str] = {}
+        self._serving: dict[str, list[str]] = {}
+        """Plan id -> the corridors whose windows it carries, for its acks."""
+        self._plans_of: dict[str, list[str]] = {}
+        """Corridor id -> every plan that carried its windows (to forget them with it)."""
+        self._ended: deque[str] = deque()
         self.seq: dict[str, int] = {}
         self.sent: dict[str, _Sent] = {}
         self.unconfirmed: set[str] = set()
@@ -359,7 +379,8 @@ class CorridorManager:
         """Mark the stop lines a plan served as confirmed (or not); one plan can serve several
         corridors crossing one intersection."""
         actions: list[Action] = []
-        for corridor in self.corridors.values():
+        for corridor_id in self._serving.get(ack.plan_id, ()):
+            corridor = self.corridors[corridor_id]
             lines = [
                 line
                 for line in corridor.stop_lines
@@ -499,25 +520,73 @@ class CorridorManager:
     def _flush_along(self, corridor: Corridor, now_s: float) -> np.ndarray:
         """Per movement, the green needed before the vehicle arrives: its queue, plus the
         vehicles a window upstream flushes ahead of the vehicle that continue to this stop line
-        (they arrive before it, so they are in its way too)."""
+        (they arrive before it, so they are in its way too). On the link the vehicle drives
+        on, those are the platoon the stop line it passed last flushed, as far as it is still
+        driving and gets there before the vehicle (the rest is in the measured queue already,
+        or behind the vehicle)."""
         state = self.network_state
         flush = state.flush_time_s(now_s)[self.graph.mv_from]
         queues = state.queues(now_s).queue_veh
         inflow = state.inflow_veh_per_s(now_s)
+        route = corridor.route
+        lines = {
+            line.hop: line for line in corridor.stop_lines if not line.released and line.hop >= 0
+        }
         ahead = 0.0
-        for hop, movement in enumerate(corridor.route.moves):
+        for hop, movement in enumerate(route.moves):
             if movement < 0:
                 break
-            link = int(corridor.route.link_indices[hop])
+            link = int(route.link_indices[hop])
             # the queue when the vehicle gets there: it grows with arrivals while its movement
             # is red (the normal plan's red share), up to what the link can store
-            until = max(0.0, float(corridor.route.line_s[hop]) - now_s)
+            until = max(0.0, float(route.line_s[hop]) - now_s)
             grown = queues[link] + inflow[link] * until * self.red_share[movement]
+            if hop == 0:
+                grown += self._platoon_ahead(corridor, now_s)
             expected = min(float(grown), float(self.storage[link]))
             ahead = expected + self.settings.platoon_share * ahead
             if ahead > 0.0:
                 flush[movement] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
+            line = lines.get(hop)
+            if line is not None:
+                # once its window opens the queue measured drains: what it flushes ahead of
+                # the vehicle is what was there, not what is left
+                opened = line.close_s > line.open_s and now_s >= line.open_s
+                line.flushed_veh = max(line.flushed_veh, ahead) if opened else ahead
+                ahead = line.flushed_veh
         return flush
+
+    def _platoon_ahead(self, corridor: Corridor, now_s: float) -> float:
+        """Vehicles the window at the stop line the vehicle passed last flushed ahead of it
+        that continue onto its link and are still driving to the next stop line, where they
+        get before the vehicle: it drives faster than they do and catches up with them.
+
+        They left that stop line at saturation headway just before the vehicle (the window is
+        timed to end its flush then) and drive the link at its speed limit.
+        """
+        route = corridor.route
+        link = int(route.link_indices[0])
+        graph = self.graph
+        passed = [
+            line
+            for line in corridor.stop_lines
+            if line.passed_s is not None and int(graph.mv_to[line.movement]) == link
+        ]
+        if not passed:
+            return 0.0
+        line = max(passed, key=lambda x: float(x.passed_s or 0.0))
+        share = self.settings.platoon_share
+        if line.passed_s is None or line.flushed_veh <= 0.0 or share <= 0.0:
+            return 0.0
+        source = int(graph.mv_from[line.movement])
+        spread = max(line.flushed_veh * float(self.network_state.discharge_s_per_veh[source]), 1.0)
+        travel = float(graph.link_time[link]) * graph.emergency_speed_factor
+        first = line.passed_s - spread + travel
+        low = max(first, now_s)
+        high = min(line.passed_s + travel, float(route.line_s[0]))
+        if high <= low:
+            return 0.0
+        return share * line.flushed_veh * (high - low) / spread
 
     def _dispatch(self, now_s: float) -> list[Action]:
         """One plan per intersection holding every live window there (two corridors crossing
@@ -545,22 +614,27 @@ class CorridorManager:
                 continue
             seq = self._next_seq(node)
             plan_id = f"{lines[0][0].corridor_id}-{node}-{seq}"
-            takeover = now_s + settings.takeover_lead_s
+            soonest = now_s + settings.takeover_lead_s
             green: list[GreenWindow] = []
+            owners = list(dict.fromkeys(c.corridor_id for c, _ in lines))
+            self._serving[plan_id] = owners
+            for owner in owners:
+                self._plans_of.setdefault(owner, []).append(plan_id)
             for _, line in lines:
-                opening = max(line.open_s, takeover, green[-1].close_at if green else 0.0)
+                opening = max(line.open_s, soonest, green[-1].close_at if green else 0.0)
                 closing = max(line.close_s, opening + 1.0)
                 green.append(
                     GreenWindow(signal_group=line.group, open_at=opening, close_at=closing)
                 )
                 line.plan_id, line.confirmed = plan_id, False
+            valid_until = green[-1].close_at + settings.lease_margin_s
             plan = SignalPlan(
                 plan_id=plan_id,
                 intersection=node,
                 seq=seq,
                 issued_at=now_s,
-                valid_from=takeover,
-                valid_until=green[-1].close_at + settings.lease_margin_s,
+                valid_from=max(soonest, valid_until - settings.max_lease_s),
+                valid_until=valid_until,
                 corridor_id=lines[0][0].corridor_id,
                 windows=tuple(green),
             )
@@ -596,8 +670,23 @@ class CorridorManager:
             line.released = True
         corridor.state, corridor.reason = state, reason
         self.by_vehicle.pop(corridor.vehicle, None)
+        self._forget_ended(corridor.corridor_id)
         log.info("corridor %s %s%s", corridor.corridor_id, state, f": {reason}" if reason else "")
         return [*self._dispatch(now_s), PublishStatus(self._status(corridor, now_s))]
+
+    def _forget_ended(self, corridor_id: str) -> None:
+        """Keep the last ``keep_ended`` ended corridors (for their late acks and the operators'
+        list); older ones go, with their plans' index entries."""
+        self._ended.append(corridor_id)
+        while len(self._ended) > self.settings.keep_ended:
+            gone = self._ended.popleft()
+            del self.corridors[gone]
+            for plan_id in self._plans_of.pop(gone, []):
+                owners = self._serving.get(plan_id, [])
+                if gone in owners:
+                    owners.remove(gone)
+                if not owners:
+                    self._serving.pop(plan_id, None)
 
     def status(self, corridor_id: str, now_s: float) -> CorridorStatus:
         corridor = self.corridors.get(corridor_id)

@@ -226,14 +226,14 @@ def normal_state_at(plan: TimingPlan, at_s: float, *, before: bool = False) -> C
         last[event.group] = event
     groups: dict[str, GroupState] = {}
     for group in signals.groups:
-        event = last.get(group)
-        if event is None:
+        latest = last.get(group)
+        if latest is None:
             groups[group] = GroupState(Indication.RED, NEVER)
             continue
         walk = None
-        if event.indication is Indication.GREEN and signals.timings[group].has_crossing:
-            walk = event.at_s
-        groups[group] = GroupState(event.indication, event.at_s, walk)
+        if latest.indication is Indication.GREEN and signals.timings[group].has_crossing:
+            walk = latest.at_s
+        groups[group] = GroupState(latest.indication, latest.at_s, walk)
     return ControllerState(signals, at_s, groups)
 
 

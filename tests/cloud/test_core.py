@@ -110,3 +110,83 @@ def test_telemetry_updates_queues_and_redeliveries_are_refused() -> None:
     with pytest.raises(ValidationError, match="not newer"):
         core.on_telemetry(message, NOW)
     assert core.seen["a02"].telemetry == message
+
+
+def test_plans_far_ahead_take_over_later_so_their_lease_stays_within_the_limit() -> None:
+    """A horizon covering a whole 7 km arterial puts the last windows 6 minutes ahead: their
+    plans take over later rather than carry a lease the controllers refuse."""
+    from citybrain.cloud.corridor import Settings as CorridorSettings
+    from citybrain.signal_plans.controller import ControllerModel
+    from citybrain.simulator.scenarios import load_network
+
+    road = load_network("arterial")
+    route = ("west", *sorted(road.plans), "east")
+    settings = CoreSettings(corridor=CorridorSettings(horizon_s=600.0, takeover_lead_s=0.2))
+    core = CloudCore(road.network, road.plans, settings=settings, wall_clock=Wall())
+    request = CorridorRequest(
+        vehicle="AMB-1", origin="west", route=route, priority=5, requester="op",
+        requested_at=NOW,
+    )  # fmt: skip
+    plans = _plans(core.request(request, NOW))
+    assert len(plans) == len(road.plans)
+    later = [p for p in plans if p.plan.valid_from > NOW + 0.2]
+    assert later, "the last stop lines are more than a lease ahead"
+    for sent in plans:
+        plan = sent.plan
+        assert plan.valid_until - plan.valid_from <= 300.0 + 1e-9
+        # the plan still takes over a cycle or more before its window, or at once
+        cycle = road.plans[sent.intersection].cycle_s
+        assert plan.valid_from == NOW + 0.2 or plan.valid_from <= plan.windows[0].open_at - cycle
+        # a cabinet with the default limits takes it, as does the cloud's twin
+        cabinet = ControllerModel(road.plans[sent.intersection])
+        assert cabinet.command(plan, NOW).status is AckStatus.ACCEPTED
+    core.settle()
+    assert core.counters["twin_refused"] == 0
+
+
+def test_a_refused_first_plan_ends_the_latency_sample_instead_of_keeping_it_forever() -> None:
+    core = _core()
+    sent = _plans(core.request(_request(), NOW))
+    refusal = PlanAck(
+        plan_id=sent[0].plan.plan_id, intersection=sent[0].intersection, seq=sent[0].plan.seq,
+        status=AckStatus.REJECTED, at=NOW, reason_code="unsafe", reason="test",
+    )  # fmt: skip
+    core.on_ack(refusal, NOW)
+    for plan in sent[1:]:
+        core.on_ack(_ack(plan), NOW)
+    assert not core.dispatches
+    assert not core.plan_latency_ms
+    assert core.counters["dispatches_refused"] == 1
+
+
+def test_ended_corridors_are_forgotten_past_the_limit_and_acks_find_theirs_directly() -> None:
+    from citybrain.cloud.corridor import Settings as CorridorSettings
+
+    core = CloudCore(
+        ROAD.network,
+        ROAD.plans,
+        settings=CoreSettings(corridor=CorridorSettings(keep_ended=3)),
+        wall_clock=Wall(),
+    )
+    ids = []
+    for n in range(6):
+        now = NOW + 100.0 * n
+        request = _request()
+        request = CorridorRequest(
+            vehicle=request.vehicle, origin="west", route=ROUTE, priority=5, requester="op",
+            requested_at=now,
+        )  # fmt: skip
+        sent = _plans(core.request(request, now))
+        corridor_id = core.manager.by_vehicle["AMB-1"]
+        ids.append(corridor_id)
+        core.cancel(corridor_id, now, reason="test")
+        # an ack that comes after the cancel still finds its (ended) corridor
+        actions = core.on_ack(_ack(sent[0]), now)
+        assert any(getattr(a, "status", None) for a in actions)
+    assert list(core.manager.corridors) == ids[-3:]
+    # the plan index keeps only the corridors still known
+    owners = {o for owners in core.manager._serving.values() for o in owners}
+    assert owners == set(ids[-3:])
+    assert set(core.manager._plans_of) == set(ids[-3:])
+    # an ack for a forgotten corridor's plan is harmless
+    assert core.on_ack(_ack(sent[0]), NOW + 600.0) is not None

@@ -100,6 +100,64 @@ def test_queues_make_windows_open_earlier() -> None:
     assert second["a03"].open_at < first["a03"].open_at
 
 
+def _line(manager: CorridorManager, intersection: str, vehicle: str = "AMB-1") -> Any:
+    corridor = manager.corridors[manager.by_vehicle[vehicle]]
+    (line,) = [line for line in corridor.stop_lines if line.intersection == intersection]
+    return line
+
+
+def test_what_a_window_flushed_is_kept_while_its_queue_drains() -> None:
+    manager = _manager()
+    manager.network_state.set_queue("a01-a02", 20.0, 100.0)
+    manager.request(_request(), 100.0)
+    line = _line(manager, "a02")
+    before = line.flushed_veh
+    assert before >= 20.0
+    # the window is open and the queue drains: what it sends ahead of the vehicle stays
+    now = line.open_s + 1.0
+    manager.network_state.set_queue("a01-a02", 2.0, now)
+    manager.on_position(
+        VehiclePosition(vehicle="AMB-1", time=now, link="a01-a02", offset_m=10.0, speed_mps=18.0),
+        now,
+    )
+    assert line.flushed_veh >= before
+
+
+def test_the_platoon_flushed_ahead_still_counts_once_the_vehicle_is_past_its_stop_line() -> None:
+    opened = {}
+    for queue in (0.0, 20.0):
+        manager = _manager()
+        manager.network_state.set_queue("a01-a02", queue, 100.0)
+        manager.request(_request(), 100.0)
+        # the vehicle crosses a02 when it was due; the queue there is gone (flushed ahead of
+        # it) and the one at a03 not there yet: its platoon drives between the two
+        passed = _line(manager, "a02").eta_s
+        manager.network_state.set_queue("a01-a02", 0.0, passed)
+        position = VehiclePosition(
+            vehicle="AMB-1", time=passed, link="a02-a03", offset_m=5.0, speed_mps=18.0
+        )
+        manager.on_position(position, passed)
+        opened[queue] = _line(manager, "a03").open_s
+    assert opened[20.0] < opened[0.0] - 3.0
+
+
+def test_a_platoon_that_reached_the_next_stop_line_is_no_longer_counted_as_driving() -> None:
+    manager = _manager()
+    manager.network_state.set_queue("a01-a02", 20.0, 100.0)
+    manager.request(_request(), 100.0)
+    passed = _line(manager, "a02").eta_s
+    manager.network_state.set_queue("a01-a02", 0.0, passed)
+    corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
+    position = VehiclePosition(
+        vehicle="AMB-1", time=passed, link="a02-a03", offset_m=5.0, speed_mps=18.0
+    )
+    manager.on_position(position, passed)
+    assert manager._platoon_ahead(corridor, passed) > 0.0
+    # long after: the platoon got to a03 (and is in its queue, or through)
+    late = passed + 120.0
+    assert manager._platoon_ahead(corridor, late) == 0.0
+
+
 def test_positions_release_what_is_passed_and_the_end_completes_the_corridor() -> None:
     manager = _manager()
     manager.request(_request(), 100.0)
