@@ -30,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -69,9 +71,15 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 REQUESTS = int(os.environ.get("CITYBRAIN_BENCH_REQUESTS", "60"))
 """Corridor requests per path (direct and HTTP API)."""
-EDGE_BOXES = int(os.environ.get("CITYBRAIN_BENCH_EDGE_BOXES", "21"))
-"""Edge processes the 21 agents run in: one per intersection, as deployed (a box beside each
-cabinet); 1 puts them all on one event loop."""
+TAP = os.environ.get("CITYBRAIN_BENCH_TAP") == "1"
+"""Also split each request into phases with a passive subscriber on the plan and ack topics.
+Off by default: it runs on the cloud's event loop and its decoding delays the cloud."""
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+"""As the cloud and the edges set it: paho leaves Nagle's algorithm on."""
+EDGE_BOXES = int(os.environ.get("CITYBRAIN_BENCH_EDGE_BOXES", "1"))
+"""Edge processes the 21 agents run in: 1 (the default) puts them all on one event loop, as
+one edge box serving every cabinet; 21 is a box per cabinet, but here 21 processes share two
+cores with the cloud, the broker and the simulator, which no deployment does."""
 WINDOW_S = float(os.environ.get("CITYBRAIN_BENCH_WINDOW_S", "60"))
 STEP_S = float(os.environ.get("CITYBRAIN_BENCH_STEP_S", "15"))
 """Length of one ramp step."""
@@ -231,7 +239,8 @@ class _Tap:
 
     async def run(self) -> None:
         async with aiomqtt.Client("127.0.0.1", self.port, identifier="bench-tap",
-                                  protocol=aiomqtt.ProtocolVersion.V311) as client:  # fmt: skip
+                                  protocol=aiomqtt.ProtocolVersion.V311,
+                                  socket_options=NODELAY) as client:  # fmt: skip
             await client.subscribe("cb/v1/bench/x/+/plan", qos=0)
             await client.subscribe("cb/v1/bench/x/+/ack", qos=0)
             self.ready.set()
@@ -304,23 +313,27 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                         60.0,
                         "telemetry from all 21 intersections",
                     )
-                    tap = _Tap(broker_port)
-                    tapping = asyncio.create_task(tap.run())
-                    await asyncio.wait_for(tap.ready.wait(), 10.0)
+                    tap = _Tap(broker_port) if TAP else None
+                    if tap is not None:
+                        tapping = asyncio.create_task(tap.run())
+                        await asyncio.wait_for(tap.ready.wait(), 10.0)
                     parts = {"cloud (this process)": [os.getpid()], "edges": [e.pid for e in edges],
                              "simulator": [sim.pid], "broker": [broker_pid],
                              "PostgreSQL": _postgres_pids(server)}  # fmt: skip
+                    gc.freeze()  # as `citybrain cloud serve` does once started
                     cpu0 = {name: _cpu_s(pids) for name, pids in parts.items()}
                     machine0, wall0 = _machine_s(), time.monotonic()
                     await _requests(service, core, samples, route, f"http://{host}:{port}",
                                     result, tap)  # fmt: skip
                     wall = time.monotonic() - wall0
+                    gc.unfreeze()
                     for name, pids in parts.items():
                         result.cores[name] = (_cpu_s(pids) - cpu0[name]) / wall
                     result.cores["machine"] = (_machine_s() - machine0) / wall
-                    tapping.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await tapping
+                    if tap is not None:
+                        tapping.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await tapping
                     await _round_trips(broker_port, result)
                 finally:
                     stop.set()
@@ -341,7 +354,7 @@ async def _requests(
     route: tuple[str, ...],
     api_url: str,
     result: _Latency,
-    tap: _Tap,
+    tap: _Tap | None,
 ) -> None:
     """Request, wait for every first plan's ack, cancel, wait for the releases; alternately
     straight and through the API. The first two are warm-up (JIT, connection pools)."""
@@ -386,7 +399,8 @@ async def _requests(
             if index >= 2:
                 result.release_ms.append((time.monotonic() - cancelled) * 1000.0)
                 phases = {"request call returned": (answered - started) * 1000.0}
-                phases.update(tap.phases(corridor_id, started))
+                if tap is not None:
+                    phases.update(tap.phases(corridor_id, started))
                 phases["last ack processed by the cloud"] = (samples.at - started) * 1000.0
                 for name, value in phases.items():
                     result.phases_ms.setdefault(f"{'api' if via_api else 'direct'}: {name}",
@@ -420,7 +434,8 @@ def _in_process(
 async def _round_trips(broker_port: int, result: _Latency, count: int = 300) -> None:
     """Peer: what the broker alone costs, one QoS 1 message out and back on one session."""
     async with aiomqtt.Client("127.0.0.1", broker_port, identifier="bench-rtt",
-                              protocol=aiomqtt.ProtocolVersion.V311) as client:  # fmt: skip
+                              protocol=aiomqtt.ProtocolVersion.V311,
+                              socket_options=NODELAY) as client:  # fmt: skip
         await client.subscribe("bench/rtt", qos=1)
         messages = client.messages
         for _ in range(count):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -105,6 +106,10 @@ async def _serve(args: argparse.Namespace) -> int:
         role, len(core.seen), args.broker, store.flavor if store else "none",
         args.api if api else "off",
     )  # fmt: skip
+    # What start-up built (the network, the core, numba, the libraries) lives as long as the
+    # process: out of the collector's sight, a full collection takes ~1 ms instead of ~57 ms,
+    # which otherwise lands in some corridor request's latency.
+    gc.freeze()
     try:
         await service.run(stop)
     finally:

@@ -162,6 +162,7 @@ async def broker(kind: str, workdir: Path) -> AsyncIterator[tuple[int, str]]:
         config.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
         )
         process = subprocess.Popen(  # noqa: S603 - our own command line
             [mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

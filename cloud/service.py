@@ -20,6 +20,7 @@ import contextlib
 import enum
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,8 @@ class ServiceSettings:
     outgoing_queue: int = 10_000
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    settle_after_s: float = 0.2
+    """The twins take the plans sent this long after, past the acks' p99 (see ``_settle``)."""
     status_every_s: float = 0.05
     """A corridor's retained status goes out at most this often, the latest one winning: each
     of 21 acks changes it, and publishing (and auditing) each would delay the acks behind."""
@@ -122,6 +125,7 @@ class ServiceSettings:
         check_number("reconnect_min_s", self.reconnect_min_s, gt=0.0, le=60.0)
         check_number("reconnect_max_s", self.reconnect_max_s, ge=self.reconnect_min_s, le=600.0)
         check_number("status_every_s", self.status_every_s, ge=0.0, le=5.0)
+        check_number("settle_after_s", self.settle_after_s, ge=0.0, le=5.0)
 
 
 class ControllerClock:
@@ -179,6 +183,7 @@ class CloudService(Operations):
         self._storage_ok = True
         self._background: set[asyncio.Task[None]] = set()
         self._statuses_due: dict[str, CorridorStatus] = {}
+        self._settling: asyncio.Task[None] | None = None
         """Corridor statuses waiting for the next status publish, the latest per corridor."""
         self._states_published: dict[str, CorridorState] = {}
         self.regions: dict[str, str] = {}
@@ -227,6 +232,9 @@ class CloudService(Operations):
             clean_session=settings.role is Role.INGEST,
             max_queued_incoming_messages=settings.incoming_queue,
             queue_type=self._incoming_queue_type(),
+            # paho leaves Nagle on: a plan written while the previous segment waits for the
+            # broker's delayed ACK would wait up to 40 ms (measured: most of a request's time)
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             max_inflight_messages=1000,
             timeout=10.0,
         ) as client:
@@ -402,6 +410,7 @@ class CloudService(Operations):
         region = self.settings.region if self.settings.region != "+" else None
         for action in actions:
             if isinstance(action, SendPlan):
+                self._settle_soon()
                 where = region or self.regions.get(action.intersection)
                 if where is None:
                     # never heard from: nothing to send to; its ack timeout plans around it
@@ -422,6 +431,18 @@ class CloudService(Operations):
                     loop = asyncio.get_running_loop()
                     loop.call_later(self.settings.status_every_s, self._publish_statuses)
                 self._statuses_due[status.corridor_id] = status
+
+    def _settle_soon(self) -> None:
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.get_running_loop().create_task(self._settle())
+
+    async def _settle(self) -> None:
+        """The twins take the plans just sent one intersection at a time, once their acks are
+        in (``settle_after_s``) and between other work (each step is synchronous, so never
+        inside another handler). Whoever reads a twin before then brings it up to date."""
+        await asyncio.sleep(self.settings.settle_after_s)
+        while self.core.settle_one():
+            await asyncio.sleep(0)
 
     def _publish_statuses(self) -> None:
         due, self._statuses_due = self._statuses_due, {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -86,7 +87,9 @@ def _run(settings: EdgeSettings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_host(settings, stop)
+        # once the agents run, what start-up built lives as long as the process: out of the
+        # collector's sight, full collections stay short (they would land in a plan's ack)
+        await run_host(settings, stop, started=lambda _agents: gc.freeze())
 
     try:
         asyncio.run(serve())

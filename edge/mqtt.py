@@ -199,6 +199,11 @@ class MqttSession:
     def _socket_open(self, client: paho.Client, sock: Any) -> None:
         if client is not self._client:
             return
+        if isinstance(sock, socket.socket):
+            # paho leaves Nagle on: an ack written while the telemetry before it waits for the
+            # broker's delayed ACK would wait up to 40 ms
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
         loop.add_reader(sock, self._read, client)
         self._misc = loop.create_task(self._misc_loop(client))

@@ -35,6 +35,7 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
             f"log_dest file {self.log}\n" + ("user root\n" if os.geteuid() == 0 else "")
             # as root, mosquitto drops to its own user, which cannot write into pytest's tmp
         )
