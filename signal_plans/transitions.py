@@ -36,7 +36,11 @@ window at most this late (less than the window's own safety margin); skipping it
 traffic a whole cycle."""
 
 ON_PLAN_TOLERANCE_S = 0.05
-"""How far a reported display start may drift from the normal plan's and still count as on plan."""
+"""How far a reported display start may drift from the normal plan's and still count as on plan.
+Only earlier: a display begun even 0.01 s later than the normal plan's (a yellow a release
+started just after the normal one) would be cut short by the normal plan's next change (found
+as cabinets refusing "yellow for 3.49 s, needs 3.5 s" after a cancel and a new request)."""
+SAME_INSTANT_S = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +226,7 @@ def _on_plan(plan: TimingPlan, state: ControllerState) -> bool:
     normal = normal_state_at(plan, state.at_s).groups
     return all(
         shown.indication is normal[group].indication
-        and abs(shown.since_s - normal[group].since_s) <= ON_PLAN_TOLERANCE_S
+        and -ON_PLAN_TOLERANCE_S <= shown.since_s - normal[group].since_s <= SAME_INSTANT_S
         for group, shown in state.groups.items()
     )
 

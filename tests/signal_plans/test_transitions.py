@@ -404,3 +404,24 @@ def test_a_window_far_ahead_is_planned_the_same_from_a_later_takeover(
     probes = [takeover + k * 0.5 for k in range(int((close_at + 2 * plan.cycle_s - takeover) * 2))]
     for t in probes:
         assert shown(early, t) == shown(late, t), t
+
+
+@pytest.mark.parametrize("late", [0.01, 0.04])
+def test_a_display_begun_just_after_the_normal_plans_is_not_cut_short(late: float) -> None:
+    """A release's yellow began a hundredth of a second after the normal plan's: counting that
+    as on plan let the normal plan's red end the yellow 0.01 s short, and cabinets refused the
+    plan ("yellow for 3.49 s, needs 3.5 s")."""
+    events = normal_events(PLAN, 10_000.0, 10_000.0 + PLAN.cycle_s)
+    yellow = next(e for e in events if e.indication is Indication.YELLOW)
+    at = yellow.at_s + 1.0
+    normal = normal_state_at(PLAN, at)
+    groups = dict(normal.groups)
+    groups[yellow.group] = GroupState(Indication.YELLOW, yellow.at_s + late)
+    state = ControllerState(PLAN.signals, at, groups)
+    for group in GROUPS:
+        move = plan_green_window(PLAN, state, group, at + 30.0, at + 40.0)
+        start = takeover_state(PLAN, state, move)
+        assert check_steps(start, move.steps).accepted, group
+    back = return_to_normal(PLAN, state)
+    assert back.steps, "not on plan: it needs a way back"
+    assert check_steps(state, back.steps).accepted
