@@ -68,13 +68,13 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     road = load_network(args.network)
     core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
-    if args.gc_freeze:
-        gc.freeze()  # the city model is long-lived: keep it out of every full collection
+    if not args.no_gc_freeze:
+        gc.freeze()  # as `citybrain cloud serve`: the city model lives as long as the process
     store = await PostgresStore.open(args.dsn)
     stats = Path(args.stats)
     try:
         async with TelemetryWriter(store) as writer:
-            telemetry_sink, audit_sink = writer_sinks(writer)
+            telemetry_sink, audit_sink = writer_sinks(writer, backpressure=True)  # as serve
             service = CloudService(
                 core,
                 settings=ServiceSettings(
@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=0.2)
     parser.add_argument("--network", default="grid:100x100", help="the city the core knows")
     parser.add_argument(
-        "--gc-freeze", action="store_true", help="gc.freeze() after building the core (a fix)"
+        "--no-gc-freeze", action="store_true", help="leave the start-up objects to the collector"
     )
     args = parser.parse_args()
     asyncio.run(run(args))
