@@ -412,7 +412,8 @@ def _in_process(
     road: Any, settings: CoreSettings, live: CloudCore, route: tuple[str, ...], result: _Latency
 ) -> list[float]:
     """Peer: the same requests on an in-process core fed the live run's last telemetry, at the
-    same controller times; only ``request`` is timed (routing, windows, plans, twins)."""
+    same controller times; only ``request`` is timed (routing, windows, plans; the twins take
+    the plans afterwards, untimed, as the service has them do)."""
     clock = [0.0]
     peer = CloudCore(road.network, road.plans, settings=settings, wall_clock=lambda: clock[0])
     last: list[Telemetry] = [s.telemetry for s in live.seen.values() if s.telemetry is not None]
@@ -428,6 +429,7 @@ def _in_process(
         assert sum(1 for a in actions if isinstance(a, SendPlan)) == len(route) - 2
         peer.cancel(peer.manager.by_vehicle["AMB-1"], now, reason="benchmark")
         peer.pending.clear()
+        peer.settle()  # the twins take the plans after the request, as in the service
     return spans[2:]
 
 
