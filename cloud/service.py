@@ -183,9 +183,9 @@ class CloudService(Operations):
         self._storage_ok = True
         self._background: set[asyncio.Task[None]] = set()
         self._statuses_due: dict[str, CorridorStatus] = {}
-        self._settling: asyncio.Task[None] | None = None
         """Corridor statuses waiting for the next status publish, the latest per corridor."""
         self._states_published: dict[str, CorridorState] = {}
+        self._settling: asyncio.Task[None] | None = None
         self.regions: dict[str, str] = {}
         """Intersection -> region, learnt from the topics its edge publishes on."""
         self.backlog: Callable[[], int] = lambda: 0
