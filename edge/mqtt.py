@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citybrain.edge.settings import BrokerSettings
@@ -224,31 +224,26 @@ class MqttSession:
             else:
                 loop.remove_writer(sock)
 
-    def _read(self, client: paho.Client) -> None:
+    def _drive(self, step: Callable[[], MQTTErrorCode]) -> MQTTErrorCode:
+        """One of paho's loop steps, marked as such (its callbacks must not write)."""
         self._driving = True
         try:
-            rc = client.loop_read()
+            return step()
         finally:
             self._driving = False
+
+    def _read(self, client: paho.Client) -> None:
+        rc = self._drive(client.loop_read)
         if rc != paho.MQTT_ERR_SUCCESS and client is self._client:
             self._gone(f"read failed ({paho.error_string(rc)})")
 
     def _write(self, client: paho.Client) -> None:
         """paho reports a failed write to its disconnect callback itself."""
-        self._driving = True
-        try:
-            client.loop_write()
-        finally:
-            self._driving = False
+        self._drive(client.loop_write)
 
     async def _misc_loop(self, client: paho.Client) -> None:
         while client is self._client:
-            self._driving = True
-            try:
-                rc = client.loop_misc()
-            finally:
-                self._driving = False
-            if rc != paho.MQTT_ERR_SUCCESS:
+            if self._drive(client.loop_misc) != paho.MQTT_ERR_SUCCESS:
                 self._gone("keepalive failed")
                 return
             await asyncio.sleep(1.0)

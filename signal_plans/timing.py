@@ -248,7 +248,7 @@ class TimingPlan:
                 PhaseTemplate(
                     start_s=start,
                     green_s=self.greens_s[index],
-                    starting=tuple(sorted(phase.groups - self.phases[index - 1].groups)),
+                    starting=tuple(sorted(self.starting_groups(index))),
                     stopping=tuple((g, timings[g].yellow_s) for g in sorted(stopping)),
                     intergreen_after_s=self.signals.intergreen_s(stopping),
                 )

@@ -41,10 +41,10 @@ def _core(wall: Wall | None = None, **settings: float) -> CloudCore:
     )
 
 
-def _request(vehicle: str = "AMB-1") -> CorridorRequest:
+def _request(vehicle: str = "AMB-1", at: float = NOW) -> CorridorRequest:
     return CorridorRequest(
         vehicle=vehicle, origin="west", route=ROUTE, priority=5, requester="op",
-        requested_at=NOW,
+        requested_at=at,
     )  # fmt: skip
 
 
@@ -171,12 +171,7 @@ def test_ended_corridors_are_forgotten_past_the_limit_and_acks_find_theirs_direc
     ids = []
     for n in range(6):
         now = NOW + 100.0 * n
-        request = _request()
-        request = CorridorRequest(
-            vehicle=request.vehicle, origin="west", route=ROUTE, priority=5, requester="op",
-            requested_at=now,
-        )  # fmt: skip
-        sent = _plans(core.request(request, now))
+        sent = _plans(core.request(_request(at=now), now))
         corridor_id = core.manager.by_vehicle["AMB-1"]
         ids.append(corridor_id)
         core.cancel(corridor_id, now, reason="test")

@@ -1037,9 +1037,9 @@ def test_a_publish_that_swallows_its_cancel_does_not_keep_the_session_open() -> 
             self.published += 1
 
     async def scenario() -> None:
-        road = arterial(2, length_m=800.0)
-        core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
-        service = CloudService(core, settings=ServiceSettings(client_id="t", region="test"))
+        service = CloudService(
+            _core(_road()), settings=ServiceSettings(client_id="t", region="test")
+        )
         client = SwallowingClient()
         for n in range(3):
             service._enqueue(f"t/{n}", b"x", retain=False)
@@ -1063,10 +1063,8 @@ def test_statuses_within_a_state_are_coalesced_and_a_change_of_state_goes_out_at
                                             priority=5, updated_at=at))  # fmt: skip
 
     async def scenario() -> None:
-        road = arterial(2, length_m=800.0)
-        core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
         settings = ServiceSettings(client_id="t", region="test", status_every_s=0.05)
-        service = CloudService(core, settings=settings)
+        service = CloudService(_core(_road()), settings=settings)
         sent: list[CorridorStatus] = []
 
         def drain() -> None:
@@ -1095,9 +1093,8 @@ def test_messages_the_incoming_queue_refuses_are_counted_and_degrade_the_health(
     a log line only (paho had already acknowledged them to the broker)."""
 
     async def scenario() -> None:
-        road = arterial(2, length_m=800.0)
-        core = CloudCore(road.network, road.plans, wall_clock=time.monotonic)
-        service = CloudService(core, settings=ServiceSettings(client_id="t", incoming_queue=100))
+        settings = ServiceSettings(client_id="t", incoming_queue=100)
+        service = CloudService(_core(_road()), settings=settings)
         queue = service._incoming_queue_type()(maxsize=100)
         message = aiomqtt.Message("t", b"x", qos=1, retain=False, mid=1, properties=None)
         for _ in range(103):
