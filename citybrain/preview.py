@@ -117,7 +117,7 @@ def run(settings: DemoSettings) -> DemoResult:
             encoded = DEFAULT_CODEC.encode(outgoing)
             payload = len(encoded)
             message = DEFAULT_CODEC.decode(encoded, SignalPlan)
-            verdict = check_plan(message, at_takeover, now_s=departure, last_seq=None)
+            verdict = check_plan(message, at_takeover, now_s=departure, last_order=None)
         lines.append(
             StopLine(
                 name,

@@ -36,10 +36,12 @@ from citybrain.edge.drivers import (
     FieldBusDriver,
 )
 from citybrain.edge.mqtt import MqttSession, Outgoing, Will
+from citybrain.edge.orders import PlanOrders
 from citybrain.edge.settings import EdgeSettings, SettingsError
 from citybrain.models.codec import DEFAULT_CODEC, Codec
-from citybrain.models.errors import CitybrainError, MessageError
+from citybrain.models.errors import CitybrainError, MessageError, ValidationError
 from citybrain.models.fieldbus import ApproachConfig, FieldBusError, SignalReading
+from citybrain.models.signing import TrustStore
 from citybrain.models.topics import TopicKind, intersection_topic
 from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
 
@@ -76,11 +78,15 @@ class EdgeAgent:
         settings: EdgeSettings,
         driver: ControllerDriver,
         buffer: TelemetryBuffer,
+        trust: TrustStore,
+        orders: PlanOrders,
         codec: Codec = DEFAULT_CODEC,
     ) -> None:
         self.settings = settings
         self.driver = driver
         self.buffer = buffer
+        self.trust = trust
+        self.orders = orders
         self.codec = codec
         self.intersection = driver.intersection
         self.agent_id = settings.broker.client_id(self.intersection)
@@ -119,6 +125,8 @@ class EdgeAgent:
         safety = self.settings.safety
         core = EdgeCore(
             config,
+            trust=self.trust,
+            last_order=self.orders.get(self.intersection),
             settings=CoreSettings(
                 limits=safety.limits(),
                 failsafe_after_s=safety.failsafe_after_s,
@@ -269,7 +277,11 @@ class EdgeAgent:
         received = time.monotonic()
         if topic != self.topic(TopicKind.PLAN):
             return
-        self._apply(self._core().on_plan_payload(payload, self.now()), received)
+        core = self._core()
+        taken = core.last_order
+        self._apply(core.on_plan_payload(payload, self.now()), received)
+        if core.last_order is not None and core.last_order != taken:
+            self.orders.put(self.intersection, core.last_order)  # after the ack went out
 
     def _acked(self, message: Outgoing) -> None:
         if isinstance(message.token, int):
@@ -365,9 +377,14 @@ async def run_host(
     )
     client: FieldBusClient | None = None
     try:
+        trust = load_trust(settings)
+        orders = PlanOrders(settings.buffer.path)
         if drivers is None:
             client, drivers = await _connect_controllers(settings, stop)
-        agents = [EdgeAgent(settings=settings, driver=d, buffer=buffer) for d in drivers]
+        agents = [
+            EdgeAgent(settings=settings, driver=d, buffer=buffer, trust=trust, orders=orders)
+            for d in drivers
+        ]
         if started is not None:
             started(agents)
         async with asyncio.TaskGroup() as tasks:
@@ -377,6 +394,16 @@ async def run_host(
         if client is not None:
             await client.close()
         buffer.close()
+
+
+def load_trust(settings: EdgeSettings) -> TrustStore:
+    """The trust store the settings name, or a ``SettingsError`` saying what is wrong."""
+    try:
+        return TrustStore.load(settings.trust.store)
+    except ValidationError as error:
+        raise SettingsError(
+            str(settings.source or "settings"), "trust.store", error.reason
+        ) from None
 
 
 async def _connect_controllers(

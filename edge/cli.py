@@ -28,7 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from citybrain.edge.agent import run_host
+from citybrain.edge.agent import load_trust, run_host
 from citybrain.edge.drivers import FieldBusClient
 from citybrain.edge.settings import EdgeSettings, SettingsError, describe, load_settings
 from citybrain.models.errors import CitybrainError
@@ -102,7 +102,8 @@ def _run(settings: EdgeSettings) -> int:
 async def doctor(settings: EdgeSettings) -> int:
     """Check everything an agent needs and say plainly what is wrong."""
     checks: list[tuple[str, str | None]] = [
-        ("buffer directory writable", _check_buffer(settings.buffer.path))
+        ("buffer directory writable", _check_buffer(settings.buffer.path)),
+        ("trust store of the cloud's keys", _check_trust(settings)),
     ]
     checks += await _check_controller(settings)
     checks.append(("broker round trip", await asyncio.to_thread(_check_broker, settings)))
@@ -113,6 +114,14 @@ async def doctor(settings: EdgeSettings) -> int:
     failed = sum(1 for _, problem in checks if problem is not None)
     print(f"{len(checks) - failed} of {len(checks)} checks passed")
     return 1 if failed else 0
+
+
+def _check_trust(settings: EdgeSettings) -> str | None:
+    try:
+        load_trust(settings)
+    except SettingsError as error:
+        return error.reason
+    return None
 
 
 def _check_buffer(path: Path) -> str | None:

@@ -4,9 +4,10 @@ controller come out. No I/O and no clock (the asyncio agent in ``agent.py`` does
 
 What it guarantees, whatever arrives:
 
-* a plan reaches the controller only after the safety check of ``signal_plans`` (rules,
-  expiry, sequence, intersection) on the controller state the edge last read; the cabinet
-  checks it again on its exact state (a conflict monitor behind the edge);
+* a plan reaches the controller only if a key of its trust store signed it, and after the
+  safety check of ``signal_plans`` (rules, expiry, order, intersection) on the controller
+  state the edge last read; the cabinet checks it again on its exact state (a conflict
+  monitor behind the edge);
 * every plan gets an ack: ``accepted`` when it passed the edge and is scheduled, ``applied``
   when the controller took it, ``rejected``/``expired`` with a reason code otherwise,
   ``released`` when a release or the lease's end brought the normal plan back;
@@ -37,11 +38,13 @@ from citybrain.models.messages import (
     Mode,
     PlanAck,
     PlanKind,
+    PlanOrder,
     Presence,
     SignalPlan,
     Status,
     Telemetry,
 )
+from citybrain.models.signing import TrustStore
 from citybrain.models.topics import TopicKind
 from citybrain.signal_plans.config import IntersectionConfig, state_from_reading
 from citybrain.signal_plans.state import ControllerState, advance, normal_state_at
@@ -104,18 +107,23 @@ class EdgeCore:
         self,
         config: IntersectionConfig,
         *,
+        trust: TrustStore,
         settings: CoreSettings | None = None,
         first_seq: int = 1,
+        last_order: PlanOrder | None = None,
         codec: Codec = DEFAULT_CODEC,
     ) -> None:
         self.config = config
+        self.trust = trust
+        """Whose plans it takes: a plan not signed by a key trusted here goes no further."""
         self.intersection = config.intersection
         self.settings = settings or CoreSettings()
         self.codec = codec
         self.estimator = QueueEstimator(config.approaches)
         self.counters: Counter[str] = Counter()
         self.reading: SignalReading | None = None
-        self.last_seq: int | None = None
+        self.last_order = last_order
+        """``(epoch, seq)`` of the newest plan taken; kept on disk across restarts."""
         self.pending: SignalPlan | None = None
         """Passed the edge, waiting for its start to be handed to the controller."""
         self.commanded: dict[str, SignalPlan] = {}
@@ -230,6 +238,16 @@ class EdgeCore:
         return self.on_plan(plan, now_s)
 
     def on_plan(self, plan: SignalPlan, now_s: float) -> list[Action]:
+        refusal = self.trust.verify(plan)
+        if refusal is not None:
+            self.counters[f"plans_rejected_{refusal.problem}"] += 1
+            log.warning("%s: plan %s refused: %s", self.intersection, plan.plan_id, refusal.reason)
+            return [
+                self._ack(
+                    plan.plan_id, plan.seq, AckStatus.REJECTED, now_s, refusal.problem.value,
+                    refusal.reason,
+                )
+            ]  # fmt: skip
         verdict = self._check(plan, now_s)
         if not verdict.accepted:
             code = verdict.code.value if verdict.code is not None else CONTROLLER_UNAVAILABLE
@@ -243,7 +261,7 @@ class EdgeCore:
             )
             status = AckStatus.EXPIRED if verdict.code is RejectCode.EXPIRED else AckStatus.REJECTED
             return [self._ack(plan.plan_id, plan.seq, status, now_s, code, verdict.reason)]
-        self.last_seq = plan.seq
+        self.last_order = plan.order
         self.counters["plans_accepted"] += 1
         if plan.kind is PlanKind.RELEASE:
             self.pending = None
@@ -259,7 +277,7 @@ class EdgeCore:
         takeover = max(now_s, plan.valid_from)
         state = self._state_at(reading, takeover, now_s)
         limits = self.settings.limits
-        verdict = check_plan(plan, state, now_s=now_s, last_seq=self.last_seq, limits=limits)
+        verdict = check_plan(plan, state, now_s=now_s, last_order=self.last_order, limits=limits)
         if not verdict.accepted or not plan.windows:
             return verdict
         windows = [WindowRequest(w.signal_group, w.open_at, w.close_at) for w in plan.windows]

@@ -28,6 +28,7 @@ from citybrain.signal_plans.validator import SafetyLimits
 ENV_PREFIX: Final = "CITYBRAIN_EDGE__"
 DEFAULT_STATE_DIR: Final = Path("/var/lib/citybrain-edge")
 """Where the buffer lives when neither the file nor systemd's ``STATE_DIRECTORY`` says."""
+DEFAULT_TRUST_STORE: Final = Path("/etc/citybrain/trust.json")
 MAX_INTERSECTIONS: Final = 10_000
 MASK: Final = "********"
 
@@ -175,6 +176,19 @@ class BufferSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrustSettings:
+    """Whose plans this box takes: the cloud's public keys (``citybrain security init``)."""
+
+    store: Path = DEFAULT_TRUST_STORE
+    """Checked when the agents start (``check-config`` and ``doctor`` say if it is wrong):
+    without it every plan is refused, so the box never runs anyone's plans unchecked."""
+
+    def __post_init__(self) -> None:
+        if not self.store.is_absolute():
+            raise ValidationError("store", f"{self.store} must be absolute")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SafetySettings:
     """The plan limits of ``signal_plans.validator.SafetyLimits`` and the fail-safe timer."""
 
@@ -230,6 +244,7 @@ class EdgeSettings:
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     buffer: BufferSettings = field(default_factory=BufferSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
     safety: SafetySettings = field(default_factory=SafetySettings)
     log: LogSettings = field(default_factory=LogSettings)
     source: Path | None = None
@@ -275,6 +290,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "controller": ControllerSettings,
     "telemetry": TelemetrySettings,
     "buffer": BufferSettings,
+    "trust": TrustSettings,
     "safety": SafetySettings,
     "log": LogSettings,
 }

@@ -36,6 +36,10 @@ MIN_PRIORITY = 1
 MAX_PRIORITY = 10
 
 
+PlanOrder = tuple[int, int]
+"""``(epoch, seq)`` of a signal plan."""
+
+
 class Mode(enum.StrEnum):
     NORMAL = "normal"
     PRIORITY = "priority"
@@ -230,7 +234,10 @@ class SignalPlan(Message, frozen=True, kw_only=True):
     plan_id: str
     intersection: str
     seq: int
-    """Monotonic per intersection; an edge refuses anything not newer than what it has."""
+    """Monotonic per intersection within an ``epoch``."""
+    epoch: int = 0
+    """The cloud process that issued it (durable, larger after every restart): plans are
+    ordered by ``(epoch, seq)``, so a restarted cloud's plans are newer than all before."""
     issued_at: float
     valid_from: float
     valid_until: float
@@ -238,13 +245,24 @@ class SignalPlan(Message, frozen=True, kw_only=True):
     corridor_id: str | None = None
     windows: tuple[GreenWindow, ...] = ()
     steps: tuple[IntervalStep, ...] = ()
+    key_id: str | None = None
+    """The cloud key that signed it (see ``models/signing.py``)."""
     signature: str | None = None
+    """Ed25519 over the canonical encoding of every other field, base64url."""
+
+    @property
+    def order(self) -> PlanOrder:
+        """Newer plans compare greater; an edge takes only plans newer than the last."""
+        return (self.epoch, self.seq)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_id("plan_id", self.plan_id)
         check_id("intersection", self.intersection)
         _check_seq(self.seq)
+        check_count("epoch", self.epoch, le=MAX_SEQ)
+        if self.key_id is not None:
+            check_id("key_id", self.key_id)
         for name in ("issued_at", "valid_from", "valid_until"):
             _check_time(name, getattr(self, name))
         if self.valid_until <= self.valid_from:
@@ -332,12 +350,16 @@ class CorridorRequest(Message, frozen=True, kw_only=True):
     corridor_id: str | None = None
     depart_at: float | None = None
     """When the vehicle will leave (a request made at dispatch, before turnout); default now."""
+    incident: str | None = None
+    """The incident type (``medical``, ``fire``, ...): an operator's priority cap depends on it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_id("vehicle", self.vehicle)
         check_id("origin", self.origin)
         check_id("requester", self.requester)
+        if self.incident is not None:
+            check_id("incident", self.incident)
         _check_time("requested_at", self.requested_at)
         if self.depart_at is not None:
             _check_time("depart_at", self.depart_at)

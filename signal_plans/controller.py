@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from citybrain.models.errors import ValidationError
-from citybrain.models.messages import AckStatus, PlanKind, SignalPlan
+from citybrain.models.messages import AckStatus, PlanKind, PlanOrder, SignalPlan
 from citybrain.signal_plans.state import (
     ControllerState,
     NormalTimeline,
@@ -59,7 +59,7 @@ class ControllerModel:
         self.plan = plan
         self.normal = NormalTimeline(plan)
         self.limits = limits or SafetyLimits()
-        self.last_seq: int | None = None
+        self.last_order: PlanOrder | None = None
         self.running: _Running | None = None
         self.refused = 0
 
@@ -82,11 +82,11 @@ class ControllerModel:
         if self.running is None and takeover > now_s:
             current = normal_state_at(self.plan, takeover, before=True)
         verdict = check_plan(
-            message, current, now_s=now_s, last_seq=self.last_seq, limits=self.limits
+            message, current, now_s=now_s, last_order=self.last_order, limits=self.limits
         )
         if not verdict.accepted:
             return self._refuse(message, verdict)
-        self.last_seq = message.seq
+        self.last_order = message.order
         if message.kind is PlanKind.RELEASE:
             self._release(takeover, now_s)
             return Outcome(AckStatus.RELEASED, verdict)

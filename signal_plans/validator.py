@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
-from citybrain.models.messages import PlanKind, SignalPlan
+from citybrain.models.messages import PlanKind, PlanOrder, SignalPlan
 from citybrain.models.signal import Indication
 from citybrain.signal_plans.state import ControllerState, GroupState, SignalStep
 from citybrain.signal_plans.timing import IntersectionSignals
@@ -193,7 +193,7 @@ def check_plan(
     state: ControllerState,
     *,
     now_s: float,
-    last_seq: int | None,
+    last_order: PlanOrder | None,
     limits: SafetyLimits | None = None,
 ) -> Verdict:
     """Check a decoded plan message against this intersection, its state and the limits.
@@ -211,9 +211,10 @@ def check_plan(
             RejectCode.WRONG_INTERSECTION,
             f"plan is for {plan.intersection!r}, this is {signals.intersection_id!r}",
         )
-    if last_seq is not None and plan.seq <= last_seq:
+    if last_order is not None and plan.order <= last_order:
         return Verdict.reject(
-            RejectCode.OUT_OF_SEQUENCE, f"seq {plan.seq} is not newer than {last_seq}"
+            RejectCode.OUT_OF_SEQUENCE,
+            f"(epoch, seq) {plan.order} is not newer than {last_order}",
         )
     if plan.valid_until <= now:
         return Verdict.reject(

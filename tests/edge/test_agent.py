@@ -22,6 +22,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from citybrain.cloud.keys import Keyring
 from citybrain.edge.agent import EdgeAgent, run_host
 from citybrain.edge.cli import main
 from citybrain.edge.settings import (
@@ -30,6 +31,7 @@ from citybrain.edge.settings import (
     ControllerSettings,
     EdgeSettings,
     TelemetrySettings,
+    TrustSettings,
 )
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import (
@@ -42,6 +44,7 @@ from citybrain.models.messages import (
     Status,
     Telemetry,
 )
+from citybrain.models.signing import PlanSigner
 from citybrain.simulator.fieldbus import FieldBusServer
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
@@ -90,8 +93,10 @@ class Listener:
 
 
 class City:
-    def __init__(self, run: Run, agents: list[EdgeAgent], listener: Listener) -> None:
-        self.run, self.agents, self.listener = run, agents, listener
+    def __init__(
+        self, run: Run, agents: list[EdgeAgent], listener: Listener, signer: PlanSigner
+    ) -> None:
+        self.run, self.agents, self.listener, self.signer = run, agents, listener, signer
 
     def agent(self, node: str) -> EdgeAgent:
         return next(a for a in self.agents if a.intersection == node)
@@ -104,7 +109,7 @@ class City:
             "windows": (GreenWindow(signal_group="4", open_at=now + 15, close_at=now + 40),),
         }  # fmt: skip
         values.update(fields)
-        return SignalPlan(**values)
+        return self.signer.sign(SignalPlan(**values))
 
     def send(self, plan: SignalPlan, node: str | None = None) -> None:
         topic = f"cb/v1/{REGION}/x/{node or plan.intersection}/plan"
@@ -129,7 +134,14 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def _settings(broker_port: int, bus_port: int, buffer: Path) -> EdgeSettings:
+def _keyring(directory: Path) -> Keyring:
+    ring = Keyring(directory / "keys")
+    if not ring.trust_store.exists():
+        ring.create()
+    return ring
+
+
+def _settings(broker_port: int, bus_port: int, buffer: Path, keys: Keyring) -> EdgeSettings:
     return EdgeSettings(
         region=REGION,
         intersections="all",
@@ -140,6 +152,7 @@ def _settings(broker_port: int, bus_port: int, buffer: Path) -> EdgeSettings:
         controller=ControllerSettings(host="127.0.0.1", port=bus_port, poll_hz=10.0),
         telemetry=TelemetrySettings(period_s=0.5),
         buffer=BufferSettings(path=buffer),
+        trust=TrustSettings(store=keys.trust_store),
     )  # fmt: skip
 
 
@@ -149,7 +162,11 @@ def _scenario() -> tuple[Any, Any]:
 
 
 @contextlib.asynccontextmanager
-async def city(mosquitto: Any, tmp_path: Path, *, run: Run | None = None) -> AsyncIterator[City]:
+async def city(
+    mosquitto: Any, tmp_path: Path, *, run: Run | None = None, cloud: Path | None = None
+) -> AsyncIterator[City]:
+    """Three edges on their cabinets; ``cloud`` is where the keyring they trust lives."""
+    keys = _keyring(cloud or tmp_path)
     if run is None:
         run = Run(*_scenario())
         run.advance(300.0)
@@ -159,13 +176,13 @@ async def city(mosquitto: Any, tmp_path: Path, *, run: Run | None = None) -> Asy
     stop = asyncio.Event()
     started: list[EdgeAgent] = []
     host = asyncio.create_task(
-        run_host(_settings(mosquitto.port, bus_port, tmp_path / "buffer"), stop,
+        run_host(_settings(mosquitto.port, bus_port, tmp_path / "buffer", keys), stop,
                  started=started.extend)
     )  # fmt: skip
     try:
         await until(lambda: len(started) == 3 and all(a.ready.is_set() for a in started))
         await until(lambda: all(a.session is not None and a.session.connected for a in started))
-        yield City(run, started, listener)
+        yield City(run, started, listener, keys.signer())
     finally:
         stop.set()
         await asyncio.wait_for(host, 15.0)
@@ -346,7 +363,7 @@ def test_plans_sent_while_an_agent_was_away_arrive_and_stale_ones_are_refused(
         # every agent has stopped; its session (and subscription) stays on the broker
         for plan in (fresh, stale):
             _publish_once(mosquitto.port, f"cb/v1/{REGION}/x/a01/plan", msgspec.json.encode(plan))
-        async with city(mosquitto, tmp_path / "again", run=c.run) as again:
+        async with city(mosquitto, tmp_path / "again", run=c.run, cloud=tmp_path) as again:
             await until(lambda: len(again.listener.acks("a01")) >= 3, 15.0)
             statuses = {a.plan_id: (a.status, a.reason_code) for a in again.listener.acks("a01")}
             assert statuses["while-away"] == (AckStatus.APPLIED, None)
@@ -363,16 +380,21 @@ def test_check_config_and_doctor_say_what_is_wrong(
         server = FieldBusServer(run, speed=1.0)
         bus_port = await server.start()
         config = tmp_path / "edge.toml"
+        trust = tmp_path / "trust.json"
         config.write_text(
             f'region = "{REGION}"\nintersections = "all"\n'
             f'[broker]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
             f'[controller]\nport = {bus_port}\n[buffer]\npath = "{tmp_path / "buffer"}"\n'
+            f'[trust]\nstore = "{trust}"\n'
         )
         assert await asyncio.to_thread(main, ["check-config", "--config", str(config)]) == 0
+        assert await asyncio.to_thread(main, ["doctor", "--config", str(config)]) == 1
+        assert "FAIL trust store of the cloud's keys: " in capsys.readouterr().out
+        trust.write_bytes(_keyring(tmp_path).trust_store.read_bytes())
         assert await asyncio.to_thread(main, ["doctor", "--config", str(config)]) == 0
         report = capsys.readouterr().out
         assert "3 cabinets answer" in report
-        assert "4 of 4 checks passed" in report
+        assert "5 of 5 checks passed" in report
         mosquitto.kill()
         await server.stop()
         assert await asyncio.to_thread(main, ["doctor", "--config", str(config)]) == 1
@@ -408,7 +430,9 @@ def test_agents_log_in_with_a_password_and_a_wrong_one_is_refused(
         run = Run(*_scenario())
         server = FieldBusServer(run, speed=1.0)
         bus_port = await server.start()
-        settings = _settings(mosquitto.port, bus_port, tmp_path / f"buffer-{password}")
+        settings = _settings(
+            mosquitto.port, bus_port, tmp_path / f"buffer-{password}", _keyring(tmp_path)
+        )
         broker = dataclasses.replace(settings.broker, username="edge", password_file=secret)
         settings = dataclasses.replace(settings, broker=broker)
         stop = asyncio.Event()
@@ -426,3 +450,28 @@ def test_agents_log_in_with_a_password_and_a_wrong_one_is_refused(
 
     assert asyncio.run(connects("s3cret"))
     assert not asyncio.run(connects("wrong"))
+
+
+@pytest.mark.security
+def test_a_restarted_edge_refuses_a_plan_it_took_before_the_restart(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    """The high-water mark is on disk: a recorded plan played back after a restart, still
+    within its validity, is refused."""
+
+    def ack_of(c: City) -> tuple[AckStatus, str | None] | None:
+        acks = [a for a in c.listener.acks("a01") if a.plan_id == "taken"]
+        return (acks[0].status, acks[0].reason_code) if acks else None
+
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            plan = c.plan("a01", seq=3, plan_id="taken")
+            c.send(plan)
+            await until(lambda: ack_of(c) is not None)
+            assert ack_of(c) == (AckStatus.ACCEPTED, None)
+        async with city(mosquitto, tmp_path, run=c.run) as again:
+            again.send(plan)
+            await until(lambda: ack_of(again) is not None)
+            assert ack_of(again) == (AckStatus.REJECTED, "out_of_sequence")
+
+    asyncio.run(scenario())

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,13 @@ from citybrain.models.messages import (
     Status,
     Telemetry,
 )
+from citybrain.models.signing import (
+    KeyState,
+    PlanSigner,
+    TrustedKey,
+    TrustStore,
+    encode_public_key,
+)
 from citybrain.models.topics import TopicKind
 from citybrain.signal_plans.config import IntersectionConfig, reading_from_state
 from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
@@ -45,10 +53,12 @@ APPROACHES = tuple(
 )  # fmt: skip
 CONFIG = IntersectionConfig(PLAN, APPROACHES)
 NOW = 1000.0
+CLOUD = PlanSigner.generate()
+TRUST = TrustStore.of({CLOUD.key_id: CLOUD.public_key})
 
 
 def _core(**settings: Any) -> EdgeCore:
-    core = EdgeCore(CONFIG, settings=CoreSettings(**settings), first_seq=7)
+    core = EdgeCore(CONFIG, trust=TRUST, settings=CoreSettings(**settings), first_seq=7)
     _read(core, NOW)
     return core
 
@@ -65,7 +75,7 @@ def _window_plan(seq: int = 1, **fields: Any) -> SignalPlan:
         "windows": (GreenWindow(signal_group="4", open_at=NOW + 20.0, close_at=NOW + 40.0),),
     }  # fmt: skip
     values.update(fields)
-    return SignalPlan(**values)
+    return CLOUD.sign(SignalPlan(**values))
 
 
 def _acks(actions: list[Action]) -> list[PlanAck]:
@@ -136,7 +146,7 @@ def test_unsafe_expired_out_of_sequence_and_foreign_plans_are_refused_with_reaso
 
 
 def test_without_a_recent_signal_reading_plans_are_refused() -> None:
-    core = EdgeCore(CONFIG)
+    core = EdgeCore(CONFIG, trust=TRUST)
     (ack,) = _acks(core.on_plan(_window_plan(), NOW))
     assert ack.reason_code == CONTROLLER_UNAVAILABLE
     core = _core()
@@ -200,9 +210,11 @@ def test_losing_the_broker_puts_the_intersection_on_its_local_plan() -> None:
 def test_release_plans_go_to_the_controller_and_are_acked_released() -> None:
     core = _core()
     core.on_plan(_window_plan(seq=1), NOW)
-    release = SignalPlan(
-        plan_id="r2", intersection="X", seq=2, issued_at=NOW, valid_from=NOW,
-        valid_until=NOW + 30.0, kind=PlanKind.RELEASE,
+    release = CLOUD.sign(
+        SignalPlan(
+            plan_id="r2", intersection="X", seq=2, issued_at=NOW, valid_from=NOW,
+            valid_until=NOW + 30.0, kind=PlanKind.RELEASE,
+        )
     )  # fmt: skip
     (sent,) = _commands(core.on_plan(release, NOW))
     assert sent == release
@@ -247,3 +259,69 @@ def test_no_payload_crashes_the_core_or_reaches_the_controller(payload: bytes) -
     for action in actions:
         assert isinstance(action, Publish)
         assert action.kind is TopicKind.ACK
+
+
+# ---- trust: signatures and order ----------------------------------------------------------------
+
+
+def _refusal(core: EdgeCore, plan: SignalPlan) -> str | None:
+    actions = core.on_plan(plan, NOW)
+    assert not _commands(actions), "a refused plan must never reach the controller"
+    (ack,) = _acks(actions)
+    assert ack.status is AckStatus.REJECTED
+    return ack.reason_code
+
+
+@pytest.mark.security
+def test_plans_not_signed_by_a_trusted_key_are_refused_each_with_its_reason() -> None:
+    core = _core()
+    genuine = _window_plan(seq=3)
+    stranger = PlanSigner.generate()
+    cases = {
+        "unsigned": msgspec.structs.replace(genuine, signature=None, key_id=None),
+        "bad_signature": msgspec.structs.replace(genuine, seq=4),  # tampered after signing
+        "unknown_key": stranger.sign(_window_plan(seq=5)),
+        "bad_signature ": msgspec.structs.replace(
+            stranger.sign(_window_plan(seq=6)), key_id=CLOUD.key_id
+        ),
+    }
+    for code, plan in cases.items():
+        assert _refusal(core, plan) == code.strip(), code
+        assert core.last_order is None  # nothing refused moves the high-water mark
+    assert core.counters["plans_rejected_bad_signature"] == 2
+    assert _acks(core.on_plan(genuine, NOW))[0].status is AckStatus.ACCEPTED
+
+
+@pytest.mark.security
+def test_a_plan_re_signed_with_a_revoked_key_is_refused_by_name() -> None:
+    old, new = PlanSigner.generate(), PlanSigner.generate()
+    trust = TrustStore(
+        [
+            TrustedKey(key_id=old.key_id, public_key=encode_public_key(old.public_key),
+                       state=KeyState.REVOKED),
+            TrustedKey(key_id=new.key_id, public_key=encode_public_key(new.public_key)),
+        ]
+    )  # fmt: skip
+    core = EdgeCore(CONFIG, trust=trust)
+    _read(core, NOW)
+    assert _refusal(core, old.sign(_window_plan(seq=1))) == "revoked_key"
+    assert _acks(core.on_plan(new.sign(_window_plan(seq=2)), NOW))[0].status is AckStatus.ACCEPTED
+
+
+@pytest.mark.security
+def test_order_is_epoch_then_seq_a_replay_is_refused_and_a_restarted_cloud_is_newer() -> None:
+    core = _core()
+    first = _window_plan(seq=900, epoch=5)
+    assert _acks(core.on_plan(first, NOW))[0].status is AckStatus.ACCEPTED
+    assert core.last_order == (5, 900)
+    assert _refusal(core, first) == "out_of_sequence"  # the same plan played back
+    assert _refusal(core, _window_plan(seq=901, epoch=4)) == "out_of_sequence"
+    restarted = _window_plan(seq=1, epoch=6)  # a new cloud process: seq starts again
+    assert _acks(core.on_plan(restarted, NOW))[0].status is AckStatus.ACCEPTED
+
+
+@pytest.mark.security
+def test_a_restarted_edge_keeps_its_high_water_mark() -> None:
+    core = EdgeCore(CONFIG, trust=TRUST, last_order=(5, 900))
+    _read(core, NOW)
+    assert _refusal(core, _window_plan(seq=900, epoch=5)) == "out_of_sequence"

@@ -124,20 +124,21 @@ def _message(**changes: object) -> SignalPlan:
 
 
 @pytest.mark.parametrize(
-    ("changes", "last_seq", "code"),
+    ("changes", "last_order", "code"),
     [
         ({"intersection": "Y"}, None, RejectCode.WRONG_INTERSECTION),
-        ({}, 5, RejectCode.OUT_OF_SEQUENCE),
-        ({}, 9, RejectCode.OUT_OF_SEQUENCE),
+        ({}, (0, 5), RejectCode.OUT_OF_SEQUENCE),
+        ({}, (0, 9), RejectCode.OUT_OF_SEQUENCE),
+        ({"epoch": 1, "seq": 99}, (2, 1), RejectCode.OUT_OF_SEQUENCE),
         ({"issued_at": NOW - 31.0}, None, RejectCode.STALE),
         ({"issued_at": NOW + 5.0}, None, RejectCode.STALE),
     ],
 )
 def test_plan_level_rules(
-    changes: dict[str, object], last_seq: int | None, code: RejectCode
+    changes: dict[str, object], last_order: tuple[int, int] | None, code: RejectCode
 ) -> None:
     start, _ = _move()
-    verdict = check_plan(_message(**changes), start, now_s=NOW, last_seq=last_seq)
+    verdict = check_plan(_message(**changes), start, now_s=NOW, last_order=last_order)
     assert verdict.code is code
     assert verdict.reason
 
@@ -145,8 +146,8 @@ def test_plan_level_rules(
 def test_a_good_plan_is_accepted_and_an_expired_one_is_not() -> None:
     start, move = _move()
     good = plan_message(move, plan_id="p1", intersection="X", seq=1, issued_at_s=NOW)
-    assert check_plan(good, start, now_s=NOW, last_seq=0).accepted
-    late = check_plan(good, start, now_s=good.valid_until + 1.0, last_seq=0)
+    assert check_plan(good, start, now_s=NOW, last_order=(0, 0)).accepted
+    late = check_plan(good, start, now_s=good.valid_until + 1.0, last_order=(0, 0))
     assert late.code is RejectCode.EXPIRED
 
 
@@ -182,7 +183,7 @@ def test_windows_too_long_unknown_or_conflicting_are_refused() -> None:
         ),
     ]
     for plan, code in cases:
-        assert check_plan(plan, state, now_s=NOW, last_seq=None).code is code
+        assert check_plan(plan, state, now_s=NOW, last_order=None).code is code
     long_lease = SignalPlan(
         plan_id="w",
         intersection="X",
@@ -192,7 +193,9 @@ def test_windows_too_long_unknown_or_conflicting_are_refused() -> None:
         valid_until=NOW + 400.0,
         windows=(GreenWindow(signal_group="2", open_at=NOW, close_at=NOW + 20.0),),
     )
-    assert check_plan(long_lease, state, now_s=NOW, last_seq=None).code is RejectCode.LEASE_TOO_LONG
+    assert (
+        check_plan(long_lease, state, now_s=NOW, last_order=None).code is RejectCode.LEASE_TOO_LONG
+    )
     release = SignalPlan(
         plan_id="r",
         intersection="X",
@@ -202,7 +205,7 @@ def test_windows_too_long_unknown_or_conflicting_are_refused() -> None:
         valid_until=NOW + 1.0,
         kind=PlanKind.RELEASE,
     )
-    assert check_plan(release, state, now_s=NOW, last_seq=1).accepted
+    assert check_plan(release, state, now_s=NOW, last_order=(0, 1)).accepted
 
 
 @pytest.mark.parametrize(

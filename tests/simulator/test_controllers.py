@@ -74,7 +74,7 @@ def test_a_green_window_for_the_main_through_is_accepted_and_served() -> None:
     assert outcome.verdict.accepted
     controller = run.controllers["a01"]
     assert controller.running is not None
-    assert controller.last_seq == 1
+    assert controller.last_order == (0, 1)
     shown: dict[float, set[str]] = {}
     while run.now < 400.0:
         t = run.now
@@ -146,7 +146,7 @@ def test_an_unsafe_step_plan_is_refused_and_the_normal_plan_runs_on(
     controller = run.controllers["a01"]
     assert controller.running is None
     assert controller.refused == 1
-    assert controller.last_seq is None  # a refused plan does not consume its seq
+    assert controller.last_order is None  # a refused plan does not consume its seq
     for _ in range(120):
         t = run.now
         assert _step(run) == _normal(t)
