@@ -53,6 +53,7 @@ import psycopg
 import pytest
 
 from citybrain.cloud.api import serve_api
+from citybrain.cloud.auth import MAX_LIMIT, TokenFile, UserRole, add_user
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import SendPlan
 from citybrain.cloud.corridor import Settings as CorridorSettings
@@ -305,7 +306,9 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                 service.backlog = lambda: writer.pending
                 stop = asyncio.Event()
                 running = asyncio.create_task(service.run(stop))
-                api = await serve_api(service, "127.0.0.1", 0)
+                tokens = workdir / "api-tokens.json"
+                token = add_user(tokens, "bench", UserRole.ADMIN, requests_per_minute=MAX_LIMIT)
+                api = await serve_api(service, "127.0.0.1", 0, tokens=TokenFile(tokens))
                 host, port = api.addresses[0][:2]
                 try:
                     await _until(
@@ -324,7 +327,7 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                     cpu0 = {name: _cpu_s(pids) for name, pids in parts.items()}
                     machine0, wall0 = _machine_s(), time.monotonic()
                     await _requests(service, core, samples, route, f"http://{host}:{port}",
-                                    result, tap)  # fmt: skip
+                                    token, result, tap)  # fmt: skip
                     wall = time.monotonic() - wall0
                     gc.unfreeze()
                     for name, pids in parts.items():
@@ -353,14 +356,14 @@ async def _requests(
     samples: _Samples,
     route: tuple[str, ...],
     api_url: str,
+    token: str,
     result: _Latency,
     tap: _Tap | None,
 ) -> None:
     """Request, wait for every first plan's ack, cancel, wait for the releases; alternately
     straight and through the API. The first two are warm-up (JIT, connection pools)."""
-    body = {"vehicle": "AMB-1", "origin": route[0], "route": list(route), "priority": 8,
-            "requester": "bench"}  # fmt: skip
-    async with aiohttp.ClientSession() as session:
+    body = {"vehicle": "AMB-1", "origin": route[0], "route": list(route), "priority": 8}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         for index in range(2 * REQUESTS + 2):
             via_api = index % 2 == 1
             samples.changed.clear()
@@ -394,7 +397,7 @@ async def _requests(
                     if via_api:
                         result.api_answer_ms.append((answered - started) * 1000.0)
             cancelled = time.monotonic()
-            await service.cancel(corridor_id, reason="benchmark")
+            await service.cancel(corridor_id, reason="benchmark", by="bench")
             await _until(lambda: not core.pending, 10.0, "release acknowledgements")
             if index >= 2:
                 result.release_ms.append((time.monotonic() - cancelled) * 1000.0)

@@ -72,12 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument(
         "--seed", type=int, default=7, help="scenario seed (same seed, same output)"
     )
-    from citybrain import cloud_cli, corridor_cli
+    from citybrain import cloud_cli, corridor_cli, security
     from citybrain.simulator import cli as sim_cli
 
     sim_cli.add_commands(commands)
     corridor_cli.add_commands(commands)
     cloud_cli.add_commands(commands)
+    security.add_commands(commands)
     return parser
 
 
@@ -107,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from citybrain import cloud_cli
 
             return cloud_cli.main(args)
+        elif args.command == "security":
+            from citybrain import security
+
+            return security.main(args)
     except CitybrainError as error:
         print(f"citybrain: {error}", file=sys.stderr)
         return 2

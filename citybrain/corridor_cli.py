@@ -1,9 +1,11 @@
 """``citybrain corridor``: request, list, show, watch and cancel corridors over the operators' API.
 
 A client of the HTTP contract in ``docs/api.md`` (it does not import the server, which pulls in
-the routing kernels). Exit codes: 0 done (``watch``: completed), 1 ``watch`` saw the corridor end
-otherwise, 2 the request was refused (bad input, unknown id, duplicate, unreachable destination),
-3 the API could not be reached or could not act (connection, timeout, 5xx).
+the routing kernels). Every call carries the user's bearer token, read from ``--token-file`` (a
+file only its owner may read) or else from ``$CITYBRAIN_TOKEN``. Exit codes: 0 done
+(``watch``: completed), 1 ``watch`` saw the corridor end otherwise, 2 the request was refused
+(bad input, unknown id, duplicate, unreachable destination, no or a refused token), 3 the API
+could not be reached or could not act (connection, timeout, 5xx).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -22,8 +25,10 @@ from yarl import URL
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorIntersection, CorridorState, CorridorStatus
+from citybrain.models.signing import check_private_file
 
 API_ENV = "CITYBRAIN_API"
+TOKEN_ENV = "CITYBRAIN_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_API = "http://127.0.0.1:8080"
 TERMINAL = frozenset(
     {
@@ -69,6 +74,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=os.environ.get(API_ENV, DEFAULT_API),
         help=f"the operators' API (default: ${API_ENV} or {DEFAULT_API})",
     )
+    common.add_argument(
+        "--token-file", type=Path, help=f"the file holding your API token (default: ${TOKEN_ENV})"
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
     corridor = commands.add_parser(
@@ -86,7 +94,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--route", nargs="+", metavar="INTERSECTION", help="a fixed route, instead of --to"
     )
     request.add_argument("--priority", type=int, default=5, help="1 (lowest) to 10 (highest)")
-    request.add_argument("--requester", default="operator")
+    request.add_argument(
+        "--incident", help="the incident type (medical, fire, ...): operators must give one"
+    )
     listing = sub.add_parser("list", parents=[common], help="list corridors")
     listing.add_argument("--active", action="store_true", help="only those not yet ended")
     show = sub.add_parser("show", parents=[common], help="one corridor, stop line by stop line")
@@ -118,8 +128,9 @@ async def _run(args: argparse.Namespace) -> int:
     base = _base_url(args.api)
     check_number("timeout", args.timeout, gt=0.0, le=600.0)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
+    token = _token(args.token_file)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        api = _Api(session, base)
+        api = _Api(session, base, token)
         command = args.corridor_command
         if command == "request":
             body = {
@@ -128,7 +139,7 @@ async def _run(args: argparse.Namespace) -> int:
                 "destination": args.destination,
                 "route": args.route,
                 "priority": args.priority,
-                "requester": args.requester,
+                "incident": args.incident,
             }
             raw = await api.call(
                 "POST", "/v1/corridors", {k: v for k, v in body.items() if v is not None}
@@ -153,14 +164,17 @@ async def _run(args: argparse.Namespace) -> int:
 class _Api:
     """One HTTP call each, failures sorted into refused (exit 2) and unreachable (exit 3)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: URL) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: URL, token: str) -> None:
         self.session = session
         self.base = base
+        self.token = token
 
     async def call(self, method: str, path: str, body: object = None) -> bytes:
         url = f"{str(self.base).rstrip('/')}{path}"
         data = None if body is None else msgspec.json.encode(body)
-        headers = {} if body is None else {"Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             async with self.session.request(method, url, data=data, headers=headers) as response:
                 payload = await response.read()
@@ -312,6 +326,26 @@ def _base_url(text: str) -> URL:
     if url.scheme not in ("http", "https") or not url.host:
         raise _RefusedError(f"--api: expected an http:// or https:// address, got {text!r}")
     return url
+
+
+def _token(path: Path | None) -> str:
+    """The bearer token: the file's (private to its owner, like any secret), else the
+    environment's."""
+    if path is not None:
+        check_private_file(path)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise _RefusedError(f"--token-file: cannot read {path}: {error}") from None
+    else:
+        text = os.environ.get(TOKEN_ENV, "")
+    token = text.strip()
+    if not token:
+        where = f"{path} is empty" if path is not None else f"no --token-file and no ${TOKEN_ENV}"
+        raise _RefusedError(f"the API needs your token: {where}")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise _RefusedError("the token holds characters no token has")
+    return token
 
 
 def _quote(corridor_id: str) -> str:

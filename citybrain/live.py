@@ -3,6 +3,10 @@ embedded amqtt broker), PostgreSQL (the given DSN, else an embedded one), the si
 its field bus, one edge agent per intersection, the cloud service with its HTTP API, and an
 ambulance that reports its position. Everything started here is stopped here.
 
+Mosquitto runs as ``citybrain security init`` configures it: TLS only, every party with its own
+broker identity (the edges' box, the cloud leader, the ambulance) and only its own topics. The
+embedded amqtt fallback runs without any of that, and says so.
+
 ``run_live`` dispatches the ambulance on the saturated arterial twice on the same seed: without
 a corridor, then with one requested through the operator API at dispatch; every figure comes
 from the run (the database's rows are counted in the database).
@@ -27,9 +31,12 @@ import aiohttp
 import aiomqtt
 import numpy as np
 
+from citybrain import security
 from citybrain.cloud.api import serve_api
+from citybrain.cloud.auth import TokenFile, UserRole, add_user
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
+from citybrain.cloud.keys import Keyring
 from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings, writer_sinks
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.edge.agent import EdgeAgent, run_host
@@ -40,6 +47,7 @@ from citybrain.edge.settings import (
     EdgeSettings,
     LogSettings,
     TelemetrySettings,
+    TrustSettings,
 )
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import VehiclePosition
@@ -53,6 +61,14 @@ from citybrain.simulator.scoring import score
 log = logging.getLogger(__name__)
 
 AMBULANCE = "AMB-1"
+REGION = "live"
+EDGE_BOX = "edge-live"
+"""The live edges run in one process, as one box with one broker identity."""
+UNSECURED = (
+    "the embedded amqtt broker runs WITHOUT authentication, ACL or TLS: anyone on this machine "
+    "can publish plans; install Mosquitto (apt-get install mosquitto) for the secured demo"
+)
+INCIDENT = "medical"
 TAKEOVER_LEAD_WALL_S = 0.1
 """Plans take over this long (wall clock) after the cloud makes them: above the plan path's
 p99 on loopback, so edge, cabinet and the cloud's twin all take over at ``valid_from``."""
@@ -104,6 +120,15 @@ class LiveRun:
     wall_s: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveBroker:
+    port: int
+    name: str
+    secured: security.Layout | None
+    """What ``security init`` wrote, when the broker enforces it (Mosquitto); ``None``: the
+    embedded amqtt fallback, which lets anyone on loopback in."""
+
+
 @dataclass
 class LiveResult:
     broker: str
@@ -149,8 +174,9 @@ class LiveResult:
 
 
 @contextlib.asynccontextmanager
-async def broker(kind: str, workdir: Path) -> AsyncIterator[tuple[int, str]]:
-    """A broker on a free loopback port: (port, description)."""
+async def broker(kind: str, layout: security.Layout) -> AsyncIterator[LiveBroker]:
+    """A broker on a free loopback port: Mosquitto with the configuration ``security init``
+    wrote into ``layout``, or the embedded amqtt broker with none of it (said loudly)."""
     mosquitto = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
@@ -158,22 +184,19 @@ async def broker(kind: str, workdir: Path) -> AsyncIterator[tuple[int, str]]:
     if kind == "mosquitto" or (kind == "auto" and mosquitto is not None):
         if mosquitto is None:
             raise RuntimeError("Mosquitto is not installed")
-        config = workdir / "mosquitto.conf"
-        config.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 100000\n"
-            "set_tcp_nodelay true\n"
-        )
+        config = layout.broker / "live.conf"
+        config.write_text(security.broker_config(layout, port=port, bind="127.0.0.1"))
         process = subprocess.Popen(  # noqa: S603 - our own command line
             [mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             await _port_open(port)
-            yield port, "mosquitto"
+            yield LiveBroker(port=port, name="mosquitto (TLS, passwords, ACL)", secured=layout)
         finally:
             process.terminate()
             process.wait(5.0)
         return
+    log.warning(UNSECURED)
     from amqtt.broker import Broker
 
     embedded = Broker(
@@ -186,7 +209,7 @@ async def broker(kind: str, workdir: Path) -> AsyncIterator[tuple[int, str]]:
     )
     await embedded.start()
     try:
-        yield port, "amqtt (embedded)"
+        yield LiveBroker(port=port, name="amqtt (embedded)", secured=None)
     finally:
         await embedded.shutdown()
 
@@ -224,7 +247,7 @@ async def _port_open(port: int, timeout_s: float = 10.0) -> None:
 async def live_run(
     options: LiveOptions,
     *,
-    broker_port: int,
+    mqtt: LiveBroker,
     writer: TelemetryWriter,
     workdir: Path,
     progress: Callable[[str], None] | None = None,
@@ -242,17 +265,19 @@ async def live_run(
     run.advance(depart - options.dispatch_lead_s - 30.0)
     bus = FieldBusServer(run, speed=options.speed)
     bus_port = await bus.start()
-    region = "live"
+    region = REGION
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
+    keys = Keyring(workdir / "keys")
+    keys.create()
     edge_settings = EdgeSettings(
         region=region,
         intersections="all",
-        broker=BrokerSettings(host="127.0.0.1", port=broker_port, client_id_prefix=region,
-                              reconnect_min_s=0.2, reconnect_max_s=2.0),
+        broker=_edge_broker(mqtt),
         controller=ControllerSettings(port=bus_port, poll_hz=20.0),
         telemetry=TelemetrySettings(period_s=1.0),
         buffer=BufferSettings(path=workdir / f"edge-buffer-{region}"),
+        trust=TrustSettings(store=keys.trust_store),
         log=LogSettings(level="warning"),
     )  # fmt: skip
     vehicle = scenario.trips.count - 1
@@ -269,8 +294,8 @@ async def live_run(
     telemetry_sink, audit_sink = writer_sinks(writer)
     service = CloudService(
         core,
-        settings=ServiceSettings(broker_port=broker_port, client_id=f"cloud-{region}",
-                                 region=region),
+        signer=keys.signer(),
+        settings=_cloud_broker(mqtt),
         telemetry_sink=telemetry_sink,
         audit_sink=audit_sink,
         clock=ControllerClock(rate=options.speed),
@@ -280,20 +305,25 @@ async def live_run(
     async with asyncio.TaskGroup() as tasks:
         edges = tasks.create_task(run_host(edge_settings, stop, started=agents.extend))
         cloud = tasks.create_task(service.run(stop))
-        api = await serve_api(service, "127.0.0.1", 0)
+        # dispatch is an operator capped at the priority its ambulance asks for
+        tokens = workdir / "api-tokens.json"
+        token = add_user(tokens, "dispatch", UserRole.OPERATOR, caps={INCIDENT: 8})
+        api = await serve_api(service, "127.0.0.1", 0, tokens=TokenFile(tokens))
         api_url = _url(api)
         try:
             await _until(lambda: all(s.telemetry is not None for s in core.seen.values()), 60.0)
             say(f"{len(agents)} edge agents reporting to the cloud")
-            async with aiomqtt.Client("127.0.0.1", broker_port, identifier=f"{AMBULANCE}-{region}",
-                                      protocol=aiomqtt.ProtocolVersion.V311) as avl:  # fmt: skip
+            async with _vehicle_client(mqtt) as avl:
                 requested = False
                 while run.now < end:
                     if not requested and run.now >= depart - options.dispatch_lead_s:
-                        await _request(api_url, run, vehicle, depart)
+                        await _request(api_url, token, run, vehicle, depart)
                         requested = True
                         say("ambulance dispatched: corridor requested through the operator API")
-                    position = _position(run, vehicle)
+                    # the unit reports while its call has a corridor: the cloud refuses (and
+                    # counts) positions of a vehicle without one
+                    reporting = requested and AMBULANCE in core.manager.by_vehicle
+                    position = _position(run, vehicle) if reporting else None
                     if position is not None:
                         payload = DEFAULT_CODEC.encode(position)
                         await avl.publish(vehicle_position_topic(AMBULANCE), payload, qos=0)
@@ -315,6 +345,41 @@ async def live_run(
         rejected=sum(v for k, v in counters.items() if k.startswith("rejected")),
         wall_s=time.monotonic() - started,
     )
+
+
+def _edge_broker(mqtt: LiveBroker) -> BrokerSettings:
+    """The edges' session: box ``EDGE_BOX``'s identity, when the broker checks identities."""
+    box = mqtt.secured.edge(EDGE_BOX) if mqtt.secured else None
+    return BrokerSettings(
+        host="127.0.0.1", port=mqtt.port, client_id_prefix=REGION, reconnect_min_s=0.2,
+        reconnect_max_s=2.0, tls=box is not None, ca_file=box / "ca.crt" if box else None,
+        username=EDGE_BOX if box else None, password_file=box / "broker.pass" if box else None,
+    )  # fmt: skip
+
+
+def _cloud_broker(mqtt: LiveBroker) -> ServiceSettings:
+    """The cloud leader's session, with its identity when the broker checks identities."""
+    cloud = mqtt.secured.cloud if mqtt.secured else None
+    return ServiceSettings(
+        broker_port=mqtt.port, client_id=f"cloud-{REGION}", region=REGION,
+        tls=cloud is not None, ca_file=cloud / "ca.crt" if cloud else None,
+        username=security.LEADER if cloud else None,
+        password_file=cloud / "leader.pass" if cloud else None,
+    )  # fmt: skip
+
+
+def _vehicle_client(mqtt: LiveBroker) -> aiomqtt.Client:
+    """The ambulance's AVL unit, as ``vehicle-AMB-1`` when the broker checks identities."""
+    layout = mqtt.secured
+    secret = layout.vehicle_password(AMBULANCE) if layout else None
+    return aiomqtt.Client(
+        "127.0.0.1", mqtt.port, identifier=f"{AMBULANCE}-{REGION}",
+        username=security.vehicle_user(AMBULANCE) if secret else None,
+        password=secret.read_text().strip() if secret else None,
+        tls_params=aiomqtt.TLSParameters(ca_certs=str(secret.parent / "ca.crt"))
+        if secret else None,
+        protocol=aiomqtt.ProtocolVersion.V311,
+    )  # fmt: skip
 
 
 def _scenario(options: LiveOptions) -> Scenario:
@@ -355,9 +420,9 @@ def _url(runner: Any) -> str:
     return f"http://{host}:{port}"
 
 
-async def _request(api_url: str, run: Run, vehicle: int, depart: float) -> None:
-    """Dispatch asks for the corridor as the operator would, over the HTTP API, with the
-    route the crew will drive (station to the hospital)."""
+async def _request(api_url: str, token: str, run: Run, vehicle: int, depart: float) -> None:
+    """Dispatch asks for the corridor as the operator would, over the HTTP API with its own
+    token, with the route the crew will drive (station to the hospital)."""
     network, trips = run.net.road.network, run.trips
     start = int(trips.route_start[vehicle])
     links = [
@@ -367,11 +432,12 @@ async def _request(api_url: str, run: Run, vehicle: int, depart: float) -> None:
     route = [links[0].from_node, *(link.to_node for link in links)]
     body = {
         "vehicle": AMBULANCE, "origin": route[0], "route": route, "priority": 8,
-        "requester": "dispatch", "depart_at": depart,
+        "incident": INCIDENT, "depart_at": depart,
     }  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{api_url}/v1/corridors", json=body) as response,
+        session.post(f"{api_url}/v1/corridors", json=body, headers=headers) as response,
     ):
         if response.status != 201:
             raise RuntimeError(f"corridor request refused: {await response.text()}")
@@ -409,8 +475,9 @@ async def run_live(
     """Start everything, run the ambulance's corridor live, stop everything."""
     with tempfile.TemporaryDirectory(prefix="citybrain-live-") as tmp:
         workdir = Path(tmp)
+        layout = security.init(workdir / "security", _deployment(options))
         async with (
-            broker(options.broker, workdir) as (broker_port, broker_name),
+            broker(options.broker, layout) as live_broker,
             database(options.dsn, workdir) as (dsn, database_name),
         ):
             store = await PostgresStore.open(dsn)
@@ -418,7 +485,7 @@ async def run_live(
                 rows_before = await store.count_telemetry()
                 async with TelemetryWriter(store) as writer:
                     live = await live_run(
-                        options, broker_port=broker_port, writer=writer, workdir=workdir,
+                        options, mqtt=live_broker, writer=writer, workdir=workdir,
                         progress=progress,
                     )  # fmt: skip
                     await writer.flush()
@@ -426,4 +493,15 @@ async def run_live(
                 flavor = store.flavor
             finally:
                 await store.close()
-    return LiveResult(broker_name, f"{flavor} ({database_name})", live, baseline(options), rows)
+    return LiveResult(
+        live_broker.name, f"{flavor} ({database_name})", live, baseline(options), rows
+    )
+
+
+def _deployment(options: LiveOptions) -> security.Deployment:
+    """The live system's broker identities: one box for all the edges, the ambulance."""
+    hosted = security.signalized(options.network)
+    return security.deployment(
+        options.network, hosted, region=REGION, vehicles=(AMBULANCE,),
+        edge_boxes=[f"{EDGE_BOX}={','.join(hosted)}"],
+    )  # fmt: skip

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from citybrain.cloud.corridor import Action, CorridorManager, SendPlan, Settings
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router
-from citybrain.cloud.state import NetworkState
+from citybrain.cloud.state import NetworkState, RefusedError
 from citybrain.models.checks import check_count, check_number
-from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
     CorridorRequest,
@@ -53,10 +52,14 @@ class CoreSettings:
     emergency_speed_factor: float = 1.3
     twin_slack_s: float = 3.0
     """How long after a plan's takeover the field may still report its normal plan."""
+    max_seq_jump: int = 300
+    """How far an intersection's telemetry seq may leap (``NetworkState``): five minutes of
+    messages lost at 1 Hz; an edge that restarts announces itself and may leap further."""
 
     def __post_init__(self) -> None:
         check_number("ack_timeout_s", self.ack_timeout_s, gt=0.0, le=60.0)
         check_count("send_attempts", self.send_attempts, ge=1, le=10)
+        check_count("max_seq_jump", self.max_seq_jump, ge=1)
         check_number("stale_after_s", self.stale_after_s, gt=0.0, le=3600.0)
         check_number("emergency_speed_factor", self.emergency_speed_factor, ge=1.0, le=3.0)
 
@@ -100,7 +103,11 @@ class CloudCore:
         self.graph = CorridorGraph.from_network(
             network, emergency_speed_factor=self.settings.emergency_speed_factor
         )
-        self.state = NetworkState(network, stale_after_s=self.settings.stale_after_s)
+        self.state = NetworkState(
+            network,
+            stale_after_s=self.settings.stale_after_s,
+            max_seq_jump=self.settings.max_seq_jump,
+        )
         self.manager = CorridorManager(
             self.graph,
             Router(self.graph),
@@ -124,8 +131,8 @@ class CloudCore:
     # ---- the city's state -------------------------------------------------------------------
 
     def on_telemetry(self, message: Telemetry, now_s: float) -> None:
-        """Raises ``ValidationError`` (counted) for an unknown intersection or approach, or a
-        sequence number already seen (a redelivery)."""
+        """Raises ``RefusedError`` for an unknown intersection or approach, or a sequence number
+        already seen (a redelivery) or leaping (see ``NetworkState.ingest``)."""
         self.state.ingest(message, now_s)
         self._sync(message)
         seen = self.seen.get(message.intersection)
@@ -133,15 +140,24 @@ class CloudCore:
             seen.telemetry = message
             seen.mode = message.mode
             seen.received_at = now_s
-        self.counters["telemetry"] += 1
 
     def on_status(self, status: Status, now_s: float) -> list[Action]:
-        seen = self.seen.get(status.intersection)
+        """An edge's birth (online) lets its telemetry seq start over; its Last Will (offline
+        with no ``at``) was written when it connected, so its mode is stale: the mode known
+        from telemetry since stands."""
+        node = status.intersection
+        seen = self.seen.get(node)
         if seen is None:
-            raise ValidationError("intersection", f"unknown intersection {status.intersection!r}")
-        seen.presence, seen.mode = status.presence, status.mode
+            raise RefusedError(
+                "unknown_intersection", "intersection", f"unknown intersection {node!r}"
+            )
+        will = status.presence is Presence.OFFLINE and status.at is None
+        seen.presence = status.presence
+        if not will or seen.mode is None:
+            seen.mode = status.mode
         if status.presence is Presence.ONLINE:
-            return self.manager.set_confirmed(status.intersection, True, now_s)
+            self.state.born(node)
+            return self.manager.set_confirmed(node, True, now_s)
         return []
 
     def signal_state(self, node: str, at_s: float) -> ControllerState:
@@ -201,10 +217,19 @@ class CloudCore:
     def cancel(self, corridor_id: str, now_s: float, *, reason: str) -> list[Action]:
         return self._track(self.manager.cancel(corridor_id, now_s, reason=reason), now_s)
 
-    def on_position(self, position: VehiclePosition, now_s: float) -> list[Action]:
+    def on_position(
+        self, position: VehiclePosition, now_s: float, *, tolerance_s: float
+    ) -> list[Action]:
+        """A position counts only for a vehicle with a corridor (any AVL unit may report) and
+        at a time within ``tolerance_s`` of ``now_s``: it re-times the corridor's plans."""
         if position.vehicle not in self.manager.by_vehicle:
-            self.counters["positions_without_corridor"] += 1  # any AVL unit may report
-            return []
+            raise RefusedError(
+                "position_no_corridor", "vehicle", f"{position.vehicle} has no corridor"
+            )
+        if abs(position.time - now_s) > tolerance_s:
+            raise RefusedError(
+                "position_time", "time", f"{position.time:.1f} is far from now ({now_s:.1f})"
+            )
         return self._track(self.manager.on_position(position, now_s), now_s)
 
     def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:

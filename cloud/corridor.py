@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +29,8 @@ from citybrain.cloud.state import NetworkState
 from citybrain.models.checks import check_count, check_number
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
+    MAX_SEQ,
+    MAX_WINDOWS,
     AckStatus,
     CorridorIntersection,
     CorridorRequest,
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 SWITCH_ESTIMATE_S = 8.0
 """Assumed time to bring a group to green where the exact answer is not computed (beyond the
 horizon, and in route search): a typical remaining minimum green plus a clearance."""
+
+PREEMPTED = "preempted"
+"""The reason of a corridor cancelled to make room for a higher-priority one."""
 
 TERMINAL = {
     CorridorState.COMPLETED,
@@ -120,6 +125,9 @@ class Corridor:
     depart_s: float = 0.0
     """When the vehicle leaves; windows are timed from it until it reports positions."""
     reason: str | None = None
+    requester: str = ""
+    """Who asked for it (the API's authenticated user)."""
+    incident: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,9 @@ class Settings:
     instant. 0 where commands arrive at once (in-process); about the plan path's p99 over MQTT."""
     keep_ended: int = 1000
     """Ended corridors kept in memory (for late acks and listing); older ones are forgotten."""
+    epoch: int = 0
+    """This cloud process's epoch (``cloud/epoch.py``): its plans carry it, so they are newer
+    than a previous process's, and its corridor ids name it, so they are never reused."""
     max_lease_s: float = 300.0
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
@@ -156,6 +167,7 @@ class Settings:
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
         check_count("keep_ended", self.keep_ended, ge=1, le=1_000_000)
+        check_count("epoch", self.epoch, le=MAX_SEQ)
         if self.lease_margin_s + self.clear_after_s >= self.max_lease_s:
             raise ValidationError("max_lease_s", "leaves no room for a window")
 
@@ -194,6 +206,7 @@ class CorridorManager:
         self.unconfirmed: set[str] = set()
         """Intersections whose edge did not acknowledge plans: planned around, sent nothing."""
         self._ids = itertools.count(1)
+        self._id_epoch = f"{_base36(self.settings.epoch)}." if self.settings.epoch else ""
         self.nodes_out: dict[str, list[int]] = {}
         self.nodes_in: dict[str, list[int]] = {}
         network = network_state.network
@@ -224,9 +237,7 @@ class CorridorManager:
             raise ValidationError(
                 "vehicle", f"{request.vehicle} already has corridor {existing.corridor_id}"
             )
-        active = sum(1 for c in self.corridors.values() if c.state not in TERMINAL)
-        if active >= self.settings.max_corridors:
-            raise ValidationError("corridor", f"{active} corridors are active, the limit")
+        preempted = self._room_for(request.priority)
         if request.route:
             links = self._links_of_route(request.route)
             origins, destinations = [links[0]], [links[-1]]
@@ -259,7 +270,7 @@ class CorridorManager:
             raise UnreachableError(
                 "destination", f"no route from {request.origin!r} to {request.destination!r}"
             )
-        corridor_id = request.corridor_id or f"C{next(self._ids)}-{request.vehicle}"
+        corridor_id = request.corridor_id or f"C{self._id_epoch}{next(self._ids)}-{request.vehicle}"
         if corridor_id in self.corridors:
             raise ValidationError("corridor_id", f"{corridor_id} exists")
         corridor = Corridor(
@@ -273,8 +284,11 @@ class CorridorManager:
             0.0,
             last_position_s=max(now_s, depart),
             depart_s=depart,
+            requester=request.requester,
+            incident=request.incident,
         )
         corridor.stop_lines = self._stop_lines(best)
+        self._check_window_room(corridor.stop_lines)
         self.corridors[corridor_id] = corridor
         self.by_vehicle[request.vehicle] = corridor_id
         log.info(
@@ -283,7 +297,41 @@ class CorridorManager:
             request.vehicle,
             len(corridor.stop_lines),
         )
-        return self._replan(now_s)
+        if preempted is None:
+            return self._replan(now_s)
+        self._end(preempted, CorridorState.CANCELLED, PREEMPTED)
+        return [*self._replan(now_s), PublishStatus(self._status(preempted, now_s))]
+
+    def _room_for(self, priority: int) -> Corridor | None:
+        """None while the table has room. When it is full, the live corridor a request of
+        ``priority`` pre-empts: the lowest priority below it, the newest of those (a flood of
+        lower-priority requests never locks out a genuine higher-priority one); when there is
+        none, the request is refused."""
+        live = [c for c in self.corridors.values() if c.state not in TERMINAL]
+        if len(live) < self.settings.max_corridors:
+            return None
+        lowest = min(reversed(live), key=lambda c: (c.priority, -c.requested_at))
+        if lowest.priority >= priority:
+            raise ValidationError(
+                "corridor",
+                f"{len(live)} corridors are active, the limit, none below priority {priority}",
+            )
+        return lowest
+
+    def _check_window_room(self, lines: list[StopLine]) -> None:
+        """Refuse a corridor that would give an intersection more windows than one plan holds
+        (``MAX_WINDOWS``): the corridors there keep theirs, the newcomer is told why."""
+        held = Counter(
+            line.intersection
+            for corridor in self._live()
+            for line in corridor.stop_lines
+            if not line.released
+        )
+        for node, count in Counter(line.intersection for line in lines).items():
+            if held[node] + count > MAX_WINDOWS:
+                raise ValidationError(
+                    "corridor", f"{node} holds {held[node]} windows, as many as one plan can"
+                )
 
     def _links_of_route(self, route: tuple[str, ...]) -> list[int]:
         """A fixed route given as intersections: the links joining consecutive ones."""
@@ -600,7 +648,7 @@ class CorridorManager:
                     continue
                 due = line.eta_s - now_s <= settings.horizon_s
                 if not line.released and line.hop >= 0 and due and line.close_s > line.open_s:
-                    wanted.setdefault(line.intersection, []).append((corridor, line))
+                    _want(wanted, corridor, line)
         actions: list[Action] = []
         for node in sorted(wanted.keys() | self.sent.keys()):
             lines = sorted(wanted.get(node, []), key=lambda pair: pair[1].open_s)
@@ -632,6 +680,7 @@ class CorridorManager:
                 plan_id=plan_id,
                 intersection=node,
                 seq=seq,
+                epoch=settings.epoch,
                 issued_at=now_s,
                 valid_from=max(soonest, valid_until - settings.max_lease_s),
                 valid_until=valid_until,
@@ -655,6 +704,7 @@ class CorridorManager:
             plan_id=f"{corridor_id}-{node}-release-{seq}",
             intersection=node,
             seq=seq,
+            epoch=self.settings.epoch,
             issued_at=now_s,
             valid_from=now_s + self.settings.takeover_lead_s,
             valid_until=now_s + 30.0,
@@ -666,13 +716,17 @@ class CorridorManager:
     def _finish(
         self, corridor: Corridor, state: CorridorState, now_s: float, reason: str | None
     ) -> list[Action]:
+        self._end(corridor, state, reason)
+        return [*self._dispatch(now_s), PublishStatus(self._status(corridor, now_s))]
+
+    def _end(self, corridor: Corridor, state: CorridorState, reason: str | None) -> None:
+        """End the corridor; its stop lines are released by the next dispatch."""
         for line in corridor.stop_lines:
             line.released = True
         corridor.state, corridor.reason = state, reason
         self.by_vehicle.pop(corridor.vehicle, None)
         self._forget_ended(corridor.corridor_id)
         log.info("corridor %s %s%s", corridor.corridor_id, state, f": {reason}" if reason else "")
-        return [*self._dispatch(now_s), PublishStatus(self._status(corridor, now_s))]
 
     def _forget_ended(self, corridor_id: str) -> None:
         """Keep the last ``keep_ended`` ended corridors (for their late acks and the operators'
@@ -721,6 +775,20 @@ class CorridorManager:
         )
 
 
+def _want(
+    wanted: dict[str, list[tuple[Corridor, StopLine]]], corridor: Corridor, line: StopLine
+) -> None:
+    """Add a window to its intersection's plan; corridors come highest priority first, and
+    past ``MAX_WINDOWS`` (a re-routed vehicle can bring one more) the rest wait, unconfirmed,
+    rather than make a plan no edge takes."""
+    held = wanted.setdefault(line.intersection, [])
+    if len(held) < MAX_WINDOWS:
+        held.append((corridor, line))
+        return
+    log.debug("%s: no room for %s's window", line.intersection, corridor.corridor_id)
+    line.plan_id, line.confirmed = None, False
+
+
 def _same_windows(
     sent: tuple[tuple[str, str, float, float], ...],
     wanted: tuple[tuple[str, str, float, float], ...],
@@ -742,3 +810,13 @@ def _normal_green_from(plan: TimingPlan, group: str, at_s: float) -> float:
         if group in plan.phases[period.phase_index].groups and period.green_end_s > at_s:
             return max(at_s, period.green_start_s)
     return at_s + plan.cycle_s
+
+
+def _base36(number: int) -> str:
+    """A short spelling of an epoch for corridor ids (``C<epoch>.<n>-<vehicle>``)."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while number:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+    return text or "0"

@@ -154,9 +154,26 @@ CREATE INDEX reservations_by_corridor ON reservations (corridor_id);
 CREATE INDEX reservations_by_intersection ON reservations (intersection, open_at);
 """
 
+# Who asked: one row per corridor requested, cancelled or pre-empted through the API.
+_OPERATOR_ACTIONS = """
+CREATE TABLE operator_actions (
+    at timestamptz NOT NULL,
+    actor text NOT NULL,
+    kind text NOT NULL,
+    corridor_id text NOT NULL,
+    vehicle text NOT NULL,
+    priority smallint NOT NULL,
+    incident text,
+    reason text,
+    PRIMARY KEY (corridor_id, kind, at)
+);
+CREATE INDEX operator_actions_by_actor ON operator_actions (actor, at);
+"""
+
 MIGRATIONS: Final = (
     Migration(1, "time series", _TIME_SERIES_POSTGRESQL, _TIME_SERIES_TIMESCALEDB),
     Migration(2, "corridors, plans, acks, reservations", _AUDIT, _AUDIT),
+    Migration(3, "operators' actions", _OPERATOR_ACTIONS, _OPERATOR_ACTIONS),
 )
 
 

@@ -5,13 +5,15 @@ Errors: ``ValidationError`` (a bad field: HTTP 400), ``NotFound`` (an unknown co
 place: 404, or 400 ``unknown_intersection`` inside a request body), ``Conflict`` (a vehicle
 that already has a corridor, a corridor already ended: 409), ``UnreachableError`` (no route:
 422), ``ServiceUnavailable`` (the service cannot act now, say it is starting, the broker is
-away or the corridor limit is reached: 503).
+away or the corridor limit is reached: 503), ``LimitReached`` (a requester's own limit of live
+corridors: 429).
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+from dataclasses import dataclass
 
 import msgspec
 
@@ -29,6 +31,20 @@ class NotFound(CitybrainError):  # noqa: N818 - named after the HTTP status
 
 class Conflict(CitybrainError):  # noqa: N818 - named after the HTTP status
     """The request clashes with the state: a vehicle that already has a corridor."""
+
+
+class LimitReached(CitybrainError):  # noqa: N818 - reads as a state
+    """The requester has as many live corridors as they may: one must end first."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorridorOwner:
+    """Who asked for a corridor, and for what: what deciding who may cancel it needs."""
+
+    corridor_id: str
+    requester: str
+    incident: str | None
+    priority: int
 
 
 class Health(enum.StrEnum):
@@ -73,8 +89,11 @@ class NetworkView(msgspec.Struct, frozen=True, kw_only=True):
 
 class Operations(abc.ABC):
     @abc.abstractmethod
-    async def request_corridor(self, request: CorridorRequest) -> CorridorStatus:
-        """Grant a corridor and start dispatching its plans (raises on a bad request)."""
+    async def request_corridor(
+        self, request: CorridorRequest, *, max_active: int | None = None
+    ) -> CorridorStatus:
+        """Grant a corridor and start dispatching its plans (raises on a bad request);
+        ``LimitReached`` when ``request.requester`` already has ``max_active`` live ones."""
 
     @abc.abstractmethod
     async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]: ...
@@ -84,8 +103,13 @@ class Operations(abc.ABC):
         """Raises ``NotFound`` for an unknown id."""
 
     @abc.abstractmethod
-    async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
-        """Cancel and release every intersection (``NotFound`` for an unknown id)."""
+    async def owner(self, corridor_id: str) -> CorridorOwner:
+        """Raises ``NotFound`` for an unknown id."""
+
+    @abc.abstractmethod
+    async def cancel(self, corridor_id: str, *, reason: str, by: str) -> CorridorStatus:
+        """Cancel and release every intersection (``NotFound`` for an unknown id); ``by``
+        (who cancels) and ``reason`` go to the audit trail."""
 
     @abc.abstractmethod
     async def network(self) -> NetworkView: ...

@@ -1,7 +1,8 @@
 """The cloud service: one asyncio process (aiomqtt 2.x), its tasks in one TaskGroup.
 
-* receive: telemetry, statuses, acks and vehicle positions, decoded by the codec; anything
-  malformed, oversized or from an unknown intersection is counted and dropped;
+* receive: telemetry, statuses, acks and vehicle positions, decoded by the codec; whatever
+  does not fit (malformed, oversized, from an unknown intersection or another region, a seq
+  that leaps, a position without a corridor) is refused and counted by its reason;
 * tick: timeouts and plan retries of ``CloudCore``;
 * publish: plans (QoS 1) and retained corridor statuses, in the order the core made them;
 * store: telemetry to the database in batches, plans, acks and corridors to the audit trail.
@@ -19,30 +20,38 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import random
 import socket
+import stat
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
 
 from citybrain.cloud.core import CloudCore
-from citybrain.cloud.corridor import TERMINAL, Action, PublishStatus, SendPlan
+from citybrain.cloud.corridor import PREEMPTED, TERMINAL, Action, PublishStatus, SendPlan
 from citybrain.cloud.operations import (
     Conflict,
+    CorridorOwner,
     Health,
     HealthReport,
     IntersectionView,
+    LimitReached,
     NetworkView,
     NotFound,
     Operations,
     ServiceUnavailable,
 )
+from citybrain.cloud.state import RefusedError
 from citybrain.cloud.storage import (
     AckReceived,
+    ActionKind,
+    OperatorAction,
     PlanSent,
     StorageError,
     TelemetryWriter,
@@ -62,7 +71,9 @@ from citybrain.models.messages import (
     Telemetry,
     VehiclePosition,
 )
+from citybrain.models.signing import PlanSigner
 from citybrain.models.topics import (
+    Topic,
     TopicKind,
     corridor_status_topic,
     intersection_filter,
@@ -73,8 +84,14 @@ from citybrain.models.topics import (
 
 log = logging.getLogger(__name__)
 
+DEFAULT_REGION = "live"
+"""The region the demo's edges publish in (``citybrain/live.py``)."""
 MAX_TIME_S = 253_402_300_799.0
 """9999-12-31T23:59:59Z: later times are not times any clock or database here can hold."""
+
+QUIET_REFUSALS = frozenset({"seq_old", "position_no_corridor"})
+"""Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery, the
+AVL unit of a vehicle without a corridor): counted by reason, but never a burst."""
 
 TelemetrySink = Callable[[Telemetry, float], Awaitable[None]]
 """Where telemetry goes to be stored (awaits when the writer's queue is full)."""
@@ -95,8 +112,18 @@ class ServiceSettings:
     broker_port: int = 1883
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = None
+    """Read at each connection (``secret``), so a rotated password needs no restart."""
+    tls: bool = False
+    ca_file: Path | None = None
+    """The CA that signed the broker's certificate (the system's CAs when not given)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    """A client certificate and its key, for a broker that asks for one."""
     client_id: str = "citybrain-cloud"
-    region: str = "+"
+    region: str = DEFAULT_REGION
+    """The region served. ``+`` takes every region and learns each intersection's from its
+    first accepted message; a message from another region for it is refused after that."""
     role: Role = Role.LEADER
     share_group: str | None = None
     """Take telemetry for storage through ``$share/<group>/...`` (needs MQTT 5 or a broker
@@ -111,6 +138,10 @@ class ServiceSettings:
     status_every_s: float = 0.05
     """A corridor's retained status goes out at most this often, the latest one winning: each
     of 21 acks changes it, and publishing (and auditing) each would delay the acks behind."""
+    trouble_window_s: float = 60.0
+    """The health is degraded while, within this window, a tick or a handler failed, an ack
+    matched no plan, or more than ``rejection_burst`` messages were refused."""
+    rejection_burst: int = 60
 
     def __post_init__(self) -> None:
         check_count("broker_port", self.broker_port, ge=1, le=65_535)
@@ -126,33 +157,186 @@ class ServiceSettings:
         check_number("reconnect_max_s", self.reconnect_max_s, ge=self.reconnect_min_s, le=600.0)
         check_number("status_every_s", self.status_every_s, ge=0.0, le=5.0)
         check_number("settle_after_s", self.settle_after_s, ge=0.0, le=5.0)
+        check_number("trouble_window_s", self.trouble_window_s, gt=0.0, le=86_400.0)
+        check_count("rejection_burst", self.rejection_burst)
+        self._check_credentials()
+
+    def _check_credentials(self) -> None:
+        if not self.tls:
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, name) is not None:
+                    raise ValidationError(name, "only used with tls; turn tls on")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValidationError("key_file", "cert_file and key_file go together")
+        if self.password is not None and self.password_file is not None:
+            raise ValidationError("password_file", "give a password or a password file, not both")
+        if (self.password or self.password_file) and self.username is None:
+            raise ValidationError("username", "is required with a password (MQTT rule)")
+        for name in ("ca_file", "cert_file", "key_file", "password_file"):
+            _check_file(name, getattr(self, name), secret=name in ("key_file", "password_file"))
+
+    def secret(self) -> str | None:
+        """The password, read from ``password_file`` now if that is where it lives."""
+        if self.password_file is None:
+            return self.password
+        text = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        if not text:
+            raise ValidationError("password_file", f"{self.password_file} is empty")
+        return text
+
+    def tls_parameters(self) -> aiomqtt.TLSParameters | None:
+        """TLS with the broker's certificate and host name checked, or ``None`` (plain TCP)."""
+        if not self.tls:
+            return None
+        ca, cert, key = (
+            str(p) if p else None for p in (self.ca_file, self.cert_file, self.key_file)
+        )
+        return aiomqtt.TLSParameters(ca_certs=ca, certfile=cert, keyfile=key)
+
+
+def _check_file(name: str, path: Path | None, *, secret: bool) -> None:
+    """A TLS or password file must be a readable regular file nobody else may write (a
+    swapped CA lets another broker in) and, if ``secret``, nobody else may read."""
+    if path is None:
+        return
+    try:
+        mode = path.stat().st_mode
+        path.open("rb").close()
+    except OSError as error:
+        raise ValidationError(name, f"{path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValidationError(name, f"{path} is not a regular file")
+    if mode & stat.S_IWOTH:
+        raise ValidationError(name, f"{path} is writable by every user; chmod o-w it")
+    if secret and mode & stat.S_IROTH:
+        raise ValidationError(name, f"{path} is readable by every user; chmod o-r it")
+
+
+class ClockVerdict(enum.StrEnum):
+    FOLLOWED = "followed"
+    """Within the tolerance: the clock takes it if it is the newest."""
+    DISAGREED = "disagreed"
+    """Beyond the tolerance: counted, not followed (a vote for that time)."""
+    STEPPED = "stepped"
+    """A quorum agreed on a time beyond the tolerance: the clock stepped to it."""
 
 
 class ControllerClock:
-    """The cloud's estimate of controller time: the newest time it has been told (telemetry,
-    vehicle positions), advanced since at ``rate`` (1 in the field; a simulation's pace) for
-    at most ``hold_s`` of wall time, so it never runs ahead of controllers that fell behind."""
+    """The cloud's estimate of controller time, from edges' telemetry only: the newest time
+    reported within ``tolerance_s`` of the estimate, advanced since at ``rate`` (1 in the
+    field; a simulation's pace) for at most ``hold_s`` of wall time, so it never runs ahead of
+    controllers that fell behind. Tolerances are wall seconds, times ``rate``.
 
-    def __init__(self, *, rate: float = 1.0, hold_s: float = 1.0) -> None:
+    One message cannot move it: a time beyond the tolerance either way is a vote, and the
+    clock steps to it only when a quorum agrees within ``vote_s`` (two intersections; in a
+    one-intersection city, two reports in a row). A step back also needs the current time
+    unconfirmed for ``vote_s``: edges replaying what they buffered in an outage report old
+    times while the others are live, and the clock must not follow them back."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 1.0,
+        hold_s: float = 1.0,
+        tolerance_s: float = 5.0,
+        vote_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         check_number("rate", rate, gt=0.0, le=10_000.0)
         check_number("hold_s", hold_s, gt=0.0, le=60.0)
+        check_number("tolerance_s", tolerance_s, gt=0.0, le=3600.0)
+        check_number("vote_s", vote_s, gt=0.0, le=3600.0)
         self.rate = rate
         self.hold_s = hold_s
+        self.tolerance = tolerance_s * rate
+        """Controller seconds."""
+        self.vote_s = vote_s
+        self._monotonic = monotonic
         self._at: tuple[float, float] | None = None
+        self._confirmed = -math.inf
+        """Wall time of the last report within the tolerance."""
+        self._votes: dict[str, tuple[float, float]] = {}
+        """Per intersection, its last report beyond the tolerance and when."""
+        self._reporters: set[str] = set()
 
     @property
     def known(self) -> bool:
         return self._at is not None
 
-    def seen(self, controller_time: float) -> None:
-        if self._at is None or controller_time > self._at[0]:
-            self._at = (controller_time, time.monotonic())
-
     def now(self) -> float:
+        return self._estimate(self._monotonic())
+
+    def _estimate(self, wall: float) -> float:
         if self._at is None:
             return 0.0
-        at, wall = self._at
-        return at + min(time.monotonic() - wall, self.hold_s) * self.rate
+        at, since = self._at
+        return at + min(wall - since, self.hold_s) * self.rate
+
+    def seen(self, intersection: str, controller_time: float) -> ClockVerdict:
+        """An intersection's telemetry told ``controller_time``."""
+        wall = self._monotonic()
+        self._reporters.add(intersection)
+        if self._at is not None and abs(controller_time - self._estimate(wall)) > self.tolerance:
+            return self._vote(intersection, controller_time, wall)
+        self._votes.pop(intersection, None)
+        self._confirmed = wall
+        if self._at is None or controller_time > self._at[0]:
+            self._at = (controller_time, wall)
+        return ClockVerdict.FOLLOWED
+
+    def _vote(self, intersection: str, controller_time: float, wall: float) -> ClockVerdict:
+        previous = self._votes.get(intersection)
+        self._votes[intersection] = (controller_time, wall)
+        back = controller_time < self._estimate(wall) and wall - self._confirmed <= self.vote_s
+        if back or not self._quorum(previous, controller_time, wall):
+            return ClockVerdict.DISAGREED
+        self._at, self._confirmed = (controller_time, wall), wall
+        self._votes.clear()
+        return ClockVerdict.STEPPED
+
+    def _quorum(
+        self, previous: tuple[float, float] | None, controller_time: float, wall: float
+    ) -> bool:
+        """Two intersections vote for the time; in a one-intersection city, two reports in a
+        row (``previous`` is its vote before this one)."""
+        if len(self._reporters) == 1:
+            return previous is not None and self._agrees(previous, controller_time, wall)
+        votes = self._votes.values()
+        return sum(1 for vote in votes if self._agrees(vote, controller_time, wall)) >= 2
+
+    def _agrees(self, vote: tuple[float, float], controller_time: float, wall: float) -> bool:
+        """Whether a recent vote, advanced to ``wall``, tells ``controller_time``."""
+        told, at = vote
+        recent = wall - at <= self.vote_s
+        return recent and abs(told + (wall - at) * self.rate - controller_time) <= self.tolerance
+
+
+class RecentEvents:
+    """How many events happened in the last ``window_s`` (wall seconds), kept in 60 buckets:
+    constant time to record at any rate (a flood of garbage included), 60 sums to count."""
+
+    BUCKETS = 60
+
+    def __init__(self, window_s: float) -> None:
+        self._width = window_s / self.BUCKETS
+        self._buckets: deque[list[int]] = deque()
+        """[bucket number, events in it], oldest first."""
+
+    def add(self) -> None:
+        bucket = int(time.monotonic() / self._width)
+        if self._buckets and self._buckets[-1][0] == bucket:
+            self._buckets[-1][1] += 1
+            return
+        self._buckets.append([bucket, 1])
+        self._expire(bucket)
+
+    def count(self) -> int:
+        self._expire(int(time.monotonic() / self._width))
+        return sum(events for _, events in self._buckets)
+
+    def _expire(self, bucket: int) -> None:
+        while self._buckets and self._buckets[0][0] <= bucket - self.BUCKETS:
+            self._buckets.popleft()
 
 
 class CloudService(Operations):
@@ -160,6 +344,7 @@ class CloudService(Operations):
         self,
         core: CloudCore,
         *,
+        signer: PlanSigner | None,
         settings: ServiceSettings | None = None,
         telemetry_sink: TelemetrySink | None = None,
         audit_sink: AuditSink | None = None,
@@ -168,6 +353,10 @@ class CloudService(Operations):
     ) -> None:
         self.core = core
         self.settings = settings or ServiceSettings()
+        if signer is None and self.settings.role is Role.LEADER:
+            raise ValidationError("signer", "a leader signs its plans: give it the signing key")
+        self.signer = signer
+        """Signs every plan as it leaves: edges refuse plans no trusted key signed."""
         self.telemetry_sink = telemetry_sink
         self.audit_sink = audit_sink
         self.codec = codec
@@ -187,7 +376,15 @@ class CloudService(Operations):
         self._states_published: dict[str, CorridorState] = {}
         self._settling: asyncio.Task[None] | None = None
         self.regions: dict[str, str] = {}
-        """Intersection -> region, learnt from the topics its edge publishes on."""
+        """With region ``+``: intersection -> the region of its first accepted message."""
+        self._incoming: asyncio.Queue[aiomqtt.Message] | None = None
+        """The session's incoming queue (see ``_drain``)."""
+        window = self.settings.trouble_window_s
+        self._failures = RecentEvents(window)
+        self._unmatched = RecentEvents(window)
+        self._rejections = RecentEvents(window)
+        self._connect_failures = 0
+        """Broker sessions failed in a row."""
         self.backlog: Callable[[], int] = lambda: 0
         """Telemetry waiting for the database (set by whoever wires the storage writer)."""
         self.database_up: Callable[[], bool] = lambda: True
@@ -196,16 +393,20 @@ class CloudService(Operations):
     # ---- running ----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected to the broker until ``stop``, reconnecting with jittered backoff."""
+        """Stay connected to the broker until ``stop``, reconnecting with jittered backoff
+        after any loss of it. A loss mid-session comes out of the session's TaskGroup wrapped
+        in an ExceptionGroup (hence ``except*``); anything else in it is a bug and stops."""
         delay = self.settings.reconnect_min_s
         while not stop.is_set():
             try:
                 await self._session(stop)
-                delay = self.settings.reconnect_min_s
-            except aiomqtt.MqttError as error:
+            except* aiomqtt.MqttError as errors:
                 self.counters["broker_errors"] += 1
-                log.warning("cloud: broker connection failed: %s", error)
+                log.warning("cloud: broker connection lost: %s", errors.exceptions[0])
             finally:
+                if self.connected.is_set():  # a session ran: back off from the start again
+                    delay, self._connect_failures = self.settings.reconnect_min_s, 0
+                self._connect_failures += 1
                 self.connected.clear()
                 self._client = None
             if stop.is_set():
@@ -218,12 +419,17 @@ class CloudService(Operations):
 
     async def _session(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        try:
+            password = settings.secret()
+        except (OSError, ValidationError) as error:  # a rotation under way: try again later
+            raise aiomqtt.MqttError(f"cannot read the broker password: {error}") from error
         async with aiomqtt.Client(
             settings.broker_host,
             settings.broker_port,
             identifier=settings.client_id,
             username=settings.username,
-            password=settings.password,
+            password=password,
+            tls_params=settings.tls_parameters(),
             protocol=ProtocolVersion.V311,
             # The leader's session persists (acks and statuses wait for it across a reconnect);
             # an ingest worker's does not: Mosquitto keeps dealing a stopped member of a shared
@@ -252,21 +458,23 @@ class CloudService(Operations):
                 ticking = tasks.create_task(self._tick())
                 sending = tasks.create_task(self._send(client))
                 stopping = tasks.create_task(stop.wait())
-                done, _ = await asyncio.wait(
-                    {receiving, stopping}, return_when=asyncio.FIRST_COMPLETED
-                )
+                # a receive that fails (the broker went) ends the group, and this wait
+                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 for task in (receiving, ticking, sending, stopping):
                     task.cancel()
-                if receiving in done and receiving.exception() is not None:
-                    raise aiomqtt.MqttError("connection lost") from receiving.exception()
 
     def _incoming_queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
         """aiomqtt's incoming queue, counting what it refuses when full. paho acknowledges a
         message to the broker as it reads it, so one refused here is lost: counted as
-        ``incoming_dropped`` (the health turns degraded), never silent."""
-        counters = self.counters
+        ``incoming_dropped`` (the health turns degraded), never silent. The service keeps
+        the queue the client made, to drain it when the session ends (``_drain``)."""
+        service, counters = self, self.counters
 
         class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                service._incoming = self
+
             def put_nowait(self, item: aiomqtt.Message) -> None:
                 try:
                     super().put_nowait(item)
@@ -290,62 +498,93 @@ class CloudService(Operations):
         ]
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+        try:
+            async for message in client.messages:
+                await self.handle(message.topic.value, bytes(message.payload))
+        except aiomqtt.MqttError:
+            await self._drain()
+            raise
+
+    async def _drain(self) -> None:
+        """Take what the incoming queue still holds when the broker goes: paho acknowledged
+        it to the broker on arrival, so nobody would ever send it again."""
+        queue = self._incoming
+        while queue is not None and not queue.empty():
+            message = queue.get_nowait()
             await self.handle(message.topic.value, bytes(message.payload))
 
     async def handle(self, topic: str, payload: bytes) -> None:
-        """One message off the broker; never raises for bad input (counted and logged)."""
+        """One message off the broker. Never raises: every refusal is counted by its reason
+        (``rejected_<reason>``), and a message that makes a handler fail is counted too."""
         try:
-            where = parse_topic(topic)
-            if where.kind is TopicKind.TELEMETRY:
-                telemetry = self.codec.decode(payload, Telemetry)
-                self._addressed(where.intersection, telemetry.intersection)
-                await self._telemetry(telemetry)
-                self._learn_region(where.intersection, where.region)
-            elif self.settings.role is Role.INGEST:
-                self.counters["ignored"] += 1
-            elif where.kind is TopicKind.STATUS:
-                status = self.codec.decode(payload, Status)
-                self._addressed(where.intersection, status.intersection)
-                await self._status(status)
-                self._learn_region(where.intersection, where.region)
-            elif where.kind is TopicKind.ACK:
-                ack = self.codec.decode(payload, PlanAck)
-                self._addressed(where.intersection, ack.intersection)
-                await self._ack(ack)
-            elif where.kind is TopicKind.VEHICLE_POSITION:
-                position = self.codec.decode(payload, VehiclePosition)
-                if where.vehicle != position.vehicle:
-                    raise ValidationError(
-                        "vehicle", "the body names another vehicle than its topic"
-                    )
-                await self._position(position)
-            else:
-                self.counters["ignored"] += 1
+            await self._take(topic, payload)
+        except RefusedError as error:
+            self._refused(error.code, topic, error)
         except (MessageError, TopicError) as error:
             kind = "oversized" if error.field == "$" and "bytes" in error.reason else "malformed"
-            self.counters[f"rejected_{kind}"] += 1
-            log.debug("cloud: %s message on %s: %s", kind, topic[:120], error)
+            self._refused(kind, topic, error)
         except ValidationError as error:
-            self.counters["rejected_invalid"] += 1
-            log.debug("cloud: refused message on %s: %s", topic[:120], error)
+            self._refused("invalid", topic, error)
         except StorageError as error:  # the writer stopped: keep serving corridors
             self._storage_ok = False
             self.counters["storage_failed"] += 1
             log.error("cloud: telemetry not stored: %s", error)
+        except Exception:  # one message must not end the session (and every corridor)
+            self.counters["handle_failed"] += 1
+            self._failures.add()
+            log.exception("cloud: handling a message on %s failed", topic[:120])
 
-    def _addressed(self, topic_intersection: str | None, body_intersection: str) -> None:
-        """A message speaks for the intersection of its topic, which the city must have: one
-        edge's broker rights do not let it speak for another."""
-        if topic_intersection != body_intersection:
-            raise ValidationError("intersection", "the body names another intersection")
-        if body_intersection not in self.core.seen:
-            raise ValidationError("intersection", f"unknown intersection {body_intersection!r}")
+    async def _take(self, topic: str, payload: bytes) -> None:
+        where = parse_topic(topic)
+        if where.kind is not TopicKind.TELEMETRY and self.settings.role is Role.INGEST:
+            self.counters["ignored"] += 1
+            return
+        if where.kind is TopicKind.TELEMETRY:
+            telemetry = self.codec.decode(payload, Telemetry)
+            self._addressed(where, telemetry.intersection)
+            await self._telemetry(telemetry)
+        elif where.kind is TopicKind.STATUS:
+            status = self.codec.decode(payload, Status)
+            self._addressed(where, status.intersection)
+            await self._status(status)
+        elif where.kind is TopicKind.ACK:
+            ack = self.codec.decode(payload, PlanAck)
+            self._addressed(where, ack.intersection)
+            await self._ack(ack)
+        elif where.kind is TopicKind.VEHICLE_POSITION:
+            position = self.codec.decode(payload, VehiclePosition)
+            if where.vehicle != position.vehicle:
+                raise RefusedError("wrong_vehicle", "vehicle", "the body names another vehicle")
+            await self._position(position)
+        else:
+            self.counters["ignored"] += 1
+            return
+        self._learn_region(where)
 
-    def _learn_region(self, intersection: str | None, region: str | None) -> None:
-        """Plans go to the region an intersection's accepted messages came from."""
-        if intersection is not None and region is not None:
-            self.regions[intersection] = region
+    def _learn_region(self, where: Topic) -> None:
+        """With region ``+``, an intersection's plans go to its first accepted message's."""
+        node, region = where.intersection, where.region
+        if self.settings.region == "+" and node is not None and region is not None:
+            self.regions.setdefault(node, region)
+
+    def _refused(self, reason: str, topic: str, error: ValidationError) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        if reason not in QUIET_REFUSALS:
+            self._rejections.add()
+        log.debug("cloud: refused a message on %s (%s): %s", topic[:120], reason, error)
+
+    def _addressed(self, where: Topic, body_intersection: str) -> None:
+        """A message speaks for the intersection of its topic, which the city must have, in
+        its region: one edge's broker rights do not let it speak for another, nor move an
+        intersection's plans to another region (with ``+``, its first accepted message's)."""
+        node = where.intersection
+        if node != body_intersection:
+            raise RefusedError("wrong_intersection", "intersection", "the body names another")
+        if node not in self.core.seen:
+            raise RefusedError("unknown_intersection", "intersection", f"unknown {node!r}")
+        home = self.regions.get(node) if self.settings.region == "+" else self.settings.region
+        if home is not None and where.region != home:
+            raise RefusedError("region_mismatch", "region", f"{node} is in region {home!r}")
 
     async def _telemetry(self, message: Telemetry) -> None:
         received = time.time()
@@ -353,7 +592,9 @@ class CloudService(Operations):
         if self.settings.role is Role.LEADER:
             async with self._lock:
                 self.core.on_telemetry(message, self.clock.now())
-            self.clock.seen(message.controller_time)
+            verdict = self.clock.seen(message.intersection, message.controller_time)
+            if verdict is not ClockVerdict.FOLLOWED:
+                self.counters[f"clock_{verdict}"] += 1
         self.counters["telemetry"] += 1
         if self.telemetry_sink is not None:
             await self.telemetry_sink(message, received)
@@ -365,15 +606,18 @@ class CloudService(Operations):
     async def _ack(self, ack: PlanAck) -> None:
         check_number("at", ack.at, le=MAX_TIME_S)
         self.counters["acks"] += 1
+        unmatched = self.core.counters["acks_unmatched"]
         async with self._lock:
             self._apply(self.core.on_ack(ack, self.clock.now()))
+        if self.core.counters["acks_unmatched"] > unmatched:
+            self._unmatched.add()
         await self._audit(ack)
 
     async def _position(self, position: VehiclePosition) -> None:
-        check_number("time", position.time, le=MAX_TIME_S)
-        self.clock.seen(position.time)
+        """Positions never move the clock: anyone with a GPS unit could send one."""
         async with self._lock:
-            self._apply(self.core.on_position(position, self.clock.now()))
+            now = self.clock.now()
+            self._apply(self.core.on_position(position, now, tolerance_s=self.clock.tolerance))
 
     async def _tick(self) -> None:
         while True:
@@ -385,6 +629,7 @@ class CloudService(Operations):
                     self._apply(self.core.tick(self.clock.now()))
             except Exception:  # one bad tick must not end the session (and every corridor)
                 self.counters["tick_failed"] += 1
+                self._failures.add()
                 log.exception("cloud: tick failed")
 
     async def _send(self, client: aiomqtt.Client) -> None:
@@ -421,9 +666,10 @@ class CloudService(Operations):
                     self.counters["plans_unroutable"] += 1
                     continue
                 topic = intersection_topic(TopicKind.PLAN, where, action.intersection)
-                self._enqueue(topic, self.codec.encode(action.plan), retain=False)
+                signed = self._signer().sign(action.plan)
+                self._enqueue(topic, self.codec.encode(signed), retain=False)
                 self.counters["plans_sent"] += 1
-                self._audit_soon(action.plan)
+                self._audit_soon(signed)
             elif isinstance(action, PublishStatus):
                 status = action.status
                 if self._states_published.get(status.corridor_id) is not status.state:
@@ -435,6 +681,11 @@ class CloudService(Operations):
                     loop = asyncio.get_running_loop()
                     loop.call_later(self.settings.status_every_s, self._publish_statuses)
                 self._statuses_due[status.corridor_id] = status
+
+    def _signer(self) -> PlanSigner:
+        if self.signer is None:
+            raise RuntimeError("only a leader sends plans")
+        return self.signer
 
     def _settle_soon(self) -> None:
         if self._settling is None or self._settling.done():
@@ -469,7 +720,7 @@ class CloudService(Operations):
             self.counters["outgoing_dropped"] += 1
             log.error("cloud: outgoing queue full, dropped a message to %s", topic)
 
-    def _audit_soon(self, record: SignalPlan | CorridorStatus) -> None:
+    def _audit_soon(self, record: SignalPlan | CorridorStatus | OperatorAction) -> None:
         if self.audit_sink is not None:
             task = asyncio.get_running_loop().create_task(self._audit(record))
             self._background.add(task)
@@ -491,7 +742,9 @@ class CloudService(Operations):
 
     # ---- operators --------------------------------------------------------------------------
 
-    async def request_corridor(self, request: CorridorRequest) -> CorridorStatus:
+    async def request_corridor(
+        self, request: CorridorRequest, *, max_active: int | None = None
+    ) -> CorridorStatus:
         if self.settings.role is not Role.LEADER:
             raise ServiceUnavailable("this worker only ingests telemetry")
         if not self.connected.is_set():
@@ -503,13 +756,45 @@ class CloudService(Operations):
             if request.vehicle in self.core.manager.by_vehicle:
                 existing = self.core.manager.by_vehicle[request.vehicle]
                 raise Conflict(f"{request.vehicle} already has corridor {existing}")
+            if max_active is not None:
+                self._check_limit(request.requester, max_active)
             try:
                 actions = self.core.request(request, now)
             except ValidationError as error:
                 raise _operator_error(error) from None
             self._apply(actions)
             corridor_id = self.core.manager.by_vehicle[request.vehicle]
+            self._audit_action(ActionKind.REQUEST, request.requester, corridor_id)
+            for action in actions:
+                status = action.status if isinstance(action, PublishStatus) else None
+                if status is not None and status.reason == PREEMPTED:
+                    self.counters["corridors_preempted"] += 1
+                    self._audit_action(
+                        ActionKind.PREEMPT, request.requester, status.corridor_id,
+                        reason=f"{PREEMPTED} by {corridor_id}",
+                    )  # fmt: skip
             return self.core.manager.status(corridor_id, now)
+
+    def _check_limit(self, requester: str, max_active: int) -> None:
+        live = sum(
+            1
+            for c in self.core.manager.corridors.values()
+            if c.requester == requester and c.state not in TERMINAL
+        )
+        if live >= max_active:
+            raise LimitReached(f"{requester} has {live} live corridors; {max_active} are allowed")
+
+    def _audit_action(
+        self, kind: ActionKind, actor: str, corridor_id: str, *, reason: str | None = None
+    ) -> None:
+        corridor = self.core.manager.corridors[corridor_id]
+        self._audit_soon(
+            OperatorAction(
+                at=time.time(), actor=actor, kind=kind, corridor_id=corridor_id,
+                vehicle=corridor.vehicle, priority=corridor.priority,
+                incident=corridor.incident, reason=reason,
+            )
+        )  # fmt: skip
 
     async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]:
         statuses = self.core.statuses(self.clock.now())
@@ -522,7 +807,18 @@ class CloudService(Operations):
             raise NotFound(f"no corridor {corridor_id!r}")
         return self.core.manager.status(corridor_id, self.clock.now())
 
-    async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
+    async def owner(self, corridor_id: str) -> CorridorOwner:
+        corridor = self.core.manager.corridors.get(corridor_id)
+        if corridor is None:
+            raise NotFound(f"no corridor {corridor_id!r}")
+        return CorridorOwner(
+            corridor_id=corridor_id,
+            requester=corridor.requester,
+            incident=corridor.incident,
+            priority=corridor.priority,
+        )
+
+    async def cancel(self, corridor_id: str, *, reason: str, by: str) -> CorridorStatus:
         async with self._lock:
             corridor = self.core.manager.corridors.get(corridor_id)
             if corridor is None:
@@ -531,6 +827,7 @@ class CloudService(Operations):
                 raise Conflict(f"corridor {corridor_id} already ended ({corridor.state})")
             now = self.clock.now()
             self._apply(self.core.cancel(corridor_id, now, reason=reason))
+            self._audit_action(ActionKind.CANCEL, by, corridor_id, reason=reason)
             return self.core.manager.status(corridor_id, now)
 
     async def network(self) -> NetworkView:
@@ -573,12 +870,21 @@ class CloudService(Operations):
         )
 
     async def health(self) -> HealthReport:
+        """``degraded`` with a dependency away, a message lost, or trouble within the last
+        ``trouble_window_s`` (see ``_recent``); ``down`` after four broker sessions failed."""
         broker = self.connected.is_set()
         database = self._storage_ok and self.database_up()
         lossless = self.counters["incoming_dropped"] == 0
-        status = Health.OK if broker and database and lossless else Health.DEGRADED
-        if not broker and self.counters["broker_errors"] > 3:
+        recent = self._recent()
+        calm = (
+            recent["recent_failures"] == 0
+            and recent["recent_acks_unmatched"] == 0
+            and recent["recent_rejected"] <= self.settings.rejection_burst
+        )
+        status = Health.OK if broker and database and lossless and calm else Health.DEGRADED
+        if not broker and self._connect_failures > 3:
             status = Health.DOWN
+        counters = {**(self.counters + self.core.counters), **recent}
         return HealthReport(
             status=status,
             broker=broker,
@@ -588,8 +894,17 @@ class CloudService(Operations):
             intersections_online=sum(
                 1 for s in self.core.seen.values() if s.presence is Presence.ONLINE
             ),
-            detail={k: str(v) for k, v in sorted((self.counters + self.core.counters).items())},
+            detail={k: str(v) for k, v in sorted(counters.items())},
         )
+
+    def _recent(self) -> dict[str, int]:
+        """Within the trouble window: ticks and handlers failed, acks that matched no plan
+        sent, and refusals (``QUIET_REFUSALS`` aside)."""
+        return {
+            "recent_failures": self._failures.count(),
+            "recent_acks_unmatched": self._unmatched.count(),
+            "recent_rejected": self._rejections.count(),
+        }
 
     def _active(self) -> int:
         return sum(1 for c in self.core.manager.corridors.values() if c.state not in TERMINAL)
@@ -614,7 +929,7 @@ def writer_sinks(
             writer.put_record(PlanSent(record, at))
         elif isinstance(record, PlanAck):
             writer.put_record(AckReceived(record, at))
-        elif isinstance(record, CorridorStatus):
+        elif isinstance(record, CorridorStatus | OperatorAction):
             writer.put_record(record)
 
     return telemetry, audit

@@ -8,19 +8,16 @@ value (or zero queue / free-flow time when there is none) and says so in ``sourc
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from citybrain.models.checks import check_number
+from citybrain.models.checks import check_count, check_number
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import Telemetry
 from citybrain.models.network import Network
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S
-
-log = logging.getLogger(__name__)
 
 
 class Source(enum.IntEnum):
@@ -29,6 +26,23 @@ class Source(enum.IntEnum):
     """Stale or missing live data: the historical value stands in."""
     DEFAULT = 2
     """Nothing known: zero queue."""
+
+
+class RefusedError(ValidationError):
+    """Input that does not fit the city or whoever sent it, refused; ``code`` names the reason,
+    which the service counts (``rejected_<code>`` in its health detail)."""
+
+    def __init__(self, code: str, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """The last telemetry taken from an intersection: its seq, and when (``now_s``)."""
+
+    seq: int
+    at_s: float
 
 
 @dataclass(frozen=True)
@@ -51,10 +65,19 @@ class NetworkState:
         *,
         stale_after_s: float = 10.0,
         historical_queue_veh: NDArray[np.float64] | None = None,
+        max_seq_jump: int = 300,
+        max_seq_rate_hz: float = 10.0,
     ) -> None:
         check_number("stale_after_s", stale_after_s, gt=0.0, le=3600.0)
+        check_count("max_seq_jump", max_seq_jump, ge=1)
+        check_number("max_seq_rate_hz", max_seq_rate_hz, ge=0.0, le=1000.0)
         self.network = network
         self.stale_after = stale_after_s
+        self.max_seq_jump = max_seq_jump
+        """How far telemetry's seq may leap past the last one taken (messages lost on the
+        way), plus ``max_seq_rate_hz`` per second since it: an edge sends at most 10 a second,
+        so a long gap (a broker's queue overflowed) does not silence it."""
+        self.max_seq_rate_hz = max_seq_rate_hz
         self.link_index = {link.id: i for i, link in enumerate(network.links)}
         self.approach_link = {a.id: self.link_index[a.link_id] for a in network.approaches}
         self.approach_node = {a.id: a.intersection_id for a in network.approaches}
@@ -69,37 +92,56 @@ class NetworkState:
             if np.any(historical_queue_veh < 0):
                 raise ValidationError("historical_queue_veh", "queues cannot be negative")
         self.historical = historical_queue_veh
-        self.last_seq: dict[str, int] = {}
-        self.rejected = 0
+        self._counted: dict[str, _Counted] = {}
+        self._born: set[str] = set()
+        """Intersections whose edge announced itself since their last telemetry taken."""
         lanes = np.array([len(link.lanes) for link in network.links], dtype=np.float64)
         saturation = np.array([link.saturation_flow_vphpl for link in network.links])
         self.discharge_s_per_veh = 3600.0 / (saturation * lanes)
 
     def ingest(self, message: Telemetry, now_s: float) -> None:
-        """Take one telemetry message; refuse (and count) one from an unknown intersection, an
-        unknown or foreign approach, or an old sequence number. Nothing is half-applied."""
+        """Take one telemetry message; refuse (``RefusedError``) one from an unknown intersection,
+        with an unknown or foreign approach, or a seq not newer than the last or leaping past
+        it. Nothing is half-applied."""
         node = message.intersection
         if node not in self.network.intersection_by_id:
-            self._refuse(f"telemetry from unknown intersection {node!r}")
-        last = self.last_seq.get(node)
-        if last is not None and message.seq <= last:
-            self._refuse(f"{node}: telemetry seq {message.seq} is not newer than {last}")
+            raise RefusedError(
+                "unknown_intersection", "intersection", f"unknown intersection {node!r}"
+            )
+        self._check_seq(node, message.seq, now_s)
         updates = []
         for reading in message.approaches:
             link = self.approach_link.get(reading.approach)
             if link is None or self.approach_node[reading.approach] != node:
-                self._refuse(f"{node}: unknown approach {reading.approach!r}")
+                unknown = f"{node}: unknown approach {reading.approach!r}"
+                raise RefusedError("unknown_approach", "approaches", unknown)
             updates.append((link, reading.queue_veh, reading.flow_vph))
         for link, queue, flow in updates:
             self.queue[link] = queue
             self.flow_vph[link] = flow
             self.updated[link] = now_s
-        self.last_seq[node] = message.seq
+        self._counted[node] = _Counted(message.seq, now_s)
+        self._born.discard(node)
 
-    def _refuse(self, reason: str) -> None:
-        self.rejected += 1
-        log.warning("network state: %s", reason)
-        raise ValidationError("telemetry", reason)
+    def born(self, node: str) -> None:
+        """The intersection's edge announced itself (its birth status): its next telemetry
+        may leap, since a restarted edge counts on from the wall clock in milliseconds."""
+        self._born.add(node)
+
+    def _check_seq(self, node: str, seq: int, now_s: float) -> None:
+        """A seq already seen is a redelivery or a replay. One far past the last is refused
+        too (unless the edge was born since): a single forged 2**53-1 would otherwise make
+        every genuine message after it look old, and silence the intersection."""
+        last = self._counted.get(node)
+        if last is None:
+            return
+        if seq <= last.seq:
+            raise RefusedError("seq_old", "seq", f"{node}: seq {seq} is not newer than {last.seq}")
+        allowed = self.max_seq_jump + self.max_seq_rate_hz * max(0.0, now_s - last.at_s)
+        if node not in self._born and seq - last.seq > allowed:
+            raise RefusedError(
+                "seq_jump", "seq", f"{node}: seq {seq} leaps {seq - last.seq} past {last.seq}"
+            )
 
     def set_queue(
         self, link_id: str, queue_veh: float, now_s: float, *, flow_vph: float | None = None

@@ -1,4 +1,5 @@
-"""The cloud's storage: telemetry, corridors, every plan sent with its acks, and reservations.
+"""The cloud's storage: telemetry, corridors, every plan sent with its acks, reservations, and
+who asked for or cancelled each corridor.
 
 ``TelemetryStore`` is the seam the service and the API talk to; ``PostgresStore`` is the real one
 (psycopg 3, async, pooled) and ``MemoryStore`` the fake beside it for other components' tests.
@@ -23,6 +24,7 @@ import abc
 import asyncio
 import contextlib
 import datetime
+import enum
 import logging
 import math
 import random
@@ -140,7 +142,38 @@ class ReservationsSet:
         check_id("corridor_id", self.corridor_id)
 
 
-AuditRecord = PlanSent | AckReceived | CorridorStatus | ReservationsSet
+class ActionKind(enum.StrEnum):
+    REQUEST = "request"
+    CANCEL = "cancel"
+    PREEMPT = "preempt"
+    """Cancelled to make room for the actor's higher-priority request."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorAction:
+    """Who did what to a corridor, and when (wall-clock epoch seconds): the corridor states
+    say what happened, this says on whose word."""
+
+    at: float
+    actor: str
+    """The authenticated user of the API."""
+    kind: ActionKind
+    corridor_id: str
+    vehicle: str
+    priority: int
+    incident: str | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_time("at", self.at)
+        check_id("actor", self.actor)
+        check_id("corridor_id", self.corridor_id)
+        check_id("vehicle", self.vehicle)
+        if self.incident is not None:
+            check_id("incident", self.incident)
+
+
+AuditRecord = PlanSent | AckReceived | CorridorStatus | ReservationsSet | OperatorAction
 
 
 def check_records(records: Iterable[AuditRecord]) -> None:
@@ -189,9 +222,9 @@ class TelemetryStore(abc.ABC):
 
     @abc.abstractmethod
     async def record(self, records: Sequence[AuditRecord]) -> None:
-        """Store plans sent, acks, corridor states and reservations, all or none, idempotently:
-        a plan or an ack stored twice is kept once; an older corridor state does not replace
-        a newer one."""
+        """Store plans sent, acks, corridor states, reservations and operators' actions, all or
+        none, idempotently: a plan, an ack or an action stored twice is kept once; an older
+        corridor state does not replace a newer one."""
 
     async def record_plan(self, plan: SignalPlan, sent_at: float) -> None:
         await self.record((PlanSent(plan, sent_at),))
@@ -225,6 +258,10 @@ class TelemetryStore(abc.ABC):
         """The corridor's latest state, or None if it was never recorded."""
 
     @abc.abstractmethod
+    async def operator_actions(self, corridor_id: str) -> list[OperatorAction]:
+        """Who requested, cancelled or pre-empted the corridor, oldest first."""
+
+    @abc.abstractmethod
     async def reservations(self, corridor_id: str) -> list[Reservation]:
         """The corridor's current reservations, by opening time."""
 
@@ -248,6 +285,7 @@ class MemoryStore(TelemetryStore):
         self.acks: dict[tuple[str, str, str, float], AckReceived] = {}
         self.corridors: dict[str, CorridorStatus] = {}
         self._reservations: dict[str, tuple[Reservation, ...]] = {}
+        self.actions: dict[tuple[str, ActionKind, float], OperatorAction] = {}
 
     def _up(self) -> None:
         if not self.available:
@@ -273,6 +311,8 @@ class MemoryStore(TelemetryStore):
                 self.acks.setdefault((ack.intersection, ack.plan_id, ack.status, ack.at), item)
             elif isinstance(item, ReservationsSet):
                 self._reservations[item.corridor_id] = item.rows
+            elif isinstance(item, OperatorAction):
+                self.actions.setdefault((item.corridor_id, item.kind, item.at), item)
             else:
                 known = self.corridors.get(item.corridor_id)
                 if known is None or known.updated_at <= item.updated_at:
@@ -317,6 +357,11 @@ class MemoryStore(TelemetryStore):
     async def corridor(self, corridor_id: str) -> CorridorStatus | None:
         self._up()
         return self.corridors.get(corridor_id)
+
+    async def operator_actions(self, corridor_id: str) -> list[OperatorAction]:
+        self._up()
+        found = (a for a in self.actions.values() if a.corridor_id == corridor_id)
+        return sorted(found, key=lambda a: a.at)
 
     async def reservations(self, corridor_id: str) -> list[Reservation]:
         self._up()
@@ -391,6 +436,11 @@ ON CONFLICT (corridor_id) DO UPDATE
 SET vehicle = EXCLUDED.vehicle, state = EXCLUDED.state, priority = EXCLUDED.priority,
     updated_at = EXCLUDED.updated_at, status = EXCLUDED.status
 WHERE corridors.updated_at <= EXCLUDED.updated_at
+"""
+_INSERT_ACTION = """
+INSERT INTO operator_actions (at, actor, kind, corridor_id, vehicle, priority, incident, reason)
+VALUES (to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
 """
 _INSERT_RESERVATION = """
 INSERT INTO reservations (corridor_id, intersection, signal_group, open_at, close_at)
@@ -622,6 +672,20 @@ class PostgresStore(TelemetryStore):
                                 for r in item.rows
                             ],
                         )
+                elif isinstance(item, OperatorAction):
+                    await cursor.execute(
+                        _INSERT_ACTION,
+                        (
+                            item.at,
+                            item.actor,
+                            item.kind.value,
+                            item.corridor_id,
+                            item.vehicle,
+                            item.priority,
+                            item.incident,
+                            _text(item.reason),
+                        ),
+                    )
                 else:
                     await cursor.execute(
                         _UPSERT_CORRIDOR,
@@ -691,6 +755,26 @@ class PostgresStore(TelemetryStore):
             "SELECT status::text FROM corridors WHERE corridor_id = %s", (corridor_id,)
         )
         return _CORRIDOR_DECODER.decode(rows[0][0]) if rows else None
+
+    async def operator_actions(self, corridor_id: str) -> list[OperatorAction]:
+        rows = await self._fetch(
+            "SELECT extract(epoch FROM at)::float8, actor, kind, vehicle, priority, incident,"
+            " reason FROM operator_actions WHERE corridor_id = %s ORDER BY at",
+            (corridor_id,),
+        )
+        return [
+            OperatorAction(
+                at=at,
+                actor=actor,
+                kind=ActionKind(kind),
+                corridor_id=corridor_id,
+                vehicle=vehicle,
+                priority=priority,
+                incident=incident,
+                reason=reason,
+            )
+            for at, actor, kind, vehicle, priority, incident, reason in rows
+        ]
 
     async def reservations(self, corridor_id: str) -> list[Reservation]:
         rows = await self._fetch(
@@ -942,7 +1026,8 @@ class TelemetryWriter:
         self._append((message, received))
 
     def put_record(self, record: AuditRecord) -> None:
-        """Queue a plan sent, an ack, a corridor state or reservations; never waits."""
+        """Queue a plan sent, an ack, a corridor state, reservations or an operator's action;
+        never waits."""
         self._usable()
         check_records((record,))
         self._append(record)

@@ -76,6 +76,47 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         broker.kill()
 
 
+# -- Mosquitto as `citybrain security init` configures it (TLS, passwords, ACL)
+from citybrain.security import Deployment, Layout, broker_config, deployment, init  # noqa: E402
+
+SECURE_BOXES = ("edge-west=a01,a02",)
+"""Two intersections on one box, a03 and a04 on boxes of their own (edge-a03, edge-a04)."""
+
+
+class SecureMosquitto(Mosquitto):
+    """A real Mosquitto on a free loopback port with what ``citybrain security init`` writes
+    for a four-intersection arterial: TLS only, a password per identity, the ACL."""
+
+    def __init__(self, directory: Path) -> None:
+        self.plan: Deployment = deployment(
+            "arterial:4", ["a01", "a02", "a03", "a04"], edge_boxes=SECURE_BOXES
+        )
+        self.layout: Layout = init(directory / "deploy", self.plan)
+        self.port = free_port()
+        self.config = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+        self.config.write_text(
+            broker_config(self.layout, port=self.port, bind="127.0.0.1")
+            + f"log_dest file {self.log}\n"
+        )
+        self.process = None
+
+    def password(self, user: str) -> str:
+        return self.layout.password(self.plan.identity(user)).read_text().strip()
+
+
+@pytest.fixture
+def secure_mosquitto(tmp_path: Path) -> Iterator[SecureMosquitto]:
+    if not Path(MOSQUITTO).exists():
+        pytest.fail("Mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
+    broker = SecureMosquitto(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
 # -- PostgreSQL (imports here, so that the section above stays as it was)
 import importlib.util  # noqa: E402
 import pwd  # noqa: E402

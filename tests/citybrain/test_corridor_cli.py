@@ -1,4 +1,5 @@
-"""``citybrain corridor ...`` against the real API served on a free port over a fake service.
+"""``citybrain corridor ...`` against the real API served on a free port over a fake service,
+as the operator ``op`` of ``tests/cloud/test_api.py``'s token file.
 
 The API runs on its own event loop in a thread, because the CLI's ``main`` runs its own.
 """
@@ -9,6 +10,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -16,9 +18,10 @@ from aiohttp import web
 from citybrain import corridor_cli
 from citybrain.cli import main
 from citybrain.cloud.api import serve_api
+from citybrain.cloud.auth import TokenFile
 from citybrain.cloud.operations import ServiceUnavailable
 from citybrain.models.messages import CorridorState, CorridorStatus
-from tests.cloud.test_api import FakeOperations
+from tests.cloud.test_api import FakeOperations, Tokens
 
 
 class WatchedOperations(FakeOperations):
@@ -44,12 +47,17 @@ class WatchedOperations(FakeOperations):
 class Served:
     """The API over ``ops`` on a free loopback port, on a loop in a thread of its own."""
 
-    def __init__(self, ops: FakeOperations) -> None:
+    def __init__(self, ops: FakeOperations, directory: Path) -> None:
         self.ops = ops
+        self.tokens = Tokens.make(directory)
+        self.token_file = directory / "op.token"
+        self.token_file.write_text(self.tokens.op + "\n")
+        self.token_file.chmod(0o600)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        started = asyncio.run_coroutine_threadsafe(serve_api(ops, "127.0.0.1", 0), self.loop)
+        serving = serve_api(ops, "127.0.0.1", 0, tokens=TokenFile(self.tokens.path))
+        started = asyncio.run_coroutine_threadsafe(serving, self.loop)
         self.runner: web.AppRunner = started.result(5)
         host, port = self.runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
@@ -62,8 +70,9 @@ class Served:
 
 
 @pytest.fixture
-def served() -> Iterator[Served]:
-    server = Served(WatchedOperations())
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    monkeypatch.delenv("CITYBRAIN_TOKEN", raising=False)
+    server = Served(WatchedOperations(), tmp_path)
     try:
         yield server
     finally:
@@ -71,7 +80,7 @@ def served() -> Iterator[Served]:
 
 
 def corridor(served: Served, *args: str) -> int:
-    return main(["corridor", *args, "--api", served.url])
+    return main(["corridor", *args, "--api", served.url, "--token-file", str(served.token_file)])
 
 
 def output(capsys: pytest.CaptureFixture[str]) -> tuple[list[str], str]:
@@ -79,7 +88,7 @@ def output(capsys: pytest.CaptureFixture[str]) -> tuple[list[str], str]:
     return captured.out.splitlines(), captured.err
 
 
-AMB7 = ("--vehicle", "AMB-7", "--from", "A", "--to", "D")
+AMB7 = ("--vehicle", "AMB-7", "--from", "A", "--to", "D", "--incident", "medical")
 
 
 def test_request_prints_the_corridor_and_its_stop_lines(
@@ -94,13 +103,15 @@ def test_request_prints_the_corridor_and_its_stop_lines(
     assert len(out) == 4
     assert err == ""
     request = served.ops.requests[0]
-    assert (request.requester, request.requested_at) == ("operator", served.ops.now)
+    assert (request.requester, request.requested_at) == ("op", served.ops.now)
+    assert request.incident == "medical"
 
 
 def test_request_with_a_fixed_route_and_json_output(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ("--vehicle", "AMB-7", "--from", "A", "--route", "A", "B", "C", "--json")
+    args = ("--vehicle", "AMB-7", "--from", "A", "--route", "A", "B", "C", "--json",
+            "--incident", "fire")  # fmt: skip
     assert corridor(served, "request", *args) == 0
     out, _ = output(capsys)
     body = json.loads(out[0])
@@ -140,7 +151,8 @@ def test_list_all_and_active(served: Served, capsys: pytest.CaptureFixture[str])
     assert corridor(served, "list") == 0
     assert output(capsys)[0] == ["no corridors"]
     for vehicle in ("AMB-1", "AMB-2"):
-        assert corridor(served, "request", "--vehicle", vehicle, "--from", "A", "--to", "C") == 0
+        args = ("--vehicle", vehicle, "--from", "A", "--to", "C", "--incident", "medical")
+        assert corridor(served, "request", *args) == 0
     assert corridor(served, "cancel", "C1-AMB-1") == 0
     output(capsys)
     assert corridor(served, "list") == 0
@@ -265,22 +277,47 @@ def test_an_unavailable_service_exits_3(served: Served, capsys: pytest.CaptureFi
     assert "unavailable: starting: waiting for the broker" in err
 
 
-def test_an_unreachable_api_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    server = Served(FakeOperations())
+def test_an_unreachable_api_exits_3(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Served(FakeOperations(), tmp_path)
     url = server.url
     server.stop()
+    monkeypatch.setenv("CITYBRAIN_TOKEN", server.tokens.op)
     assert main(["corridor", "list", "--api", url]) == 3
     _, err = output(capsys)
     assert err.startswith(f"citybrain: cannot reach the API at {url}")
     assert err.count("\n") == 1
 
 
-def test_the_api_address_comes_from_the_environment(
+def test_the_api_address_and_token_come_from_the_environment(
     served: Served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CITYBRAIN_API", served.url)
+    monkeypatch.setenv("CITYBRAIN_TOKEN", served.tokens.viewer)
     assert main(["corridor", "list"]) == 0
     assert output(capsys)[0] == ["no corridors"]
+    assert main(["corridor", "request", *AMB7]) == 2
+    assert "forbidden: viewer is a viewer" in output(capsys)[1]
+
+
+@pytest.mark.security
+def test_without_a_good_token_nothing_is_asked_and_the_cli_says_why(
+    served: Served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listing = ["corridor", "list", "--api", served.url]
+    assert main(listing) == 2
+    assert "the API needs your token: no --token-file and no $CITYBRAIN_TOKEN" in output(capsys)[1]
+    monkeypatch.setenv("CITYBRAIN_TOKEN", "cbt_guessed")
+    assert main(listing) == 2
+    assert "unauthorized: unknown or revoked token" in output(capsys)[1]
+    served.token_file.chmod(0o644)
+    assert corridor(served, "list") == 2
+    assert "chmod 600" in output(capsys)[1]
+    served.token_file.write_text("\n")
+    served.token_file.chmod(0o600)
+    assert corridor(served, "list") == 2
+    assert f"{served.token_file} is empty" in output(capsys)[1]
 
 
 @pytest.mark.parametrize(
@@ -293,7 +330,11 @@ def test_the_api_address_comes_from_the_environment(
     ],
 )
 def test_bad_options_exit_2(
-    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], words: str
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    words: str,
 ) -> None:
+    monkeypatch.setenv("CITYBRAIN_TOKEN", "cbt_token")
     assert main(["corridor", *args]) == 2
     assert words in output(capsys)[1]

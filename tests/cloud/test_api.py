@@ -1,11 +1,17 @@
-"""The operators' HTTP API against a fake ``Operations``: every endpoint and every refusal."""
+"""The operators' HTTP API against a fake ``Operations``: every endpoint and every refusal; then
+its attacks (no token, a viewer's, an operator beyond their caps and limits, a flood) against
+the real ``CloudService``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,8 +21,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from citybrain.cloud.api import STATS, create_app, serve_api
+from citybrain.cloud.auth import TokenFile, UserRole, add_user, revoke_user
+from citybrain.cloud.core import CloudCore
+from citybrain.cloud.corridor import PREEMPTED
 from citybrain.cloud.operations import (
     Conflict,
+    CorridorOwner,
     Health,
     HealthReport,
     IntersectionView,
@@ -26,6 +36,8 @@ from citybrain.cloud.operations import (
     ServiceUnavailable,
 )
 from citybrain.cloud.routing import UnreachableError
+from citybrain.cloud.service import CloudService
+from citybrain.cloud.storage import ActionKind, OperatorAction
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     CorridorIntersection,
@@ -35,6 +47,8 @@ from citybrain.models.messages import (
     Mode,
     Presence,
 )
+from citybrain.models.signing import PlanSigner
+from citybrain.simulator.networks import grid
 
 TERMINAL = {
     CorridorState.REJECTED,
@@ -56,7 +70,9 @@ class FakeOperations(Operations):
     def __init__(self) -> None:
         self.now = 100.0
         self.statuses: dict[str, CorridorStatus] = {}
+        self.owners: dict[str, CorridorOwner] = {}
         self.requests: list[CorridorRequest] = []
+        self.cancelled_by: list[str] = []
         self.health_status = Health.OK
         self.unavailable = False
         self.broken = False
@@ -68,7 +84,10 @@ class FakeOperations(Operations):
         if self.unavailable:
             raise ServiceUnavailable("starting: waiting for the broker")
 
-    async def request_corridor(self, request: CorridorRequest) -> CorridorStatus:
+    async def request_corridor(
+        self, request: CorridorRequest, *, max_active: int | None = None
+    ) -> CorridorStatus:
+        """Limits are the service's: the tests against ``CloudService`` below show them."""
         self._check_up()
         self.requests.append(request)
         route = request.route or (request.origin, request.destination or request.origin)
@@ -105,6 +124,10 @@ class FakeOperations(Operations):
             ),
         )
         self.statuses[corridor_id] = status
+        self.owners[corridor_id] = CorridorOwner(
+            corridor_id=corridor_id, requester=request.requester, incident=request.incident,
+            priority=request.priority,
+        )  # fmt: skip
         return status
 
     async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]:
@@ -117,10 +140,15 @@ class FakeOperations(Operations):
             raise NotFound(f"unknown corridor {corridor_id!r}")
         return self.statuses[corridor_id]
 
-    async def cancel(self, corridor_id: str, *, reason: str) -> CorridorStatus:
+    async def owner(self, corridor_id: str) -> CorridorOwner:
+        await self.corridor(corridor_id)
+        return self.owners[corridor_id]
+
+    async def cancel(self, corridor_id: str, *, reason: str, by: str) -> CorridorStatus:
         status = await self.corridor(corridor_id)
         if status.state in TERMINAL:
             raise Conflict(f"corridor {corridor_id} is already {status.state}")
+        self.cancelled_by.append(by)
         return self._set(status, state=CorridorState.CANCELLED, reason=reason)
 
     async def network(self) -> NetworkView:
@@ -182,24 +210,78 @@ class FakeOperations(Operations):
         return updated
 
 
-REQUEST = {"vehicle": "AMB-7", "origin": "A", "destination": "D", "priority": 8, "requester": "op"}
+REQUEST = {
+    "vehicle": "AMB-7", "origin": "A", "destination": "D", "priority": 8, "incident": "medical",
+}  # fmt: skip
 
 Client = TestClient[web.Request, web.Application]
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """A token file with one user of each kind, and their tokens."""
+
+    path: Path
+    op: str
+    """An operator, uncapped for medical and fire, who may do much (the fake's tests use it)."""
+    medic: str
+    """An operator capped at 6 for medical incidents, with at most 2 live corridors."""
+    viewer: str
+    admin: str
+
+    @classmethod
+    def make(cls, directory: Path) -> Tokens:
+        path = directory / "tokens.json"
+        return cls(
+            path=path,
+            op=add_user(path, "op", UserRole.OPERATOR, caps={"medical": 10, "fire": 10},
+                        max_active=100, requests_per_minute=1000),
+            medic=add_user(path, "medic", UserRole.OPERATOR, caps={"medical": 6}, max_active=2),
+            viewer=add_user(path, "viewer", UserRole.VIEWER),
+            admin=add_user(path, "admin", UserRole.ADMIN, requests_per_minute=1000),
+        )  # fmt: skip
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @asynccontextmanager
-async def api(ops: Operations, **options: Any) -> AsyncIterator[Client]:
-    async with TestClient(TestServer(create_app(ops, **options))) as client:
+async def api(
+    ops: Operations, tokens: Path, token: str | None, **options: Any
+) -> AsyncIterator[Client]:
+    """A client of the API over ``ops``, sending ``token`` with every call (when given)."""
+    server = TestServer(create_app(ops, tokens=TokenFile(tokens), **options))
+    async with TestClient(server, headers=None if token is None else bearer(token)) as client:
         yield client
 
 
-def run(scenario: Callable[[Client, FakeOperations], Awaitable[None]], **options: Any) -> None:
+def run_as(
+    scenario: Callable[[Client, FakeOperations, Tokens], Awaitable[None]],
+    *,
+    user: str | None = "op",
+    **options: Any,
+) -> None:
+    """The scenario with a client that authenticates as ``user`` (None: sends no token)."""
+
     async def main() -> None:
         ops = FakeOperations()
-        async with api(ops, **options) as client:
-            await scenario(client, ops)
+        with tempfile.TemporaryDirectory() as directory:
+            tokens = Tokens.make(Path(directory))
+            token = None if user is None else getattr(tokens, user)
+            async with api(ops, tokens.path, token, **options) as client:
+                await scenario(client, ops, tokens)
 
     asyncio.run(main())
+
+
+def run(scenario: Callable[[Client, FakeOperations], Awaitable[None]], **options: Any) -> None:
+    """The scenario with a client of the operator ``op``."""
+
+    async def as_op(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        await scenario(client, ops)
+
+    run_as(as_op, **options)
 
 
 async def error_of(response: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
@@ -215,8 +297,12 @@ async def error_of(response: aiohttp.ClientResponse, status: int, code: str) -> 
     return error
 
 
-async def post_json(client: Client, path: str, body: object) -> aiohttp.ClientResponse:
-    return await client.post(path, data=msgspec.json.encode(body), headers=JSON)
+async def post_json(
+    client: Client, path: str, body: object, token: str | None = None
+) -> aiohttp.ClientResponse:
+    """POST ``body`` as JSON, as the client's user or as the holder of ``token``."""
+    headers = JSON if token is None else {**JSON, **bearer(token)}
+    return await client.post(path, data=msgspec.json.encode(body), headers=headers)
 
 
 JSON = {"Content-Type": "application/json"}
@@ -584,9 +670,11 @@ def test_unknown_paths_and_methods_answer_in_json() -> None:
     run(scenario)
 
 
-def test_serve_api_on_a_free_port_until_cleanup() -> None:
+def test_serve_api_on_a_free_port_until_cleanup(tmp_path: Path) -> None:
+    tokens = Tokens.make(tmp_path)
+
     async def main() -> None:
-        runner = await serve_api(FakeOperations(), "127.0.0.1", 0)
+        runner = await serve_api(FakeOperations(), "127.0.0.1", 0, tokens=TokenFile(tokens.path))
         host, port = runner.addresses[0][:2]
         try:
             async with (
@@ -601,3 +689,338 @@ def test_serve_api_on_a_free_port_until_cleanup() -> None:
                 await session.get(f"http://{host}:{port}/v1/health")
 
     asyncio.run(main())
+
+
+# ---- attacks: who may call, and for what (fake service) -------------------------------------
+
+ENDPOINTS = [
+    ("POST", "/v1/corridors"),
+    ("GET", "/v1/corridors"),
+    ("GET", "/v1/corridors/C1-AMB-7"),
+    ("POST", "/v1/corridors/C1-AMB-7/cancel"),
+    ("GET", "/v1/network"),
+    ("GET", "/v1/intersections/B"),
+]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_every_endpoint_but_health_refuses_a_call_without_a_token(method: str, path: str) -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        await post_json(client, "/v1/corridors", REQUEST, tokens.op)
+        before = dict(ops.statuses)
+        response = await client.request(method, path, data=msgspec.json.encode(REQUEST))
+        error = await error_of(response, 401, "unauthorized")
+        assert "Bearer" in error["message"]
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="citybrain"'
+        assert ops.statuses == before
+        assert len(ops.requests) == 1
+
+    run_as(scenario, user=None)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer cbt_" + "A" * 43,  # well-formed, never issued
+        "Bearer " + "x" * 5000,
+        "Bearer ",
+        "Basic b3A6c2VjcmV0",
+        "cbt_no_scheme",
+    ],
+)
+def test_an_unknown_or_malformed_token_is_401_invalid_token(authorization: str) -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        for method, path in [*ENDPOINTS, ("GET", "/v1/health")]:
+            response = await client.request(
+                method, path, data=msgspec.json.encode(REQUEST),
+                headers={**JSON, "Authorization": authorization},
+            )  # fmt: skip
+            await error_of(response, 401, "unauthorized")
+            assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+        assert ops.requests == []
+
+    run_as(scenario, user=None)
+
+
+@pytest.mark.security
+def test_a_revoked_token_is_refused_from_the_next_call() -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        assert (await client.get("/v1/network")).status == 200
+        revoke_user(tokens.path, "op")
+        error = await error_of(await client.get("/v1/network"), 401, "unauthorized")
+        assert "revoked" in error["message"]
+        response = await client.get("/v1/network", headers=bearer(tokens.medic))
+        assert response.status == 200, "the others' tokens still work"
+
+    run_as(scenario)
+
+
+@pytest.mark.security
+def test_a_token_file_others_can_read_or_write_fails_closed() -> None:
+    """Someone loosened the file's mode while the API runs: it refuses every call (503) until
+    the mode is fixed, rather than trust users others could have written in."""
+
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        tokens.path.chmod(0o644)
+        await error_of(await client.get("/v1/network"), 503, "unavailable")
+        tokens.path.chmod(0o600)
+        assert (await client.get("/v1/network")).status == 200
+
+    run_as(scenario)
+
+
+def test_health_without_a_token_tells_the_status_only() -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        ops.health_status = Health.DOWN
+        response = await client.get("/v1/health")
+        assert response.status == 503
+        assert await response.json() == {"status": "down"}
+        response = await client.get("/v1/health", headers=bearer(tokens.viewer))
+        assert response.status == 503
+        report = msgspec.json.decode(await response.read(), type=HealthReport)
+        assert report.status is Health.DOWN
+
+    run_as(scenario, user=None)
+
+
+@pytest.mark.security
+def test_a_viewer_reads_but_may_not_request_or_cancel() -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        await post_json(client, "/v1/corridors", REQUEST, tokens.admin)
+        for path in ("/v1/corridors", "/v1/corridors/C1-AMB-7", "/v1/network", "/v1/health"):
+            assert (await client.get(path)).status == 200, path
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "vehicle": "AMB-8"})
+        error = await error_of(response, 403, "forbidden")
+        assert "viewer" in error["message"]
+        response = await client.post("/v1/corridors/C1-AMB-7/cancel")
+        await error_of(response, 403, "forbidden")
+        response = await client.post("/v1/corridors", data=b"{", headers=JSON)
+        await error_of(response, 403, "forbidden")  # refused before the body is read
+        assert [r.vehicle for r in ops.requests] == ["AMB-7"]
+        assert ops.statuses["C1-AMB-7"].state is CorridorState.GRANTED
+
+    run_as(scenario, user="viewer")
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"priority": 7}, "$.priority", "above medic's cap of 6"),
+        ({"priority": 10}, "$.priority", "above medic's cap of 6"),
+        ({"incident": "fire", "priority": 2}, "$.incident", "'fire' incidents, only for medical"),
+        ({"incident": None}, "$.incident", "name the incident type (medical)"),
+    ],
+)
+def test_an_operator_beyond_their_caps_is_403(
+    changes: dict[str, Any], field: str, words: str
+) -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        body = {k: v for k, v in {**REQUEST, **changes}.items() if v is not None}
+        error = await error_of(await post_json(client, "/v1/corridors", body), 403, "forbidden")
+        assert error["field"] == field
+        assert words in error["message"]
+        assert ops.requests == []
+        granted = await post_json(client, "/v1/corridors", {**REQUEST, "priority": 6})
+        assert granted.status == 201, "within the cap"
+        uncapped = {**body, "vehicle": "AMB-9", "priority": 10}
+        assert (await post_json(client, "/v1/corridors", uncapped, tokens.admin)).status == 201
+
+    run_as(scenario, user="medic")
+
+
+@pytest.mark.security
+def test_the_requester_is_the_authenticated_user_whatever_the_body_says() -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        body = {**REQUEST, "priority": 5, "requester": "chief"}
+        assert (await post_json(client, "/v1/corridors", body)).status == 201
+        assert ops.requests[-1].requester == "medic"
+        assert (await client.post("/v1/corridors/C1-AMB-7/cancel")).status == 200
+        assert ops.cancelled_by == ["medic"]
+
+    run_as(scenario, user="medic")
+
+
+@pytest.mark.security
+def test_an_operator_cancels_their_own_and_what_they_could_have_requested() -> None:
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        corridors = [
+            ({**REQUEST, "vehicle": "E-1", "incident": "fire", "priority": 3}, tokens.op),
+            ({**REQUEST, "vehicle": "M-9", "priority": 9}, tokens.op),
+            ({**REQUEST, "vehicle": "M-5", "priority": 5}, tokens.op),
+            ({**REQUEST, "vehicle": "M-2", "priority": 2}, tokens.medic),
+        ]
+        for body, token in corridors:
+            assert (await post_json(client, "/v1/corridors", body, token)).status == 201
+        for refused in ("C1-E-1", "C2-M-9"):
+            response = await client.post(f"/v1/corridors/{refused}/cancel")
+            error = await error_of(response, 403, "forbidden")
+            assert "requested by op" in error["message"]
+        for allowed in ("C3-M-5", "C4-M-2"):
+            assert (await client.post(f"/v1/corridors/{allowed}/cancel")).status == 200
+        assert ops.cancelled_by == ["medic", "medic"]
+
+    run_as(scenario, user="medic")
+
+
+@pytest.mark.security
+def test_requests_over_a_users_rate_are_429_with_retry_after() -> None:
+    """The medic may make 12 requests a minute (the operator's default): the 13th, a burst
+    later, is refused before anything is read, and says when to try again."""
+
+    async def scenario(client: Client, ops: FakeOperations, tokens: Tokens) -> None:
+        for index in range(12):
+            response = await client.post(f"/v1/corridors/C{index}-X/cancel")
+            await error_of(response, 404, "not_found")
+        response = await post_json(client, "/v1/corridors", {**REQUEST, "priority": 5})
+        await error_of(response, 429, "rate_limited")
+        assert 1 <= int(response.headers["Retry-After"]) <= 5
+        assert ops.requests == []
+        response = await post_json(client, "/v1/corridors", REQUEST, tokens.op)
+        assert response.status == 201, "another user's rate is their own"
+
+    run_as(scenario, user="medic")
+
+
+# ---- attacks against the real service ------------------------------------------------------
+
+FLOOD_ROAD = grid(8, 8)
+
+
+@dataclass
+class Live:
+    """The API over a real ``CloudService`` (its broker connection faked as up), with what it
+    sends to the audit trail."""
+
+    client: Client
+    service: CloudService
+    tokens: Tokens
+    audited: list[object]
+
+    def actions(self, corridor_id: str) -> list[OperatorAction]:
+        return [
+            r
+            for r in self.audited
+            if isinstance(r, OperatorAction) and r.corridor_id == corridor_id
+        ]
+
+
+def run_live(scenario: Callable[[Live], Awaitable[None]]) -> None:
+    async def main() -> None:
+        core = CloudCore(FLOOD_ROAD.network, FLOOD_ROAD.plans, wall_clock=time.monotonic)
+        audited: list[object] = []
+
+        async def audit(record: object, at: float) -> None:
+            audited.append(record)
+
+        service = CloudService(core, signer=PlanSigner.generate(), audit_sink=audit)
+        service.connected.set()
+        service.clock.seen("g0_0", 1000.0)
+        with tempfile.TemporaryDirectory() as directory:
+            tokens = Tokens.make(Path(directory))
+            async with api(service, tokens.path, None) as client:
+                await scenario(Live(client, service, tokens, audited))
+
+    asyncio.run(main())
+
+
+def _pairs() -> list[tuple[str, str]]:
+    """Neighbouring signalized intersections of the grid, each pair once per direction."""
+    plans = FLOOD_ROAD.plans
+    links = FLOOD_ROAD.network.links
+    return [(link.from_node, link.to_node) for link in links
+            if link.from_node in plans and link.to_node in plans]  # fmt: skip
+
+
+@pytest.mark.security
+def test_a_flood_of_low_priority_corridors_does_not_lock_out_an_ambulance() -> None:
+    """64 bogus priority-3 corridors fill the table: another at priority 3 or below is still
+    503, but a genuine priority-9 ambulance is granted, and the newest bogus corridor is
+    cancelled (``preempted``), counted and audited with whose request pre-empted it."""
+
+    async def scenario(live: Live) -> None:
+        client, tokens = live.client, live.tokens
+        flood = add_user(tokens.path, "flood", UserRole.OPERATOR, caps={"medical": 3},
+                         max_active=100, requests_per_minute=1000)  # fmt: skip
+        dispatch = add_user(tokens.path, "dispatch", UserRole.OPERATOR, caps={"medical": 9})
+        pairs = _pairs()
+        for index in range(64):
+            a, b = pairs[index * 3]
+            body = {"vehicle": f"BOGUS-{index}", "origin": a, "route": [a, b], "priority": 3,
+                    "incident": "medical"}  # fmt: skip
+            response = await post_json(client, "/v1/corridors", body, flood)
+            assert response.status == 201, await response.text()
+        for priority in (3, 2):
+            extra = {"vehicle": f"EXTRA-{priority}", "origin": "g0_0", "route": ["g0_0", "g0_1"],
+                     "priority": priority, "incident": "medical"}  # fmt: skip
+            response = await post_json(client, "/v1/corridors", extra, flood)
+            await error_of(response, 503, "unavailable")
+        ambulance = {"vehicle": "AMB-1", "origin": "g0_0", "route": ["g0_0", "g0_1", "g0_2"],
+                     "priority": 9, "incident": "medical"}  # fmt: skip
+        response = await post_json(client, "/v1/corridors", ambulance, dispatch)
+        assert response.status == 201, await response.text()
+        granted = msgspec.json.decode(await response.read(), type=CorridorStatus)
+        assert granted.state is CorridorState.GRANTED
+        statuses = await live.service.corridors()
+        ended = [s for s in statuses if s.state not in {CorridorState.GRANTED}]
+        assert [(s.vehicle, s.state, s.reason) for s in ended] == [
+            ("BOGUS-63", CorridorState.CANCELLED, PREEMPTED)
+        ]
+        assert len(await live.service.corridors(active_only=True)) == 64
+        assert live.service.counters["corridors_preempted"] == 1
+        await asyncio.sleep(0)  # the audit records are written in the background
+        (preempt,) = [a for a in live.actions(ended[0].corridor_id) if a.kind is ActionKind.PREEMPT]
+        assert (preempt.actor, preempt.reason) == (
+            "dispatch",
+            f"preempted by {granted.corridor_id}",
+        )
+
+    run_live(scenario)
+
+
+@pytest.mark.security
+def test_an_operator_cannot_hold_more_live_corridors_than_their_limit() -> None:
+    async def scenario(live: Live) -> None:
+        pairs = _pairs()
+
+        async def request(index: int) -> aiohttp.ClientResponse:
+            a, b = pairs[index]
+            body = {"vehicle": f"M-{index}", "origin": a, "route": [a, b], "priority": 5,
+                    "incident": "medical"}  # fmt: skip
+            return await post_json(live.client, "/v1/corridors", body, live.tokens.medic)
+
+        first = await (await request(0)).json()
+        assert (await request(1)).status == 201
+        error = await error_of(await request(2), 429, "too_many_corridors")
+        assert "medic has 2 live corridors" in error["message"]
+        path = f"/v1/corridors/{first['corridor_id']}/cancel"
+        assert (await live.client.post(path, headers=bearer(live.tokens.medic))).status == 200
+        assert (await request(2)).status == 201, "room again once one ended"
+
+    run_live(scenario)
+
+
+@pytest.mark.security
+def test_requests_and_cancels_are_audited_with_who_made_them() -> None:
+    async def scenario(live: Live) -> None:
+        body = {"vehicle": "AMB-2", "origin": "g0_0", "route": ["g0_0", "g0_1"],
+                "priority": 6, "incident": "medical", "requester": "chief"}  # fmt: skip
+        response = await post_json(live.client, "/v1/corridors", body, live.tokens.medic)
+        corridor_id = (await response.json())["corridor_id"]
+        assert (await live.service.owner(corridor_id)).requester == "medic"
+        response = await live.client.post(
+            f"/v1/corridors/{corridor_id}/cancel", data=b'{"reason": "false alarm"}',
+            headers={**JSON, **bearer(live.tokens.admin)},
+        )  # fmt: skip
+        assert (await response.json())["reason"] == "false alarm"
+        await asyncio.sleep(0)
+        actions = [(a.kind, a.actor, a.incident, a.priority, a.reason)
+                   for a in live.actions(corridor_id)]  # fmt: skip
+        assert actions == [
+            (ActionKind.REQUEST, "medic", "medical", 6, None),
+            (ActionKind.CANCEL, "admin", "medical", 6, "false alarm"),
+        ]
+
+    run_live(scenario)

@@ -6,11 +6,13 @@ import pytest
 
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import SendPlan
+from citybrain.cloud.state import RefusedError
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
     ApproachState,
     CorridorRequest,
+    CorridorState,
     Mode,
     PlanAck,
     Presence,
@@ -185,3 +187,97 @@ def test_ended_corridors_are_forgotten_past_the_limit_and_acks_find_theirs_direc
     assert set(core.manager._plans_of) == set(ids[-3:])
     # an ack for a forgotten corridor's plan is harmless
     assert core.on_ack(_ack(sent[0]), NOW + 600.0) is not None
+
+
+def test_a_full_table_gives_way_to_a_higher_priority_the_lowest_then_newest_first() -> None:
+    """The table holds 4: a request above the lowest priority pre-empts the newest corridor
+    of that priority (one status ``cancelled``/``preempted``, its windows gone from the same
+    plans that bring the newcomer's, one plan per intersection); one at or below is refused."""
+    from citybrain.cloud.corridor import PREEMPTED, PublishStatus
+    from citybrain.cloud.corridor import Settings as CorridorSettings
+    from citybrain.models.messages import CorridorState
+
+    core = CloudCore(
+        ROAD.network,
+        ROAD.plans,
+        settings=CoreSettings(corridor=CorridorSettings(max_corridors=4)),
+        wall_clock=Wall(),
+    )
+
+    def request(vehicle: str, priority: int, at: float) -> CorridorRequest:
+        return CorridorRequest(
+            vehicle=vehicle, origin="west", route=ROUTE, priority=priority, requester="op",
+            requested_at=at,
+        )  # fmt: skip
+
+    for n, priority in enumerate((2, 1, 1, 3)):
+        core.request(request(f"V{n}", priority, NOW + n), NOW + n)
+    with pytest.raises(ValidationError, match="none below priority 1"):
+        core.request(request("LOW", 1, NOW + 5), NOW + 5)
+    actions = core.request(request("AMB", 2, NOW + 6), NOW + 6)
+    ended = [
+        a.status
+        for a in actions
+        if isinstance(a, PublishStatus) and a.status.state is CorridorState.CANCELLED
+    ]
+    assert [(s.vehicle, s.reason) for s in ended] == [("V2", PREEMPTED)]
+    assert sorted(core.manager.by_vehicle) == ["AMB", "V0", "V1", "V3"]
+    sent = _plans(actions)
+    assert sent
+    assert len({p.intersection for p in sent}) == len(sent), "one plan per intersection"
+    serving = core.manager._serving
+    assert all(ended[0].corridor_id not in serving.get(p.plan.plan_id, []) for p in sent)
+
+
+def _telemetry(node: str, seq: int, mode: Mode = Mode.NORMAL) -> Telemetry:
+    return Telemetry(intersection=node, controller_time=NOW, seq=seq, mode=mode)
+
+
+def test_a_last_will_keeps_the_mode_telemetry_told_since() -> None:
+    """The will is written when the edge connects, so its mode is stale: an intersection
+    that went into priority and then vanished was shown as ``normal``."""
+    core = _core()
+    core.on_status(Status(intersection="a02", presence=Presence.ONLINE, at=NOW), NOW)
+    core.on_telemetry(_telemetry("a02", 1, Mode.PRIORITY), NOW)
+    core.on_status(Status(intersection="a02", presence=Presence.OFFLINE, mode=Mode.NORMAL), NOW)
+    assert (core.seen["a02"].presence, core.seen["a02"].mode) == (Presence.OFFLINE, Mode.PRIORITY)
+    # a goodbye (it has ``at``) says what the edge ran as it left
+    goodbye = Status(intersection="a02", presence=Presence.OFFLINE, mode=Mode.FAIL_SAFE, at=NOW)
+    core.on_status(goodbye, NOW)
+    assert core.seen["a02"].mode is Mode.FAIL_SAFE
+
+
+def test_an_edge_born_again_may_start_its_count_over_once() -> None:
+    core = _core()
+    core.on_telemetry(_telemetry("a02", 10), NOW)
+    restarted = 1_700_000_000_000  # an edge counts from the wall clock in ms
+    with pytest.raises(RefusedError, match="leaps"):
+        core.on_telemetry(_telemetry("a02", restarted), NOW + 1.0)
+    core.on_status(Status(intersection="a02", presence=Presence.ONLINE, at=NOW + 1.0), NOW + 1.0)
+    core.on_telemetry(_telemetry("a02", restarted), NOW + 1.0)
+    assert core.seen["a02"].telemetry == _telemetry("a02", restarted)
+
+
+@pytest.mark.security
+def test_a_position_counts_only_for_a_vehicle_with_a_corridor_and_near_now() -> None:
+    """Today a position of any vehicle, at any time, is taken (and moves the clock)."""
+    from citybrain.models.messages import VehiclePosition
+
+    core = _core()
+    core.request(_request(), NOW)
+
+    def position(vehicle: str, at: float) -> VehiclePosition:
+        return VehiclePosition(
+            vehicle=vehicle, time=at, link="west-a01", offset_m=10.0, speed_mps=15.0
+        )
+
+    for vehicle, at, code in (("AMB-9", NOW, "position_no_corridor"),
+                              ("AMB-1", 2_000_000_000.0, "position_time"),
+                              ("AMB-1", NOW - 30.0, "position_time")):  # fmt: skip
+        with pytest.raises(RefusedError) as refused:
+            core.on_position(position(vehicle, at), NOW, tolerance_s=5.0)
+        assert refused.value.code == code
+    corridor_id = core.manager.by_vehicle["AMB-1"]
+    assert core.manager.status(corridor_id, NOW).state is CorridorState.GRANTED, "activated"
+    core.on_position(position("AMB-1", NOW + 2.0), NOW, tolerance_s=5.0)
+    assert core.manager.status(corridor_id, NOW).state is CorridorState.ACTIVE

@@ -11,6 +11,7 @@ from citybrain.cloud.routing import Router, UnreachableError
 from citybrain.cloud.state import NetworkState
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
+    MAX_WINDOWS,
     AckStatus,
     CorridorRequest,
     CorridorState,
@@ -86,7 +87,7 @@ def test_a_request_is_granted_with_safe_plans_inside_the_horizon_only() -> None:
         )
         assert window.open_at < eta < window.close_at
         state = normal_state_at(ROAD.plans[action.intersection], 100.0)
-        assert check_plan(plan, state, now_s=100.0, last_seq=None).accepted
+        assert check_plan(plan, state, now_s=100.0, last_order=None).accepted
 
 
 def test_queues_make_windows_open_earlier() -> None:
@@ -335,3 +336,49 @@ def test_the_status_keeps_the_actual_arrival_at_every_stop_line_passed() -> None
     (status,) = _statuses(manager.on_position(later, 150.0))
     arrivals = {line.intersection: line.actual_arrival for line in status.status.intersections}
     assert arrivals == {"a01": 130.0, "a02": 130.0, "a03": 150.0, "a04": None, "a05": None}
+
+
+def _crowd(manager: CorridorManager, count: int, route: tuple[str, ...]) -> None:
+    for n in range(count):
+        manager.request(_request(f"V{n}", route=route, origin=route[0]), 100.0)
+
+
+@pytest.mark.security
+def test_a_corridor_past_the_window_limit_of_an_intersection_is_refused_not_a_failing_tick() -> (
+    None
+):
+    """33 corridors over a01: the plan would hold 33 windows, which no edge takes (and today
+    every later dispatch, a tick's included, failed on it). The newcomer is refused with the
+    reason; the others are served, and once one ends there is room again."""
+    manager = _manager()
+    route = ("west", "a01", "a02")
+    _crowd(manager, MAX_WINDOWS, route)
+    with pytest.raises(ValidationError, match="a01 holds 32 windows") as refused:
+        manager.request(_request("V-late", route=route), 100.0)
+    assert refused.value.field == "corridor"
+    assert "V-late" not in manager.by_vehicle
+    assert manager.tick(101.0) == []
+    (plan,) = [p.plan for p in _plans(manager.cancel(manager.by_vehicle["V0"], 102.0))]
+    assert len(plan.windows) == MAX_WINDOWS - 1
+    assert _plans(manager.request(_request("V-late", route=route), 103.0))
+
+
+def test_a_rerouted_vehicle_past_the_window_limit_waits_unconfirmed_there() -> None:
+    """A vehicle that leaves its route can bring an intersection's windows past the limit:
+    the latest of the lowest priority waits (its stop line unconfirmed), the plan holds 32."""
+    manager = _manager(horizon_s=600.0)
+    _crowd(manager, MAX_WINDOWS, ("west", "a01", "a02", "a03"))
+    manager.request(_request("AMB-9", route=("a03s", "a03", "a03n"), origin="a03s"), 100.0)
+    detour = VehiclePosition(
+        vehicle="AMB-9", time=101.0, link="a01-a02", offset_m=10.0, speed_mps=15.0
+    )
+    actions = manager.on_position(detour, 101.0)
+    assert all(len(p.plan.windows) <= MAX_WINDOWS for p in _plans(actions))
+    waiting = _line(manager, "a02", "AMB-9")
+    assert waiting.close_s > waiting.open_s, "it wants a window at a02"
+    assert (waiting.plan_id, waiting.confirmed) == (None, False)
+    held = manager.sent["a02"].windows
+    assert len(held) == MAX_WINDOWS
+    assert manager.by_vehicle["AMB-9"] not in {corridor for corridor, *_ in held}
+    assert _line(manager, "a03", "AMB-9").plan_id is not None
+    manager.tick(102.0)

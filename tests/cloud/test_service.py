@@ -22,8 +22,10 @@ import aiomqtt
 import pytest
 
 from citybrain.cloud.api import serve_api
+from citybrain.cloud.auth import TokenFile, UserRole, add_user
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
+from citybrain.cloud.keys import Keyring
 from citybrain.cloud.operations import Health, HealthReport
 from citybrain.cloud.service import (
     CloudService,
@@ -49,6 +51,7 @@ from citybrain.edge.settings import (
     Intersections,
     LogSettings,
     TelemetrySettings,
+    TrustSettings,
 )
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import (
@@ -67,6 +70,7 @@ from citybrain.models.messages import (
     Telemetry,
     VehiclePosition,
 )
+from citybrain.models.signing import PlanSigner
 from citybrain.models.topics import (
     TopicKind,
     corridor_status_topic,
@@ -80,6 +84,7 @@ from citybrain.simulator.networks import RoadNetwork, arterial
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
 
+SIGNER = PlanSigner.generate()
 REGION = "test"
 SPEED = 8.0
 """Simulated seconds per wall second."""
@@ -118,6 +123,8 @@ class System:
     """The ambulance's index in the simulator."""
     route: list[str]
     """The ambulance's route, as intersections (station to the end)."""
+    api_token: str
+    """Dispatch's: an operator who may ask for medical corridors up to priority 8."""
 
     def telemetry_for(self, node: str, seq: int) -> Telemetry:
         """A well-formed telemetry message for ``node`` as its edge would send it."""
@@ -155,13 +162,14 @@ class System:
         """Dispatch asks for the corridor through the operators' API, with the crew's route."""
         body: dict[str, Any] = {
             "vehicle": AMBULANCE, "origin": self.route[0], "route": self.route, "priority": 8,
-            "requester": "dispatch",
+            "incident": "medical",
         }  # fmt: skip
         if self.run.now < DEPART_S - 2.0:
             body["depart_at"] = DEPART_S
+        headers = {"Authorization": f"Bearer {self.api_token}"}
         async with (
             aiohttp.ClientSession() as session,
-            session.post(f"{self.api_url}/v1/corridors", json=body) as response,
+            session.post(f"{self.api_url}/v1/corridors", json=body, headers=headers) as response,
         ):
             text = await response.text()
             assert response.status == 201, text
@@ -206,7 +214,7 @@ def _core(road: RoadNetwork, speed_factor: float = 1.3) -> CloudCore:
 
 
 def _edge_settings(
-    broker_port: int, bus_port: int, buffer: Path, hosted: Intersections
+    broker_port: int, bus_port: int, buffer: Path, hosted: Intersections, trust: Path
 ) -> EdgeSettings:
     return EdgeSettings(
         region=REGION,
@@ -218,6 +226,7 @@ def _edge_settings(
         controller=ControllerSettings(host="127.0.0.1", port=bus_port, poll_hz=20.0),
         telemetry=TelemetrySettings(period_s=0.5),
         buffer=BufferSettings(path=buffer),
+        trust=TrustSettings(store=trust),
         log=LogSettings(level="warning"),
     )  # fmt: skip
 
@@ -250,8 +259,11 @@ async def system(
     bus_port = await bus.start()
     core = _core(road, float(scenario.trips.speed_factor[vehicle]))
     telemetry_sink, audit_sink = writer_sinks(writer)
+    keys = Keyring(tmp_path / "keys")
+    keys.create()
     service = CloudService(
         core,
+        signer=keys.signer(),
         settings=ServiceSettings(broker_port=broker_port, client_id="cloud-leader", region=REGION),
         telemetry_sink=telemetry_sink,
         audit_sink=audit_sink,
@@ -262,11 +274,13 @@ async def system(
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
     edges = asyncio.create_task(
-        run_host(_edge_settings(broker_port, bus_port, tmp_path / "edge-buffer", hosted), stop,
-                 started=agents.extend)
+        run_host(_edge_settings(broker_port, bus_port, tmp_path / "edge-buffer", hosted,
+                                keys.trust_store), stop, started=agents.extend)
     )  # fmt: skip
     cloud = asyncio.create_task(service.run(stop))
-    api = await serve_api(service, "127.0.0.1", 0)
+    tokens = tmp_path / "api-tokens.json"
+    token = add_user(tokens, "dispatch", UserRole.OPERATOR, caps={"medical": 8})
+    api = await serve_api(service, "127.0.0.1", 0, tokens=TokenFile(tokens))
     host, port = api.addresses[0][:2]
     try:
         waiting = set(core.seen) if ready is None else set(ready)
@@ -274,7 +288,7 @@ async def system(
             lambda: all(core.seen[n].telemetry is not None for n in waiting), 20.0, "telemetry"
         )
         yield System(run, core, service, agents, f"http://{host}:{port}", broker_port, vehicle,
-                     route)  # fmt: skip
+                     route, token)  # fmt: skip
     finally:
         stop.set()
         await api.cleanup()
@@ -484,10 +498,12 @@ async def publisher(port: int, name: str = "test-publisher") -> AsyncIterator[ai
         yield client
 
 
+KINDS = ("malformed", "oversized", "invalid", "unknown_intersection")
+"""Reasons of refusal the garbage below meets."""
+
+
 def _rejected(service: CloudService) -> dict[str, int]:
-    return {
-        kind: service.counters[f"rejected_{kind}"] for kind in ("malformed", "oversized", "invalid")
-    }
+    return {kind: service.counters[f"rejected_{kind}"] for kind in KINDS}
 
 
 @pytest.mark.broker
@@ -521,20 +537,20 @@ def test_malformed_oversized_and_unknown_messages_are_counted_dropped_and_surviv
                     (vehicle_position_topic("AMB-9"), b'{"vehicle": ["AMB-9"]}', "malformed"),
                     (vehicle_position_topic("AMB-9"), b"\x00" * 10, "malformed"),
                     (_topic(TopicKind.TELEMETRY, "zz99"), DEFAULT_CODEC.encode(stranger),
-                     "invalid"),
+                     "unknown_intersection"),
                     (_topic(TopicKind.STATUS, "zz99"),
                      DEFAULT_CODEC.encode(Status(intersection="zz99", presence=Presence.ONLINE)),
-                     "invalid"),
+                     "unknown_intersection"),
                     # topics the subscriptions match but the contract does not allow
                     ("cb/v1/test/x/no such!/telemetry", DEFAULT_CODEC.encode(stranger),
                      "malformed"),
                     ("cb/v1/vehicle/" + "V" * 100 + "/position", bad_topic_position,
                      "malformed"),
                 ]  # fmt: skip
-                expected = {"malformed": 0, "oversized": 0, "invalid": 0}
+                expected = dict.fromkeys(KINDS, 0)
                 for _, _, kind in bad:
                     expected[kind] += 1
-                assert _rejected(service) == {"malformed": 0, "oversized": 0, "invalid": 0}
+                assert _rejected(service) == dict.fromkeys(KINDS, 0)
                 stored_before = service.counters["telemetry"]
                 async with publisher(mosquitto.port) as client:
                     for topic, payload, _ in bad:
@@ -681,6 +697,7 @@ async def running(
     writer is flushed before the service is handed back stopped."""
     service = CloudService(
         _core(_road()),
+        signer=SIGNER,
         settings=ServiceSettings(broker_port=port, client_id=client_id, role=role,
                                  share_group=share_group, region=region),
         clock=ControllerClock(rate=1.0),
@@ -818,11 +835,13 @@ def test_an_ack_from_an_unknown_intersection_is_refused_and_not_audited(mosquitt
                 mosquitto.port, [(_topic(TopicKind.ACK, "zz99"), DEFAULT_CODEC.encode(ack))]
             )
             await until(
-                lambda: service.counters["acks"] + service.counters["rejected_invalid"] > 0,
+                lambda: (
+                    service.counters["acks"] + service.counters["rejected_unknown_intersection"] > 0
+                ),
                 5.0,
                 "the ack handled",
             )
-        assert service.counters["rejected_invalid"] == 1
+        assert service.counters["rejected_unknown_intersection"] == 1
         assert service.counters["acks"] == 0
         assert not store.acks
 
@@ -839,7 +858,9 @@ def test_refused_telemetry_does_not_move_the_controller_clock(mosquitto: Any) ->
             await _publish(mosquitto.port, [_telemetry_message("a01", 1, 1000.0)])
             await until(lambda: service.counters["telemetry"] == 1, 5.0, "a01 taken")
             await _publish(mosquitto.port, [_telemetry_message("zz99", 1, 1000.0 + 3600.0)])
-            await until(lambda: service.counters["rejected_invalid"] == 1, 5.0, "zz99 refused")
+            await until(
+                lambda: service.counters["rejected_unknown_intersection"] == 1, 5.0, "zz99 refused"
+            )
             assert service.clock.now() < 1000.0 + 10.0
 
     asyncio.run(scenario())
@@ -937,11 +958,15 @@ def test_an_ingest_worker_refuses_telemetry_from_unknown_intersections(
                     [_telemetry_message("a01", 1, 1000.0), _telemetry_message("zz99", 1, 1000.0)],
                 )
                 await until(
-                    lambda: worker.counters["telemetry"] + worker.counters["rejected_invalid"] >= 2,
+                    lambda: (
+                        worker.counters["telemetry"]
+                        + worker.counters["rejected_unknown_intersection"]
+                        >= 2
+                    ),
                     5.0,
                     "both handled",
                 )
-            assert worker.counters["rejected_invalid"] == 1
+            assert worker.counters["rejected_unknown_intersection"] == 1
             assert await store.count_telemetry() == 1
         finally:
             await store.close()
@@ -959,11 +984,14 @@ def test_a_message_whose_body_names_another_intersection_is_refused(mosquitto: A
                 [(_topic(TopicKind.TELEMETRY, "a01"), DEFAULT_CODEC.encode(message))],
             )
             await until(
-                lambda: service.counters["telemetry"] + service.counters["rejected_invalid"] > 0,
+                lambda: (
+                    service.counters["telemetry"] + service.counters["rejected_wrong_intersection"]
+                    > 0
+                ),
                 5.0,
                 "handled",
             )
-            assert service.counters["rejected_invalid"] == 1
+            assert service.counters["rejected_wrong_intersection"] == 1
             assert service.core.seen["a02"].telemetry is None
 
     asyncio.run(scenario())
@@ -1038,7 +1066,7 @@ def test_a_publish_that_swallows_its_cancel_does_not_keep_the_session_open() -> 
 
     async def scenario() -> None:
         service = CloudService(
-            _core(_road()), settings=ServiceSettings(client_id="t", region="test")
+            _core(_road()), signer=SIGNER, settings=ServiceSettings(client_id="t", region="test")
         )
         client = SwallowingClient()
         for n in range(3):
@@ -1064,7 +1092,7 @@ def test_statuses_within_a_state_are_coalesced_and_a_change_of_state_goes_out_at
 
     async def scenario() -> None:
         settings = ServiceSettings(client_id="t", region="test", status_every_s=0.05)
-        service = CloudService(_core(_road()), settings=settings)
+        service = CloudService(_core(_road()), signer=SIGNER, settings=settings)
         sent: list[CorridorStatus] = []
 
         def drain() -> None:
@@ -1094,7 +1122,7 @@ def test_messages_the_incoming_queue_refuses_are_counted_and_degrade_the_health(
 
     async def scenario() -> None:
         settings = ServiceSettings(client_id="t", incoming_queue=100)
-        service = CloudService(_core(_road()), settings=settings)
+        service = CloudService(_core(_road()), signer=SIGNER, settings=settings)
         queue = service._incoming_queue_type()(maxsize=100)
         message = aiomqtt.Message("t", b"x", qos=1, retain=False, mid=1, properties=None)
         for _ in range(103):

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from citybrain.cloud.state import NetworkState, Source
+from citybrain.cloud.state import NetworkState, RefusedError, Source
 from citybrain.models.errors import ValidationError
-from citybrain.models.messages import ApproachState, Telemetry
+from citybrain.models.messages import MAX_SEQ, ApproachState, Telemetry
 from citybrain.simulator.networks import arterial
 
 NETWORK = arterial(2).network
@@ -52,29 +52,60 @@ def test_flush_time_is_lost_time_plus_the_queue_over_all_lanes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("message", "reason"),
+    ("message", "code"),
     [
-        (_telemetry(1, node="nowhere"), "unknown intersection"),
-        (_telemetry(1, approach="a02:E"), "unknown approach"),
-        (_telemetry(1, approach="zz:E"), "unknown approach"),
+        (_telemetry(1, node="nowhere"), "unknown_intersection"),
+        (_telemetry(1, approach="a02:E"), "unknown_approach"),
+        (_telemetry(1, approach="zz:E"), "unknown_approach"),
     ],
 )
-def test_telemetry_that_does_not_fit_is_refused_counted_and_not_applied(
-    message: Telemetry, reason: str
+def test_telemetry_that_does_not_fit_is_refused_with_its_reason_and_not_applied(
+    message: Telemetry, code: str
 ) -> None:
     state = NetworkState(NETWORK)
-    with pytest.raises(ValidationError, match=reason):
+    with pytest.raises(RefusedError) as refused:
         state.ingest(message, now_s=1.0)
-    assert state.rejected == 1
+    assert refused.value.code == code
     assert np.all(state.queue == 0.0)
+
+
+def _refused(state: NetworkState, message: Telemetry, now_s: float) -> str:
+    with pytest.raises(RefusedError) as refused:
+        state.ingest(message, now_s)
+    return refused.value.code
 
 
 def test_old_sequence_numbers_are_refused() -> None:
     state = NetworkState(NETWORK)
     state.ingest(_telemetry(5, 3.0), now_s=1.0)
-    with pytest.raises(ValidationError, match="not newer"):
-        state.ingest(_telemetry(5, 9.0), now_s=2.0)
+    assert _refused(state, _telemetry(5, 9.0), 2.0) == "seq_old"
     assert state.queue[state.link_index["west-a01"]] == 3.0
+
+
+@pytest.mark.security
+def test_a_seq_leap_is_refused_and_a_forged_2_53_does_not_silence_the_intersection() -> None:
+    """Today a forged seq 2**53-1 is taken, and every genuine message after it is "old"."""
+    state = NetworkState(NETWORK, max_seq_jump=100, max_seq_rate_hz=10.0)
+    state.ingest(_telemetry(1000, 3.0), now_s=10.0)
+    assert _refused(state, _telemetry(MAX_SEQ, 99.0), 10.5) == "seq_jump"
+    assert _refused(state, _telemetry(1000 + 106, 99.0), 10.5) == "seq_jump"
+    state.ingest(_telemetry(1001, 4.0), now_s=11.0)  # the genuine edge carries on
+    assert state.queue[state.link_index["west-a01"]] == 4.0
+    # the bound grows with the time since the last message taken (messages lost meanwhile)
+    state.ingest(_telemetry(1001 + 100 + 600, 5.0), now_s=71.0)
+
+
+@pytest.mark.security
+def test_a_birth_lets_a_restarted_edge_leap_once() -> None:
+    """An edge counts its seq from the wall clock in ms: restarted, it leaps, after its birth
+    status. The leap is allowed once; the count is bounded again from the new baseline."""
+    state = NetworkState(NETWORK, max_seq_jump=100)
+    state.ingest(_telemetry(1000, 3.0), now_s=10.0)
+    state.born("a01")
+    state.ingest(_telemetry(1_700_000_000_000, 4.0), now_s=11.0)
+    assert _refused(state, _telemetry(MAX_SEQ, 99.0), 11.5) == "seq_jump"
+    assert _refused(state, _telemetry(1000, 99.0), 11.5) == "seq_old"
+    assert state.queue[state.link_index["west-a01"]] == 4.0
 
 
 def test_bad_settings_and_history_are_refused() -> None:

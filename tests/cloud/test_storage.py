@@ -10,6 +10,7 @@ TimescaleDB flavor is not exercised here: the extension is not installable on th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
 import time
@@ -24,7 +25,9 @@ import pytest
 from citybrain.cloud.migrations import MIGRATIONS, Flavor, SchemaError
 from citybrain.cloud.storage import (
     AckReceived,
+    ActionKind,
     MemoryStore,
+    OperatorAction,
     PlanSent,
     PostgresStore,
     QueueMinute,
@@ -344,6 +347,37 @@ def test_corridor_state_keeps_the_newest_and_reservations_are_replaced(
             assert await store.reservations("c1") == after
             await store.record_reservations("c1", [])
             assert await store.reservations("c1") == []
+
+    asyncio.run(scenario())
+
+
+def test_who_requested_and_cancelled_a_corridor_is_kept_once_in_order(
+    store_dsn: str | None,
+) -> None:
+    def action(
+        kind: ActionKind, actor: str, at: float, reason: str | None = None
+    ) -> OperatorAction:
+        return OperatorAction(
+            at=at, actor=actor, kind=kind, corridor_id="c1", vehicle="amb-1", priority=8,
+            incident="medical", reason=reason,
+        )  # fmt: skip
+
+    requested = action(ActionKind.REQUEST, "medic", T0 + 1.25)
+    cancelled = action(ActionKind.CANCEL, "admin", T0 + 9.5, "false\x00 alarm")
+    other = dataclasses.replace(requested, corridor_id="c2")
+
+    async def scenario() -> None:
+        async with opened(store_dsn) as store:
+            await store.record([cancelled, other, requested])
+            await store.record([requested])  # written again after a lost commit answer
+            got = await store.operator_actions("c1")
+            assert [(a.kind, a.actor, a.at) for a in got] == [
+                (ActionKind.REQUEST, "medic", T0 + 1.25),
+                (ActionKind.CANCEL, "admin", T0 + 9.5),
+            ]
+            assert got[0] == requested
+            assert got[1].reason in ("false\x00 alarm", "false\ufffd alarm")
+            assert await store.operator_actions("nothing") == []
 
     asyncio.run(scenario())
 
