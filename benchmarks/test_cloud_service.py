@@ -1,15 +1,18 @@
 """Cloud service benchmarks (issue 6), against a real Mosquitto on loopback and a real
 PostgreSQL (fsync on), both started here.
 
-* ``test_corridor_request_latency``: the 21-intersection arterial served by ``citybrain sim
-  serve`` (paced, speed 1) in one subprocess, its 21 edge agents (``citybrain-edge run``) in
-  another, the cloud (``CloudCore`` + ``CloudService``, leader, a horizon covering the whole
-  route, with its storage writer and HTTP API) in this process. A corridor along the whole
-  arterial is requested, alternately straight on the service and through the operators' HTTP
-  API, timed until every one of its 21 first plans is acknowledged by its edge; then cancelled
-  and its releases acknowledged before the next. Median and p99 (target p99 <= 50 ms). Peers in
-  the same run: the same request on an in-process ``CloudCore`` fed the same telemetry (no
-  MQTT), and a bare QoS 1 round trip through the same broker.
+* ``test_corridor_request_latency``: as deployed (issue 11): Mosquitto configured by
+  ``citybrain security init`` (TLS only, a password per identity, the ACL), the 21-intersection
+  arterial served by ``citybrain sim serve`` (paced, speed 1) in one subprocess, its 21 edge
+  agents (``citybrain-edge run``, each box with its own identity and trust store) in another,
+  the cloud (``CloudCore`` + ``CloudService``, leader with its identity, signing every plan with
+  the deployment's key, a horizon covering the whole route, with its storage writer and HTTP API
+  behind a bearer token) in this process. A corridor along the whole arterial is requested,
+  alternately straight on the service and through the operators' HTTP API, timed until every one
+  of its 21 first plans is acknowledged by its edge; then cancelled and its releases
+  acknowledged before the next. Median and p99 (target p99 <= 50 ms). Peers in the same run: the
+  same request on an in-process ``CloudCore`` fed the same telemetry (no MQTT), signing and
+  verifying its 21 plans in process, and a bare QoS 1 round trip through the same TLS broker.
 * ``test_telemetry_ingest``: ``benchmarks/telemetry_load.py`` publishes realistic telemetry
   for 10,000 intersections at QoS 1, paced, from its own process; ingest workers
   (``benchmarks/ingest_worker.py``: ``CloudService(role=INGEST)`` on ``$share/ingest/...``,
@@ -52,14 +55,19 @@ import numpy as np
 import psycopg
 import pytest
 
+from citybrain import security
 from citybrain.cloud.api import serve_api
 from citybrain.cloud.auth import MAX_LIMIT, TokenFile, UserRole, add_user
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import SendPlan
 from citybrain.cloud.corridor import Settings as CorridorSettings
+from citybrain.cloud.epoch import next_epoch
+from citybrain.cloud.keys import Keyring
 from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings, writer_sinks
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.models.messages import CorridorRequest, Telemetry
+from citybrain.models.signing import PlanSigner, TrustStore
+from citybrain.models.topics import ROOT, TopicKind, intersection_filter
 from citybrain.simulator.scenarios import load_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -80,7 +88,10 @@ NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 EDGE_BOXES = int(os.environ.get("CITYBRAIN_BENCH_EDGE_BOXES", "1"))
 """Edge processes the 21 agents run in: 1 (the default) puts them all on one event loop, as
 one edge box serving every cabinet; 21 is a box per cabinet, but here 21 processes share two
-cores with the cloud, the broker and the simulator, which no deployment does."""
+cores with the cloud, the broker and the simulator, which no deployment does. Each box is a
+broker identity of its own."""
+REGION = "bench"
+VEHICLE = "AMB-1"
 WINDOW_S = float(os.environ.get("CITYBRAIN_BENCH_WINDOW_S", "60"))
 STEP_S = float(os.environ.get("CITYBRAIN_BENCH_STEP_S", "15"))
 """Length of one ramp step."""
@@ -93,9 +104,35 @@ TARGET_P99_MS = 50.0
 TARGET_MSGS_PER_S = 10_000
 
 
+def _boxes() -> dict[str, list[str]]:
+    """The edge boxes (name -> intersections): the arterial's dealt over ``EDGE_BOXES``."""
+    arterial = sorted(load_network("arterial").plans)
+    return {f"box-{box}": arterial[box::EDGE_BOXES] for box in range(EDGE_BOXES)}
+
+
+class _DeployedMosquitto(Mosquitto):
+    """Mosquitto as ``citybrain security init`` configures the bench deployment (TLS only, a
+    password per identity, the ACL), on a free loopback port: the request is measured as it
+    would run deployed, not on an open broker."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)  # a free port and the log's path
+        boxes = _boxes()
+        self.plan = security.deployment(
+            "arterial", [i for hosted in boxes.values() for i in hosted], region=REGION,
+            vehicles=[VEHICLE], edge_boxes=[f"{n}={','.join(h)}" for n, h in boxes.items()],
+            port=self.port,
+        )  # fmt: skip
+        self.layout = security.init(directory / "deploy", self.plan)
+        self.config.write_text(
+            security.broker_config(self.layout, port=self.port, bind="127.0.0.1")
+            + f"log_dest file {self.log}\n"
+        )
+
+
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    instance = Mosquitto(tmp_path)
+def broker(tmp_path: Path) -> Iterator[_DeployedMosquitto]:
+    instance = _DeployedMosquitto(tmp_path)
     instance.start()
     try:
         yield instance
@@ -167,22 +204,45 @@ async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> 
         await asyncio.sleep(0.005)
 
 
-def _edge_config(
-    workdir: Path, broker_port: int, bus_port: int, hosted: list[str], box: int
-) -> Path:
-    """One edge box's TOML, with the default safety limits (the corridor manager keeps every
-    plan's lease within 300 s)."""
-    path = workdir / f"edge-{box}.toml"
+def _edge_config(broker: _DeployedMosquitto, box: str, bus_port: int, workdir: Path) -> Path:
+    """One edge box's TOML beside what ``security init`` gave the box (TLS with its CA, its
+    identity, its trust store; paths relative to the folder, as in its ``edge.toml``), with the
+    bench's ports, reconnect, poll rate and log level and the default safety limits (the
+    corridor manager keeps every plan's lease within 300 s)."""
+    path = broker.layout.edge(box) / "bench.toml"
     path.write_text(
-        f'region = "bench"\nintersections = {json.dumps(hosted)}\n'
-        f'[broker]\nhost = "127.0.0.1"\nport = {broker_port}\nclient_id_prefix = "bench"\n'
+        f'region = "{REGION}"\nintersections = {json.dumps(list(broker.plan.boxes[box]))}\n'
+        f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\nclient_id_prefix = "bench"\n'
         "reconnect_min_s = 0.2\nreconnect_max_s = 2.0\n"
+        f'tls = true\nca_file = "ca.crt"\nusername = "{box}"\npassword_file = "broker.pass"\n'
         f'[controller]\nhost = "127.0.0.1"\nport = {bus_port}\npoll_hz = 10.0\n'
         "[telemetry]\nperiod_s = 1.0\n"
         f'[buffer]\npath = "{workdir / f"edge-buffer-{box}"}"\n'
+        '[trust]\nstore = "trust.json"\n'
         '[log]\nlevel = "warning"\n'
     )
     return path
+
+
+def _leader_settings(broker: _DeployedMosquitto) -> ServiceSettings:
+    """The cloud leader's session as deployed: TLS, the leader's identity."""
+    cloud = broker.layout.cloud
+    return ServiceSettings(
+        broker_port=broker.port, client_id="cloud-bench", region=REGION, tls=True,
+        ca_file=cloud / "ca.crt", username=security.LEADER, password_file=cloud / "leader.pass",
+    )  # fmt: skip
+
+
+def _client(broker: _DeployedMosquitto, user: str, identifier: str) -> aiomqtt.Client:
+    """A session of the deployment's identity ``user`` (TLS, its password), Nagle off as the
+    leader and the edges have it."""
+    secret = broker.layout.password(broker.plan.identity(user))
+    return aiomqtt.Client(
+        "127.0.0.1", broker.port, identifier=identifier, username=user,
+        password=secret.read_text().strip(),
+        tls_params=aiomqtt.TLSParameters(ca_certs=str(secret.parent / "ca.crt")),
+        protocol=aiomqtt.ProtocolVersion.V311, socket_options=NODELAY,
+    )  # fmt: skip
 
 
 async def _port_open(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -213,8 +273,12 @@ class _Latency:
     """Cancel to every release acknowledged."""
     in_process_ms: list[float] = field(default_factory=list)
     """Peer: ``CloudCore.request`` alone, no MQTT."""
+    signing_ms: list[float] = field(default_factory=list)
+    """Peer: signing the request's 21 plans, as the service does before sending them."""
+    verifying_ms: list[float] = field(default_factory=list)
+    """Peer: checking the 21 signatures against a box's trust store, as its edges do."""
     round_trip_ms: list[float] = field(default_factory=list)
-    """Peer: one QoS 1 publish to its delivery back, same broker."""
+    """Peer: one QoS 1 publish to its delivery back, same broker, the leader's identity."""
     phases_ms: dict[str, list[float]] = field(default_factory=dict)
     """Per request, when the tap on the broker saw the first and last plan and accepted ack,
     and when the request call returned, from the start of the request."""
@@ -229,26 +293,36 @@ class _Latency:
 
 
 class _Tap:
-    """A passive subscriber on the plan and ack topics: when each plan and ack passed through
-    the broker (as seen from this process), to split a request's time into its phases."""
+    """Passive subscribers on the plan and ack topics: when each plan and ack passed through
+    the broker (as seen from this process), to split a request's time into its phases. No
+    identity may read both (least privilege): the acks are read as the leader (a second
+    session) and each box's plans as that box, so the tap needs no grant of its own."""
 
-    def __init__(self, broker_port: int) -> None:
-        self.port = broker_port
+    def __init__(self, broker: _DeployedMosquitto) -> None:
+        self.broker = broker
         self.events: list[tuple[float, str, str]] = []
         """(monotonic s, plan id, "plan" or the ack's status)."""
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port, identifier="bench-tap",
-                                  protocol=aiomqtt.ProtocolVersion.V311,
-                                  socket_options=NODELAY) as client:  # fmt: skip
-            await client.subscribe("cb/v1/bench/x/+/plan", qos=0)
-            await client.subscribe("cb/v1/bench/x/+/ack", qos=0)
+        readers = {security.LEADER: [intersection_filter(TopicKind.ACK, region=REGION)]}
+        for box, hosted in self.broker.plan.boxes.items():
+            readers[box] = [intersection_filter(TopicKind.PLAN, region=REGION, intersection=i)
+                            for i in hosted]  # fmt: skip
+        async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tasks:
+            for user, topics in readers.items():
+                client = _client(self.broker, user, f"bench-tap-{user}")
+                await stack.enter_async_context(client)
+                for topic in topics:
+                    await client.subscribe(topic, qos=0)
+                tasks.create_task(self._listen(client))
             self.ready.set()
-            async for message in client.messages:
-                body = json.loads(bytes(message.payload))
-                kind = "plan" if message.topic.value.endswith("/plan") else body["status"]
-                self.events.append((time.monotonic(), body["plan_id"], kind))
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            body = json.loads(bytes(message.payload))
+            kind = "plan" if message.topic.value.endswith("/plan") else body["status"]
+            self.events.append((time.monotonic(), body["plan_id"], kind))
 
     def phases(self, corridor_id: str, started: float) -> dict[str, float]:
         mine = [(t, kind) for t, plan, kind in self.events
@@ -265,15 +339,18 @@ class _Tap:
         }
 
 
-async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Latency:
+async def _latency(broker: _DeployedMosquitto, server: PostgreSQL, workdir: Path) -> _Latency:
     assert broker.process is not None
-    broker_port, broker_pid = broker.port, broker.process.pid
+    broker_pid, layout = broker.process.pid, broker.layout
     dsn = server.create_database()
     road = load_network("arterial")
     arterial = sorted(road.plans)
     route = ("west", *arterial, "east")
+    # the leader's key and epoch, taken as `citybrain cloud serve` takes them
+    signer = Keyring(layout.cloud / "keys").signer()
+    epoch = next_epoch(layout.cloud / "state" / "epoch", wall_s=time.time())
     settings = CoreSettings(
-        corridor=CorridorSettings(horizon_s=600.0, takeover_lead_s=0.2),
+        corridor=CorridorSettings(horizon_s=600.0, takeover_lead_s=0.2, epoch=epoch),
     )
     core = CloudCore(road.network, road.plans, settings=settings, wall_clock=time.monotonic)
     samples = _Samples()
@@ -282,13 +359,12 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
     result = _Latency()
     sim_command = [str(BIN / "citybrain"), "sim", "serve", "--network", "arterial",
                    "--speed", "1", "--port", str(bus_port)]  # fmt: skip
-    boxes = [arterial[box::EDGE_BOXES] for box in range(EDGE_BOXES)]
     store = await PostgresStore.open(dsn)
     with _process(sim_command, workdir / "sim.log") as sim, contextlib.ExitStack() as stack:
         await _port_open(bus_port, sim, 60.0)
         edges = []
-        for box, hosted in enumerate(boxes):
-            config = _edge_config(workdir, broker_port, bus_port, hosted, box)
+        for box in broker.plan.boxes:
+            config = _edge_config(broker, box, bus_port, workdir)
             command = [str(BIN / "citybrain-edge"), "run", "--config", str(config)]
             edges.append(stack.enter_context(_process(command, workdir / f"edge-{box}.log")))
         try:
@@ -296,9 +372,8 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                 telemetry_sink, audit_sink = writer_sinks(writer)
                 service = CloudService(
                     core,
-                    settings=ServiceSettings(
-                        broker_port=broker_port, client_id="cloud-bench", region="bench"
-                    ),
+                    signer=signer,
+                    settings=_leader_settings(broker),
                     telemetry_sink=telemetry_sink,
                     audit_sink=audit_sink,
                     clock=ControllerClock(rate=1.0),
@@ -306,7 +381,9 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                 service.backlog = lambda: writer.pending
                 stop = asyncio.Event()
                 running = asyncio.create_task(service.run(stop))
-                tokens = workdir / "api-tokens.json"
+                # the deployment's token file, with an admin of the bench's own: the users
+                # `init` writes have a request rate limit that 120 requests would reach
+                tokens = layout.cloud / "tokens.json"
                 token = add_user(tokens, "bench", UserRole.ADMIN, requests_per_minute=MAX_LIMIT)
                 api = await serve_api(service, "127.0.0.1", 0, tokens=TokenFile(tokens))
                 host, port = api.addresses[0][:2]
@@ -316,7 +393,7 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                         60.0,
                         "telemetry from all 21 intersections",
                     )
-                    tap = _Tap(broker_port) if TAP else None
+                    tap = _Tap(broker) if TAP else None
                     if tap is not None:
                         tapping = asyncio.create_task(tap.run())
                         await asyncio.wait_for(tap.ready.wait(), 10.0)
@@ -337,7 +414,7 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
                         tapping.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await tapping
-                    await _round_trips(broker_port, result)
+                    await _round_trips(broker, result)
                 finally:
                     stop.set()
                     await api.cleanup()
@@ -346,7 +423,8 @@ async def _latency(broker: Mosquitto, server: PostgreSQL, workdir: Path) -> _Lat
         finally:
             await store.close()
     result.counters = dict(service.counters + core.counters)
-    result.in_process_ms = _in_process(road, settings, core, route, result)
+    trust = TrustStore.load(layout.edge(next(iter(broker.plan.boxes))) / "trust.json")
+    _in_process(road, settings, core, route, signer, trust, result)
     return result
 
 
@@ -362,7 +440,7 @@ async def _requests(
 ) -> None:
     """Request, wait for every first plan's ack, cancel, wait for the releases; alternately
     straight and through the API. The first two are warm-up (JIT, connection pools)."""
-    body = {"vehicle": "AMB-1", "origin": route[0], "route": list(route), "priority": 8}
+    body = {"vehicle": VEHICLE, "origin": route[0], "route": list(route), "priority": 8}
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         for index in range(2 * REQUESTS + 2):
             via_api = index % 2 == 1
@@ -378,7 +456,7 @@ async def _requests(
                 corridor_id = answer["corridor_id"]
             else:
                 request = CorridorRequest(
-                    vehicle="AMB-1", origin=route[0], route=route, priority=8,
+                    vehicle=VEHICLE, origin=route[0], route=route, priority=8,
                     requester="bench", requested_at=service.clock.now(),
                 )  # fmt: skip
                 corridor_id = (await service.request_corridor(request)).corridor_id
@@ -412,47 +490,62 @@ async def _requests(
 
 
 def _in_process(
-    road: Any, settings: CoreSettings, live: CloudCore, route: tuple[str, ...], result: _Latency
-) -> list[float]:
-    """Peer: the same requests on an in-process core fed the live run's last telemetry, at the
-    same controller times; only ``request`` is timed (routing, windows, plans; the twins take
-    the plans afterwards, untimed, as the service has them do)."""
+    road: Any,
+    settings: CoreSettings,
+    live: CloudCore,
+    route: tuple[str, ...],
+    signer: PlanSigner,
+    trust: TrustStore,
+    result: _Latency,
+) -> None:
+    """Peers: the same requests on an in-process core fed the live run's last telemetry, at the
+    same controller times; timed apart, ``request`` (routing, windows, plans; the twins take
+    the plans afterwards, untimed, as the service has them do), signing its 21 plans with the
+    deployment's key, and verifying them against a box's trust store."""
     clock = [0.0]
     peer = CloudCore(road.network, road.plans, settings=settings, wall_clock=lambda: clock[0])
     last: list[Telemetry] = [s.telemetry for s in live.seen.values() if s.telemetry is not None]
     for message in last:
         peer.on_telemetry(message, message.controller_time)
-    spans = []
-    for now in result.request_times:
-        request = CorridorRequest(vehicle="AMB-1", origin=route[0], route=route, priority=8,
+    for index, now in enumerate(result.request_times):
+        request = CorridorRequest(vehicle=VEHICLE, origin=route[0], route=route, priority=8,
                                   requester="bench", requested_at=now)  # fmt: skip
         started = time.perf_counter()
         actions = peer.request(request, now)
-        spans.append((time.perf_counter() - started) * 1000.0)
-        assert sum(1 for a in actions if isinstance(a, SendPlan)) == len(route) - 2
-        peer.cancel(peer.manager.by_vehicle["AMB-1"], now, reason="benchmark")
+        made = time.perf_counter()
+        signed = [signer.sign(a.plan) for a in actions if isinstance(a, SendPlan)]
+        done = time.perf_counter()
+        refusals = [trust.verify(plan) for plan in signed]
+        checked = time.perf_counter()
+        assert len(signed) == len(route) - 2
+        assert refusals == [None] * len(signed)
+        if index >= 2:  # as in the live run, the first two are warm-up
+            result.in_process_ms.append((made - started) * 1000.0)
+            result.signing_ms.append((done - made) * 1000.0)
+            result.verifying_ms.append((checked - done) * 1000.0)
+        peer.cancel(peer.manager.by_vehicle[VEHICLE], now, reason="benchmark")
         peer.pending.clear()
         peer.settle()  # the twins take the plans after the request, as in the service
-    return spans[2:]
 
 
-async def _round_trips(broker_port: int, result: _Latency, count: int = 300) -> None:
-    """Peer: what the broker alone costs, one QoS 1 message out and back on one session."""
-    async with aiomqtt.Client("127.0.0.1", broker_port, identifier="bench-rtt",
-                              protocol=aiomqtt.ProtocolVersion.V311,
-                              socket_options=NODELAY) as client:  # fmt: skip
-        await client.subscribe("bench/rtt", qos=1)
+async def _round_trips(broker: _DeployedMosquitto, result: _Latency, count: int = 300) -> None:
+    """Peer: what the broker alone costs, one QoS 1 message out and back on one TLS session,
+    as the leader (a second session) on a corridor status topic, which it may read and
+    write."""
+    topic = f"{ROOT}/corridor/bench-rtt/status"
+    async with _client(broker, security.LEADER, "bench-rtt") as client:
+        await client.subscribe(topic, qos=1)
         messages = client.messages
         for _ in range(count):
             started = time.monotonic()
-            await client.publish("bench/rtt", b"x" * 400, qos=1)
+            await client.publish(topic, b"x" * 400, qos=1)
             await anext(messages)
             result.round_trip_ms.append((time.monotonic() - started) * 1000.0)
 
 
 @pytest.mark.timeout(900)
 def test_corridor_request_latency(
-    benchmark: Any, broker: Mosquitto, postgres: PostgreSQL, tmp_path: Path
+    benchmark: Any, broker: _DeployedMosquitto, postgres: PostgreSQL, tmp_path: Path
 ) -> None:
     results: list[_Latency] = []
     # plans past a 300 s lease are refused by the cabinets and the cloud's twins (counted and
@@ -478,11 +571,14 @@ def test_corridor_request_latency(
     c50, c99 = _percentiles(r.core_ms)
     x50, x99 = _percentiles(r.release_ms)
     i50, i99 = _percentiles(r.in_process_ms)
+    s50, s99 = _percentiles(r.signing_ms)
+    v50, v99 = _percentiles(r.verifying_ms)
     q50, q99 = _percentiles(r.round_trip_ms)
     both50, both99 = _percentiles(r.direct_ms + r.api_ms)
     plans = sorted(set(r.plans_per_request))
     print(f"\n{len(r.direct_ms)} + {len(r.api_ms)} corridor requests along the 21-intersection "
-          f"arterial (plans per request {plans}, {r.failures} not acked in 5 s)")  # fmt: skip
+          f"arterial (plans per request {plans}, {r.failures} not acked in 5 s); TLS, an identity "
+          f"per party, the ACL, plans signed, {EDGE_BOXES} edge process(es)")  # fmt: skip
     print(f"  request -> 21 first plans acked, direct:   median {d50:.2f} ms, p99 {d99:.2f} ms")
     print(f"  request -> 21 first plans acked, HTTP API: median {a50:.2f} ms, p99 {a99:.2f} ms "
           f"(POST answered: median {h50:.2f} ms, p99 {h99:.2f} ms)")  # fmt: skip
@@ -490,9 +586,11 @@ def test_corridor_request_latency(
     print(f"  core.plan_latency_ms (plans made -> acks): median {c50:.2f} ms, p99 {c99:.2f} ms")
     print(f"  cancel -> 21 releases acked:               median {x50:.2f} ms, p99 {x99:.2f} ms")
     print(f"  peer, CloudCore.request in process:        median {i50:.2f} ms, p99 {i99:.2f} ms")
+    print(f"  peer, signing its 21 plans in process:     median {s50:.2f} ms, p99 {s99:.2f} ms")
+    print(f"  peer, verifying the 21 signatures:         median {v50:.2f} ms, p99 {v99:.2f} ms")
     print(f"  peer, one QoS 1 round trip (same broker):  median {q50:.2f} ms, p99 {q99:.2f} ms")
-    print(f"  direct / in-process: x{d50 / i50:.1f} median; the network path adds "
-          f"{d50 - i50:.2f} ms (median), {d99 - i99:.2f} ms (p99)")  # fmt: skip
+    print(f"  direct / in-process (request + signing): x{d50 / (i50 + s50):.1f} median; the "
+          f"network path adds {d50 - i50 - s50:.2f} ms (median)")  # fmt: skip
     print("  phases, median from the start of the request (ms):")
     for name, values in r.phases_ms.items():
         print(f"    {name:50s} {statistics.median(values):7.2f}")
@@ -508,7 +606,8 @@ def test_corridor_request_latency(
           + f", anything else {others:.2f} (machine {r.cores['machine']:.2f})")  # fmt: skip
     benchmark.extra_info.update(
         {"direct_p50_ms": d50, "direct_p99_ms": d99, "api_p50_ms": a50, "api_p99_ms": a99,
-         "in_process_p50_ms": i50, "rtt_p50_ms": q50, "failures": r.failures}
+         "in_process_p50_ms": i50, "signing_p50_ms": s50, "verifying_p50_ms": v50,
+         "rtt_p50_ms": q50, "failures": r.failures}
     )  # fmt: skip
     assert r.failures == 0
     assert plans == [21]

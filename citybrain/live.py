@@ -33,9 +33,10 @@ import numpy as np
 
 from citybrain import security
 from citybrain.cloud.api import serve_api
-from citybrain.cloud.auth import TokenFile, UserRole, add_user
+from citybrain.cloud.auth import TokenFile
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
+from citybrain.cloud.epoch import next_epoch
 from citybrain.cloud.keys import Keyring
 from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings, writer_sinks
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
@@ -248,6 +249,7 @@ async def live_run(
     options: LiveOptions,
     *,
     mqtt: LiveBroker,
+    layout: security.Layout,
     writer: TelemetryWriter,
     workdir: Path,
     progress: Callable[[str], None] | None = None,
@@ -268,8 +270,7 @@ async def live_run(
     region = REGION
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
-    keys = Keyring(workdir / "keys")
-    keys.create()
+    keys = Keyring(layout.cloud / "keys")  # what `security init` wrote, as deployed
     edge_settings = EdgeSettings(
         region=region,
         intersections="all",
@@ -277,7 +278,7 @@ async def live_run(
         controller=ControllerSettings(port=bus_port, poll_hz=20.0),
         telemetry=TelemetrySettings(period_s=1.0),
         buffer=BufferSettings(path=workdir / f"edge-buffer-{region}"),
-        trust=TrustSettings(store=keys.trust_store),
+        trust=TrustSettings(store=layout.edge(EDGE_BOX) / "trust.json"),
         log=LogSettings(level="warning"),
     )  # fmt: skip
     vehicle = scenario.trips.count - 1
@@ -287,7 +288,10 @@ async def live_run(
         road.plans,
         settings=CoreSettings(
             emergency_speed_factor=factor,
-            corridor=CorridorSettings(takeover_lead_s=TAKEOVER_LEAD_WALL_S * options.speed),
+            corridor=CorridorSettings(
+                takeover_lead_s=TAKEOVER_LEAD_WALL_S * options.speed,
+                epoch=next_epoch(layout.cloud / "state" / "epoch", wall_s=time.time()),
+            ),
         ),
         wall_clock=time.monotonic,
     )
@@ -306,9 +310,9 @@ async def live_run(
         edges = tasks.create_task(run_host(edge_settings, stop, started=agents.extend))
         cloud = tasks.create_task(service.run(stop))
         # dispatch is an operator capped at the priority its ambulance asks for
-        tokens = workdir / "api-tokens.json"
-        token = add_user(tokens, "dispatch", UserRole.OPERATOR, caps={INCIDENT: 8})
-        api = await serve_api(service, "127.0.0.1", 0, tokens=TokenFile(tokens))
+        token = (layout.root / "operators" / "dispatch.token").read_text().strip()
+        tokens = TokenFile(layout.cloud / "tokens.json")
+        api = await serve_api(service, "127.0.0.1", 0, tokens=tokens)
         api_url = _url(api)
         try:
             await _until(lambda: all(s.telemetry is not None for s in core.seen.values()), 60.0)
@@ -485,8 +489,8 @@ async def run_live(
                 rows_before = await store.count_telemetry()
                 async with TelemetryWriter(store) as writer:
                     live = await live_run(
-                        options, mqtt=live_broker, writer=writer, workdir=workdir,
-                        progress=progress,
+                        options, mqtt=live_broker, layout=layout, writer=writer,
+                        workdir=workdir, progress=progress,
                     )  # fmt: skip
                     await writer.flush()
                 rows = await store.count_telemetry() - rows_before

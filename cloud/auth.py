@@ -24,7 +24,7 @@ import msgspec
 from citybrain.cloud.operations import CorridorOwner
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.errors import CitybrainError, ValidationError
-from citybrain.models.files import write_atomic
+from citybrain.models.files import read_struct, write_atomic
 from citybrain.models.messages import MAX_PRIORITY, MIN_PRIORITY, CorridorRequest
 from citybrain.models.signing import check_private_file
 
@@ -116,16 +116,7 @@ def token_hash(token: str) -> str:
 def read_users(path: Path) -> TokenFileBody:
     """The token file, checked: private to its owner, well-formed, every user valid."""
     check_private_file(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ValidationError("tokens", f"{path}: {error.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ValidationError("tokens", f"{path}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return msgspec.json.decode(data, type=TokenFileBody)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise ValidationError("tokens", f"{path}: {error}") from None
+    return read_struct("tokens", path, TokenFileBody, max_bytes=MAX_FILE_BYTES)
 
 
 def add_user(

@@ -18,8 +18,9 @@ import msgspec
 
 from citybrain.models.checks import check_id
 from citybrain.models.errors import ValidationError
-from citybrain.models.files import write_atomic
+from citybrain.models.files import read_struct, write_atomic
 from citybrain.models.signing import (
+    MAX_TRUST_STORE_BYTES,
     KeyState,
     PlanSigner,
     TrustedKey,
@@ -109,12 +110,9 @@ class Keyring:
         raise ValidationError("key_id", f"no key {key_id} in {self.trust_store}")
 
     def _read_store(self) -> TrustStoreFile:
-        try:
-            return msgspec.json.decode(self.trust_store.read_bytes(), type=TrustStoreFile)
-        except OSError as error:
-            raise ValidationError("keys", f"{self.trust_store}: {error.strerror}") from None
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            raise ValidationError("keys", f"{self.trust_store}: {error}") from None
+        return read_struct(
+            "keys", self.trust_store, TrustStoreFile, max_bytes=MAX_TRUST_STORE_BYTES
+        )
 
     def _write_store(self, store: TrustStoreFile) -> None:
         write_atomic(self.trust_store, msgspec.json.format(msgspec.json.encode(store)), mode=0o644)

@@ -23,7 +23,6 @@ import logging
 import math
 import random
 import socket
-import stat
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -60,6 +59,7 @@ from citybrain.cloud.storage import (
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import MessageError, TopicError, ValidationError
+from citybrain.models.files import check_file, read_secret
 from citybrain.models.messages import (
     CorridorRequest,
     CorridorState,
@@ -173,16 +173,13 @@ class ServiceSettings:
         if (self.password or self.password_file) and self.username is None:
             raise ValidationError("username", "is required with a password (MQTT rule)")
         for name in ("ca_file", "cert_file", "key_file", "password_file"):
-            _check_file(name, getattr(self, name), secret=name in ("key_file", "password_file"))
+            check_file(name, getattr(self, name), secret=name in ("key_file", "password_file"))
 
     def secret(self) -> str | None:
         """The password, read from ``password_file`` now if that is where it lives."""
         if self.password_file is None:
             return self.password
-        text = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        if not text:
-            raise ValidationError("password_file", f"{self.password_file} is empty")
-        return text
+        return read_secret("password_file", self.password_file)
 
     def tls_parameters(self) -> aiomqtt.TLSParameters | None:
         """TLS with the broker's certificate and host name checked, or ``None`` (plain TCP)."""
@@ -192,24 +189,6 @@ class ServiceSettings:
             str(p) if p else None for p in (self.ca_file, self.cert_file, self.key_file)
         )
         return aiomqtt.TLSParameters(ca_certs=ca, certfile=cert, keyfile=key)
-
-
-def _check_file(name: str, path: Path | None, *, secret: bool) -> None:
-    """A TLS or password file must be a readable regular file nobody else may write (a
-    swapped CA lets another broker in) and, if ``secret``, nobody else may read."""
-    if path is None:
-        return
-    try:
-        mode = path.stat().st_mode
-        path.open("rb").close()
-    except OSError as error:
-        raise ValidationError(name, f"{path}: {error.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ValidationError(name, f"{path} is not a regular file")
-    if mode & stat.S_IWOTH:
-        raise ValidationError(name, f"{path} is writable by every user; chmod o-w it")
-    if secret and mode & stat.S_IROTH:
-        raise ValidationError(name, f"{path} is readable by every user; chmod o-r it")
 
 
 class ClockVerdict(enum.StrEnum):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import os
 import stat
 import tomllib
 import types
@@ -23,6 +22,7 @@ from typing import Any, Final, Literal
 
 from citybrain.models.checks import check_count, check_id, check_ids, check_number, check_unique
 from citybrain.models.errors import ValidationError
+from citybrain.models.files import check_file, read_secret
 from citybrain.signal_plans.validator import SafetyLimits
 
 ENV_PREFIX: Final = "CITYBRAIN_EDGE__"
@@ -92,9 +92,9 @@ class BrokerSettings:
         if self.key_file is not None and self.cert_file is None:
             raise ValidationError("key_file", "needs cert_file (the client certificate)")
         for name in ("ca_file", "cert_file"):
-            _check_file(name, getattr(self, name), secret=False)
-        _check_file("key_file", self.key_file, secret=True)
-        _check_file("password_file", self.password_file, secret=True)
+            check_file(name, getattr(self, name), secret=False)
+        check_file("key_file", self.key_file, secret=True)
+        check_file("password_file", self.password_file, secret=True)
         if self.password is not None and self.password_file is not None:
             raise ValidationError("password", "give password or password_file, not both")
         if self.password == "":
@@ -118,10 +118,7 @@ class BrokerSettings:
         """The password, read from ``password_file`` now if that is where it lives."""
         if self.password_file is None:
             return self.password
-        text = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        if not text:
-            raise ValidationError("password_file", f"{self.password_file} is empty")
-        return text
+        return read_secret("password_file", self.password_file)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -544,25 +541,6 @@ def _state_directory(environ: Mapping[str, str]) -> Path:
     """systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``), else ``DEFAULT_STATE_DIR``."""
     first = environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(first) if first else DEFAULT_STATE_DIR
-
-
-def _check_file(name: str, path: Path | None, *, secret: bool) -> None:
-    """A TLS or secret file must exist, be readable, not be world-writable (a swapped CA or
-    key would let someone else in) and, when ``secret``, not be world-readable."""
-    if path is None:
-        return
-    try:
-        mode = path.stat().st_mode
-    except OSError as error:
-        raise ValidationError(name, f"{path}: {error.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ValidationError(name, f"{path} is not a regular file")
-    if not os.access(path, os.R_OK):
-        raise ValidationError(name, f"{path} is not readable by this user")
-    if mode & stat.S_IWOTH:
-        raise ValidationError(name, f"{path} is writable by every user; chmod o-w it")
-    if secret and mode & stat.S_IROTH:
-        raise ValidationError(name, f"{path} is readable by every user; chmod o-r it")
 
 
 def _is_loopback(host: str) -> bool:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from citybrain.models.checks import check_id
 from citybrain.models.errors import ValidationError
+from citybrain.models.files import read_struct
 from citybrain.models.messages import SignalPlan
 
 _CANONICAL = msgspec.json.Encoder(order="sorted")
@@ -187,16 +188,7 @@ class TrustStore:
 
     @classmethod
     def load(cls, path: Path) -> TrustStore:
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise ValidationError("trust_store", f"{path}: {error.strerror}") from None
-        if len(data) > MAX_TRUST_STORE_BYTES:
-            raise ValidationError("trust_store", f"{path}: larger than {MAX_TRUST_STORE_BYTES} B")
-        try:
-            content = msgspec.json.decode(data, type=TrustStoreFile)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            raise ValidationError("trust_store", f"{path}: {error}") from None
+        content = read_struct("trust_store", path, TrustStoreFile, max_bytes=MAX_TRUST_STORE_BYTES)
         store = cls(content.keys)
         if not store.trusted:
             raise ValidationError("trust_store", f"{path}: trusts no key")
