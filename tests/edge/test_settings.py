@@ -81,7 +81,7 @@ def test_the_example_file_loads() -> None:
     assert settings.broker.client_id("x0101") == "cb-hz-xihu-x0101"
     # Its commented defaults are the real ones.
     defaults = load_settings(None, {"CITYBRAIN_EDGE__REGION": "hz-xihu"} | INTERSECTIONS)
-    for section in ("broker", "controller", "telemetry", "buffer", "safety", "log"):
+    for section in ("broker", "controller", "telemetry", "buffer", "trust", "safety", "log"):
         assert getattr(settings, section) == getattr(defaults, section), section
 
 
@@ -492,7 +492,7 @@ def test_describe_masks_secrets_and_lists_every_key(tmp_path: Path) -> None:
     assert f"config file: {path}" in text
     assert "intersections = x1, x2 (2)" in text
     assert "mqtt client ids: cb-r1-<intersection>" in text
-    for section in ("broker", "controller", "telemetry", "buffer", "safety", "log"):
+    for section in ("broker", "controller", "telemetry", "buffer", "trust", "safety", "log"):
         assert f"[{section}]" in text
     assert "failsafe_after_s = 30.0" in text
 
