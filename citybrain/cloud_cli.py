@@ -116,11 +116,11 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from citybrain.cloud.api import serve_api
     from citybrain.cloud.auth import TokenFile
+    from citybrain.cloud.clock import ControllerClock
     from citybrain.cloud.core import CloudCore, CoreSettings
     from citybrain.cloud.corridor import Settings
     from citybrain.cloud.service import (
         CloudService,
-        ControllerClock,
         Role,
         ServiceSettings,
         writer_sinks,

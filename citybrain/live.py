@@ -34,11 +34,12 @@ import numpy as np
 from citybrain import security
 from citybrain.cloud.api import serve_api
 from citybrain.cloud.auth import TokenFile
+from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.epoch import next_epoch
 from citybrain.cloud.keys import Keyring
-from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings, writer_sinks
+from citybrain.cloud.service import CloudService, ServiceSettings, writer_sinks
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.edge.agent import EdgeAgent, run_host
 from citybrain.edge.settings import (

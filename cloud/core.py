@@ -12,7 +12,7 @@ around it (its normal plan decides when the vehicle passes).
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -35,9 +35,11 @@ from citybrain.models.messages import (
     VehiclePosition,
 )
 from citybrain.models.network import Network
+from citybrain.models.signing import SignatureProblem
 from citybrain.signal_plans.controller import ControllerModel
 from citybrain.signal_plans.state import ControllerState
 from citybrain.signal_plans.timing import TimingPlan
+from citybrain.signal_plans.validator import RejectCode
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,30 @@ class _Pending:
     sent_at: float
     """Wall clock: an ack's round trip does not scale with a simulation's pace."""
     attempts: int
+
+
+@dataclass
+class _SentPlan:
+    """What an ack must match to speak for a plan this cloud sent."""
+
+    seq: int
+    taken: bool = False
+    """The edge accepted or applied it: a later refusal is of a copy (see ``_refuses``)."""
+
+
+SENT_PLANS_KEPT = 100_000
+"""Plans remembered for their acks (a corridor's plans are acked within seconds)."""
+SIGNATURE_REFUSALS = frozenset(problem.value for problem in SignatureProblem)
+
+
+def _refuses(ack: PlanAck, sent: _SentPlan) -> bool:
+    """Whether a refusal ack is about the plan this cloud sent. The cloud signed it, so a
+    signature refusal is of someone else's copy; once the edge took it, ``out_of_sequence``
+    is a second copy's (a replay or a redelivery). The cabinet may still refuse a plan the
+    edge accepted, and a plan that waited too long expires: those are the plan's own."""
+    if ack.reason_code in SIGNATURE_REFUSALS:
+        return False
+    return not (sent.taken and ack.reason_code == RejectCode.OUT_OF_SEQUENCE)
 
 
 @dataclass
@@ -123,6 +149,8 @@ class CloudCore:
         self.twins = {node: ControllerModel(plan) for node, plan in plans.items()}
         self._twin_backlog: dict[str, list[SignalPlan]] = {}
         self.pending: dict[tuple[str, str], _Pending] = {}
+        self.sent_plans: OrderedDict[tuple[str, str], _SentPlan] = OrderedDict()
+        """(intersection, plan id) of the plans sent lately, oldest first."""
         self.dispatches: dict[str, _Dispatch] = {}
         self.counters: Counter[str] = Counter()
         self.plan_latency_ms: deque[float] = deque(maxlen=10_000)
@@ -234,10 +262,19 @@ class CloudCore:
 
     def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:
         self.counters[f"acks_{ack.status}"] += 1
-        pending = self.pending.pop((ack.intersection, ack.plan_id), None)
-        if pending is None and ack.status is not AckStatus.APPLIED:
-            self.counters["acks_unmatched"] += 1
         refused = ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED)
+        sent = self.sent_plans.get((ack.intersection, ack.plan_id))
+        if sent is None or sent.seq != ack.seq:
+            # not a plan this cloud sent (a forged copy under another seq, a previous process)
+            self.counters["acks_unmatched"] += 1
+            return []
+        if refused and not _refuses(ack, sent):
+            # a copy of the plan refused, not the plan: a replay or a forged copy under its
+            # id, or a QoS 1 redelivery of a plan taken already; the plan itself stands
+            self.counters["acks_of_copies"] += 1
+            return []
+        sent.taken = sent.taken or ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED)
+        self.pending.pop((ack.intersection, ack.plan_id), None)
         if refused and ack.intersection in self.twins:
             # (an accepted plan leaves the twin alone: it takes its plans when next looked at)
             twin = self._twin(ack.intersection)
@@ -283,6 +320,11 @@ class CloudCore:
         for action in actions:
             if isinstance(action, SendPlan):
                 self.counters["plans_sent"] += 1
+                self.sent_plans[(action.intersection, action.plan.plan_id)] = _SentPlan(
+                    action.plan.seq
+                )
+                if len(self.sent_plans) > SENT_PLANS_KEPT:
+                    self.sent_plans.popitem(last=False)
                 # the twin takes it once it is on its way (see _twin): not on the send path
                 self._twin_backlog.setdefault(action.intersection, []).append(action.plan)
                 key = (action.intersection, action.plan.plan_id)

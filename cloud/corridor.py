@@ -237,7 +237,6 @@ class CorridorManager:
             raise ValidationError(
                 "vehicle", f"{request.vehicle} already has corridor {existing.corridor_id}"
             )
-        preempted = self._room_for(request.priority)
         if request.route:
             links = self._links_of_route(request.route)
             origins, destinations = [links[0]], [links[-1]]
@@ -288,7 +287,7 @@ class CorridorManager:
             incident=request.incident,
         )
         corridor.stop_lines = self._stop_lines(best)
-        self._check_window_room(corridor.stop_lines)
+        preempted = self._room_for(request.priority, corridor.stop_lines)
         self.corridors[corridor_id] = corridor
         self.by_vehicle[request.vehicle] = corridor_id
         log.info(
@@ -297,41 +296,37 @@ class CorridorManager:
             request.vehicle,
             len(corridor.stop_lines),
         )
-        if preempted is None:
-            return self._replan(now_s)
-        self._end(preempted, CorridorState.CANCELLED, PREEMPTED)
-        return [*self._replan(now_s), PublishStatus(self._status(preempted, now_s))]
+        for victim in preempted:
+            self._end(victim, CorridorState.CANCELLED, PREEMPTED)
+        statuses = [PublishStatus(self._status(victim, now_s)) for victim in preempted]
+        return [*self._replan(now_s), *statuses]
 
-    def _room_for(self, priority: int) -> Corridor | None:
-        """None while the table has room. When it is full, the live corridor a request of
-        ``priority`` pre-empts: the lowest priority below it, the newest of those (a flood of
-        lower-priority requests never locks out a genuine higher-priority one); when there is
-        none, the request is refused."""
-        live = [c for c in self.corridors.values() if c.state not in TERMINAL]
-        if len(live) < self.settings.max_corridors:
-            return None
-        lowest = min(reversed(live), key=lambda c: (c.priority, -c.requested_at))
-        if lowest.priority >= priority:
-            raise ValidationError(
-                "corridor",
-                f"{len(live)} corridors are active, the limit, none below priority {priority}",
-            )
-        return lowest
-
-    def _check_window_room(self, lines: list[StopLine]) -> None:
-        """Refuse a corridor that would give an intersection more windows than one plan holds
-        (``MAX_WINDOWS``): the corridors there keep theirs, the newcomer is told why."""
-        held = Counter(
-            line.intersection
-            for corridor in self._live()
-            for line in corridor.stop_lines
-            if not line.released
-        )
-        for node, count in Counter(line.intersection for line in lines).items():
-            if held[node] + count > MAX_WINDOWS:
+    def _room_for(self, priority: int, lines: list[StopLine]) -> list[Corridor]:
+        """The live corridors a request of ``priority`` with these stop lines pre-empts to
+        fit: the table holds ``max_corridors``, an intersection's plan ``MAX_WINDOWS``
+        windows. Only corridors of lower priority give way, the lowest and then the newest
+        first, so a flood of lower-priority requests never locks out a genuine higher-priority
+        one; when they are not enough, the request is refused (nothing has changed)."""
+        live = self._live()  # highest priority first, then the earliest
+        candidates = [c for c in reversed(live) if c.priority < priority]
+        chosen: list[Corridor] = []
+        if len(live) >= self.settings.max_corridors:
+            if not candidates:
                 raise ValidationError(
-                    "corridor", f"{node} holds {held[node]} windows, as many as one plan can"
+                    "corridor",
+                    f"{len(live)} corridors are active, the limit, none below priority {priority}",
                 )
+            chosen.append(candidates[0])
+        for node, count in Counter(line.intersection for line in lines).items():
+            while _windows_at(node, live, chosen) + count > MAX_WINDOWS:
+                victim = next((c for c in candidates if c not in chosen and _holds(c, node)), None)
+                if victim is None:
+                    held = _windows_at(node, live, chosen)
+                    raise ValidationError(
+                        "corridor", f"{node} holds {held} windows, as many as one plan can"
+                    )
+                chosen.append(victim)
+        return chosen
 
     def _links_of_route(self, route: tuple[str, ...]) -> list[int]:
         """A fixed route given as intersections: the links joining consecutive ones."""
@@ -773,6 +768,21 @@ class CorridorManager:
             intersections=tuple(lines),
             reason=corridor.reason,
         )
+
+
+def _holds(corridor: Corridor, node: str) -> bool:
+    return any(line.intersection == node and not line.released for line in corridor.stop_lines)
+
+
+def _windows_at(node: str, live: list[Corridor], leaving: list[Corridor]) -> int:
+    """Windows live corridors hold at ``node``, those ``leaving`` aside."""
+    return sum(
+        1
+        for corridor in live
+        if corridor not in leaving
+        for line in corridor.stop_lines
+        if line.intersection == node and not line.released
+    )
 
 
 def _want(

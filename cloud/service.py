@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 import random
 import socket
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import aiomqtt
 from aiomqtt import ProtocolVersion
 
+from citybrain.cloud.clock import ClockVerdict, ControllerClock
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.corridor import PREEMPTED, TERMINAL, Action, PublishStatus, SendPlan
 from citybrain.cloud.operations import (
@@ -189,105 +189,6 @@ class ServiceSettings:
             str(p) if p else None for p in (self.ca_file, self.cert_file, self.key_file)
         )
         return aiomqtt.TLSParameters(ca_certs=ca, certfile=cert, keyfile=key)
-
-
-class ClockVerdict(enum.StrEnum):
-    FOLLOWED = "followed"
-    """Within the tolerance: the clock takes it if it is the newest."""
-    DISAGREED = "disagreed"
-    """Beyond the tolerance: counted, not followed (a vote for that time)."""
-    STEPPED = "stepped"
-    """A quorum agreed on a time beyond the tolerance: the clock stepped to it."""
-
-
-class ControllerClock:
-    """The cloud's estimate of controller time, from edges' telemetry only: the newest time
-    reported within ``tolerance_s`` of the estimate, advanced since at ``rate`` (1 in the
-    field; a simulation's pace) for at most ``hold_s`` of wall time, so it never runs ahead of
-    controllers that fell behind. Tolerances are wall seconds, times ``rate``.
-
-    One message cannot move it: a time beyond the tolerance either way is a vote, and the
-    clock steps to it only when a quorum agrees within ``vote_s`` (two intersections; in a
-    one-intersection city, two reports in a row). A step back also needs the current time
-    unconfirmed for ``vote_s``: edges replaying what they buffered in an outage report old
-    times while the others are live, and the clock must not follow them back."""
-
-    def __init__(
-        self,
-        *,
-        rate: float = 1.0,
-        hold_s: float = 1.0,
-        tolerance_s: float = 5.0,
-        vote_s: float = 5.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        check_number("rate", rate, gt=0.0, le=10_000.0)
-        check_number("hold_s", hold_s, gt=0.0, le=60.0)
-        check_number("tolerance_s", tolerance_s, gt=0.0, le=3600.0)
-        check_number("vote_s", vote_s, gt=0.0, le=3600.0)
-        self.rate = rate
-        self.hold_s = hold_s
-        self.tolerance = tolerance_s * rate
-        """Controller seconds."""
-        self.vote_s = vote_s
-        self._monotonic = monotonic
-        self._at: tuple[float, float] | None = None
-        self._confirmed = -math.inf
-        """Wall time of the last report within the tolerance."""
-        self._votes: dict[str, tuple[float, float]] = {}
-        """Per intersection, its last report beyond the tolerance and when."""
-        self._reporters: set[str] = set()
-
-    @property
-    def known(self) -> bool:
-        return self._at is not None
-
-    def now(self) -> float:
-        return self._estimate(self._monotonic())
-
-    def _estimate(self, wall: float) -> float:
-        if self._at is None:
-            return 0.0
-        at, since = self._at
-        return at + min(wall - since, self.hold_s) * self.rate
-
-    def seen(self, intersection: str, controller_time: float) -> ClockVerdict:
-        """An intersection's telemetry told ``controller_time``."""
-        wall = self._monotonic()
-        self._reporters.add(intersection)
-        if self._at is not None and abs(controller_time - self._estimate(wall)) > self.tolerance:
-            return self._vote(intersection, controller_time, wall)
-        self._votes.pop(intersection, None)
-        self._confirmed = wall
-        if self._at is None or controller_time > self._at[0]:
-            self._at = (controller_time, wall)
-        return ClockVerdict.FOLLOWED
-
-    def _vote(self, intersection: str, controller_time: float, wall: float) -> ClockVerdict:
-        previous = self._votes.get(intersection)
-        self._votes[intersection] = (controller_time, wall)
-        back = controller_time < self._estimate(wall) and wall - self._confirmed <= self.vote_s
-        if back or not self._quorum(previous, controller_time, wall):
-            return ClockVerdict.DISAGREED
-        self._at, self._confirmed = (controller_time, wall), wall
-        self._votes.clear()
-        return ClockVerdict.STEPPED
-
-    def _quorum(
-        self, previous: tuple[float, float] | None, controller_time: float, wall: float
-    ) -> bool:
-        """Two intersections vote for the time; in a one-intersection city, two reports in a
-        row (``previous`` is its vote before this one)."""
-        if len(self._reporters) == 1:
-            return previous is not None and self._agrees(previous, controller_time, wall)
-        votes = self._votes.values()
-        return sum(1 for vote in votes if self._agrees(vote, controller_time, wall)) >= 2
-
-    def _agrees(self, vote: tuple[float, float], controller_time: float, wall: float) -> bool:
-        """Whether a recent vote, advanced to ``wall``, tells ``controller_time``."""
-        told, at = vote
-        recent = wall - at <= self.vote_s
-        return recent and abs(told + (wall - at) * self.rate - controller_time) <= self.tolerance
 
 
 class RecentEvents:

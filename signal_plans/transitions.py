@@ -192,7 +192,9 @@ def plan_green_window(
         for p in normal_periods(plan, state.at_s, close_at_s + 4 * plan.cycle_s)
         if p.green_end_s > state.at_s
     ]
-    if _on_plan(plan, state):
+    # a state taken just before a green ends (a takeover at that instant) is on plan too:
+    # treated as off plan, its green was held until the window, up to minutes ahead
+    if _on_plan(plan, state) or _on_plan(plan, state, before=True):
         for period in periods:
             groups = plan.phases[period.phase_index].groups
             covers = period.green_start_s <= open_at_s and period.green_end_s >= close_at_s
@@ -220,10 +222,12 @@ def plan_green_window(
     return _with_way_back(plan, state, strategy, group, requests, periods, starts_at)
 
 
-def _on_plan(plan: TimingPlan, state: ControllerState) -> bool:
+def _on_plan(plan: TimingPlan, state: ControllerState, *, before: bool = False) -> bool:
     """Whether the controller is where its normal plan puts it: same displays, begun at the same
-    times (after a priority plan the colours can match while clearance timers do not)."""
-    normal = normal_state_at(plan, state.at_s).groups
+    times (after a priority plan the colours can match while clearance timers do not). With
+    ``before``, compared with the normal plan just before the instant (where an interval
+    ends then, the displays it is ending)."""
+    normal = normal_state_at(plan, state.at_s, before=before).groups
     return all(
         shown.indication is normal[group].indication
         and -ON_PLAN_TOLERANCE_S <= shown.since_s - normal[group].since_s <= SAME_INSTANT_S

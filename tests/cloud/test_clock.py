@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from citybrain.cloud.service import ClockVerdict, ControllerClock, RecentEvents
+from citybrain.cloud.clock import ClockVerdict, ControllerClock
+from citybrain.cloud.service import RecentEvents
 
 FOLLOWED, DISAGREED, STEPPED = ClockVerdict.FOLLOWED, ClockVerdict.DISAGREED, ClockVerdict.STEPPED
 
@@ -121,3 +122,27 @@ def test_recent_events_are_counted_over_the_window_only(monkeypatch: pytest.Monk
     assert recent.count() == 1
     now[0] += 30.0
     assert recent.count() == 0
+
+
+@pytest.mark.security
+def test_one_edge_box_speaking_for_two_intersections_cannot_step_it() -> None:
+    """A box hosting a01 and a02 is one party: its two votes are no majority of four."""
+    clock, wall = _clock()
+    for node in ("a01", "a02", "a03", "a04"):
+        clock.seen(node, 1000.0)
+    assert clock.seen("a01", 2_000_000_000.0) is DISAGREED
+    assert clock.seen("a02", 2_000_000_000.0) is DISAGREED
+    assert clock.now() == pytest.approx(1000.0)
+    wall.t += 1.0
+    assert clock.seen("a03", 2_000_000_001.0) is STEPPED, "three of four are a majority"
+
+
+def test_a_whole_city_jumping_at_once_steps_it_in_linear_time() -> None:
+    clock, wall = _clock()
+    nodes = [f"n{i}" for i in range(20_000)]
+    for node in nodes:
+        clock.seen(node, 1000.0)
+    verdicts = [clock.seen(node, 90_000.0) for node in nodes]
+    assert verdicts.count(STEPPED) == 1
+    assert verdicts.index(STEPPED) == len(nodes) // 2
+    assert clock.now() == pytest.approx(90_000.0)

@@ -281,3 +281,49 @@ def test_a_position_counts_only_for_a_vehicle_with_a_corridor_and_near_now() -> 
     assert core.manager.status(corridor_id, NOW).state is CorridorState.GRANTED, "activated"
     core.on_position(position("AMB-1", NOW + 2.0), NOW, tolerance_s=5.0)
     assert core.manager.status(corridor_id, NOW).state is CorridorState.ACTIVE
+
+
+def _refusal(plan: SendPlan, code: str, *, seq: int | None = None) -> PlanAck:
+    return PlanAck(
+        plan_id=plan.plan.plan_id, intersection=plan.intersection,
+        seq=plan.plan.seq if seq is None else seq, status=AckStatus.REJECTED, at=NOW,
+        reason_code=code, reason="refused",
+    )  # fmt: skip
+
+
+def _confirmed(core: CloudCore, node: str) -> bool:
+    (status,) = core.statuses(NOW)
+    return next(line.confirmed for line in status.intersections if line.intersection == node)
+
+
+@pytest.mark.security
+def test_refusals_of_copies_do_not_unconfirm_the_plan_the_edge_took() -> None:
+    """With the leader's broker password but not its key, an attacker sends copies of a
+    genuine plan: tampered (another seq), unsigned or re-signed (the edge acks a signature
+    refusal under the plan's id), or replayed (``out_of_sequence``). None of those acks is
+    about the plan the edge runs: before, each un-confirmed it and dropped it from the twin."""
+    core = _core()
+    first = _plans(core.request(_request(), NOW))[0]
+    node = first.intersection
+    core.on_ack(_ack(first), NOW)
+    core.on_ack(_ack(first, AckStatus.APPLIED), NOW)
+    assert _confirmed(core, node)
+    for ack in (
+        _refusal(first, "bad_signature", seq=2**53 - 1),
+        _refusal(first, "unsigned"),
+        _refusal(first, "unknown_key"),
+        _refusal(first, "out_of_sequence"),
+    ):
+        assert core.on_ack(ack, NOW) == []
+    assert _confirmed(core, node)
+    assert core.counters["acks_unmatched"] == 1
+    assert core.counters["acks_of_copies"] == 3
+
+
+def test_a_cabinet_refusing_a_plan_the_edge_accepted_still_unconfirms_it() -> None:
+    core = _core()
+    first = _plans(core.request(_request(), NOW))[0]
+    core.on_ack(_ack(first), NOW)
+    core.on_ack(_refusal(first, "min_green_cut"), NOW)
+    assert not _confirmed(core, first.intersection)
+    assert core.counters["acks_of_copies"] == 0

@@ -363,6 +363,26 @@ def test_a_corridor_past_the_window_limit_of_an_intersection_is_refused_not_a_fa
     assert _plans(manager.request(_request("V-late", route=route), 103.0))
 
 
+@pytest.mark.security
+def test_lower_priority_corridors_at_the_window_limit_give_way_to_a_higher_priority_one() -> None:
+    """32 priority-1 corridors over a01 (8 operators at their limit could make them): a
+    priority-9 ambulance there is granted, the newest of them pre-empted; one of equal
+    priority is refused, nothing changed."""
+    manager = _manager()
+    route = ("west", "a01", "a02")
+    _crowd(manager, MAX_WINDOWS, route)
+    newest = manager.by_vehicle[f"V{MAX_WINDOWS - 1}"]
+    with pytest.raises(ValidationError, match="a01 holds 32 windows"):
+        manager.request(_request("AMB-1", route=route, priority=1), 100.0)
+    actions = manager.request(_request("AMB-9", route=route, priority=9), 100.0)
+    assert manager.corridors[newest].state is CorridorState.CANCELLED
+    assert manager.corridors[newest].reason == "preempted"
+    ended = [s.status for s in _statuses(actions) if s.status.state is CorridorState.CANCELLED]
+    assert [status.corridor_id for status in ended] == [newest]
+    assert "AMB-9" in manager.by_vehicle
+    assert all(len(p.plan.windows) <= MAX_WINDOWS for p in _plans(actions))
+
+
 def test_a_rerouted_vehicle_past_the_window_limit_waits_unconfirmed_there() -> None:
     """A vehicle that leaves its route can bring an intersection's windows past the limit:
     the latest of the lowest priority waits (its stop line unconfirmed), the plan holds 32."""

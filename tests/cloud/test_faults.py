@@ -19,9 +19,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.keys import Keyring
-from citybrain.cloud.service import CloudService, ControllerClock, Role, ServiceSettings
+from citybrain.cloud.service import CloudService, Role, ServiceSettings
 from citybrain.edge.agent import EdgeAgent, run_host
 from citybrain.edge.settings import (
     BrokerSettings,

@@ -23,13 +23,13 @@ import pytest
 
 from citybrain.cloud.api import serve_api
 from citybrain.cloud.auth import TokenFile, UserRole, add_user
+from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.keys import Keyring
 from citybrain.cloud.operations import Health, HealthReport
 from citybrain.cloud.service import (
     CloudService,
-    ControllerClock,
     Role,
     ServiceSettings,
     writer_sinks,

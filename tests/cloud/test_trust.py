@@ -16,9 +16,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.operations import Health, ServiceUnavailable
-from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings
+from citybrain.cloud.service import CloudService, ServiceSettings
 from citybrain.cloud_cli import SERVE_DEFAULTS
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import (

@@ -425,3 +425,22 @@ def test_a_display_begun_just_after_the_normal_plans_is_not_cut_short(late: floa
     back = return_to_normal(PLAN, state)
     assert back.steps, "not on plan: it needs a way back"
     assert check_steps(state, back.steps).accepted
+
+
+def test_a_takeover_just_as_a_green_ends_follows_the_normal_plan_not_a_held_green() -> None:
+    """Found by the property test above: at the instant main lefts' green ends, the state
+    taken just before (green) was judged off the normal plan, and the planner held that green
+    from then until a window for it 100 s later."""
+    plan = lead_lead_plan(nema_eight_group("X"), offset_s=0.0)  # main lefts green 0-10 s
+    now = 10_010.0
+    window = WindowRequest("1", now + 100.0, now + 101.0)  # 1 s past the next lefts' green
+    schedule = plan_green_windows(plan, normal_state_at(plan, now, before=True), [window])
+    assert schedule.steps
+    for at in (now + 1.0, now + 30.0, now + 60.0):
+        shown = (
+            normal_state_at(plan, at)
+            if at < schedule.start.at_s
+            else advance(schedule.start, schedule.steps, at)
+        )
+        assert shown.displays() == normal_state_at(plan, at).displays(), at
+    assert advance(schedule.start, schedule.steps, now + 100.5).displays()["1"] is Indication.GREEN
