@@ -138,7 +138,7 @@ def test_one_edge_box_speaking_for_two_intersections_cannot_step_it() -> None:
 
 
 def test_a_whole_city_jumping_at_once_steps_it_in_linear_time() -> None:
-    clock, wall = _clock()
+    clock, _ = _clock()
     nodes = [f"n{i}" for i in range(20_000)]
     for node in nodes:
         clock.seen(node, 1000.0)
