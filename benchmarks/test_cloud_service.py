@@ -58,12 +58,13 @@ import pytest
 from citybrain import security
 from citybrain.cloud.api import serve_api
 from citybrain.cloud.auth import MAX_LIMIT, TokenFile, UserRole, add_user
+from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import SendPlan
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.epoch import next_epoch
 from citybrain.cloud.keys import Keyring
-from citybrain.cloud.service import CloudService, ControllerClock, ServiceSettings, writer_sinks
+from citybrain.cloud.service import CloudService, ServiceSettings, writer_sinks
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.models.messages import CorridorRequest, Telemetry
 from citybrain.models.signing import PlanSigner, TrustStore
@@ -81,8 +82,9 @@ BIN = Path(sys.executable).parent
 REQUESTS = int(os.environ.get("CITYBRAIN_BENCH_REQUESTS", "60"))
 """Corridor requests per path (direct and HTTP API)."""
 TAP = os.environ.get("CITYBRAIN_BENCH_TAP") == "1"
-"""Also split each request into phases with a passive subscriber on the plan and ack topics.
-Off by default: it runs on the cloud's event loop and its decoding delays the cloud."""
+"""Also split each request into phases with passive subscribers on the plan and ack topics (as
+the leader and as each box: see ``_Tap``). Off by default: they run on the cloud's event loop
+and their decoding delays the cloud."""
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 """As the cloud and the edges set it: paho leaves Nagle's algorithm on."""
 EDGE_BOXES = int(os.environ.get("CITYBRAIN_BENCH_EDGE_BOXES", "1"))
