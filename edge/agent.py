@@ -281,7 +281,7 @@ class EdgeAgent:
         taken = core.last_order
         self._apply(core.on_plan_payload(payload, self.now()), received)
         if core.last_order is not None and core.last_order != taken:
-            self.orders.put(self.intersection, core.last_order)  # after the ack went out
+            self.orders.put(self.intersection, core.last_order)
 
     def _acked(self, message: Outgoing) -> None:
         if isinstance(message.token, int):
@@ -370,6 +370,8 @@ async def run_host(
     """Run one agent per hosted intersection until ``stop``: one MQTT session each, the
     controller link and the telemetry buffer shared. A failing agent is logged and restarted;
     it never takes the others down."""
+    trust = load_trust(settings)
+    orders = PlanOrders(settings.buffer.path)
     buffer = TelemetryBuffer.open(
         settings.buffer.path,
         max_messages=settings.buffer.max_messages,
@@ -377,8 +379,6 @@ async def run_host(
     )
     client: FieldBusClient | None = None
     try:
-        trust = load_trust(settings)
-        orders = PlanOrders(settings.buffer.path)
         if drivers is None:
             client, drivers = await _connect_controllers(settings, stop)
         agents = [
@@ -391,6 +391,7 @@ async def run_host(
             for agent in agents:
                 tasks.create_task(_supervise(agent, stop))
     finally:
+        orders.flush()
         if client is not None:
             await client.close()
         buffer.close()
