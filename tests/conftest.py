@@ -85,10 +85,10 @@ SECURE_BOXES = ("edge-west=a01,a02",)
 
 class SecureMosquitto(Mosquitto):
     """A real Mosquitto on a free loopback port with what ``citybrain security init`` writes
-    for a four-intersection arterial: TLS only, a password per identity, the ACL."""
+    (by default for a four-intersection arterial): TLS only, a password per identity, the ACL."""
 
-    def __init__(self, directory: Path) -> None:
-        self.plan: Deployment = deployment(
+    def __init__(self, directory: Path, plan: Deployment | None = None) -> None:
+        self.plan: Deployment = plan or deployment(
             "arterial:4", ["a01", "a02", "a03", "a04"], edge_boxes=SECURE_BOXES
         )
         self.layout: Layout = init(directory / "deploy", self.plan)
@@ -106,10 +106,11 @@ class SecureMosquitto(Mosquitto):
 
 
 @pytest.fixture
-def secure_mosquitto(tmp_path: Path) -> Iterator[SecureMosquitto]:
+def secure_mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SecureMosquitto]:
+    """The test module's ``DEPLOYMENT`` when it has one, else the four-intersection arterial."""
     if not Path(MOSQUITTO).exists():
         pytest.fail("Mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
-    broker = SecureMosquitto(tmp_path)
+    broker = SecureMosquitto(tmp_path, getattr(request.module, "DEPLOYMENT", None))
     broker.start()
     try:
         yield broker

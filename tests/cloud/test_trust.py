@@ -2,8 +2,10 @@
 message cannot move its clock, a seq cannot leap, a position counts only for a vehicle with a
 corridor, an intersection stays in its region, and no tick fails. Each attack below passed on
 the code before (issue 11); every refusal is counted by its reason, and the health says when
-the cloud is in trouble. Against a real Mosquitto, the test playing edges, vehicles and
-attackers."""
+the cloud is in trouble. Against a real Mosquitto with what ``citybrain security init``
+writes (TLS, a password per identity, the ACL): the test plays edges, vehicles and attackers,
+each with the identity the broker would let it have (an attacker here holds an edge box's or
+a vehicle's credentials; strangers are the broker's to refuse: tests/citybrain/test_security.py)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from citybrain.models.messages import (
 )
 from citybrain.models.signing import PlanSigner
 from citybrain.models.topics import vehicle_position_topic
+from citybrain.security import LEADER, deployment, vehicle_user
 from citybrain.simulator.networks import arterial
 
 pytestmark = [pytest.mark.broker, pytest.mark.security]
@@ -48,6 +51,10 @@ REGION = "test"
 SIGNER = PlanSigner.generate()
 T0 = 1000.0
 """Controller time of the genuine edges."""
+DEPLOYMENT = deployment(
+    "arterial:3", ["a01", "a02", "a03"], region=REGION, vehicles=("AMB-1", "AMB-9")
+)
+"""What the ``secure_mosquitto`` fixture deploys here: one box per intersection."""
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str = "") -> None:
@@ -58,11 +65,31 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str
         await asyncio.sleep(0.02)
 
 
+def _client(broker: Any, user: str) -> aiomqtt.Client:
+    """A session as ``user``, over TLS, with its own password."""
+    return aiomqtt.Client(
+        "127.0.0.1", broker.port, identifier=f"{user}-{time.monotonic_ns()}", username=user,
+        password=broker.password(user),
+        tls_params=aiomqtt.TLSParameters(ca_certs=str(broker.layout.ca_cert)),
+        protocol=aiomqtt.ProtocolVersion.V311,
+    )  # fmt: skip
+
+
+def _owner(where: str) -> str:
+    """The identity that may publish on ``where``: the vehicle, or the intersection's box."""
+    parts = where.split("/")
+    return vehicle_user(parts[3]) if parts[2] == "vehicle" else f"edge-{parts[4]}"
+
+
 @contextlib.asynccontextmanager
-async def serving(port: int, **settings: Any) -> AsyncIterator[CloudService]:
+async def serving(broker: Any, **settings: Any) -> AsyncIterator[CloudService]:
     """A leader on its own: no storage, no edges (the test plays them)."""
     core = CloudCore(ROAD.network, ROAD.plans, wall_clock=time.monotonic)
-    options: dict[str, Any] = {"broker_port": port, "client_id": "leader", "region": REGION}
+    cloud = broker.layout.cloud
+    options: dict[str, Any] = {
+        "broker_port": broker.port, "client_id": "leader", "region": REGION, "tls": True,
+        "ca_file": cloud / "ca.crt", "username": LEADER, "password_file": cloud / "leader.pass",
+    }  # fmt: skip
     service = CloudService(
         core,
         signer=SIGNER,
@@ -79,14 +106,12 @@ async def serving(port: int, **settings: Any) -> AsyncIterator[CloudService]:
         await asyncio.wait_for(task, 15.0)
 
 
-async def publish(port: int, messages: Iterable[tuple[str, Message | bytes]]) -> None:
-    async with aiomqtt.Client(
-        "127.0.0.1", port, identifier=f"peer-{time.monotonic_ns()}",
-        protocol=aiomqtt.ProtocolVersion.V311,
-    ) as client:  # fmt: skip
-        for topic, message in messages:
+async def publish(broker: Any, messages: Iterable[tuple[str, Message | bytes]]) -> None:
+    """Each message as the identity that may publish on its topic, in order."""
+    for where, message in messages:
+        async with _client(broker, _owner(where)) as client:
             payload = message if isinstance(message, bytes) else DEFAULT_CODEC.encode(message)
-            await client.publish(topic, payload, qos=1)
+            await client.publish(where, payload, qos=1)
 
 
 def topic(node: str, kind: str, region: str = REGION) -> str:
@@ -105,8 +130,8 @@ def telemetry(node: str, seq: int, at: float = T0, queue: float = 1.0) -> tuple[
     return topic(node, "telemetry"), message
 
 
-async def every_edge_reports(service: CloudService, port: int, seq: int = 1) -> None:
-    await publish(port, [telemetry(node, seq) for node in ("a01", "a02", "a03")])
+async def every_edge_reports(service: CloudService, broker: Any, seq: int = 1) -> None:
+    await publish(broker, [telemetry(node, seq) for node in ("a01", "a02", "a03")])
     await until(lambda: service.counters["telemetry"] >= 3, what="the edges' telemetry")
 
 
@@ -122,49 +147,49 @@ def refused(service: CloudService, reason: str) -> int:
 
 
 class Plans:
-    """Every plan the cloud publishes, with its topic."""
+    """Every plan the cloud publishes, with its topic, as each box reads its own: no identity
+    may read every intersection's plans."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
         self.got: list[tuple[str, SignalPlan]] = []
-        self.ready = asyncio.Event()
+        self.ready = 0
 
-    async def listen(self) -> None:
-        async with aiomqtt.Client(
-            "127.0.0.1", self.port, identifier="plan-listener",
-            protocol=aiomqtt.ProtocolVersion.V311,
-        ) as client:  # fmt: skip
+    async def listen(self, node: str) -> None:
+        async with _client(self.broker, f"edge-{node}") as client:
             await client.subscribe("cb/v1/+/x/+/plan", qos=1)
-            self.ready.set()
+            self.ready += 1
             async for message in client.messages:
                 plan = DEFAULT_CODEC.decode(bytes(message.payload), SignalPlan)
                 self.got.append((message.topic.value, plan))
 
 
 @contextlib.asynccontextmanager
-async def listening(port: int) -> AsyncIterator[Plans]:
-    plans = Plans(port)
-    task = asyncio.create_task(plans.listen())
+async def listening(broker: Any) -> AsyncIterator[Plans]:
+    plans = Plans(broker)
+    tasks = [asyncio.create_task(plans.listen(node)) for node in ("a01", "a02", "a03")]
     try:
-        await asyncio.wait_for(plans.ready.wait(), 5.0)
+        await until(lambda: plans.ready == len(tasks), what="the boxes listening")
         yield plans
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # ---- the clock ------------------------------------------------------------------------------
 
 
-def test_one_telemetry_from_the_far_future_does_not_move_the_clock(mosquitto: Any) -> None:
+def test_one_telemetry_from_the_far_future_does_not_move_the_clock(secure_mosquitto: Any) -> None:
     """Before, a time of 2,000,000,000 became the cloud's clock for good: every plan after it
     was stale to the controllers, ``reporting`` fell to 0, and corridors still said granted."""
 
     async def scenario() -> None:
-        async with serving(mosquitto.port) as service, listening(mosquitto.port) as plans:
-            await every_edge_reports(service, mosquitto.port)
-            await publish(mosquitto.port, [telemetry("a02", 2, at=2_000_000_000.0)])
+        async with serving(secure_mosquitto) as service, listening(secure_mosquitto) as plans:
+            await every_edge_reports(service, secure_mosquitto)
+            await publish(secure_mosquitto, [telemetry("a02", 2, at=2_000_000_000.0)])
             await until(lambda: service.counters["clock_disagreed"] == 1, what="disagreement")
             assert service.clock.now() < T0 + 2.0
             assert (await service.network()).reporting == 3
@@ -179,7 +204,7 @@ def test_one_telemetry_from_the_far_future_does_not_move_the_clock(mosquitto: An
 
 
 def test_a_position_never_moves_the_clock_and_counts_only_for_its_corridor(
-    mosquitto: Any,
+    secure_mosquitto: Any,
 ) -> None:
     """Before, anyone's position moved the clock (the first attack of issue 11), and forged
     positions drove another vehicle's corridor."""
@@ -191,11 +216,11 @@ def test_a_position_never_moves_the_clock_and_counts_only_for_its_corridor(
         return vehicle_position_topic(vehicle), body
 
     async def scenario() -> None:
-        async with serving(mosquitto.port) as service:
-            await every_edge_reports(service, mosquitto.port)
+        async with serving(secure_mosquitto) as service:
+            await every_edge_reports(service, secure_mosquitto)
             granted = await service.request_corridor(request("AMB-1"))
             await publish(
-                mosquitto.port,
+                secure_mosquitto,
                 [position("AMB-9", 2_000_000_000.0), position("AMB-1", 2_000_000_000.0)],
             )
             await until(lambda: refused(service, "position_time") == 1, what="refused")
@@ -203,7 +228,7 @@ def test_a_position_never_moves_the_clock_and_counts_only_for_its_corridor(
             assert service.clock.now() < T0 + 2.0
             corridor = service.core.manager.corridors[granted.corridor_id]
             assert corridor.state is CorridorState.GRANTED
-            await publish(mosquitto.port, [position("AMB-1", service.clock.now())])
+            await publish(secure_mosquitto, [position("AMB-1", service.clock.now())])
             await until(lambda: corridor.state is CorridorState.ACTIVE, what="a true position")
 
     asyncio.run(scenario())
@@ -214,17 +239,17 @@ def test_a_position_never_moves_the_clock_and_counts_only_for_its_corridor(
 
 @pytest.mark.parametrize("forged", [MAX_SEQ, 1 + 1000], ids=["2**53-1", "a leap of 1000"])
 def test_a_forged_seq_leap_is_refused_and_does_not_silence_the_intersection(
-    mosquitto: Any, forged: int
+    secure_mosquitto: Any, forged: int
 ) -> None:
     """Before, seq 2**53-1 made every genuine message after it "old" (never stored, never
     planned with); a smaller leap injected fake queues."""
 
     async def scenario() -> None:
-        async with serving(mosquitto.port) as service:
-            await every_edge_reports(service, mosquitto.port)
-            await publish(mosquitto.port, [telemetry("a02", forged, queue=500.0)])
+        async with serving(secure_mosquitto) as service:
+            await every_edge_reports(service, secure_mosquitto)
+            await publish(secure_mosquitto, [telemetry("a02", forged, queue=500.0)])
             await until(lambda: refused(service, "seq_jump") == 1, what="the leap refused")
-            await publish(mosquitto.port, [telemetry("a02", 2, queue=7.0)])
+            await publish(secure_mosquitto, [telemetry("a02", 2, queue=7.0)])
             await until(lambda: service.counters["telemetry"] == 4, what="a02 heard again")
             seen = service.core.seen["a02"].telemetry
             assert seen is not None
@@ -241,19 +266,29 @@ def test_the_region_is_configured_by_default_the_one_the_demo_edges_use() -> Non
     assert ServiceSettings().region == SERVE_DEFAULTS["region"] == "live"
 
 
-def test_a_status_from_another_region_does_not_re_home_an_intersection(mosquitto: Any) -> None:
+def test_a_status_from_another_region_does_not_re_home_an_intersection(
+    secure_mosquitto: Any,
+) -> None:
     """With ``+`` (before, the default) ``cb/v1/evil/x/a03/status`` re-homed a03: its plans
     went to the attacker's topic. Now a03 keeps the region of its first accepted message."""
 
     async def scenario() -> None:
         async with (
-            serving(mosquitto.port, region="+") as service,
-            listening(mosquitto.port) as plans,
+            serving(secure_mosquitto, region="+") as service,
+            listening(secure_mosquitto) as plans,
         ):
-            await every_edge_reports(service, mosquitto.port)
+            await every_edge_reports(service, secure_mosquitto)
             hijack = Status(intersection="a03", presence=Presence.ONLINE, at=T0)
-            await publish(mosquitto.port, [(topic("a03", "status", region="evil"), hijack)])
-            await until(lambda: refused(service, "region_mismatch") == 1, what="refused")
+            evil = topic("a03", "status", region="evil")
+            # a03's own box may not write outside its region: the broker drops it (the
+            # genuine status after it, on the same session's path, arrives)
+            genuine = Status(intersection="a03", presence=Presence.ONLINE, at=T0)
+            await publish(secure_mosquitto, [(evil, hijack), (topic("a03", "status"), genuine)])
+            await until(lambda: service.core.seen["a03"].presence is Presence.ONLINE)
+            assert refused(service, "region_mismatch") == 0
+            # and if a broker let it through, the cloud refuses it itself
+            await service.handle(evil, DEFAULT_CODEC.encode(hijack))
+            assert refused(service, "region_mismatch") == 1
             assert service.regions["a03"] == REGION
             await service.request_corridor(request())
             await until(lambda: {p.intersection for _, p in plans.got} >= {"a01", "a02", "a03"})
@@ -262,9 +297,9 @@ def test_a_status_from_another_region_does_not_re_home_an_intersection(mosquitto
     asyncio.run(scenario())
 
 
-def test_a_configured_region_refuses_any_other(mosquitto: Any) -> None:
+def test_a_configured_region_refuses_any_other(secure_mosquitto: Any) -> None:
     async def scenario() -> None:
-        async with serving(mosquitto.port) as service:
+        async with serving(secure_mosquitto) as service:
             _, message = telemetry("a01", 1)
             await service.handle(
                 topic("a01", "telemetry", region="evil"), DEFAULT_CODEC.encode(message)
@@ -278,13 +313,15 @@ def test_a_configured_region_refuses_any_other(mosquitto: Any) -> None:
 # ---- the window limit -------------------------------------------------------------------------
 
 
-def test_a_corridor_past_the_window_limit_is_refused_and_no_tick_fails(mosquitto: Any) -> None:
+def test_a_corridor_past_the_window_limit_is_refused_and_no_tick_fails(
+    secure_mosquitto: Any,
+) -> None:
     """Before, the 33rd corridor over one intersection made a plan of 33 windows: every tick
     that dispatched failed (27 tracebacks), while the health said ``ok``."""
 
     async def scenario() -> None:
-        async with serving(mosquitto.port) as service:
-            await every_edge_reports(service, mosquitto.port)
+        async with serving(secure_mosquitto) as service:
+            await every_edge_reports(service, secure_mosquitto)
             for n in range(MAX_WINDOWS):
                 await service.request_corridor(request(f"V{n}"))
             with pytest.raises(ServiceUnavailable, match="windows"):
@@ -301,9 +338,9 @@ def test_a_corridor_past_the_window_limit_is_refused_and_no_tick_fails(mosquitto
 # ---- health -----------------------------------------------------------------------------------
 
 
-def test_a_failing_tick_degrades_the_health_until_the_window_passes(mosquitto: Any) -> None:
+def test_a_failing_tick_degrades_the_health_until_the_window_passes(secure_mosquitto: Any) -> None:
     async def scenario() -> None:
-        async with serving(mosquitto.port, trouble_window_s=1.0) as service:
+        async with serving(secure_mosquitto, trouble_window_s=1.0) as service:
             assert (await service.health()).status is Health.OK
             tick, failures = service.core.tick, iter([True])
 
@@ -323,16 +360,16 @@ def test_a_failing_tick_degrades_the_health_until_the_window_passes(mosquitto: A
     asyncio.run(scenario())
 
 
-def test_a_burst_of_refusals_and_unmatched_acks_degrade_the_health(mosquitto: Any) -> None:
+def test_a_burst_of_refusals_and_unmatched_acks_degrade_the_health(secure_mosquitto: Any) -> None:
     """Refusals of what changes nothing (redeliveries) are counted but make no burst."""
 
     async def scenario() -> None:
-        async with serving(mosquitto.port, trouble_window_s=1.0, rejection_burst=5) as service:
-            await every_edge_reports(service, mosquitto.port)
-            await publish(mosquitto.port, [telemetry("a01", 1)] * 10)
+        async with serving(secure_mosquitto, trouble_window_s=1.0, rejection_burst=5) as service:
+            await every_edge_reports(service, secure_mosquitto)
+            await publish(secure_mosquitto, [telemetry("a01", 1)] * 10)
             await until(lambda: refused(service, "seq_old") == 10, what="redeliveries")
             assert (await service.health()).status is Health.OK
-            await publish(mosquitto.port, [(topic("a01", "telemetry"), b"garbage")] * 6)
+            await publish(secure_mosquitto, [(topic("a01", "telemetry"), b"garbage")] * 6)
             await until(lambda: refused(service, "malformed") == 6, what="garbage refused")
             assert (await service.health()).status is Health.DEGRADED
             await asyncio.sleep(1.1)
@@ -341,7 +378,7 @@ def test_a_burst_of_refusals_and_unmatched_acks_degrade_the_health(mosquitto: An
                 plan_id="nobody-sent-this", intersection="a01", seq=1,
                 status=AckStatus.ACCEPTED, at=T0,
             )  # fmt: skip
-            await publish(mosquitto.port, [(topic("a01", "ack"), forged)])
+            await publish(secure_mosquitto, [(topic("a01", "ack"), forged)])
             await until(lambda: service.core.counters["acks_unmatched"] == 1, what="the ack")
             report = await service.health()
             assert report.status is Health.DEGRADED
@@ -352,10 +389,10 @@ def test_a_burst_of_refusals_and_unmatched_acks_degrade_the_health(mosquitto: An
     asyncio.run(scenario())
 
 
-def test_the_health_counts_each_telemetry_message_once(mosquitto: Any) -> None:
+def test_the_health_counts_each_telemetry_message_once(secure_mosquitto: Any) -> None:
     async def scenario() -> None:
-        async with serving(mosquitto.port) as service:
-            await every_edge_reports(service, mosquitto.port)
+        async with serving(secure_mosquitto) as service:
+            await every_edge_reports(service, secure_mosquitto)
             assert (await service.health()).detail["telemetry"] == "3"
 
     asyncio.run(scenario())
