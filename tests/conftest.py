@@ -63,6 +63,14 @@ class Mosquitto:
             self.process.wait(5.0)
         self.process = None
 
+    def stop(self) -> None:
+        """SIGTERM, as an operator or systemd stops it (with persistence on, it writes its
+        sessions and the messages queued for them to disk first)."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10.0)
+        self.process = None
+
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:

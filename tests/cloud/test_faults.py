@@ -2,9 +2,11 @@
 ``MqttError`` reached ``CloudService.run`` wrapped in an ExceptionGroup and the cloud exited;
 19.5 % of the telemetry sent during a 60 s outage never reached the cloud restarted by hand).
 
-Real edge agents (``edge/agent.py``, with their fake cabinets) stream telemetry at QoS 1 from
-persistent sessions and buffer it on disk while the broker is away; the broker keeps the
-cloud's persistent session on disk. Nothing sent is lost, counted by seq."""
+Mosquitto as ``citybrain security init`` configures it (TLS, an identity per party, the ACL,
+persistence on); real edge agents (``edge/agent.py``, with their fake cabinets) of one box
+stream telemetry at QoS 1 from persistent sessions and buffer it on disk while the broker is
+away; the broker keeps the cloud's persistent session on disk. Nothing sent is lost, counted
+by seq."""
 
 from __future__ import annotations
 
@@ -35,42 +37,15 @@ from citybrain.edge.settings import (
 )
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import CorridorRequest, SignalPlan, Telemetry
+from citybrain.security import LEADER, deployment
 from citybrain.simulator.networks import arterial
-from tests.conftest import Mosquitto
 
 ROAD = arterial(3, length_m=1200.0)
 NODES = ("a01", "a02", "a03")
 REGION = "test"
-
-
-class PersistentMosquitto(Mosquitto):
-    """The ``mosquitto`` fixture's broker with persistence on: stopped, it writes its
-    sessions (the cloud's subscriptions and the messages queued for it) to disk and reads
-    them back when started again."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        config = self.config.read_text().replace(
-            "persistence false\n", f"persistence true\npersistence_location {directory}/\n"
-        )
-        self.config.write_text(config)
-
-    def stop(self) -> None:
-        """SIGTERM, as an operator or systemd stops it."""
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10.0)
-        self.process = None
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Any:
-    server = PersistentMosquitto(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+BOX = "edge-all"
+DEPLOYMENT = deployment("arterial:3", NODES, region=REGION, edge_boxes=[f"{BOX}={','.join(NODES)}"])
+"""What the ``secure_mosquitto`` fixture deploys here: the three intersections on one box."""
 
 
 async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -81,18 +56,20 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
         await asyncio.sleep(0.05)
 
 
-def _edges(port: int, tmp_path: Path, trust: Path) -> EdgeSettings:
+def _edges(broker: Any, tmp_path: Path) -> EdgeSettings:
+    box = broker.layout.edge(BOX)
     return EdgeSettings(
         region=REGION,
         intersections=NODES,
         broker=BrokerSettings(
-            host="127.0.0.1", port=port, client_id_prefix="edge", reconnect_min_s=0.2,
-            reconnect_max_s=1.0, keepalive_s=5,
+            host="127.0.0.1", port=broker.port, client_id_prefix="edge", reconnect_min_s=0.2,
+            reconnect_max_s=1.0, keepalive_s=5, tls=True, ca_file=box / "ca.crt",
+            username=BOX, password_file=box / "broker.pass",
         ),
         controller=ControllerSettings(driver="fake", poll_hz=10.0),
         telemetry=TelemetrySettings(period_s=0.1),
         buffer=BufferSettings(path=tmp_path / "edge-buffer"),
-        trust=TrustSettings(store=trust),
+        trust=TrustSettings(store=box / "trust.json"),
         log=LogSettings(level="warning"),
     )  # fmt: skip
 
@@ -111,14 +88,20 @@ class Received:
 
 
 @contextlib.asynccontextmanager
-async def city(port: int, tmp_path: Path) -> AsyncIterator[tuple[CloudService, list[EdgeAgent]]]:
-    keys = Keyring(tmp_path / "keys")
-    keys.create()
+async def city(broker: Any, tmp_path: Path) -> AsyncIterator[tuple[CloudService, list[EdgeAgent]]]:
+    cloud = broker.layout.cloud
     service = CloudService(
         CloudCore(ROAD.network, ROAD.plans, wall_clock=time.monotonic),
-        signer=keys.signer(),
+        signer=Keyring(cloud / "keys").signer(),
         settings=ServiceSettings(
-            broker_port=port, client_id="cloud-leader", region=REGION, reconnect_max_s=2.0
+            broker_port=broker.port,
+            client_id="cloud-leader",
+            region=REGION,
+            reconnect_max_s=2.0,
+            tls=True,
+            ca_file=cloud / "ca.crt",
+            username=LEADER,
+            password_file=cloud / "leader.pass",
         ),
         telemetry_sink=Received(),
         clock=ControllerClock(rate=1.0),
@@ -127,9 +110,7 @@ async def city(port: int, tmp_path: Path) -> AsyncIterator[tuple[CloudService, l
     cloud = asyncio.create_task(service.run(stop))
     await asyncio.wait_for(service.connected.wait(), 10.0)
     agents: list[EdgeAgent] = []
-    edges = asyncio.create_task(
-        run_host(_edges(port, tmp_path, keys.trust_store), stop, started=agents.extend)
-    )
+    edges = asyncio.create_task(run_host(_edges(broker, tmp_path), stop, started=agents.extend))
     try:
         yield service, agents
     finally:
@@ -144,12 +125,15 @@ def _sent(agent: EdgeAgent) -> int:
     return agent.core.telemetry_seq - 1
 
 
-async def _plans_published(port: int, service: CloudService) -> list[SignalPlan]:
-    """Request a corridor and collect the plans it sends."""
+async def _plans_published(broker: Any, service: CloudService) -> list[SignalPlan]:
+    """Request a corridor and collect the plans it sends (as the box, which may read them)."""
     plans: list[SignalPlan] = []
     async with aiomqtt.Client(
-        "127.0.0.1", port, identifier="plan-listener", protocol=aiomqtt.ProtocolVersion.V311
-    ) as client:
+        "127.0.0.1", broker.port, identifier="plan-listener", username=BOX,
+        password=broker.password(BOX),
+        tls_params=aiomqtt.TLSParameters(ca_certs=str(broker.layout.ca_cert)),
+        protocol=aiomqtt.ProtocolVersion.V311,
+    ) as client:  # fmt: skip
         await client.subscribe(f"cb/v1/{REGION}/x/+/plan", qos=1)
         request = CorridorRequest(
             vehicle="AMB-1", origin="west", route=("west", *NODES, "east"), priority=5,
@@ -170,10 +154,12 @@ async def _plans_published(port: int, service: CloudService) -> list[SignalPlan]
     "outage_s", [5.0, pytest.param(60.0, marks=pytest.mark.slow)], ids=["5s", "60s"]
 )
 def test_a_broker_outage_loses_no_telemetry_and_the_cloud_plans_after_it(
-    broker: PersistentMosquitto, tmp_path: Path, outage_s: float
+    secure_mosquitto: Any, tmp_path: Path, outage_s: float
 ) -> None:
+    broker = secure_mosquitto
+
     async def scenario() -> None:
-        async with city(broker.port, tmp_path) as (service, agents):
+        async with city(broker, tmp_path) as (service, agents):
             received = service.telemetry_sink
             assert isinstance(received, Received)
             await until(lambda: all(received.seqs[n] for n in NODES), 20.0, "edges reporting")
@@ -189,7 +175,7 @@ def test_a_broker_outage_loses_no_telemetry_and_the_cloud_plans_after_it(
                 "what the edges buffered arrived",
             )
             assert service.counters["broker_errors"] >= 1
-            plans = await _plans_published(broker.port, service)
+            plans = await _plans_published(broker, service)
             assert {p.intersection for p in plans} == set(NODES), "no plans after the outage"
         for node in NODES:
             seqs = received.seqs[node]
