@@ -29,6 +29,7 @@ from citybrain.cloud.corridor import CorridorManager, PublishStatus, SendPlan
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router
 from citybrain.cloud.state import NetworkState
+from citybrain.models.checks import compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
@@ -358,7 +359,7 @@ class _Driver:
         seq = self.seq.get(node, 0) + 1
         self.seq[node] = seq
         plan = SignalPlan(
-            plan_id=f"preempt-{node}-{seq}",
+            plan_id=compose_id("preempt", node, seq),
             intersection=node,
             seq=seq,
             issued_at=now,

@@ -26,7 +26,7 @@ import numpy as np
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Route, Router, UnreachableError
 from citybrain.cloud.state import NetworkState
-from citybrain.models.checks import check_count, check_number
+from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     MAX_SEQ,
@@ -269,7 +269,9 @@ class CorridorManager:
             raise UnreachableError(
                 "destination", f"no route from {request.origin!r} to {request.destination!r}"
             )
-        corridor_id = request.corridor_id or f"C{self._id_epoch}{next(self._ids)}-{request.vehicle}"
+        corridor_id = request.corridor_id or compose_id(
+            f"C{self._id_epoch}{next(self._ids)}", request.vehicle
+        )
         if corridor_id in self.corridors:
             raise ValidationError("corridor_id", f"{corridor_id} exists")
         corridor = Corridor(
@@ -656,7 +658,7 @@ class CorridorManager:
             if sent is not None and _same_windows(sent.windows, windows, settings.min_change_s):
                 continue
             seq = self._next_seq(node)
-            plan_id = f"{lines[0][0].corridor_id}-{node}-{seq}"
+            plan_id = compose_id(lines[0][0].corridor_id, node, seq)
             soonest = now_s + settings.takeover_lead_s
             green: list[GreenWindow] = []
             owners = list(dict.fromkeys(c.corridor_id for c, _ in lines))
@@ -696,7 +698,7 @@ class CorridorManager:
         seq = self._next_seq(node)
         corridor_id = sent.windows[0][0]
         plan = SignalPlan(
-            plan_id=f"{corridor_id}-{node}-release-{seq}",
+            plan_id=compose_id(corridor_id, node, "release", seq),
             intersection=node,
             seq=seq,
             epoch=self.settings.epoch,

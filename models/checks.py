@@ -6,6 +6,7 @@ and so that no validation is done with ``assert`` (which ``python -O`` strips).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable
@@ -27,6 +28,21 @@ def check_id(field: str, value: str) -> str:
             "'-', starting with a letter or digit)",
         )
     return value
+
+
+MAX_ID_CHARS = 64
+_DIGEST_CHARS = 16
+
+
+def compose_id(*parts: str | int) -> str:
+    """An id built from others (a plan's from its corridor, intersection and seq), joined by
+    '-': as it reads when it fits in ``MAX_ID_CHARS``; else its start and a digest of the
+    whole, so ids built from long ones (SUMO junction ids) stay valid, stable and unique."""
+    text = "-".join(str(part) for part in parts)
+    if len(text) <= MAX_ID_CHARS:
+        return text
+    digest = hashlib.blake2b(text.encode(), digest_size=_DIGEST_CHARS // 2).hexdigest()
+    return f"{text[: MAX_ID_CHARS - _DIGEST_CHARS - 1]}:{digest}"
 
 
 def check_ids(field: str, values: Iterable[str]) -> None:

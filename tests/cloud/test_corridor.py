@@ -402,3 +402,17 @@ def test_a_rerouted_vehicle_past_the_window_limit_waits_unconfirmed_there() -> N
     assert manager.by_vehicle["AMB-9"] not in {corridor for corridor, *_ in held}
     assert _line(manager, "a03", "AMB-9").plan_id is not None
     manager.tick(102.0)
+
+
+def test_ids_built_from_a_long_vehicle_id_stay_valid() -> None:
+    """A 64-character vehicle id (an AVL unit's serial) made the corridor id, and the plan ids
+    built from it, longer than ids may be: the request failed (issue 12 saw it with SUMO's
+    long junction ids)."""
+    manager = _manager()
+    vehicle = "AVL-" + "7" * 60
+    actions = manager.request(_request(vehicle), 100.0)
+    (corridor_id,) = [c for c in manager.corridors if vehicle[:20] in c]
+    assert len(corridor_id) <= 64
+    assert _plans(actions)
+    assert all(len(p.plan.plan_id) <= 64 for p in _plans(actions))
+    assert _statuses(actions)[0].status.corridor_id == corridor_id

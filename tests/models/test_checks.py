@@ -15,6 +15,7 @@ from citybrain.models.checks import (
     check_ids,
     check_number,
     check_unique,
+    compose_id,
 )
 from citybrain.models.errors import CitybrainError, ValidationError
 
@@ -175,3 +176,17 @@ def test_check_unique_names_the_field_and_the_duplicate() -> None:
         check_unique("approaches", ["n", "s", "n"])
     assert info.value.field == "approaches"
     assert "'n'" in info.value.reason
+
+
+def test_ids_built_from_long_ones_stay_valid_stable_and_unique() -> None:
+    """Issue 12: SUMO junction ids such as ``cluster_1041665625_...`` pushed plan ids
+    (corridor-intersection-seq) past 64 characters and the manager crashed."""
+    junction = "cluster_1041665625_1041665633_1041665644_1041665652_25245678"
+    assert compose_id("C1", "a01", 7) == "C1-a01-7"
+    long_ids = [compose_id("C1-AMB-1", junction, seq) for seq in range(1000)]
+    for made in long_ids:
+        assert check_id("plan_id", made) == made
+        assert len(made) == 64
+        assert made.startswith("C1-AMB-1-cluster_1041665625")
+    assert len(set(long_ids)) == 1000
+    assert compose_id("C1-AMB-1", junction, 3) == long_ids[3]
