@@ -24,8 +24,8 @@ from yarl import URL
 
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
+from citybrain.models.files import check_private_file
 from citybrain.models.messages import CorridorIntersection, CorridorState, CorridorStatus
-from citybrain.models.signing import check_private_file
 
 API_ENV = "CITYBRAIN_API"
 TOKEN_ENV = "CITYBRAIN_TOKEN"  # noqa: S105 - the variable's name, not a token

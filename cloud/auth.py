@@ -24,9 +24,8 @@ import msgspec
 from citybrain.cloud.operations import CorridorOwner
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.errors import CitybrainError, ValidationError
-from citybrain.models.files import read_struct, write_atomic
+from citybrain.models.files import check_private_file, read_struct, write_atomic
 from citybrain.models.messages import MAX_PRIORITY, MIN_PRIORITY, CorridorRequest
-from citybrain.models.signing import check_private_file
 
 TOKEN_PREFIX = "cbt_"  # noqa: S105 - a marker, not a secret
 """Marks a citybrain token, so that secret scanners and people recognise one."""

@@ -18,14 +18,13 @@ import msgspec
 
 from citybrain.models.checks import check_id
 from citybrain.models.errors import ValidationError
-from citybrain.models.files import read_struct, write_atomic
+from citybrain.models.files import check_private_file, read_struct, write_atomic
 from citybrain.models.signing import (
     MAX_TRUST_STORE_BYTES,
     KeyState,
     PlanSigner,
     TrustedKey,
     TrustStoreFile,
-    check_private_file,
     encode_public_key,
 )
 

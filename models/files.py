@@ -70,3 +70,18 @@ def read_struct(name: str, path: Path, kind: type[T], *, max_bytes: int) -> T:
         return msgspec.json.decode(data, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise ValidationError(name, f"{path}: {error}") from None
+
+
+def check_private_file(path: Path) -> None:
+    """A secret (private key, password) must be a regular file only its owner can read."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise ValidationError("file", f"{path}: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValidationError("file", f"{path}: not a regular file")
+    if info.st_mode & 0o077:
+        raise ValidationError(
+            "file",
+            f"{path}: mode {stat.S_IMODE(info.st_mode):04o} lets others read it; chmod 600",
+        )

@@ -18,7 +18,6 @@ import base64
 import binascii
 import enum
 import hashlib
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from citybrain.models.checks import check_id
 from citybrain.models.errors import ValidationError
-from citybrain.models.files import read_struct
+from citybrain.models.files import check_private_file, read_struct
 from citybrain.models.messages import SignalPlan
 
 _CANONICAL = msgspec.json.Encoder(order="sorted")
@@ -117,21 +116,6 @@ class PlanSigner:
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
-
-
-def check_private_file(path: Path) -> None:
-    """A secret (private key, password) must be a regular file only its owner can read."""
-    try:
-        info = path.stat()
-    except OSError as error:
-        raise ValidationError("file", f"{path}: {error.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValidationError("file", f"{path}: not a regular file")
-    if info.st_mode & 0o077:
-        raise ValidationError(
-            "file",
-            f"{path}: mode {stat.S_IMODE(info.st_mode):04o} lets others read it; chmod 600",
         )
 
 

@@ -85,6 +85,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 # -- Mosquitto as `citybrain security init` configures it (TLS, passwords, ACL)
+import aiomqtt  # noqa: E402
+
 from citybrain.security import Deployment, Layout, broker_config, deployment, init  # noqa: E402
 
 SECURE_BOXES = ("edge-west=a01,a02",)
@@ -111,6 +113,15 @@ class SecureMosquitto(Mosquitto):
 
     def password(self, user: str) -> str:
         return self.layout.password(self.plan.identity(user)).read_text().strip()
+
+    def client(self, user: str) -> aiomqtt.Client:
+        """An asyncio session as ``user``, over TLS, with its own password."""
+        return aiomqtt.Client(
+            "127.0.0.1", self.port, identifier=f"{user}-{time.monotonic_ns()}", username=user,
+            password=self.password(user),
+            tls_params=aiomqtt.TLSParameters(ca_certs=str(self.layout.ca_cert)),
+            protocol=aiomqtt.ProtocolVersion.V311,
+        )  # fmt: skip
 
 
 @pytest.fixture

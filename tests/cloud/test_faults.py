@@ -128,12 +128,7 @@ def _sent(agent: EdgeAgent) -> int:
 async def _plans_published(broker: Any, service: CloudService) -> list[SignalPlan]:
     """Request a corridor and collect the plans it sends (as the box, which may read them)."""
     plans: list[SignalPlan] = []
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, identifier="plan-listener", username=BOX,
-        password=broker.password(BOX),
-        tls_params=aiomqtt.TLSParameters(ca_certs=str(broker.layout.ca_cert)),
-        protocol=aiomqtt.ProtocolVersion.V311,
-    ) as client:  # fmt: skip
+    async with broker.client(BOX) as client:
         await client.subscribe(f"cb/v1/{REGION}/x/+/plan", qos=1)
         request = CorridorRequest(
             vehicle="AMB-1", origin="west", route=("west", *NODES, "east"), priority=5,

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from citybrain.cloud.clock import ControllerClock
@@ -65,16 +64,6 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str
         await asyncio.sleep(0.02)
 
 
-def _client(broker: Any, user: str) -> aiomqtt.Client:
-    """A session as ``user``, over TLS, with its own password."""
-    return aiomqtt.Client(
-        "127.0.0.1", broker.port, identifier=f"{user}-{time.monotonic_ns()}", username=user,
-        password=broker.password(user),
-        tls_params=aiomqtt.TLSParameters(ca_certs=str(broker.layout.ca_cert)),
-        protocol=aiomqtt.ProtocolVersion.V311,
-    )  # fmt: skip
-
-
 def _owner(where: str) -> str:
     """The identity that may publish on ``where``: the vehicle, or the intersection's box."""
     parts = where.split("/")
@@ -109,7 +98,7 @@ async def serving(broker: Any, **settings: Any) -> AsyncIterator[CloudService]:
 async def publish(broker: Any, messages: Iterable[tuple[str, Message | bytes]]) -> None:
     """Each message as the identity that may publish on its topic, in order."""
     for where, message in messages:
-        async with _client(broker, _owner(where)) as client:
+        async with broker.client(_owner(where)) as client:
             payload = message if isinstance(message, bytes) else DEFAULT_CODEC.encode(message)
             await client.publish(where, payload, qos=1)
 
@@ -156,7 +145,7 @@ class Plans:
         self.ready = 0
 
     async def listen(self, node: str) -> None:
-        async with _client(self.broker, f"edge-{node}") as client:
+        async with self.broker.client(f"edge-{node}") as client:
             await client.subscribe("cb/v1/+/x/+/plan", qos=1)
             self.ready += 1
             async for message in client.messages:
