@@ -34,12 +34,14 @@ from citybrain.simulator.sumo import (
 MODEL_DIFFERENCES = (
     "signal timing: the same lead-lead plans and offsets on both sides (written as SUMO static "
     "programs, phase changes snapped to 1 s); SUMO's own generated programs are not used",
-    "ours is a spatial queue: vehicles drive links at desired speed, queue per movement and "
-    "discharge at 1,800 veh/h/lane after 2 s lost time, crossing until 2 s into the yellow; "
+    "ours is a spatial queue: vehicles drive links at desired speed, queue per lane group "
+    "(movements sharing a lane share its queue) and discharge at 1,800 veh/h/lane after 2 s "
+    "lost time, crossing until 2 s into the yellow; permitted turns wait for 4.5 s gaps; "
     "SUMO micro uses Krauss car following with acceleration, driver imperfection and lane "
     "changes; SUMO meso uses queues per edge segment with headway-based capacity",
-    "our links end at the stop line: junctions take no time; SUMO vehicles also drive the "
-    "junctions' internal lanes (compare the mean route lengths)",
+    "SUMO vehicles drive the junctions' internal lanes; ours cross each junction over the "
+    "distance its lanes leave uncovered between the junctions, at the link's speed (compare "
+    "the mean route lengths)",
     "vehicles arrive at the end of their last link on both sides; travel time is measured from "
     "the desired departure, so insertion delays count on both sides",
 )

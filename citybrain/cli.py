@@ -72,10 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument(
         "--seed", type=int, default=7, help="scenario seed (same seed, same output)"
     )
-    from citybrain import cloud_cli, corridor_cli, security
+    from citybrain import cloud_cli, corridor_cli, evaluate_cli, security
     from citybrain.simulator import cli as sim_cli
 
     sim_cli.add_commands(commands)
+    evaluate_cli.add_commands(commands)
     corridor_cli.add_commands(commands)
     cloud_cli.add_commands(commands)
     security.add_commands(commands)
@@ -100,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from citybrain.simulator import cli as sim_cli
 
             return sim_cli.main(args)
+        elif args.command == "evaluate":
+            from citybrain import evaluate_cli
+
+            return evaluate_cli.main(args)
         elif args.command == "corridor":
             from citybrain import corridor_cli
 

@@ -155,33 +155,15 @@ about 1,540 s without priority (4x free flow), so the run goes on 2,400 s after 
 1.5x its slowest trip, as 900 s is for eastbound's 600 s) for every policy's trip to end."""
 
 
-def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome:
+def run_policy(
+    policy: Policy, seed: int, setup: Setup | None = None, *, scenario: Scenario | None = None
+) -> Outcome:
+    """One run under ``policy``: ``scenario`` (traffic and ambulances built elsewhere, such as
+    ``citybrain evaluate``'s), else the one ``setup`` describes for ``seed``; ``setup`` times
+    the run (the ambulances leave after its warm-up, it ends ``after_s`` later)."""
     setup = setup or Setup()
     end = setup.warmup_s + setup.after_s
-    if setup.crossing is None:
-        scenario = build(
-            setup.network,
-            level=setup.level,
-            duration_s=end,
-            seed=seed,
-            peak=setup.peak,
-            ambulance_at_s=setup.warmup_s,
-            ambulance_direction=setup.direction,
-        )
-    else:
-        if setup.direction != "eastbound":
-            raise ValidationError("direction", "crossing ambulances have their own directions")
-        road = load_network(setup.network)
-        row, column = setup.crossing
-        ambulances = crossing_ambulances(road, row=row, column=column, at_s=setup.warmup_s)
-        scenario = build(
-            road,
-            level=setup.level,
-            duration_s=end,
-            seed=seed,
-            peak=setup.peak,
-            ambulances=ambulances,
-        )
+    scenario = scenario or _scenario(setup, seed)
     run = Run(scenario.net, scenario.trips)
     run.advance(setup.warmup_s - setup.dispatch_lead_s - FLOW_WINDOW_S - 1.0)
     driver = _Driver(policy, scenario, run, setup)
@@ -226,6 +208,28 @@ def run_policy(policy: Policy, seed: int, setup: Setup | None = None) -> Outcome
     )
     return Outcome(
         policy, seed, journeys, seconds, driver.sent, driver.refused, crossings, corridors
+    )
+
+
+def _scenario(setup: Setup, seed: int) -> Scenario:
+    end = setup.warmup_s + setup.after_s
+    if setup.crossing is None:
+        return build(
+            setup.network,
+            level=setup.level,
+            duration_s=end,
+            seed=seed,
+            peak=setup.peak,
+            ambulance_at_s=setup.warmup_s,
+            ambulance_direction=setup.direction,
+        )
+    if setup.direction != "eastbound":
+        raise ValidationError("direction", "crossing ambulances have their own directions")
+    road = load_network(setup.network)
+    row, column = setup.crossing
+    ambulances = crossing_ambulances(road, row=row, column=column, at_s=setup.warmup_s)
+    return build(
+        road, level=setup.level, duration_s=end, seed=seed, peak=setup.peak, ambulances=ambulances
     )
 
 

@@ -95,13 +95,13 @@ def _extra_delay(comparison: Comparison, policy: Policy) -> float:
     return round(_mean(extra), 1)
 
 
-def summary(comparison: Comparison) -> dict[str, Any]:
+def summary(comparison: Comparison, *, vehicle: str = AMBULANCE) -> dict[str, Any]:
     """The JSON object scripts rely on (documented in the README), for one ambulance."""
-    base = _journeys(comparison.outcomes[Policy.NO_PRIORITY], AMBULANCE)
+    base = _journeys(comparison.outcomes[Policy.NO_PRIORITY], vehicle)
     free_flow = _mean([j.trip.free_flow_s for j in base])
     policies: dict[str, Any] = {}
     for policy, outcomes in comparison.outcomes.items():
-        journeys = _journeys(outcomes, AMBULANCE)
+        journeys = _journeys(outcomes, vehicle)
         per_stop: dict[str, list[float]] = {}
         for journey in journeys:
             for line in journey.trip.stop_lines:

@@ -54,6 +54,9 @@ SWITCH_ESTIMATE_S = 8.0
 """Assumed time to bring a group to green where the exact answer is not computed (beyond the
 horizon, and in route search): a typical remaining minimum green plus a clearance."""
 
+MOVED_M = 5.0
+"""How far a vehicle goes on its link for it to count as moving."""
+STUCK = "stuck in traffic its windows cannot move: windows dropped until it moves"
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
 
@@ -128,6 +131,12 @@ class Corridor:
     requester: str = ""
     """Who asked for it (the API's authenticated user)."""
     incident: str | None = None
+    moved_at_s: float = 0.0
+    """When the vehicle last moved on (a new link, or 5 m further on its link)."""
+    mark: tuple[int, float] = (-1, 0.0)
+    """Where it was then: (link, offset)."""
+    stuck: bool = False
+    """Stuck behind traffic its window cannot move: its windows are dropped until it moves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,10 @@ class Settings:
     epoch: int = 0
     """This cloud process's epoch (``cloud/epoch.py``): its plans carry it, so they are newer
     than a previous process's, and its corridor ids name it, so they are never reused."""
+    stuck_s: float = 60.0
+    """A vehicle that has not moved for this long while the window ahead of it is green is
+    stuck behind traffic the window cannot move (spillback beyond the signal): its windows
+    are dropped, so that no green is held for a queue that cannot leave, until it moves."""
     max_lease_s: float = 300.0
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
@@ -166,6 +179,7 @@ class Settings:
         check_number("platoon_share", self.platoon_share, ge=0.0, le=1.0)
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
+        check_number("stuck_s", self.stuck_s, gt=0.0, le=3600.0)
         check_count("keep_ended", self.keep_ended, ge=1, le=1_000_000)
         check_count("epoch", self.epoch, le=MAX_SEQ)
         if self.lease_margin_s + self.clear_after_s >= self.max_lease_s:
@@ -285,6 +299,7 @@ class CorridorManager:
             0.0,
             last_position_s=max(now_s, depart),
             depart_s=depart,
+            moved_at_s=max(now_s, depart),
             requester=request.requester,
             incident=request.incident,
         )
@@ -379,6 +394,8 @@ class CorridorManager:
         corridor.last_position_s = now_s
         if corridor.state is CorridorState.GRANTED:
             corridor.state = CorridorState.ACTIVE
+        if link != corridor.mark[0] or position.offset_m >= corridor.mark[1] + MOVED_M:
+            corridor.mark, corridor.moved_at_s = (link, position.offset_m), now_s
         links = list(corridor.route.link_indices)
         if link in links:
             hop = links.index(link)
@@ -501,12 +518,34 @@ class CorridorManager:
         statuses: list[Action] = []
         reservations: list[tuple[str, str, float, float]] = []
         for corridor in self._live():
+            self._check_stuck(corridor, now_s)  # against the windows it was given
             self._time_windows(corridor, now_s, reservations)
             for line in corridor.stop_lines:
                 if not line.released:
                     reservations.append((line.intersection, line.group, line.open_s, line.close_s))
             statuses.append(PublishStatus(self._status(corridor, now_s)))
         return [*self._dispatch(now_s), *statuses]
+
+    def _check_stuck(self, corridor: Corridor, now_s: float) -> None:
+        """Drop the windows of a vehicle that does not move while the one ahead is green (the
+        traffic ahead has nowhere to go), and take them up again once it moves; said in the
+        corridor's reason."""
+        ahead = next((ln for ln in corridor.stop_lines if not ln.released and ln.hop >= 0), None)
+        green_ahead = ahead is not None and ahead.open_s < ahead.close_s and ahead.open_s <= now_s
+        idle = now_s - corridor.moved_at_s
+        stuck = corridor.stuck or green_ahead
+        stuck = stuck and idle >= self.settings.stuck_s and now_s >= corridor.depart_s
+        if stuck and not corridor.stuck:
+            log.warning(
+                "%s: %s has not moved for %.0f s with its window green: windows dropped",
+                corridor.corridor_id,
+                corridor.vehicle,
+                idle,
+            )
+            corridor.reason = STUCK
+        elif corridor.stuck and not stuck:
+            corridor.reason = None
+        corridor.stuck = stuck
 
     def _live(self) -> list[Corridor]:
         live = [c for c in self.corridors.values() if c.state not in TERMINAL]
@@ -641,7 +680,7 @@ class CorridorManager:
         wanted: dict[str, list[tuple[Corridor, StopLine]]] = {}
         for corridor in self._live():
             for line in corridor.stop_lines:
-                if line.intersection in self.unconfirmed:
+                if line.intersection in self.unconfirmed or corridor.stuck:
                     continue
                 due = line.eta_s - now_s <= settings.horizon_s
                 if not line.released and line.hop >= 0 and due and line.close_s > line.open_s:

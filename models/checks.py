@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 
 from citybrain.models.errors import ValidationError
 
 # Ids end up inside MQTT topics and file names: no '/', '+', '#', no leading '$', no spaces.
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
+ID_PATTERN = re.compile(_ID)
+_ID_LINES = re.compile(rf"{_ID}(?:\n{_ID})*")
 
 
 def check_id(field: str, value: str) -> str:
@@ -28,6 +30,27 @@ def check_id(field: str, value: str) -> str:
             "'-', starting with a letter or digit)",
         )
     return value
+
+
+def are_ids(values: Collection[str]) -> bool:
+    """Whether every value is a valid id, in one pattern match over them all: the models
+    built by the million (a city's movements, five ids each) test this first and only call
+    ``check_id`` on each, to name the bad one, when it fails. An id holds no newline, so
+    the joined text has one line per value exactly when none of them does."""
+    if not values:
+        return True
+    try:
+        joined = "\n".join(values)
+    except TypeError:  # not a string after all
+        return False
+    return joined.count("\n") == len(values) - 1 and _ID_LINES.fullmatch(joined) is not None
+
+
+def check_id_fields(fields: Sequence[str], values: Sequence[str]) -> None:
+    """``check_id`` of each value against the field in the same place."""
+    if not are_ids(values):
+        for field, value in zip(fields, values, strict=True):
+            check_id(field, value)
 
 
 MAX_ID_CHARS = 64
@@ -45,10 +68,14 @@ def compose_id(*parts: str | int) -> str:
     return f"{text[: MAX_ID_CHARS - _DIGEST_CHARS - 1]}:{digest}"
 
 
-def check_ids(field: str, values: Iterable[str]) -> None:
+def check_ids(field: str, values: Collection[str]) -> None:
     """Check every id in ``values``; the error names the index of the first bad one."""
-    for index, value in enumerate(values):
-        check_id(f"{field}[{index}]", value)
+    if not are_ids(values):
+        for index, value in enumerate(values):
+            check_id(f"{field}[{index}]", value)
+
+
+_NUMBER = (int, float)  # not built on every call, as ``int | float`` would be
 
 
 def check_number(
@@ -60,7 +87,7 @@ def check_number(
     le: float | None = None,
 ) -> float:
     """Return ``value`` if it is a finite number within the bounds, else raise naming ``field``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
         raise ValidationError(field, f"expected a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise ValidationError(field, f"must be a finite number, got {value}")

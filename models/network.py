@@ -9,7 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from citybrain.models.checks import check_count, check_id, check_number, check_unique
+from citybrain.models.checks import (
+    check_count,
+    check_id,
+    check_id_fields,
+    check_number,
+    check_unique,
+)
 from citybrain.models.errors import ValidationError
 from citybrain.models.signal import SignalGroup
 
@@ -71,9 +77,9 @@ class Link:
     """Discharge rate of one lane in vehicles per hour of green (HCM base: 1900)."""
 
     def __post_init__(self) -> None:
-        check_id("link.id", self.id)
-        check_id("link.from_node", self.from_node)
-        check_id("link.to_node", self.to_node)
+        check_id_fields(
+            ("link.id", "link.from_node", "link.to_node"), (self.id, self.from_node, self.to_node)
+        )
         if self.from_node == self.to_node:
             raise ValidationError(
                 "link.to_node", f"link {self.id!r} starts and ends at {self.to_node!r}"
@@ -111,9 +117,10 @@ class Approach:
     link_id: str
 
     def __post_init__(self) -> None:
-        check_id("approach.id", self.id)
-        check_id("approach.intersection_id", self.intersection_id)
-        check_id("approach.link_id", self.link_id)
+        check_id_fields(
+            ("approach.id", "approach.intersection_id", "approach.link_id"),
+            (self.id, self.intersection_id, self.link_id),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +135,16 @@ class Movement:
     signal_group: str
 
     def __post_init__(self) -> None:
-        check_id("movement.id", self.id)
-        check_id("movement.intersection_id", self.intersection_id)
-        check_id("movement.from_link", self.from_link)
-        check_id("movement.to_link", self.to_link)
-        check_id("movement.signal_group", self.signal_group)
+        check_id_fields(
+            (
+                "movement.id",
+                "movement.intersection_id",
+                "movement.from_link",
+                "movement.to_link",
+                "movement.signal_group",
+            ),
+            (self.id, self.intersection_id, self.from_link, self.to_link, self.signal_group),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +155,7 @@ class Detector:
     distance_from_stop_line_m: float
 
     def __post_init__(self) -> None:
-        check_id("detector.id", self.id)
-        check_id("detector.link_id", self.link_id)
+        check_id_fields(("detector.id", "detector.link_id"), (self.id, self.link_id))
         check_number("detector.distance_from_stop_line_m", self.distance_from_stop_line_m, ge=0.0)
 
 
@@ -160,28 +171,28 @@ class Network:
     detectors: tuple[Detector, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        for name, items in (
-            ("intersections", self.intersections),
-            ("links", self.links),
-            ("approaches", self.approaches),
-            ("movements", self.movements),
-            ("detectors", self.detectors),
-        ):
-            check_unique(f"network.{name}", (item.id for item in items))
-        check_unique(
-            "network.signal_groups", (f"{g.intersection_id}/{g.id}" for g in self.signal_groups)
-        )
-        self._check_references()
+        # The maps by id are built anyway (the checks and lookups use them), so they find the
+        # duplicates without a set of every id.
+        _check_unique("intersections", self.intersections, self.intersection_by_id)
+        _check_unique("links", self.links, self.link_by_id)
+        check_unique("network.approaches", (item.id for item in self.approaches))
+        _check_unique("movements", self.movements, self.movement_by_id)
+        check_unique("network.detectors", (item.id for item in self.detectors))
+        groups = {(g.intersection_id, g.id): g for g in self.signal_groups}
+        if len(groups) != len(self.signal_groups):
+            check_unique(
+                "network.signal_groups",
+                (f"{g.intersection_id}/{g.id}" for g in self.signal_groups),
+            )
+        self._check_references(groups)
 
-    def _check_references(self) -> None:
+    def _check_references(self, groups: Mapping[tuple[str, str], SignalGroup]) -> None:
         nodes = self.intersection_by_id
         links = self.link_by_id
         for link in self.links:
-            for end in (link.from_node, link.to_node):
-                if end not in nodes:
-                    raise ValidationError(
-                        "link.nodes", f"link {link.id!r} names unknown node {end!r}"
-                    )
+            if link.from_node not in nodes or link.to_node not in nodes:
+                end = link.from_node if link.from_node not in nodes else link.to_node
+                raise ValidationError("link.nodes", f"link {link.id!r} names unknown node {end!r}")
         for approach in self.approaches:
             entering = links.get(approach.link_id)
             if entering is None:
@@ -195,7 +206,6 @@ class Network:
                     f"approach {approach.id!r}: link {entering.id!r} does not enter "
                     f"{approach.intersection_id!r}",
                 )
-        groups = {(g.intersection_id, g.id): g for g in self.signal_groups}
         for movement in self.movements:
             source, target = links.get(movement.from_link), links.get(movement.to_link)
             if source is None or target is None:
@@ -222,6 +232,11 @@ class Network:
                     "signal_group.movement_ids",
                     f"group {group.id!r} does not list movement {movement.id!r} that it serves",
                 )
+        # Each movement is listed by its own group (above), and ids are unique: when the groups
+        # list no more ids than there are movements, those are all they list, so what the
+        # loop below checks of every listed id already holds and only the nodes need a look.
+        listed_all = sum(len(group.movement_ids) for group in self.signal_groups)
+        lists_only_own = listed_all == len(self.movements)
         movement_ids = self.movement_by_id
         for group in self.signal_groups:
             if group.intersection_id not in nodes:
@@ -229,6 +244,8 @@ class Network:
                     "signal_group.intersection_id",
                     f"group {group.id!r}: unknown intersection {group.intersection_id!r}",
                 )
+            if lists_only_own:
+                continue
             for movement_id in group.movement_ids:
                 listed = movement_ids.get(movement_id)
                 if listed is None:
@@ -236,9 +253,9 @@ class Network:
                         "signal_group.movement_ids",
                         f"group {group.id!r} lists unknown movement {movement_id!r}",
                     )
-                if (listed.intersection_id, listed.signal_group) != (
-                    group.intersection_id,
-                    group.id,
+                if (
+                    listed.intersection_id != group.intersection_id
+                    or listed.signal_group != group.id
                 ):
                     raise ValidationError(
                         "signal_group.movement_ids",
@@ -296,3 +313,11 @@ class Network:
     def signal_groups_at(self, intersection_id: str) -> tuple[SignalGroup, ...]:
         self.intersection(intersection_id)
         return self._groups_by_intersection.get(intersection_id, ())
+
+
+def _check_unique(
+    name: str, items: tuple[Intersection | Link | Movement, ...], by_id: Mapping[str, object]
+) -> None:
+    """A map by id shorter than its items means a duplicate: ``check_unique`` names it."""
+    if len(by_id) != len(items):
+        check_unique(f"network.{name}", (item.id for item in items))

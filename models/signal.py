@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from citybrain.models.checks import check_id, check_ids
+from citybrain.models.checks import are_ids, check_id_fields, check_ids
 from citybrain.models.errors import ValidationError
 
 
@@ -35,9 +35,11 @@ class SignalGroup:
     pedestrian_crossing: bool = False
 
     def __post_init__(self) -> None:
-        check_id("signal_group.id", self.id)
-        check_id("signal_group.intersection_id", self.intersection_id)
-        check_ids("signal_group.movement_ids", sorted(self.movement_ids))
+        check_id_fields(
+            ("signal_group.id", "signal_group.intersection_id"), (self.id, self.intersection_id)
+        )
+        if not are_ids(self.movement_ids):  # else sorted, so that the error names the same one
+            check_ids("signal_group.movement_ids", sorted(self.movement_ids))
         if not self.movement_ids and not self.pedestrian_crossing:
             raise ValidationError(
                 "signal_group.movement_ids",

@@ -228,7 +228,9 @@ def normal_state_at(plan: TimingPlan, at_s: float, *, before: bool = False) -> C
     for group in signals.groups:
         latest = last.get(group)
         if latest is None:
-            groups[group] = GroupState(Indication.RED, NEVER)
+            # no change in two cycles: a group every phase serves is always green
+            always = all(group in phase.groups for phase in plan.phases)
+            groups[group] = GroupState(Indication.GREEN if always else Indication.RED, NEVER)
             continue
         walk = None
         if latest.indication is Indication.GREEN and signals.timings[group].has_crossing:

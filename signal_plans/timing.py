@@ -106,6 +106,15 @@ class IntersectionSignals:
             pairs.add(frozenset((a, b)))
         return cls(intersection_id, dict(timings), frozenset(pairs))
 
+    def at(self, intersection_id: str) -> IntersectionSignals:
+        """The same groups, timings and conflicts at another intersection (a city's lights
+        repeat a few layouts): only the new id needs checking, and what was worked out from
+        them (``conflicts_of``) is shared rather than worked out again."""
+        check_id("intersection_id", intersection_id)
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__, intersection_id=intersection_id)
+        return twin
+
     @property
     def groups(self) -> frozenset[str]:
         return frozenset(self.timings)
@@ -220,6 +229,14 @@ class TimingPlan:
         if self.offset_s >= self.cycle_s:
             raise ValidationError("offset_s", f"must be below the cycle of {self.cycle_s} s")
 
+    def at(self, intersection_id: str) -> TimingPlan:
+        """This plan run at another intersection with the same signals: every check of the
+        plan is about its groups, not where they are, so only the new id is checked (by
+        ``IntersectionSignals.at``) and the cycle worked out for this one is shared."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__, signals=self.signals.at(intersection_id))
+        return twin
+
     def starting_groups(self, index: int) -> frozenset[str]:
         """Groups that turn green when phase ``index`` starts in the normal sequence."""
         before = self.phases[index - 1].groups
@@ -227,7 +244,8 @@ class TimingPlan:
 
     def shortest_green_s(self, index: int) -> float:
         timings = self.signals.timings
-        return max(timings[g].shortest_normal_green_s for g in self.starting_groups(index))
+        starting = self.starting_groups(index)
+        return max((timings[g].shortest_normal_green_s for g in starting), default=0.0)
 
     def intergreen_after_s(self, index: int) -> float:
         """Clearance between phase ``index`` and the phase that follows it in sequence."""

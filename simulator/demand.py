@@ -12,7 +12,9 @@ from numpy.typing import NDArray
 
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.errors import ValidationError
+from citybrain.models.network import Link, Network
 from citybrain.simulator.compiled import CompiledNetwork
+from citybrain.simulator.kernels import DRIVING as DRIVING_STATE
 from citybrain.simulator.kernels import random_walk_routes
 
 
@@ -47,10 +49,18 @@ class Trips:
     emergency: NDArray[np.bool_]
     names: dict[int, str]
     """Vehicle index -> id, for the vehicles that carry one (emergency vehicles)."""
+    reroute: NDArray[np.bool_] | None = None
+    """Vehicles routed again when they leave, on the travel times of that moment (SUMO routes
+    a ``<trip>`` when it inserts it): their route here runs from their origin link to their
+    destination link. ``None``: every route is fixed."""
 
     @property
     def count(self) -> int:
         return int(self.depart.shape[0])
+
+    @property
+    def rerouted(self) -> bool:
+        return self.reroute is not None and bool(self.reroute.any())
 
     @staticmethod
     def concat(parts: Sequence[Trips]) -> Trips:
@@ -68,11 +78,33 @@ class Trips:
             np.concatenate([p.speed_factor for p in parts]),
             np.concatenate([p.emergency for p in parts]),
             names,
+            np.concatenate([_reroute_mask(p) for p in parts])
+            if any(p.reroute is not None for p in parts)
+            else None,
         )
+
+
+def _reroute_mask(trips: Trips) -> NDArray[np.bool_]:
+    if trips.reroute is None:
+        return np.zeros(trips.count, dtype=np.bool_)
+    return trips.reroute
 
 
 DEFAULT_TURNS = (0.15, 0.7, 0.15)
 """Left, through, right shares at every intersection."""
+
+
+def entry_links(network: Network) -> tuple[Link, ...]:
+    """The links by which traffic comes in from outside: those leaving a node that no other
+    link enters except the way back from the leaving link's far end (a dead end or the cut
+    end of a road at the network's boundary). Links leaving an ordinary junction, signalized
+    or not, are not entries: on an imported city most junctions are unsignalized."""
+    sources: dict[str, set[str]] = {}
+    for link in network.links:
+        sources.setdefault(link.to_node, set()).add(link.from_node)
+    return tuple(
+        link for link in network.links if sources.get(link.from_node, set()) <= {link.to_node}
+    )
 
 
 def random_trips(
@@ -89,7 +121,7 @@ def random_trips(
     max_hops: int = 60,
 ) -> Trips:
     """Poisson arrivals (rate varying with ``peak``) on origin links chosen uniformly: the
-    network's entry links, or any link when ``from_boundary`` is false (SUMO randomTrips
+    network's ``entry_links``, or any link when ``from_boundary`` is false (SUMO randomTrips
     style). ``origin_weights`` (link id -> weight, default 1) skews the choice, for example
     towards an arterial's main-road entries. Routes follow the turning shares until the
     network's edge or ``max_hops``."""
@@ -109,17 +141,9 @@ def random_trips(
     if peak is not None:
         keep = rng.uniform(0.0, 1.0, count) < peak.multiplier(times) / peak.factor
         times = times[keep]
-    net_road = net.road.network
     if from_boundary:
         candidates = np.array(
-            [
-                i
-                for i, link_id in enumerate(net.link_ids)
-                if not net_road.intersection_by_id[
-                    net_road.link_by_id[link_id].from_node
-                ].signalized
-            ],
-            dtype=np.int32,
+            [net.link_index[link.id] for link in entry_links(net.road.network)], dtype=np.int32
         )
     else:
         candidates = np.arange(net.links, dtype=np.int32)
@@ -207,11 +231,50 @@ def fixed_route(
 def free_flow_time_s(
     net: CompiledNetwork, trips: Trips, vehicle: int, *, speed_factor: float | None = None
 ) -> float:
-    """Travel time of ``vehicle`` on an empty network with every signal green."""
-    start = trips.route_start[vehicle]
-    links = trips.route_links[start : start + trips.route_len[vehicle]]
+    """Travel time of ``vehicle`` on an empty network with every signal green: its links and
+    the junctions between them at its desired speed."""
+    start = int(trips.route_start[vehicle])
+    hops = np.arange(start, start + int(trips.route_len[vehicle]))
+    links = trips.route_links[hops]
     factor = trips.speed_factor[vehicle] if speed_factor is None else speed_factor
-    return float(np.sum(net.link_length[links] / (net.link_speed[links] * factor)))
+    return float(np.sum(hop_metres(net, trips, hops) / (net.link_speed[links] * factor)))
+
+
+def route_hops(trips: Trips) -> NDArray[np.int64]:
+    """Indices into the route arrays of every vehicle's hops, vehicle after vehicle."""
+    lengths = trips.route_len.astype(np.int64)
+    firsts = np.cumsum(lengths) - lengths
+    return np.repeat(trips.route_start - firsts, lengths) + np.arange(int(lengths.sum()))
+
+
+def hop_metres(net: CompiledNetwork, trips: Trips, hops: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Per hop (indices into the route arrays): its link's length plus the junction crossed
+    to reach it (none before a route's first link)."""
+    metres = net.link_length[trips.route_links[hops]].copy()
+    if hops.size:
+        firsts = np.isin(hops, trips.route_start)
+        before = trips.route_moves[np.maximum(hops - 1, 0)]
+        metres[~firsts] += net.mv_junction_m[before[~firsts]]
+    return metres
+
+
+def _per_vehicle(trips: Trips, values: NDArray[np.float64]) -> NDArray[np.float64]:
+    if not trips.count:
+        return np.zeros(0)
+    return np.add.reduceat(values, np.cumsum(trips.route_len) - trips.route_len)
+
+
+def route_lengths_m(net: CompiledNetwork, trips: Trips) -> NDArray[np.float64]:
+    """Per vehicle: the distance of its route, junctions between its links included (what
+    SUMO reports as ``routeLength``)."""
+    return _per_vehicle(trips, hop_metres(net, trips, route_hops(trips)))
+
+
+def free_flow_times_s(net: CompiledNetwork, trips: Trips) -> NDArray[np.float64]:
+    """Per vehicle: ``free_flow_time_s`` of all of them at once."""
+    hops = route_hops(trips)
+    speed = net.link_speed[trips.route_links[hops]]
+    return _per_vehicle(trips, hop_metres(net, trips, hops) / speed) / trips.speed_factor
 
 
 def od_trips(
@@ -310,4 +373,121 @@ def _reorder(trips: Trips, order: NDArray[np.int64]) -> Trips:
     return Trips(
         trips.depart[order], starts, lengths, trips.route_links[gather], trips.route_moves[gather],
         trips.speed_factor[order], trips.emergency[order], names,
+        None if trips.reroute is None else trips.reroute[order],
     )  # fmt: skip
+
+
+ROUTING_INTERVAL_S = 5.0
+"""How often travel times are sampled and due vehicles routed (SUMO: every step, 1 s)."""
+ROUTING_WINDOW_S = 180.0
+"""Travel times are the mean over this past window (SUMO's ``device.rerouting``:
+``adaptation-steps`` 180 of ``adaptation-interval`` 1 s)."""
+SLOWEST_ASSUMED_MPS = 0.001
+"""A link whose vehicles all stood still the whole window costs its length at this speed
+(SUMO's ``NUMERICAL_EPS``): routes avoid it unless nothing else leads on."""
+
+
+class DepartureRouter:
+    """Routes the ``Trips.reroute`` vehicles as they become due, the way SUMO routes a trip when
+    it inserts it: fastest path from origin to destination link by each link's length over
+    the mean speed of the vehicles on it, averaged over the last ``ROUTING_WINDOW_S`` (the
+    speed limit while it is empty; the junction on the way at the link's speed). New routes
+    go into spare room after the given ones; when that runs out a vehicle keeps its route."""
+
+    def __init__(self, net: CompiledNetwork, trips: Trips) -> None:
+        mask = _reroute_mask(trips)
+        spare = 2 * int(trips.route_len[mask].sum()) + 64
+        self.trips = Trips(
+            trips.depart,
+            trips.route_start.copy(),
+            trips.route_len.copy(),
+            np.concatenate([trips.route_links, np.zeros(spare, dtype=np.int32)]),
+            np.concatenate([trips.route_moves, np.full(spare, -1, dtype=np.int32)]),
+            trips.speed_factor,
+            trips.emergency,
+            trips.names,
+            mask,
+        )
+        self.net = net
+        due = np.flatnonzero(mask)
+        self.due = due[np.argsort(trips.depart[due], kind="stable")]
+        self.next_due = 0
+        self.free = int(trips.route_links.shape[0])
+        self.origin = trips.route_links[trips.route_start]
+        self.destination = trips.route_links[trips.route_start + trips.route_len - 1]
+        samples = max(1, round(ROUTING_WINDOW_S / ROUTING_INTERVAL_S))
+        self.speeds = np.tile(net.link_speed, (samples, 1))
+        self.sampled = 0
+        self.changed = 0
+        self.kept = 0
+        """Vehicles that kept their route because the spare room ran out."""
+        self.move_of = {
+            (int(a), int(b)): m for m, (a, b) in enumerate(zip(net.mv_from, net.mv_to, strict=True))
+        }
+
+    @property
+    def done(self) -> bool:
+        return self.next_due >= int(self.due.shape[0])
+
+    def sample(
+        self, state: NDArray[np.int8], hop: NDArray[np.int32], active: NDArray[np.int64]
+    ) -> None:
+        """Record each link's mean vehicle speed now (queued vehicles stand still)."""
+        net, trips = self.net, self.trips
+        links = trips.route_links[trips.route_start[active] + hop[active]]
+        moving = state[active] == DRIVING_STATE
+        speed = np.where(moving, net.link_speed[links] * trips.speed_factor[active], 0.0)
+        count = np.bincount(links, minlength=net.links)
+        total = np.bincount(links, weights=speed, minlength=net.links)
+        now = np.where(count > 0, total / np.maximum(count, 1), net.link_speed)
+        self.speeds[self.sampled % self.speeds.shape[0]] = now
+        self.sampled += 1
+
+    def route(self, until_s: float) -> None:
+        """Route every vehicle due before ``until_s`` that has not been routed yet."""
+        first = self.next_due
+        while self.next_due < self.due.shape[0] and (
+            self.trips.depart[self.due[self.next_due]] < until_s
+        ):
+            self.next_due += 1
+        vehicles = self.due[first : self.next_due]
+        if vehicles.size == 0:
+            return
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import dijkstra
+
+        net = self.net
+        speed = np.maximum(self.speeds.mean(axis=0), SLOWEST_ASSUMED_MPS)
+        seconds = (net.link_length[net.mv_to] + net.mv_junction_m) / speed[net.mv_to]
+        graph = csr_matrix((seconds, (net.mv_from, net.mv_to)), shape=(net.links, net.links))
+        origins = np.unique(self.origin[vehicles])
+        _, predecessors = dijkstra(graph, indices=origins, return_predecessors=True)
+        row = {int(o): r for r, o in enumerate(origins)}
+        for v in vehicles.tolist():
+            self._set(v, predecessors[row[int(self.origin[v])]])
+
+    def _set(self, v: int, predecessors: NDArray[np.int32]) -> None:
+        trips = self.trips
+        path = [int(self.destination[v])]
+        while path[-1] != self.origin[v]:
+            previous = int(predecessors[path[-1]])
+            if previous < 0:
+                return
+            path.append(previous)
+        path.reverse()
+        start, length = int(trips.route_start[v]), int(trips.route_len[v])
+        if trips.route_links[start : start + length].tolist() == path:
+            return
+        if self.free + len(path) > trips.route_links.shape[0]:
+            self.kept += 1
+            return
+        end = self.free + len(path)
+        trips.route_links[self.free : end] = path
+        trips.route_moves[self.free : end - 1] = [
+            self.move_of[pair] for pair in itertools.pairwise(path)
+        ]
+        trips.route_moves[end - 1] = -1
+        trips.route_start[v] = self.free
+        trips.route_len[v] = len(path)
+        self.free = end
+        self.changed += 1

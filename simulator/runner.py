@@ -41,8 +41,8 @@ class Run:
     ) -> None:
         check_number("sample_every_s", sample_every_s, gt=0.0)
         self.net = net
-        self.trips = trips
         self.sim = Simulation(net, trips, start_s=start_s, dt_s=dt_s)
+        self.trips = self.sim.trips
         self.detectors = DetectorCards(self.sim)
         self.controllers = {
             node: EmulatedController(net.road.plans[node], end_lag_s=self.sim.end_lag)

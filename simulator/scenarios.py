@@ -13,9 +13,10 @@ from typing import Literal
 
 from citybrain.models.checks import check_count, check_number, check_unique
 from citybrain.models.errors import ValidationError
-from citybrain.simulator import netfile
+from citybrain.simulator import netfile, sumo
+from citybrain.simulator.cities import ACCEPTED_SPECS, resolve_scenario
 from citybrain.simulator.compiled import CompiledNetwork, compile_network
-from citybrain.simulator.demand import Peak, Trips, fixed_route, random_trips
+from citybrain.simulator.demand import Peak, Trips, entry_links, fixed_route, random_trips
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
 
 
@@ -63,7 +64,9 @@ wave, so westbound it drives against the progression and meets far more reds."""
 
 
 def load_network(spec: str) -> RoadNetwork:
-    """``arterial``, ``arterial:N``, ``grid:RxC`` or the path of a network file."""
+    """``arterial``, ``arterial:N``, ``grid:RxC``, the path of a network file of ours, or a
+    SUMO scenario (`cities.resolve_scenario`: ``resco:NAME``, a ``.sumocfg``, a
+    ``.net.xml[.gz]``), whose network `sumo.read_net` imports."""
     if spec == "arterial":
         return arterial()
     if spec.startswith("arterial:"):
@@ -74,12 +77,20 @@ def load_network(spec: str) -> RoadNetwork:
     match = _GRID.fullmatch(spec)
     if match:
         return grid(int(match.group(1)), int(match.group(2)))
+    scenario = resolve_scenario(spec)
+    if scenario is not None:
+        return sumo.read_net(scenario.net_file, begin_s=scenario.begin_s).road
     path = Path(spec)
     if not path.is_file():
         raise ValidationError(
-            "network", f"{spec!r} is neither arterial[:N], grid:RxC nor an existing network file"
+            "network", f"{spec!r} is neither a known spec nor a file; expected {ACCEPTED_SPECS}"
         )
-    return netfile.load(path)
+    try:
+        return netfile.load(path)
+    except ValidationError as error:
+        if path.suffix == ".json":
+            raise
+        raise ValidationError(error.field, f"{error.reason}; expected {ACCEPTED_SPECS}") from None
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ def build(
     road = load_network(network) if isinstance(network, str) else network
     net = compile_network(road)
     nodes = road.network.intersection_by_id
-    entries = [link for link in road.network.links if not nodes[link.from_node].signalized]
+    entries = list(entry_links(road.network))
     if not entries:
         raise ValidationError("network", "the network has no entry link for demand")
     is_arterial = "west" in nodes and "east" in nodes

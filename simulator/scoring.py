@@ -1,5 +1,6 @@
 """What a run measured: per vehicle, per approach and intersection, queues over time, and for
-each emergency vehicle its trip stop line by stop line against free flow."""
+each emergency vehicle its trip stop line by stop line against free flow; and where the
+vehicles that did not arrive are (waiting to enter, stuck in a jam, still driving)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from citybrain.simulator.kernels import ARRIVED
+from citybrain.simulator.demand import free_flow_times_s, hop_metres
+from citybrain.simulator.kernels import ARRIVED, PENDING
 from citybrain.simulator.runner import Run
 
 
@@ -43,8 +45,16 @@ class ApproachScore:
     max_queue_veh: int
 
 
+STUCK_AFTER_S = 300.0
+"""A vehicle delayed this long on one link is stuck (SUMO's default ``--time-to-teleport``;
+our engine never teleports, so a gridlock shows as stuck vehicles instead)."""
+
+
 @dataclass(frozen=True)
 class RunScore:
+    """A run's summary. The means are over the arrived vehicles, 0.0 when none arrived
+    (``arrived`` then says so, and ``lines`` prints it instead of the means)."""
+
     scenario: str
     duration_s: float
     vehicles: int
@@ -58,14 +68,44 @@ class RunScore:
     approaches: tuple[ApproachScore, ...]
     intersections: dict[str, float]
     emergency: tuple[EmergencyTrip, ...]
+    waiting_to_enter: int
+    """Of ``not_departed``: due, but their first link was full (the others leave later)."""
+    stuck: int
+    """Of ``in_network``: delayed over ``STUCK_AFTER_S`` on the link they are on."""
+
+    def lines(self) -> list[str]:
+        """The summary as text: counts, means (or that no vehicle arrived), emergency trips."""
+        out = [
+            f"{self.scenario}: {self.vehicles} vehicles, {self.arrived} arrived, "
+            f"{self.in_network} still in the network, {self.not_departed} not departed"
+        ]
+        if self.waiting_to_enter:
+            out.append(f"  {self.waiting_to_enter} due but not let in: their first link was full")
+        if self.stuck:
+            out.append(
+                f"  {self.stuck} stuck: over {STUCK_AFTER_S:.0f} s of delay on one link "
+                "(gridlock; SUMO would teleport them)"
+            )
+        if self.arrived:
+            out.append(
+                f"  mean travel time {self.mean_travel_time_s:.1f} s, delay "
+                f"{self.mean_delay_s:.1f} s, stops {self.mean_stops:.2f}, "
+                f"throughput {self.throughput_vph:.0f} veh/h"
+            )
+        else:
+            out.append("  no vehicle arrived: no travel time, delay or stops to report")
+        for trip in self.emergency:
+            done = "not arrived" if trip.travel_time_s is None else f"{trip.travel_time_s:.1f} s"
+            out.append(
+                f"  {trip.vehicle}: {done} (free flow {trip.free_flow_s:.1f} s), {trip.stops} stops"
+            )
+        return out
 
 
 def free_flow_times(run: Run) -> np.ndarray:
-    """Per vehicle: route length over desired speed, signals and queues aside."""
-    net, trips = run.net, run.trips
-    per_link = net.link_length[trips.route_links] / net.link_speed[trips.route_links]
-    sums = np.add.reduceat(per_link, trips.route_start) if trips.count else np.zeros(0)
-    return sums / trips.speed_factor
+    """Per vehicle: route length (junctions included) over desired speed, signals and
+    queues aside."""
+    return free_flow_times_s(run.net, run.trips)
 
 
 def score(run: Run, *, scenario: str, started_s: float) -> RunScore:
@@ -96,7 +136,7 @@ def score(run: Run, *, scenario: str, started_s: float) -> RunScore:
         trips.count,
         int(done.sum()),
         sim.vehicles_in_network,
-        int((sim.state == 0).sum()),
+        int((sim.state == PENDING).sum()),
         float(travel.mean()) if travel.size else 0.0,
         float(delay.mean()) if delay.size else 0.0,
         float(sim.stops[done].mean()) if travel.size else 0.0,
@@ -104,7 +144,19 @@ def score(run: Run, *, scenario: str, started_s: float) -> RunScore:
         tuple(approaches),
         intersections,
         tuple(_emergency(run, index, name) for index, name in sorted(trips.names.items())),
+        int(sim.n_waiting[0]),
+        _stuck(run),
     )
+
+
+def _stuck(run: Run) -> int:
+    """Vehicles in the network delayed over ``STUCK_AFTER_S`` on their current link."""
+    sim, trips, net = run.sim, run.trips, run.net
+    on_road = sim.active[: sim.vehicles_in_network]
+    hops = trips.route_start[on_road] + sim.hop[on_road]
+    links = trips.route_links[hops]
+    free = hop_metres(net, trips, hops) / (net.link_speed[links] * trips.speed_factor[on_road])
+    return int(np.count_nonzero(sim.now - sim.hop_enter[hops] - free > STUCK_AFTER_S))
 
 
 def _emergency(run: Run, v: int, name: str) -> EmergencyTrip:
@@ -118,7 +170,7 @@ def _emergency(run: Run, v: int, name: str) -> EmergencyTrip:
         left = float(sim.hop_enter[start + hop + 1]) if hop + 1 < length else float(sim.arrived[v])
         if np.isnan(entered) or np.isnan(left):
             break
-        free = net.link_length[link] / (net.link_speed[link] * factor)
+        free = hop_metres(net, trips, np.array([start + hop]))[0] / (net.link_speed[link] * factor)
         node = net.road.network.link_by_id[net.link_ids[link]].to_node
         lines.append(StopLineDelay(node, net.link_ids[link], entered, left, left - entered - free))
     arrived = float(sim.arrived[v]) if sim.state[v] == ARRIVED else None

@@ -1,7 +1,7 @@
 """SUMO interoperability: import a SUMO network, run the same demand in SUMO, compare.
 
 ``import_net`` (or ``read_net``, which also keeps the id mapping) reads a SUMO ``.net.xml``
-with ``sumolib`` into our ``RoadNetwork``:
+(``sumo_xml``, a streaming reader) into our ``RoadNetwork``:
 
 - Internal edges (``function="internal"``), crossings, walking areas and edges no passenger car
   may use are skipped. Every other edge becomes a ``Link``: SUMO's edge length (the lane length,
@@ -10,30 +10,24 @@ with ``sumolib`` into our ``RoadNetwork``:
   lane indices. A lane allows the turns of its connections (``s`` through, ``l``/``L`` left,
   ``r``/``R`` right, ``t``/``T`` U-turn); a lane without connections on an edge that has some
   gets its nearest neighbour's turns, and the lanes of an edge without any (a network exit)
-  allow "through". U-turns at dead ends are left out, so that routes end at the network's edge
-  (our random walks never choose a U-turn, except where it is the only way on).
-- Junctions become ``Intersection``s; a junction is signalized if a traffic light controls one of
-  its car connections. Each (incoming edge, outgoing edge) pair with a car connection is a
-  ``Movement``.
-- Signal groups are not read from SUMO: each movement of a signalized junction gets one of our
-  NEMA eight groups from the heading of travel at the end of its incoming edge (the quadrant of
-  its last lane segment: E, N, W or S) and its turn, exactly as ``networks.py`` lays out its own
-  junctions (2/6 east/westbound throughs and rights, 5/1 their lefts, 4/8 north/southbound
-  throughs and rights, 7/3 their lefts; U-turns go with the left). Every signalized junction then
-  runs the lead-lead plan of ``networks._plan_for`` with an eastbound progression offset, like the
-  generated grid. SUMO's own programs are therefore **not** reproduced; instead
-  ``signal_programs``/``write_signal_programs`` write a SUMO ``additional`` file with one static
-  ``tlLogic`` per traffic light that reproduces our plans over SUMO's link indices (phase
-  boundaries snapped to the simulation step), so both simulators run the same timing.
+  allow "through". U-turns at dead ends are kept, as SUMO routes through them; our random
+  walks never choose a U-turn, so their routes still end at the network's edge.
+- Junctions become ``Intersection``s. Each (incoming edge, outgoing edge) pair with a car
+  connection is a ``Movement``.
+- A junction a traffic light controls runs that light's own program (the one SUMO loads last):
+  ``sumo_programs`` builds its signal groups from the program's link states, its conflicts
+  from SUMO's junction foes and its timing plan from the phases, cycle and offset; a program it
+  cannot represent safely gets a generated plan that respects every foe (said in ``notes``).
+  A light that never stops a car at a junction leaves it unsignalized.
+  ``signal_programs``/``write_signal_programs`` write our plans back over SUMO's link indices
+  (phase boundaries snapped to the simulation step), so both simulators run the same timing.
 - Junctions without a traffic light are unsignalized: their movements belong to a group
   ``free`` with no controller, so in our engine they always may proceed (SUMO applies its
-  right-of-way rules there). A traffic light whose movements give fewer than two lead-lead phases
-  (say, a mid-block signal on a straight road) is imported as unsignalized too and gets an
-  always-green program on the SUMO side. A traffic light that controls several junctions whose
-  plans have different cycles keeps SUMO's own program (``signal_programs`` says which), and so
-  does one that controls no car movement we model (a dead end's U-turn, a crossing). Link
-  indices shared by several connections show the first one's colour; indices of connections we
-  do not model (crossings, bicycle-only links) stay red, as no such traffic is simulated.
+  right-of-way rules there). A traffic light that controls several junctions whose plans have
+  different cycles keeps SUMO's own program (``signal_programs`` says which), and so does one
+  that controls no car movement we model (a dead end's U-turn, a crossing). Link indices shared
+  by several connections show the first one's colour; indices of connections we do not model
+  (crossings, bicycle-only links) stay red, as no such traffic is simulated.
 - Ids are made valid for our model (``[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}``): other characters
   become ``_``, a leading non-alphanumeric gets an ``x`` prefix, long ids are shortened with a
   hash, clashes get a ``-2`` suffix. ``SumoNet`` maps both ways.
@@ -41,8 +35,9 @@ with ``sumolib`` into our ``RoadNetwork``:
 ``export_for_sumo`` writes our pre-computed routes (``Trips``) as SUMO vehicles with the same
 departure times, edges and speed factors, plus the signal programs. ``run_sumo`` runs SUMO
 (microscopic, or mesoscopic with ``--mesosim --meso-junction-control``) and reads its
-``--tripinfo-output`` and ``--statistic-output``; ``run_citybrain`` runs ours the same way and
-``compare`` does all of it on one network.
+``--tripinfo-output`` and ``--statistic-output``; ``run_sumo_config`` runs a scenario
+stand-alone as ``sumo -c`` does (``benchmarks/sumo_fidelity.py``); ``run_citybrain`` runs ours
+the same way and ``compare`` does all of it on one network.
 
 Travel times on both sides are measured from the *desired* departure (SUMO's ``depart`` minus
 ``departDelay``) to arrival at the end of the last edge, over the vehicles that arrived before
@@ -51,6 +46,8 @@ the end of the run; throughput is those arrivals per hour of simulated time.
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import importlib
 import itertools
@@ -58,10 +55,10 @@ import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +66,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from citybrain.models.checks import check_count, check_number
+from citybrain.models.checks import ID_PATTERN, check_count, check_number
 from citybrain.models.errors import CitybrainError, ValidationError
 from citybrain.models.network import (
     Approach,
@@ -83,28 +80,38 @@ from citybrain.models.network import (
     Turn,
 )
 from citybrain.models.signal import SignalGroup
-from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group, progression_offset_s
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.simulator.compiled import CompiledNetwork, compile_network
-from citybrain.simulator.demand import Trips, random_trips
+from citybrain.simulator.demand import Trips, entry_links, random_trips, route_lengths_m
 from citybrain.simulator.engine import Simulation
 from citybrain.simulator.kernels import ARRIVED, PENDING
-from citybrain.simulator.networks import (
-    ADVANCE_DETECTOR_M,
-    GROUPS_BY_HEADING,
-    RoadNetwork,
-    _plan_for,
-)
+from citybrain.simulator.networks import ADVANCE_DETECTOR_M, RoadNetwork
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scoring import score
+from citybrain.simulator.sumo_programs import (
+    JunctionLayout,
+    JunctionSignals,
+    ProgramPhase,
+    SignalsCache,
+    SumoProgram,
+    bit_positions,
+)
+from citybrain.simulator.sumo_xml import (
+    NetConnection,
+    NetEdge,
+    NetFile,
+    NetJunction,
+    NetProgram,
+    read_net_file,
+)
 
 CAR = "passenger"
 FREE_GROUP = "free"
 """Signal group of the movements of an unsignalized junction (no controller: always go)."""
 PROGRAM_ID = "citybrain"
 VEHICLE_TYPE = "citybrain_car"
-PROGRESSION_CYCLE_S = 100.0
-"""Cycle the progression offsets are computed for (the full lead-lead plan's)."""
+ALWAYS_GREEN_S = 100.0
+"""Length of the one-phase program of a traffic light none of whose junctions has a plan."""
 
 TURNS = {
     "s": Turn.THROUGH,
@@ -280,6 +287,9 @@ class _Ids:
         self.used: set[str] = set()
 
     def make(self, raw: str) -> str:
+        if ID_PATTERN.fullmatch(raw) is not None and raw not in self.used:
+            self.used.add(raw)  # what the rules below would make of it, without their cost
+            return raw
         base = _BAD_ID_CHARS.sub("_", raw) or "x"
         if not base[0].isalnum():
             base = "x" + base
@@ -293,6 +303,14 @@ class _Ids:
             n += 1
         self.used.add(candidate)
         return candidate
+
+    def make_all(self, raws: Sequence[str]) -> list[str]:
+        return [self.make(raw) for raw in raws]
+
+    @classmethod
+    def mapping(cls, raws: Sequence[str]) -> dict[str, str]:
+        """Each of ``raws`` (distinct) and its id, in a namespace of their own."""
+        return dict(zip(raws, cls().make_all(raws), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,52 +345,41 @@ class SumoNet:
     """What the import could not carry over as it is (skipped edges, signals made free...)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pair:
-    """Car connections from one edge to another (one movement)."""
+    """Car connections from one edge to another (one movement); one per movement of a big
+    network, hence the slots."""
 
-    connections: list[Any]
-    junction: Any
+    connections: list[NetConnection]
+    junction: str
 
 
-def _edge_heading(edge: Any) -> str:
-    """Heading of travel at the end of ``edge``: the quadrant of its last lane segment."""
-    shape = list(edge.getLanes()[0].getShape())
-    dx = dy = 0.0
-    for (x0, y0), (x1, y1) in zip(shape[-2::-1], shape[::-1], strict=False):
-        dx, dy = x1 - x0, y1 - y0
-        if math.hypot(dx, dy) > 1e-6:
-            break
-    if math.hypot(dx, dy) <= 1e-6:
-        (x0, y0), (x1, y1) = edge.getFromNode().getCoord(), edge.getToNode().getCoord()
-        dx, dy = x1 - x0, y1 - y0
+def _edge_heading(edge: NetEdge) -> str:
+    """Heading of travel at the end of ``edge`` (E, N, W or S), to name its approach."""
+    dx, dy = edge.lanes[0].end_heading
     if abs(dx) >= abs(dy):
         return "E" if dx >= 0 else "W"
     return "N" if dy > 0 else "S"
 
 
-def _lead_lead_phase_count(groups: Iterable[str]) -> int:
-    present = set(groups)
-    reference = lead_lead_plan(nema_eight_group("reference"))
-    return sum(1 for phase in reference.phases if phase.groups & present)
-
-
-def _group_for(heading: str, turn: Turn) -> str:
-    through, left = GROUPS_BY_HEADING[heading]
-    return through if turn in (Turn.THROUGH, Turn.RIGHT) else left
-
-
 def _fill_lane_turns(per_lane: list[set[Turn]]) -> tuple[Lane, ...]:
+    return _lanes(tuple(frozenset(turns) for turns in per_lane))
+
+
+@functools.lru_cache(maxsize=4096)
+def _lanes(per_lane: tuple[frozenset[Turn], ...]) -> tuple[Lane, ...]:
+    """An edge's lanes from its lanes' own turns. Cached: a city's edges share a few lane
+    layouts, and sharing their (immutable) lanes saves a set per lane of a big network."""
     known = [i for i, turns in enumerate(per_lane) if turns]
     lanes = []
     for i, turns in enumerate(per_lane):
         if not turns:
             turns = (
-                set(per_lane[min(known, key=lambda k: (abs(k - i), k))])
+                per_lane[min(known, key=lambda k: (abs(k - i), k))]
                 if known
-                else {Turn.THROUGH}
+                else frozenset({Turn.THROUGH})
             )
-        lanes.append(Lane(i, frozenset(turns)))
+        lanes.append(Lane(i, turns))
     return tuple(lanes)
 
 
@@ -380,30 +387,27 @@ def read_net(
     path: str | os.PathLike[str],
     *,
     saturation_flow_vphpl: float = 1800.0,
-    progression_speed_mps: float | None = None,
+    begin_s: float = 0.0,
 ) -> SumoNet:
-    """Import a SUMO ``.net.xml`` (see the module docstring for the rules).
-
-    Offsets give an eastbound green wave at ``progression_speed_mps`` (default: the median
-    speed of the links entering signalized junctions), as ``networks.grid`` does. Raises
-    ``ValidationError`` for a missing or unreadable file, a network without car roads or
-    without traffic lights, and ``SumoUnavailableError`` when sumolib is not installed.
-    """
-    source = Path(path)
-    if not source.is_file():
-        raise ValidationError("net", f"{source}: no such file")
+    """Import a SUMO ``.net.xml`` (see the module docstring for the rules). ``begin_s`` is the
+    SUMO time our time 0 stands for (a scenario's ``begin``): it places the programs' offsets.
+    Raises ``ValidationError`` for a missing or unreadable file, a network without car roads
+    or without traffic lights."""
     check_number("saturation_flow_vphpl", saturation_flow_vphpl, gt=0.0, le=3600.0)
-    sumolib = _sumolib()
+    check_number("begin_s", begin_s, ge=0.0)
+    # As in read_net_file: millions of objects that live on, in no cycle; the collector's
+    # passes over them would cost a third of the conversion and find nothing.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        net = sumolib.net.readNet(str(source), withPrograms=True)
-    except Exception as error:  # sumolib raises whatever its parser meets on foreign input
-        raise ValidationError(
-            "net", f"{source}: not a readable SUMO network ({type(error).__name__}: {error})"
-        ) from None
-    try:
-        return _convert(net, source, saturation_flow_vphpl, progression_speed_mps)
-    except ValidationError as error:
-        raise ValidationError(f"{source}: {error.field}", error.reason) from None
+        netfile = read_net_file(path)
+        try:
+            return _convert(netfile, saturation_flow_vphpl, begin_s)
+        except ValidationError as error:
+            raise ValidationError(f"{netfile.path}: {error.field}", error.reason) from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def import_net(path: str | os.PathLike[str]) -> RoadNetwork:
@@ -411,159 +415,195 @@ def import_net(path: str | os.PathLike[str]) -> RoadNetwork:
     return read_net(path).road
 
 
-def _convert(net: Any, source: Path, saturation: float, progression_speed: float | None) -> SumoNet:
-    notes: list[str] = []
+def _car_edges(netfile: NetFile, notes: list[str]) -> list[NetEdge]:
     edges = []
-    for edge in net.getEdges(withInternal=False):
-        if edge.getFunction() != "" or not any(lane.allows(CAR) for lane in edge.getLanes()):
+    for edge in netfile.edges:
+        if edge.function != "" or not any(lane.allows_car for lane in edge.lanes):
             continue
-        if edge.getFromNode() is edge.getToNode():
-            notes.append(f"edge {edge.getID()!r} starts and ends at one junction: skipped")
+        if edge.from_junction == edge.to_junction:
+            notes.append(f"edge {edge.id!r} starts and ends at one junction: skipped")
             continue
         edges.append(edge)
     if not edges:
         raise ValidationError("net", "no road edge for passenger cars (is this a .net.xml?)")
-    if not net.getTrafficLights():
+    if not netfile.programs:
         raise ValidationError(
             "net",
             "the network has no traffic lights (nothing to signalize: build it with "
             "netconvert/netgenerate --tls.guess or traffic_light junctions)",
         )
+    return edges
 
-    link_ids, node_ids = _Ids(), _Ids()
-    link_of_edge = {edge.getID(): link_ids.make(edge.getID()) for edge in edges}
-    junctions: dict[str, Any] = {}
-    for edge in edges:
-        for junction in (edge.getFromNode(), edge.getToNode()):
-            junctions.setdefault(junction.getID(), junction)
-    node_of_junction = {jid: node_ids.make(jid) for jid in junctions}
 
-    # A U-turn at a dead end would send our random walks (and so the routes) back into the
-    # network instead of ending them at its edge: those connections are left out.
+def _car_pairs(
+    netfile: NetFile, edges: Sequence[NetEdge], notes: list[str]
+) -> tuple[dict[tuple[str, str], _Pair], dict[str, tuple[Lane, ...]]]:
+    """Car connections by (from edge, to edge), and each edge's lanes with their turns.
+    U-turns at dead ends are kept: SUMO routes vehicles through them (a trip to the other
+    side of a dead-end street), and route files would lose those vehicles without them. Our
+    random walks never choose a U-turn, so theirs still end at the network's edge."""
+    by_id = {edge.id: edge for edge in edges}
     neighbours: dict[str, set[str]] = {}
     for edge in edges:
-        a, b = edge.getFromNode().getID(), edge.getToNode().getID()
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
+        neighbours.setdefault(edge.from_junction, set()).add(edge.to_junction)
+        neighbours.setdefault(edge.to_junction, set()).add(edge.from_junction)
+    outgoing: dict[str, list[NetConnection]] = {}
+    for connection in netfile.connections:
+        outgoing.setdefault(connection.from_edge, []).append(connection)
     dead_end_uturns = 0
     pairs: dict[tuple[str, str], _Pair] = {}
     lanes_of: dict[str, tuple[Lane, ...]] = {}
     for edge in edges:
-        at_dead_end = len(neighbours[edge.getToNode().getID()]) <= 1
-        per_lane: list[set[Turn]] = []
-        for lane in (lane for lane in edge.getLanes() if lane.allows(CAR)):
-            turns: set[Turn] = set()
-            for connection in lane.getOutgoing():
-                target = connection.getTo()
-                turn = TURNS.get(connection.getDirection())
-                if (
-                    turn is None
-                    or target.getID() not in link_of_edge
-                    or not connection.getToLane().allows(CAR)
-                    or not connection.allows(CAR)
-                ):
-                    continue
-                if turn is Turn.UTURN and at_dead_end:
-                    dead_end_uturns += 1
-                    continue
-                turns.add(turn)
-                key = (edge.getID(), target.getID())
-                pairs.setdefault(key, _Pair([], edge.getToNode())).connections.append(connection)
-            per_lane.append(turns)
+        at_dead_end = len(neighbours[edge.to_junction]) <= 1
+        per_lane: dict[int, set[Turn]] = {
+            lane.index: set() for lane in edge.lanes if lane.allows_car
+        }
+        for connection in outgoing.get(edge.id, ()):
+            turn = TURNS.get(connection.direction)
+            target = by_id.get(connection.to_edge)
+            if (
+                turn is None
+                or target is None
+                or connection.from_lane not in per_lane
+                or not connection.allows_car
+                or not _lane_allows_car(target, connection.to_lane)
+            ):
+                continue
+            if turn is Turn.UTURN and at_dead_end:
+                dead_end_uturns += 1
+            per_lane[connection.from_lane].add(turn)
+            key = (edge.id, target.id)
+            pairs.setdefault(key, _Pair([], edge.to_junction)).connections.append(connection)
         if len(per_lane) > 16:
-            raise ValidationError(
-                "edge", f"{edge.getID()!r} has {len(per_lane)} car lanes (16 max)"
-            )
-        lanes_of[edge.getID()] = _fill_lane_turns(per_lane)
-
+            raise ValidationError("edge", f"{edge.id!r} has {len(per_lane)} car lanes (16 max)")
+        lanes_of[edge.id] = _fill_lane_turns([per_lane[i] for i in sorted(per_lane)])
     if dead_end_uturns:
         notes.append(
-            f"{dead_end_uturns} U-turn lane connections at dead ends left out (routes end there)"
+            f"{dead_end_uturns} U-turn lane connections at dead ends kept for route files "
+            "(random walks end there)"
         )
-    tls_of_junction: dict[str, set[str]] = {}
-    for pair in pairs.values():
-        for connection in pair.connections:
-            if connection.getTLSID():
-                tls_of_junction.setdefault(pair.junction.getID(), set()).add(connection.getTLSID())
-    if not tls_of_junction:
-        raise ValidationError("net", "no traffic light controls a car connection")
+    return pairs, lanes_of
 
-    heading = {edge.getID(): _edge_heading(edge) for edge in edges}
-    turn_of: dict[tuple[str, str], Turn] = {}
-    for key, pair in pairs.items():
-        directions = [TURNS[c.getDirection()] for c in pair.connections]
-        turn_of[key] = max(set(directions), key=lambda t: (directions.count(t), t.value))
 
-    # Signal groups, and junctions whose lights cannot make a two-phase plan (imported as free).
-    present: dict[str, set[str]] = {}
-    for key, pair in pairs.items():
-        jid = pair.junction.getID()
-        if jid in tls_of_junction:
-            present.setdefault(jid, set()).add(_group_for(heading[key[0]], turn_of[key]))
-    signalized = set()
-    for jid, found in present.items():
-        if _lead_lead_phase_count(found) >= 2:
-            signalized.add(jid)
-        else:
-            notes.append(
-                f"traffic light junction {jid!r} only has groups {sorted(found)}, too few for "
-                "a lead-lead plan: imported unsignalized, always green in SUMO"
-            )
+def _lane_allows_car(edge: NetEdge, index: int) -> bool:
+    return 0 <= index < len(edge.lanes) and edge.lanes[index].allows_car
+
+
+def _convert(netfile: NetFile, saturation: float, begin_s: float) -> SumoNet:
+    notes: list[str] = []
+    edges = _car_edges(netfile, notes)
+    pairs, lanes_of = _car_pairs(netfile, edges, notes)
+    link_of_edge = _Ids.mapping([edge.id for edge in edges])
+    junction_ids = list(dict.fromkeys(j for e in edges for j in (e.from_junction, e.to_junction)))
+    node_of_junction = _Ids.mapping(junction_ids)
+    for jid in junction_ids:
+        if jid not in netfile.junctions:
+            raise ValidationError("edge", f"junction {jid!r} is not defined")
+    # Per movement, in the order of ``pairs`` (lists, not maps keyed by edge pairs: a big
+    # network has millions of movements, and every pass over them looks these up).
+    turns = [_turn(pair.connections) for pair in pairs.values()]
+    mids = _Ids().make_all([f"{link_of_edge[a]}:{link_of_edge[b]}" for a, b in pairs])
+    signals = _junction_signals(netfile, pairs, mids, node_of_junction, begin_s, notes)
+    movements, groups = _movements(pairs, mids, turns, signals, link_of_edge, node_of_junction)
+    tls_links, tls_size = _traffic_lights(netfile, pairs, mids, turns, node_of_junction)
+    del pairs, mids, turns  # millions of objects: gone before the network takes their place
 
     intersections = tuple(
         Intersection(
             node_of_junction[jid],
-            float(junction.getCoord()[0]),
-            float(junction.getCoord()[1]),
-            jid in signalized,
+            netfile.junctions[jid].x,
+            netfile.junctions[jid].y,
+            signals.get(jid) is not None,
         )
-        for jid, junction in junctions.items()
+        for jid in junction_ids
     )
-    links = []
-    for edge in edges:
-        speed = max(lane.getSpeed() for lane in edge.getLanes() if lane.allows(CAR))
-        links.append(
-            Link(
-                link_of_edge[edge.getID()],
-                node_of_junction[edge.getFromNode().getID()],
-                node_of_junction[edge.getToNode().getID()],
-                max(float(edge.getLength()), 0.1),
-                lanes_of[edge.getID()],
-                float(speed),
-                saturation,
-            )
+    links = tuple(
+        Link(
+            link_of_edge[edge.id],
+            node_of_junction[edge.from_junction],
+            node_of_junction[edge.to_junction],
+            max(edge.lanes[0].length_m, 0.1),
+            lanes_of[edge.id],
+            max(lane.speed_mps for lane in edge.lanes if lane.allows_car),
+            saturation,
         )
-
-    movement_ids = _Ids()
-    movements: list[Movement] = []
-    movement_of: dict[tuple[str, str], str] = {}
-    members: dict[tuple[str, str], set[str]] = {}
-    for key, pair in pairs.items():
-        jid = pair.junction.getID()
-        node = node_of_junction[jid]
-        group = _group_for(heading[key[0]], turn_of[key]) if jid in signalized else FREE_GROUP
-        mid = movement_ids.make(f"{link_of_edge[key[0]]}:{link_of_edge[key[1]]}")
-        movement_of[key] = mid
-        movements.append(
-            Movement(mid, node, link_of_edge[key[0]], link_of_edge[key[1]], turn_of[key], group)
-        )
-        members.setdefault((node, group), set()).add(mid)
-    groups = tuple(
-        SignalGroup(group, node, frozenset(ids), group in ("2", "4", "6", "8"))
-        for (node, group), ids in members.items()
+        for edge in edges
+    )
+    approaches, detectors = _approaches(edges, signals, link_of_edge, node_of_junction)
+    network = Network(intersections, links, approaches, movements, groups, detectors)
+    plans = {
+        node_of_junction[jid]: found.plan
+        for jid, found in signals.items()
+        if found is not None and found.plan is not None
+    }
+    name = netfile.path.name.removesuffix(".gz").removesuffix(".xml").removesuffix(".net")
+    road = RoadNetwork(f"sumo-{name}", network, plans)
+    return SumoNet(
+        netfile.path,
+        road,
+        {link: edge for edge, link in link_of_edge.items()},
+        link_of_edge,
+        {node: jid for jid, node in node_of_junction.items()},
+        tls_links,
+        tls_size,
+        tuple(notes),
     )
 
+
+def _movements(
+    pairs: Mapping[tuple[str, str], _Pair],
+    mids: Sequence[str],
+    turns: Sequence[Turn],
+    signals: Mapping[str, JunctionSignals | None],
+    link_of_edge: Mapping[str, str],
+    node_of_junction: Mapping[str, str],
+) -> tuple[tuple[Movement, ...], tuple[SignalGroup, ...]]:
+    """Each pair's movement (``mids``, ``turns``: its id and turn), and the signal groups:
+    the junctions' own, and a ``free`` one at each junction without a plan."""
+    group_of: dict[str, str] = {}
+    groups: list[SignalGroup] = []
+    for jid, found in signals.items():
+        for group, members in (found.groups if found is not None else {}).items():
+            groups.append(SignalGroup(group, node_of_junction[jid], members, not members))
+            group_of.update(dict.fromkeys(members, group))
+    free: defaultdict[str, set[str]] = defaultdict(set)
+    movements = []
+    for (a, b), pair, mid, turn in zip(pairs, pairs.values(), mids, turns, strict=True):
+        node = node_of_junction[pair.junction]
+        group = group_of.get(mid, FREE_GROUP)
+        if group == FREE_GROUP:
+            free[node].add(mid)
+        movements.append(Movement(mid, node, link_of_edge[a], link_of_edge[b], turn, group))
+    groups += [SignalGroup(FREE_GROUP, node, frozenset(ids)) for node, ids in free.items()]
+    return tuple(movements), tuple(groups)
+
+
+def _turn(connections: Sequence[NetConnection]) -> Turn:
+    """The turn most of a movement's connections make (of tied ones, the greatest name)."""
+    directions = [TURNS[c.direction] for c in connections]
+    kinds = set(directions)
+    if len(kinds) == 1:
+        return directions[0]
+    return max(kinds, key=lambda t: (directions.count(t), t.value))
+
+
+def _approaches(
+    edges: Sequence[NetEdge],
+    signals: Mapping[str, JunctionSignals | None],
+    link_of_edge: Mapping[str, str],
+    node_of_junction: Mapping[str, str],
+) -> tuple[tuple[Approach, ...], tuple[Detector, ...]]:
+    """An approach with a stop-bar and an advance loop on every link into a signal."""
     approach_ids, detector_ids = _Ids(), _Ids()
     approaches: list[Approach] = []
     detectors: list[Detector] = []
     for edge in edges:
-        jid = edge.getToNode().getID()
-        if jid not in signalized:
+        if signals.get(edge.to_junction) is None:
             continue
-        node, link = node_of_junction[jid], link_of_edge[edge.getID()]
-        approach = approach_ids.make(f"{node}:{heading[edge.getID()]}")
+        node, link = node_of_junction[edge.to_junction], link_of_edge[edge.id]
+        approach = approach_ids.make(f"{node}:{_edge_heading(edge)}")
         approaches.append(Approach(approach, node, link))
-        length = max(float(edge.getLength()), 0.1)
+        length = max(edge.lanes[0].length_m, 0.1)
         detectors.append(
             Detector(detector_ids.make(f"{approach}:stop"), link, DetectorKind.STOP_BAR, 0.0)
         )
@@ -575,100 +615,199 @@ def _convert(net: Any, source: Path, saturation: float, progression_speed: float
                 min(ADVANCE_DETECTOR_M, length),
             )
         )
+    return tuple(approaches), tuple(detectors)
 
-    network = Network(
-        intersections, tuple(links), tuple(approaches), tuple(movements), groups, tuple(detectors)
-    )
-    signal_nodes = [n for n in intersections if n.signalized]
-    if progression_speed is None:
-        signal_ids = {n.id for n in signal_nodes}  # once: built per link, half the import
-        speeds = [link.speed_limit_mps for link in links if link.to_node in signal_ids]
-        progression_speed = statistics.median(speeds) if speeds else 13.9
-    check_number("progression_speed_mps", progression_speed, gt=0.0, le=70.0)
-    x0 = min((n.x_m for n in signal_nodes), default=0.0)
-    plans = {
-        n.id: _plan_for(
-            network,
-            n.id,
-            offset_s=progression_offset_s(n.x_m - x0, progression_speed, PROGRESSION_CYCLE_S),
+
+def _junction_signals(
+    netfile: NetFile,
+    pairs: Mapping[tuple[str, str], _Pair],
+    mids: Sequence[str],
+    node_of_junction: Mapping[str, str],
+    begin_s: float,
+    notes: list[str],
+) -> dict[str, JunctionSignals | None]:
+    """Per junction a traffic light controls: its groups and plan from the light's own
+    program (``sumo_programs``), or None where it never stops a car (imported unsignalized).
+    ``mids``: the movement id of each pair."""
+    at_junction: defaultdict[str, dict[str, list[NetConnection]]] = defaultdict(dict)
+    for pair, mid in zip(pairs.values(), mids, strict=True):
+        at_junction[pair.junction][mid] = pair.connections
+    ends = {edge.id: edge.to_junction for edge in netfile.edges}
+    controlled: defaultdict[str, defaultdict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for connection in netfile.connections:
+        if connection.tl and connection.link_index >= 0:
+            junction = ends.get(connection.from_edge)
+            if junction is not None:
+                controlled[junction][connection.tl].add(connection.link_index)
+    out: dict[str, JunctionSignals | None] = {}
+    kinds: dict[str, int] = {}
+    cache = SignalsCache()
+    programs: dict[str, SumoProgram] = {}
+    for jid, by_light in controlled.items():
+        if jid not in at_junction:
+            continue
+        tls = max(by_light, key=lambda t: len(by_light[t]))
+        program = programs.get(tls)
+        if program is None:
+            program = programs[tls] = _sumo_program(netfile.programs[tls][-1])
+        kinds[program.kind] = kinds.get(program.kind, 0) + 1
+        found = _signals_at(
+            netfile.junctions[jid],
+            node_of_junction[jid],
+            (tls, program),
+            at_junction[jid],
+            by_light[tls],
+            begin_s,
+            cache,
         )
-        for n in signal_nodes
-    }
-    name = source.name.removesuffix(".gz").removesuffix(".xml").removesuffix(".net")
-    road = RoadNetwork(f"sumo-{name}", network, plans)
+        if found.generated:
+            notes.append(f"traffic light {tls!r} at {jid!r}: generated plan ({found.refusal})")
+        if found.plan is None:
+            notes.append(
+                f"traffic light {tls!r} at {jid!r} never stops a car: imported unsignalized"
+            )
+            out[jid] = None
+        else:
+            out[jid] = found
+    own = sum(1 for found in out.values() if found is not None and not found.generated)
+    notes.insert(
+        0,
+        f"{own} of {len(out)} signalized junctions run their traffic light's own program",
+    )
+    for kind, count in sorted(kinds.items()):
+        if kind != "static":
+            notes.append(
+                f"{count} {kind} programs run as the fixed-time program of their phases' durations"
+            )
+    return out
 
-    tls_links, tls_size = _traffic_lights(net, pairs, movement_of, node_of_junction, turn_of)
-    return SumoNet(
-        source,
-        road,
-        {link: edge for edge, link in link_of_edge.items()},
-        link_of_edge,
-        {node: jid for jid, node in node_of_junction.items()},
-        tls_links,
-        tls_size,
-        tuple(notes),
+
+def _sumo_program(program: NetProgram) -> SumoProgram:
+    """The program SUMO runs (the one loaded last) as ``sumo_programs`` takes it."""
+    return SumoProgram(
+        program.tls_id,
+        program.program_id,
+        program.type,
+        program.offset_s,
+        tuple(ProgramPhase(p.duration_s, p.state) for p in program.phases),
+    )
+
+
+def _signals_at(
+    junction: NetJunction,
+    node: str,
+    light: tuple[str, SumoProgram],
+    movements: Mapping[str, list[NetConnection]],
+    indices: set[int],
+    begin_s: float,
+    cache: SignalsCache,
+) -> JunctionSignals:
+    """The junction (as SUMO has it, our id) under the traffic light (id, program)."""
+    tls, program = light
+    connections = [c for group in movements.values() for c in group]
+    link_indices = tuple([c.link_index if c.tl == tls else -1 for c in connections])
+    layout = JunctionLayout(
+        tuple([len(group) for group in movements.values()]),
+        link_indices,
+        tuple([c.junction_index for c in connections]),
+        junction.foes,
+    )
+    return cache.signals(
+        node,
+        list(movements),
+        layout,
+        program,
+        other_links=tuple(sorted(indices.difference(link_indices))),
+        begin_s=begin_s,
     )
 
 
 def _traffic_lights(
-    net: Any,
+    netfile: NetFile,
     pairs: Mapping[tuple[str, str], _Pair],
-    movement_of: Mapping[tuple[str, str], str],
+    mids: Sequence[str],
+    turns: Sequence[Turn],
     node_of_junction: Mapping[str, str],
-    turn_of: Mapping[tuple[str, str], Turn],
 ) -> tuple[dict[str, tuple[TlsLink, ...]], dict[str, int]]:
-    """Per traffic light: its controlled car connections we imported, with their foes."""
-    raw: dict[str, list[tuple[int, str, str, bool, Any, Any]]] = {}
-    for key, pair in pairs.items():
+    """Per traffic light: its controlled car connections we imported, with their foes.
+    ``mids`` and ``turns``: each pair's movement id and turn."""
+    pair_list = list(pairs.values())
+    # per traffic light, its connections in the order of the pairs, and the pair of each
+    raw: dict[str, tuple[list[NetConnection], list[int]]] = {}
+    for position, pair in enumerate(pair_list):
         for connection in pair.connections:
-            tls = connection.getTLSID()
-            index = connection.getTLLinkIndex()
-            if not tls or index < 0:
+            if not connection.tl or connection.link_index < 0:
                 continue
-            raw.setdefault(tls, []).append(
-                (
-                    index,
-                    node_of_junction[pair.junction.getID()],
-                    movement_of[key],
-                    turn_of[key] is Turn.THROUGH,
-                    pair.junction,
-                    connection,
-                )
-            )
+            lists = raw.get(connection.tl)
+            if lists is None:
+                lists = raw[connection.tl] = ([], [])
+            lists[0].append(connection)
+            lists[1].append(position)
     tls_links: dict[str, tuple[TlsLink, ...]] = {}
     tls_size: dict[str, int] = {}
-    for tls in net.getTrafficLights():
-        tid = tls.getID()
-        size = 1 + max((c[2] for c in tls.getConnections()), default=-1)
-        for program in tls.getPrograms().values():
-            for phase in program.getPhases():
-                size = max(size, len(phase.state))
-        tls_size[tid] = size
-        entries = raw.get(tid, [])
-        junction_index: dict[int, int] = {}
-        for position, entry in enumerate(entries):
-            junction_index[position] = entry[4].getLinkIndex(entry[5])
-        links = []
-        for position, (index, node, movement, through, junction, _) in enumerate(entries):
-            foes = set()
-            for other, entry in enumerate(entries):
-                if other == position or entry[4] is not junction:
-                    continue
-                if _are_foes(junction, junction_index[position], junction_index[other]):
-                    foes.add(entry[0])
-            foes.discard(index)
-            links.append(TlsLink(index, node, movement, through, frozenset(foes)))
-        tls_links[tid] = tuple(links)
+    link_foes = _LinkFoes(netfile.junctions)
+    for tid, programs in netfile.programs.items():
+        tls_size[tid] = max(len(phase.state) for p in programs for phase in p.phases)
+        connections, positions = raw.get(tid, ([], []))
+        junctions = [pair_list[p].junction for p in positions]
+        at_junction: dict[str, list[int]] = {}
+        if junctions and junctions.count(junctions[0]) == len(junctions):
+            at_junction[junctions[0]] = list(range(len(junctions)))  # the usual: one junction
+        else:
+            for entry, jid in enumerate(junctions):
+                at_junction.setdefault(jid, []).append(entry)
+        foes: list[frozenset[int]] = [frozenset()] * len(connections)
+        for jid, entries in at_junction.items():
+            found = link_foes.of(
+                jid,
+                tuple([connections[e].link_index for e in entries]),
+                tuple([connections[e].junction_index for e in entries]),
+            )
+            for entry, of_entry in zip(entries, found, strict=True):
+                foes[entry] = of_entry
+        tls_links[tid] = tuple(
+            TlsLink(
+                connection.link_index,
+                node_of_junction[jid],
+                mids[p],
+                turns[p] is Turn.THROUGH,
+                of_connection,
+            )
+            for connection, p, jid, of_connection in zip(
+                connections, positions, junctions, foes, strict=True
+            )
+        )
     return tls_links, tls_size
 
 
-def _are_foes(junction: Any, a: int, b: int) -> bool:
-    if a < 0 or b < 0:
-        return False
-    try:
-        return bool(junction.areFoes(a, b) or junction.areFoes(b, a))
-    except (KeyError, IndexError):
-        return False
+class _LinkFoes:
+    """The foes, as link indices, of a traffic light's connections at one junction: worked
+    out once per numbering (a city's junctions share a few), and each set of foes kept once
+    (millions of links, few distinct sets)."""
+
+    def __init__(self, junctions: Mapping[str, NetJunction]) -> None:
+        self.junctions = junctions
+        self.found: dict[tuple[object, ...], tuple[frozenset[int], ...]] = {}
+        self.interned: dict[frozenset[int], frozenset[int]] = {}
+
+    def of(
+        self, jid: str, link_indices: tuple[int, ...], requests: tuple[int, ...]
+    ) -> tuple[frozenset[int], ...]:
+        """The foes of the connections with these link and junction request indices."""
+        rows = self.junctions[jid].foes
+        key = (link_indices, requests, rows)
+        found = self.found.get(key)
+        if found is None:
+            numbering = list(zip(link_indices, requests, strict=True))
+            index_at = {at: index for index, at in numbering if at >= 0}
+            out = []
+            for index, at in numbering:
+                mask = rows[at] if 0 <= at < len(rows) else 0
+                foes = frozenset({index_at.get(bit, index) for bit in bit_positions(mask)})
+                foes -= {index}
+                out.append(self.interned.setdefault(foes, foes))
+            found = self.found[key] = tuple(out)
+        return found
 
 
 # --- signal programs ---------------------------------------------------------------------------
@@ -761,7 +900,7 @@ def _program(
         return round(t / resolution) * resolution
 
     if not plans:
-        return SignalProgram(tls, 0.0, ((PROGRESSION_CYCLE_S, _state(links, size, {})),))
+        return SignalProgram(tls, 0.0, ((ALWAYS_GREEN_S, _state(links, size, {})),))
     first = next(iter(plans.values()))
     cycle = first.cycle_s
     origin = snap(first.offset_s) % cycle
@@ -921,9 +1060,17 @@ class SimResult:
     mean_travel_time_s: float
     throughput_vph: float
     mean_route_length_m: float
-    """Mean distance driven by the arrived vehicles (SUMO's includes junction internal lanes)."""
+    """Mean distance driven by the arrived vehicles, the junctions between their links included
+    (SUMO: internal lanes; ours: ``compiled.mv_junction_m``)."""
     teleports: int = 0
     warm_up_s: float = 0.0
+    running: int = 0
+    """Vehicles still in the network at the end."""
+    waiting: int = 0
+    """Vehicles due that had not got into the network by the end."""
+    stuck: int = 0
+    """Ours: vehicles in the network delayed over ``scoring.STUCK_AFTER_S`` on one link (where
+    SUMO would have teleported them; ours never teleports)."""
 
     @property
     def real_time_factor(self) -> float:
@@ -990,15 +1137,58 @@ def run_sumo(
     return _read_sumo_outputs(f"sumo-{tag}", wall, duration_s, tripinfo, stats)
 
 
-def _read_sumo_outputs(
-    name: str, wall: float, duration_s: float, tripinfo: Path, stats: Path
+def run_sumo_config(
+    config: Path,
+    *,
+    begin_s: float,
+    end_s: float,
+    out_dir: Path,
+    seed: int | None = None,
+    timeout_s: float | None = None,
+    extra_args: Sequence[str] = (),
 ) -> SimResult:
+    """Run a SUMO scenario stand-alone, as ``sumo -c config`` does (its own network, routes,
+    programs and time window ``begin_s``-``end_s``, which the caller reads from the
+    configuration), only adding the outputs we read and ``seed`` when given (else SUMO's
+    default seed)."""
+    check_number("begin_s", begin_s, ge=0.0)
+    check_number("end_s", end_s, gt=begin_s)
+    binary = _require_binary("sumo")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tripinfo, stats = out_dir / "tripinfo-config.xml", out_dir / "statistic-config.xml"
+    command = [
+        str(binary),
+        "--configuration-file",
+        str(config),
+        "--no-step-log",
+        "--tripinfo-output",
+        str(tripinfo),
+        "--statistic-output",
+        str(stats),
+    ]
+    if seed is not None:
+        check_count("seed", seed)
+        command += ["--seed", str(seed)]
+    command += list(extra_args)
+    wall = _run_tool(command, log=out_dir / "sumo-config.log", timeout_s=timeout_s)
+    return _read_sumo_outputs("sumo", wall, end_s - begin_s, tripinfo, stats, begin_s=begin_s)
+
+
+def _read_sumo_outputs(
+    name: str, wall: float, duration_s: float, tripinfo: Path, stats: Path, *, begin_s: float = 0.0
+) -> SimResult:
+    """Travel time from the desired departure (``depart`` - ``departDelay``) to arrival, over
+    the vehicles arriving by ``begin_s + duration_s`` (SUMO times), and the statistics."""
     xml = _sumolib().xml
     travel: list[float] = []
     distance: list[float] = []
     for trip in xml.parse(str(tripinfo), "tripinfo"):
         arrival = _number(trip.getAttributeSecure("arrival"), -1.0)
-        if arrival < 0 or arrival > duration_s + 1e-6 or trip.getAttributeSecure("vaporized"):
+        if (
+            arrival < 0
+            or arrival > begin_s + duration_s + 1e-6
+            or trip.getAttributeSecure("vaporized")
+        ):
             continue
         wanted = _number(trip.getAttributeSecure("depart")) - _number(
             trip.getAttributeSecure("departDelay")
@@ -1024,6 +1214,8 @@ def _read_sumo_outputs(
         len(travel) / simulated * 3600.0 if simulated > 0 else 0.0,
         float(np.mean(distance)) if distance else 0.0,
         int(stat("teleports", "total", 0)),
+        running=int(stat("vehicles", "running", 0)),
+        waiting=int(stat("vehicles", "waiting", 0)),
     )
 
 
@@ -1043,10 +1235,7 @@ def run_citybrain(
     ended = time.perf_counter()
     result = score(run, scenario="sumo-compare", started_s=0.0)
     done = np.flatnonzero(run.sim.state == ARRIVED)
-    distance = 0.0
-    if done.size:
-        per_trip = np.add.reduceat(net.link_length[trips.route_links], trips.route_start)
-        distance = float(per_trip[done].mean())
+    distance = float(route_lengths_m(net, run.trips)[done].mean()) if done.size else 0.0
     return SimResult(
         "citybrain",
         ended - started,
@@ -1060,6 +1249,9 @@ def run_citybrain(
         distance,
         0,
         warm,
+        running=result.in_network,
+        waiting=result.waiting_to_enter,
+        stuck=result.stuck,
     )
 
 
@@ -1134,8 +1326,7 @@ def compare(
         f"in {time.perf_counter() - started:.1f} s"
     )
     net = compile_network(snet.road)
-    nodes = road.intersection_by_id
-    entries = sum(1 for link in road.links if not nodes[link.from_node].signalized)
+    entries = len(entry_links(road))
     trips = random_trips(
         net,
         seed=seed,

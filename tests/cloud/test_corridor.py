@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from citybrain.cloud.corridor import CorridorManager, PublishStatus, SendPlan, Settings
+from citybrain.cloud.corridor import STUCK, CorridorManager, PublishStatus, SendPlan, Settings
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router, UnreachableError
 from citybrain.cloud.state import NetworkState
@@ -416,3 +416,45 @@ def test_ids_built_from_a_long_vehicle_id_stay_valid() -> None:
     assert _plans(actions)
     assert all(len(p.plan.plan_id) <= 64 for p in _plans(actions))
     assert _statuses(actions)[0].status.corridor_id == corridor_id
+
+
+def _at(link: str, offset_m: float, now: float) -> VehiclePosition:
+    return VehiclePosition(vehicle="AMB-1", time=now, link=link, offset_m=offset_m, speed_mps=0.0)
+
+
+def test_a_vehicle_stuck_with_its_window_green_has_its_windows_dropped_until_it_moves() -> None:
+    manager = _manager(stuck_s=60.0)
+    manager.request(_request(depart_at=100.0), 100.0)
+    line = _line(manager, "a01")
+    # it stands 50 m before a01's stop line, whose window is open, and does not move
+    stand = float(GRAPH.link_length[GRAPH.link_index["west-a01"]]) - 50.0
+    now = max(line.open_s, 100.0) + 1.0
+    manager.on_position(_at("west-a01", stand, now), now)
+    assert "a01" in manager.sent
+    later = now + 61.0
+    actions = manager.on_position(_at("west-a01", stand + 1.0, later), later)
+    released = {p.intersection for p in _plans(actions) if p.plan.kind is PlanKind.RELEASE}
+    assert "a01" in released, "no green held for a queue that cannot leave"
+    status = _statuses(actions)[-1].status
+    assert status.state is CorridorState.ACTIVE
+    assert manager.sent == {}
+    assert _stuck(manager) == (True, STUCK)
+    moving = later + 5.0
+    manager.on_position(_at("west-a01", stand + 20.0, moving), moving)
+    assert _stuck(manager) == (False, None)
+    assert "a01" in manager.sent, "windows are back once it moves"
+
+
+def _stuck(manager: CorridorManager) -> tuple[bool, str | None]:
+    corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
+    return corridor.stuck, corridor.reason
+
+
+def test_a_vehicle_waiting_for_a_window_not_yet_open_is_not_stuck() -> None:
+    manager = _manager(stuck_s=30.0)
+    manager.request(_request(depart_at=100.0), 100.0)
+    line = _line(manager, "a01")
+    line_open = line.open_s
+    for now in np.arange(100.0, min(line_open, 160.0), 5.0):
+        manager.on_position(_at("west-a01", 10.0, float(now)), float(now))
+    assert _stuck(manager) == (False, None)

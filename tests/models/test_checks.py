@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from citybrain.models.checks import (
+    are_ids,
     check_count,
     check_id,
+    check_id_fields,
     check_ids,
     check_number,
     check_unique,
@@ -168,6 +170,38 @@ def test_check_ids_names_the_index_of_the_first_bad_id() -> None:
     with pytest.raises(ValidationError) as info:
         check_ids("route", ["a", "b", "c/d", "#"])
     assert info.value.field == "route[2]"
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.from_regex(VALID_ID, fullmatch=True),
+            st.text(alphabet="ab\n:_/ ", max_size=8),
+            st.text(max_size=70),
+        ),
+        max_size=6,
+    )
+)
+def test_are_ids_and_check_id_fields_agree_with_check_id(values: list[str]) -> None:
+    """The one-match fast path: newlines inside a value must not pass for a separator."""
+    valid = all(VALID_ID.fullmatch(value) for value in values)
+    assert are_ids(values) == valid
+    fields = [f"f{i}" for i in range(len(values))]
+    if valid:
+        check_id_fields(fields, values)
+    else:
+        with pytest.raises(ValidationError) as info:
+            check_id_fields(fields, values)
+        first_bad = next(i for i, v in enumerate(values) if not VALID_ID.fullmatch(v))
+        assert info.value.field == f"f{first_bad}"
+
+
+def test_are_ids_refuses_what_is_not_a_string() -> None:
+    assert not are_ids(["a", 3])  # type: ignore[list-item]
+    with pytest.raises(ValidationError) as info:
+        check_id_fields(("a", "b"), ("x", None))  # type: ignore[arg-type]
+    assert info.value.field == "b"
 
 
 def test_check_unique_names_the_field_and_the_duplicate() -> None:

@@ -65,6 +65,21 @@ def test_plans_that_break_the_rules_are_refused() -> None:
         IntersectionSignals.build("X", {"a": LEFT_TIMING}, [("a", "b")])
 
 
+def test_a_plan_moved_to_another_intersection_is_the_plan_built_there() -> None:
+    plan = lead_lead_plan(nema_eight_group("X"), offset_s=30.0)
+    assert plan.signals.conflict("2", "4")  # worked out here, shared by the twin
+    moved = plan.at("Y")
+    assert moved.signals.intersection_id == "Y"
+    assert plan.signals.intersection_id == "X"
+    assert moved == lead_lead_plan(nema_eight_group("Y"), offset_s=30.0)
+    assert moved.cycle_template is plan.cycle_template
+    assert moved.phase_starts_s == plan.phase_starts_s
+    assert moved.signals.conflicts_of is plan.signals.conflicts_of
+    with pytest.raises(ValidationError) as error:
+        plan.at("Y/1")
+    assert error.value.field == "intersection_id"
+
+
 def test_conflicts_are_symmetric() -> None:
     signals = nema_eight_group("X")
     for a in signals.groups:

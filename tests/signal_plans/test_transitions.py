@@ -5,7 +5,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from citybrain.models.errors import ValidationError
+from citybrain.models.messages import AckStatus, GreenWindow, SignalPlan
 from citybrain.models.signal import Indication
+from citybrain.signal_plans.controller import ControllerModel
 from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
 from citybrain.signal_plans.state import (
     ControllerState,
@@ -16,7 +18,7 @@ from citybrain.signal_plans.state import (
     normal_events,
     normal_state_at,
 )
-from citybrain.signal_plans.timing import TimingPlan
+from citybrain.signal_plans.timing import GroupTiming, IntersectionSignals, Phase, TimingPlan
 from citybrain.signal_plans.transitions import (
     PhaseRequest,
     Schedule,
@@ -444,3 +446,46 @@ def test_a_takeover_just_as_a_green_ends_follows_the_normal_plan_not_a_held_gree
         )
         assert shown.displays() == normal_state_at(plan, at).displays(), at
     assert advance(schedule.start, schedule.steps, now + 100.5).displays()["1"] is Indication.GREEN
+
+
+def _sumo_like_plan() -> TimingPlan:
+    """What imported SUMO programs look like: a group every phase serves (``free``), and a
+    phase that only ends groups (``lefts`` after ``throughs+lefts``)."""
+    timing = GroupTiming(min_green_s=5.0, yellow_s=3.0, red_clearance_s=0.5)
+    signals = IntersectionSignals.build(
+        "j", dict.fromkeys(("free", "through", "left", "cross"), timing),
+        [("through", "cross"), ("left", "cross")],
+    )  # fmt: skip
+    phases = (
+        Phase("both", frozenset({"free", "through", "left"})),
+        Phase("lefts", frozenset({"free", "left"})),
+        Phase("cross", frozenset({"free", "cross"})),
+    )
+    return TimingPlan("sumo", signals, phases, (30.0, 6.0, 30.0))
+
+
+def test_a_group_every_phase_serves_is_green_under_the_normal_plan() -> None:
+    plan = _sumo_like_plan()
+    for at in (0.0, 17.0, 40.0, 60.0, 250.0):
+        assert normal_state_at(plan, at).groups["free"].indication is Indication.GREEN
+
+
+def test_a_controller_leaves_a_window_for_a_plan_with_such_groups() -> None:
+    plan = _sumo_like_plan()
+    controller = ControllerModel(plan)
+    window = SignalPlan(
+        plan_id="p1", intersection="j", seq=1, issued_at=50.0, valid_from=50.0,
+        valid_until=200.0,
+        windows=(GreenWindow(signal_group="through", open_at=60.0, close_at=75.0),),
+    )  # fmt: skip
+    assert controller.command(window, 50.0).status is AckStatus.ACCEPTED
+    for now in range(50, 400):
+        controller.update(float(now))
+        shown = controller.state_at(float(now))
+        assert shown.groups["free"].indication is Indication.GREEN
+    assert controller.running is None, "back on the normal plan"
+    assert _on_plan_now(plan, controller.state_at(400.0))
+
+
+def _on_plan_now(plan: TimingPlan, state: ControllerState) -> bool:
+    return return_to_normal(plan, state).steps == ()

@@ -85,3 +85,9 @@ def check_conservation(sim: Simulation) -> None:
     where = trips.route_links[trips.route_start[on_road] + sim.hop[on_road]]
     per_link = np.bincount(where, minlength=sim.net.links)
     assert np.array_equal(per_link, sim.link_count)
+    # and on the queue of the movement it will take at the link's end (if any)
+    moves = trips.route_moves[trips.route_start[on_road] + sim.hop[on_road]]
+    queues = sim.net.mv_queue[moves[moves >= 0]]
+    per_queue = np.bincount(queues, minlength=sim.net.movements)
+    assert np.array_equal(per_queue, sim.q_count)
+    assert (sim.q_count <= sim.net.qu_storage).all()

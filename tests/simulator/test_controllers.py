@@ -67,7 +67,7 @@ def test_a_green_window_for_the_main_through_is_accepted_and_served() -> None:
     # five cars reach the stop line at 356-361 s, just after the main through's green ended
     run = _run([100.0 + i for i in range(5)])
     run.advance(365.0)
-    assert run.sim.q_len[NET.movement_index["a01:ET"]] == 5
+    assert run.sim.q_len[NET.mv_queue[NET.movement_index["a01:ET"]]] == 5
     window = GreenWindow(signal_group="2", open_at=375.0, close_at=390.0)
     outcome = run.command("a01", _plan(run, windows=(window,)))
     assert outcome.status is AckStatus.ACCEPTED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -9,17 +10,19 @@ import numpy as np
 import pytest
 
 from citybrain.models.errors import ValidationError
-from citybrain.models.network import Turn
+from citybrain.models.network import Intersection, Lane, Link, Movement, Network, Turn
+from citybrain.models.signal import SignalGroup
 from citybrain.simulator.compiled import TURN_CODES, compile_network
 from citybrain.simulator.demand import (
     DEFAULT_TURNS,
     Peak,
     Trips,
+    entry_links,
     fixed_route,
     free_flow_time_s,
     random_trips,
 )
-from citybrain.simulator.networks import arterial, grid
+from citybrain.simulator.networks import RoadNetwork, arterial, grid
 
 NET = compile_network(arterial(3))
 GRID = compile_network(grid(2, 2))
@@ -136,6 +139,43 @@ def test_origin_weights_skew_the_entries() -> None:
     )
     firsts = {NET.link_ids[trips.route_links[s]] for s in trips.route_start}
     assert firsts == {"west-a01"}
+
+
+@pytest.mark.parametrize("road", [arterial(1), arterial(4), grid(1, 1), grid(2, 3)])
+def test_generated_entries_are_the_links_leaving_their_unsignalized_ends(road: RoadNetwork) -> None:
+    net = road.network
+    nodes = net.intersection_by_id
+    assert entry_links(net) == tuple(
+        link for link in net.links if not nodes[link.from_node].signalized
+    )
+
+
+def _unsignalized_tee() -> RoadNetwork:
+    """Ends A, B and C two-way into an unsignalized junction M, and a one-way road from S."""
+    lane = (Lane(0, frozenset({Turn.THROUGH})),)
+    places = {"A": (-100.0, 0.0), "B": (100.0, 0.0), "C": (0.0, -100.0), "S": (0.0, 100.0)}
+    nodes = [Intersection("M", 0.0, 0.0, signalized=False)]
+    nodes += [Intersection(name, x, y, signalized=False) for name, (x, y) in places.items()]
+    pairs = [(end, "M") for end in places] + [("M", end) for end in "ABC"]
+    links = [Link(f"{a}-{b}", a, b, 100.0, lane, 13.9) for a, b in pairs]
+    moves = [
+        Movement(f"{a}{b}", "M", f"{a}-M", f"M-{b}", Turn.THROUGH, "free")
+        for a in places
+        for b in "ABC"
+        if a != b
+    ]
+    group = SignalGroup("free", "M", frozenset(m.id for m in moves))
+    return RoadNetwork("tee", Network(tuple(nodes), tuple(links), (), tuple(moves), (group,)), {})
+
+
+def test_entries_are_the_fringe_not_every_unsignalized_junction() -> None:
+    road = _unsignalized_tee()
+    entries = ["A-M", "B-M", "C-M", "S-M"]
+    assert [link.id for link in entry_links(road.network)] == entries
+    net = compile_network(road)
+    trips = random_trips(net, seed=2, duration_s=600.0, vehicles_per_hour=3000.0)
+    firsts = {net.link_ids[trips.route_links[s]] for s in trips.route_start}
+    assert firsts == set(entries)
 
 
 @pytest.mark.parametrize(
@@ -291,3 +331,82 @@ def test_bad_od_matrices_are_refused(matrix: dict[tuple[str, str], float], messa
 
     with pytest.raises(ValidationError, match=message):
         od_trips(compile_network(arterial(1)), matrix, seed=1, duration_s=600.0)
+
+
+# --- routing when leaving (SUMO's trips) ------------------------------------------------------
+
+DIRECT = ["bW0-g0_0", "g0_0-g0_1", "g0_1-bE0"]
+AROUND = ["bW0-g0_0", "g0_0-g1_0", "g1_0-g1_1", "g1_1-g0_1", "g0_1-bE0"]
+
+
+def test_a_trip_leaving_behind_a_jam_is_routed_around_it() -> None:
+    """Routed when it leaves, on the last three minutes' speeds: a trip whose fastest route on
+    an empty network runs into a standing queue takes the way round instead, like SUMO's
+    trips; a vehicle with a fixed route keeps it; the trips given are not changed."""
+    from citybrain.simulator.engine import Simulation
+
+    jam = [
+        fixed_route(GRID, DIRECT, depart_s=2.0 * i, name="j", emergency=False) for i in range(30)
+    ]
+    late = [
+        fixed_route(GRID, DIRECT, depart_s=200.0, name=name, emergency=False)
+        for name in ("fixed", "trip")
+    ]
+    trips = Trips.concat([*jam, *late])
+    reroute = np.zeros(trips.count, dtype=np.bool_)
+    reroute[-1] = True
+    trips = dataclasses.replace(trips, names={}, reroute=reroute)
+    given = trips.route_links.copy()
+    sim = Simulation(GRID, trips)
+    east_at_g0_1, around = group_bits(GRID, "g0_1", ["3"]), ["5", "4", "2"]
+    for node, groups in (("g0_0", around), ("g1_0", around), ("g1_1", around)):
+        sim.set_override(GRID.controller_index[node], group_bits(GRID, node, groups))
+    sim.set_override(GRID.controller_index["g0_1"], east_at_g0_1)  # the direct way stands
+    sim.advance(260.0)
+    routes = sim.trips
+    assert routes is not trips
+    assert np.array_equal(trips.route_links, given)
+    fixed, trip = trips.count - 2, trips.count - 1
+    assert _route(GRID, routes, fixed) == DIRECT
+    assert _route(GRID, routes, trip) == AROUND
+    assert sim.router is not None
+    assert sim.router.changed == 1
+    assert sim.router.done
+    # the same trips run again give the same result
+    again = Simulation(GRID, trips)
+    for c in range(len(GRID.controller_ids)):
+        again.set_override(c, int(sim.override[c]))
+    again.advance(260.0)
+    assert _route(GRID, again.trips, trip) == AROUND
+
+
+def test_with_nothing_to_route_a_run_keeps_the_trips_it_was_given() -> None:
+    from citybrain.simulator.engine import Simulation
+
+    trips = random_trips(GRID, seed=2, duration_s=300.0, vehicles_per_hour=2000.0)
+    assert trips.reroute is None
+    assert not trips.rerouted
+    sim = Simulation(GRID, trips)
+    assert sim.trips is trips
+    assert sim.router is None
+
+
+def test_reroute_flags_follow_their_vehicles() -> None:
+    a = random_trips(GRID, seed=1, duration_s=300.0, vehicles_per_hour=1000.0)
+    b = dataclasses.replace(a, reroute=np.arange(a.count) % 2 == 0)
+    both = Trips.concat([a, b])
+    assert both.reroute is not None
+    assert not both.reroute[: a.count].any()
+    assert b.reroute is not None
+    assert np.array_equal(both.reroute[a.count :], b.reroute)
+    assert Trips.concat([a, a]).reroute is None
+
+
+def group_bits(net: Any, node: str, groups: list[str]) -> int:
+    bits = net.group_bits[net.controller_index[node]]
+    return sum(1 << bits[g] for g in set(groups))
+
+
+def _route(net: Any, trips: Trips, v: int) -> list[str]:
+    start, length = int(trips.route_start[v]), int(trips.route_len[v])
+    return [net.link_ids[i] for i in trips.route_links[start : start + length]]

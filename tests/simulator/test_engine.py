@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -9,11 +12,22 @@ import pytest
 from numpy.typing import NDArray
 
 from citybrain.models.errors import ValidationError
-from citybrain.models.network import JAM_SPACING_M
+from citybrain.models.network import JAM_SPACING_M, Lane, Turn
 from citybrain.simulator import kernels
 from citybrain.simulator.compiled import CompiledNetwork, compile_network
-from citybrain.simulator.demand import Trips, fixed_route, free_flow_time_s, random_trips
-from citybrain.simulator.engine import LOST_TIME_S, Simulation
+from citybrain.simulator.demand import (
+    Trips,
+    fixed_route,
+    free_flow_time_s,
+    random_trips,
+    route_lengths_m,
+)
+from citybrain.simulator.engine import (
+    ACCELERATION_MPS2,
+    DECELERATION_MPS2,
+    LOST_TIME_S,
+    Simulation,
+)
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
 
 from .simhelpers import all_groups_mask, check_conservation, group_mask, vehicles
@@ -85,7 +99,7 @@ def test_a_standing_queue_discharges_at_the_saturation_headway(
     sim.set_override(0, 0)
     sim.advance(400.0)  # the queue has formed: 3.6 km at 13.9 m/s takes 257 s
     m = net.movement_between(net.link_index["west-a01"], net.link_index[target])
-    assert sim.q_len[m] == count
+    assert sim.q_len[net.mv_queue[m]] == count
     assert (sim.state == kernels.QUEUED).all()
     assert net.mv_headway[m] == pytest.approx(headway)
     green_at = sim.now
@@ -112,8 +126,9 @@ def test_a_queue_keeps_its_order_and_a_faster_vehicle_behind_it_waits() -> None:
     # the cars queue by 300 s; the ambulance needs 3566 m / 18.07 m/s = 197 s to reach them
     sim.advance(560.0)
     m = net.movement_between(net.link_index["west-a01"], net.link_index["a01-east"])
-    assert sim.q_len[m] == ahead + 1
-    assert sim.q_tail[m] == amb
+    queue = net.mv_queue[m]
+    assert sim.q_len[queue] == ahead + 1
+    assert sim.q_tail[queue] == amb
     assert sim.state[amb] == kernels.QUEUED
     back = net.link_length[0] - ahead * JAM_SPACING_M / 2  # 20 cars on the two through lanes
     assert sim.position[amb] == pytest.approx(back)
@@ -173,9 +188,13 @@ def test_storage_is_never_exceeded_and_no_vehicle_is_lost() -> None:
         sim.advance(1.0)
         assert (sim.link_count <= net.link_storage).all(), "a link holds more than fits"
         check_conservation(sim)
-        full_links = max(full_links, int((sim.link_count == net.link_storage).sum()))
+        # a link, or the lanes of one of its turns, holds all it can
+        full = (sim.link_count == net.link_storage).sum() + (
+            (sim.q_count == net.qu_storage) & (net.qu_storage > 0)
+        ).sum()
+        full_links = max(full_links, int(full))
         blocked_entries = max(blocked_entries, int(sim.n_waiting[0]))
-    assert full_links > 0, "the run never filled a link: not a spillback test"
+    assert full_links > 0, "the run never filled a link's lanes: not a spillback test"
     assert blocked_entries > 0, "no entry was ever blocked: not a spillback test"
     assert int((sim.state == kernels.ARRIVED).sum()) > 0
 
@@ -328,3 +347,274 @@ def test_routes_end_where_every_way_on_has_zero_weight() -> None:
     )
     assert np.all(lengths == 1)
     assert np.all(moves[:, 0] == -1)
+
+
+# --- lanes, short links, junctions (what real city networks need) ------------------------
+
+
+def _reshaped(
+    road: RoadNetwork,
+    *,
+    lengths: Mapping[str, float] | None = None,
+    lanes: Mapping[str, tuple[Lane, ...]] | None = None,
+) -> CompiledNetwork:
+    """``road`` with some links' lengths or lanes changed (the nodes stay where they are)."""
+    links = tuple(
+        dataclasses.replace(
+            link,
+            length_m=(lengths or {}).get(link.id, link.length_m),
+            lanes=(lanes or {}).get(link.id, link.lanes),
+        )
+        for link in road.network.links
+    )
+    length = {link.id: link.length_m for link in links}
+    detectors = tuple(
+        dataclasses.replace(
+            d, distance_from_stop_line_m=min(d.distance_from_stop_line_m, length[d.link_id])
+        )
+        for d in road.network.detectors
+    )
+    network = dataclasses.replace(road.network, links=links, detectors=detectors)
+    return compile_network(dataclasses.replace(road, network=network))
+
+
+ONE_LANE: tuple[Lane, ...] = (Lane(0, frozenset({Turn.LEFT, Turn.THROUGH, Turn.RIGHT})),)
+EAST_LEFT = ["west-a01", "a01-a01n"]
+
+
+def _order(net: CompiledNetwork, routes: list[list[str]], *, ambulance: int = -1) -> Trips:
+    """One vehicle per route, leaving a second apart in this order; ``ambulance`` is the index
+    of an emergency vehicle among them."""
+    parts = [
+        fixed_route(
+            net, route, depart_s=float(i), name=f"V{i}", emergency=i == ambulance, speed_factor=1.0
+        )
+        for i, route in enumerate(routes)
+    ]
+    return Trips.concat(parts)
+
+
+@pytest.mark.parametrize(("lanes", "throughs_cross"), [(ONE_LANE, False), (None, True)])
+def test_a_car_waiting_to_turn_holds_those_behind_it_only_where_they_share_its_lane(
+    lanes: tuple[Lane, ...] | None, throughs_cross: bool
+) -> None:
+    """On a one-lane street a left turner waiting for its arrow holds the throughs behind it;
+    with a left-turn lane of its own (the standard layout) they drive past it."""
+    net = _reshaped(arterial(1), lanes={"west-a01": lanes} if lanes else None)
+    trips = _order(net, [EAST_LEFT, EAST, EAST, EAST])
+    sim = Simulation(net, trips)
+    sim.set_override(0, group_mask(net, 0, ["2"]))  # throughs and rights go, lefts wait
+    sim.advance(400.0)
+    check_conservation(sim)
+    assert sim.hop[0] == 0
+    assert sim.state[0] == kernels.QUEUED
+    assert bool((sim.hop[1:] >= 1).all()) is throughs_cross
+    one = net.movement_between(net.link_index["west-a01"], net.link_index["a01-east"])
+    left = net.movement_between(net.link_index["west-a01"], net.link_index["a01-a01n"])
+    assert (net.mv_queue[one] == net.mv_queue[left]) is not throughs_cross
+
+
+def test_movements_sharing_lanes_discharge_at_those_lanes_saturation_flow() -> None:
+    """Through and right share the kerb lane: the two lanes send one vehicle a second (1,800
+    veh/h/lane), not the throughs' two lanes plus the rights' one lane at once."""
+    net = ARTERIAL_1
+    right = ["west-a01", "a01-a01s"]
+    trips = _order(net, [right] * 20 + [EAST] * 20)
+    sim = Simulation(net, trips)
+    sim.set_override(0, 0)
+    sim.advance(400.0)
+    green_at = sim.now
+    sim.set_override(0, group_mask(net, 0, ["2"]))
+    sim.advance(60.0)
+    leave = np.sort(sim.hop_enter[trips.route_start + 1])
+    assert np.isfinite(leave).all()
+    gaps = np.diff(leave)
+    assert gaps.min() == pytest.approx(1.0)  # never faster than the two lanes together
+    assert leave[-1] == pytest.approx(green_at + LOST_TIME_S + 39.0)
+    # the rights keep to the kerb lane's own 2 s, the throughs fill the other lane meanwhile
+    rights = np.sort(sim.hop_enter[trips.route_start[:20] + 1])
+    assert np.diff(rights).min() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("routes", "crosses"),
+    [
+        ([EAST_LEFT, EAST], True),  # held for another turn: it makes way
+        ([EAST_LEFT, EAST, EAST], False),  # a car ahead of it for its own turn: it waits
+    ],
+)
+def test_an_emergency_vehicle_is_let_by_only_cars_held_for_another_turn(
+    routes: list[list[str]], crosses: bool
+) -> None:
+    net = _reshaped(arterial(1), lanes={"west-a01": ONE_LANE})
+    ambulance = len(routes) - 1
+    trips = _order(net, routes, ambulance=ambulance)
+    sim = Simulation(net, trips)
+    sim.set_override(0, group_mask(net, 0, ["2"]))
+    sim.advance(400.0)
+    check_conservation(sim)
+    assert sim.hop[0] == 0, "the left turner still waits for its arrow"
+    assert bool(sim.hop[ambulance] >= 1) is crosses
+    assert (sim.hop[1:ambulance] == 0).all(), "the car held ahead of it stays held"
+    assert int(sim.q_urgent.sum()) == (0 if crosses else 1)
+
+
+def test_a_queue_reaches_back_over_the_junction_behind_its_link() -> None:
+    """A 0.2 m stub between junctions 20 m apart: its queue stands on it and on the half of
+    the 19.8 m uncovered that belongs to the junction behind (3 lanes x 10.1 m: 4 cars), each
+    of its turns' lanes their share; a generated link (node to node) stores its own length."""
+    net = _reshaped(grid(1, 2, spacing_m=20.0), lengths={"g0_0-g0_1": 0.2})
+    stub = net.link_index["g0_0-g0_1"]
+    assert net.link_storage[stub] == 4
+    turns = range(net.link_out_start[stub], net.link_out_start[stub + 1])
+    shares = {int(net.mv_queue[m]): int(net.qu_storage[net.mv_queue[m]]) for m in turns}
+    assert sorted(shares.values()) == [1, 2]  # left lane, through-and-right lanes
+    assert net.link_storage[net.link_index["bW0-g0_0"]] == 3 * 150 // JAM_SPACING_M
+    # junctions 5 m apart: the stub still stores the car at each lane's stop line
+    road = grid(1, 2, spacing_m=20.0)
+    nodes = tuple(
+        dataclasses.replace(n, x_m=5.0) if n.id == "g0_1" else n for n in road.network.intersections
+    )
+    close = dataclasses.replace(
+        road, network=dataclasses.replace(road.network, intersections=nodes)
+    )
+    tiny = _reshaped(close, lengths={"g0_0-g0_1": 0.2})
+    assert tiny.link_storage[stub] == 3
+
+
+def test_a_stopped_vehicle_crosses_a_stub_in_the_time_a_standing_start_takes() -> None:
+    """The stop loss it cannot pay on a 4 m link it pays on the next one: the stub is free
+    again after a standing start (2 s at 2 m/s2), the trip takes as long as anywhere."""
+    net = _reshaped(grid(1, 2, spacing_m=20.0), lengths={"g0_0-g0_1": 4.0})
+    route = ["bW0-g0_0", "g0_0-g0_1", "g0_1-bE0"]
+    trips = _order(net, [route])
+    sim = Simulation(net, trips)
+    sim.set_override(0, 0)
+    sim.set_override(1, all_groups_mask(net, 1))
+    sim.advance(60.0)
+    assert sim.state[0] == kernels.QUEUED
+    sim.set_override(0, all_groups_mask(net, 0))
+    sim.advance(60.0)
+    assert sim.state[0] == kernels.ARRIVED
+    start = trips.route_start[0]
+    left_stop, left_stub = sim.hop_enter[start + 1], sim.hop_enter[start + 2]
+    junctions = [net.mv_junction_m[m] for m in trips.route_moves[start : start + 2]]
+    assert junctions == [pytest.approx(8.0), pytest.approx(8.0)]  # 16 m uncovered by the stub
+    standing = math.sqrt(2.0 * 4.0 / ACCELERATION_MPS2) + junctions[0] / SPEED
+    assert standing - 1e-9 <= left_stub - left_stop < standing + 1.0  # next step at the latest
+    loss = SPEED * (0.5 / ACCELERATION_MPS2 + 0.5 / DECELERATION_MPS2)
+    free = (4.0 + 150.0 + sum(junctions)) / SPEED
+    assert free + loss - 1e-9 <= sim.arrived[0] - left_stop < free + loss + 1.0
+    assert sim.stops[0] == 1
+
+
+def test_crossing_a_junction_takes_its_distance_at_the_speed_limit() -> None:
+    """Links 20 m shorter than the distance between their junctions (lanes ending at the
+    junction's edge, as SUMO's do) leave 20 m of junction to cross between them."""
+    road = arterial(1)
+    shorter = {link.id: link.length_m - 20.0 for link in road.network.links}
+    net = _reshaped(road, lengths=shorter)
+    trips = fixed_route(net, EAST, depart_s=0.0, name="V", speed_factor=1.0)
+    assert net.mv_junction_m[trips.route_moves[0]] == pytest.approx(20.0)
+    sim = Simulation(net, trips)
+    _all_green(sim)
+    sim.advance(600.0)
+    length = sum(net.link_length[net.link_index[link]] for link in EAST) + 20.0
+    assert sim.arrived[0] == pytest.approx(length / SPEED)
+    assert free_flow_time_s(net, trips, 0) == pytest.approx(length / SPEED)
+    assert route_lengths_m(net, trips)[0] == pytest.approx(length)
+    assert np.abs(sim.link_delay).max() < 1e-6, "the junction is not a delay"
+    # the generated networks' links run from node to node: no junction to cross
+    assert not ARTERIAL_1.mv_junction_m.any()
+
+
+def test_the_kernel_and_its_python_source_agree_on_a_city_like_network() -> None:
+    """Shared lanes, stubs, junction distances and an ambulance that is let by."""
+    road = grid(2, 2, spacing_m=40.0, feeder_m=30.0)
+    lengths = {link.id: link.length_m - 6.0 for link in road.network.links}
+    lengths["g0_0-g0_1"] = 3.0
+    shared = {link.id: ONE_LANE for link in road.network.links if link.id.startswith("g")}
+    net = _reshaped(road, lengths=lengths, lanes=shared)
+    traffic = random_trips(net, seed=5, duration_s=300.0, vehicles_per_hour=4000.0)
+    ambulance = fixed_route(net, ["bW0-g0_0", "g0_0-g0_1", "g0_1-bE0"], depart_s=60.0, name="A")
+    trips = Trips.concat([traffic, ambulance])
+    compiled, python = Simulation(net, trips), Simulation(net, trips)
+    for _ in range(3):
+        compiled.advance(100.0)
+        python.now = float(kernels.run_steps.py_func(*_kernel_arguments(python, 100)))
+    for name, value in vars(compiled).items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, getattr(python, name), equal_nan=True), name
+    check_conservation(compiled)
+    assert (compiled.stops > 0).any()
+    assert (compiled.state == kernels.ARRIVED).sum() > 50
+
+
+def _permitted_lefts() -> CompiledNetwork:
+    """The one-junction arterial with its main lefts allowed during the main throughs (a
+    permitted left, SUMO's ``g``): lefts no longer conflict with the opposing throughs."""
+    from citybrain.signal_plans.timing import IntersectionSignals, Phase, TimingPlan
+
+    road = arterial(1)
+    plan = road.plans["a01"]
+    signals = plan.signals
+    permitted = {frozenset(pair) for pair in (("5", "6"), ("1", "2"), ("7", "8"), ("3", "4"))}
+    relaxed = IntersectionSignals(
+        signals.intersection_id,
+        signals.timings,
+        frozenset(p for p in signals.conflict_pairs if p not in permitted),
+    )
+    phases = (
+        Phase("main", frozenset({"1", "2", "5", "6"})),
+        Phase("side", frozenset({"3", "4", "7", "8"})),
+    )
+    timing = TimingPlan("permitted", relaxed, phases, (50.0, 30.0))
+    return compile_network(dataclasses.replace(road, plans={"a01": timing}))
+
+
+def test_only_a_permitted_turn_gives_way() -> None:
+    net = _permitted_lefts()
+    left = net.movement_between(net.link_index["west-a01"], net.link_index["a01-a01n"])
+    foes = {
+        net.movement_ids[f]
+        for f in net.mv_yield[net.mv_yield_start[left] : net.mv_yield_start[left + 1]]
+    }
+    assert foes == {"a01:WT", "a01:WR"}  # the opposing through, and the right into its link
+    assert net.mv_is_foe[net.movement_index["a01:WT"]]
+    # protected lefts (the generated plans) meet no one
+    assert ARTERIAL_1.mv_yield.size == 0
+    assert not ARTERIAL_1.mv_is_foe.any()
+
+
+@pytest.mark.parametrize(("every_s", "waits"), [(2.0, True), (12.0, False)])
+def test_a_permitted_left_waits_for_a_gap_in_the_opposing_stream(
+    every_s: float, waits: bool
+) -> None:
+    """Opposing throughs 2 s apart leave no 4.5 s gap: the left turner waits until they stop
+    coming; 12 s apart, it turns in the first gap."""
+    net = _permitted_lefts()
+    stream = [0.0 + every_s * i for i in range(int(120 / every_s))]
+    west = ["east-a01", "a01-west"]
+    opposing = vehicles(net, west, stream)
+    # the left turner reaches the stop line 60 s after the stream's first vehicle
+    length = {link: net.link_length[net.link_index[link]] for link in ("west-a01", "east-a01")}
+    depart = 60.0 + (length["east-a01"] - length["west-a01"]) / SPEED
+    turner = fixed_route(
+        net, EAST_LEFT, depart_s=depart, name="L", emergency=False, speed_factor=1.0
+    )
+    trips = Trips.concat([opposing, turner])
+    sim = Simulation(net, trips)
+    sim.set_override(0, group_mask(net, 0, ["1", "2", "5", "6"]))
+    sim.advance(400.0)
+    check_conservation(sim)
+    v = trips.count - 1
+    turned = sim.hop_enter[trips.route_start[v] + 1]
+    crossings = np.sort(sim.hop_enter[trips.route_start[:-1] + 1])
+    arrived_at_line = sim.joined[v]
+    # a gap of at least 4.5 s around its turn: the last through 1 s before, the next 3.5 s after
+    before, after = crossings[crossings <= turned], crossings[crossings > turned]
+    assert before.size == 0 or turned - before[-1] >= 1.0 - 1e-9
+    assert after.size == 0 or after[0] - turned >= 3.5 - 1e-9
+    assert bool(turned - arrived_at_line > 20.0) is waits
+    if waits:
+        assert after.size == 0, "it turned only once the stream had passed"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from citybrain.models.errors import ValidationError
+from citybrain.simulator.cities import ACCEPTED_SPECS
 from citybrain.simulator.compiled import compile_network
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
 from citybrain.simulator.networks import arterial, grid
@@ -16,6 +19,7 @@ from citybrain.simulator.scenarios import (
     Level,
     build,
     crossing_ambulances,
+    load_network,
     main_route,
 )
 
@@ -116,3 +120,47 @@ def test_ambulance_names_must_differ_and_routes_must_exist() -> None:
         crossing_ambulances(GRID, row=10, column=5, at_s=0.0)
     with pytest.raises(ValidationError, match="no such route"):
         crossing_ambulances(arterial(3), row=0, column=0, at_s=0.0)
+
+
+def test_load_network_names_what_it_accepts(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="no RESCO scenario 'foo'; known: resco:ingolstadt1"):
+        load_network("resco:foo")
+    with pytest.raises(ValidationError, match=r"'city\.net\.xml' is neither a known spec nor"):
+        load_network("city.net.xml")
+    routes = tmp_path / "city.rou.xml"
+    routes.write_text("<routes/>")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (routes, text):
+        with pytest.raises(ValidationError) as caught:
+            load_network(str(path))
+        assert ACCEPTED_SPECS in str(caught.value)
+    ours = tmp_path / "net.json"
+    ours.write_text("{")
+    with pytest.raises(ValidationError, match="not valid JSON") as caught:
+        load_network(str(ours))
+    assert ACCEPTED_SPECS not in str(caught.value)
+
+
+@pytest.mark.sumo
+def test_load_network_imports_a_sumo_network_by_path_config_or_resco_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from citybrain.simulator import sumo
+
+    if sumo.find_binary("netgenerate") is None:
+        pytest.skip("the SUMO tool 'netgenerate' is not installed")
+    net = sumo.netgenerate_grid(tmp_path / "city.net.xml", rows=2, columns=2)
+    config = tmp_path / "city.sumocfg"
+    config.write_text(
+        '<configuration><input><net-file value="city.net.xml"/></input></configuration>'
+    )
+    # a RESCO name is read from the cache, as left by `fetch_resco`
+    folder = tmp_path / "cache" / "resco" / "sumo-rl-1.4.5" / "cologne1"
+    folder.mkdir(parents=True)
+    (folder / "cologne1.net.xml").write_bytes(net.read_bytes())
+    (folder / "cologne1.sumocfg").write_text(config.read_text().replace("city", "cologne1"))
+    monkeypatch.setenv("CITYBRAIN_CACHE", str(tmp_path / "cache"))
+    expected = sumo.read_net(net).road.network
+    for spec in (str(net), str(config), "resco:cologne1"):
+        assert load_network(spec).network == expected, spec

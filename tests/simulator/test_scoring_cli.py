@@ -32,6 +32,8 @@ SUMMARY_KEYS = {
     "throughput_vph",
     "intersections",
     "emergency",
+    "waiting_to_enter",
+    "stuck",
 }
 
 
@@ -85,6 +87,51 @@ def test_score_of_a_free_run_has_no_delay() -> None:
     assert result.mean_travel_time_s == pytest.approx(300.0 / 13.9)
     assert result.mean_delay_s == pytest.approx(0.0, abs=1e-9)
     assert result.mean_stops == 0.0
+
+
+def test_a_blocked_run_says_who_is_waiting_stuck_and_that_nothing_arrived() -> None:
+    # 100 cars at once onto a 60-car link whose signal stays red: its two through lanes
+    # hold 40 of them (the third lane is for the left turn)
+    net = compile_network(grid(1, 1))
+    route = ["bW0-g0_0", "g0_0-bE0"]
+    assert net.link_storage[net.link_index[route[0]]] == 60
+    through = net.movement_between(net.link_index[route[0]], net.link_index[route[1]])
+    assert net.qu_storage[net.mv_queue[through]] == 40
+    run = Run(net, vehicles(net, route, [0.0] * 100))
+    run.sim.set_override(0, 0)
+    run.advance(200.0)
+    early = scoring.score(run, scenario="red", started_s=0.0)
+    assert (early.in_network, early.waiting_to_enter, early.not_departed) == (40, 60, 60)
+    assert early.stuck == 0  # about 190 s of delay so far
+    run.advance(200.0)
+    late = scoring.score(run, scenario="red", started_s=0.0)
+    assert (late.arrived, late.in_network, late.waiting_to_enter, late.stuck) == (0, 40, 60, 40)
+    text = "\n".join(late.lines())
+    assert "100 vehicles, 0 arrived, 40 still in the network, 60 not departed" in text
+    assert "60 due but not let in" in text
+    assert "40 stuck" in text
+    assert "no vehicle arrived" in text
+    assert "mean travel time" not in text
+
+
+def test_lines_of_a_run_with_arrivals_give_the_means_and_the_ambulance() -> None:
+    net = compile_network(arterial(1))
+    trips = Trips.concat(
+        [
+            vehicles(net, ["west-a01", "a01-east"], [0.0, 5.0]),
+            fixed_route(net, ["west-a01", "a01-east"], depart_s=0.0, name="AMB-1"),
+        ]
+    )
+    run = Run(net, trips)
+    run.advance(600.0)
+    result = scoring.score(run, scenario="few", started_s=0.0)
+    assert result.arrived == 3
+    assert (result.waiting_to_enter, result.stuck) == (0, 0)
+    text = "\n".join(result.lines())
+    assert f"mean travel time {result.mean_travel_time_s:.1f} s" in text
+    assert "no vehicle arrived" not in text
+    assert "stuck" not in text
+    assert "AMB-1: " in text
 
 
 def _rows(path: Path) -> list[list[str]]:

@@ -19,6 +19,7 @@ from citybrain.simulator import sumo
 from citybrain.simulator.compiled import compile_network
 from citybrain.simulator.demand import random_trips
 from citybrain.simulator.networks import RoadNetwork
+from citybrain.simulator.routes import read_routes
 
 sumolib: Any = pytest.importorskip("sumolib")
 for _tool in ("sumo", "netgenerate", "netconvert"):
@@ -93,7 +94,7 @@ def test_links_match_the_sumo_edges(grid_file: Path, imported: sumo.SumoNet) -> 
 
 
 def test_junctions_and_signal_plans(grid_file: Path, imported: sumo.SumoNet) -> None:
-    net = sumolib.net.readNet(str(grid_file))
+    net = sumolib.net.readNet(str(grid_file), withPrograms=True)
     road = imported.road
     network = road.network
     assert len(network.intersections) == 21
@@ -105,35 +106,84 @@ def test_junctions_and_signal_plans(grid_file: Path, imported: sumo.SumoNet) -> 
         assert (node.x_m, node.y_m) == pytest.approx(junction.getCoord())
     assert sorted(road.plans) == sorted(f"{c}{r}" for c in "ABC" for r in range(3))
     for node_id, plan in road.plans.items():
-        assert plan.cycle_s == pytest.approx(100.0)
-        assert [p.id for p in plan.phases] == [
-            "main_lefts",
-            "main_throughs",
-            "side_lefts",
-            "side_throughs",
-        ]
-        assert len(network.signal_groups_at(node_id)) == 8
+        (program,) = net.getTLS(node_id).getPrograms().values()
+        assert plan.plan_id == "sumo"
+        assert plan.cycle_s == pytest.approx(sum(float(p.duration) for p in program.getPhases()))
         assert len([a for a in network.approaches if a.intersection_id == node_id]) == 4
-    # eastbound green wave: offsets grow with x like networks.grid
-    assert road.plans["A1"].offset_s == pytest.approx(0.0)
-    assert road.plans["B1"].offset_s == pytest.approx(200.0 / 13.9, abs=0.5)
 
 
-def test_movements_get_nema_groups_by_heading(imported: sumo.SumoNet) -> None:
-    movements = {
-        (m.from_link, m.to_link): (m.turn, m.signal_group)
-        for m in imported.road.network.movements
-        if m.intersection_id == "B1"
-    }
-    assert movements[("A1B1", "B1C1")] == (Turn.THROUGH, "2")  # eastbound
-    assert movements[("A1B1", "B1B2")] == (Turn.LEFT, "5")
-    assert movements[("A1B1", "B1B0")] == (Turn.RIGHT, "2")
-    assert movements[("C1B1", "B1A1")] == (Turn.THROUGH, "6")  # westbound
-    assert movements[("C1B1", "B1B0")] == (Turn.LEFT, "1")
-    assert movements[("B0B1", "B1B2")] == (Turn.THROUGH, "4")  # northbound
-    assert movements[("B0B1", "B1A1")] == (Turn.LEFT, "7")
-    assert movements[("B2B1", "B1B0")] == (Turn.THROUGH, "8")  # southbound
-    assert movements[("B2B1", "B1C1")] == (Turn.LEFT, "3")
+def _sumo_colours(program: Any, at_s: float) -> str:
+    """SUMO's state string ``at_s`` into its program (phase 0 starts at its offset)."""
+    cycle = sum(float(p.duration) for p in program.getPhases())
+    t = (at_s - float(program._offset)) % cycle
+    for phase in program.getPhases():
+        if t < float(phase.duration):
+            return str(phase.state)
+        t -= float(phase.duration)
+    raise AssertionError("past the cycle")
+
+
+def test_our_plans_show_what_sumo_s_programs_show(grid_file: Path, imported: sumo.SumoNet) -> None:
+    """Mid-way through every SUMO phase each controlled car link shows the same colour in our
+    plan (our 0.5 s all-red comes out of the end of a green, never its middle)."""
+    net = sumolib.net.readNet(str(grid_file), withPrograms=True)
+    group_of = {m.id: m.signal_group for m in imported.road.network.movements}
+    for tls, links in imported.tls_links.items():
+        plan = imported.road.plans[tls]
+        (program,) = net.getTLS(tls).getPrograms().values()
+        begin = float(program._offset)
+        for phase in program.getPhases():
+            middle = begin + float(phase.duration) / 2.0
+            for link in links:
+                ours = sumo.group_colour(
+                    plan, group_of[link.movement], (middle - plan.offset_s) % plan.cycle_s
+                )
+                theirs = phase.state[link.index]
+                assert ours == {"g": "G"}.get(theirs, theirs), (tls, link, middle)
+            begin += float(phase.duration)
+
+
+def test_conflicts_are_sumo_s_foes(grid_file: Path, imported: sumo.SumoNet) -> None:
+    """Every conflict we hold is a SUMO foe pair, and every SUMO foe pair the program never
+    shows green together is a conflict (permitted turns, SUMO's ``g``, stay compatible)."""
+    net = sumolib.net.readNet(str(grid_file), withPrograms=True)
+    group_of = {m.id: m.signal_group for m in imported.road.network.movements}
+    for tls, links in imported.tls_links.items():
+        signals = imported.road.plans[tls].signals
+        junction = net.getNode(tls)
+        (program,) = net.getTLS(tls).getPrograms().values()
+        connection_of = {c[2]: c for c in net.getTLS(tls).getConnections()}
+        for a, b in itertools.combinations(links, 2):
+            ga, gb = group_of[a.movement], group_of[b.movement]
+            if ga == gb:
+                continue
+            ia = _junction_index(junction, connection_of[a.index])
+            ib = _junction_index(junction, connection_of[b.index])
+            foes = junction.areFoes(ia, ib) or junction.areFoes(ib, ia)
+            together = any(
+                p.state[a.index] in "Gg" and p.state[b.index] in "Gg" for p in program.getPhases()
+            )
+            if signals.conflict(ga, gb):
+                assert foes or any(
+                    _are_foes(junction, connection_of, x, y)
+                    for x in links
+                    for y in links
+                    if group_of[x.movement] == ga and group_of[y.movement] == gb
+                )
+            elif foes:
+                assert together, (tls, a, b)
+
+
+def _junction_index(junction: Any, connection: tuple[Any, Any, int]) -> int:
+    lane_in, lane_out, _ = connection
+    found = [c for c in lane_in.getOutgoing() if c.getToLane() is lane_out]
+    return int(junction.getLinkIndex(found[0]))
+
+
+def _are_foes(junction: Any, connection_of: dict[int, Any], x: Any, y: Any) -> bool:
+    ix = _junction_index(junction, connection_of[x.index])
+    iy = _junction_index(junction, connection_of[y.index])
+    return bool(junction.areFoes(ix, iy) or junction.areFoes(iy, ix))
 
 
 def test_signal_programs_reproduce_our_plans(grid_file: Path, imported: sumo.SumoNet) -> None:
@@ -225,12 +275,23 @@ def test_routes_end_at_dead_ends_even_with_turnarounds(tmp_path: Path) -> None:
     assert any("U-turn" in note for note in imported.notes)
     network = imported.road.network
     uturns = [m for m in network.movements if m.turn is Turn.UTURN]
-    assert uturns, "U-turns inside the grid are kept"
-    assert all(m.signal_group in {"1", "3", "5", "7"} for m in uturns)
+    signalized = {n.id for n in network.intersections if n.signalized}
+    inside = [m for m in uturns if m.intersection_id in signalized]
+    assert inside, "U-turns inside the grid are kept"
+    assert all(m.signal_group.startswith("L") for m in inside), "controlled by the light"
+    # U-turns at the dead ends are kept too (route files use them), with no signal
+    at_dead_ends = [m for m in uturns if m.intersection_id not in signalized]
+    assert at_dead_ends
+    assert all(m.signal_group == sumo.FREE_GROUP for m in at_dead_ends)
     assert sorted(imported.road.plans) == ["A0", "A1", "B0", "B1"]
     programs, kept = sumo.signal_programs(imported)
     assert kept == ()
-    assert sorted(programs) == ["A0", "A1", "B0", "B1"]
+    grid_lights = ["A0", "A1", "B0", "B1"]
+    assert set(grid_lights) <= set(programs)
+    # netgenerate puts a light on the dead ends too: it never stops their U-turn, so SUMO
+    # gets an always-green program there, as our unsignalized dead end runs
+    for tls in set(programs) - set(grid_lights):
+        assert all(set(state) <= {"G", "g"} for _, state in programs[tls].phases)
     net = compile_network(imported.road)
     trips = random_trips(net, seed=5, duration_s=600.0, vehicles_per_hour=3000.0)
     nodes = network.intersection_by_id
@@ -239,6 +300,14 @@ def test_routes_end_at_dead_ends_even_with_turnarounds(tmp_path: Path) -> None:
         links = [network.links[i] for i in trips.route_links[start : start + length]]
         assert not nodes[links[-1].to_node].signalized
         assert all(nodes[link.to_node].signalized for link in links[:-1])
+    # a route file may turn at a dead end, as SUMO routes it: that trip is kept
+    file = tmp_path / "turn.rou.xml"
+    file.write_text('<routes><trip id="t" depart="0" from="A0bottom0" to="bottom0A0"/></routes>')
+    demand = read_routes([file], link_of_edge=imported.link_of_edge, net=net)
+    assert demand.report.dropped == {}
+    start, length = demand.trips.route_start[0], demand.trips.route_len[0]
+    route = [net.link_ids[i] for i in demand.trips.route_links[start : start + length]]
+    assert [imported.edge_of_link[link] for link in route] == ["A0bottom0", "bottom0A0"]
 
 
 def test_missing_file_is_refused(tmp_path: Path) -> None:
@@ -249,15 +318,15 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 def test_malformed_xml_is_refused(tmp_path: Path) -> None:
     broken = tmp_path / "broken.net.xml"
     broken.write_text('<net version="1.20"><edge id="a" from="x"')
-    with pytest.raises(ValidationError, match="not a readable SUMO network") as caught:
+    with pytest.raises(ValidationError, match="malformed XML") as caught:
         sumo.read_net(broken)
-    assert caught.value.field == "net"
+    assert str(broken) in str(caught.value)
 
 
 def test_a_file_without_roads_is_refused(tmp_path: Path) -> None:
     routes = tmp_path / "routes.net.xml"
     routes.write_text('<routes><vehicle id="v" depart="0"/></routes>')
-    with pytest.raises(ValidationError, match="no road edge"):
+    with pytest.raises(ValidationError, match="not a SUMO network"):
         sumo.read_net(routes)
 
 
