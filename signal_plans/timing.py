@@ -109,7 +109,7 @@ class IntersectionSignals:
     def at(self, intersection_id: str) -> IntersectionSignals:
         """The same groups, timings and conflicts at another intersection (a city's lights
         repeat a few layouts): only the new id needs checking, and what was worked out from
-        them (``conflicts_of``) is shared rather than worked out again."""
+        them (``conflicts_of``, which does not depend on where) is shared, not redone."""
         check_id("intersection_id", intersection_id)
         twin = object.__new__(type(self))
         twin.__dict__.update(self.__dict__, intersection_id=intersection_id)
@@ -230,9 +230,9 @@ class TimingPlan:
             raise ValidationError("offset_s", f"must be below the cycle of {self.cycle_s} s")
 
     def at(self, intersection_id: str) -> TimingPlan:
-        """This plan run at another intersection with the same signals: every check of the
-        plan is about its groups, not where they are, so only the new id is checked (by
-        ``IntersectionSignals.at``) and the cycle worked out for this one is shared."""
+        """This plan run at another intersection with the same signals: every check of a
+        plan, and all it works out (its cycle), is about its groups, not where they are; so
+        only the new id is checked (by ``IntersectionSignals.at``) and the rest is shared."""
         twin = object.__new__(type(self))
         twin.__dict__.update(self.__dict__, signals=self.signals.at(intersection_id))
         return twin

@@ -309,7 +309,7 @@ class _Ids:
 
     @classmethod
     def mapping(cls, raws: Sequence[str]) -> dict[str, str]:
-        """Each of ``raws`` (distinct) and its id, in a namespace of their own."""
+        """Each of ``raws`` and its id, in a namespace of their own."""
         return dict(zip(raws, cls().make_all(raws), strict=True))
 
 

@@ -1133,6 +1133,9 @@ class _Builder:
         if program is None:
             return
         phases = tuple(program.phases)
+        if not phases:
+            element = f"<tlLogic id={program.tls_id!r} programID={program.program_id!r}>"
+            raise _InvalidError(element, "has no phase")
         done = NetProgram(
             program.tls_id, program.program_id, program.type, program.offset_s, phases
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,11 @@ def test_allows_car_as_sumo_reads_permissions() -> None:
 
 BAD: list[tuple[str, Callable[[str], str], list[str]]] = [
     ("malformed", lambda t: t.replace("</junction>", "", 1), ["malformed XML", "line"]),
+    (
+        "program without phases",
+        lambda t: re.sub(r"<phase [^>]*/>", "", t),
+        ["<tlLogic id='B' programID='0'>", "has no phase"],
+    ),
     ("not closed", lambda t: t.replace("</net>", ""), ["malformed XML"]),
     ("empty", lambda t: "", ["malformed XML"]),
     ("text", lambda t: "just text", ["malformed XML"]),
