@@ -91,9 +91,7 @@ from citybrain.simulator.scoring import score
 from citybrain.simulator.sumo_programs import (
     JunctionLayout,
     JunctionSignals,
-    ProgramPhase,
     SignalsCache,
-    SumoProgram,
     bit_positions,
 )
 from citybrain.simulator.sumo_xml import (
@@ -642,15 +640,12 @@ def _junction_signals(
     out: dict[str, JunctionSignals | None] = {}
     kinds: dict[str, int] = {}
     cache = SignalsCache()
-    programs: dict[str, SumoProgram] = {}
     for jid, by_light in controlled.items():
         if jid not in at_junction:
             continue
         tls = max(by_light, key=lambda t: len(by_light[t]))
-        program = programs.get(tls)
-        if program is None:
-            program = programs[tls] = _sumo_program(netfile.programs[tls][-1])
-        kinds[program.kind] = kinds.get(program.kind, 0) + 1
+        program = netfile.programs[tls][-1]  # SUMO runs the program loaded last
+        kinds[program.type] = kinds.get(program.type, 0) + 1
         found = _signals_at(
             netfile.junctions[jid],
             node_of_junction[jid],
@@ -682,21 +677,10 @@ def _junction_signals(
     return out
 
 
-def _sumo_program(program: NetProgram) -> SumoProgram:
-    """The program SUMO runs (the one loaded last) as ``sumo_programs`` takes it."""
-    return SumoProgram(
-        program.tls_id,
-        program.program_id,
-        program.type,
-        program.offset_s,
-        tuple(ProgramPhase(p.duration_s, p.state) for p in program.phases),
-    )
-
-
 def _signals_at(
     junction: NetJunction,
     node: str,
-    light: tuple[str, SumoProgram],
+    light: tuple[str, NetProgram],
     movements: Mapping[str, list[NetConnection]],
     indices: set[int],
     begin_s: float,

@@ -43,6 +43,7 @@ from citybrain.signal_plans.timing import (
     Phase,
     TimingPlan,
 )
+from citybrain.simulator.sumo_xml import NetProgram
 
 GO, AMBER, STOP = "go", "amber", "stop"
 _COLOURS = {
@@ -68,22 +69,6 @@ class ControlledMovement:
     movement: str
     link_indices: tuple[int, ...]
     """Empty when none of its connections is controlled by the traffic light."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProgramPhase:
-    duration_s: float
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class SumoProgram:
-    tls_id: str
-    program_id: str
-    kind: str
-    """SUMO's ``type``: static, actuated, delay_based, ..."""
-    offset_s: float
-    phases: tuple[ProgramPhase, ...]
 
 
 @dataclass(frozen=True)
@@ -114,7 +99,7 @@ def junction_signals(
     node: str,
     movements: Sequence[ControlledMovement],
     foes: Collection[frozenset[str]],
-    program: SumoProgram,
+    program: NetProgram,
     *,
     other_links: tuple[int, ...] = (),
     begin_s: float = 0.0,
@@ -215,7 +200,7 @@ class SignalsCache:
         node: str,
         movement_ids: Sequence[str],
         layout: JunctionLayout,
-        program: SumoProgram,
+        program: NetProgram,
         *,
         other_links: tuple[int, ...] = (),
         begin_s: float = 0.0,
@@ -224,7 +209,7 @@ class SignalsCache:
             raise ValueError("give one movement id per movement of the layout")
         key = (
             layout,
-            program.kind,
+            program.type,
             program.offset_s,
             program.phases,
             other_links,
@@ -264,7 +249,7 @@ def _colour(state: str, indices: Sequence[int]) -> str:
 
 
 def _groups(
-    movements: Sequence[ControlledMovement], program: SumoProgram
+    movements: Sequence[ControlledMovement], program: NetProgram
 ) -> tuple[dict[str, frozenset[str]], list[dict[str, str]]]:
     """Movements with the same colour in every phase, and each group's colour per phase."""
     for index, phase in enumerate(program.phases):
@@ -296,7 +281,7 @@ def _groups(
 
 
 def _other_group(
-    colours: Sequence[Mapping[str, str]], program: SumoProgram, links: tuple[int, ...]
+    colours: Sequence[Mapping[str, str]], program: NetProgram, links: tuple[int, ...]
 ) -> tuple[str, ...] | None:
     """The colours of the traffic we do not model, if some phase stops every car for it."""
     shown = tuple(_colour(phase.state, links) for phase in program.phases) if links else ()
@@ -356,7 +341,7 @@ def _plan(
     groups: Mapping[str, frozenset[str]],
     colours: Sequence[Mapping[str, str]],
     conflicts: Sequence[tuple[str, str]],
-    program: SumoProgram,
+    program: NetProgram,
     begin_s: float,
 ) -> TimingPlan | None:
     durations = [phase.duration_s for phase in program.phases]

@@ -9,16 +9,15 @@ from citybrain.simulator.sumo_programs import (
     OTHER_GROUP,
     ControlledMovement,
     JunctionLayout,
-    ProgramPhase,
     SignalsCache,
-    SumoProgram,
     junction_signals,
 )
+from citybrain.simulator.sumo_xml import NetPhase, NetProgram
 
 
-def _program(*phases: tuple[float, str], offset: float = 0.0, kind: str = "static") -> SumoProgram:
-    return SumoProgram(
-        "tls", "0", kind, offset, tuple(ProgramPhase(d, state) for d, state in phases)
+def _program(*phases: tuple[float, str], offset: float = 0.0, kind: str = "static") -> NetProgram:
+    return NetProgram(
+        "tls", "0", kind, offset, tuple(NetPhase(d, state, None, None) for d, state in phases)
     )
 
 
@@ -70,7 +69,7 @@ def test_a_permitted_left_runs_with_the_opposing_through_and_a_protected_one_alo
 
 def test_the_offset_is_sumo_s_seen_from_the_scenario_begin() -> None:
     program = _program((2, "rrrr"), (30, "GGrr"), (3, "yyrr"), (30, "rrGG"), (3, "rryy"))
-    program = SumoProgram("tls", "0", "static", 10.0, program.phases)
+    program = NetProgram("tls", "0", "static", 10.0, program.phases)
     plan = junction_signals("j", [EW, NS], FOES, program, begin_s=57_600.0).plan
     assert plan is not None
     # phase 0 (GGrr) starts 2 s into SUMO's program, which starts at SUMO time 10 + k * 68
@@ -111,7 +110,7 @@ def test_a_program_that_never_stops_a_car_gives_no_plan() -> None:
     ids=["short-green", "long-all-red", "no-amber", "state-too-short"],
 )
 def test_an_unsafe_program_is_replaced_by_a_plan_that_respects_every_foe(
-    program: SumoProgram, reason: str
+    program: NetProgram, reason: str
 ) -> None:
     found = junction_signals("j", [EW, NS], FOES, program)
     assert found.generated
