@@ -43,6 +43,7 @@ from citybrain.models.messages import (
     VehiclePosition,
 )
 from citybrain.models.network import JAM_SPACING_M
+from citybrain.models.signal import Indication
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S
 from citybrain.signal_plans.state import ControllerState, normal_periods
 from citybrain.signal_plans.timing import TimingPlan
@@ -160,7 +161,7 @@ class Settings:
     epoch: int = 0
     """This cloud process's epoch (``cloud/epoch.py``): its plans carry it, so they are newer
     than a previous process's, and its corridor ids name it, so they are never reused."""
-    stuck_s: float = 60.0
+    stuck_s: float = 120.0
     """A vehicle that has not moved for this long while the window ahead of it is green is
     stuck behind traffic the window cannot move (spillback beyond the signal): its windows
     are dropped, so that no green is held for a queue that cannot leave, until it moves."""
@@ -531,7 +532,14 @@ class CorridorManager:
         traffic ahead has nowhere to go), and take them up again once it moves; said in the
         corridor's reason."""
         ahead = next((ln for ln in corridor.stop_lines if not ln.released and ln.hop >= 0), None)
-        green_ahead = ahead is not None and ahead.open_s < ahead.close_s and ahead.open_s <= now_s
+        green_ahead = (
+            ahead is not None
+            and ahead.open_s < ahead.close_s
+            and ahead.open_s <= now_s
+            # the controller's display, not the window: another corridor's may come first
+            and self.signal_states(ahead.intersection, now_s).groups[ahead.group].indication
+            is Indication.GREEN
+        )
         idle = now_s - corridor.moved_at_s
         stuck = corridor.stuck or green_ahead
         stuck = stuck and idle >= self.settings.stuck_s and now_s >= corridor.depart_s

@@ -422,8 +422,25 @@ def _at(link: str, offset_m: float, now: float) -> VehiclePosition:
     return VehiclePosition(vehicle="AMB-1", time=now, link=link, offset_m=offset_m, speed_mps=0.0)
 
 
-def test_a_vehicle_stuck_with_its_window_green_has_its_windows_dropped_until_it_moves() -> None:
+def _showing(indication: Indication) -> Any:
+    """Controller twins that show group 2 (the route's through) as ``indication`` everywhere."""
+    plan = ROAD.plans["a01"]
+    at = next(
+        float(t)
+        for t in range(200)
+        if normal_state_at(plan, float(t)).groups["2"].indication is indication
+    )
+    return lambda node, _at: normal_state_at(ROAD.plans[node], at)
+
+
+@pytest.mark.parametrize(("shown", "stuck"), [(Indication.GREEN, True), (Indication.RED, False)])
+def test_a_vehicle_stuck_with_its_window_green_has_its_windows_dropped_until_it_moves(
+    shown: Indication, stuck: bool
+) -> None:
+    """Not moving while the light ahead shows its window: windows dropped. Not moving while
+    it is still red (another corridor's window comes first there): waiting, not stuck."""
     manager = _manager(stuck_s=60.0)
+    manager.signal_states = _showing(shown)
     manager.request(_request(depart_at=100.0), 100.0)
     line = _line(manager, "a01")
     # it stands 50 m before a01's stop line, whose window is open, and does not move
@@ -434,6 +451,10 @@ def test_a_vehicle_stuck_with_its_window_green_has_its_windows_dropped_until_it_
     later = now + 61.0
     actions = manager.on_position(_at("west-a01", stand + 1.0, later), later)
     released = {p.intersection for p in _plans(actions) if p.plan.kind is PlanKind.RELEASE}
+    if not stuck:
+        assert "a01" not in released
+        assert _stuck(manager) == (False, None)
+        return
     assert "a01" in released, "no green held for a queue that cannot leave"
     status = _statuses(actions)[-1].status
     assert status.state is CorridorState.ACTIVE
