@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from citybrain.evaluate import Ambulance, Study, evaluate, render, to_json
+from citybrain.evaluate import Ambulance, Study, evaluate, render, slower_seeds, to_json
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,7 @@ def targets(data: dict[str, Any]) -> list[tuple[str, bool, str]]:
     ours = policies["corridor"]["travel_time_s"]
     base = policies["no_priority"]["travel_time_s"]
     local = policies["local_preemption"]["travel_time_s"]
-    slower = sum(
-        1
-        for row in data["per_seed"]
-        for name, travel in row["corridor"]["travel_time_s"].items()
-        if travel is None or (row["no_priority"]["travel_time_s"][name] or float("inf")) < travel
-    )
+    slower = sum(slower_seeds(data, name).get("corridor", 0) for name in data["ambulances"])
     cost = policies["corridor"]["other_vehicles_extra_delay_s"]
     local_cost = policies["local_preemption"]["other_vehicles_extra_delay_s"]
     return [

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from citybrain.closed_loop import Outcome, Policy, Setup, run_policy
+from citybrain.closed_loop import FLOW_WINDOW_S, Outcome, Policy, Setup, run_policy
 from citybrain.demo import Comparison, summary
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.errors import ValidationError
@@ -94,12 +94,12 @@ class Study:
         if len(set(names)) != len(names):
             raise ValidationError("ambulances", "ambulance names must be unique")
         first = min(a.depart_s for a in self.ambulances)
-        if first < self.dispatch_lead_s + 121.0:
+        earliest = self.dispatch_lead_s + FLOW_WINDOW_S + 1.0
+        if first < earliest:
             raise ValidationError(
                 "depart_s",
-                f"an ambulance leaves at {first:g} s: leave at least "
-                f"{self.dispatch_lead_s + 121.0:g} s into the run (dispatch lead, two minutes "
-                "of flows for the cloud)",
+                f"an ambulance leaves at {first:g} s: leave at least {earliest:g} s into the run "
+                "(dispatch lead, two minutes of flows for the cloud)",
             )
 
 
@@ -134,6 +134,9 @@ class _Place:
     level: Level | None
     routes: dict[str, tuple[str, ...]]
     """Ambulance -> its route (link ids)."""
+    sumo_edges: frozenset[str] | None
+    """Every edge id of the SUMO network (read once), to tell edges we left out from unknown
+    ones in its route files."""
 
 
 def _load(study: Study) -> _Place:
@@ -151,7 +154,8 @@ def _load(study: Study) -> _Place:
             _link(road, links, place) for place in (ambulance.origin, ambulance.destination)
         )
         routes[ambulance.name] = shortest_route(net, start, end)
-    return _Place(road, net, snet, scenario, files, share, level, routes)
+    edges = sumo_edge_ids(snet.path) if snet is not None and files else None
+    return _Place(road, net, snet, scenario, files, share, level, routes, edges)
 
 
 def _link(road: RoadNetwork, link_of_edge: Mapping[str, str], place: str) -> str:
@@ -213,7 +217,6 @@ def _scenario(study: Study, place: _Place, seed: int) -> Scenario:
         traffic = build(place.road, level=place.level, duration_s=duration, seed=seed).trips
     else:
         begin = place.scenario.begin_s if place.scenario is not None else 0.0
-        edges = sumo_edge_ids(place.snet.path) if place.snet is not None else None
         traffic = read_routes(
             place.route_files,
             link_of_edge=place.snet.link_of_edge if place.snet is not None else {},
@@ -222,7 +225,7 @@ def _scenario(study: Study, place: _Place, seed: int) -> Scenario:
             end_s=begin + duration,
             scale=place.share,
             seed=seed,
-            sumo_edges=edges,
+            sumo_edges=place.sumo_edges,
         ).trips
     trips = Trips.concat([traffic, *ambulances])
     return Scenario(place.road.name, place.net, trips, duration, seed)
@@ -321,7 +324,7 @@ def render(data: dict[str, Any]) -> str:
             f"  {'policy':18} {'travel s':>9} {'x free':>7} {'stops':>6} {'others +veh-s':>14} "
             f"{'slower seeds':>13}",
         ]
-        slower = _slower_seeds(data, name)
+        slower = slower_seeds(data, name)
         for policy, p in ambulance["policies"].items():
             rows.append(
                 f"  {policy:18} {p['travel_time_s']:9.1f} {p['ratio_to_free_flow']:7.2f} "
@@ -345,7 +348,7 @@ def verdict(data: dict[str, Any], name: str) -> str:
     base = policies["no_priority"]["travel_time_s"]
     local = policies["local_preemption"]["travel_time_s"]
     ours = policies["corridor"]["travel_time_s"]
-    slower = _slower_seeds(data, name).get("corridor", 0)
+    slower = slower_seeds(data, name).get("corridor", 0)
     cost = policies["corridor"]["other_vehicles_extra_delay_s"]
     local_cost = policies["local_preemption"]["other_vehicles_extra_delay_s"]
     return (
@@ -357,7 +360,9 @@ def verdict(data: dict[str, Any], name: str) -> str:
     )
 
 
-def _slower_seeds(data: dict[str, Any], name: str) -> dict[str, int]:
+def slower_seeds(data: dict[str, Any], name: str) -> dict[str, int]:
+    """Per policy with priority, the seeds on which ``name``'s trip took longer than without
+    priority (or never ended)."""
     out: dict[str, int] = {}
     for row in data["per_seed"]:
         base = row["no_priority"]["travel_time_s"][name]
