@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,13 @@ horizon, and in route search): a typical remaining minimum green plus a clearanc
 MOVED_M = 5.0
 """How far a vehicle goes on its link for it to count as moving."""
 STUCK = "stuck in traffic its windows cannot move: windows dropped until it moves"
+ARBITRATION_MARGIN_S = 20.0
+"""How far a vehicle's arrival at a shared intersection must move before its turn there is
+taken again: its estimate moves by a few seconds with every queue it meets, and a swap moves
+both vehicles' windows; a vehicle held up for longer than this gives way to the other."""
+PRE_FLUSH_MIN_S = 6.0
+"""The shortest window worth sending to flush a queue ahead of time: a minimum green plus
+the lost time."""
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
 
@@ -101,6 +109,13 @@ class StopLine:
     confirmed: bool = False
     released: bool = False
     passed_s: float | None = None
+    pre_open_s: float = 0.0
+    pre_close_s: float = 0.0
+    """A window before another corridor's conflicting one here, flushing this line's queue
+    ahead of time (``_pre_flush``); none when ``pre_close_s <= pre_open_s``."""
+    platoon_veh: float = 0.0
+    """Of the vehicles in its way, those flushed upstream ahead of the vehicle: they arrive
+    with it, after any early window here."""
     flushed_veh: float = 0.0
     """Vehicles its window flushes ahead of the vehicle: the estimate before the window opened,
     kept (never lowered) while it flushes, since the queue it measures then is draining."""
@@ -138,6 +153,9 @@ class Corridor:
     """Where it was then: (link, offset)."""
     stuck: bool = False
     """Stuck behind traffic its window cannot move: its windows are dropped until it moves."""
+    turn_s: float = math.inf
+    """Its place in the arbitration at the first intersection it shares with another live
+    corridor: when it gets there (``_in_turn``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,12 +536,12 @@ class CorridorManager:
         intersection whose windows changed one plan holding all of them."""
         statuses: list[Action] = []
         reservations: list[tuple[str, str, float, float]] = []
-        for corridor in self._live():
+        for corridor in self._in_turn(now_s):
             self._check_stuck(corridor, now_s)  # against the windows it was given
             self._time_windows(corridor, now_s, reservations)
             for line in corridor.stop_lines:
                 if not line.released:
-                    reservations.append((line.intersection, line.group, line.open_s, line.close_s))
+                    reservations += [(line.intersection, line.group, a, b) for a, b in _spans(line)]
             statuses.append(PublishStatus(self._status(corridor, now_s)))
         return [*self._dispatch(now_s), *statuses]
 
@@ -559,6 +577,30 @@ class CorridorManager:
         live = [c for c in self.corridors.values() if c.state not in TERMINAL]
         return sorted(live, key=lambda c: (-c.priority, c.requested_at))
 
+    def _in_turn(self, now_s: float) -> list[Corridor]:
+        """Live corridors in the order their windows are fitted: priority first, then who
+        reaches the intersection they share first (its route's arrival there, without waiting
+        for the other: the one whose window is open keeps it), then the earlier request. An
+        arrival moves the order only when it drifts by ``ARBITRATION_MARGIN_S``, so two
+        vehicles due together do not swap at every position report."""
+        live = self._live()
+        holders = Counter(
+            line.intersection
+            for corridor in live
+            for line in {ln.intersection: ln for ln in _ahead(corridor)}.values()
+        )
+        for corridor in live:
+            shared = next((ln for ln in _ahead(corridor) if holders[ln.intersection] > 1), None)
+            if shared is None:
+                corridor.turn_s = math.inf
+            elif shared.plan_id is not None and shared.open_s <= now_s < shared.close_s:
+                corridor.turn_s = -math.inf
+            else:
+                arrival = float(corridor.route.line_s[shared.hop])
+                if not abs(arrival - corridor.turn_s) <= ARBITRATION_MARGIN_S:
+                    corridor.turn_s = arrival
+        return sorted(live, key=lambda c: (-c.priority, c.turn_s, c.requested_at))
+
     def _time_windows(
         self, corridor: Corridor, now_s: float, reservations: list[tuple[str, str, float, float]]
     ) -> None:
@@ -582,20 +624,10 @@ class CorridorManager:
                 earliest[line.movement] = max(now_s, move.green_from_s)
             except ValidationError as error:
                 log.warning("%s: cannot time a window: %s", line.intersection, error)
-            # Windows of another group here are served in turn (a conflicting one after its
-            # clearance). A pushed window can run into the next reservation: a few passes.
-            for _ in range(3):
-                arrival = max(float(route.line_s[line.hop]), float(earliest[line.movement]))
-                for node, group, opened, closed in reservations:
-                    if node != line.intersection or group == line.group or closed <= now_s:
-                        continue
-                    if opened <= arrival + self.settings.clear_after_s:
-                        clearance = (
-                            plan.signals.intergreen_s({group})
-                            if plan.signals.conflict(group, line.group)
-                            else 0.0
-                        )
-                        earliest[line.movement] = max(earliest[line.movement], closed + clearance)
+            green_from = float(earliest[line.movement])
+            first = self._fit_around(line, plan, float(route.line_s[line.hop]), earliest,
+                                     reservations, now_s)  # fmt: skip
+            self._pre_flush(line, plan, green_from, first, earliest, mv_flush, now_s)
         windows = self.router.windows(
             route, mv_flush, earliest, max(now_s, corridor.depart_s),
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
@@ -608,6 +640,69 @@ class CorridorManager:
                 float(windows.high[i]),
             )
             line.open_s, line.close_s = float(windows.open[i]), float(windows.close[i])
+
+    def _fit_around(
+        self,
+        line: StopLine,
+        plan: TimingPlan,
+        line_s: float,
+        earliest: np.ndarray,
+        reservations: list[tuple[str, str, float, float]],
+        now_s: float,
+    ) -> float | None:
+        """Push the line's earliest opening past the windows reserved before it at its
+        intersection (served in turn, a conflicting one after its clearance); a pushed window
+        can run into the next reservation, so a few passes. Returns when the first conflicting
+        window it waits for opens (None: it waits for none)."""
+        first: float | None = None
+        for _ in range(3):
+            arrival = max(line_s, float(earliest[line.movement]))
+            for node, group, opened, closed in reservations:
+                if node != line.intersection or group == line.group or closed <= now_s:
+                    continue
+                if opened <= arrival + self.settings.clear_after_s:
+                    conflicting = plan.signals.conflict(group, line.group)
+                    clearance = plan.signals.intergreen_s({group}) if conflicting else 0.0
+                    earliest[line.movement] = max(earliest[line.movement], closed + clearance)
+                    if conflicting:
+                        first = opened if first is None else min(first, opened)
+        return first
+
+    def _pre_flush(
+        self,
+        line: StopLine,
+        plan: TimingPlan,
+        green_from: float,
+        first: float | None,
+        earliest: np.ndarray,
+        mv_flush: np.ndarray,
+        now_s: float,
+    ) -> None:
+        """A vehicle whose window must follow another corridor's conflicting one gets its
+        queue flushed before that window too, where there is time: then only what arrives
+        while the other vehicle passes stands between it and the stop line (a crossing's
+        second vehicle would otherwise wait behind a whole cycle's queue). ``mv_flush`` then
+        holds what is left to flush when its own window opens."""
+        line.pre_open_s = line.pre_close_s = 0.0
+        if first is None:
+            return
+        state = self.network_state
+        link = int(self.graph.mv_from[line.movement])
+        per_veh = float(state.discharge_s_per_veh[link])
+        inflow = float(state.inflow_veh_per_s(now_s)[link])
+        close = first - plan.signals.intergreen_s({line.group})
+        standing = float(state.queues(now_s).queue_veh[link]) + inflow * max(0.0, close - now_s)
+        opening = max(green_from, close - DEFAULT_LOST_TIME_S - standing * per_veh)
+        if close - opening < PRE_FLUSH_MIN_S:
+            return
+        line.pre_open_s, line.pre_close_s = opening, close
+        # left when its own window opens: what the early window could not serve, what
+        # arrives after it, and the platoon flushed upstream ahead of the vehicle
+        served = (close - opening - DEFAULT_LOST_TIME_S) / per_veh
+        arrival = max(float(earliest[line.movement]), line.eta_s)
+        left = max(0.0, standing - served) + inflow * max(0.0, arrival - close) + line.platoon_veh
+        flush = DEFAULT_LOST_TIME_S + left * per_veh if left > 0.0 else 0.0
+        mv_flush[line.movement] = min(float(mv_flush[line.movement]), flush)
 
     def _flush_along(self, corridor: Corridor, now_s: float) -> np.ndarray:
         """Per movement, the green needed before the vehicle arrives: its queue, plus the
@@ -633,14 +728,16 @@ class CorridorManager:
             # is red (the normal plan's red share), up to what the link can store
             until = max(0.0, float(route.line_s[hop]) - now_s)
             grown = queues[link] + inflow[link] * until * self.red_share[movement]
+            carried = self.settings.platoon_share * ahead
             if hop == 0:
-                grown += self._platoon_ahead(corridor, now_s)
+                carried += self._platoon_ahead(corridor, now_s)
             expected = min(float(grown), float(self.storage[link]))
-            ahead = expected + self.settings.platoon_share * ahead
+            ahead = expected + carried
             if ahead > 0.0:
                 flush[movement] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
             line = lines.get(hop)
             if line is not None:
+                line.platoon_veh = carried
                 # once its window opens the queue measured drains: what it flushes ahead of
                 # the vehicle is what was there, not what is left
                 opened = line.close_s > line.open_s and now_s >= line.open_s
@@ -685,7 +782,7 @@ class CorridorManager:
         share it), sent when the set changed or a window moved by more than ``min_change_s``;
         a release once no window is left."""
         settings = self.settings
-        wanted: dict[str, list[tuple[Corridor, StopLine]]] = {}
+        wanted: dict[str, list[_Wanted]] = {}
         for corridor in self._live():
             for line in corridor.stop_lines:
                 if line.intersection in self.unconfirmed or corridor.stuck:
@@ -695,26 +792,26 @@ class CorridorManager:
                     _want(wanted, corridor, line)
         actions: list[Action] = []
         for node in sorted(wanted.keys() | self.sent.keys()):
-            lines = sorted(wanted.get(node, []), key=lambda pair: pair[1].open_s)
+            lines = sorted(wanted.get(node, []), key=lambda want: want[2])
             sent = self.sent.get(node)
             if not lines:
                 if sent is not None:
                     actions.append(self._release(node, sent, now_s))
                 continue
-            windows = tuple((c.corridor_id, ln.group, ln.open_s, ln.close_s) for c, ln in lines)
+            windows = tuple((c.corridor_id, ln.group, a, b) for c, ln, a, b in lines)
             if sent is not None and _same_windows(sent.windows, windows, settings.min_change_s):
                 continue
             seq = self._next_seq(node)
             plan_id = compose_id(lines[0][0].corridor_id, node, seq)
             soonest = now_s + settings.takeover_lead_s
             green: list[GreenWindow] = []
-            owners = list(dict.fromkeys(c.corridor_id for c, _ in lines))
+            owners = list(dict.fromkeys(c.corridor_id for c, *_ in lines))
             self._serving[plan_id] = owners
             for owner in owners:
                 self._plans_of.setdefault(owner, []).append(plan_id)
-            for _, line in lines:
-                opening = max(line.open_s, soonest, green[-1].close_at if green else 0.0)
-                closing = max(line.close_s, opening + 1.0)
+            for _, line, open_s, close_s in lines:
+                opening = max(open_s, soonest, green[-1].close_at if green else 0.0)
+                closing = max(close_s, opening + 1.0)
                 green.append(
                     GreenWindow(signal_group=line.group, open_at=opening, close_at=closing)
                 )
@@ -819,6 +916,11 @@ class CorridorManager:
         )
 
 
+def _ahead(corridor: Corridor) -> list[StopLine]:
+    """The stop lines the vehicle has still to pass."""
+    return [line for line in corridor.stop_lines if not line.released and line.hop >= 0]
+
+
 def _holds(corridor: Corridor, node: str) -> bool:
     return any(line.intersection == node and not line.released for line in corridor.stop_lines)
 
@@ -834,15 +936,24 @@ def _windows_at(node: str, live: list[Corridor], leaving: list[Corridor]) -> int
     )
 
 
-def _want(
-    wanted: dict[str, list[tuple[Corridor, StopLine]]], corridor: Corridor, line: StopLine
-) -> None:
-    """Add a window to its intersection's plan; corridors come highest priority first, and
-    past ``MAX_WINDOWS`` (a re-routed vehicle can bring one more) the rest wait, unconfirmed,
-    rather than make a plan no edge takes."""
+_Wanted = tuple[Corridor, StopLine, float, float]
+"""A window an intersection's plan should hold: whose, for which stop line, open, close."""
+
+
+def _spans(line: StopLine) -> list[tuple[float, float]]:
+    """The stop line's windows: its queue flushed ahead of time, if it has that, then its own."""
+    pre = [(line.pre_open_s, line.pre_close_s)] if line.pre_close_s > line.pre_open_s else []
+    return [*pre, (line.open_s, line.close_s)]
+
+
+def _want(wanted: dict[str, list[_Wanted]], corridor: Corridor, line: StopLine) -> None:
+    """Add a stop line's windows to its intersection's plan; corridors come highest priority
+    first, and past ``MAX_WINDOWS`` (a re-routed vehicle can bring one more) the rest wait,
+    unconfirmed, rather than make a plan no edge takes."""
     held = wanted.setdefault(line.intersection, [])
-    if len(held) < MAX_WINDOWS:
-        held.append((corridor, line))
+    spans = _spans(line)
+    if len(held) + len(spans) <= MAX_WINDOWS:
+        held += [(corridor, line, a, b) for a, b in spans]
         return
     log.debug("%s: no room for %s's window", line.intersection, corridor.corridor_id)
     line.plan_id, line.confirmed = None, False

@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from citybrain.cloud import corridor as corridor_module
 from citybrain.cloud.corridor import STUCK, CorridorManager, PublishStatus, SendPlan, Settings
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router, UnreachableError
@@ -479,3 +480,53 @@ def test_a_vehicle_waiting_for_a_window_not_yet_open_is_not_stuck() -> None:
     for now in np.arange(100.0, min(line_open, 160.0), 5.0):
         manager.on_position(_at("west-a01", 10.0, float(now)), float(now))
     assert _stuck(manager) == (False, None)
+
+
+def _line_at(manager: CorridorManager, vehicle: str, node: str) -> Any:
+    corridor = manager.corridors[manager.by_vehicle[vehicle]]
+    (line,) = [line for line in corridor.stop_lines if line.intersection == node]
+    return line
+
+
+def test_of_two_equal_corridors_the_one_arriving_first_goes_first_not_the_first_request() -> None:
+    manager = _manager()
+    manager.request(_request("AMB-1", priority=5), 100.0)
+    crossing = ("a03s", "a03", "a03n")
+    manager.request(_request("FIRE-2", priority=5, origin="a03s", route=crossing), 100.0)
+    ambulance, fire = _line_at(manager, "AMB-1", "a03"), _line_at(manager, "FIRE-2", "a03")
+    assert fire.eta_s < ambulance.eta_s  # FIRE-2 starts next to a03
+    assert fire.close_s <= ambulance.open_s
+
+
+def _crossing_behind_a_fire_engine() -> tuple[CorridorManager, list[SendPlan]]:
+    """AMB-1 along the arterial with 12 cars queued at a03, and FIRE-2 (higher priority)
+    crossing a03 a few seconds before it."""
+    manager = _manager()
+    manager.network_state.set_queue("a02-a03", 12.0, 100.0, flow_vph=300.0)
+    manager.request(_request("AMB-1", priority=3), 100.0)
+    crossing = ("a03s", "a03", "a03n")
+    fire = _request("FIRE-2", priority=9, origin="a03s", route=crossing, depart_at=150.0)
+    return manager, _plans(manager.request(fire, 100.0))
+
+
+def test_a_vehicle_waiting_for_another_corridor_has_its_queue_flushed_before_that_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, plans = _crossing_behind_a_fire_engine()
+    ambulance, fire = _line_at(manager, "AMB-1", "a03"), _line_at(manager, "FIRE-2", "a03")
+    assert ambulance.pre_open_s < ambulance.pre_close_s < fire.open_s < fire.close_s
+    assert fire.close_s < ambulance.open_s
+    (plan,) = [p.plan for p in plans if p.intersection == "a03"]
+    assert [w.signal_group for w in plan.windows] == [ambulance.group, fire.group, ambulance.group]
+    controller = EmulatedController(ROAD.plans["a03"], end_lag_s=2.0)
+    outcome = controller.command(plan, 100.0)
+    assert outcome.status is AckStatus.ACCEPTED, outcome.verdict.reason
+    for window in plan.windows:
+        shown = controller.state_at((window.open_at + window.close_at) / 2).groups
+        assert shown[window.signal_group].indication is Indication.GREEN
+    # without the early window the ambulance's own window must flush all 12 cars: it waits
+    monkeypatch.setattr(corridor_module, "PRE_FLUSH_MIN_S", float("inf"))
+    without, _ = _crossing_behind_a_fire_engine()
+    late = _line_at(without, "AMB-1", "a03")
+    assert late.pre_close_s <= late.pre_open_s
+    assert ambulance.eta_s + 5.0 < late.eta_s
