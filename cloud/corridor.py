@@ -9,8 +9,10 @@ Rolling horizon: plans are committed only for stop lines the vehicle reaches wit
 ``horizon_s``; every position update re-times the route (and re-routes when the vehicle left
 it); a plan is re-sent only when its window moved by more than ``min_change_s``; a stop line is
 released as soon as the vehicle is past it. Several vehicles: windows are reserved per
-(intersection, group); a conflicting reservation of a higher priority (ties: the earlier
-request) pushes a window back until the other's closes plus clearance.
+(intersection, group); a conflicting reservation of a higher priority (ties: who arrives at
+the shared intersection first, then the earlier request) pushes a window back until the
+other's closes plus clearance, and where there is time the vehicle that waits has its queue
+flushed before the other's window too.
 """
 
 from __future__ import annotations
