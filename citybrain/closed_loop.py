@@ -42,7 +42,7 @@ from citybrain.models.messages import (
 )
 from citybrain.models.signal import Indication
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
-from citybrain.simulator.runner import Run
+from citybrain.simulator.runner import Engine, SimulationRun, VehicleIncident
 from citybrain.simulator.scenarios import (
     Direction,
     Level,
@@ -52,6 +52,7 @@ from citybrain.simulator.scenarios import (
     load_network,
 )
 from citybrain.simulator.scoring import EmergencyTrip, score
+from citybrain.simulator.sumo_run import open_run
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class Outcome:
     """Signalized intersections on the routes of more than one ambulance."""
     corridors: dict[str, CorridorState] = field(default_factory=dict)
     """Per ambulance, the final state of its corridor (corridor policy only)."""
+    incidents: tuple[VehicleIncident, ...] = ()
+    """Vehicles the engine teleported or removed (SUMO; ours never does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,21 +159,36 @@ about 1,540 s without priority (4x free flow), so the run goes on 2,400 s after 
 
 
 def run_policy(
-    policy: Policy, seed: int, setup: Setup | None = None, *, scenario: Scenario | None = None
+    policy: Policy,
+    seed: int,
+    setup: Setup | None = None,
+    *,
+    scenario: Scenario | None = None,
+    engine: Engine = Engine.OURS,
 ) -> Outcome:
     """One run under ``policy``: ``scenario`` (traffic and ambulances built elsewhere, such as
     ``citybrain evaluate``'s), else the one ``setup`` describes for ``seed``; ``setup`` times
-    the run (the ambulances leave after its warm-up, it ends ``after_s`` later)."""
+    the run (the ambulances leave after its warm-up, it ends ``after_s`` later). ``engine``
+    moves the vehicles: ours, or SUMO micro under the same controllers (``sumo_run``)."""
     setup = setup or Setup()
-    end = setup.warmup_s + setup.after_s
     scenario = scenario or _scenario(setup, seed)
-    run = Run(scenario.net, scenario.trips)
+    with open_run(
+        engine, scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=seed
+    ) as run:
+        return _run(policy, seed, setup, scenario, run)
+
+
+def _run(
+    policy: Policy, seed: int, setup: Setup, scenario: Scenario, run: SimulationRun
+) -> Outcome:
+    end = setup.warmup_s + setup.after_s
     run.advance(setup.warmup_s - setup.dispatch_lead_s - FLOW_WINDOW_S - 1.0)
     driver = _Driver(policy, scenario, run, setup)
     busy_until: dict[str, float] = {}
     while run.now < end:
         driver.step()
         run.advance(1.0)
+        driver.lost(run.incidents)
         for node, controller in run.controllers.items():
             if controller.running is not None:
                 busy_until[node] = run.now
@@ -207,7 +225,15 @@ def run_policy(
         else {}
     )
     return Outcome(
-        policy, seed, journeys, seconds, driver.sent, driver.refused, crossings, corridors
+        policy,
+        seed,
+        journeys,
+        seconds,
+        driver.sent,
+        driver.refused,
+        crossings,
+        corridors,
+        tuple(run.incidents),
     )
 
 
@@ -236,7 +262,9 @@ def _scenario(setup: Setup, seed: int) -> Scenario:
 class _Vehicle:
     """One ambulance as the driver follows it: its route, what it met, what it asked for."""
 
-    def __init__(self, name: str, index: int, scenario: Scenario, run: Run, setup: Setup) -> None:
+    def __init__(
+        self, name: str, index: int, scenario: Scenario, run: SimulationRun, setup: Setup
+    ) -> None:
         net, trips = scenario.net, scenario.trips
         self.name = name
         self.index = index
@@ -274,7 +302,9 @@ class _Vehicle:
 class _Driver:
     """What happens each second under a policy: detection, requests, positions, plans."""
 
-    def __init__(self, policy: Policy, scenario: Scenario, run: Run, setup: Setup) -> None:
+    def __init__(
+        self, policy: Policy, scenario: Scenario, run: SimulationRun, setup: Setup
+    ) -> None:
         self.policy = policy
         self.run = run
         self.net = scenario.net
@@ -288,6 +318,7 @@ class _Driver:
         self.manager: CorridorManager | None = None
         self.counts: deque[tuple[float, np.ndarray]] = deque()
         self.seq: dict[str, int] = {}
+        self.seen_incidents = 0
         if policy is Policy.CORRIDOR:
             factors = {v.speed_factor for v in self.vehicles}
             if len(factors) > 1:
@@ -315,6 +346,20 @@ class _Driver:
                 self._request(vehicle, now)
         for vehicle in self.vehicles:
             self._follow(vehicle, now)
+
+    def lost(self, incidents: list[VehicleIncident]) -> None:
+        """An ambulance the engine teleported or removed no longer drives its corridor: the
+        corridor fails with the reason and its lights go back to their plans."""
+        manager = self.manager
+        ambulances = {vehicle.name for vehicle in self.vehicles}
+        for incident in incidents[self.seen_incidents :]:
+            ambulance = incident.vehicle in ambulances
+            log.log(logging.WARNING if ambulance else logging.INFO, "%s", incident.describe())
+            if ambulance and manager is not None and incident.vehicle in manager.by_vehicle:
+                corridor = manager.by_vehicle[incident.vehicle]
+                reason = f"vehicle lost: {incident.describe()}"
+                self._apply(manager.fail(corridor, self.run.now, reason=reason))
+        self.seen_incidents = len(incidents)
 
     def _follow(self, vehicle: _Vehicle, now: float) -> None:
         run, sim, v = self.run, self.run.sim, vehicle.index

@@ -22,6 +22,7 @@ from citybrain.closed_loop import (
     run_policy,
 )
 from citybrain.models.errors import ValidationError
+from citybrain.simulator.runner import Engine
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ def compare(
     *,
     setup: Setup | None = None,
     progress: Callable[[str], None] | None = None,
+    engine: Engine = Engine.OURS,
 ) -> Comparison:
     setup = setup or Setup()
     outcomes: dict[Policy, list[Outcome]] = {policy: [] for policy in Policy}
@@ -44,7 +46,7 @@ def compare(
         for policy in Policy:
             if progress is not None:
                 progress(f"{setup.network} seed {seed}: {policy}")
-            outcome = run_policy(policy, seed, setup)
+            outcome = run_policy(policy, seed, setup, engine=engine)
             late = [name for name, j in outcome.journeys.items() if j.trip.arrived_s is None]
             if late:
                 # a trip cut short has no travel time; leaving it out of the means would

@@ -37,6 +37,7 @@ from citybrain.simulator.compiled import CompiledNetwork, compile_network
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.routes import read_routes, shortest_route, sumo_edge_ids
+from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import (
     AMBULANCE_SPEED_FACTOR,
     Level,
@@ -83,6 +84,8 @@ class Study:
     after_s: float = 1800.0
     """How long the run goes on after the last ambulance leaves."""
     dispatch_lead_s: float = 60.0
+    engine: Engine = Engine.OURS
+    """What moves the vehicles: our engine, or SUMO micro under the same controllers."""
 
     def __post_init__(self) -> None:
         if not self.ambulances:
@@ -228,7 +231,7 @@ def _scenario(study: Study, place: _Place, seed: int) -> Scenario:
             sumo_edges=place.sumo_edges,
         ).trips
     trips = Trips.concat([traffic, *ambulances])
-    return Scenario(place.road.name, place.net, trips, duration, seed)
+    return Scenario(place.road.name, place.net, trips, duration, seed, place.snet)
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,9 @@ def evaluate(study: Study, *, progress: Callable[[str], None] | None = None) -> 
         for policy in Policy:
             if progress is not None:
                 progress(f"{study.network} seed {seed + 1}/{study.seeds}: {policy}")
-            outcomes[policy].append(run_policy(policy, seed, setup, scenario=scenario))
+            outcomes[policy].append(
+                run_policy(policy, seed, setup, scenario=scenario, engine=study.engine)
+            )
     nodes = {
         n for o in outcomes[Policy.NO_PRIORITY] for j in o.journeys.values() for n in j.stop_line_m
     }

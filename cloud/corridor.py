@@ -514,6 +514,16 @@ class CorridorManager:
             return []
         return self._finish(corridor, CorridorState.CANCELLED, now_s, reason)
 
+    def fail(self, corridor_id: str, now_s: float, *, reason: str) -> list[Action]:
+        """End a corridor whose vehicle can no longer drive it (the simulator teleported or
+        removed it, say): its lights go back to their plans, its status says why."""
+        corridor = self.corridors.get(corridor_id)
+        if corridor is None:
+            raise ValidationError("corridor_id", f"unknown corridor {corridor_id!r}")
+        if corridor.state in TERMINAL:
+            return []
+        return self._finish(corridor, CorridorState.FAILED, now_s, reason)
+
     def tick(self, now_s: float) -> list[Action]:
         """Time out corridors whose vehicle went silent."""
         actions: list[Action] = []

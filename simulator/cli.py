@@ -13,11 +13,15 @@ from tqdm import tqdm
 
 from citybrain.simulator import netfile, scoring
 from citybrain.simulator.cities import ACCEPTED_SPECS, RESCO_NETWORKS, RESCO_PREFIX, fetch_resco
-from citybrain.simulator.runner import Run
-from citybrain.simulator.scenarios import Level, build, load_network
+from citybrain.simulator.runner import Engine, SimulationRun
+from citybrain.simulator.scenarios import Level, Scenario, build, load_network
+from citybrain.simulator.sumo_run import open_run
 
 log = logging.getLogger(__name__)
 
+ENGINE_HELP = (
+    "what moves the vehicles: our engine, or SUMO micro (libsumo) under the same controllers"
+)
 NETWORK_HELP = (
     f"{ACCEPTED_SPECS} (SUMO networks are imported; resco:NAME is downloaded from PyPI on "
     "first use, see `sim fetch`)"
@@ -40,6 +44,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--out", type=Path, default=None, help="output folder (default out/<scenario>)"
     )
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument(
+        "--engine", choices=list(Engine), type=Engine, default=Engine.OURS, help=ENGINE_HELP
+    )
     serve = sub.add_parser("serve", help="serve a scenario's cabinets on the field bus")
     serve.add_argument("--network", default="arterial", help=NETWORK_HELP)
     serve.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
@@ -54,6 +61,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=1.0,
         help="paced clock, x real time; 0 = as fast as possible, advanced by clients",
+    )
+    serve.add_argument(
+        "--engine", choices=list(Engine), type=Engine, default=Engine.OURS, help=ENGINE_HELP
     )
     network = sub.add_parser(
         "network", help="generate or import a network and write it to a citybrain .json file"
@@ -100,7 +110,13 @@ def main(args: argparse.Namespace) -> int:
     log.info(
         "%s: %d vehicles over %.0f s", scenario.name, scenario.trips.count, scenario.duration_s
     )
-    run = Run(scenario.net, scenario.trips)
+    with open_run(
+        args.engine, scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=args.seed
+    ) as run:
+        return _run(args, scenario, run)
+
+
+def _run(args: argparse.Namespace, scenario: Scenario, run: SimulationRun) -> int:
     started = time.perf_counter()
     with tqdm(
         total=int(scenario.duration_s), unit="sim s", disable=args.no_progress, file=sys.stderr
@@ -136,7 +152,6 @@ def _serve(args: argparse.Namespace) -> int:
     from citybrain.simulator.fieldbus import FieldBusServer
 
     scenario = build(args.network, level=args.demand, duration_s=args.duration, seed=args.seed)
-    run = Run(scenario.net, scenario.trips)
     speed = None if args.speed == 0 else args.speed
 
     async def serve() -> None:
@@ -154,5 +169,8 @@ def _serve(args: argparse.Namespace) -> int:
         await server.stop()
         print(f"stopped at t={run.now:.0f} s; {server.core.rejected} requests refused")
 
-    asyncio.run(serve())
+    with open_run(
+        args.engine, scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=args.seed
+    ) as run:
+        asyncio.run(serve())
     return 0

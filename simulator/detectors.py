@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
-from citybrain.simulator.engine import Simulation
+
+if TYPE_CHECKING:  # the runner builds detector cards: its module imports this one
+    from citybrain.simulator.runner import EngineState
 
 
 class Failure(enum.StrEnum):
@@ -47,7 +50,7 @@ class DetectorCards:
     """Reads every approach's loops since the previous read."""
 
     def __init__(
-        self, sim: Simulation, *, noise: DetectorNoise | None = None, seed: int = 0
+        self, sim: EngineState, *, noise: DetectorNoise | None = None, seed: int = 0
     ) -> None:
         self.sim = sim
         self.noise = noise or DetectorNoise()
@@ -61,7 +64,7 @@ class DetectorCards:
             )
         self.failures: dict[tuple[str, str], Failure] = {}
         self._start = sim.now
-        self._last: dict[str, tuple[float, tuple[int, int, int, int]]] = {}
+        self._last: dict[str, tuple[float, tuple[int, float, int, float]]] = {}
 
     def fail(self, approach: str, loop: str, failure: Failure | None) -> None:
         """Break (or with ``None`` repair) the ``loop`` ("stop" or "advance") of ``approach``."""
@@ -80,24 +83,24 @@ class DetectorCards:
         now = sim.now
         out: dict[str, ApproachReading] = {}
         for approach, link in self._approaches_at(intersection):
+            # occupancy in steps occupied: whole steps on our engine, a loop's time-weighted
+            # share in SUMO
             current = (
                 int(sim.stop_count[link]),
-                int(sim.stop_occupied[link]),
+                float(sim.stop_occupied[link]),
                 int(sim.adv_count[link]),
-                int(sim.adv_occupied[link]),
+                float(sim.adv_occupied[link]),
             )
-            since, last = self._last.get(approach, (self._start, (0, 0, 0, 0)))
+            since, last = self._last.get(approach, (self._start, (0, 0.0, 0, 0.0)))
             self._last[approach] = (now, current)
             interval = now - since
             steps = max(1.0, interval / sim.dt)
-            delta = [c - p for c, p in zip(current, last, strict=True)]
-            readings = []
-            for loop, count, occupied in (
-                ("stop", delta[0], delta[1]),
-                ("advance", delta[2], delta[3]),
-            ):
-                readings.append(self._loop(approach, loop, count, occupied / steps))
-            (sc, so), (ac, ao) = readings
+            sc, so = self._loop(
+                approach, "stop", current[0] - last[0], (current[1] - last[1]) / steps
+            )
+            ac, ao = self._loop(
+                approach, "advance", current[2] - last[2], (current[3] - last[3]) / steps
+            )
             out[approach] = ApproachReading(approach, interval, sc, so, ac, ao)
         return out
 

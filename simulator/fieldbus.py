@@ -36,7 +36,7 @@ from citybrain.models.fieldbus import (
 )
 from citybrain.models.network import DetectorKind, Network
 from citybrain.signal_plans.config import IntersectionConfig, reading_from_state
-from citybrain.simulator.runner import Run
+from citybrain.simulator.runner import SimulationRun
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class FieldBusCore:
     runs, where the experiment drives the clock).
     """
 
-    def __init__(self, run: Run, *, paced: bool) -> None:
+    def __init__(self, run: SimulationRun, *, paced: bool) -> None:
         self.run = run
         self.paced = paced
         self.rejected = 0
@@ -229,7 +229,12 @@ class FieldBusServer:
     ``speed=None``, as fast as possible, advanced only by clients' ``advance`` requests."""
 
     def __init__(
-        self, run: Run, *, host: str = "127.0.0.1", port: int = 0, speed: float | None = None
+        self,
+        run: SimulationRun,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        speed: float | None = None,
     ) -> None:
         if speed is not None and not 0.0 < speed <= 10_000.0:
             raise ValidationError("speed", "paced speed must be in (0, 10000]")

@@ -3,8 +3,10 @@ along the way (queue samples, emergency-vehicle trajectories)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +20,122 @@ from citybrain.simulator.demand import Trips
 from citybrain.simulator.detectors import DetectorCards
 from citybrain.simulator.engine import Simulation
 from citybrain.simulator.kernels import ARRIVED, PENDING
+
+
+class Engine(enum.StrEnum):
+    """What moves the vehicles: our mesoscopic engine, or SUMO micro (``sumo_run``)."""
+
+    OURS = "ours"
+    SUMO = "sumo"
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleIncident:
+    """Something the engine did to a vehicle that no driver does: SUMO teleports a vehicle
+    jammed too long, or takes it out. A trip with one is not a real drive."""
+
+    time_s: float
+    vehicle: str
+    kind: str
+    """``teleport``, ``collision`` or ``removed``."""
+    link: str | None
+    """Our link it was on, if it had entered."""
+    reason: str
+
+    def describe(self) -> str:
+        where = f" on {self.link}" if self.link else ""
+        return f"{self.vehicle} {self.kind}{where} at {self.time_s:.0f} s: {self.reason}"
+
+
+class EngineState(Protocol):
+    """What readers of a run's state use (scoring, detectors, the closed loop): our engine's
+    ``Simulation`` has it, and so has the SUMO run's mirror of SUMO's vehicles
+    (``sumo_run.SumoState``). Vehicle arrays are indexed like ``trips``, link arrays like
+    ``net.link_ids``; counters are cumulative since the start. ``position`` is kept for the
+    tracked (named) vehicles at least: SUMO's mirror keeps it for those only."""
+
+    @property
+    def net(self) -> CompiledNetwork: ...
+    @property
+    def trips(self) -> Trips: ...
+    @property
+    def now(self) -> float: ...
+    @property
+    def dt(self) -> float: ...
+    @property
+    def vehicles_in_network(self) -> int: ...
+    @property
+    def state(self) -> NDArray[np.int8]: ...
+    @property
+    def hop(self) -> NDArray[np.int32]: ...
+    @property
+    def position(self) -> NDArray[np.float64]: ...
+    @property
+    def stops(self) -> NDArray[np.int32]: ...
+    @property
+    def arrived(self) -> NDArray[np.float64]: ...
+    @property
+    def hop_enter(self) -> NDArray[np.float64]: ...
+    @property
+    def active(self) -> NDArray[np.int64]: ...
+    @property
+    def n_waiting(self) -> NDArray[np.int64]: ...
+    @property
+    def link_queued(self) -> NDArray[np.int32]: ...
+    @property
+    def link_departures(self) -> NDArray[np.int64]: ...
+    @property
+    def link_delay(self) -> NDArray[np.float64]: ...
+    @property
+    def adv_count(self) -> NDArray[np.int64]: ...
+    @property
+    def adv_occupied(self) -> NDArray[Any]: ...
+    @property
+    def stop_count(self) -> NDArray[np.int64]: ...
+    @property
+    def stop_occupied(self) -> NDArray[Any]: ...
+
+
+class SimulationRun(Protocol):
+    """What the closed loop, scoring and the field bus drive: ``Run`` on our engine, or
+    ``sumo_run.SumoRun`` with SUMO moving the vehicles under the same controllers."""
+
+    @property
+    def net(self) -> CompiledNetwork: ...
+    @property
+    def trips(self) -> Trips: ...
+    @property
+    def sim(self) -> EngineState: ...
+    @property
+    def detectors(self) -> DetectorCards: ...
+    @property
+    def controllers(self) -> dict[str, EmulatedController]: ...
+    @property
+    def trajectories(self) -> dict[str, Trajectory]: ...
+    @property
+    def sample_times(self) -> list[float]: ...
+    @property
+    def samples(self) -> list[NDArray[np.int32]]: ...
+    @property
+    def incidents(self) -> list[VehicleIncident]: ...
+    @property
+    def now(self) -> float: ...
+
+    def command(self, intersection: str, message: SignalPlan) -> Outcome: ...
+    def release(self, intersection: str) -> Outcome: ...
+    def advance(
+        self, seconds: float, *, on_step: Callable[[float], None] | None = None
+    ) -> None: ...
+
+
+def controller_at(
+    controllers: Mapping[str, EmulatedController], intersection: str
+) -> EmulatedController:
+    """The run's controller at ``intersection``; a clear error where it has none."""
+    controller = controllers.get(intersection)
+    if controller is None:
+        raise ValidationError("intersection", f"no signal controller at {intersection!r}")
+    return controller
 
 
 @dataclass
@@ -53,6 +171,9 @@ class Run:
         self.samples: list[NDArray[np.int32]] = []
         self.tracked = {name: index for index, name in trips.names.items()}
         self.trajectories = {name: Trajectory() for name in self.tracked}
+        self.incidents: list[VehicleIncident] = []
+        """Always empty: our engine never teleports or removes a vehicle (a gridlock shows
+        as stuck vehicles, ``scoring.STUCK_AFTER_S``)."""
         self._next_sample = start_s
         self._running: set[str] = set()
 
@@ -61,9 +182,7 @@ class Run:
         return self.sim.now
 
     def command(self, intersection: str, message: SignalPlan) -> Outcome:
-        controller = self.controllers.get(intersection)
-        if controller is None:
-            raise ValidationError("intersection", f"no signal controller at {intersection!r}")
+        controller = controller_at(self.controllers, intersection)
         outcome = controller.command(message, self.now)
         if controller.running is not None:
             self._running.add(intersection)
@@ -72,9 +191,7 @@ class Run:
     def release(self, intersection: str) -> Outcome:
         """A local command: leave any priority plan for the normal plan (an edge's lease or
         fail-safe; it carries no sequence number, so the cloud's plans stay in order)."""
-        controller = self.controllers.get(intersection)
-        if controller is None:
-            raise ValidationError("intersection", f"no signal controller at {intersection!r}")
+        controller = controller_at(self.controllers, intersection)
         return controller.release(self.now)
 
     def _tracking(self) -> bool:

@@ -67,26 +67,32 @@ def load_network(spec: str) -> RoadNetwork:
     """``arterial``, ``arterial:N``, ``grid:RxC``, the path of a network file of ours, or a
     SUMO scenario (`cities.resolve_scenario`: ``resco:NAME``, a ``.sumocfg``, a
     ``.net.xml[.gz]``), whose network `sumo.read_net` imports."""
+    return load_network_and_sumo(spec)[0]
+
+
+def load_network_and_sumo(spec: str) -> tuple[RoadNetwork, sumo.SumoNet | None]:
+    """``load_network``, and for a SUMO scenario its import (which SUMO runs it on)."""
     if spec == "arterial":
-        return arterial()
+        return arterial(), None
     if spec.startswith("arterial:"):
         count = spec.split(":", 1)[1]
         if not count.isdigit():
             raise ValidationError("network", f"expected arterial:N, got {spec!r}")
-        return arterial(int(count))
+        return arterial(int(count)), None
     match = _GRID.fullmatch(spec)
     if match:
-        return grid(int(match.group(1)), int(match.group(2)))
+        return grid(int(match.group(1)), int(match.group(2))), None
     scenario = resolve_scenario(spec)
     if scenario is not None:
-        return sumo.read_net(scenario.net_file, begin_s=scenario.begin_s).road
+        snet = sumo.read_net(scenario.net_file, begin_s=scenario.begin_s)
+        return snet.road, snet
     path = Path(spec)
     if not path.is_file():
         raise ValidationError(
             "network", f"{spec!r} is neither a known spec nor a file; expected {ACCEPTED_SPECS}"
         )
     try:
-        return netfile.load(path)
+        return netfile.load(path), None
     except ValidationError as error:
         if path.suffix == ".json":
             raise
@@ -100,6 +106,9 @@ class Scenario:
     trips: Trips
     duration_s: float
     seed: int
+    sumo_net: sumo.SumoNet | None = None
+    """The SUMO network it came from (a SUMO scenario): SUMO runs it on its own ``.net.xml``;
+    ours are exported (`sumo_export`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +138,7 @@ def build(
     change the traffic a seed gives)."""
     check_number("duration_s", duration_s, gt=0.0, le=7 * 86400.0)
     check_count("seed", seed)
-    road = load_network(network) if isinstance(network, str) else network
+    road, snet = load_network_and_sumo(network) if isinstance(network, str) else (network, None)
     net = compile_network(road)
     nodes = road.network.intersection_by_id
     entries = list(entry_links(road.network))
@@ -169,7 +178,7 @@ def build(
             for spec in specs
         ]
         trips = Trips.concat([trips, *vehicles])
-    return Scenario(f"{road.name}-{level}", net, trips, duration_s, seed)
+    return Scenario(f"{road.name}-{level}", net, trips, duration_s, seed, snet)
 
 
 def crossing_ambulances(

@@ -13,7 +13,7 @@ import numpy as np
 
 from citybrain.simulator.demand import free_flow_times_s, hop_metres
 from citybrain.simulator.kernels import ARRIVED, PENDING
-from citybrain.simulator.runner import Run
+from citybrain.simulator.runner import SimulationRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +102,13 @@ class RunScore:
         return out
 
 
-def free_flow_times(run: Run) -> np.ndarray:
+def free_flow_times(run: SimulationRun) -> np.ndarray:
     """Per vehicle: route length (junctions included) over desired speed, signals and
     queues aside."""
     return free_flow_times_s(run.net, run.trips)
 
 
-def score(run: Run, *, scenario: str, started_s: float) -> RunScore:
+def score(run: SimulationRun, *, scenario: str, started_s: float) -> RunScore:
     sim, trips, net = run.sim, run.trips, run.net
     done = sim.state == ARRIVED
     travel = sim.arrived[done] - trips.depart[done]
@@ -149,7 +149,7 @@ def score(run: Run, *, scenario: str, started_s: float) -> RunScore:
     )
 
 
-def _stuck(run: Run) -> int:
+def _stuck(run: SimulationRun) -> int:
     """Vehicles in the network delayed over ``STUCK_AFTER_S`` on their current link."""
     sim, trips, net = run.sim, run.trips, run.net
     on_road = sim.active[: sim.vehicles_in_network]
@@ -159,7 +159,7 @@ def _stuck(run: Run) -> int:
     return int(np.count_nonzero(sim.now - sim.hop_enter[hops] - free > STUCK_AFTER_S))
 
 
-def _emergency(run: Run, v: int, name: str) -> EmergencyTrip:
+def _emergency(run: SimulationRun, v: int, name: str) -> EmergencyTrip:
     sim, trips, net = run.sim, run.trips, run.net
     start, length = int(trips.route_start[v]), int(trips.route_len[v])
     factor = float(trips.speed_factor[v])
@@ -186,7 +186,7 @@ def _emergency(run: Run, v: int, name: str) -> EmergencyTrip:
     )
 
 
-def write(result: RunScore, run: Run, out: Path) -> list[Path]:
+def write(result: RunScore, run: SimulationRun, out: Path) -> list[Path]:
     """Write summary.json, vehicles.csv, approaches.csv and queues.csv into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     summary = asdict(result)

@@ -71,9 +71,12 @@ def test_the_corridor_beats_no_priority_for_both_and_serves_the_crossing_in_turn
     for vehicle in VEHICLES:
         assert ours[vehicle]["travel_time_s"] < base[vehicle]["travel_time_s"], vehicle
         assert ours[vehicle]["stops"] < base[vehicle]["stops"], vehicle
-    # the corridor served first (the earlier request) does not stop at the crossing; the other
-    # waits there for the first window and its clearance, still less than with no priority
-    assert ours["AMB-1"]["stops_at_crossing"] == 0.0
+    # on every seed the vehicle served first (the first to arrive) does not stop at the
+    # crossing; the other waits there for its window and clearance, still less than with no
+    # priority
+    for outcome in comparison.outcomes[Policy.CORRIDOR]:
+        served = sorted(outcome.journeys.values(), key=lambda j: j.delay_at("g2_3"))
+        assert served[0].stops_at["g2_3"] == 0
     assert ours["AMB-2"]["delay_at_crossing_s"] < base["AMB-2"]["delay_at_crossing_s"]
     assert ours["plans_refused"] == 0.0
 

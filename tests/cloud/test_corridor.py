@@ -530,3 +530,17 @@ def test_a_vehicle_waiting_for_another_corridor_has_its_queue_flushed_before_tha
     late = _line_at(without, "AMB-1", "a03")
     assert late.pre_close_s <= late.pre_open_s
     assert ambulance.eta_s + 5.0 < late.eta_s
+
+
+def test_a_corridor_whose_vehicle_is_lost_fails_with_the_reason_and_releases() -> None:
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    corridor_id = manager.by_vehicle["AMB-1"]
+    actions = manager.fail(corridor_id, 101.0, reason="vehicle lost: teleported")
+    (status,) = [s.status for s in _statuses(actions)]
+    assert (status.state, status.reason) == (CorridorState.FAILED, "vehicle lost: teleported")
+    assert _plans(actions)
+    assert all(p.plan.kind is PlanKind.RELEASE for p in _plans(actions))
+    assert manager.fail(corridor_id, 102.0, reason="again") == []
+    with pytest.raises(ValidationError):
+        manager.fail("C404-nobody", 102.0, reason="unknown")

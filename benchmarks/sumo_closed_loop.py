@@ -1,0 +1,207 @@
+"""The closed loop in two independent simulators (issue 13): the three policies on the demo
+arterial (eastbound with the green wave, westbound against it) and on ``resco:ingolstadt21``,
+our engine and SUMO micro (libsumo: SUMO moves every vehicle, with its default driver
+imperfection, under our controllers) side by side, on the same seeds' traffic.
+
+    .venv/bin/python benchmarks/sumo_closed_loop.py [--seeds 10] [--jobs 2] [--out out/bench]
+
+Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
+over 1 s in a queue; SUMO: falls below 0.1 m/s), and for SUMO the closed loop's real-time
+factor (simulated seconds over wall seconds, network export and SUMO start included) and the
+vehicles SUMO teleported. A table, one verdict line, JSON in ``OUT/sumo_closed_loop.json``.
+Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
+process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from citybrain.closed_loop import WESTBOUND, Outcome, Policy, Setup, run_policy
+from citybrain.evaluate import Ambulance, Study, evaluate
+from citybrain.simulator.runner import Engine
+
+INGOLSTADT = ("resco:ingolstadt21", "315358244", "201956810")
+"""The real-city benchmark's route there: 10 signals over 2.1 km (benchmarks/real_cities.py)."""
+CASES = ("arterial-eastbound", "arterial-westbound", "ingolstadt21")
+
+
+def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
+    journeys = [o.journeys["AMB-1"] for o in outcomes]
+    return {
+        "travel_time_s": [j.travel_time_s for j in journeys],
+        "free_flow_s": [j.trip.free_flow_s for j in journeys],
+        "stops": [j.trip.stops for j in journeys],
+        "teleports": [sum(i.kind == "teleport" for i in o.incidents) for o in outcomes],
+        "removed": [sum(i.kind != "teleport" for i in o.incidents) for o in outcomes],
+        "corridor": [o.corridors.get("AMB-1", "") for o in outcomes],
+    }
+
+
+def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
+    """One case on one engine over ``seeds``: per policy the figures and the wall time."""
+    out: dict[str, Any] = {}
+    if case == "ingolstadt21":
+        network, origin, destination = INGOLSTADT
+        started = time.perf_counter()
+        study = Study(
+            network=network,
+            ambulances=(Ambulance("AMB-1", origin, destination, 900.0),),
+            seeds=len(seeds),
+            engine=engine,
+        )
+        result = evaluate(study)
+        wall = time.perf_counter() - started
+        simulated = (900.0 + study.after_s) * len(seeds) * len(Policy)
+        for policy, outcomes in result.comparison.outcomes.items():
+            out[policy.value] = _figures(outcomes)
+        return {"wall_s": wall, "simulated_s": simulated, "policies": out}
+    setup = Setup() if case == "arterial-eastbound" else WESTBOUND
+    wall = 0.0
+    per_policy: dict[Policy, list[Outcome]] = {policy: [] for policy in Policy}
+    for seed in seeds:
+        for policy in Policy:
+            started = time.perf_counter()
+            per_policy[policy].append(run_policy(policy, seed, setup, engine=engine))
+            wall += time.perf_counter() - started
+    simulated = (setup.warmup_s + setup.after_s) * len(seeds) * len(Policy)
+    for policy, outcomes in per_policy.items():
+        out[policy.value] = _figures(outcomes)
+    return {"wall_s": wall, "simulated_s": simulated, "policies": out}
+
+
+def _task(args: tuple[str, str, list[int]]) -> tuple[str, str, dict[str, Any]]:
+    case, engine, seeds = args
+    return case, engine, run_case(case, Engine(engine), seeds)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seeds run apart, put together."""
+    policies: dict[str, dict[str, list[Any]]] = {}
+    for part in parts:
+        for policy, figures in part["policies"].items():
+            into = policies.setdefault(policy, {})
+            for key, values in figures.items():
+                into.setdefault(key, []).extend(values)
+    return {
+        "wall_s": sum(p["wall_s"] for p in parts),
+        "simulated_s": sum(p["simulated_s"] for p in parts),
+        "policies": policies,
+    }
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    rows = {}
+    for policy, f in data["policies"].items():
+        travel = _mean(f["travel_time_s"])
+        rows[policy] = {
+            "travel_time_s": round(travel, 1),
+            "x_free_flow": round(travel / _mean(f["free_flow_s"]), 3),
+            "stops": round(_mean([float(s) for s in f["stops"]]), 2),
+            "not_arrived": sum(not math.isfinite(t) for t in f["travel_time_s"]),
+            "teleports": sum(f["teleports"]),
+            "removed": sum(f["removed"]),
+            "corridor_states": dict(Counter(str(c) for c in f["corridor"] if c)),
+        }
+    return {
+        "policies": rows,
+        "real_time_factor": round(data["simulated_s"] / data["wall_s"], 1),
+        "per_seed_travel_time_s": {
+            p: [round(t, 1) for t in f["travel_time_s"]] for p, f in data["policies"].items()
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=2, help="processes (one SUMO each)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--out", type=Path, default=Path("out/bench"))
+    args = parser.parse_args()
+    seeds = list(range(1, args.seeds + 1))
+    tasks: list[tuple[str, str, list[int]]] = []
+    for case in args.cases:
+        for engine in Engine:
+            if case == "ingolstadt21":  # evaluate runs its seeds in one go
+                tasks.append((case, engine.value, seeds))
+            else:
+                tasks += [(case, engine.value, [seed]) for seed in seeds]
+    tasks.sort(key=lambda task: (task[0] != "ingolstadt21", task[1] != "sumo"))  # longest first
+    parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for case, engine, part in pool.map(_task, tasks):
+            parts.setdefault((case, engine), []).append(part)
+            print(f"  done {case} {engine} ({len(parts[(case, engine)])})", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+    for (case, engine), found in parts.items():
+        results.setdefault(case, {})[engine] = summarize(merge(found))
+    print(render(results, args.seeds))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sumo_closed_loop.json").write_text(
+        json.dumps({"seeds": args.seeds, "cases": results}, indent=2, allow_nan=False)
+    )
+    return 0
+
+
+def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
+    rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
+    gaps = []
+    for case, engines in results.items():
+        rows += [
+            "",
+            f"  {case}",
+            f"  {'policy':18} "
+            + " ".join(f"{e + ' s':>10} {'x free':>7} {'stops':>6}" for e in engines)
+            + f" {'sumo/ours':>10}",
+        ]
+        policies = next(iter(engines.values()))["policies"]
+        for policy in policies:
+            cells = []
+            for engine in engines.values():
+                p = engine["policies"][policy]
+                cells.append(
+                    f"{p['travel_time_s']:10.1f} {p['x_free_flow']:7.3f} {p['stops']:6.2f}"
+                )
+            ratio = math.nan
+            if "ours" in engines and "sumo" in engines:
+                ratio = (
+                    engines["sumo"]["policies"][policy]["travel_time_s"]
+                    / engines["ours"]["policies"][policy]["travel_time_s"]
+                )
+                gaps.append(abs(ratio - 1.0))
+            rows.append(f"  {policy:18} " + " ".join(cells) + f" {ratio:10.3f}")
+        if "sumo" in engines:
+            sumo = engines["sumo"]
+            teleports = sum(p["teleports"] for p in sumo["policies"].values())
+            rows.append(
+                f"  SUMO closed loop: {sumo['real_time_factor']:.0f}x real time; "
+                f"{teleports} vehicles teleported"
+            )
+    corridor = [
+        e["sumo"]["policies"]["corridor"]["x_free_flow"] for e in results.values() if "sumo" in e
+    ]
+    rows += [
+        "",
+        f"verdict: in SUMO micro the corridor takes {min(corridor):.2f}-{max(corridor):.2f}x free "
+        f"flow; the engines agree within {100 * max(gaps, default=math.nan):.1f} % on every "
+        "policy's mean trip",
+    ]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""SUMO micro in the closed loop (``sumo_run``) and our networks exported to SUMO
+(``sumo_export``). Skipped when libsumo or netconvert is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from citybrain.closed_loop import Policy, Setup, run_policy
+from citybrain.edge.drivers import FieldBusClient
+from citybrain.models.errors import ValidationError
+from citybrain.models.messages import CorridorState, GreenWindow, SignalPlan
+from citybrain.models.signal import Indication
+from citybrain.simulator import sumo, sumo_run
+from citybrain.simulator.compiled import compile_network
+from citybrain.simulator.demand import Trips, fixed_route
+from citybrain.simulator.fieldbus import FieldBusServer
+from citybrain.simulator.kernels import ARRIVED, QUEUED
+from citybrain.simulator.runner import Engine
+from citybrain.simulator.scenarios import Level, build, load_network, main_route
+from citybrain.simulator.sumo_export import export_network, lane_pairs
+from citybrain.simulator.sumo_run import REMOVED, SumoRun
+from citybrain.simulator.sumo_xml import read_net_file
+
+try:
+    libsumo: Any = importlib.import_module("libsumo")
+except ImportError:
+    pytest.skip("libsumo is not installed (pip install 'citybrain[sumo]')", allow_module_level=True)
+if sumo.find_binary("netconvert") is None:
+    pytest.skip("the SUMO tool netconvert is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.sumo
+
+SHORT = Setup(network="arterial:5", level=Level.HEAVY, warmup_s=300.0, after_s=700.0)
+"""Five signals over 7 km: the ambulance needs about 325 s at free flow."""
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_every_policy_runs_in_sumo_and_the_ambulance_arrives(policy: Policy) -> None:
+    outcome = run_policy(policy, 1, SHORT, engine=Engine.SUMO)
+    journey = outcome.journeys["AMB-1"]
+    assert journey.trip.arrived_s is not None
+    assert journey.travel_time_s >= 0.95 * journey.trip.free_flow_s
+    assert len(journey.trip.stop_lines) == len(journey.route) - 1
+    assert journey.trajectory[-1][1] > journey.trajectory[0][1]
+    assert outcome.incidents == ()
+    if policy is Policy.NO_PRIORITY:
+        assert outcome.plans_sent == 0
+    else:
+        assert outcome.plans_sent > 0
+        assert outcome.plans_refused == 0
+    if policy is Policy.CORRIDOR:
+        assert outcome.corridors == {"AMB-1": CorridorState.COMPLETED}
+
+
+def _short_run(spec: str = "arterial:3", *, seconds: float = 600.0, **options: Any) -> SumoRun:
+    scenario = build(spec, level=Level.HEAVY, duration_s=seconds, seed=3, ambulance_at_s=60.0)
+    return SumoRun(scenario.net, scenario.trips, seed=3, **options)
+
+
+def _sumo_colour(char: str) -> Indication:
+    return {"G": Indication.GREEN, "g": Indication.GREEN, "y": Indication.YELLOW}.get(
+        char, Indication.RED
+    )
+
+
+def test_our_controllers_displays_are_what_sumo_shows_a_priority_plan_included() -> None:
+    with _short_run() as run:
+        run.advance(120.0)
+        now = run.now
+        plan = SignalPlan(
+            plan_id="p1",
+            intersection="a02",
+            seq=1,
+            issued_at=now,
+            valid_from=now,
+            valid_until=now + 120.0,
+            windows=(GreenWindow(signal_group="4", open_at=now + 15.0, close_at=now + 40.0),),
+        )
+        assert run.command("a02", plan).status.value == "accepted"
+        group_of = {m.id: m.signal_group for m in run.net.road.network.movements}
+        compared = seen_window = 0
+        for _ in range(150):
+            run.advance(1.0)
+            for tls, links in run.sumo_net.tls_links.items():
+                state = libsumo.trafficlight.getRedYellowGreenState(tls)
+                shown = run.controllers[tls].state_at(run.now).groups
+                for link in links:
+                    ours = shown[group_of[link.movement]].indication
+                    assert _sumo_colour(state[link.index]) is ours, (tls, link, run.now)
+                    compared += 1
+            if run.controllers["a02"].state_at(run.now).groups["4"].indication is Indication.GREEN:
+                seen_window += 1
+        assert compared > 1000
+        assert seen_window >= 20  # the window ran, and SUMO showed it
+
+
+def test_detectors_and_queues_come_from_sumo() -> None:
+    with _short_run() as run:
+        run.advance(400.0)
+        truth = run.detectors.true_queues()
+        readings = run.detectors.read()
+        sim = run.sim
+        assert sum(r.advance_count for r in readings.values()) > 100
+        assert sum(r.stop_bar_count for r in readings.values()) > 100
+        assert all(0.0 <= r.stop_bar_occupancy <= 1.0 for r in readings.values())
+        halting = {
+            a.id: libsumo.edge.getLastStepHaltingNumber(a.link_id)
+            for a in run.net.road.network.approaches
+        }
+        assert truth == halting
+        standing = {
+            run._index[vid]
+            for vid in libsumo.vehicle.getIDList()
+            if libsumo.vehicle.getSpeed(vid) < sumo_run.HALTING_MPS
+        }
+        assert set(np.flatnonzero(sim.state == QUEUED).tolist()) == standing
+        arrived = sim.state == ARRIVED
+        assert np.all(np.isfinite(sim.arrived[arrived]))
+        assert sim.vehicles_in_network == libsumo.vehicle.getIDCount()
+
+
+def test_the_field_bus_serves_a_sumo_run() -> None:
+    async def scenario(run: SumoRun) -> None:
+        server = FieldBusServer(run)
+        port = await server.start()
+        try:
+            async with FieldBusClient(host="127.0.0.1", port=port) as client:
+                assert (await client.hello()).intersections == 3
+                assert await client.advance(120.0) == pytest.approx(120.0)
+                shown = await client.signals("a01")
+                assert shown.time == run.now
+                state = libsumo.trafficlight.getRedYellowGreenState("a01")
+                assert any(c in "Gg" for c in state)
+                readings = (await client.detectors("a01")).approaches
+                assert {r.approach for r in readings} == {"a01:E", "a01:W", "a01:N", "a01:S"}
+                truth = await client.ground_truth("a01")
+                assert truth.queues == run.detectors.true_queues("a01")
+        finally:
+            await server.stop()
+
+    with _short_run() as run:
+        asyncio.run(scenario(run))
+
+
+def test_a_generated_grid_exports_with_one_sumo_connection_per_movement(tmp_path: Path) -> None:
+    road = load_network("grid:3x3")
+    snet = export_network(road, tmp_path)
+    netfile = read_net_file(snet.path)
+    network = road.network
+    pairs: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for c in netfile.connections:
+        pairs.setdefault((c.from_edge, c.to_edge), []).append((c.from_lane, c.to_lane))
+    movements = {(m.from_link, m.to_link): m for m in network.movements}
+    assert set(pairs) == set(movements)  # each movement one SUMO connection, and no other
+    for key, lanes in pairs.items():
+        m = movements[key]
+        source, target = network.link_by_id[m.from_link], network.link_by_id[m.to_link]
+        assert sorted(lanes) == lane_pairs(source, target, m.turn)
+    edges = {e.id: e for e in netfile.edges}
+    for link in network.links:
+        edge = edges[link.id]
+        assert len(edge.lanes) == len(link.lanes)
+        assert edge.lanes[0].length_m == pytest.approx(link.length_m, abs=0.01)
+        assert edge.lanes[0].speed_mps == pytest.approx(link.speed_limit_mps, abs=0.01)
+    controlled = {link.movement for links in snet.tls_links.values() for link in links}
+    signalized = {m.id for m in network.movements if m.intersection_id in road.plans}
+    assert controlled == signalized
+    programs, kept = sumo.signal_programs(snet)
+    assert not kept
+    assert set(programs) == set(road.plans)
+
+
+def test_vehicles_sumo_teleports_or_removes_are_reported() -> None:
+    with _short_run(time_to_teleport_s=5.0) as run:
+        run.advance(200.0)  # waits at red over 5 s: SUMO teleports them
+        teleports = [i for i in run.incidents if i.kind == "teleport"]
+        assert teleports
+        assert all(i.link in run.net.link_index for i in teleports)
+        assert {i.kind for i in run.incidents} == {"teleport"}
+    with _short_run(time_to_teleport_s=5.0, remove_jammed=True) as run:
+        run.advance(200.0)  # the same waits: SUMO takes them out
+        removed = [i for i in run.incidents if i.kind == "removed"]
+        assert removed
+        for incident in removed:
+            v = run._index[incident.vehicle]
+            assert run.sim.state[v] == REMOVED
+            assert np.isnan(run.sim.arrived[v])
+
+
+def test_one_sumo_simulation_per_process() -> None:
+    with _short_run() as run:
+        with pytest.raises(sumo.SumoError, match="one simulation per process"):
+            _short_run()
+        run.advance(5.0)  # the first one goes on
+    with _short_run() as again:  # closed: a new one may start
+        again.advance(1.0)
+    with pytest.raises(sumo.SumoError, match="closed"):
+        again.advance(1.0)
+
+
+def test_bad_input_is_refused_with_our_errors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scenario = build("arterial:3", level=Level.LIGHT, duration_s=300, seed=1)
+    snet = export_network(compile_network(load_network("arterial:3")).road, tmp_path)
+    with pytest.raises(ValidationError, match="not the run's network"):
+        SumoRun(scenario.net, scenario.trips, sumo_net=snet)
+    # a route SUMO cannot drive: its error is ours, not a traceback from libsumo
+    road = scenario.net.road
+    route = main_route(road)
+    good = fixed_route(scenario.net, route, depart_s=1.0, name="AMB-1")
+    broken = Trips(
+        good.depart,
+        good.route_start,
+        good.route_len,
+        good.route_links[::-1].copy(),
+        good.route_moves,
+        good.speed_factor,
+        good.emergency,
+        good.names,
+    )
+    with (
+        SumoRun(scenario.net, broken) as run,
+        pytest.raises(sumo.SumoError, match="no valid route"),
+    ):
+        run.advance(10.0)
+    assert not libsumo.simulation.isLoaded()
+    real = importlib.import_module
+
+    def missing(name: str, *args: Any) -> Any:
+        if name == "libsumo":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(sumo.SumoUnavailableError, match=r"pip install 'citybrain\[sumo\]'"):
+        SumoRun(scenario.net, scenario.trips)
+    monkeypatch.setattr(importlib, "import_module", real)
+    monkeypatch.setattr(sumo_run, "_tools_version", lambda: "1.0.0")
+    with pytest.raises(sumo.SumoUnavailableError, match="differ"):
+        SumoRun(scenario.net, scenario.trips)
