@@ -507,22 +507,23 @@ class CorridorManager:
     def cancel(
         self, corridor_id: str, now_s: float, *, reason: str = "cancelled by operator"
     ) -> list[Action]:
-        corridor = self.corridors.get(corridor_id)
-        if corridor is None:
-            raise ValidationError("corridor_id", f"unknown corridor {corridor_id!r}")
-        if corridor.state in TERMINAL:
-            return []
-        return self._finish(corridor, CorridorState.CANCELLED, now_s, reason)
+        return self._end_by_id(corridor_id, CorridorState.CANCELLED, now_s, reason)
 
     def fail(self, corridor_id: str, now_s: float, *, reason: str) -> list[Action]:
         """End a corridor whose vehicle can no longer drive it (the simulator teleported or
         removed it, say): its lights go back to their plans, its status says why."""
+        return self._end_by_id(corridor_id, CorridorState.FAILED, now_s, reason)
+
+    def _end_by_id(
+        self, corridor_id: str, state: CorridorState, now_s: float, reason: str
+    ) -> list[Action]:
+        """End a live corridor from outside (nothing for one already ended)."""
         corridor = self.corridors.get(corridor_id)
         if corridor is None:
             raise ValidationError("corridor_id", f"unknown corridor {corridor_id!r}")
         if corridor.state in TERMINAL:
             return []
-        return self._finish(corridor, CorridorState.FAILED, now_s, reason)
+        return self._finish(corridor, state, now_s, reason)
 
     def tick(self, now_s: float) -> list[Action]:
         """Time out corridors whose vehicle went silent."""
@@ -561,7 +562,7 @@ class CorridorManager:
         """Drop the windows of a vehicle that does not move while the one ahead is green (the
         traffic ahead has nowhere to go), and take them up again once it moves; said in the
         corridor's reason."""
-        ahead = next((ln for ln in corridor.stop_lines if not ln.released and ln.hop >= 0), None)
+        ahead = next(iter(_ahead(corridor)), None)
         green_ahead = (
             ahead is not None
             and ahead.open_s < ahead.close_s
@@ -597,9 +598,7 @@ class CorridorManager:
         vehicles due together do not swap at every position report."""
         live = self._live()
         holders = Counter(
-            line.intersection
-            for corridor in live
-            for line in {ln.intersection: ln for ln in _ahead(corridor)}.values()
+            node for corridor in live for node in {ln.intersection for ln in _ahead(corridor)}
         )
         for corridor in live:
             shared = next((ln for ln in _ahead(corridor) if holders[ln.intersection] > 1), None)
@@ -620,7 +619,7 @@ class CorridorManager:
         mv_flush = self._flush_along(corridor, now_s)
         earliest = np.full(len(graph.movement_ids), now_s + SWITCH_ESTIMATE_S)
         route = corridor.route
-        open_lines = [line for line in corridor.stop_lines if not line.released and line.hop >= 0]
+        open_lines = _ahead(corridor)
         for line in open_lines:
             if route.line_s[line.hop] - now_s > self.settings.horizon_s:
                 continue
@@ -728,9 +727,7 @@ class CorridorManager:
         queues = state.queues(now_s).queue_veh
         inflow = state.inflow_veh_per_s(now_s)
         route = corridor.route
-        lines = {
-            line.hop: line for line in corridor.stop_lines if not line.released and line.hop >= 0
-        }
+        lines = {line.hop: line for line in _ahead(corridor)}
         ahead = 0.0
         for hop, movement in enumerate(route.moves):
             if movement < 0:
