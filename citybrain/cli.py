@@ -63,13 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--speed", type=float, default=5.0, help="the live simulator's pace (x real time)"
     )
-    demo.add_argument(
-        "--engine",
-        choices=["ours", "sumo"],
-        default="ours",
-        help="what moves the vehicles in the closed loops: our engine, or SUMO micro "
-        "(libsumo) under the same controllers (the live run stays on ours)",
-    )
+    from citybrain.simulator import cli as sim_cli
+
+    sim_cli.add_engine_option(demo, note=" (in the closed loops; the live run stays on ours)")
     demo.add_argument("--json", action="store_true", help="print one JSON object, not the table")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="diagram and JSON go here")
     preview = commands.add_parser(
@@ -80,7 +76,6 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=7, help="scenario seed (same seed, same output)"
     )
     from citybrain import cloud_cli, corridor_cli, evaluate_cli, security
-    from citybrain.simulator import cli as sim_cli
 
     sim_cli.add_commands(commands)
     evaluate_cli.add_commands(commands)
@@ -136,7 +131,6 @@ def _demo(args: argparse.Namespace) -> int:
     from citybrain import demo
     from citybrain.closed_loop import GRID, WESTBOUND, Setup
     from citybrain.models.checks import check_count
-    from citybrain.simulator.runner import Engine
 
     check_count("seeds", args.seeds, ge=1, le=50)
     for noisy in ("citybrain", "matplotlib"):
@@ -148,14 +142,13 @@ def _demo(args: argparse.Namespace) -> int:
     seeds = range(1, args.seeds + 1)
     report = None if args.json else progress
     setup = replace(WESTBOUND, peak=args.peak) if args.westbound else Setup(peak=args.peak)
-    engine = Engine(args.engine)
-    comparison = demo.compare(seeds, setup=setup, progress=report, engine=engine)
+    comparison = demo.compare(seeds, setup=setup, progress=report, engine=args.engine)
     data = demo.summary(comparison)
     args.out.mkdir(parents=True, exist_ok=True)
     first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
     figures = [demo.time_space_diagram(first, args.out / "time_space.png")]
     if args.grid:
-        grid = demo.compare(seeds, setup=GRID, progress=report, engine=engine)
+        grid = demo.compare(seeds, setup=GRID, progress=report, engine=args.engine)
         data["grid"] = demo.grid_summary(grid)
         first = {policy: outcomes[0] for policy, outcomes in grid.outcomes.items()}
         figures += [

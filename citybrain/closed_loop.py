@@ -172,9 +172,7 @@ def run_policy(
     moves the vehicles: ours, or SUMO micro under the same controllers (``sumo_run``)."""
     setup = setup or Setup()
     scenario = scenario or _scenario(setup, seed)
-    with open_run(
-        engine, scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=seed
-    ) as run:
+    with open_run(engine, scenario) as run:
         return _run(policy, seed, setup, scenario, run)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from citybrain.simulator.cities import ACCEPTED_SPECS
+from citybrain.simulator.cli import add_engine_option
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,13 +44,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1800.0,
         help="seconds the run goes on after the last departure",
     )
-    evaluate.add_argument(
-        "--engine",
-        choices=["ours", "sumo"],
-        default="ours",
-        help="what moves the vehicles: our engine, or SUMO micro (libsumo) under the same "
-        "controllers",
-    )
+    add_engine_option(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument(
         "--out", type=Path, default=Path("out/evaluate"), help="JSON and diagram go here"
@@ -60,7 +55,6 @@ def main(args: argparse.Namespace) -> int:
     from citybrain import evaluate
     from citybrain.demo import time_space_diagram, write_json
     from citybrain.models.errors import ValidationError
-    from citybrain.simulator.runner import Engine
 
     if args.ambulances is not None:
         ambulances = evaluate.read_ambulances(args.ambulances, depart_s=args.depart)
@@ -74,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         demand=args.demand,
         seeds=args.seeds,
         after_s=args.after,
-        engine=Engine(args.engine),
+        engine=args.engine,
     )
     logging.getLogger("citybrain").setLevel(logging.WARNING)
 

@@ -19,13 +19,31 @@ from citybrain.simulator.sumo_run import open_run
 
 log = logging.getLogger(__name__)
 
-ENGINE_HELP = (
-    "what moves the vehicles: our engine, or SUMO micro (libsumo) under the same controllers"
-)
 NETWORK_HELP = (
     f"{ACCEPTED_SPECS} (SUMO networks are imported; resco:NAME is downloaded from PyPI on "
     "first use, see `sim fetch`)"
 )
+
+
+def add_engine_option(parser: argparse.ArgumentParser, *, note: str = "") -> None:
+    """``--engine ours|sumo``, the same on every command that runs a simulation."""
+    parser.add_argument(
+        "--engine",
+        choices=list(Engine),
+        type=_engine,
+        default=Engine.OURS,
+        help="what moves the vehicles: our engine, or SUMO micro (libsumo) under the same "
+        f"controllers{note}",
+    )
+
+
+def _engine(text: str) -> Engine:
+    try:
+        return Engine(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(Engine)})"
+        ) from None
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,9 +62,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--out", type=Path, default=None, help="output folder (default out/<scenario>)"
     )
     run.add_argument("--no-progress", action="store_true")
-    run.add_argument(
-        "--engine", choices=list(Engine), type=Engine, default=Engine.OURS, help=ENGINE_HELP
-    )
+    add_engine_option(run)
     serve = sub.add_parser("serve", help="serve a scenario's cabinets on the field bus")
     serve.add_argument("--network", default="arterial", help=NETWORK_HELP)
     serve.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
@@ -62,9 +78,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1.0,
         help="paced clock, x real time; 0 = as fast as possible, advanced by clients",
     )
-    serve.add_argument(
-        "--engine", choices=list(Engine), type=Engine, default=Engine.OURS, help=ENGINE_HELP
-    )
+    add_engine_option(serve)
     network = sub.add_parser(
         "network", help="generate or import a network and write it to a citybrain .json file"
     )
@@ -110,9 +124,7 @@ def main(args: argparse.Namespace) -> int:
     log.info(
         "%s: %d vehicles over %.0f s", scenario.name, scenario.trips.count, scenario.duration_s
     )
-    with open_run(
-        args.engine, scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=args.seed
-    ) as run:
+    with open_run(args.engine, scenario) as run:
         return _run(args, scenario, run)
 
 
@@ -169,8 +181,6 @@ def _serve(args: argparse.Namespace) -> int:
         await server.stop()
         print(f"stopped at t={run.now:.0f} s; {server.core.rejected} requests refused")
 
-    with open_run(
-        args.engine, scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=args.seed
-    ) as run:
+    with open_run(args.engine, scenario) as run:
         asyncio.run(serve())
     return 0

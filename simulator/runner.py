@@ -4,7 +4,7 @@ along the way (queue samples, emergency-vehicle trajectories)."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,8 +18,8 @@ from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.controllers import EmulatedController, Outcome
 from citybrain.simulator.demand import Trips
 from citybrain.simulator.detectors import DetectorCards
-from citybrain.simulator.engine import Simulation
-from citybrain.simulator.kernels import ARRIVED, PENDING
+from citybrain.simulator.engine import END_LAG_S, Simulation
+from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 
 
 class Engine(enum.StrEnum):
@@ -128,16 +128,6 @@ class SimulationRun(Protocol):
     ) -> None: ...
 
 
-def controller_at(
-    controllers: Mapping[str, EmulatedController], intersection: str
-) -> EmulatedController:
-    """The run's controller at ``intersection``; a clear error where it has none."""
-    controller = controllers.get(intersection)
-    if controller is None:
-        raise ValidationError("intersection", f"no signal controller at {intersection!r}")
-    return controller
-
-
 @dataclass
 class Trajectory:
     """Where one tracked vehicle was at every step: time, link index, distance along it."""
@@ -147,7 +137,79 @@ class Trajectory:
     positions: list[float] = field(default_factory=list)
 
 
-class Run:
+class ControlledRun:
+    """What a run is on any engine besides moving vehicles: our emulated controllers and the
+    commands sent to them, queue samples, and the tracked (named) vehicles' trajectories. An
+    engine's run sets ``sim`` first, then calls this ``__init__``, and steps it."""
+
+    sim: EngineState
+
+    def __init__(
+        self, net: CompiledNetwork, trips: Trips, *, start_s: float, sample_every_s: float
+    ) -> None:
+        check_number("sample_every_s", sample_every_s, gt=0.0)
+        self.net, self.trips = net, trips
+        self.controllers = {
+            node: EmulatedController(net.road.plans[node], end_lag_s=END_LAG_S)
+            for node in net.controller_ids
+        }
+        self.sample_every = sample_every_s
+        self.sample_times: list[float] = []
+        self.samples: list[NDArray[np.int32]] = []
+        self.tracked = {name: index for index, name in trips.names.items()}
+        self.trajectories = {name: Trajectory() for name in self.tracked}
+        self.incidents: list[VehicleIncident] = []
+        """Vehicles the engine teleported or removed (SUMO; never on ours, where a gridlock
+        shows as stuck vehicles, ``scoring.STUCK_AFTER_S``)."""
+        self._next_sample = start_s
+        self._running: set[str] = set()
+        """Intersections whose controller runs a priority plan."""
+
+    @property
+    def now(self) -> float:
+        return self.sim.now
+
+    def command(self, intersection: str, message: SignalPlan) -> Outcome:
+        controller = self._controller(intersection)
+        outcome = controller.command(message, self.now)
+        if controller.running is not None:
+            self._running.add(intersection)
+        return outcome
+
+    def release(self, intersection: str) -> Outcome:
+        """A local command: leave any priority plan for the normal plan (an edge's lease or
+        fail-safe; it carries no sequence number, so the cloud's plans stay in order)."""
+        return self._controller(intersection).release(self.now)
+
+    def _controller(self, intersection: str) -> EmulatedController:
+        controller = self.controllers.get(intersection)
+        if controller is None:
+            raise ValidationError("intersection", f"no signal controller at {intersection!r}")
+        return controller
+
+    def _sample(self) -> None:
+        """Keep every link's queue once per ``sample_every``."""
+        if self.now >= self._next_sample:
+            self.sample_times.append(self.now)
+            self.samples.append(self.sim.link_queued.copy())
+            self._next_sample += self.sample_every
+
+    def _record_tracks(self) -> None:
+        sim, trips = self.sim, self.trips
+        for name, v in self.tracked.items():
+            if sim.state[v] not in (DRIVING, QUEUED):
+                continue
+            track = self.trajectories[name]
+            track.times.append(self.now)
+            track.links.append(int(trips.route_links[trips.route_start[v] + sim.hop[v]]))
+            track.positions.append(max(0.0, float(sim.position[v])))
+
+
+class Run(ControlledRun):
+    """A run on our engine."""
+
+    sim: Simulation
+
     def __init__(
         self,
         net: CompiledNetwork,
@@ -157,42 +219,9 @@ class Run:
         dt_s: float = 1.0,
         sample_every_s: float = 60.0,
     ) -> None:
-        check_number("sample_every_s", sample_every_s, gt=0.0)
-        self.net = net
         self.sim = Simulation(net, trips, start_s=start_s, dt_s=dt_s)
-        self.trips = self.sim.trips
+        super().__init__(net, self.sim.trips, start_s=start_s, sample_every_s=sample_every_s)
         self.detectors = DetectorCards(self.sim)
-        self.controllers = {
-            node: EmulatedController(net.road.plans[node], end_lag_s=self.sim.end_lag)
-            for node in net.controller_ids
-        }
-        self.sample_every = sample_every_s
-        self.sample_times: list[float] = []
-        self.samples: list[NDArray[np.int32]] = []
-        self.tracked = {name: index for index, name in trips.names.items()}
-        self.trajectories = {name: Trajectory() for name in self.tracked}
-        self.incidents: list[VehicleIncident] = []
-        """Always empty: our engine never teleports or removes a vehicle (a gridlock shows
-        as stuck vehicles, ``scoring.STUCK_AFTER_S``)."""
-        self._next_sample = start_s
-        self._running: set[str] = set()
-
-    @property
-    def now(self) -> float:
-        return self.sim.now
-
-    def command(self, intersection: str, message: SignalPlan) -> Outcome:
-        controller = controller_at(self.controllers, intersection)
-        outcome = controller.command(message, self.now)
-        if controller.running is not None:
-            self._running.add(intersection)
-        return outcome
-
-    def release(self, intersection: str) -> Outcome:
-        """A local command: leave any priority plan for the normal plan (an edge's lease or
-        fail-safe; it carries no sequence number, so the cloud's plans stay in order)."""
-        controller = controller_at(self.controllers, intersection)
-        return controller.release(self.now)
 
     def _tracking(self) -> bool:
         state = self.sim.state
@@ -204,10 +233,7 @@ class Run:
         check_number("seconds", seconds, ge=0.0)
         end = self.now + seconds - 1e-9
         while self.now < end:
-            if self.now >= self._next_sample:
-                self.sample_times.append(self.now)
-                self.samples.append(self.sim.link_queued.copy())
-                self._next_sample += self.sample_every
+            self._sample()
             fine = bool(self._running) or self._tracking()
             stride = self.sim.dt if fine else min(end - self.now, self._next_sample - self.now)
             stride = max(self.sim.dt, round(stride / self.sim.dt) * self.sim.dt)
@@ -226,13 +252,3 @@ class Run:
             self.sim.set_override(c, controller.override_mask(self.now, self.net.group_bits[c]))
             if controller.running is None:
                 self._running.discard(node)
-
-    def _record_tracks(self) -> None:
-        sim, trips = self.sim, self.trips
-        for name, v in self.tracked.items():
-            if sim.state[v] in (PENDING, ARRIVED):
-                continue
-            track = self.trajectories[name]
-            track.times.append(self.now)
-            track.links.append(int(trips.route_links[trips.route_start[v] + sim.hop[v]]))
-            track.positions.append(max(0.0, float(sim.position[v])))

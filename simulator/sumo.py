@@ -167,7 +167,7 @@ def find_binary(name: str = "sumo") -> Path | None:
     return Path(found) if found else None
 
 
-def _require_binary(name: str) -> Path:
+def require_binary(name: str) -> Path:
     binary = find_binary(name)
     if binary is None:
         raise SumoUnavailableError(
@@ -201,7 +201,7 @@ def sumo_version() -> str | None:
     return lines[0] if lines else None
 
 
-def _run_tool(command: Sequence[str], *, log: Path | None, timeout_s: float | None) -> float:
+def run_tool(command: Sequence[str], *, log: Path | None, timeout_s: float | None) -> float:
     """Run a SUMO tool; returns its wall time. Raises ``SumoError`` with its output's tail."""
     started = time.perf_counter()
     try:
@@ -250,7 +250,7 @@ def netgenerate_grid(
     check_number("speed_mps", speed_mps, gt=0.0, le=70.0)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        str(_require_binary("netgenerate")),
+        str(require_binary("netgenerate")),
         "--grid",
         "--grid.x-number",
         str(columns),
@@ -271,7 +271,7 @@ def netgenerate_grid(
     ]
     if not turnarounds:
         command.append("--no-turnarounds")
-    _run_tool(command, log=out.with_suffix(".log"), timeout_s=timeout_s)
+    run_tool(command, log=out.with_suffix(".log"), timeout_s=timeout_s)
     return out
 
 
@@ -344,7 +344,7 @@ class SumoNet:
 
 
 @dataclass(slots=True)
-class _Pair:
+class EdgePair:
     """Car connections from one edge to another (one movement); one per movement of a big
     network, hence the slots."""
 
@@ -435,7 +435,7 @@ def _car_edges(netfile: NetFile, notes: list[str]) -> list[NetEdge]:
 
 def _car_pairs(
     netfile: NetFile, edges: Sequence[NetEdge], notes: list[str]
-) -> tuple[dict[tuple[str, str], _Pair], dict[str, tuple[Lane, ...]]]:
+) -> tuple[dict[tuple[str, str], EdgePair], dict[str, tuple[Lane, ...]]]:
     """Car connections by (from edge, to edge), and each edge's lanes with their turns.
     U-turns at dead ends are kept: SUMO routes vehicles through them (a trip to the other
     side of a dead-end street), and route files would lose those vehicles without them. Our
@@ -449,7 +449,7 @@ def _car_pairs(
     for connection in netfile.connections:
         outgoing.setdefault(connection.from_edge, []).append(connection)
     dead_end_uturns = 0
-    pairs: dict[tuple[str, str], _Pair] = {}
+    pairs: dict[tuple[str, str], EdgePair] = {}
     lanes_of: dict[str, tuple[Lane, ...]] = {}
     for edge in edges:
         at_dead_end = len(neighbours[edge.to_junction]) <= 1
@@ -471,7 +471,7 @@ def _car_pairs(
                 dead_end_uturns += 1
             per_lane[connection.from_lane].add(turn)
             key = (edge.id, target.id)
-            pairs.setdefault(key, _Pair([], edge.to_junction)).connections.append(connection)
+            pairs.setdefault(key, EdgePair([], edge.to_junction)).connections.append(connection)
         if len(per_lane) > 16:
             raise ValidationError("edge", f"{edge.id!r} has {len(per_lane)} car lanes (16 max)")
         lanes_of[edge.id] = _fill_lane_turns([per_lane[i] for i in sorted(per_lane)])
@@ -503,7 +503,7 @@ def _convert(netfile: NetFile, saturation: float, begin_s: float) -> SumoNet:
     mids = _Ids().make_all([f"{link_of_edge[a]}:{link_of_edge[b]}" for a, b in pairs])
     signals = _junction_signals(netfile, pairs, mids, node_of_junction, begin_s, notes)
     movements, groups = _movements(pairs, mids, turns, signals, link_of_edge, node_of_junction)
-    tls_links, tls_size = _traffic_lights(netfile, pairs, mids, turns, node_of_junction)
+    tls_links, tls_size = traffic_light_links(netfile, pairs, mids, turns, node_of_junction)
     del pairs, mids, turns  # millions of objects: gone before the network takes their place
 
     intersections = tuple(
@@ -549,7 +549,7 @@ def _convert(netfile: NetFile, saturation: float, begin_s: float) -> SumoNet:
 
 
 def _movements(
-    pairs: Mapping[tuple[str, str], _Pair],
+    pairs: Mapping[tuple[str, str], EdgePair],
     mids: Sequence[str],
     turns: Sequence[Turn],
     signals: Mapping[str, JunctionSignals | None],
@@ -618,7 +618,7 @@ def _approaches(
 
 def _junction_signals(
     netfile: NetFile,
-    pairs: Mapping[tuple[str, str], _Pair],
+    pairs: Mapping[tuple[str, str], EdgePair],
     mids: Sequence[str],
     node_of_junction: Mapping[str, str],
     begin_s: float,
@@ -706,9 +706,9 @@ def _signals_at(
     )
 
 
-def _traffic_lights(
+def traffic_light_links(
     netfile: NetFile,
-    pairs: Mapping[tuple[str, str], _Pair],
+    pairs: Mapping[tuple[str, str], EdgePair],
     mids: Sequence[str],
     turns: Sequence[Turn],
     node_of_junction: Mapping[str, str],
@@ -884,7 +884,7 @@ def _program(
         return round(t / resolution) * resolution
 
     if not plans:
-        return SignalProgram(tls, 0.0, ((ALWAYS_GREEN_S, _state(links, size, {})),))
+        return SignalProgram(tls, 0.0, ((ALWAYS_GREEN_S, tls_state(links, size, {})),))
     first = next(iter(plans.values()))
     cycle = first.cycle_s
     origin = snap(first.offset_s) % cycle
@@ -907,7 +907,7 @@ def _program(
                 local = (middle + origin - own.offset_s) % own.cycle_s
                 colour = group_colour(own, group_of[link.movement], local)
             colours.setdefault(link.index, colour)
-        state = _state(links, size, colours)
+        state = tls_state(links, size, colours)
         if phases and phases[-1][1] == state:
             phases[-1] = (phases[-1][0] + end - begin, state)
         else:
@@ -920,7 +920,7 @@ def _program(
     return SignalProgram(tls, origin, tuple(phases))
 
 
-def _state(links: Sequence[TlsLink], size: int, colours: Mapping[int, str]) -> str:
+def tls_state(links: Sequence[TlsLink], size: int, colours: Mapping[int, str]) -> str:
     """A SUMO state string from each link index's colour (missing: green): ``G`` green with
     priority, ``g`` green that yields to a foe green at the same time (turns yield to throughs,
     equals to each other), ``y``, ``r``. Indices we did not import (crossings, bicycle links)
@@ -1086,7 +1086,7 @@ def run_sumo(
     ``--meso-junction-control``, so traffic lights hold vehicles by their phases)."""
     check_number("duration_s", duration_s, gt=0.0, le=30 * 86400.0)
     check_count("seed", seed)
-    binary = _require_binary("sumo")
+    binary = require_binary("sumo")
     tag = "meso" if mesosim else "micro"
     out_dir.mkdir(parents=True, exist_ok=True)
     tripinfo, stats = out_dir / f"tripinfo-{tag}.xml", out_dir / f"statistic-{tag}.xml"
@@ -1117,7 +1117,7 @@ def run_sumo(
         if meso_junction_control:
             command.append("--meso-junction-control")
     command += list(extra_args)
-    wall = _run_tool(command, log=out_dir / f"sumo-{tag}.log", timeout_s=timeout_s)
+    wall = run_tool(command, log=out_dir / f"sumo-{tag}.log", timeout_s=timeout_s)
     return _read_sumo_outputs(f"sumo-{tag}", wall, duration_s, tripinfo, stats)
 
 
@@ -1137,7 +1137,7 @@ def run_sumo_config(
     default seed)."""
     check_number("begin_s", begin_s, ge=0.0)
     check_number("end_s", end_s, gt=begin_s)
-    binary = _require_binary("sumo")
+    binary = require_binary("sumo")
     out_dir.mkdir(parents=True, exist_ok=True)
     tripinfo, stats = out_dir / "tripinfo-config.xml", out_dir / "statistic-config.xml"
     command = [
@@ -1154,7 +1154,7 @@ def run_sumo_config(
         check_count("seed", seed)
         command += ["--seed", str(seed)]
     command += list(extra_args)
-    wall = _run_tool(command, log=out_dir / "sumo-config.log", timeout_s=timeout_s)
+    wall = run_tool(command, log=out_dir / "sumo-config.log", timeout_s=timeout_s)
     return _read_sumo_outputs("sumo", wall, end_s - begin_s, tripinfo, stats, begin_s=begin_s)
 
 

@@ -32,12 +32,12 @@ from xml.sax.saxutils import quoteattr
 from citybrain.models.network import Lane, Link, Turn
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.sumo import (
+    EdgePair,
     SumoError,
     SumoNet,
-    _Pair,
-    _require_binary,
-    _run_tool,
-    _traffic_lights,
+    require_binary,
+    run_tool,
+    traffic_light_links,
 )
 from citybrain.simulator.sumo_xml import read_net_file
 
@@ -56,7 +56,7 @@ def export_network(road: RoadNetwork, out_dir: Path) -> SumoNet:
     net_file = stem.with_suffix(".net.xml")
     write_plain(road, nodes, edges, connections)
     command = [
-        str(_require_binary("netconvert")),
+        str(require_binary("netconvert")),
         "--node-files",
         str(nodes),
         "--edge-files",
@@ -69,7 +69,7 @@ def export_network(road: RoadNetwork, out_dir: Path) -> SumoNet:
         "--output-file",
         str(net_file),
     ]
-    _run_tool(command, log=stem.with_suffix(".netconvert.log"), timeout_s=NETCONVERT_TIMEOUT_S)
+    run_tool(command, log=stem.with_suffix(".netconvert.log"), timeout_s=NETCONVERT_TIMEOUT_S)
     return map_back(road, net_file)
 
 
@@ -134,20 +134,22 @@ def map_back(road: RoadNetwork, net_file: Path) -> SumoNet:
     network = road.network
     movement_of = {(m.from_link, m.to_link): m for m in network.movements}
     ends = {edge.id: edge.to_junction for edge in netfile.edges if edge.function == ""}
-    pairs: dict[tuple[str, str], _Pair] = {}
+    pairs: dict[tuple[str, str], EdgePair] = {}
     for connection in netfile.connections:
         key = (connection.from_edge, connection.to_edge)
         if connection.from_edge not in ends or connection.to_edge not in ends:
             continue  # internal lanes (none with --no-internal-links)
         if key not in movement_of:
             raise SumoError(f"{net_file}: SUMO connects {key[0]} to {key[1]}, no movement does")
-        pairs.setdefault(key, _Pair([], ends[connection.from_edge])).connections.append(connection)
+        pairs.setdefault(key, EdgePair([], ends[connection.from_edge])).connections.append(
+            connection
+        )
     missing = [m.id for key, m in movement_of.items() if key not in pairs]
     if missing:
         raise SumoError(f"{net_file}: movements without a SUMO connection: {missing[:5]}")
     moves = [movement_of[key] for key in pairs]
     identity = {node.id: node.id for node in network.intersections}
-    tls_links, tls_size = _traffic_lights(
+    tls_links, tls_size = traffic_light_links(
         netfile, pairs, [m.id for m in moves], [m.turn for m in moves], identity
     )
     links = {link.id: link.id for link in network.links}

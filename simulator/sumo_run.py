@@ -44,31 +44,31 @@ from numpy.typing import NDArray
 
 from citybrain.models.checks import check_count, check_number
 from citybrain.models.errors import ValidationError
-from citybrain.models.messages import SignalPlan
 from citybrain.models.signal import Indication
 from citybrain.simulator.compiled import CompiledNetwork
-from citybrain.simulator.controllers import EmulatedController, Outcome
+from citybrain.simulator.controllers import EmulatedController
 from citybrain.simulator.demand import Trips, hop_metres, route_hops
 from citybrain.simulator.detectors import DetectorCards
-from citybrain.simulator.engine import END_LAG_S
 from citybrain.simulator.kernels import ARRIVED, DRIVING, PENDING, QUEUED
 from citybrain.simulator.runner import (
+    ControlledRun,
     Engine,
+    Run,
     SimulationRun,
-    Trajectory,
     VehicleIncident,
-    controller_at,
 )
+from citybrain.simulator.scenarios import Scenario
 from citybrain.simulator.sumo import (
     SumoError,
     SumoNet,
     SumoUnavailableError,
     TlsLink,
-    _state,
     find_binary,
     sumo_version,
+    tls_state,
     write_routes,
 )
+from citybrain.simulator.sumo_export import export_network
 from citybrain.simulator.sumo_xml import read_net_file
 
 REMOVED = 4
@@ -315,15 +315,17 @@ class _Lights:
                 by_index: dict[int, str] = {}
                 for link, colour in zip(links, shown, strict=True):
                     by_index.setdefault(link.index, colour)
-                state = self._states[key] = _state(links, size, by_index)
+                state = self._states[key] = tls_state(links, size, by_index)
             if self.shown.get(tls) != state:
                 self.shown[tls] = state
                 out.append((tls, state))
         return out
 
 
-class SumoRun:
+class SumoRun(ControlledRun):
     """A run in SUMO micro under our controllers (see the module docstring)."""
+
+    sim: SumoState
 
     def __init__(
         self,
@@ -342,9 +344,9 @@ class SumoRun:
         vehicle jammed that long out (``--time-to-teleport.remove``) instead of teleporting
         it. ``work_dir``: keep SUMO's inputs and log there (default: a temporary folder)."""
         global _active
+        super().__init__(net, trips, start_s=0.0, sample_every_s=sample_every_s)
         check_count("seed", seed)
         check_number("dt_s", dt_s, ge=0.1, le=2.0)
-        check_number("sample_every_s", sample_every_s, gt=0.0)
         check_number("time_to_teleport_s", time_to_teleport_s, gt=0.0)
         if sumo_net is not None and sumo_net.road is not net.road:
             raise ValidationError("sumo_net", "the SUMO network is not the run's network")
@@ -364,26 +366,11 @@ class SumoRun:
         self.closed = False
         try:
             if sumo_net is None:
-                from citybrain.simulator.sumo_export import export_network
-
                 sumo_net = export_network(net.road, self.work_dir / "net")
             self.sumo_net = sumo_net
-            self.net, self.trips = net, trips
-            self.controllers = {
-                node: EmulatedController(net.road.plans[node], end_lag_s=END_LAG_S)
-                for node in net.controller_ids
-            }
             loops = _Loops(net, sumo_net)
             self.sim = SumoState(net, trips, dt_s, loops, libsumo)
             self.detectors = DetectorCards(self.sim)
-            self.sample_every = sample_every_s
-            self.sample_times: list[float] = []
-            self.samples: list[NDArray[np.int32]] = []
-            self.tracked = {name: index for index, name in trips.names.items()}
-            self.trajectories = {name: Trajectory() for name in self.tracked}
-            self.incidents: list[VehicleIncident] = []
-            self._next_sample = 0.0
-            self._running: set[str] = set()
             self._lights = _Lights(sumo_net, self.controllers)
             self._index = {trips.names.get(v, f"v{v}"): v for v in range(trips.count)}
             self._hop_of: dict[str, int] = {}
@@ -446,22 +433,6 @@ class SumoRun:
 
     # --- the run surface (runner.SimulationRun) -------------------------------------------
 
-    @property
-    def now(self) -> float:
-        return self.sim.now
-
-    def command(self, intersection: str, message: SignalPlan) -> Outcome:
-        controller = controller_at(self.controllers, intersection)
-        outcome = controller.command(message, self.now)
-        if controller.running is not None:
-            self._running.add(intersection)
-        return outcome
-
-    def release(self, intersection: str) -> Outcome:
-        """A local command: leave any priority plan for the normal plan."""
-        controller = controller_at(self.controllers, intersection)
-        return controller.release(self.now)
-
     def advance(self, seconds: float, *, on_step: Callable[[float], None] | None = None) -> None:
         """Run ``seconds`` of simulated time, one SUMO step at a time."""
         check_number("seconds", seconds, ge=0.0)
@@ -469,17 +440,13 @@ class SumoRun:
             raise SumoError("the SUMO run is closed")
         end = self.now + seconds - 1e-9
         while self.now < end:
-            if self.now >= self._next_sample:
-                self.sample_times.append(self.now)
-                self.samples.append(self.sim.link_queued.copy())
-                self._next_sample += self.sample_every
+            self._sample()
             self._step()
             if on_step is not None:
                 on_step(self.now)
 
     def close(self) -> None:
         """End the SUMO simulation (what was read stays readable) and free libsumo."""
-        global _active
         if self.closed:
             return
         try:
@@ -611,28 +578,12 @@ class SumoRun:
             ]
         self.incidents.append(VehicleIncident(now, vid, kind, link, reason))
 
-    def _record_tracks(self) -> None:
-        sim, trips = self.sim, self.trips
-        for name, v in self.tracked.items():
-            if sim.state[v] not in (DRIVING, QUEUED):
-                continue
-            track = self.trajectories[name]
-            track.times.append(self.now)
-            track.links.append(int(trips.route_links[trips.route_start[v] + sim.hop[v]]))
-            track.positions.append(max(0.0, float(sim.position[v])))
-
 
 def open_run(
-    engine: Engine,
-    net: CompiledNetwork,
-    trips: Trips,
-    *,
-    sumo_net: SumoNet | None = None,
-    seed: int = 0,
+    engine: Engine, scenario: Scenario
 ) -> contextlib.AbstractContextManager[SimulationRun]:
-    """A run on ``engine`` for a ``with`` block (SUMO's is closed at its end)."""
+    """A run of ``scenario`` on ``engine`` for a ``with`` block (SUMO's is closed at its end;
+    it runs on the scenario's own SUMO network if it came from one, seeded like its traffic)."""
     if engine is Engine.SUMO:
-        return SumoRun(net, trips, sumo_net=sumo_net, seed=seed)
-    from citybrain.simulator.runner import Run
-
-    return contextlib.nullcontext(Run(net, trips))
+        return SumoRun(scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=scenario.seed)
+    return contextlib.nullcontext(Run(scenario.net, scenario.trips))

@@ -204,6 +204,19 @@ def test_cli_sim_run_with_an_unknown_network_says_so(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["sim", "run"], ["sim", "serve"], ["evaluate", "--network", "arterial"], ["demo"]],
+)
+def test_an_unknown_engine_is_refused_naming_the_choices(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--engine", "sumo-micro"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'sumo-micro' (choose from ours, sumo)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec", ["grid:2x2", "arterial:2"])
 def test_cli_sim_network_writes_a_loadable_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str

@@ -52,7 +52,7 @@ def _netconvert(folder: Path, nodes: str, edges: str) -> Path:
     assert binary is not None
     command = [str(binary), "--node-files", str(folder / "n.nod.xml")]
     command += ["--edge-files", str(folder / "e.edg.xml"), "--no-turnarounds", "-o", str(out)]
-    sumo._run_tool(command, log=folder / "netconvert.log", timeout_s=120)
+    sumo.run_tool(command, log=folder / "netconvert.log", timeout_s=120)
     return out
 
 

@@ -350,7 +350,7 @@ def _tool(name: str, *arguments: str, out: Path) -> Path:
     binary = sumo.find_binary(name)
     assert binary is not None
     command = [str(binary), *arguments, "--output-file", str(out)]
-    sumo._run_tool(command, log=out.with_suffix(".log"), timeout_s=120)
+    sumo.run_tool(command, log=out.with_suffix(".log"), timeout_s=120)
     return out
 
 
