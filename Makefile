@@ -9,7 +9,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	&& { echo $$p; break; }; done)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench bench-sumo clean
+.PHONY: demo test lint typecheck bench bench-sumo dist clean
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "citybrain needs Python >= 3.11 on PATH (or PYTHON=/path/to/python3.11)" >&2; exit 1; fi
@@ -47,5 +47,10 @@ bench: $(STAMP)
 bench-sumo: $(STAMP)
 	$(BIN)/python benchmarks/sumo_compare.py --rows 20 --cols 20 --duration 600 --demand moderate
 
+# The wheel each machine installs with its part's extra, e.g. 'dist/citybrain-*.whl[edge]'.
+dist: $(STAMP)
+	rm -rf dist build/lib  # setuptools would pack files left in build/lib by an older build
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import logging
+import re
 import sys
+import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from citybrain import __version__
 from citybrain.models.errors import CitybrainError
@@ -21,53 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"citybrain {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="an ambulance across the saturated arterial, then two whose routes cross on a "
-        "10 x 10 grid, under three policies",
-    )
-    demo.add_argument("--seeds", type=int, default=3, help="seeds to average over (1-50)")
-    demo.add_argument(
-        "--grid",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also run the grid with two crossing ambulances (default: yes)",
-    )
-    demo.add_argument(
-        "--peak",
-        action="store_true",
-        help="arterial demand with a peak (x1.5 mid-run, when the ambulance leaves)",
-    )
-    demo.add_argument(
-        "--westbound",
-        action="store_true",
-        help="the arterial ambulance drives west, against the green wave, from a station on "
-        "the last cross street (the run goes on 2,400 s after it leaves, not 900 s)",
-    )
-    demo.add_argument(
-        "--live",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also run the whole system live: broker, PostgreSQL, field bus, one edge agent "
-        "per intersection, the cloud service and its API (default: yes)",
-    )
-    demo.add_argument(
-        "--broker",
-        choices=["auto", "mosquitto", "amqtt"],
-        default="auto",
-        help="the live run's broker: Mosquitto when installed, else the embedded amqtt",
-    )
-    demo.add_argument(
-        "--dsn", help="PostgreSQL for the live run (default: an embedded one started here)"
-    )
-    demo.add_argument(
-        "--speed", type=float, default=5.0, help="the live simulator's pace (x real time)"
-    )
-    from citybrain.simulator import cli as sim_cli
+    from citybrain import demo_cli
 
-    sim_cli.add_engine_option(demo, note=" (in the closed loops; the live run stays on ours)")
-    demo.add_argument("--json", action="store_true", help="print one JSON object, not the table")
-    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="diagram and JSON go here")
+    demo_cli.add_command(commands)
     preview = commands.add_parser(
         "preview", help="the signal-plan side of a corridor, no simulator"
     )
@@ -76,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=7, help="scenario seed (same seed, same output)"
     )
     from citybrain import cloud_cli, corridor_cli, evaluate_cli, security
+    from citybrain.simulator import cli as sim_cli
 
     sim_cli.add_commands(commands)
     evaluate_cli.add_commands(commands)
@@ -87,95 +45,86 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(verbose=args.verbose)
     try:
-        if args.command == "preview":
-            from citybrain import preview
-
-            settings = preview.DemoSettings(intersections=args.intersections, seed=args.seed)
-            print(preview.render(preview.run(settings)))
-        elif args.command == "demo":
-            return _demo(args)
-        elif args.command == "sim":
-            from citybrain.simulator import cli as sim_cli
-
-            return sim_cli.main(args)
-        elif args.command == "evaluate":
-            from citybrain import evaluate_cli
-
-            return evaluate_cli.main(args)
-        elif args.command == "corridor":
-            from citybrain import corridor_cli
-
-            return corridor_cli.main(args)
-        elif args.command == "cloud":
-            from citybrain import cloud_cli
-
-            return cloud_cli.main(args)
-        elif args.command == "security":
-            from citybrain import security
-
-            return security.main(args)
+        return _run(args)
     except CitybrainError as error:
         print(f"citybrain: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("citybrain: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        busy = _address_in_use(error)
+        if busy is None:
+            raise
+        print(f"citybrain: {_in_use_advice(busy, args)}", file=sys.stderr)
+        return 2
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+def _configure_logging(*, verbose: bool) -> None:
+    """Our own INFO lines; other libraries' (embedded PostgreSQL's command lines, aiohttp's
+    access log, platformdirs' warning) only with ``-v``, which shows everything."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        logging.getLogger("citybrain").setLevel(logging.INFO)
+        warnings.filterwarnings("ignore", module="platformdirs")
 
-    from citybrain import demo
-    from citybrain.closed_loop import GRID, WESTBOUND, Setup
-    from citybrain.models.checks import check_count
 
-    check_count("seeds", args.seeds, ge=1, le=50)
-    for noisy in ("citybrain", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "preview":
+        from citybrain import preview
 
-    def progress(text: str) -> None:
-        print(f"  running {text}", file=sys.stderr, flush=True)
+        settings = preview.DemoSettings(intersections=args.intersections, seed=args.seed)
+        print(preview.render(preview.run(settings)))
+        return 0
+    if args.command == "demo":
+        from citybrain import demo_cli
 
-    seeds = range(1, args.seeds + 1)
-    report = None if args.json else progress
-    setup = replace(WESTBOUND, peak=args.peak) if args.westbound else Setup(peak=args.peak)
-    comparison = demo.compare(seeds, setup=setup, progress=report, engine=args.engine)
-    data = demo.summary(comparison)
-    args.out.mkdir(parents=True, exist_ok=True)
-    first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
-    figures = [demo.time_space_diagram(first, args.out / "time_space.png")]
-    if args.grid:
-        grid = demo.compare(seeds, setup=GRID, progress=report, engine=args.engine)
-        data["grid"] = demo.grid_summary(grid)
-        first = {policy: outcomes[0] for policy, outcomes in grid.outcomes.items()}
-        figures += [
-            demo.time_space_diagram(first, args.out / f"grid_time_space_{v}.png", vehicle=v)
-            for v in data["grid"]["ambulances"]
-        ]
-    if args.live:
-        import asyncio
+        if not args.verbose:  # a report, not a log
+            logging.getLogger("citybrain").setLevel(logging.WARNING)
+        return demo_cli.main(args)
+    if args.command == "sim":
+        from citybrain.simulator import cli as sim_cli
 
-        from citybrain.live import LiveOptions, run_live
+        return sim_cli.main(args)
+    if args.command == "evaluate":
+        from citybrain import evaluate_cli
 
-        options = LiveOptions(broker=args.broker, dsn=args.dsn, speed=args.speed)
-        if report is not None:
-            report(f"the live system (x{options.speed:g} real time, about 2 minutes)")
-        live = asyncio.run(run_live(options, progress=report))
-        data["live"] = live.summary()
-    demo.write_json(data, args.out / "demo.json")
-    if args.json:
-        print(json.dumps(data))
-    else:
-        print(demo.render(data))
-        if args.grid:
-            print()
-            print(demo.render_grid(data["grid"]))
-        if args.live:
-            print()
-            print(demo.render_live(data["live"]))
-        shown = ", ".join(str(f) for f in figures)
-        print(f"\n  time-space diagrams (seed 1): {shown}; JSON: {args.out / 'demo.json'}")
-    return 0
+        return evaluate_cli.main(args)
+    if args.command == "corridor":
+        from citybrain import corridor_cli
+
+        return corridor_cli.main(args)
+    if args.command == "cloud":
+        from citybrain import cloud_cli
+
+        return cloud_cli.main(args)
+    from citybrain import security
+
+    return security.main(args)
+
+
+ADDRESS = re.compile(r"\('([^']*)', (\d+)\)")
+PORT_OPTIONS = {"sim": "--port", "cloud": "--api"}
+
+
+def _address_in_use(error: BaseException) -> OSError | None:
+    """The bind that failed because the address is taken, also inside a task group."""
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _address_in_use(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _in_use_advice(error: OSError, args: argparse.Namespace) -> str:
+    match = ADDRESS.search(str(error))
+    where = f"{match.group(1)}:{match.group(2)}" if match else "the address asked for"
+    option = PORT_OPTIONS.get(args.command)
+    other = f"choose another port with {option}" if option else "choose another port"
+    return f"{where} is already in use by another program: stop that program, or {other}"

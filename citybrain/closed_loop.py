@@ -89,6 +89,12 @@ class Journey:
     """Distance along the route of each signalized stop line."""
     stops_at: dict[str, int] = field(default_factory=dict)
     """Per signalized stop line on the route: how often the ambulance stopped in its queue."""
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per signalized stop line: the green window (open, close) the last plan sent there
+    before the ambulance passed asked for its movement; none without priority."""
+    progression_mps: float = 0.0
+    """The speed limit along the route (length over free-flow time at the limit): the speed
+    a coordinated green wave is timed for."""
 
     @property
     def travel_time_s(self) -> float:
@@ -210,6 +216,8 @@ def _run(
             vehicle.signals,
             vehicle.stop_line_m,
             vehicle.stops_at,
+            vehicle.windows,
+            vehicle.progression_mps,
         )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
@@ -293,6 +301,9 @@ class _Vehicle:
             if node in run.controllers
         }
         self.stops_at = dict.fromkeys(self.stop_line_m, 0)
+        self.windows: dict[str, tuple[float, float]] = {}
+        lengths, speeds = net.link_length[self.route], net.link_speed[self.route]
+        self.progression_mps = float(np.sum(lengths) / np.sum(lengths / speeds))
         self.hop = 0
         self.stops = 0
 
@@ -481,12 +492,23 @@ class _Driver:
                     self.manager.on_ack(ack, self.run.now)
 
     def _send(self, node: str, plan: SignalPlan) -> AckStatus:
+        self._note_windows(node, plan)
         self.sent += 1
         outcome = self.run.command(node, plan)
         if outcome.status in (AckStatus.REJECTED, AckStatus.EXPIRED):
             self.refused += 1
             log.info("%s refused %s: %s", node, plan.plan_id, outcome.verdict.reason)
         return outcome.status
+
+    def _note_windows(self, node: str, plan: SignalPlan) -> None:
+        """Keep, per ambulance not yet past ``node``, the window the plan asks for its
+        movement there: the time-space diagram draws what was asked next to what was shown."""
+        asked = {window.signal_group: window for window in plan.windows}
+        for vehicle in self.vehicles:
+            for hop in range(vehicle.hop, len(vehicle.nodes)):
+                window = asked.get(vehicle.groups[hop])
+                if vehicle.nodes[hop] == node and window is not None:
+                    vehicle.windows[node] = (window.open_at, window.close_at)
 
 
 def indication_colour(value: str) -> str:

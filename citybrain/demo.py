@@ -4,7 +4,6 @@ time-space diagrams and (``--json``) one JSON object."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -12,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from citybrain import report
 from citybrain.closed_loop import (
     AMBULANCE,
     Journey,
     Outcome,
     Policy,
     Setup,
-    indication_colour,
     run_policy,
 )
 from citybrain.models.errors import ValidationError
@@ -45,7 +44,7 @@ def compare(
     for seed in seeds:
         for policy in Policy:
             if progress is not None:
-                progress(f"{setup.network} seed {seed}: {policy}")
+                progress(f"seed {seed}, {policy}")
             outcome = run_policy(policy, seed, setup, engine=engine)
             late = [name for name, j in outcome.journeys.items() if j.trip.arrived_s is None]
             if late:
@@ -178,7 +177,8 @@ def grid_summary(comparison: Comparison) -> dict[str, Any]:
 def render(data: dict[str, Any]) -> str:
     rows = [
         f"citybrain demo: an ambulance across the {data['intersections']}-intersection arterial "
-        f"({data['scenario']}, {data['seeds']} seeds, the same traffic under each policy)",
+        f"({data['scenario']}, {report.plural(data['seeds'], 'seed')}, the same traffic under "
+        "each policy)",
         f"  free-flow time at ambulance speed: {data['ambulance']['free_flow_s']:.1f} s",
         "",
         f"  {'policy':18} {'travel s':>9} {'x free':>7} {'stops':>6} {'others +veh-s':>14} "
@@ -189,13 +189,9 @@ def render(data: dict[str, Any]) -> str:
             f"  {name:18} {p['travel_time_s']:9.1f} {p['ratio_to_free_flow']:7.2f} "
             f"{p['stops']:6.1f} {p['other_vehicles_extra_delay_s']:14.0f} {p['recovery_s']:11.1f}"
         )
-    base = data["policies"]["no_priority"]["travel_time_s"]
-    local = data["policies"]["local_preemption"]["travel_time_s"]
-    ours = data["policies"]["corridor"]["travel_time_s"]
     rows += [
         "",
-        f"  corridor vs no priority: {100 * (1 - ours / base):.0f} % less travel time; "
-        f"vs local preemption: {100 * (1 - ours / local):.0f} % less",
+        report.arterial_verdict(data),
         "  others +veh-s: extra vehicle-seconds all other traffic spent compared with no priority;",
         "  recovery: mean time from the ambulance passing a stop line until that signal is back",
         "  on its normal plan",
@@ -208,7 +204,8 @@ def render_grid(data: dict[str, Any]) -> str:
     crossing = data["crossing"]
     rows = [
         f"citybrain demo: {len(vehicles)} ambulances whose routes cross at {crossing} "
-        f"({data['scenario']}, {data['seeds']} seeds, the same traffic under each policy)",
+        f"({data['scenario']}, {report.plural(data['seeds'], 'seed')}, the same traffic under "
+        "each policy)",
     ]
     for vehicle, info in data["ambulances"].items():
         rows.append(
@@ -236,6 +233,7 @@ def render_grid(data: dict[str, Any]) -> str:
         )
     rows += [
         "",
+        report.grid_verdict(data),
         f"  at {crossing} s: seconds the ambulance lost on its last link before {crossing}'s "
         "stop line (a stop",
         "  at the stop line before costs 7.5 s of it, braking and pulling away); under the "
@@ -245,86 +243,44 @@ def render_grid(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def time_space_diagram(
-    outcomes: dict[Policy, Outcome], path: Path, *, vehicle: str = AMBULANCE
-) -> Path:
-    """Distance along ``vehicle``'s route against time: its trajectory under each policy over
-    the signal bands (green/yellow/red of its movement) it met under the corridor policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    corridor = outcomes[Policy.CORRIDOR].journeys[vehicle]
-    fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
-    distances = corridor.stop_line_m
-    start = min(t for t, _ in corridor.trajectory) if corridor.trajectory else 0.0
-    for node, series in corridor.signals.items():
-        y = distances.get(node)
-        if y is None or not series:
-            continue
-        for (t0, shown), (t1, _) in itertools.pairwise(series):
-            ax.plot(
-                [t0 - start, t1 - start],
-                [y, y],
-                color=indication_colour(shown),
-                linewidth=4,
-                solid_capstyle="butt",
-            )
-        ax.text(-8, y, node, fontsize=7, va="center", ha="right")
-    styles = {
-        Policy.NO_PRIORITY: ("#555555", "--"),
-        Policy.LOCAL_PREEMPTION: ("#1f6fb2", "-."),
-        Policy.CORRIDOR: ("#000000", "-"),
-    }
-    journeys = {policy: outcome.journeys[vehicle] for policy, outcome in outcomes.items()}
-    for policy, journey in journeys.items():
-        if journey.trajectory:
-            times = [t - start for t, _ in journey.trajectory]
-            ax.plot(
-                times,
-                [d for _, d in journey.trajectory],
-                styles[policy][1],
-                color=styles[policy][0],
-                linewidth=1.8,
-                label=f"{policy.value} ({journey.travel_time_s:.0f} s)",
-            )
-    finish = max((t for j in journeys.values() for t, _ in j.trajectory), default=start + 60.0)
-    ax.set_xlim(-30.0, finish - start + 60.0)
-    ax.set_xlabel("time since it left (s)")
-    ax.set_ylabel("distance along the route (m)")
-    ax.set_title(
-        f"{vehicle}'s corridor: trajectories over the signal state of its movement (corridor run)"
-    )
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def write_json(data: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False))
 
 
-def render_live(live: dict[str, Any]) -> str:
-    """The live run: the same arterial with every part running for real."""
+def seed_run(comparison: Comparison, *, vehicle: str = AMBULANCE) -> report.SeedRun:
+    """The first seed's corridor and no-priority trips: what the live run is set against."""
+    corridor = comparison.outcomes[Policy.CORRIDOR][0].journeys[vehicle]
+    base = comparison.outcomes[Policy.NO_PRIORITY][0].journeys[vehicle]
+    return report.SeedRun(
+        corridor_s=corridor.travel_time_s,
+        corridor_stops=corridor.trip.stops,
+        no_priority_s=base.travel_time_s,
+        delay_per_intersection_s={
+            line.intersection: line.delay_s for line in corridor.trip.stop_lines
+        },
+    )
+
+
+def render_live(live: dict[str, Any], in_process: report.SeedRun | None = None) -> str:
+    """The live run: the same arterial with every part running for real; set against the
+    in-process run of the same seed when that ran the same scenario."""
     amb = live["ambulance"]
     latency = live["plan_latency_ms"]
-    return "\n".join(
-        [
-            f"live: {live['edges']} edge agents, {live['broker']}, {live['database']}, the "
-            f"cloud service and its HTTP API (seed 1, {live['wall_s']:.0f} s)",
-            f"  ambulance with its corridor: {amb['corridor']['travel_time_s']:.1f} s, "
-            f"{amb['corridor']['stops']} stops; without: {amb['no_priority']['travel_time_s']:.1f}"
-            f" s, {amb['no_priority']['stops']} stops; time saved {amb['time_saved_s']:.1f} s",
-            f"  cross traffic: {live['other_vehicles_extra_delay_s']:+.0f} vehicle-seconds",
-            f"  telemetry: {live['telemetry_messages']} messages received, "
-            f"{live['telemetry_rows']} rows in the database; malformed refused: "
-            f"{live['rejected_messages']}",
-            f"  plans: {live['plans_sent']} sent, {live['plans_acked']} acknowledged; request to "
-            f"every first plan acknowledged: {latency['p50']:.1f} ms",
-        ]
-    )
+    rows = [
+        f"live: {live['edges']} edge agents, {live['broker']}, {live['database']}, the "
+        f"cloud service and its HTTP API (seed 1, {live['wall_s']:.0f} s)",
+        f"  ambulance with its corridor: {amb['corridor']['travel_time_s']:.1f} s, "
+        f"{report.plural(amb['corridor']['stops'], 'stop')}; without: "
+        f"{amb['no_priority']['travel_time_s']:.1f} s, "
+        f"{report.plural(amb['no_priority']['stops'], 'stop')}; time saved "
+        f"{amb['time_saved_s']:.1f} s",
+        f"  cross traffic: {live['other_vehicles_extra_delay_s']:+,.0f} vehicle-seconds",
+        f"  telemetry: {live['telemetry_messages']} messages received, "
+        f"{live['telemetry_rows']} rows in the database; malformed refused: "
+        f"{live['rejected_messages']}",
+        f"  plans: {live['plans_sent']} sent, {live['plans_acked']} acknowledged; request to "
+        f"every first plan acknowledged: {latency['p50']:.1f} ms",
+    ]
+    if in_process is not None:
+        rows += report.live_difference(live, in_process)
+    return "\n".join(rows)

@@ -53,7 +53,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def main(args: argparse.Namespace) -> int:
     from citybrain import evaluate
-    from citybrain.demo import time_space_diagram, write_json
+    from citybrain.demo import write_json
+    from citybrain.diagram import time_space_diagram
     from citybrain.models.errors import ValidationError
 
     if args.ambulances is not None:

@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from citybrain.edge.settings import (
     TrustSettings,
 )
 from citybrain.models.codec import DEFAULT_CODEC
+from citybrain.models.errors import CitybrainError
 from citybrain.models.messages import VehiclePosition
 from citybrain.models.topics import vehicle_position_topic
 from citybrain.simulator.fieldbus import FieldBusServer
@@ -74,6 +76,19 @@ INCIDENT = "medical"
 TAKEOVER_LEAD_WALL_S = 0.1
 """Plans take over this long (wall clock) after the cloud makes them: above the plan path's
 p99 on loopback, so edge, cabinet and the cloud's twin all take over at ``valid_from``."""
+TELEMETRY_PERIOD_WALL_S = 1.0
+CONSOLE_PATH = "/console/"
+"""Where the cloud service serves its web console, below the API's address."""
+OPERATOR = "dispatch"
+"""The operator whose token (``operators/<name>.token``) dispatch uses and a person signs in
+with."""
+PROGRESS_EVERY_WALL_S = 20.0
+PACED_BEFORE_DISPATCH_S = 30.0
+"""The simulator runs as fast as it goes until this long before dispatch, then paced."""
+
+
+class LiveSetupError(CitybrainError):
+    """The live system cannot start as asked (a database that does not answer, ...)."""
 
 
 def free_port() -> int:
@@ -100,6 +115,8 @@ class LiveOptions:
     """``auto`` (Mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``."""
     dsn: str | None = None
     """PostgreSQL to use; ``None`` starts an embedded one."""
+    keep_running: bool = False
+    """After the measured run, leave everything up until Ctrl-C (SIGINT) or SIGTERM."""
 
 
 @dataclass
@@ -108,6 +125,7 @@ class Trip:
     stops: int
     other_vehicle_seconds: float
     """Vehicle-seconds all other traffic spent, up to the end of the live run."""
+    delay_per_intersection_s: dict[str, float]
 
 
 @dataclass
@@ -120,6 +138,7 @@ class LiveRun:
     edges: int
     rejected: int
     wall_s: float
+    speed: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,9 +177,13 @@ class LiveResult:
                 "p99": round(float(np.percentile(latency, 99)), 2),
             },
             "rejected_messages": run.rejected,
+            "telemetry_period_sim_s": round(TELEMETRY_PERIOD_WALL_S * run.speed, 2),
+            "takeover_lead_sim_s": round(TAKEOVER_LEAD_WALL_S * run.speed, 2),
             "ambulance": {
                 "corridor": {"travel_time_s": round(run.trip.travel_time_s, 1),
-                             "stops": run.trip.stops},
+                             "stops": run.trip.stops,
+                             "delay_per_intersection_s": _rounded(
+                                 run.trip.delay_per_intersection_s)},
                 "no_priority": {"travel_time_s": round(baseline.travel_time_s, 1),
                                 "stops": baseline.stops},
                 "time_saved_s": round(baseline.travel_time_s - run.trip.travel_time_s, 1),
@@ -170,6 +193,17 @@ class LiveResult:
             ),
             "wall_s": round(run.wall_s, 1),
         }  # fmt: skip
+
+
+def wall_s(options: LiveOptions) -> float:
+    """About how long the live run takes: the paced part, plus about 20 s to start and stop
+    everything and 10 s for its baseline."""
+    paced = options.dispatch_lead_s + PACED_BEFORE_DISPATCH_S + options.after_s
+    return paced / options.speed + 30.0
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 2) for key, value in values.items()}
 
 
 # ---- infrastructure -----------------------------------------------------------------------
@@ -243,6 +277,36 @@ async def _port_open(port: int, timeout_s: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s")
 
 
+def check_database(dsn: str, timeout_s: int = 5) -> None:
+    """Connect once to the PostgreSQL ``--dsn`` names, before minutes of runs, and say why
+    when it does not answer (the pool would only say that it timed out)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=timeout_s):
+            pass
+    except psycopg.Error as error:
+        cause = " ".join(str(error).split())
+        raise LiveSetupError(
+            f"cannot use the database --dsn names: {cause}. Start PostgreSQL there, correct "
+            "--dsn, or leave --dsn out for an embedded one"
+        ) from error
+
+
+async def until_interrupted() -> None:
+    """Wait for Ctrl-C (SIGINT) or SIGTERM, then let the caller stop everything in order."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        await interrupted.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
 # ---- one run ------------------------------------------------------------------------------
 
 
@@ -254,18 +318,20 @@ async def live_run(
     writer: TelemetryWriter,
     workdir: Path,
     progress: Callable[[str], None] | None = None,
+    hold: Callable[[LiveRun], Awaitable[None]] | None = None,
 ) -> LiveRun:
     """The arterial live, on the field bus, with edges and the cloud; the ambulance's corridor
-    requested through the operator API at dispatch, its positions reported as it drives."""
+    requested through the operator API at dispatch, its positions reported as it drives.
+    With ``hold``, the run's figures go to it while everything still runs, which then stays
+    up until Ctrl-C."""
     say = progress or (lambda text: None)
     started = time.monotonic()
     depart = options.warmup_s
-    end = depart + options.after_s
     scenario = _scenario(options)
     run = Run(scenario.net, scenario.trips)
     road = scenario.net.road
     # warm up as fast as the engine goes; pace the simulator from shortly before dispatch
-    run.advance(depart - options.dispatch_lead_s - 30.0)
+    run.advance(depart - options.dispatch_lead_s - PACED_BEFORE_DISPATCH_S)
     bus = FieldBusServer(run, speed=options.speed)
     bus_port = await bus.start()
     region = REGION
@@ -277,7 +343,7 @@ async def live_run(
         intersections="all",
         broker=_edge_broker(mqtt),
         controller=ControllerSettings(port=bus_port, poll_hz=20.0),
-        telemetry=TelemetrySettings(period_s=1.0),
+        telemetry=TelemetrySettings(period_s=TELEMETRY_PERIOD_WALL_S),
         buffer=BufferSettings(path=workdir / f"edge-buffer-{region}"),
         trust=TrustSettings(store=layout.edge(EDGE_BOX) / "trust.json"),
         log=LogSettings(level="warning"),
@@ -307,38 +373,69 @@ async def live_run(
     )  # fmt: skip
     service.backlog = lambda: writer.pending
     service.database_up = lambda: writer.available
+    token_file = layout.root / "operators" / f"{OPERATOR}.token"
     async with asyncio.TaskGroup() as tasks:
         edges = tasks.create_task(run_host(edge_settings, stop, started=agents.extend))
         cloud = tasks.create_task(service.run(stop))
         # dispatch is an operator capped at the priority its ambulance asks for
-        token = (layout.root / "operators" / "dispatch.token").read_text().strip()
+        token = token_file.read_text().strip()
         tokens = TokenFile(layout.cloud / "tokens.json")
         api = await serve_api(service, "127.0.0.1", 0, tokens=tokens)
         api_url = _url(api)
         try:
             await _until(lambda: all(s.telemetry is not None for s in core.seen.values()), 60.0)
             say(f"{len(agents)} edge agents reporting to the cloud")
-            async with _vehicle_client(mqtt) as avl:
-                requested = False
-                while run.now < end:
-                    if not requested and run.now >= depart - options.dispatch_lead_s:
-                        await _request(api_url, token, run, vehicle, depart)
-                        requested = True
-                        say("ambulance dispatched: corridor requested through the operator API")
-                    # the unit reports while its call has a corridor: the cloud refuses (and
-                    # counts) positions of a vehicle without one
-                    reporting = requested and AMBULANCE in core.manager.by_vehicle
-                    position = _position(run, vehicle) if reporting else None
-                    if position is not None:
-                        payload = DEFAULT_CODEC.encode(position)
-                        await avl.publish(vehicle_position_topic(AMBULANCE), payload, qos=0)
-                    await asyncio.sleep(1.0 / options.speed)
+            for line in access(api_url, token_file):
+                say(line)
+            await _dispatch_and_follow(run, vehicle, core, mqtt, options, api_url, token, say)
+            if hold is not None:
+                await hold(_figures(run, scenario, service, core, agents, started, options.speed))
+                for line in [*access(api_url, token_file), "it stays up until Ctrl-C"]:
+                    say(line)
+                await until_interrupted()
+                say("stopping the live system")
         finally:
             stop.set()
             await api.cleanup()
         await edges
         await cloud
     await bus.stop()
+    return _figures(run, scenario, service, core, agents, started, options.speed)
+
+
+async def _dispatch_and_follow(
+    run: Run, vehicle: int, core: CloudCore, mqtt: LiveBroker, options: LiveOptions,
+    api_url: str, token: str, say: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Dispatch asks for the corridor ahead of departure; the ambulance's unit then reports
+    its position every simulated second until the run ends."""
+    depart = options.warmup_s
+    end = depart + options.after_s
+    said = time.monotonic()
+    async with _vehicle_client(mqtt) as avl:
+        requested = False
+        while run.now < end:
+            if time.monotonic() - said > PROGRESS_EVERY_WALL_S:
+                said = time.monotonic()
+                say(_where_we_are(run.now, depart, end, options.speed))
+            if not requested and run.now >= depart - options.dispatch_lead_s:
+                await _request(api_url, token, run, vehicle, depart)
+                requested = True
+                say("ambulance dispatched: corridor requested through the operator API")
+            # the unit reports while its call has a corridor: the cloud refuses (and counts)
+            # positions of a vehicle without one
+            reporting = requested and AMBULANCE in core.manager.by_vehicle
+            position = _position(run, vehicle) if reporting else None
+            if position is not None:
+                payload = DEFAULT_CODEC.encode(position)
+                await avl.publish(vehicle_position_topic(AMBULANCE), payload, qos=0)
+            await asyncio.sleep(1.0 / options.speed)
+
+
+def _figures(
+    run: Run, scenario: Scenario, service: CloudService, core: CloudCore,
+    agents: list[EdgeAgent], started: float, speed: float,
+) -> LiveRun:  # fmt: skip
     counters = service.counters + core.counters
     return LiveRun(
         trip=_trip(run, scenario),
@@ -349,7 +446,22 @@ async def live_run(
         edges=len(agents),
         rejected=sum(v for k, v in counters.items() if k.startswith("rejected")),
         wall_s=time.monotonic() - started,
+        speed=speed,
     )
+
+
+def access(api_url: str, token_file: Path) -> list[str]:
+    """How a person reaches the running system."""
+    return [
+        f"cloud API: {api_url} (docs/api.md)",
+        f"console: {api_url}{CONSOLE_PATH} (sign in with the operator token in {token_file})",
+    ]
+
+
+def _where_we_are(now: float, depart: float, end: float, speed: float) -> str:
+    since = "since the ambulance left" if now >= depart else "before the ambulance leaves"
+    left = (end - now) / speed
+    return f"simulated {abs(now - depart):.0f} s {since}; about {left:.0f} s left"
 
 
 def _edge_broker(mqtt: LiveBroker) -> BrokerSettings:
@@ -399,11 +511,12 @@ def _trip(run: Run, scenario: Scenario) -> Trip:
     """The ambulance's trip (once it arrived) and all other traffic's vehicle-seconds up to
     now, which is the same end time in the live run and its baseline."""
     trip = score(run, scenario=scenario.name, started_s=0.0).emergency[0]
+    delays = {line.intersection: line.delay_s for line in trip.stop_lines}
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
     until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
     seconds = float(np.sum((until - scenario.trips.depart)[others]))
     travel = float(trip.travel_time_s) if trip.travel_time_s is not None else float("nan")
-    return Trip(travel, int(trip.stops), seconds)
+    return Trip(travel, int(trip.stops), seconds, delays)
 
 
 def baseline(options: LiveOptions) -> Trip:
@@ -416,8 +529,9 @@ def baseline(options: LiveOptions) -> Trip:
     vehicle = scenario.trips.count - 1
     while run.sim.state[vehicle] != ARRIVED and run.now < options.warmup_s + 4 * 3600.0:
         run.advance(10.0)
-    return Trip(_trip(run, scenario).travel_time_s, _trip(run, scenario).stops,
-                at_end.other_vehicle_seconds)  # fmt: skip
+    arrived = _trip(run, scenario)
+    return Trip(arrived.travel_time_s, arrived.stops, at_end.other_vehicle_seconds,
+                arrived.delay_per_intersection_s)  # fmt: skip
 
 
 def _url(runner: Any) -> str:
@@ -475,9 +589,18 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
 
 
 async def run_live(
-    options: LiveOptions, *, progress: Callable[[str], None] | None = None
+    options: LiveOptions,
+    *,
+    progress: Callable[[str], None] | None = None,
+    ready: Callable[[LiveResult], None] | None = None,
 ) -> LiveResult:
-    """Start everything, run the ambulance's corridor live, stop everything."""
+    """Start everything, run the ambulance's corridor live, stop everything. With
+    ``options.keep_running``, ``ready`` gets the result while everything still runs, and it
+    all stays up until Ctrl-C (SIGINT) or SIGTERM."""
+    say = progress or (lambda text: None)
+    # first, while nothing else runs: computed beside the live system it slows the edges
+    say("the same seed without a corridor, in-process (nothing live touches that traffic)")
+    without = baseline(options)
     with tempfile.TemporaryDirectory(prefix="citybrain-live-") as tmp:
         workdir = Path(tmp)
         layout = security.init(workdir / "security", _deployment(options))
@@ -485,22 +608,32 @@ async def run_live(
             broker(options.broker, layout) as live_broker,
             database(options.dsn, workdir) as (dsn, database_name),
         ):
+            say(f"{live_broker.name} and PostgreSQL ({database_name}) up")
             store = await PostgresStore.open(dsn)
             try:
                 rows_before = await store.count_telemetry()
                 async with TelemetryWriter(store) as writer:
+
+                    async def result_of(run: LiveRun) -> LiveResult:
+                        await writer.flush()
+                        rows = await store.count_telemetry() - rows_before
+                        database_shown = f"{store.flavor} ({database_name})"
+                        return LiveResult(live_broker.name, database_shown, run, without, rows)
+
+                    kept: list[LiveResult] = []
+
+                    async def hold(run: LiveRun) -> None:
+                        kept.append(await result_of(run))
+                        if ready is not None:
+                            ready(kept[0])
+
                     live = await live_run(
-                        options, mqtt=live_broker, layout=layout, writer=writer,
-                        workdir=workdir, progress=progress,
+                        options, mqtt=live_broker, layout=layout, writer=writer, workdir=workdir,
+                        progress=progress, hold=hold if options.keep_running else None,
                     )  # fmt: skip
-                    await writer.flush()
-                rows = await store.count_telemetry() - rows_before
-                flavor = store.flavor
+                    return kept[0] if kept else await result_of(live)
             finally:
                 await store.close()
-    return LiveResult(
-        live_broker.name, f"{flavor} ({database_name})", live, baseline(options), rows
-    )
 
 
 def _deployment(options: LiveOptions) -> security.Deployment:

@@ -68,6 +68,15 @@ both vehicles' windows; a vehicle held up for longer than this gives way to the 
 PRE_FLUSH_MIN_S = 6.0
 """The shortest window worth sending to flush a queue ahead of time: a minimum green plus
 the lost time."""
+FORECAST_S = 60.0
+"""How far ahead of a stop line the ETA kept to learn the forecast's error is made: about the
+horizon a window is committed over (a flush plus the controller's change)."""
+SPREAD_LEARNING = 0.3
+"""Weight of each stop line passed in the learned spread of a vehicle's ETAs."""
+LEAST_SPREAD_RATE = 0.03
+"""The ETA band's growth with the time to go before anything is learned (and its floor): 3 %."""
+MOST_SPREAD_RATE = 0.5
+CUT = "its window ran out before it arrived: the cross streets have their turn first"
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
 
@@ -121,6 +130,17 @@ class StopLine:
     flushed_veh: float = 0.0
     """Vehicles its window flushes ahead of the vehicle: the estimate before the window opened,
     kept (never lowered) while it flushes, since the queue it measures then is draining."""
+    committed_s: float | None = None
+    """The window's opening once the controller is changing for it (a plan carries it and it
+    opens within ``SWITCH_ESTIMATE_S``): re-timing then moves its close, never its opening, so
+    a vehicle running late finds the green held for it rather than a change that keeps being
+    put off and is not finished when it arrives (``_hold``)."""
+    resume_s: float = 0.0
+    """After a window that ran out (``Settings.max_window_s``) before its vehicle came: when
+    its next one can open, once the cross streets have had their turn."""
+    forecast: tuple[float, float] | None = None
+    """(when, ETA) of the forecast made about ``FORECAST_S`` before the vehicle got here: its
+    error once the vehicle passes teaches the corridor how far its ETAs can be trusted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +178,10 @@ class Corridor:
     turn_s: float = math.inf
     """Its place in the arbitration at the first intersection it shares with another live
     corridor: when it gets there (``_in_turn``)."""
+    spread_rate: float = LEAST_SPREAD_RATE
+    """How its ETA's uncertainty grows with the time to go, learned from the error of the
+    forecasts at the stop lines it passed (``_learn_spread``); the band's low edge sets how
+    early a window opens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +209,11 @@ class Settings:
     """A vehicle that has not moved for this long while the window ahead of it is green is
     stuck behind traffic the window cannot move (spillback beyond the signal): its windows
     are dropped, so that no green is held for a queue that cannot leave, until it moves."""
+    max_window_s: float = 110.0
+    """The longest green window sent, kept below the controllers' limit
+    (``SafetyLimits.max_window_s``, 120 s) so that no plan is refused for it: the longest a
+    window is held for a vehicle that is late. One that runs out before its vehicle comes
+    closes; the cross streets have their turn, then the vehicle gets a new window."""
     max_lease_s: float = 300.0
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
@@ -201,6 +230,7 @@ class Settings:
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
         check_number("stuck_s", self.stuck_s, gt=0.0, le=3600.0)
+        check_number("max_window_s", self.max_window_s, gt=self.clear_after_s, le=300.0)
         check_count("keep_ended", self.keep_ended, ge=1, le=1_000_000)
         check_count("epoch", self.epoch, le=MAX_SEQ)
         if self.lease_margin_s + self.clear_after_s >= self.max_lease_s:
@@ -424,6 +454,9 @@ class CorridorManager:
                 if line.hop < hop and not line.released:
                     line.passed_s = now_s
                     line.released = True
+                    _learn_spread(corridor, line)
+                    if corridor.reason == CUT:
+                        corridor.reason = None
             if hop == len(links) - 1 and position.offset_m >= self.graph.link_length[link] - 1.0:
                 return self._finish(corridor, CorridorState.COMPLETED, now_s, None)
             corridor.route = self._reroute(corridor, link, position.offset_m, now_s, keep=hop)
@@ -624,6 +657,7 @@ class CorridorManager:
             if route.line_s[line.hop] - now_s > self.settings.horizon_s:
                 continue
             plan = self.plans[line.intersection]
+            self._commit(corridor, line, plan, now_s)
             if line.intersection in self.unconfirmed:
                 # no plan reaches it: the vehicle passes when its normal plan serves the group
                 due = float(route.line_s[line.hop]) - float(mv_flush[line.movement])
@@ -635,6 +669,7 @@ class CorridorManager:
                 earliest[line.movement] = max(now_s, move.green_from_s)
             except ValidationError as error:
                 log.warning("%s: cannot time a window: %s", line.intersection, error)
+            earliest[line.movement] = max(float(earliest[line.movement]), line.resume_s)
             green_from = float(earliest[line.movement])
             first = self._fit_around(line, plan, float(route.line_s[line.hop]), earliest,
                                      reservations, now_s)  # fmt: skip
@@ -642,6 +677,7 @@ class CorridorManager:
         windows = self.router.windows(
             route, mv_flush, earliest, max(now_s, corridor.depart_s),
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
+            sigma_rate=corridor.spread_rate,
         )  # fmt: skip
         for line in open_lines:
             i = line.hop
@@ -650,7 +686,48 @@ class CorridorManager:
                 float(windows.low[i]),
                 float(windows.high[i]),
             )
-            line.open_s, line.close_s = float(windows.open[i]), float(windows.close[i])
+            # open early enough for the band's early edge, its queue flushed by then
+            early = line.low_s - float(mv_flush[line.movement])
+            line.open_s = max(min(float(windows.open[i]), early), float(earliest[line.movement]))
+            line.close_s = float(windows.close[i])
+            self._hold(line)
+            if line.forecast is None and line.eta_s - now_s <= FORECAST_S:
+                line.forecast = (now_s, line.eta_s)
+
+    def _commit(self, corridor: Corridor, line: StopLine, plan: TimingPlan, now_s: float) -> None:
+        """Pin the opening of a window the controller is already changing for (``_hold``);
+        end one that ran out before its vehicle came: the cross streets have their turn
+        (the normal plan's red for the vehicle's group), then the vehicle a new window."""
+        sent = line.plan_id is not None and line.close_s > line.open_s and not corridor.stuck
+        if line.committed_s is None:
+            if sent and line.open_s - now_s <= SWITCH_ESTIMATE_S:
+                line.committed_s = line.open_s
+            return
+        if not sent:
+            line.committed_s = None
+        elif now_s >= line.committed_s + self.settings.max_window_s:
+            line.committed_s = None
+            turn = float(self.red_share[line.movement]) * plan.cycle_s
+            line.resume_s = now_s + max(turn, plan.signals.intergreen_s({line.group}))
+            corridor.reason = corridor.reason or CUT
+            log.warning(
+                "%s: %s's window at %s ran out before it came: next one from %.0f",
+                corridor.corridor_id,
+                corridor.vehicle,
+                line.intersection,
+                line.resume_s,
+            )
+
+    def _hold(self, line: StopLine) -> None:
+        """A committed window keeps its opening and is held, its close following the vehicle,
+        for at most ``max_window_s``; one not yet committed opens no earlier than that before
+        its close."""
+        longest = self.settings.max_window_s
+        if line.committed_s is not None:
+            line.open_s = line.committed_s
+            line.close_s = min(line.close_s, line.committed_s + longest)
+        else:
+            line.open_s = max(line.open_s, line.close_s - longest)
 
     def _fit_around(
         self,
@@ -928,6 +1005,17 @@ class CorridorManager:
 def _ahead(corridor: Corridor) -> list[StopLine]:
     """The stop lines the vehicle has still to pass."""
     return [line for line in corridor.stop_lines if not line.released and line.hop >= 0]
+
+
+def _learn_spread(corridor: Corridor, line: StopLine) -> None:
+    """Learn how far the vehicle's ETAs can be trusted from the forecast made for the stop line
+    it just passed: the error over the time to go then, weighed into ``spread_rate``."""
+    if line.forecast is None or line.passed_s is None:
+        return
+    made_s, eta_s = line.forecast
+    error = abs(line.passed_s - eta_s) / max(eta_s - made_s, 10.0)
+    rate = (1.0 - SPREAD_LEARNING) * corridor.spread_rate + SPREAD_LEARNING * error
+    corridor.spread_rate = min(max(rate, LEAST_SPREAD_RATE), MOST_SPREAD_RATE)
 
 
 def _holds(corridor: Corridor, node: str) -> bool:

@@ -21,9 +21,9 @@ from typing import TypeVar
 
 from citybrain.edge.buffer import TelemetryBuffer
 from citybrain.edge.core import (
-    Action,
-    CoreSettings,
+    EdgeAction,
     EdgeCore,
+    EdgeCoreSettings,
     Publish,
     ReleaseController,
     SendToController,
@@ -40,7 +40,8 @@ from citybrain.edge.orders import PlanOrders
 from citybrain.edge.settings import EdgeSettings, SettingsError
 from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import CitybrainError, MessageError, ValidationError
-from citybrain.models.fieldbus import ApproachConfig, FieldBusError, SignalReading
+from citybrain.models.fieldbus import ApproachConfig, FieldBusError, Hello, SignalReading
+from citybrain.models.retry import Backoff, retry
 from citybrain.models.signing import TrustStore
 from citybrain.models.topics import TopicKind, intersection_topic
 from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
@@ -127,7 +128,7 @@ class EdgeAgent:
             config,
             trust=self.trust,
             last_order=self.orders.get(self.intersection),
-            settings=CoreSettings(
+            settings=EdgeCoreSettings(
                 limits=safety.limits(),
                 failsafe_after_s=safety.failsafe_after_s,
                 software_version=SOFTWARE_VERSION,
@@ -174,19 +175,18 @@ class EdgeAgent:
     # ---- controller ---------------------------------------------------------------------------
 
     async def _retry(self, call: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
-        """Call the controller until it answers (link errors are waited out, with backoff)."""
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                return await call()
-            except DriverError as error:
-                if not error.recoverable:
-                    raise
-                self.stats.driver_errors += 1
-                log.warning("%s: controller not reachable yet: %s", self.intersection, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2.0, 10.0)
-        return None
+        """Call the controller until it answers (link errors are waited out, with backoff);
+        None when stopped first."""
+
+        def recoverable(error: Exception) -> bool:
+            if not isinstance(error, DriverError) or not error.recoverable:
+                return False
+            self.stats.driver_errors += 1
+            log.warning("%s: controller not reachable yet: %s", self.intersection, error)
+            return True
+
+        backoff = Backoff(first_s=0.2, max_s=10.0)
+        return await retry(call, backoff=backoff, retry_on=recoverable, stop=stop)
 
     def _clock(self, reading: SignalReading) -> None:
         wall = time.monotonic()
@@ -320,7 +320,7 @@ class EdgeAgent:
 
     # ---- actions ----------------------------------------------------------------------------
 
-    def _apply(self, actions: list[Action], received: float | None = None) -> None:
+    def _apply(self, actions: list[EdgeAction], received: float | None = None) -> None:
         for action in actions:
             if isinstance(action, Publish):
                 self._publish(action)
@@ -422,18 +422,21 @@ async def _connect_controllers(
     client = FieldBusClient(
         host=controller.host, port=controller.port, timeout_s=controller.timeout_s
     )
-    delay = 0.5
-    while True:
-        try:
-            await client.connect()
-            hello = await client.hello()
-            break
-        except FieldBusError as error:
-            if stop.is_set():
-                raise
-            log.warning("controller link %s:%d: %s", controller.host, controller.port, error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2.0, 30.0)
+
+    async def greet() -> Hello:
+        await client.connect()
+        return await client.hello()
+
+    def unreachable(error: Exception) -> bool:
+        if not isinstance(error, FieldBusError):
+            return False
+        log.warning("controller link %s:%d: %s", controller.host, controller.port, error)
+        return True
+
+    backoff = Backoff(first_s=0.5, max_s=30.0)
+    hello = await retry(greet, backoff=backoff, retry_on=unreachable, stop=stop)
+    if hello is None:  # stopped before the link came up: no agent to start
+        return client, []
     names = settings.hosted(hello.names)
     log.info("controller link up: %d of %d cabinets hosted here", len(names), len(hello.names))
     return client, [FieldBusDriver(client, name) for name in names]
@@ -455,12 +458,16 @@ def fake_driver(intersection: str) -> FakeDriver:
 
 
 async def _supervise(agent: EdgeAgent, stop: asyncio.Event) -> None:
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            await agent.run(stop)
-            return
-        except Exception:  # one agent's bug must not stop a city's worth of others
-            log.exception("%s: agent failed; restarting in %.0f s", agent.intersection, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2.0, 60.0)
+    backoff = Backoff(first_s=1.0, max_s=60.0)
+
+    def restart(error: Exception) -> bool:
+        # any error: one agent's bug must not stop a city's worth of others
+        log.error(
+            "%s: agent failed; restarting within %.0f s",
+            agent.intersection,
+            backoff.delay_s,
+            exc_info=error,
+        )
+        return True
+
+    await retry(lambda: agent.run(stop), backoff=backoff, retry_on=restart, stop=stop)

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from citybrain.edge.agent import load_trust, run_host
 from citybrain.edge.drivers import FieldBusClient
+from citybrain.edge.mqtt import paho_client
 from citybrain.edge.settings import EdgeSettings, SettingsError, describe, load_settings
 from citybrain.models.errors import CitybrainError
 
@@ -178,11 +178,14 @@ def _check_broker(settings: EdgeSettings) -> str | None:
     received = threading.Event()
     connected = threading.Event()
     problem: list[str] = []
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"{broker.client_id_prefix}-doctor-{os.getpid()}",
-        protocol=paho.MQTTv311,
-    )
+    try:
+        client = paho_client(
+            broker=broker,
+            client_id=f"{broker.client_id_prefix}-doctor-{os.getpid()}",
+            clean_session=True,
+        )
+    except (OSError, ValueError, CitybrainError) as error:
+        return f"cannot connect to {broker.host}:{broker.port}: {error}"
 
     def on_connect(c: paho.Client, u: object, f: object, reason: object, p: object) -> None:
         if getattr(reason, "is_failure", False):
@@ -195,18 +198,9 @@ def _check_broker(settings: EdgeSettings) -> str | None:
     client.on_subscribe = lambda c, u, mid, codes, p: c.publish(topic, b"doctor", qos=1)
     client.on_message = lambda c, u, message: received.set()
     try:
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.secret())
-        if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-            )
-            client.tls_insecure_set(broker.tls_insecure)
         started = time.monotonic()
         client.connect(broker.host, broker.port, keepalive=10)
-    except (OSError, ValueError, CitybrainError) as error:
+    except (OSError, ValueError) as error:
         return f"cannot reach {broker.host}:{broker.port}: {error}"
     client.loop_start()
     try:

@@ -82,11 +82,12 @@ class ReleaseController:
     reason: str
 
 
-Action = Publish | SendToController | ReleaseController
+EdgeAction = Publish | SendToController | ReleaseController
+"""What the core asks its shell to do (the cloud's corridor manager has actions of its own)."""
 
 
 @dataclass(frozen=True, slots=True)
-class CoreSettings:
+class EdgeCoreSettings:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     failsafe_after_s: float = 30.0
     """The broker (so the cloud) gone this long: leave any priority plan, run the local plan."""
@@ -108,7 +109,7 @@ class EdgeCore:
         config: IntersectionConfig,
         *,
         trust: TrustStore,
-        settings: CoreSettings | None = None,
+        settings: EdgeCoreSettings | None = None,
         first_seq: int = 1,
         last_order: PlanOrder | None = None,
         codec: Codec = DEFAULT_CODEC,
@@ -117,7 +118,7 @@ class EdgeCore:
         self.trust = trust
         """Whose plans it takes: a plan not signed by a key trusted here goes no further."""
         self.intersection = config.intersection
-        self.settings = settings or CoreSettings()
+        self.settings = settings or EdgeCoreSettings()
         self.codec = codec
         self.estimator = QueueEstimator(config.approaches)
         self.counters: Counter[str] = Counter()
@@ -174,7 +175,7 @@ class EdgeCore:
 
     # ---- readings -------------------------------------------------------------------------
 
-    def on_signals(self, reading: SignalReading, now_s: float) -> list[Action]:
+    def on_signals(self, reading: SignalReading, now_s: float) -> list[EdgeAction]:
         """The controller's displays (polled at 10 Hz)."""
         if self.reading is not None and reading.time < self.reading.time:
             self.counters["signals_out_of_order"] += 1
@@ -190,7 +191,7 @@ class EdgeCore:
             self.active = None  # its steps are done and the normal plan runs again
         return []
 
-    def on_detectors(self, reading: DetectorReading, now_s: float) -> list[Action]:
+    def on_detectors(self, reading: DetectorReading, now_s: float) -> list[EdgeAction]:
         """A telemetry period's detector counts: estimate the queues, publish telemetry."""
         try:
             estimates = self.estimator.update(reading, self.reading)
@@ -223,7 +224,7 @@ class EdgeCore:
 
     # ---- plans ----------------------------------------------------------------------------
 
-    def on_plan_payload(self, payload: bytes, now_s: float) -> list[Action]:
+    def on_plan_payload(self, payload: bytes, now_s: float) -> list[EdgeAction]:
         """A message on the plan topic: decoded, checked, scheduled, acked; never trusted."""
         try:
             plan = self.codec.decode(payload, SignalPlan)
@@ -237,7 +238,7 @@ class EdgeCore:
             return [self._ack(plan_id, seq, AckStatus.REJECTED, now_s, MALFORMED, str(error))]
         return self.on_plan(plan, now_s)
 
-    def on_plan(self, plan: SignalPlan, now_s: float) -> list[Action]:
+    def on_plan(self, plan: SignalPlan, now_s: float) -> list[EdgeAction]:
         refusal = self.trust.verify(plan)
         if refusal is not None:
             self.counters[f"plans_rejected_{refusal.problem}"] += 1
@@ -267,7 +268,7 @@ class EdgeCore:
             self.pending = None
             return [self._command(plan)]
         self.pending = plan
-        actions: list[Action] = [self._ack(plan.plan_id, plan.seq, AckStatus.ACCEPTED, now_s)]
+        actions: list[EdgeAction] = [self._ack(plan.plan_id, plan.seq, AckStatus.ACCEPTED, now_s)]
         return actions + self._due(now_s)
 
     def _check(self, plan: SignalPlan, now_s: float) -> Verdict:
@@ -298,7 +299,7 @@ class EdgeCore:
     def on_command_result(
         self, plan_id: str, status: AckStatus, reason_code: str | None, reason: str | None,
         now_s: float,
-    ) -> list[Action]:  # fmt: skip
+    ) -> list[EdgeAction]:  # fmt: skip
         """The controller's answer to a plan handed to it."""
         plan = self.commanded.pop(plan_id, None)
         if plan is None:
@@ -318,7 +319,7 @@ class EdgeCore:
             )
         ]
 
-    def on_command_failed(self, plan_id: str, reason: str, now_s: float) -> list[Action]:
+    def on_command_failed(self, plan_id: str, reason: str, now_s: float) -> list[EdgeAction]:
         """The controller could not be reached with a plan: refused, with the reason."""
         plan = self.commanded.pop(plan_id, None)
         if plan is None:
@@ -332,7 +333,7 @@ class EdgeCore:
 
     # ---- time and the broker ----------------------------------------------------------------
 
-    def on_broker(self, connected: bool, now_s: float) -> list[Action]:
+    def on_broker(self, connected: bool, now_s: float) -> list[EdgeAction]:
         if not connected:
             if self.broker_lost_at is None:
                 self.broker_lost_at = now_s
@@ -343,7 +344,7 @@ class EdgeCore:
             self.fail_safe = False
         return [Publish(TopicKind.STATUS, self.birth(now_s))]
 
-    def tick(self, now_s: float) -> list[Action]:
+    def tick(self, now_s: float) -> list[EdgeAction]:
         """Time passing: start plans that are due, end leases, enter fail-safe."""
         actions = self._due(now_s)
         active = self.active
@@ -376,7 +377,7 @@ class EdgeCore:
                 actions.append(ReleaseController("cloud unreachable"))
         return actions
 
-    def _due(self, now_s: float) -> list[Action]:
+    def _due(self, now_s: float) -> list[EdgeAction]:
         plan = self.pending
         if plan is None or plan.valid_from - self.settings.apply_lead_s > now_s:
             return []

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from citybrain.models.fieldbus import (
     SignalReading,
 )
 from citybrain.models.messages import AckStatus, SignalPlan
+from citybrain.models.retry import Backoff
 from citybrain.signal_plans.config import CabinetConfig, IntersectionConfig, reading_from_state
 from citybrain.signal_plans.state import NormalTimeline
 from citybrain.signal_plans.timing import TimingPlan
@@ -127,9 +127,9 @@ class FieldBusClient:
     futures by id, so a thousand drivers share a connection without waiting for each other's
     round trips. When the link drops, every pending request fails with a recoverable
     ``FieldBusError("disconnected")``, new requests fail fast with it, and (``reconnect``) the
-    client reconnects by itself, backing off exponentially with full jitter so that many edges
-    do not all come back at once. ``connect()`` may also be called at any time: it is a no-op
-    on an open link and concurrent callers share one attempt.
+    client reconnects by itself, with the shared backoff (``models.retry``: exponential, full
+    jitter) so that many edges do not all come back at once. ``connect()`` may also be called
+    at any time: it is a no-op on an open link and concurrent callers share one attempt.
     """
 
     def __init__(
@@ -252,15 +252,14 @@ class FieldBusClient:
             self._reconnecting = asyncio.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = self.backoff_min
+        backoff = Backoff(first_s=self.backoff_min, max_s=self.backoff_max)
         try:
             while not self._closed:
-                await asyncio.sleep(random.uniform(0.0, delay))  # noqa: S311 - jitter, not crypto
+                await backoff.sleep()
                 try:
                     await self._open()
                 except FieldBusError as error:
                     log.debug("field bus: reconnect failed: %s", error)
-                    delay = min(self.backoff_max, 2.0 * delay)
                 else:
                     self.reconnects += 1
                     return

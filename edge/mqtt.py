@@ -2,10 +2,11 @@
 so that one process can hold a thousand sessions without a thousand threads.
 
 paho does the protocol; this module only tells it when its socket is readable or writable
-(``loop_read`` / ``loop_write``), runs ``loop_misc`` for keepalives, and reconnects with
-jittered exponential backoff. Each connection gets a fresh paho client: messages the session
-had in flight are handed back to the caller (``on_down``) rather than resent by paho, so the
-caller alone decides their order (the agent's disk buffer).
+(``loop_read`` / ``loop_write``), runs ``loop_misc`` for keepalives, and reconnects with the
+shared backoff (``models.retry``). Each connection gets a fresh paho client from
+``paho_client``, the one place the edge sets up credentials and TLS: messages the session had
+in flight are handed back to the caller (``on_down``) rather than resent by paho, so the caller
+alone decides their order (the agent's disk buffer).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import ssl
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citybrain.edge.settings import BrokerSettings
+from citybrain.models.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,28 @@ class Outgoing:
     payload: bytes
     token: object
     """The caller's handle for the message (say, its id in the disk buffer)."""
+
+
+def paho_client(*, broker: BrokerSettings, client_id: str, clean_session: bool) -> paho.Client:
+    """A paho client (MQTT 3.1.1, callback API 2) with the broker's credentials and TLS set:
+    the agents and ``doctor`` connect the same way. The password is read now, from its file if
+    it lives in one, so a rotated password needs no restart."""
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=paho.MQTTv311,
+    )
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.secret())
+    if broker.tls:
+        client.tls_set(
+            ca_certs=str(broker.ca_file) if broker.ca_file else None,
+            certfile=str(broker.cert_file) if broker.cert_file else None,
+            keyfile=str(broker.key_file) if broker.key_file else None,
+        )
+        client.tls_insecure_set(broker.tls_insecure)
+    return client
 
 
 class MqttSession:
@@ -67,7 +90,6 @@ class MqttSession:
         self.on_message, self.on_acked = on_message, on_acked
         self.connected = False
         self.connects = 0
-        self.failures = 0
         self._client: paho.Client | None = None
         self._inflight: dict[int, Outgoing] = {}
         self._lost = asyncio.Event()
@@ -90,25 +112,21 @@ class MqttSession:
 
     async def run(self) -> None:
         """Connect, stay connected, reconnect after a loss, until ``stop`` is called."""
-        delay = self.broker.reconnect_min_s
+        backoff = Backoff(first_s=self.broker.reconnect_min_s, max_s=self.broker.reconnect_max_s)
         while not self.stopping():
             try:
                 await self._connect()
                 if await self._accepted(timeout_s=10.0):
-                    delay = self.broker.reconnect_min_s
+                    backoff.reset()
                     await self._lost.wait()
                 else:
-                    self.failures += 1
                     self._drop()
             except (OSError, ssl.SSLError, ValueError) as error:
-                self.failures += 1
                 log.warning("%s: broker unreachable: %s", self.client_id, error)
                 self._drop()
             if self.stopping():
                 break
-            # full jitter: a city of agents does not reconnect in lockstep after an outage
-            await asyncio.sleep(random.uniform(0.0, delay))  # noqa: S311 - jitter, not crypto
-            delay = min(self.broker.reconnect_max_s, delay * 2.0)
+            await backoff.sleep()
 
     async def _accepted(self, *, timeout_s: float) -> bool:
         """Whether the broker accepted the connection (CONNACK) before it was lost."""
@@ -156,23 +174,9 @@ class MqttSession:
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,
-            protocol=paho.MQTTv311,
-        )
-        client.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
         broker = self.broker
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.secret())
-        if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-            )
-            client.tls_insecure_set(broker.tls_insecure)
+        client = paho_client(broker=broker, client_id=self.client_id, clean_session=False)
+        client.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._connected
         client.on_disconnect = self._disconnected
@@ -286,7 +290,9 @@ class MqttSession:
     def _gone(self, why: str) -> None:
         was_connected = self.connected
         self._drop()
-        if was_connected:
+        if self.stopping():  # our own DISCONNECT on ``stop``: a goodbye, not a loss
+            log.debug("%s: disconnected from the broker (%s)", self.client_id, why)
+        elif was_connected:
             log.warning("%s: lost the broker: %s", self.client_id, why)
         self._lost.set()
 

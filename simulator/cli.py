@@ -4,7 +4,6 @@ networks into the cache."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ from citybrain.simulator.cities import ACCEPTED_SPECS, RESCO_NETWORKS, RESCO_PRE
 from citybrain.simulator.runner import Engine, SimulationRun
 from citybrain.simulator.scenarios import Level, Scenario, build, load_network
 from citybrain.simulator.sumo_run import open_run
-
-log = logging.getLogger(__name__)
 
 NETWORK_HELP = (
     f"{ACCEPTED_SPECS} (SUMO networks are imported; resco:NAME is downloaded from PyPI on "
@@ -46,12 +43,32 @@ def _engine(text: str) -> Engine:
         ) from None
 
 
+def add_demand_option(parser: argparse.ArgumentParser) -> None:
+    """``--demand LEVEL``, refused with the choices named (not "invalid Level value")."""
+    parser.add_argument(
+        "--demand",
+        type=_level,
+        default=Level.MODERATE,
+        metavar="{" + ",".join(Level) + "}",
+        help="generated demand level",
+    )
+
+
+def _level(text: str) -> Level:
+    try:
+        return Level(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(Level)})"
+        ) from None
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = commands.add_parser("sim", help="the traffic simulator")
     sub = sim.add_subparsers(dest="sim_command", required=True)
     run = sub.add_parser("run", help="run a scenario and write summary.json and CSV files")
     run.add_argument("--network", default="arterial", help=NETWORK_HELP)
-    run.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
+    add_demand_option(run)
     run.add_argument("--duration", type=float, default=3600.0, help="simulated seconds")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--peak", action="store_true", help="a demand peak mid-run (x1.5)")
@@ -65,7 +82,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_engine_option(run)
     serve = sub.add_parser("serve", help="serve a scenario's cabinets on the field bus")
     serve.add_argument("--network", default="arterial", help=NETWORK_HELP)
-    serve.add_argument("--demand", type=Level, choices=list(Level), default=Level.MODERATE)
+    add_demand_option(serve)
     serve.add_argument(
         "--duration", type=float, default=3600.0, help="seconds of demand to generate"
     )
@@ -121,9 +138,6 @@ def main(args: argparse.Namespace) -> int:
         peak=args.peak,
         ambulance_at_s=args.ambulance_at,
     )
-    log.info(
-        "%s: %d vehicles over %.0f s", scenario.name, scenario.trips.count, scenario.duration_s
-    )
     with open_run(args.engine, scenario) as run:
         return _run(args, scenario, run)
 
@@ -142,18 +156,8 @@ def _run(args: argparse.Namespace, scenario: Scenario, run: SimulationRun) -> in
     result = scoring.score(run, scenario=scenario.name, started_s=0.0)
     out = args.out or Path("out") / scenario.name
     paths = scoring.write(result, run, out)
-    print(
-        f"{scenario.name}: {result.vehicles} vehicles, {result.arrived} arrived, "
-        f"{result.in_network} still in the network; {scenario.duration_s / wall:.0f}x real time"
-    )
-    print(
-        f"  mean travel time {result.mean_travel_time_s:.1f} s, delay {result.mean_delay_s:.1f} s, "
-        f"stops {result.mean_stops:.2f}, throughput {result.throughput_vph:.0f} veh/h"
-    )
-    for trip in result.emergency:
-        done = "not arrived" if trip.travel_time_s is None else f"{trip.travel_time_s:.1f} s"
-        print(f"  {trip.vehicle}: {done} (free flow {trip.free_flow_s:.1f} s), {trip.stops} stops")
-    print("  wrote " + ", ".join(str(p) for p in paths))
+    print("\n".join(result.lines()))
+    print(f"  {scenario.duration_s / wall:.0f}x real time; wrote " + ", ".join(map(str, paths)))
     return 0
 
 

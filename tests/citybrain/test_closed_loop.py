@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from citybrain import demo
+from citybrain import demo, diagram
 from citybrain.cli import main
-from citybrain.closed_loop import AMBULANCE, Policy, Setup, run_policy
+from citybrain.closed_loop import AMBULANCE, Policy, Setup, indication_colour, run_policy
 from citybrain.models.messages import CorridorState
 from citybrain.simulator.scenarios import Level
 
@@ -65,7 +65,7 @@ def test_the_json_object_has_the_documented_shape(
     assert "grid" not in data
     demo.write_json(data, tmp_path / "d.json")
     assert json.loads((tmp_path / "d.json").read_text()) == data
-    picture = demo.time_space_diagram(
+    picture = diagram.time_space_diagram(
         {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()},
         tmp_path / "ts.png",
     )
@@ -82,3 +82,42 @@ def test_same_seed_same_result() -> None:
 def test_cli_demo_refuses_bad_seed_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--seeds", "0"]) == 2
     assert "seeds" in capsys.readouterr().err
+
+
+def test_the_windows_the_plans_asked_for_are_kept_for_the_diagram(
+    comparison: demo.Comparison,
+) -> None:
+    for policy, outcomes in comparison.outcomes.items():
+        journey = outcomes[0].journeys[AMBULANCE]
+        assert journey.progression_mps == pytest.approx(13.9, rel=0.01)
+        if policy is Policy.NO_PRIORITY:
+            assert journey.windows == {}
+            continue
+        # every stop line got a window before the ambulance passed it
+        assert set(journey.windows) == set(journey.stop_line_m), policy
+        for open_at, close_at in journey.windows.values():
+            assert journey.trip.depart_s - 120.0 < open_at < close_at
+
+
+def test_signal_bands_are_runs_of_one_indication_drawn_from_the_departure() -> None:
+    series = [(10.0, "green"), (11.0, "green"), (12.0, "yellow"), (13.0, "red"), (15.0, "red")]
+    red, yellow, green = (indication_colour(c) for c in ("red", "yellow", "green"))
+    assert list(diagram.signal_intervals(series, start=10.0)) == [
+        (0.0, 2.0, green),
+        (2.0, 3.0, yellow),
+        (3.0, 5.0, red),
+    ]
+
+
+def test_the_progression_line_starts_at_the_first_green_after_departure(
+    comparison: demo.Comparison,
+) -> None:
+    journey = comparison.outcomes[Policy.NO_PRIORITY][0].journeys[AMBULANCE]
+    start = journey.trip.depart_s
+    t0, y0 = diagram.progression_start(journey, start) or (math.nan, math.nan)
+    first = min(journey.stop_line_m, key=journey.stop_line_m.__getitem__)
+    assert y0 == journey.stop_line_m[first]
+    shown = dict(journey.signals[first])
+    assert t0 >= 0.0
+    assert shown[start + t0] == "green"
+    assert shown.get(start + t0 - 1.0) != "green"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from citybrain import demo
+from citybrain import demo, diagram
 from citybrain.cli import _parser
 from citybrain.closed_loop import GRID, Policy, Setup
 from citybrain.models.messages import CorridorState
@@ -102,7 +102,7 @@ def test_the_grid_json_member_has_the_documented_shape(
     assert json.loads((tmp_path / "g.json").read_text()) == data
     assert "g2_3" in demo.render_grid(data)
     first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
-    picture = demo.time_space_diagram(first, tmp_path / "ts.png", vehicle="AMB-2")
+    picture = diagram.time_space_diagram(first, tmp_path / "ts.png", vehicle="AMB-2")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -111,3 +111,8 @@ def test_cli_demo_runs_the_grid_unless_told_not_to() -> None:
     assert _parser().parse_args(["demo", "--no-grid"]).grid is False
     assert GRID.network == "grid:10x10"
     assert GRID.crossing == (4, 5)
+
+
+def test_cli_demo_keeps_the_live_system_running_only_when_asked() -> None:
+    assert _parser().parse_args(["demo"]).keep_running is False
+    assert _parser().parse_args(["demo", "--keep-running"]).keep_running is True

@@ -4,11 +4,15 @@ amqtt broker (the path taken where Mosquitto is not installed) and a real Postgr
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from citybrain.live import LiveOptions, run_live
+from citybrain.live import LiveOptions, LiveResult, run_live
 
 pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
@@ -32,3 +36,36 @@ def test_the_live_system_runs_a_corridor_and_stores_every_telemetry_message(
     amb = live["ambulance"]
     assert amb["corridor"]["travel_time_s"] < amb["no_priority"]["travel_time_s"]
     assert live["plan_latency_ms"]["p50"] < 1000.0
+
+
+def test_kept_running_the_live_system_answers_its_api_until_interrupted(postgres: Any) -> None:
+    options = LiveOptions(
+        network="arterial:2", warmup_s=300.0, after_s=300.0, speed=20.0, broker="amqtt",
+        dsn=postgres.create_database(), keep_running=True,
+    )  # fmt: skip
+    said: list[str] = []
+    answers: list[int] = []
+
+    def ready(result: LiveResult) -> None:
+        """Results are ready while everything still runs: the operator can sign in."""
+        assert result.summary()["edges"] == 2
+        asyncio.get_running_loop().create_task(_sign_in_then_interrupt(said, answers))
+
+    result = asyncio.run(run_live(options, progress=said.append, ready=ready))
+    assert answers == [200]
+    assert result.summary()["ambulance"]["corridor"]["travel_time_s"] > 0
+    assert any(line.startswith("console: http://127.0.0.1:") for line in said)
+    assert "it stays up until Ctrl-C" in said
+
+
+async def _sign_in_then_interrupt(said: list[str], answers: list[int]) -> None:
+    api = [line.split()[2] for line in said if line.startswith("cloud API: ")][-1]
+    console = [line for line in said if line.startswith("console: ")][-1]
+    token = Path(console.rsplit(" ", 1)[1].rstrip(")")).read_text().strip()
+    await asyncio.sleep(0.5)  # past the point where Ctrl-C is awaited
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{api}/v1/me", headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        answers.append(response.status)
+    os.kill(os.getpid(), signal.SIGINT)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -544,3 +545,95 @@ def test_a_corridor_whose_vehicle_is_lost_fails_with_the_reason_and_releases() -
     assert manager.fail(corridor_id, 102.0, reason="again") == []
     with pytest.raises(ValidationError):
         manager.fail("C404-nobody", 102.0, reason="unknown")
+
+
+def _drive(
+    manager: CorridorManager, link: str, speed_mps: float, start: float, *, upto_m: float
+) -> tuple[float, list[SendPlan]]:
+    """Report the vehicle along ``link`` each second at ``speed_mps`` from ``start`` until it
+    is ``upto_m`` along: when it got there, and the plans sent on the way."""
+    now, offset, plans = start, 0.0, []
+    while offset < upto_m:
+        plans += _plans(manager.on_position(_at(link, offset, now), now))
+        now, offset = now + 1.0, offset + speed_mps
+    return now, plans
+
+
+def _windows_at(plans: list[SendPlan], node: str) -> list[tuple[float, float, float]]:
+    """(issued, open, close) of every window sent to ``node``."""
+    return [
+        (p.plan.issued_at, w.open_at, w.close_at)
+        for p in plans
+        if p.intersection == node and p.plan.kind is PlanKind.PRIORITY
+        for w in p.plan.windows
+    ]
+
+
+def test_a_late_vehicle_finds_its_window_held_not_put_off_again_and_again() -> None:
+    """At half the speed it was timed for, the window's opening is pinned once the controller
+    changes for it, and its close follows the vehicle until it has passed."""
+    manager = _manager()
+    manager.request(_request(depart_at=100.0), 100.0)
+    length = float(GRAPH.link_length[GRAPH.link_index["west-a01"]])
+    arrived, plans = _drive(manager, "west-a01", 9.0, 100.0, upto_m=length)
+    sent = _windows_at(plans, "a01")
+    line = _line(manager, "a01")
+    assert line.committed_s is not None
+    committed = line.committed_s
+    # every plan sent after the change began keeps the window open from then on
+    after = [(issued, opening, close) for issued, opening, close in sent if issued >= committed]
+    assert after, "the window was re-timed while the vehicle ran late"
+    assert all(opening <= max(committed, issued) for issued, opening, _ in after)
+    assert sent[-1][2] >= arrived, "the window closes only after the vehicle got there"
+    # before the change began, the window moved with the late vehicle
+    assert sent[0][1] < committed + 1.0
+    assert committed < arrived
+
+
+def test_a_window_is_held_at_most_max_window_then_the_cross_streets_have_their_turn() -> None:
+    manager = _manager(max_window_s=40.0, stuck_s=3600.0)
+    manager.request(_request(depart_at=100.0), 100.0)
+    length = float(GRAPH.link_length[GRAPH.link_index["west-a01"]])
+    # it creeps towards the stop line far slower than timed and never reaches it in time
+    now, plans = _drive(manager, "west-a01", 1.0, 100.0, upto_m=length - 60.0)
+    line = _line(manager, "a01")
+    windows = _windows_at(plans, "a01")
+    assert all(close - max(opening, issued) <= 40.0 + 1e-6 for issued, opening, close in windows)
+    corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
+    assert corridor.reason == corridor_module.CUT
+    assert line.resume_s > 0.0
+    # the next window opens after the normal plan's red for the vehicle's group
+    red_s = float(manager.red_share[line.movement]) * ROAD.plans["a01"].cycle_s
+    gaps = [later[1] - earlier[2] for earlier, later in itertools.pairwise(windows)]
+    assert red_s > 30.0
+    assert max(gaps) >= red_s - 1e-6
+    for action in plans:
+        state = normal_state_at(ROAD.plans[action.intersection], action.plan.issued_at)
+        assert check_plan(action.plan, state, now_s=action.plan.issued_at, last_order=None).accepted
+    # once past the stop line the corridor no longer says its window ran out
+    manager.on_position(_at("a01-a02", 5.0, now + 1.0), now + 1.0)
+    assert corridor.reason is None
+
+
+def test_etas_that_were_wrong_widen_the_band_and_windows_open_earlier() -> None:
+    """A vehicle that arrives far later than forecast at the stop lines it passes teaches the
+    corridor a wider band: its next windows open earlier before their ETA."""
+    trusting, taught = _manager(), _manager()
+    for manager in (trusting, taught):
+        manager.request(_request(depart_at=100.0), 100.0)
+    corridor = taught.corridors[taught.by_vehicle["AMB-1"]]
+    for node in ("a01", "a02"):
+        line = _line(taught, node)
+        line.forecast = (100.0, 150.0)
+        line.passed_s = 180.0  # 30 s late on a forecast 50 s ahead
+        corridor_module._learn_spread(corridor, line)
+    assert corridor.spread_rate > 0.2
+    now = 101.0
+    for manager in (trusting, taught):
+        manager.on_position(_at("west-a01", 18.0, now), now)
+    lead = {
+        name: _line(manager, "a04").eta_s - _line(manager, "a04").open_s
+        for name, manager in (("trusting", trusting), ("taught", taught))
+    }
+    assert lead["taught"] > lead["trusting"] + 5.0
+    assert _line(taught, "a04").high_s - _line(taught, "a04").low_s > 10.0

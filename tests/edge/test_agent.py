@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import shutil
@@ -214,6 +215,20 @@ def test_telemetry_arrives_decodes_and_status_is_online(mosquitto: Any, tmp_path
         assert DEFAULT_CODEC.decode(last, Status).presence is Presence.OFFLINE
 
     asyncio.run(scenario())
+
+
+def test_a_clean_stop_is_a_goodbye_not_a_lost_broker(
+    mosquitto: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path):
+            pass
+
+    with caplog.at_level(logging.DEBUG, logger="citybrain.edge"):
+        asyncio.run(scenario())
+    said = [r for r in caplog.records if r.name == "citybrain.edge.mqtt"]
+    assert [r for r in said if "disconnected from the broker" in r.getMessage()]
+    assert not [r for r in said if r.levelno >= logging.WARNING], [r.getMessage() for r in said]
 
 
 def test_a_plan_is_checked_applied_in_the_simulator_and_acked(

@@ -11,9 +11,9 @@ from citybrain.edge.core import (
     CONTROLLER_UNAVAILABLE,
     LEASE_EXPIRED,
     MALFORMED,
-    Action,
-    CoreSettings,
+    EdgeAction,
     EdgeCore,
+    EdgeCoreSettings,
     Publish,
     ReleaseController,
     SendToController,
@@ -58,7 +58,7 @@ TRUST = TrustStore.of({CLOUD.key_id: CLOUD.public_key})
 
 
 def _core(**settings: Any) -> EdgeCore:
-    core = EdgeCore(CONFIG, trust=TRUST, settings=CoreSettings(**settings), first_seq=7)
+    core = EdgeCore(CONFIG, trust=TRUST, settings=EdgeCoreSettings(**settings), first_seq=7)
     _read(core, NOW)
     return core
 
@@ -78,11 +78,11 @@ def _window_plan(seq: int = 1, **fields: Any) -> SignalPlan:
     return CLOUD.sign(SignalPlan(**values))
 
 
-def _acks(actions: list[Action]) -> list[PlanAck]:
+def _acks(actions: list[EdgeAction]) -> list[PlanAck]:
     return [a.message for a in actions if isinstance(a, Publish) and isinstance(a.message, PlanAck)]
 
 
-def _commands(actions: list[Action]) -> list[SignalPlan]:
+def _commands(actions: list[EdgeAction]) -> list[SignalPlan]:
     return [a.plan for a in actions if isinstance(a, SendToController)]
 
 

@@ -259,8 +259,14 @@ def test_score_with_an_ambulance_and_no_other_traffic() -> None:
     assert run.sim.state[0] == kernels.DRIVING
 
 
-def test_cli_short_run_with_only_an_ambulance(tmp_path: Path) -> None:
+def test_cli_short_run_with_only_an_ambulance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # light demand on arterial:1 is 920 veh/h: 0.26 expected vehicles in 1 s, none for seed 1
     args = ["sim", "run", "--network", "arterial:1", "--demand", "light", "--duration", "1"]
     args += ["--seed", "1", "--ambulance-at", "0", "--no-progress", "--out", str(tmp_path)]
     assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no vehicle arrived: no travel time, delay or stops to report" in out
+    assert "mean travel time" not in out
+    assert "AMB-1: not arrived" in out
