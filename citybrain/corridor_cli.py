@@ -17,15 +17,17 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import msgspec
-from yarl import URL
 
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
 from citybrain.models.files import check_private_file
 from citybrain.models.messages import CorridorIntersection, CorridorState, CorridorStatus
+
+if TYPE_CHECKING:
+    import aiohttp
 
 API_ENV = "CITYBRAIN_API"
 TOKEN_ENV = "CITYBRAIN_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -125,6 +127,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    import aiohttp  # the cloud's client library: imported when a command talks to the API
+
     base = _base_url(args.api)
     check_number("timeout", args.timeout, gt=0.0, le=600.0)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
@@ -164,13 +168,15 @@ async def _run(args: argparse.Namespace) -> int:
 class _Api:
     """One HTTP call each, failures sorted into refused (exit 2) and unreachable (exit 3)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: URL, token: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
         self.session = session
         self.base = base
         self.token = token
 
     async def call(self, method: str, path: str, body: object = None) -> bytes:
-        url = f"{str(self.base).rstrip('/')}{path}"
+        import aiohttp
+
+        url = f"{self.base.rstrip('/')}{path}"
         data = None if body is None else msgspec.json.encode(body)
         headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
@@ -318,14 +324,15 @@ def _decode_status(raw: bytes) -> CorridorStatus:
         raise _UnreachableError(f"unexpected answer from the API: {error}") from None
 
 
-def _base_url(text: str) -> URL:
+def _base_url(text: str) -> str:
     try:
-        url = URL(text)
+        url = urllib.parse.urlsplit(text)
+        host = url.hostname
     except ValueError:
-        url = URL()
-    if url.scheme not in ("http", "https") or not url.host:
+        host = None
+    if not host or url.scheme not in ("http", "https"):
         raise _RefusedError(f"--api: expected an http:// or https:// address, got {text!r}")
-    return url
+    return text
 
 
 def _token(path: Path | None) -> str:

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from citybrain.simulator import netfile, scoring
 from citybrain.simulator.cities import ACCEPTED_SPECS, RESCO_NETWORKS, RESCO_PREFIX, fetch_resco
 from citybrain.simulator.runner import Engine, SimulationRun
@@ -143,6 +141,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, scenario: Scenario, run: SimulationRun) -> int:
+    from tqdm import tqdm  # the progress bar: imported when a simulation runs
+
     started = time.perf_counter()
     with tqdm(
         total=int(scenario.duration_s), unit="sim s", disable=args.no_progress, file=sys.stderr
