@@ -18,8 +18,10 @@ add to the true time, so both stay admissible):
   On a grid the straight-line bound cannot tell the many equally short staircase routes apart
   and A* ends up settling most links between the two ends; landmarks are exact there.
 
-Arrays are plain, writable NumPy arrays (Numba compiles one specialisation per array flavour,
-so read-only views would double the compile cache); treat them as immutable.
+The graph is checked once, when it is built, and its arrays are read-only copies from then
+on, so nothing changes it unchecked (the kernels trust its contents; a link time lowered in
+place would make the A* bounds overestimate). Numba compiles one specialisation per array
+flavour: the kernels see the graph's arrays read-only and their workspaces writable, always.
 """
 
 from __future__ import annotations
@@ -40,7 +42,23 @@ from citybrain.models.network import Network
 ADMISSIBLE_MARGIN = 1e-9
 """Relative slack added to ``max_speed`` so rounding can never make the A* bound overshoot."""
 DEFAULT_LANDMARKS = 8
+CITY_LANDMARKS = ((2_000, 16), (50_000, 32))
+"""(intersections, landmarks): from that size on, that many landmarks by default. Measured on
+irregular SUMO networks (``benchmarks/test_corridor_speed.py``), the search's CPU p99: 10,000
+junctions 0.89 ms with 8, 0.55 with 16 (32 no better); 100,000 junctions 12.6 ms with 8, 8.5
+with 16, 5.6 with 32. The table costs 16 B per landmark and intersection (51 MB for 32 on
+100,000) and two Dijkstra runs per landmark when the graph is built. Networks under 2,000
+intersections keep 8, and with them the routes they had."""
 MAX_LANDMARKS = 64
+
+
+def default_landmarks(intersections: int) -> int:
+    """How many landmarks a graph of ``intersections`` gets unless told."""
+    count = DEFAULT_LANDMARKS
+    for size, landmarks in CITY_LANDMARKS:
+        if intersections >= size:
+            count = landmarks
+    return count
 
 
 def heuristic_speed(
@@ -199,6 +217,12 @@ class CorridorGraph:
         if moves and (self.mv_to.min() < 0 or self.mv_to.max() >= links):
             raise ValidationError("mv_to", "movement target outside the link range")
         check_number("max_speed", self.max_speed, ge=0.0)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                frozen = value.copy()  # no one else holds it: nothing writes it unchecked
+                frozen.flags.writeable = False
+                object.__setattr__(self, field.name, frozen)
 
     @classmethod
     def from_network(
@@ -206,10 +230,11 @@ class CorridorGraph:
         network: Network,
         *,
         emergency_speed_factor: float = 1.3,
-        landmarks: int = DEFAULT_LANDMARKS,
+        landmarks: int | None = None,
     ) -> CorridorGraph:
         """Flatten ``network``; link times are the emergency vehicle's free-flow times.
-        ``landmarks=0`` leaves A* with the straight-line bound only."""
+        ``landmarks=0`` leaves A* with the straight-line bound only; ``None``: as many as
+        ``default_landmarks`` gives for its size."""
         check_number("emergency_speed_factor", emergency_speed_factor, gt=0.0, le=5.0)
         intersection_ids = tuple(node.id for node in network.intersections)
         intersection_index = {node_id: i for i, node_id in enumerate(intersection_ids)}
@@ -276,12 +301,14 @@ class CorridorGraph:
         mv_headway_s: NDArray[np.float64],
         mv_group: Sequence[str],
         mv_order: NDArray[np.int64] | None = None,
-        landmarks: int = DEFAULT_LANDMARKS,
+        landmarks: int | None = None,
         emergency_speed_factor: float = 1.3,
     ) -> CorridorGraph:
         """Build from plain arrays (movements already sorted by source link), deriving the
         CSR, the link coordinates, the A* speed bound and the landmark table. Lets generators
         of very large networks skip building ``Network`` objects."""
+        if landmarks is None:
+            landmarks = default_landmarks(len(intersection_ids))
         check_count("landmarks", landmarks, le=MAX_LANDMARKS)
         links = len(link_ids)
         out_start = np.zeros(links + 1, dtype=np.int64)
@@ -357,6 +384,23 @@ class CorridorGraph:
                 self.landmark_nodes, times, self.link_from_node, self.link_to_node, len(self.node_x)
             ),
         )
+
+    def movements_leaving(
+        self, links: NDArray[np.integer]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The movements leaving ``links`` (link indices, checked) and, for each, the position
+        in ``links`` of its source: per-link values (a queue's flush time) become per-movement
+        ones as ``values[owner]``, for ``routing.MovementTimes.update``."""
+        chosen = np.asarray(links)
+        if chosen.ndim != 1 or (chosen.size and chosen.dtype.kind not in "iu"):
+            raise ValidationError("links", "expected a 1-D array of link indices")
+        if chosen.size and (chosen.min() < 0 or chosen.max() >= self.links):
+            raise ValidationError("links", f"link index outside 0..{self.links - 1}")
+        counts = np.diff(self.out_start)[chosen]
+        owner = np.repeat(np.arange(chosen.shape[0], dtype=np.int64), counts)
+        first = np.cumsum(counts) - counts
+        movements = self.out_start[chosen][owner] + (np.arange(owner.shape[0]) - first[owner])
+        return movements.astype(np.int64), owner
 
     def movement_between(self, from_link: int, to_link: int) -> int:
         """Index of the movement from link ``from_link`` onto ``to_link`` (both indices)."""

@@ -7,9 +7,11 @@ order, so a search's arrival time equals ``route_times`` along its route bit for
   ``t_line = T + link_time[u]``; on the origin link, starting ``offset_m`` metres in, at
   ``T + (link_length[u] - offset_m) / (link_length[u] / link_time[u])``;
 * crossing into ``w`` through movement ``m = (u -> w)`` it waits
-  ``wait = max(0, mv_ready[m] - t_line)``, where ``mv_ready[m]`` is the caller's absolute
-  earliest time the queue ahead of it on ``m`` can be gone (``-inf``: no queue, ``+inf``: the
-  movement may not be used), and enters ``w`` at ``t_line + wait``;
+  ``wait = max(0, (ready_base + mv_ready[m]) - t_line)``, where ``ready_base + mv_ready[m]``
+  is the caller's absolute earliest time the queue ahead of it on ``m`` can be gone (``-inf``:
+  no queue, ``+inf``: the movement may not be used), and enters ``w`` at ``t_line + wait``.
+  The scalar base lets one checked queue state serve queries at different ``now`` (0.0 adds
+  nothing: ``0.0 + x == x`` exactly);
 * the destination is reached at the END of the destination link (no wait there).
 
 Entering later never lets a vehicle leave earlier (the cost is FIFO), so label-setting
@@ -31,7 +33,10 @@ last element counts queries, so a query never clears the ``L``-sized arrays; ``d
 Return codes: a route length ``>= 1``; ``-1`` unreachable; ``-2`` bad arguments (an index or
 array size out of range, a workspace too small). The kernels check every scalar index and every
 array size they are given; the CONTENTS of the graph arrays (CSR, targets, node of each link)
-are trusted, as ``CorridorGraph`` validates them once when it is built.
+are trusted, as ``CorridorGraph`` validates them once when it is built, and so are the
+per-movement values (never NaN, within their ranges), which ``routing`` checks when a state is
+made or updated (``MovementTimes``), not on every query: on a city that cost more than the
+search.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ TIE_FACTOR = 1.0 + TIE_WEIGHT
 @njit(cache=True)
 def count_outside(values: np.ndarray, low: float, high: float) -> int:
     """How many values lie outside ``[low, high]`` (NaN always does), in one pass without a
-    temporary array: the router validates every per-movement array of every query with it."""
+    temporary array: what checking a per-movement state costs, once when it is made
+    (``routing.MovementTimes``), or per call for a plain array."""
     bad = 0
     for i in range(values.shape[0]):
         x = values[i]
@@ -164,6 +170,7 @@ def route_search(
     link_to_node: np.ndarray,
     lm_dist: np.ndarray,
     mv_ready: np.ndarray,
+    ready_base: float,
     use_astar: bool,
     dist: np.ndarray,
     prev_mv: np.ndarray,
@@ -253,7 +260,7 @@ def route_search(
             stamp = visited[w]
             if stamp == settled:
                 continue
-            wait = mv_ready[k] - gu
+            wait = (ready_base + mv_ready[k]) - gu
             if wait < 0.0:
                 wait = 0.0
             g = (gu + wait) + link_time[w]
@@ -268,7 +275,8 @@ def route_search(
                     lm_dist, entry_row,
                 )  # fmt: skip
                 if not (h < math.inf):
-                    continue  # proven not to lead to the destination
+                    visited[w] = settled  # proven not to lead there: never bound it again
+                    continue
             dist[w] = g
             prev_mv[w] = k
             visited[w] = reached
@@ -345,6 +353,7 @@ def route_times(
     link_time: np.ndarray,
     link_length: np.ndarray,
     mv_ready: np.ndarray,
+    ready_base: float,
     out_line: np.ndarray,
     out_wait: np.ndarray,
 ) -> float:
@@ -377,7 +386,7 @@ def route_times(
         w = route_links[i + 1]
         if m < 0 or m >= n_moves or w < 0 or w >= n_links:
             return math.nan
-        wait = mv_ready[m] - t
+        wait = (ready_base + mv_ready[m]) - t
         if wait < 0.0:
             wait = 0.0
         out_wait[i] = wait
@@ -403,6 +412,7 @@ def windows(
     n: int,
     mv_flush_s: np.ndarray,
     mv_earliest_s: np.ndarray,
+    earliest_base: float,
     route_moves: np.ndarray,
     depart_s: float,
     margin_s: float,
@@ -418,8 +428,9 @@ def windows(
     """Green windows, one per stop line except the last link's; returns the total shift.
 
     At stop line ``i`` the vehicle's ETA is ``line_s[i]`` plus the delays so far; when the
-    queue on its movement cannot be flushed by then (``earliest + flush > eta``) the vehicle
-    is held back by the difference, and every later ETA follows. The window opens early
+    queue on its movement cannot be flushed by then (``earliest + flush > eta``, ``earliest``
+    being ``earliest_base + mv_earliest_s[m]``) the vehicle is held back by the difference,
+    and every later ETA follows. The window opens early
     enough to flush the queue plus a margin (never before the earliest opening), closes
     ``clear_after_s`` after the ETA, and the band ``eta -/+ (sigma0 + rate * (eta - depart))``
     is the ETA's uncertainty, growing with the time driven.
@@ -444,7 +455,7 @@ def windows(
         if m < 0 or m >= n_moves:
             return math.nan
         flush = mv_flush_s[m]
-        earliest = mv_earliest_s[m]
+        earliest = earliest_base + mv_earliest_s[m]
         eta = line_s[i] + shift
         need = earliest + flush
         if need > eta:
@@ -461,157 +472,3 @@ def windows(
         out_low[i] = eta - spread
         out_high[i] = eta + spread
     return shift
-
-
-@njit(cache=True)
-def route_batch(
-    origins: np.ndarray,
-    offsets_m: np.ndarray,
-    destinations: np.ndarray,
-    departs_s: np.ndarray,
-    out_start: np.ndarray,
-    mv_to: np.ndarray,
-    link_time: np.ndarray,
-    link_length: np.ndarray,
-    link_x: np.ndarray,
-    link_y: np.ndarray,
-    max_speed: float,
-    link_from_node: np.ndarray,
-    link_to_node: np.ndarray,
-    lm_dist: np.ndarray,
-    mv_ready: np.ndarray,
-    use_astar: bool,
-    dist: np.ndarray,
-    prev_mv: np.ndarray,
-    heap_keys: np.ndarray,
-    heap_vals: np.ndarray,
-    visited: np.ndarray,
-    route_buf: np.ndarray,
-    out_route_start: np.ndarray,
-    out_links: np.ndarray,
-    out_moves: np.ndarray,
-    out_line: np.ndarray,
-    out_wait: np.ndarray,
-    out_arrival: np.ndarray,
-) -> int:
-    """Many queries in one call: routes as CSR (``out_route_start``, an empty slice and an
-    ``inf`` arrival when unreachable), with moves, stop-line times and waits.
-
-    Returns how many queries it completed: fewer than asked when the route buffers are full
-    (call again on the rest with fresh buffers), ``-2`` on bad arguments.
-    """
-    q_count: int = origins.shape[0]
-    capacity = out_links.shape[0]
-    if (
-        offsets_m.shape[0] != q_count
-        or destinations.shape[0] != q_count
-        or departs_s.shape[0] != q_count
-        or out_route_start.shape[0] < q_count + 1
-        or out_arrival.shape[0] < q_count
-        or out_moves.shape[0] < capacity
-        or out_line.shape[0] < capacity
-        or out_wait.shape[0] < capacity
-    ):
-        return BAD_ARGUMENTS
-    out_route_start[0] = 0
-    for q in range(q_count):
-        start = out_route_start[q]
-        n = route_search(
-            origins[q],
-            offsets_m[q],
-            destinations[q],
-            departs_s[q],
-            out_start,
-            mv_to,
-            link_time,
-            link_length,
-            link_x,
-            link_y,
-            max_speed,
-            link_from_node,
-            link_to_node,
-            lm_dist,
-            mv_ready,
-            use_astar,
-            dist,
-            prev_mv,
-            heap_keys,
-            heap_vals,
-            visited,
-            route_buf,
-        )
-        if n == BAD_ARGUMENTS:
-            return BAD_ARGUMENTS
-        if n < 0:
-            out_route_start[q + 1] = start
-            out_arrival[q] = math.inf
-            continue
-        if start + n > capacity:
-            return q
-        end = start + n
-        for i in range(n):
-            out_links[start + i] = route_buf[i]
-        route_moves_of(out_links[start:end], n, prev_mv, out_moves[start:end])
-        out_arrival[q] = route_times(
-            out_links[start:end],
-            n,
-            out_moves[start:end],
-            offsets_m[q],
-            departs_s[q],
-            link_time,
-            link_length,
-            mv_ready,
-            out_line[start:end],
-            out_wait[start:end],
-        )
-        out_route_start[q + 1] = end
-    return q_count
-
-
-@njit(cache=True)
-def routes_evaluate(
-    route_start: np.ndarray,
-    route_links: np.ndarray,
-    route_moves: np.ndarray,
-    offsets_m: np.ndarray,
-    departs_s: np.ndarray,
-    link_time: np.ndarray,
-    link_length: np.ndarray,
-    mv_ready: np.ndarray,
-    out_line: np.ndarray,
-    out_wait: np.ndarray,
-    out_arrival: np.ndarray,
-) -> int:
-    """True times of fixed candidate routes given as CSR (``route_moves`` aligned with
-    ``route_links``, ``-1`` at each route's last link): ``route_times`` per route, arrivals
-    into ``out_arrival``. Returns the route count, or -2 on bad arguments."""
-    count: int = route_start.shape[0] - 1
-    total = route_links.shape[0]
-    if (
-        count < 0
-        or offsets_m.shape[0] != count
-        or departs_s.shape[0] != count
-        or out_arrival.shape[0] < count
-        or route_moves.shape[0] != total
-        or out_line.shape[0] < total
-        or out_wait.shape[0] < total
-    ):
-        return BAD_ARGUMENTS
-    for r in range(count):
-        start = route_start[r]
-        end = route_start[r + 1]
-        if start < 0 or end < start or end > total:
-            return BAD_ARGUMENTS
-        out_arrival[r] = route_times(
-            route_links[start:end],
-            end - start,
-            route_moves[start:end],
-            offsets_m[r],
-            departs_s[r],
-            link_time,
-            link_length,
-            mv_ready,
-            out_line[start:end],
-            out_wait[start:end],
-        )
-    return count

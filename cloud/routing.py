@@ -4,6 +4,13 @@ Every input is checked here (ids, offsets, times, per-movement arrays) so the ke
 on plain arrays without bounds checks; a bad input raises ``ValidationError`` naming the field
 and never reaches compiled code. No I/O.
 
+Per-movement state (when each queue can be gone, how long it takes to flush, when a movement
+can open) is checked when it is made or updated, as a ``MovementTimes``, and cannot change
+otherwise; queries given one do not look at its values again. A query reads a few hundred of
+a city's million movements, and checking them all on every query cost more than the search
+(issue 15: 45-58 % of a corridor's time on 100,000 junctions, the search 9-14 %). Plain arrays
+are still taken, and checked in full on every call.
+
 A ``Router`` owns preallocated search workspaces and is therefore not thread-safe: use one
 per thread (they can share one ``CorridorGraph``).
 """
@@ -14,24 +21,133 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from citybrain.cloud import kernels
 from citybrain.cloud.graph import CorridorGraph
-from citybrain.models.checks import check_count, check_number
+from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
 
-MAX_ALTERNATIVES = 64
 LARGEST = sys.float_info.max
 """Upper end of arrays that must be finite (``+inf`` excluded, ``-inf`` allowed if asked)."""
-BATCH_LINKS_PER_QUERY = 64
-"""Initial route-buffer room per batch query; the buffer doubles when routes are longer."""
+READY = (-math.inf, math.inf)
+"""Range of ``mv_ready_s``: any time but NaN (``-inf``: no queue, ``+inf``: closed)."""
+FLUSH = (0.0, LARGEST)
+"""Range of ``mv_flush_s``: a finite duration."""
+EARLIEST = (-math.inf, LARGEST)
+"""Range of ``mv_earliest_s``: a time, ``-inf`` for any time, never ``+inf``."""
+MAX_BASE_S = 1e12
+"""Largest ``|base_s|`` of a ``MovementTimes`` (31,700 years): far below the rounding step of
+values near ``LARGEST``, so ``base + value`` never overflows into ``+inf``."""
 
 
 class UnreachableError(ValidationError):
     """No route leads from the origin to the destination (with the movements allowed)."""
+
+
+class MovementTimes:
+    """One time per movement of a graph, ``base_s + values[m]``, checked when it changes.
+
+    ``values`` is read-only: it changes only through ``update``, which checks what it writes,
+    so a ``Router`` takes a ``MovementTimes`` as it is (an O(1) look at its size and range,
+    whatever the graph's size). ``at`` gives the same values from another base (the queues
+    seen from a later ``now``) without copying or checking them; such views share the values,
+    and see ``update``'s changes. Make one when the state is set up and ``update`` the
+    movements whose queues change (telemetry in), not per query: making one costs what one
+    query's check of a plain array did. ``|base_s| <= MAX_BASE_S`` keeps ``base + value``
+    within the range the values were checked for (the bases shift times, not durations:
+    ``Router.windows`` takes flush times only with base 0).
+    """
+
+    __slots__ = ("_data", "base_s", "field", "high", "low", "values")
+    _data: NDArray[np.float64]
+    base_s: float
+    field: str
+    """The router argument the range was chosen for (names the value in errors)."""
+    low: float
+    high: float
+    values: NDArray[np.float64]
+
+    def __init__(
+        self,
+        values: ArrayLike,
+        *,
+        movements: int,
+        bounds: tuple[float, float] = READY,
+        base_s: float = 0.0,
+        field: str = "mv_ready_s",
+    ) -> None:
+        data = _checked(field, values, movements, bounds, copy=True)
+        view = data.view()
+        view.flags.writeable = False
+        for name, value in (
+            ("_data", data),
+            ("field", field),
+            ("low", bounds[0]),
+            ("high", bounds[1]),
+            ("values", view),
+            ("base_s", _base(field, base_s)),
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def ready(
+        cls, graph: CorridorGraph, values: ArrayLike, *, base_s: float = 0.0
+    ) -> MovementTimes:
+        """``mv_ready_s`` for ``Router.route``, ``evaluate`` and ``retime``."""
+        return cls(values, movements=graph.movements, bounds=READY, base_s=base_s)
+
+    @classmethod
+    def flush(cls, graph: CorridorGraph, values: ArrayLike) -> MovementTimes:
+        """``mv_flush_s`` for ``Router.windows`` (durations: no base)."""
+        return cls(values, movements=graph.movements, bounds=FLUSH, field="mv_flush_s")
+
+    @classmethod
+    def earliest(
+        cls, graph: CorridorGraph, values: ArrayLike, *, base_s: float = 0.0
+    ) -> MovementTimes:
+        """``mv_earliest_s`` for ``Router.windows``."""
+        return cls(
+            values, movements=graph.movements, bounds=EARLIEST, base_s=base_s,
+            field="mv_earliest_s",
+        )  # fmt: skip
+
+    @property
+    def movements(self) -> int:
+        return int(self._data.shape[0])
+
+    def at(self, base_s: float) -> MovementTimes:
+        """The same values from ``base_s`` (shared, not copied or checked again)."""
+        other = object.__new__(MovementTimes)
+        for name in ("_data", "field", "low", "high", "values"):
+            object.__setattr__(other, name, getattr(self, name))
+        object.__setattr__(other, "base_s", _base(self.field, base_s))
+        return other
+
+    def update(self, movements: ArrayLike, values: ArrayLike) -> None:
+        """Set ``values[movements]`` after checking them (indices in range, values within the
+        range): O(changed), and nothing is written when anything is refused."""
+        try:
+            index = np.asarray(movements)
+            new = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValidationError(self.field, f"not movements and numbers: {error}") from None
+        if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
+            raise ValidationError(self.field, "movements must be a 1-D array of indices")
+        if new.shape != index.shape:
+            raise ValidationError(
+                self.field, f"{index.shape[0]} movements but values of shape {new.shape}"
+            )
+        if index.size and (index.min() < 0 or index.max() >= self.movements):
+            raise ValidationError(self.field, f"movement index outside 0..{self.movements - 1}")
+        _checked(self.field, new, index.shape[0], (self.low, self.high), copy=False)
+        self._data[index] = new
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a MovementTimes changes only through update")
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +195,6 @@ class Router:
         self._heap_vals = np.empty(moves + 1, dtype=np.int32)
         self._visited = np.zeros(links + 1, dtype=np.int64)
         self._links = np.empty(max(links, 1), dtype=np.int32)
-        self._penalized = np.empty(0, dtype=np.float64)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -89,20 +204,19 @@ class Router:
         offset_m: float,
         destination_link: str,
         depart_s: float,
-        mv_ready_s: ArrayLike,
+        mv_ready_s: MovementTimes | ArrayLike,
         *,
         use_astar: bool = True,
     ) -> Route:
         """Earliest-arrival route from ``offset_m`` metres into ``origin_link`` to the end of
         ``destination_link``, leaving at ``depart_s``; ``mv_ready_s[m]`` is the absolute time
-        the queue ahead on movement ``m`` can be gone (``-inf``: none; ``+inf``: closed)."""
+        the queue ahead on movement ``m`` can be gone (``-inf``: none; ``+inf``: closed), as a
+        checked ``MovementTimes`` (no look at its values) or a plain array (checked in full)."""
         origin, offset, destination, depart = self._query(
             origin_link, offset_m, destination_link, depart_s
         )
-        ready = self._mv_array("mv_ready_s", mv_ready_s, low=-math.inf, high=math.inf)
-        n = self._search(
-            origin, offset, destination, depart, ready, self.graph.link_time, use_astar
-        )
+        ready = self._mv_array("mv_ready_s", mv_ready_s, READY)
+        n = self._search(origin, offset, destination, depart, ready, use_astar)
         if n == kernels.UNREACHABLE:
             raise UnreachableError(
                 "destination_link", f"no route from {origin_link!r} to {destination_link!r}"
@@ -110,7 +224,11 @@ class Router:
         return self._timed(self._links[:n].copy(), offset, depart, ready, self._prev)
 
     def evaluate(
-        self, links: Sequence[str], offset_m: float, depart_s: float, mv_ready_s: ArrayLike
+        self,
+        links: Sequence[str],
+        offset_m: float,
+        depart_s: float,
+        mv_ready_s: MovementTimes | ArrayLike,
     ) -> Route:
         """The timing of a fixed route given by link ids (e.g. a corridor after queues changed)."""
         if isinstance(links, str) or not isinstance(links, Sequence) or not links:
@@ -125,7 +243,7 @@ class Router:
         link_indices: ArrayLike,
         offset_m: float,
         depart_s: float,
-        mv_ready_s: ArrayLike,
+        mv_ready_s: MovementTimes | ArrayLike,
     ) -> Route:
         """``evaluate`` for a route given by link indices (e.g. the rest of a ``Route``)."""
         try:
@@ -147,13 +265,13 @@ class Router:
         indices: NDArray[np.int32],
         offset_m: float,
         depart_s: float,
-        mv_ready_s: ArrayLike,
+        mv_ready_s: MovementTimes | ArrayLike,
         *,
         field: str = "links",
     ) -> Route:
         offset = self._offset(int(indices[0]), offset_m)
         depart = _number("depart_s", depart_s, ge=0.0)
-        ready = self._mv_array("mv_ready_s", mv_ready_s, low=-math.inf, high=math.inf)
+        ready = self._mv_array("mv_ready_s", mv_ready_s, READY)
         moves = np.empty(len(indices), dtype=np.int32)
         gap = kernels.moves_along(
             indices, len(indices), self.graph.out_start, self.graph.mv_to, moves
@@ -167,101 +285,11 @@ class Router:
             )
         return self._route_from(indices, moves, offset, depart, ready)
 
-    def alternatives(
-        self,
-        origin_link: str,
-        offset_m: float,
-        destination_link: str,
-        depart_s: float,
-        mv_ready_s: ArrayLike,
-        *,
-        k: int,
-        use_astar: bool = True,
-        penalty: float = 0.5,
-        max_searches: int | None = None,
-    ) -> list[Route]:
-        """Up to ``k`` distinct routes, fastest first, by the penalty method.
-
-        After each search the links the route used (except origin and destination, which
-        every route shares) get their times multiplied by ``1 + penalty``, and the search is
-        repeated, at most ``max_searches`` times (default ``4 k``). The penalised times only
-        steer the search: each candidate is then timed with the true times and queues. Fewer
-        than ``k`` routes come back when the searches find no more distinct ones (a route of
-        two links has no inner link to penalise, so the search stops there).
-        """
-        check_count("k", k, ge=1, le=MAX_ALTERNATIVES)
-        check_number("penalty", penalty, gt=0.0, le=100.0)
-        limit = 4 * k if max_searches is None else check_count("max_searches", max_searches, ge=1)
-        origin, offset, destination, depart = self._query(
-            origin_link, offset_m, destination_link, depart_s
-        )
-        ready = self._mv_array("mv_ready_s", mv_ready_s, low=-math.inf, high=math.inf)
-        if self._penalized.shape[0] != self.graph.links:
-            self._penalized = np.empty(self.graph.links, dtype=np.float64)
-        penalized = self._penalized
-        penalized[:] = self.graph.link_time
-        factor = 1.0 + penalty
-        found: dict[tuple[int, ...], NDArray[np.int32]] = {}
-        for _ in range(limit):
-            # penalised times only grow, so the graph's A* bound stays admissible
-            n = self._search(origin, offset, destination, depart, ready, penalized, use_astar)
-            if n == kernels.UNREACHABLE:
-                break
-            links = self._links[:n].copy()
-            found.setdefault(tuple(links.tolist()), links)
-            if len(found) >= k or n <= 2:
-                break
-            penalized[links[1:-1]] *= factor
-        if not found:
-            raise UnreachableError(
-                "destination_link", f"no route from {origin_link!r} to {destination_link!r}"
-            )
-        candidates = list(found.values())
-        lengths = np.array([len(c) for c in candidates], dtype=np.int64)
-        starts = np.zeros(len(candidates) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
-        links_csr = np.concatenate(candidates).astype(np.int32)
-        moves_csr = np.empty(links_csr.shape[0], dtype=np.int32)
-        out_start, mv_to = self.graph.out_start, self.graph.mv_to
-        for c, route in enumerate(candidates):
-            hops = moves_csr[starts[c] : starts[c + 1]]
-            if kernels.moves_along(route, len(route), out_start, mv_to, hops) != -1:
-                raise RuntimeError("a searched route has a hop without a movement")
-        line = np.empty(links_csr.shape[0], dtype=np.float64)
-        wait = np.empty(links_csr.shape[0], dtype=np.float64)
-        arrival = np.empty(len(candidates), dtype=np.float64)
-        done = kernels.routes_evaluate(
-            starts,
-            links_csr,
-            moves_csr,
-            np.full(len(candidates), offset),
-            np.full(len(candidates), depart),
-            self.graph.link_time,
-            self.graph.link_length,
-            ready,
-            line,
-            wait,
-            arrival,
-        )
-        _kernel_ok(done)
-        routes = [
-            self._make_route(
-                links_csr[starts[c] : starts[c + 1]].copy(),
-                moves_csr[starts[c] : starts[c + 1]].copy(),
-                line[starts[c] : starts[c + 1]].copy(),
-                wait[starts[c] : starts[c + 1]].copy(),
-                float(arrival[c]),
-            )
-            for c in range(len(candidates))
-        ]
-        routes.sort(key=lambda r: (r.arrival_s, r.link_indices.tolist()))
-        return routes
-
     def windows(
         self,
         route: Route,
-        mv_flush_s: ArrayLike,
-        mv_earliest_s: ArrayLike,
+        mv_flush_s: MovementTimes | ArrayLike,
+        mv_earliest_s: MovementTimes | ArrayLike,
         depart_s: float,
         *,
         margin_s: float = 3.0,
@@ -292,8 +320,10 @@ class Router:
             or (n > 1 and (moves[:-1].min() < 0 or moves[:-1].max() >= self.graph.movements))
         ):
             raise ValidationError("route", "route does not belong to this graph")
-        flush = self._mv_array("mv_flush_s", mv_flush_s, low=0.0, high=LARGEST)
-        earliest = self._mv_array("mv_earliest_s", mv_earliest_s, low=-math.inf, high=LARGEST)
+        flush, flush_base = self._mv_array("mv_flush_s", mv_flush_s, FLUSH)
+        if flush_base != 0.0:
+            raise ValidationError("mv_flush_s", "durations have no base: make it with base 0")
+        earliest, earliest_base = self._mv_array("mv_earliest_s", mv_earliest_s, EARLIEST)
         depart = _number("depart_s", depart_s, ge=0.0)
         margin = _number("margin_s", margin_s, ge=0.0, le=600.0)
         clear_after = _number("clear_after_s", clear_after_s, ge=0.0, le=600.0)
@@ -315,6 +345,7 @@ class Router:
             n,
             flush,
             earliest,
+            earliest_base,
             move_list,
             depart,
             margin,
@@ -331,99 +362,6 @@ class Router:
             raise ValidationError("route", "route does not belong to this graph")
         return Windows(move_list, eta, opening, close, low, high, float(shift))
 
-    def batch(
-        self,
-        origin_links: Sequence[str],
-        offsets_m: Sequence[float],
-        destination_links: Sequence[str],
-        departs_s: Sequence[float],
-        mv_ready_s: ArrayLike,
-        *,
-        use_astar: bool = True,
-    ) -> list[Route | None]:
-        """Many routes against one queue state in a single kernel call; ``None`` where a
-        destination is unreachable (one dead end does not sink the batch)."""
-        count = len(origin_links)
-        for name, items in (
-            ("offsets_m", offsets_m),
-            ("destination_links", destination_links),
-            ("departs_s", departs_s),
-        ):
-            if len(items) != count:
-                raise ValidationError(name, f"expected {count} entries, got {len(items)}")
-        origins = np.empty(count, dtype=np.int32)
-        destinations = np.empty(count, dtype=np.int32)
-        offsets = np.empty(count, dtype=np.float64)
-        departs = np.empty(count, dtype=np.float64)
-        for q in range(count):
-            o, off, d, t = self._query(
-                origin_links[q],
-                offsets_m[q],
-                destination_links[q],
-                departs_s[q],
-                index=q,
-            )
-            origins[q], offsets[q], destinations[q], departs[q] = o, off, d, t
-        ready = self._mv_array("mv_ready_s", mv_ready_s, low=-math.inf, high=math.inf)
-        route_start = np.zeros(count + 1, dtype=np.int64)
-        arrival = np.empty(count, dtype=np.float64)
-        capacity = max(16, count * min(self.graph.links, BATCH_LINKS_PER_QUERY))
-        results: list[Route | None] = []
-        q0 = 0
-        while q0 < count:
-            links = np.empty(capacity, dtype=np.int32)
-            moves = np.empty(capacity, dtype=np.int32)
-            line = np.empty(capacity, dtype=np.float64)
-            wait = np.empty(capacity, dtype=np.float64)
-            done = kernels.route_batch(
-                origins[q0:],
-                offsets[q0:],
-                destinations[q0:],
-                departs[q0:],
-                self.graph.out_start,
-                self.graph.mv_to,
-                self.graph.link_time,
-                self.graph.link_length,
-                self.graph.link_x,
-                self.graph.link_y,
-                self.graph.max_speed,
-                self.graph.link_from_node,
-                self.graph.link_to_node,
-                self.graph.lm_dist,
-                ready,
-                use_astar,
-                self._dist,
-                self._prev,
-                self._heap_keys,
-                self._heap_vals,
-                self._visited,
-                self._links,
-                route_start,
-                links,
-                moves,
-                line,
-                wait,
-                arrival,
-            )
-            _kernel_ok(done)
-            for q in range(done):
-                start, end = int(route_start[q]), int(route_start[q + 1])
-                if end == start:
-                    results.append(None)
-                    continue
-                results.append(
-                    self._make_route(
-                        links[start:end].copy(),
-                        moves[start:end].copy(),
-                        line[start:end].copy(),
-                        wait[start:end].copy(),
-                        float(arrival[q]),
-                    )
-                )
-            q0 += done
-            capacity *= 2
-        return results
-
     # -- helpers ---------------------------------------------------------------------------
 
     def _search(
@@ -432,8 +370,7 @@ class Router:
         offset: float,
         destination: int,
         depart: float,
-        ready: NDArray[np.float64],
-        link_time: NDArray[np.float64],
+        ready: tuple[NDArray[np.float64], float],
         use_astar: bool,
     ) -> int:
         g = self.graph
@@ -444,7 +381,7 @@ class Router:
             depart,
             g.out_start,
             g.mv_to,
-            link_time,
+            g.link_time,
             g.link_length,
             g.link_x,
             g.link_y,
@@ -452,7 +389,8 @@ class Router:
             g.link_from_node,
             g.link_to_node,
             g.lm_dist,
-            ready,
+            ready[0],
+            ready[1],
             bool(use_astar),
             self._dist,
             self._prev,
@@ -470,7 +408,7 @@ class Router:
         indices: NDArray[np.int32],
         offset: float,
         depart: float,
-        ready: NDArray[np.float64],
+        ready: tuple[NDArray[np.float64], float],
         prev_mv: NDArray[np.int32],
     ) -> Route:
         moves = np.empty(indices.shape[0], dtype=np.int32)
@@ -483,7 +421,7 @@ class Router:
         moves: NDArray[np.int32],
         offset: float,
         depart: float,
-        ready: NDArray[np.float64],
+        ready: tuple[NDArray[np.float64], float],
     ) -> Route:
         n = indices.shape[0]
         line = np.empty(n, dtype=np.float64)
@@ -496,7 +434,8 @@ class Router:
             depart,
             self.graph.link_time,
             self.graph.link_length,
-            ready,
+            ready[0],
+            ready[1],
             line,
             wait,
         )
@@ -514,26 +453,12 @@ class Router:
         return Route(tuple([ids[i] for i in indices.tolist()]), indices, moves, line, wait, arrival)
 
     def _query(
-        self,
-        origin_link: str,
-        offset_m: float,
-        destination_link: str,
-        depart_s: float,
-        *,
-        index: int | None = None,
+        self, origin_link: str, offset_m: float, destination_link: str, depart_s: float
     ) -> tuple[int, float, int, float]:
-        names: tuple[str, ...]
-        if index is None:
-            names = ("origin_link", "offset_m", "destination_link", "depart_s")
-        else:
-            names = tuple(
-                f"{name}[{index}]"
-                for name in ("origin_links", "offsets_m", "destination_links", "departs_s")
-            )
-        origin = self._link_index(names[0], origin_link)
-        offset = self._offset(origin, offset_m, field=names[1])
-        destination = self._link_index(names[2], destination_link)
-        depart = _number(names[3], depart_s, ge=0.0)
+        origin = self._link_index("origin_link", origin_link)
+        offset = self._offset(origin, offset_m)
+        destination = self._link_index("destination_link", destination_link)
+        depart = _number("depart_s", depart_s, ge=0.0)
         return origin, offset, destination, depart
 
     def _link_index(self, field: str, link_id: object) -> int:
@@ -549,26 +474,49 @@ class Router:
         return _number(field, offset_m, ge=0.0, le=length)
 
     def _mv_array(
-        self, field: str, values: ArrayLike, *, low: float, high: float
-    ) -> NDArray[np.float64]:
-        """A per-movement float64 array, contiguous, every value within ``[low, high]`` (so
-        never NaN)."""
-        try:
-            array = np.ascontiguousarray(values, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValidationError(field, f"not an array of numbers: {error}") from None
-        expected = (self.graph.movements,)
-        if array.shape != expected:
-            raise ValidationError(
-                field, f"expected one value per movement, shape {expected}, got {array.shape}"
-            )
-        if kernels.count_outside(array, low, high):
-            with np.errstate(invalid="ignore"):
-                bad = int(np.flatnonzero(~((array >= low) & (array <= high)))[0])
-            raise ValidationError(
-                field, f"value {array[bad]} at movement {bad} is outside [{low}, {high}]"
-            )
-        return array
+        self, field: str, values: MovementTimes | ArrayLike, bounds: tuple[float, float]
+    ) -> tuple[NDArray[np.float64], float]:
+        """The kernels' (values, base) of a per-movement argument, every ``base + value``
+        within ``bounds`` (so never NaN). A ``MovementTimes`` was checked when it was made:
+        only its size and range are looked at (O(1)). A plain array is checked in full."""
+        if isinstance(values, MovementTimes):
+            low, high = bounds
+            if values.movements != self.graph.movements:
+                raise ValidationError(
+                    field,
+                    f"expected one value per movement, shape ({self.graph.movements},), "
+                    f"got ({values.movements},)",
+                )
+            if values.low < low or values.high > high:
+                raise ValidationError(
+                    field,
+                    f"checked within [{values.low}, {values.high}], must be within [{low}, {high}]",
+                )
+            return values._data, values.base_s
+        return _checked(field, values, self.graph.movements, bounds, copy=False), 0.0
+
+
+def _checked(
+    field: str, values: ArrayLike, movements: int, bounds: tuple[float, float], *, copy: bool
+) -> NDArray[np.float64]:
+    """``values`` as a C-contiguous float64 array of one value per movement (a copy if
+    ``copy``), every value within ``bounds`` (so never NaN)."""
+    try:
+        array = np.array(values, dtype=np.float64, order="C", copy=copy or None)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(field, f"not an array of numbers: {error}") from None
+    if array.shape != (movements,):
+        raise ValidationError(
+            field, f"expected one value per movement, shape ({movements},), got {array.shape}"
+        )
+    low, high = bounds
+    if kernels.count_outside(array, low, high):
+        with np.errstate(invalid="ignore"):
+            bad = int(np.flatnonzero(~((array >= low) & (array <= high)))[0])
+        raise ValidationError(
+            field, f"value {array[bad]} at movement {bad} is outside [{low}, {high}]"
+        )
+    return array
 
 
 def _number(field: str, value: object, *, ge: float, le: float | None = None) -> float:
@@ -578,6 +526,10 @@ def _number(field: str, value: object, *, ge: float, le: float | None = None) ->
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(field, f"expected a number, got {type(value).__name__}")
     return float(check_number(field, value, ge=ge, le=le))
+
+
+def _base(field: str, base_s: float) -> float:
+    return _number(f"{field}.base_s", base_s, ge=-MAX_BASE_S, le=MAX_BASE_S)
 
 
 def _kernel_ok(result: int) -> None:

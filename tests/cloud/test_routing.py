@@ -15,8 +15,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from citybrain.cloud import kernels
-from citybrain.cloud.graph import CorridorGraph
-from citybrain.cloud.routing import Route, Router, UnreachableError
+from citybrain.cloud.graph import DEFAULT_LANDMARKS, CorridorGraph, default_landmarks
+from citybrain.cloud.routing import MovementTimes, Route, Router, UnreachableError
 
 from . import reference as ref
 from .cases import grid_graph, random_network, random_ready, random_times_graph
@@ -45,14 +45,15 @@ class Workspace:
         ready: NDArray[np.float64],
         use_astar: bool,
         link_time: NDArray[np.float64] | None = None,
+        ready_base: float = 0.0,
     ) -> tuple[Any, ...]:
         """``route_search``'s arguments, in order."""
         g = self.graph
         return (
             origin, offset, destination, depart, g.out_start, g.mv_to,
             g.link_time if link_time is None else link_time, g.link_length, g.link_x, g.link_y,
-            g.max_speed, g.link_from_node, g.link_to_node, g.lm_dist, ready, use_astar,
-            self.dist, self.prev, self.keys, self.vals, self.visited, self.out,
+            g.max_speed, g.link_from_node, g.link_to_node, g.lm_dist, ready, ready_base,
+            use_astar, self.dist, self.prev, self.keys, self.vals, self.visited, self.out,
         )  # fmt: skip
 
     def search(
@@ -85,7 +86,7 @@ class Workspace:
         line, wait = np.empty(n), np.empty(n)
         g = self.graph
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, g.link_time, g.link_length, ready, line, wait
+            links, n, moves, offset, depart, g.link_time, g.link_length, ready, 0.0, line, wait
         )
         return moves.tolist(), line.tolist(), wait.tolist(), arrival
 
@@ -314,7 +315,7 @@ def test_search_kernel_refuses_bad_arguments_without_crashing() -> None:
     assert math.isnan(
         kernels.route_times(
             np.array([0], np.int32), 0, np.array([-1], np.int32), 0.0, 0.0,
-            graph.link_time, graph.link_length, free, out, out,
+            graph.link_time, graph.link_length, free, 0.0, out, out,
         )
     )  # fmt: skip
 
@@ -343,7 +344,7 @@ def test_stamps_replace_clearing() -> None:
     assert first == fresh == again[::-1]
 
 
-# -- route_times, windows, batch and evaluate kernels ----------------------------------------
+# -- route_times and windows kernels -------------------------------------------------------
 
 
 def test_route_times_and_windows_kernels_match_reference() -> None:
@@ -358,18 +359,19 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
         link_length = rng.uniform(50.0, 400.0, 30)
         ready = rng.uniform(0.0, 300.0, moves_total)
         ready[rng.random(moves_total) < 0.3] = -np.inf
+        base = float(rng.choice([0.0, rng.uniform(-100.0, 100.0)]))  # the kernels add it
         offset = float(rng.uniform(0.0, link_length[links[0]]))
         depart = float(rng.uniform(0.0, 100.0))
         line = np.empty(n)
         wait = np.empty(n)
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, link_time, link_length, ready, line, wait
+            links, n, moves, offset, depart, link_time, link_length, ready, base, line, wait
         )
         plain = ref.PlainGraph(
             [], link_time.tolist(), link_length.tolist(), [], [], 0.0, [], [], []
         )
         want = ref.route_times(
-            plain, links.tolist(), moves.tolist(), offset, depart, ready.tolist()
+            plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready]
         )
         assert (line.tolist(), wait.tolist(), arrival) == want
 
@@ -384,6 +386,7 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
             n,
             flush,
             earliest,
+            base,
             moves,
             depart,
             2.5,
@@ -397,7 +400,12 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
             high,
         )
         plain_windows = ref.windows(
-            line.tolist(), moves.tolist(), flush.tolist(), earliest.tolist(), depart, **params
+            line.tolist(),
+            moves.tolist(),
+            flush.tolist(),
+            [base + e for e in earliest],
+            depart,
+            **params,
         )
         assert shift == plain_windows.shift
         for got, field in zip(outs, ("eta", "open", "close", "low", "high"), strict=True):
@@ -413,7 +421,7 @@ def test_windows_hand_computed_unflushable_queue_shifts_later_etas() -> None:
     flush = np.array([5.0, 6.0, 5.0])
     earliest = np.array([0.0, 40.0, 0.0])
     outs = [np.empty(3) for _ in range(5)]
-    shift = kernels.windows(line, 4, flush, earliest, moves, 0.0, 3.0, 4.0, 1.0, 0.03, *outs)
+    shift = kernels.windows(line, 4, flush, earliest, 0.0, moves, 0.0, 3.0, 4.0, 1.0, 0.03, *outs)
     eta, opening, close, low, high = (o.tolist() for o in outs)
     assert shift == 16.0
     assert eta == [10.0, 46.0, 66.0]
@@ -422,47 +430,6 @@ def test_windows_hand_computed_unflushable_queue_shifts_later_etas() -> None:
     assert close == [14.0, 50.0, 70.0]
     assert low == pytest.approx([10.0 - 1.3, 46.0 - 2.38, 66.0 - 2.98])
     assert high == pytest.approx([10.0 + 1.3, 46.0 + 2.38, 66.0 + 2.98])
-
-
-def test_batch_kernel_resumes_when_buffers_fill() -> None:
-    graph = GRAPHS["grid-6x7-random-times"]
-    rng = np.random.default_rng(2)
-    ready = random_ready(graph, rng, 0.0)
-    count = 30
-    origins = rng.integers(graph.links, size=count).astype(np.int32)
-    destinations = rng.integers(graph.links, size=count).astype(np.int32)
-    offsets = np.zeros(count)
-    departs = rng.uniform(0.0, 100.0, count)
-    work = Workspace(graph)
-    results: list[tuple[list[int], float] | None] = []
-    q0 = 0
-    calls = 0
-    while q0 < count:
-        size = 40  # a few routes at a time: exercises the partial return
-        starts = np.zeros(count - q0 + 1, dtype=np.int64)
-        links, moves = np.empty(size, np.int32), np.empty(size, np.int32)
-        line, wait, arrival = np.empty(size), np.empty(size), np.empty(count - q0)
-        done = kernels.route_batch(
-            origins[q0:], offsets[q0:], destinations[q0:], departs[q0:], graph.out_start,
-            graph.mv_to, graph.link_time, graph.link_length, graph.link_x, graph.link_y,
-            graph.max_speed, graph.link_from_node, graph.link_to_node, graph.lm_dist, ready, True,
-            work.dist,
-            work.prev, work.keys, work.vals, work.visited, work.out, starts, links, moves, line,
-            wait, arrival,
-        )  # fmt: skip
-        assert done > 0
-        for q in range(done):
-            a, b = int(starts[q]), int(starts[q + 1])
-            results.append((links[a:b].tolist(), float(arrival[q])) if b > a else None)
-        q0 += done
-        calls += 1
-    assert calls > 1
-    single = Workspace(graph)
-    for q in range(count):
-        want = single.search(
-            int(origins[q]), 0.0, int(destinations[q]), float(departs[q]), ready, use_astar=True
-        )
-        assert results[q] == want
 
 
 # -- graph -----------------------------------------------------------------------------------
@@ -493,6 +460,23 @@ def test_graph_from_network_arrays() -> None:
         assert graph.mv_group[k] == movement.signal_group
         assert graph.movement_between(int(graph.mv_from[k]), int(graph.mv_to[k])) == k
     assert graph.max_speed == pytest.approx(13.9 * 1.5)
+    assert len(graph.landmark_nodes) <= DEFAULT_LANDMARKS
+    sizes = (1_999, 2_000, 49_999, 50_000)
+    assert [default_landmarks(n) for n in sizes] == [DEFAULT_LANDMARKS, 16, 16, 32]
+
+
+def test_graph_is_read_only_after_its_check() -> None:
+    """Checked once when built; its arrays are read-only copies, so the kernels' trust in
+    them (and the A* bounds) cannot be broken in place, by the graph's users or its builder."""
+    graph = grid_graph(3, 3)
+    for name in ("link_time", "mv_to", "out_start", "lm_dist"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(graph, name)[0] = 0
+    times = graph.link_time.copy()
+    faster = graph.with_link_times(times)
+    times[:] = 1e-3  # the caller's array is not the graph's
+    assert np.array_equal(faster.link_time, graph.link_time)
+    assert not faster.link_time.flags.writeable
 
 
 def test_graph_refuses_bad_values() -> None:
@@ -575,8 +559,6 @@ def test_router_closed_movements_and_dead_ends_are_unreachable() -> None:
     closed[graph.out_start[origin] : graph.out_start[origin + 1]] = np.inf
     with pytest.raises(UnreachableError):
         router.route("g1_1-g1_2", 0.0, "g3_3-bN3", 0.0, closed)
-    with pytest.raises(UnreachableError):
-        router.alternatives("g1_1-g1_2", 0.0, "g3_3-bN3", 0.0, closed, k=3)
     # a closed movement is avoided, not waited for
     route = router.route("bW0-g0_0", 0.0, "g0_3-bE0", 0.0, free)
     blocked = free.copy()
@@ -638,61 +620,6 @@ def test_router_windows_hand_example_on_a_real_route() -> None:
     assert result.open[1] == earliest[second]
 
 
-def test_router_alternatives_are_distinct_sorted_and_truly_timed() -> None:
-    graph = GRAPHS["grid-12x9-random-times"]
-    router = Router(graph)
-    rng = np.random.default_rng(9)
-    ready = random_ready(graph, rng, 0.0)
-    origin, destination = "bW0-g0_0", "g11_8-bE11"
-    best = router.route(origin, 0.0, destination, 0.0, ready)
-    routes = router.alternatives(origin, 0.0, destination, 0.0, ready, k=5)
-    assert len(routes) == 5
-    assert len({r.links for r in routes}) == 5
-    arrivals = [r.arrival_s for r in routes]
-    assert arrivals == sorted(arrivals)
-    assert routes[0].links == best.links
-    assert routes[0].arrival_s == best.arrival_s
-    for r in routes:
-        assert (r.links[0], r.links[-1]) == (origin, destination)
-        assert r.arrival_s == router.evaluate(r.links, 0.0, 0.0, ready).arrival_s
-    single = router.alternatives("g1_1-g1_2", 0.0, "g1_1-g1_2", 0.0, ready, k=3)
-    assert [r.links for r in single] == [("g1_1-g1_2",)]
-
-
-def test_router_batch_matches_single_routes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from citybrain.cloud import routing
-
-    monkeypatch.setattr(routing, "BATCH_LINKS_PER_QUERY", 2)  # force the buffer to grow
-    graph = GRAPHS["grid-6x7-random-times"]
-    router = Router(graph)
-    rng = np.random.default_rng(10)
-    ready = random_ready(graph, rng, 0.0)
-    count = 25
-    origins = [graph.link_ids[i] for i in rng.integers(graph.links, size=count)]
-    destinations = [graph.link_ids[i] for i in rng.integers(graph.links, size=count)]
-    destinations[3] = "bS0-g0_0"  # unreachable from anywhere else
-    offsets = [0.0] * count
-    departs = rng.uniform(0.0, 200.0, count).tolist()
-    got = router.batch(origins, offsets, destinations, departs, ready)
-    assert len(got) == count
-    for q in range(count):
-        try:
-            want: Route | None = router.route(
-                origins[q], offsets[q], destinations[q], departs[q], ready
-            )
-        except UnreachableError:
-            want = None
-        if want is None:
-            assert got[q] is None
-            continue
-        route = got[q]
-        assert route is not None
-        assert route.links == want.links
-        assert route.arrival_s == want.arrival_s
-        for field in ("moves", "line_s", "wait_s"):
-            assert getattr(route, field).tolist() == getattr(want, field).tolist()
-
-
 # -- validation ------------------------------------------------------------------------------
 
 
@@ -713,15 +640,6 @@ def _with_nan(free: NDArray[np.float64]) -> NDArray[np.float64]:
     out = free.copy()
     out[7] = np.nan
     return out
-
-
-BATCH_FIELD = {
-    "origin_link": "origin_links[0]",
-    "offset_m": "offsets_m[0]",
-    "destination_link": "destination_links[0]",
-    "depart_s": "departs_s[0]",
-    "mv_ready_s": "mv_ready_s",
-}
 
 
 @pytest.mark.parametrize(
@@ -748,35 +666,30 @@ BATCH_FIELD = {
     ],
 )
 def test_route_bad_inputs_name_the_field(field: str, value: object) -> None:
-    """route, alternatives and batch all refuse the bad value, naming it (not unreachable)."""
+    """route refuses the bad value, naming it (not unreachable), with the queue state given as
+    a plain array or checked beforehand; a bad state is refused when it is made."""
     from citybrain.models.errors import ValidationError
 
     router, free = _router()
     if callable(value):
         value = value(free)
-    args: dict[str, Any] = {**GOOD, "mv_ready_s": free, field: value}
-    calls: list[tuple[Callable[[], object], str]] = [
-        (lambda: router.route(**args), field),
-        (lambda: router.alternatives(**args, k=2), field),
-        (
-            lambda: router.batch(
-                [args["origin_link"]],
-                [args["offset_m"]],
-                [args["destination_link"]],
-                [args["depart_s"]],
-                args["mv_ready_s"],
-            ),
-            BATCH_FIELD[field],
-        ),
+    checked = MovementTimes.ready(router.graph, free)
+    plain: dict[str, Any] = {**GOOD, "mv_ready_s": free, field: value}
+    ahead: dict[str, Any] = {**GOOD, "mv_ready_s": checked, field: value}
+    calls: list[Callable[[], object]] = [
+        lambda: router.route(**plain),
+        lambda: router.route(**ahead),
     ]
-    for call, name in calls:
+    if field == "mv_ready_s":
+        calls.append(lambda: MovementTimes.ready(router.graph, value))  # type: ignore[arg-type]
+    for call in calls:
         with pytest.raises(ValidationError) as caught:
             call()
-        assert caught.value.field == name
+        assert caught.value.field == field
         assert not isinstance(caught.value, UnreachableError)
 
 
-def test_windows_evaluate_batch_and_alternatives_bad_inputs() -> None:
+def test_windows_and_evaluate_bad_inputs() -> None:
     from citybrain.models.errors import ValidationError
 
     router, free = _router()
@@ -804,18 +717,6 @@ def test_windows_evaluate_batch_and_alternatives_bad_inputs() -> None:
         (lambda: router.retime([0, 10_000], 0.0, 0.0, free), "link_indices"),
         (lambda: router.retime(route.link_indices[::2], 0.0, 0.0, free), "link_indices[1]"),
         (lambda: router.retime(route.link_indices, 1e6, 0.0, free), "offset_m"),
-        (lambda: router.alternatives(**GOOD, mv_ready_s=free, k=0), "k"),  # type: ignore[arg-type]
-        (
-            lambda: router.alternatives(**GOOD, mv_ready_s=free, k=2, penalty=0.0),  # type: ignore[arg-type]
-            "penalty",
-        ),
-        (lambda: router.batch(["bW0-g0_0"], [0.0, 1.0], ["bW0-g0_0"], [0.0], free), "offsets_m"),
-        (
-            lambda: router.batch(
-                ["bW0-g0_0", "bW0-g0_0"], [0.0, 1.0], ["g2_2-bE2", "?"], [0.0, 0.0], free
-            ),
-            "destination_links[1]",
-        ),
         (lambda: Router("graph"), "graph"),  # type: ignore[arg-type]
     ]
     for call, field in cases:
@@ -827,3 +728,178 @@ def test_windows_evaluate_batch_and_alternatives_bad_inputs() -> None:
     with pytest.raises(ValidationError) as caught:
         router.windows(foreign, zeros, zeros, 0.0)
     assert caught.value.field == "route"
+
+
+# -- per-movement state checked when it changes --------------------------------------------
+
+
+def test_movement_times_refuse_bad_state_when_made() -> None:
+    """NaN, a value outside its range, the wrong shape or a base that takes the values out of
+    range are refused when the state is made, naming the argument it is for."""
+    from citybrain.models.errors import ValidationError
+
+    graph = grid_graph(3, 3)
+    good = np.zeros(graph.movements)
+    nan, negative, infinite = good.copy(), good.copy(), good.copy()
+    nan[5], negative[2], infinite[7] = np.nan, -0.5, np.inf
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: MovementTimes.ready(graph, nan), "mv_ready_s"),
+        (lambda: MovementTimes.ready(graph, good[:-1]), "mv_ready_s"),
+        (lambda: MovementTimes.ready(graph, np.zeros((2, 2))), "mv_ready_s"),
+        (lambda: MovementTimes.ready(graph, ["a"] * graph.movements), "mv_ready_s"),
+        (lambda: MovementTimes.ready(graph, good, base_s=math.nan), "mv_ready_s.base_s"),
+        (lambda: MovementTimes.ready(graph, good, base_s=math.inf), "mv_ready_s.base_s"),
+        (lambda: MovementTimes.flush(graph, negative), "mv_flush_s"),
+        (lambda: MovementTimes.flush(graph, infinite), "mv_flush_s"),
+        (lambda: MovementTimes.flush(graph, nan), "mv_flush_s"),
+        (lambda: MovementTimes.earliest(graph, infinite), "mv_earliest_s"),
+        (lambda: MovementTimes.earliest(graph, good).at(2e12), "mv_earliest_s.base_s"),
+    ]
+    for call, field in cases:
+        with pytest.raises(ValidationError) as caught:
+            call()
+        assert caught.value.field == field
+
+
+def test_movement_times_update_checks_what_changes() -> None:
+    """Telemetry changes a few queues: ``update`` checks those values only, refuses NaN, a
+    value out of range, a bad index or a shape mismatch without writing anything, and every
+    view (``at``) and query sees what it wrote."""
+    from citybrain.models.errors import ValidationError
+
+    graph = grid_graph(3, 3)
+    router = Router(graph)
+    ready = MovementTimes.ready(graph, np.full(graph.movements, -np.inf))
+    now = ready.at(100.0)
+    route = router.route("bW1-g1_0", 0.0, "g1_2-bE1", 100.0, now)  # straight east
+    assert route.wait_s.sum() == 0.0
+    second = int(route.moves[1])
+    flush = MovementTimes.flush(graph, np.zeros(graph.movements))
+    for target, movements, values in (
+        (ready, [second], [np.nan]),
+        (ready, [second], [1.0, 2.0]),
+        (ready, [graph.movements], [1.0]),
+        (ready, [-1], [1.0]),
+        (ready, [[second]], [[1.0]]),
+        (ready, [0.5], [1.0]),
+        (flush, [0, second], [1.0, -2.0]),
+        (flush, [second], [np.inf]),
+    ):
+        before = target.values.copy()
+        with pytest.raises(ValidationError) as caught:
+            target.update(movements, values)
+        assert caught.value.field == target.field
+        assert np.array_equal(target.values, before)  # nothing half-written
+    ready.update([second], [60.0])  # the queue there is gone 60 s after now
+    assert now.values[second] == 60.0
+    held = router.route("bW1-g1_0", 0.0, "g1_2-bE1", 100.0, now)
+    if held.links == route.links:
+        assert held.wait_s[1] == pytest.approx(160.0 - route.line_s[1])
+    else:
+        assert held.arrival_s > route.arrival_s
+
+
+def test_movements_leaving_links_expand_per_link_values() -> None:
+    from citybrain.models.errors import ValidationError
+
+    graph = GRAPHS["random-sparse-3"]
+    links = np.array([5, 0, 5, graph.links - 1, 17])
+    movements, owner = graph.movements_leaving(links)
+    want = [
+        (k, i) for i, u in enumerate(links.tolist()) for k in range(graph.movements)
+        if graph.mv_from[k] == u
+    ]  # fmt: skip
+    assert list(zip(movements.tolist(), owner.tolist(), strict=True)) == want
+    assert graph.movements_leaving(np.zeros(0, np.int64))[0].shape == (0,)
+    for bad in (np.array([graph.links]), np.array([-1]), np.array([0.5]), np.zeros((1, 1), int)):
+        with pytest.raises(ValidationError) as caught:
+            graph.movements_leaving(bad)
+        assert caught.value.field == "links"
+
+
+def test_movement_times_cannot_change_unchecked() -> None:
+    graph = grid_graph(3, 3)
+    source = np.zeros(graph.movements)
+    times = MovementTimes.ready(graph, source, base_s=4.0)
+    source[0] = np.nan  # the caller's array is not the state
+    assert times.values[0] == 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        times.values[0] = np.nan
+    with pytest.raises(AttributeError):
+        times.base_s = math.nan
+    with pytest.raises(AttributeError):
+        times.values = np.zeros(graph.movements)
+    later = times.at(10.0)
+    assert (later.base_s, times.base_s) == (10.0, 4.0)
+    assert later.values is times.values  # shared, not copied
+
+
+def test_router_takes_checked_state_without_checking_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queries given a ``MovementTimes`` answer as with the plain array ``base + values`` (bit
+    for bit), and never scan the values: ``count_outside`` is not called per query."""
+    from citybrain.models.errors import ValidationError
+
+    graph = GRAPHS["grid-12x9-random-times"]
+    router = Router(graph)
+    rng = np.random.default_rng(31)
+    base = 437.25
+    relative = random_ready(graph, rng, 0.0, closed=0.02)
+    flush = rng.uniform(0.0, 30.0, graph.movements)
+    earliest = rng.uniform(-30.0, 300.0, graph.movements)
+    ready = MovementTimes.ready(graph, relative).at(base)
+    checked_flush = MovementTimes.flush(graph, flush)
+    checked_earliest = MovementTimes.earliest(graph, earliest, base_s=base)
+    plain_ready, plain_earliest = base + relative, base + earliest
+    scans: list[int] = []
+    real_scan = kernels.count_outside
+
+    def counting_scan(*args: Any) -> int:
+        scans.append(1)
+        return int(real_scan(*args))
+
+    monkeypatch.setattr(kernels, "count_outside", counting_scan)
+    compared = 0
+    for origin, offset, destination, depart, _ in queries(graph, seed=6, count=80):
+        o, d = graph.link_ids[origin], graph.link_ids[destination]
+        try:
+            want = router.route(o, offset, d, base + depart, plain_ready)
+        except UnreachableError:
+            with pytest.raises(UnreachableError):
+                router.route(o, offset, d, base + depart, ready)
+            continue
+        before = len(scans)
+        got = router.route(o, offset, d, base + depart, ready)
+        again = router.retime(got.link_indices, offset, base + depart, ready)
+        windows = router.windows(got, checked_flush, checked_earliest, base + depart)
+        assert len(scans) == before  # no look at the values
+        assert got.links == want.links
+        for field in ("moves", "line_s", "wait_s"):
+            assert getattr(got, field).tolist() == getattr(want, field).tolist()
+            assert getattr(again, field).tolist() == getattr(want, field).tolist()
+        assert got.arrival_s == want.arrival_s == again.arrival_s
+        plain = router.windows(want, flush, plain_earliest, base + depart)
+        for field in ("eta", "open", "close", "low", "high"):
+            assert getattr(windows, field).tolist() == getattr(plain, field).tolist()
+        assert windows.shift_s == plain.shift_s
+        compared += 1
+    assert compared >= 40
+    assert len(scans) >= 2 * compared  # the plain arrays were scanned, on every call
+    # a state checked for another argument's range, or for another graph, is refused
+    small = grid_graph(3, 3)
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: router.windows(got, ready, checked_earliest, 0.0), "mv_flush_s"),
+        (lambda: router.windows(got, checked_flush, ready, 0.0), "mv_earliest_s"),
+        (lambda: router.windows(got, checked_flush.at(1.0), checked_earliest, 0.0), "mv_flush_s"),
+        (
+            lambda: router.route(
+                o, 0.0, d, 0.0, MovementTimes.ready(small, np.zeros(small.movements))
+            ),
+            "mv_ready_s",
+        ),
+    ]
+    for call, field in cases:
+        with pytest.raises(ValidationError) as caught:
+            call()
+        assert caught.value.field == field
