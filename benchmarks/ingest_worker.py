@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from citybrain.cloud.core import CloudCore
-from citybrain.cloud.service import CloudService, Role, ServiceSettings, writer_sinks
+from citybrain.cloud.service import CloudService, Role, ServiceSettings
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.simulator.scenarios import load_network
 
@@ -74,7 +74,6 @@ async def run(args: argparse.Namespace) -> None:
     stats = Path(args.stats)
     try:
         async with TelemetryWriter(store) as writer:
-            telemetry_sink, audit_sink = writer_sinks(writer, backpressure=True)  # as serve
             service = CloudService(
                 core,
                 settings=ServiceSettings(
@@ -83,10 +82,8 @@ async def run(args: argparse.Namespace) -> None:
                     role=Role.INGEST,
                     share_group=args.group,
                 ),
-                telemetry_sink=telemetry_sink,
-                audit_sink=audit_sink,
+                storage=writer,  # with backpressure, as an ingest worker of `cloud serve`
             )
-            service.backlog = lambda: writer.pending
             running = asyncio.create_task(service.run(stop))
             while not stop.is_set():
                 _dump(stats, _stats(service, writer, cpu0))

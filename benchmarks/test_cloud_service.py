@@ -64,7 +64,7 @@ from citybrain.cloud.corridor import SendPlan
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.epoch import next_epoch
 from citybrain.cloud.keys import Keyring
-from citybrain.cloud.service import CloudService, ServiceSettings, writer_sinks
+from citybrain.cloud.service import CloudService, ServiceSettings
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.models.messages import CorridorRequest, Telemetry
 from citybrain.models.signing import PlanSigner, TrustStore
@@ -371,16 +371,13 @@ async def _latency(broker: _DeployedMosquitto, server: PostgreSQL, workdir: Path
             edges.append(stack.enter_context(_process(command, workdir / f"edge-{box}.log")))
         try:
             async with TelemetryWriter(store) as writer:
-                telemetry_sink, audit_sink = writer_sinks(writer)
                 service = CloudService(
                     core,
                     signer=signer,
                     settings=_leader_settings(broker),
-                    telemetry_sink=telemetry_sink,
-                    audit_sink=audit_sink,
+                    storage=writer,
                     clock=ControllerClock(rate=1.0),
                 )
-                service.backlog = lambda: writer.pending
                 stop = asyncio.Event()
                 running = asyncio.create_task(service.run(stop))
                 # the deployment's token file, with an admin of the bench's own: the users

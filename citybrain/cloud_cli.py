@@ -123,7 +123,6 @@ async def _serve(args: argparse.Namespace) -> int:
         CloudService,
         Role,
         ServiceSettings,
-        writer_sinks,
     )
     from citybrain.cloud.storage import PostgresStore, TelemetryWriter
     from citybrain.simulator.scenarios import load_network
@@ -152,20 +151,22 @@ async def _serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     store = await PostgresStore.open(args.dsn) if args.dsn else None
     writer = TelemetryWriter(store) if store is not None else None
-    sinks = writer_sinks(writer, backpressure=role is Role.INGEST) if writer else (None, None)
     service = CloudService(
-        core, signer=signer, settings=settings, telemetry_sink=sinks[0], audit_sink=sinks[1],
+        core, signer=signer, settings=settings, storage=writer,
         clock=ControllerClock(rate=args.rate),
     )  # fmt: skip
     if writer is not None:
         writer.start()
-        service.backlog = lambda: writer.pending
-        service.database_up = lambda: writer.available
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     api = await serve_api(service, api_host, api_port, tokens=tokens) if tokens else None
+    if api is not None:
+        host, port = api.addresses[0][:2]
+        log.info(
+            "operator console on http://%s:%d/console/ (sign in with an API token)", host, port
+        )
     log.info(
         "cloud %s: %d intersections, broker %s, storage %s, API %s",
         role, len(core.seen), args.broker, store.flavor if store else "none",

@@ -40,7 +40,7 @@ from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.epoch import next_epoch
 from citybrain.cloud.keys import Keyring
-from citybrain.cloud.service import CloudService, ServiceSettings, writer_sinks
+from citybrain.cloud.service import CloudService, ServiceSettings
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.edge.agent import EdgeAgent, run_host
 from citybrain.edge.settings import (
@@ -362,17 +362,13 @@ async def live_run(
         ),
         wall_clock=time.monotonic,
     )
-    telemetry_sink, audit_sink = writer_sinks(writer)
     service = CloudService(
         core,
         signer=keys.signer(),
         settings=_cloud_broker(mqtt),
-        telemetry_sink=telemetry_sink,
-        audit_sink=audit_sink,
+        storage=writer,
         clock=ControllerClock(rate=options.speed),
     )  # fmt: skip
-    service.backlog = lambda: writer.pending
-    service.database_up = lambda: writer.available
     token_file = layout.root / "operators" / f"{OPERATOR}.token"
     async with asyncio.TaskGroup() as tasks:
         edges = tasks.create_task(run_host(edge_settings, stop, started=agents.extend))

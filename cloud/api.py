@@ -1,4 +1,6 @@
-"""The operators' HTTP API: corridors, network and intersection state, health, over ``Operations``.
+"""The operators' HTTP API: corridors, network and intersection state, health, alarms, the live
+stream (server-sent events), Prometheus metrics, the OpenAPI document and the console page, over
+``Operations``.
 
 A thin aiohttp layer: it authenticates every call by its bearer token and authorizes it by the
 user's role, caps and limits (``cloud/auth.py``), checks what it is given (size, content type,
@@ -10,31 +12,40 @@ traceback and counted. Endpoints, status codes and examples: ``docs/api.md``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 from aiohttp import hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from citybrain.cloud.alarms import rfc3339
 from citybrain.cloud.auth import (
     MAX_TOKEN_CHARS,
     Forbidden,
     RateLimiter,
     TokenFile,
     User,
+    UserRole,
     check_cancel,
     check_request,
     check_write,
 )
+from citybrain.cloud.events import TooManySubscribers
 from citybrain.cloud.operations import (
+    ClockReading,
     Conflict,
     Health,
+    HistoryQuery,
     LimitReached,
+    NetworkView,
     NotFound,
     Operations,
     ServiceUnavailable,
@@ -43,7 +54,7 @@ from citybrain.cloud.routing import UnreachableError
 from citybrain.models.checks import check_id
 from citybrain.models.codec import DEFAULT_MAX_PAYLOAD_BYTES, Codec, message_error
 from citybrain.models.errors import MessageError, ValidationError
-from citybrain.models.messages import MAX_TEXT, CorridorRequest
+from citybrain.models.messages import MAX_TEXT, CorridorRequest, CorridorState, CorridorStatus
 
 T = TypeVar("T")
 
@@ -55,6 +66,22 @@ RETRY_AFTER_S = 2
 FILL_ROOM_BYTES = 256
 """Codec headroom over the body limit for the ``requested_at`` and ``requester`` the API sets."""
 DEFAULT_CANCEL_REASON = "cancelled by operator"
+KEEPALIVE_S = 15.0
+"""A comment on an idle event stream this often: proxies keep it, clients see it alive."""
+RECONNECT_MS = 2000
+"""What an event stream tells its client to wait before reconnecting."""
+CONSOLE_DIR = Path(__file__).parent / "console"
+_CONSOLE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""The console runs only its own files: no inline script, no other origin, no framing."""
+_CONSOLE_FILES = {
+    path.name: {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}[path.suffix]
+    for path in CONSOLE_DIR.iterdir()
+    if path.suffix in (".js", ".css", ".html")
+}
+"""The console's files, listed at start: the only ones ``/console/{name}`` serves."""
 
 _JSON = "application/json"
 _ENCODER = msgspec.json.Encoder()
@@ -72,6 +99,51 @@ class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorDetail
+
+
+class IntersectionTimes(msgspec.Struct, frozen=True, kw_only=True):
+    """One stop line's controller times as RFC 3339 wall clock (``null`` where unset)."""
+
+    intersection: str
+    eta: str
+    window_open: str | None
+    window_close: str | None
+    actual_arrival: str | None
+
+
+class CorridorTimes(msgspec.Struct, frozen=True, kw_only=True):
+    updated_at: str
+    intersections: tuple[IntersectionTimes, ...]
+
+
+class CorridorReport(CorridorStatus, frozen=True, kw_only=True):
+    """A ``CorridorStatus`` with its times also as wall clock (``times``), converted at the
+    controllers' current offset and pace."""
+
+    times: CorridorTimes
+
+
+class NetworkReport(NetworkView, frozen=True, kw_only=True):
+    time: str
+    """``now`` as RFC 3339 wall clock."""
+
+
+class CorridorList(msgspec.Struct, frozen=True, kw_only=True):
+    corridors: list[CorridorReport]
+
+
+class CorridorPage(msgspec.Struct, frozen=True, kw_only=True):
+    corridors: list[CorridorReport]
+    next: str | None
+    """Pass as ``after`` for the next page; ``null`` on the last one."""
+
+
+class Me(msgspec.Struct, frozen=True, kw_only=True):
+    """Who the token is: what the console shows and offers (the API checks every act)."""
+
+    name: str
+    role: UserRole
+    caps: dict[str, int]
 
 
 class HealthProbe(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,9 +197,12 @@ STATS: web.AppKey[ApiStats] = web.AppKey("stats", ApiStats)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 TOKENS: web.AppKey[TokenFile] = web.AppKey("tokens", TokenFile)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+STREAMS = web.AppKey[set[asyncio.Task[object]]]("streams")
+"""The handlers of open event streams, cancelled when the server shuts down."""
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 _CHALLENGE = 'Bearer realm="citybrain"'
 
-UserHandler = Callable[[web.Request, User], Awaitable[web.Response]]
+UserHandler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
 
 _cancel_decoder = msgspec.json.Decoder(CancelBody)
 _raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -146,14 +221,31 @@ def create_app(
     app[MAX_BODY] = max_body_bytes
     app[TOKENS] = tokens
     app[LIMITER] = RateLimiter()
+    app[STREAMS] = set()
+    app[OPENAPI] = _openapi_document()
+    app.on_shutdown.append(_end_streams)
+    app.on_response_prepare.append(_security_headers)
     app.router.add_post("/v1/corridors", _authenticated(_request_corridor))
     app.router.add_get("/v1/corridors", _authenticated(_list_corridors))
     app.router.add_get("/v1/corridors/{corridor_id}", _authenticated(_show_corridor))
     app.router.add_post("/v1/corridors/{corridor_id}/cancel", _authenticated(_cancel_corridor))
+    app.router.add_get("/v1/history/corridors", _authenticated(_corridor_history))
     app.router.add_get("/v1/network", _authenticated(_network))
+    app.router.add_get("/v1/map", _authenticated(_map))
+    app.router.add_get("/v1/intersections", _authenticated(_intersection_states))
     app.router.add_get("/v1/intersections/{intersection}", _authenticated(_intersection))
-    # open to a load balancer's probe, which tells its status only
+    app.router.add_get("/v1/alarms", _authenticated(_alarms))
+    app.router.add_post("/v1/alarms/{alarm_id}/ack", _authenticated(_acknowledge_alarm))
+    app.router.add_get("/v1/events", _authenticated(_events))
+    app.router.add_get("/v1/me", _authenticated(_me))
+    app.router.add_get("/metrics", _authenticated(_metrics))
+    # open: a load balancer's probe (which tells its status only), the API's description, and
+    # the console's files (which hold no data: every call the page makes needs a token)
     app.router.add_get("/v1/health", _health)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/console", _to_console)
+    app.router.add_get("/console/", _console_page)
+    app.router.add_get("/console/{name}", _console_file)
     return app
 
 
@@ -197,20 +289,82 @@ async def _request_corridor(request: web.Request, user: User) -> web.Response:
         raise ApiError(400, "unknown_intersection", str(error)) from None
     except Conflict as error:
         raise ApiError(409, "duplicate", str(error)) from None
-    return _json(status, status=201)
+    response = _json(_report(status, await ops.clock_reading()), status=201)
+    response.headers[hdrs.LOCATION] = f"/v1/corridors/{status.corridor_id}"
+    return response
 
 
 async def _list_corridors(request: web.Request, user: User) -> web.Response:
     active = request.query.get("active", "false").lower()
     if active not in ("true", "false", "1", "0"):
         raise ApiError(400, "invalid", f"expected true or false, got {active[:20]!r}", "active")
-    corridors = await request.app[OPS].corridors(active_only=active in ("true", "1"))
-    return _json({"corridors": corridors})
+    ops = request.app[OPS]
+    corridors = await ops.corridors(active_only=active in ("true", "1"))
+    clock = await ops.clock_reading()
+    return _json(CorridorList(corridors=[_report(c, clock) for c in corridors]))
 
 
 async def _show_corridor(request: web.Request, user: User) -> web.Response:
+    ops = request.app[OPS]
     corridor_id = _path_id(request, "corridor_id")
-    return _json(await request.app[OPS].corridor(corridor_id))
+    return _json(_report(await ops.corridor(corridor_id), await ops.clock_reading()))
+
+
+async def _corridor_history(request: web.Request, user: User) -> web.Response:
+    ops = request.app[OPS]
+    page = await ops.corridor_history(_history_query(request))
+    clock = await ops.clock_reading()
+    corridors = [_report(c, clock) for c in page.corridors]
+    return _json(CorridorPage(corridors=corridors, next=page.next))
+
+
+def _history_query(request: web.Request) -> HistoryQuery:
+    """The query parameters of ``GET /v1/history/corridors``, each refused by its name."""
+    query = request.query
+    unknown = set(query) - {"state", "vehicle", "since", "until", "limit", "after"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ApiError(400, "invalid", f"unknown query parameter {name[:40]!r}", name[:40])
+    state = None
+    if "state" in query:
+        try:
+            state = CorridorState(query["state"])
+        except ValueError:
+            allowed = ", ".join(s.value for s in CorridorState)
+            raise ApiError(400, "invalid", f"expected one of {allowed}", "state") from None
+    after = None
+    if "after" in query:
+        stamp, _, corridor_id = query["after"].partition("~")
+        after = (_number(stamp, "after"), _checked_id("after", corridor_id))
+    try:
+        return HistoryQuery(
+            state=state,
+            vehicle=query.get("vehicle"),
+            since=_number(query["since"], "since") if "since" in query else None,
+            until=_number(query["until"], "until") if "until" in query else None,
+            limit=int(_number(query.get("limit", "100"), "limit", integer=True)),
+            after=after,
+        )
+    except ValidationError as error:
+        raise ApiError(400, "invalid", error.reason, error.field) from None
+
+
+def _number(text: str, name: str, *, integer: bool = False) -> float:
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ApiError(400, "invalid", f"expected {kind}, got {text[:20]!r}", name) from None
+    if not math.isfinite(value):
+        raise ApiError(400, "invalid", "expected a finite number", name)
+    return value
+
+
+def _checked_id(name: str, value: str) -> str:
+    try:
+        return check_id(name, value)
+    except ValidationError as error:
+        raise ApiError(400, "invalid", error.reason, name) from None
 
 
 async def _cancel_corridor(request: web.Request, user: User) -> web.Response:
@@ -220,11 +374,154 @@ async def _cancel_corridor(request: web.Request, user: User) -> web.Response:
     body = await _json_body(request, required=False)
     reason = _decode(_cancel_decoder, body).reason if body else DEFAULT_CANCEL_REASON
     check_cancel(user, await ops.owner(corridor_id))
-    return _json(await ops.cancel(corridor_id, reason=reason, by=user.name))
+    status = await ops.cancel(corridor_id, reason=reason, by=user.name)
+    return _json(_report(status, await ops.clock_reading()))
 
 
 async def _network(request: web.Request, user: User) -> web.Response:
-    return _json(await request.app[OPS].network())
+    ops = request.app[OPS]
+    view, clock = await ops.network(), await ops.clock_reading()
+    fields = msgspec.structs.asdict(view)
+    return _json(NetworkReport(**fields, time=rfc3339(clock.wall_of(view.now))))
+
+
+async def _map(request: web.Request, user: User) -> web.Response:
+    return _json(await request.app[OPS].network_map())
+
+
+async def _intersection_states(request: web.Request, user: User) -> web.Response:
+    return _json(await request.app[OPS].intersection_states())
+
+
+async def _alarms(request: web.Request, user: User) -> web.Response:
+    active = request.query.get("active", "false").lower()
+    if active not in ("true", "false", "1", "0"):
+        raise ApiError(400, "invalid", f"expected true or false, got {active[:20]!r}", "active")
+    return _json({"alarms": await request.app[OPS].alarms(active_only=active in ("true", "1"))})
+
+
+async def _acknowledge_alarm(request: web.Request, user: User) -> web.Response:
+    """An operator's act: a viewer sees alarms but may not acknowledge them."""
+    check_write(user, "acknowledge alarms")
+    alarm_id = _path_id(request, "alarm_id")
+    return _json(await request.app[OPS].acknowledge_alarm(alarm_id, by=user.name))
+
+
+async def _events(request: web.Request, user: User) -> web.StreamResponse:
+    """Server-sent events until the client goes, the token is revoked, or the server stops;
+    ``docs/api.md`` has the event kinds."""
+    hub = request.app[OPS].events
+    try:
+        subscription = hub.subscribe()
+    except TooManySubscribers as error:
+        raise ApiError(503, "unavailable", str(error)) from None
+    task = asyncio.current_task()
+    streams = request.app[STREAMS]
+    if task is not None:
+        streams.add(task)
+    response = web.StreamResponse(
+        headers={
+            hdrs.CONTENT_TYPE: "text/event-stream",
+            hdrs.CACHE_CONTROL: "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: %d\n\n" % RECONNECT_MS)
+        async for chunk in hub.stream(subscription, keepalive_s=KEEPALIVE_S):
+            if _still_valid(request) is None:
+                break  # revoked or removed: the stream ends with the token
+            await response.write(chunk)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        subscription.close()
+        if task is not None:
+            streams.discard(task)
+    return response
+
+
+def _still_valid(request: web.Request) -> User | None:
+    try:
+        return _authenticate(request)
+    except ApiError:
+        return None
+
+
+async def _me(request: web.Request, user: User) -> web.Response:
+    return _json(Me(name=user.name, role=user.role, caps=user.caps))
+
+
+async def _metrics(request: web.Request, user: User) -> web.Response:
+    body = await request.app[OPS].metrics()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type=_JSON)
+
+
+async def _to_console(request: web.Request) -> web.Response:
+    return web.Response(status=302, headers={hdrs.LOCATION: "/console/"})
+
+
+async def _console_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CONSOLE_DIR / "index.html")
+
+
+async def _console_file(request: web.Request) -> web.FileResponse:
+    """One of the console's own files, by name: nothing else of the disk is reachable."""
+    name = request.match_info["name"]
+    kind = _CONSOLE_FILES.get(name)
+    if kind is None:
+        raise ApiError(404, "not_found", f"no console file {name[:60]!r}")
+    return web.FileResponse(CONSOLE_DIR / name, headers={hdrs.CONTENT_TYPE: kind})
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open event streams end with the server, instead of holding its shutdown."""
+    streams = app[STREAMS]
+    for task in tuple(streams):
+        task.cancel()
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith("/console"):
+        response.headers["Content-Security-Policy"] = _CONSOLE_POLICY
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers[hdrs.CACHE_CONTROL] = "no-cache"
+
+
+def _openapi_document() -> bytes:
+    """The OpenAPI document of this module's own types (imported here: it imports them)."""
+    from citybrain.cloud.openapi import document
+
+    return _ENCODER.encode(document())
+
+
+def _report(status: CorridorStatus, clock: ClockReading) -> CorridorReport:
+    """``status`` with its controller times also as RFC 3339 wall clock."""
+
+    def wall(controller_s: float | None) -> str | None:
+        return None if controller_s is None else rfc3339(clock.wall_of(controller_s))
+
+    times = CorridorTimes(
+        updated_at=rfc3339(clock.wall_of(status.updated_at)),
+        intersections=tuple(
+            IntersectionTimes(
+                intersection=row.intersection,
+                eta=rfc3339(clock.wall_of(row.eta)),
+                window_open=wall(row.window_open),
+                window_close=wall(row.window_close),
+                actual_arrival=wall(row.actual_arrival),
+            )
+            for row in status.intersections
+        ),
+    )
+    return CorridorReport(**msgspec.structs.asdict(status), times=times)
 
 
 async def _intersection(request: web.Request, user: User) -> web.Response:
@@ -246,10 +543,12 @@ async def _health(request: web.Request) -> web.Response:
 # ---- who is asking ------------------------------------------------------------------------
 
 
-def _authenticated(handler: UserHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _authenticated(
+    handler: UserHandler,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The endpoint for callers with a known bearer token, who are handed to ``handler``."""
 
-    async def authenticated(request: web.Request) -> web.Response:
+    async def authenticated(request: web.Request) -> web.StreamResponse:
         return await handler(request, _authenticate(request))
 
     return authenticated

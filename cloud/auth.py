@@ -196,10 +196,11 @@ class TokenFile:
 # ---- decisions ---------------------------------------------------------------------------------
 
 
-def check_write(user: User) -> None:
-    """Raise ``Forbidden`` unless ``user`` may change corridors at all (viewers only read)."""
+def check_write(user: User, what: str = "request or cancel corridors") -> None:
+    """Raise ``Forbidden`` unless ``user`` may act at all (change corridors, acknowledge
+    alarms): viewers only read."""
     if user.role is UserRole.VIEWER:
-        raise Forbidden(f"{user.name} is a viewer: viewers may not request or cancel corridors")
+        raise Forbidden(f"{user.name} is a viewer: viewers may not {what}")
 
 
 def check_request(user: User, request: CorridorRequest) -> None:

@@ -155,6 +155,11 @@ class CloudCore:
         self.counters: Counter[str] = Counter()
         self.plan_latency_ms: deque[float] = deque(maxlen=10_000)
         """Request to the last acknowledgement of a corridor's first plans, wall clock."""
+        self.on_latency: Callable[[float], None] | None = None
+        """Told each new ``plan_latency_ms`` sample (the service's metrics histogram)."""
+        self.unconfirmed: deque[str] = deque(maxlen=10_000)
+        """Intersections just marked not confirmed (their plan went unacknowledged), for the
+        service's alarms; whoever reads them clears them."""
 
     # ---- the city's state -------------------------------------------------------------------
 
@@ -300,6 +305,7 @@ class CloudCore:
             del self.pending[key]
             if pending.attempts >= settings.send_attempts:
                 self.counters["intersections_unconfirmed"] += 1
+                self.unconfirmed.append(node)
                 actions += self.manager.set_confirmed(node, False, now_s)
                 continue
             self.counters["plans_resent"] += 1
@@ -335,7 +341,10 @@ class CloudCore:
         for corridor_id, dispatch in list(self.dispatches.items()):
             dispatch.waiting.discard((node, plan_id))
             if not dispatch.waiting:
-                self.plan_latency_ms.append((self.wall_clock() - dispatch.started) * 1000.0)
+                latency_ms = (self.wall_clock() - dispatch.started) * 1000.0
+                self.plan_latency_ms.append(latency_ms)
+                if self.on_latency is not None:
+                    self.on_latency(latency_ms)
                 del self.dispatches[corridor_id]
 
     def _refused(self, node: str, plan_id: str) -> None:

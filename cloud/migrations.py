@@ -170,10 +170,30 @@ CREATE TABLE operator_actions (
 CREATE INDEX operator_actions_by_actor ON operator_actions (actor, at);
 """
 
+# Alarms, with who acknowledged them; and corridors listed newest first (history pages).
+_ALARMS = """
+CREATE TABLE alarms (
+    alarm_id text PRIMARY KEY,
+    kind text NOT NULL,
+    severity text NOT NULL,
+    subject text NOT NULL,
+    message text NOT NULL,
+    raised_at timestamptz NOT NULL,
+    cleared_at timestamptz,
+    acked_by text,
+    acked_at timestamptz,
+    CHECK ((acked_by IS NULL) = (acked_at IS NULL))
+);
+CREATE INDEX alarms_by_time ON alarms (raised_at);
+CREATE INDEX corridors_by_time ON corridors (updated_at, corridor_id);
+CREATE INDEX corridors_by_vehicle ON corridors (vehicle, updated_at);
+"""
+
 MIGRATIONS: Final = (
     Migration(1, "time series", _TIME_SERIES_POSTGRESQL, _TIME_SERIES_TIMESCALEDB),
     Migration(2, "corridors, plans, acks, reservations", _AUDIT, _AUDIT),
     Migration(3, "operators' actions", _OPERATOR_ACTIONS, _OPERATOR_ACTIONS),
+    Migration(4, "alarms; corridors by time", _ALARMS, _ALARMS),
 )
 
 

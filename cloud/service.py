@@ -29,22 +29,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 from aiomqtt import ProtocolVersion
 
+from citybrain.cloud.alarms import Alarm, AlarmBook, AlarmKind, rfc3339
 from citybrain.cloud.clock import ClockVerdict, ControllerClock
-from citybrain.cloud.core import CloudCore
+from citybrain.cloud.core import CloudCore, IntersectionSeen
 from citybrain.cloud.corridor import PREEMPTED, TERMINAL, Action, PublishStatus, SendPlan
+from citybrain.cloud.events import EventHub, EventKind
+from citybrain.cloud.metrics import ServiceMetrics
 from citybrain.cloud.operations import (
+    ClockReading,
     Conflict,
     CorridorOwner,
     Health,
     HealthReport,
+    HistoryPage,
+    HistoryQuery,
+    IntersectionStates,
     IntersectionView,
     LimitReached,
+    NetworkMap,
     NetworkView,
     NotFound,
     Operations,
+    Place,
     ServiceUnavailable,
+    SignalState,
+    history_page,
+    page_of,
 )
 from citybrain.cloud.state import RefusedError
 from citybrain.cloud.storage import (
@@ -53,6 +66,8 @@ from citybrain.cloud.storage import (
     OperatorAction,
     PlanSent,
     StorageError,
+    StorageUnavailable,
+    TelemetryStore,
     TelemetryWriter,
     check_storable,
 )
@@ -61,9 +76,11 @@ from citybrain.models.codec import DEFAULT_CODEC, Codec
 from citybrain.models.errors import MessageError, TopicError, ValidationError
 from citybrain.models.files import check_file, read_secret
 from citybrain.models.messages import (
+    AckStatus,
     CorridorRequest,
     CorridorState,
     CorridorStatus,
+    Mode,
     PlanAck,
     Presence,
     SignalPlan,
@@ -89,6 +106,8 @@ DEFAULT_REGION = "live"
 MAX_TIME_S = 253_402_300_799.0
 """9999-12-31T23:59:59Z: later times are not times any clock or database here can hold."""
 
+ENDED_BADLY = frozenset({CorridorState.FAILED, CorridorState.TIMED_OUT, CorridorState.REJECTED})
+"""Corridor states that raise an alarm: the vehicle did not get its corridor through."""
 QUIET_REFUSALS = frozenset({"seq_old", "position_no_corridor"})
 """Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery, the
 AVL unit of a vehicle without a corridor): counted by reason, but never a burst."""
@@ -142,6 +161,9 @@ class ServiceSettings:
     """The health is degraded while, within this window, a tick or a handler failed, an ack
     matched no plan, or more than ``rejection_burst`` messages were refused."""
     rejection_burst: int = 60
+    monitor_every_s: float = 1.0
+    """How often the whole city's states go to the live stream, and stale telemetry and the
+    service's health are checked for alarms."""
 
     def __post_init__(self) -> None:
         check_count("broker_port", self.broker_port, ge=1, le=65_535)
@@ -159,6 +181,7 @@ class ServiceSettings:
         check_number("settle_after_s", self.settle_after_s, ge=0.0, le=5.0)
         check_number("trouble_window_s", self.trouble_window_s, gt=0.0, le=86_400.0)
         check_count("rejection_burst", self.rejection_burst)
+        check_number("monitor_every_s", self.monitor_every_s, gt=0.0, le=60.0)
         self._check_credentials()
 
     def _check_credentials(self) -> None:
@@ -228,11 +251,21 @@ class CloudService(Operations):
         settings: ServiceSettings | None = None,
         telemetry_sink: TelemetrySink | None = None,
         audit_sink: AuditSink | None = None,
+        storage: TelemetryWriter | None = None,
         codec: Codec = DEFAULT_CODEC,
         clock: ControllerClock | None = None,
     ) -> None:
+        """``storage``: the database writer telemetry and the audit go to (through
+        ``writer_sinks`` unless sinks are given), whose backlog and health the service reports
+        and where corridor history is read; without it, nothing is kept."""
         self.core = core
         self.settings = settings or ServiceSettings()
+        if storage is not None:
+            backpressure = self.settings.role is Role.INGEST
+            sinks = writer_sinks(storage, backpressure=backpressure)
+            telemetry_sink = telemetry_sink or sinks[0]
+            audit_sink = audit_sink or sinks[1]
+        self.storage = storage
         if signer is None and self.settings.role is Role.LEADER:
             raise ValidationError("signer", "a leader signs its plans: give it the signing key")
         self.signer = signer
@@ -265,17 +298,38 @@ class CloudService(Operations):
         self._rejections = RecentEvents(window)
         self._connect_failures = 0
         """Broker sessions failed in a row."""
-        self.backlog: Callable[[], int] = lambda: 0
-        """Telemetry waiting for the database (set by whoever wires the storage writer)."""
-        self.database_up: Callable[[], bool] = lambda: True
-        """Whether the database took the last write (set with the storage writer)."""
+        self.history: TelemetryStore | None = storage.store if storage is not None else None
+        """Where corridor history is read from; without storage, the corridors this process
+        knows."""
+        self._events = EventHub()
+        self.alarm_book = AlarmBook(prefix=f"A{int(time.time() * 1000):x}")
+        self._metrics = ServiceMetrics(self._metric_counters, self._metric_gauges)
+        core.on_latency = lambda ms: self._metrics.request_to_ack.observe(ms / 1000.0)
+        self._map: NetworkMap | None = None
+        self._approach_node: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _backlog(self) -> int:
+        """Telemetry and audit records waiting for the database."""
+        return self.storage.pending if self.storage is not None else 0
 
     # ---- running ----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected to the broker until ``stop``, reconnecting with jittered backoff
-        after any loss of it. A loss mid-session comes out of the session's TaskGroup wrapped
-        in an ExceptionGroup (hence ``except*``); anything else in it is a bug and stops."""
+        """Stay connected to the broker until ``stop`` (see ``_connected``), watching the city
+        meanwhile, connected or not (``_monitor``): an alarm matters most when the broker is
+        away."""
+        monitor = asyncio.get_running_loop().create_task(self._monitor())
+        try:
+            await self._connected(stop)
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+
+    async def _connected(self, stop: asyncio.Event) -> None:
+        """Reconnect with jittered backoff after any loss of the broker. A loss mid-session
+        comes out of the session's TaskGroup wrapped in an ExceptionGroup (hence
+        ``except*``); anything else in it is a bug and stops."""
         delay = self.settings.reconnect_min_s
         while not stop.is_set():
             try:
@@ -482,15 +536,29 @@ class CloudService(Operations):
     async def _status(self, status: Status) -> None:
         async with self._lock:
             self._apply(self.core.on_status(status, self.clock.now()))
+        node = status.intersection
+        if status.presence is Presence.OFFLINE:
+            self._raise(AlarmKind.EDGE_OFFLINE, node, f"the edge of {node} went offline")
+        else:
+            self._clear(AlarmKind.EDGE_OFFLINE, node)
 
     async def _ack(self, ack: PlanAck) -> None:
         check_number("at", ack.at, le=MAX_TIME_S)
         self.counters["acks"] += 1
         unmatched = self.core.counters["acks_unmatched"]
+        copies = self.core.counters["acks_of_copies"]
         async with self._lock:
             self._apply(self.core.on_ack(ack, self.clock.now()))
         if self.core.counters["acks_unmatched"] > unmatched:
             self._unmatched.add()
+        elif self.core.counters["acks_of_copies"] == copies:  # about a plan this cloud sent
+            node = ack.intersection
+            if ack.status in (AckStatus.REJECTED, AckStatus.EXPIRED):
+                why = ack.reason or ack.reason_code or "no reason given"
+                self._raise(AlarmKind.PLAN_REFUSED, node, f"{node} {ack.status} a plan: {why}")
+            else:
+                self._clear(AlarmKind.PLAN_REFUSED, node)
+                self._clear(AlarmKind.PLAN_UNCONFIRMED, node)
         await self._audit(ack)
 
     async def _position(self, position: VehiclePosition) -> None:
@@ -505,12 +573,25 @@ class CloudService(Operations):
             if self.settings.role is not Role.LEADER:
                 continue
             try:
-                async with self._lock:
-                    self._apply(self.core.tick(self.clock.now()))
+                await self.tick_once()
             except Exception:  # one bad tick must not end the session (and every corridor)
                 self.counters["tick_failed"] += 1
                 self._failures.add()
                 log.exception("cloud: tick failed")
+
+    async def tick_once(self) -> None:
+        """One tick: timeouts and plan retries, and an alarm for each intersection that
+        stayed silent through every attempt."""
+        with self._metrics.tick.time():
+            async with self._lock:
+                self._apply(self.core.tick(self.clock.now()))
+        while self.core.unconfirmed:
+            node = self.core.unconfirmed.popleft()
+            self._raise(
+                AlarmKind.PLAN_UNCONFIRMED, node,
+                f"{node} did not acknowledge its plan after "
+                f"{self.core.settings.send_attempts} attempts: planned around it",
+            )  # fmt: skip
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Publish in the order the core decided (paho sends in call order; the PUBACK is
@@ -592,6 +673,13 @@ class CloudService(Operations):
         topic = corridor_status_topic(status.corridor_id)
         self._enqueue(topic, self.codec.encode(status), retain=True)
         self._audit_soon(status)
+        self._events.publish(EventKind.CORRIDOR, status)
+        if status.state in ENDED_BADLY:
+            why = f": {status.reason}" if status.reason else ""
+            self._raise(
+                AlarmKind.CORRIDOR_FAILED, status.corridor_id,
+                f"corridor {status.corridor_id} ({status.vehicle}) {status.state}{why}",
+            )  # fmt: skip
 
     def _enqueue(self, topic: str, payload: bytes, *, retain: bool) -> None:
         try:
@@ -600,7 +688,7 @@ class CloudService(Operations):
             self.counters["outgoing_dropped"] += 1
             log.error("cloud: outgoing queue full, dropped a message to %s", topic)
 
-    def _audit_soon(self, record: SignalPlan | CorridorStatus | OperatorAction) -> None:
+    def _audit_soon(self, record: SignalPlan | CorridorStatus | OperatorAction | Alarm) -> None:
         if self.audit_sink is not None:
             task = asyncio.get_running_loop().create_task(self._audit(record))
             self._background.add(task)
@@ -683,9 +771,19 @@ class CloudService(Operations):
         return statuses
 
     async def corridor(self, corridor_id: str) -> CorridorStatus:
-        if corridor_id not in self.core.manager.corridors:
+        """A corridor this process runs or ran; else, with a store, one stored before (a
+        restart does not make yesterday's corridors unknown)."""
+        if corridor_id in self.core.manager.corridors:
+            return self.core.manager.status(corridor_id, self.clock.now())
+        stored = None
+        if self.history is not None:
+            try:
+                stored = await self.history.corridor(corridor_id)
+            except (StorageUnavailable, StorageError) as error:
+                raise ServiceUnavailable(f"corridor history unavailable: {error}") from None
+        if stored is None:
             raise NotFound(f"no corridor {corridor_id!r}")
-        return self.core.manager.status(corridor_id, self.clock.now())
+        return stored
 
     async def owner(self, corridor_id: str) -> CorridorOwner:
         corridor = self.core.manager.corridors.get(corridor_id)
@@ -753,7 +851,7 @@ class CloudService(Operations):
         """``degraded`` with a dependency away, a message lost, or trouble within the last
         ``trouble_window_s`` (see ``_recent``); ``down`` after four broker sessions failed."""
         broker = self.connected.is_set()
-        database = self._storage_ok and self.database_up()
+        database = self._storage_ok and (self.storage is None or self.storage.available)
         lossless = self.counters["incoming_dropped"] == 0
         recent = self._recent()
         calm = (
@@ -769,13 +867,170 @@ class CloudService(Operations):
             status=status,
             broker=broker,
             database=database,
-            telemetry_backlog=self.backlog(),
+            telemetry_backlog=self._backlog(),
             corridors_active=self._active(),
             intersections_online=sum(
                 1 for s in self.core.seen.values() if s.presence is Presence.ONLINE
             ),
             detail={k: str(v) for k, v in sorted(counters.items())},
         )
+
+    # ---- the console: map, states, history, alarms, stream, metrics ---------------------------
+
+    @property
+    def events(self) -> EventHub:
+        return self._events
+
+    async def clock_reading(self) -> ClockReading:
+        return ClockReading(controller_s=self.clock.now(), wall_s=time.time(), rate=self.clock.rate)
+
+    async def network_map(self) -> NetworkMap:
+        if self._map is None:
+            network = self.core.network
+            index = {node.id: i for i, node in enumerate(network.intersections)}
+            roads = {
+                tuple(sorted((index[link.from_node], index[link.to_node])))
+                for link in network.links
+                if link.from_node != link.to_node
+            }
+            self._map = NetworkMap(
+                places=tuple(
+                    Place(id=n.id, x_m=n.x_m, y_m=n.y_m, controlled=n.id in self.core.seen)
+                    for n in network.intersections
+                ),
+                roads=tuple(sorted((a, b) for a, b in roads)),
+            )
+        return self._map
+
+    async def intersection_states(self) -> IntersectionStates:
+        """Every intersection in ``core.seen`` order, queues summed over its approaches (one
+        pass over the arrays: a city of 10,000 costs a few milliseconds)."""
+        now = self.clock.now()
+        ids = tuple(self.core.seen)
+        if self._approach_node is None:
+            position = {node: i for i, node in enumerate(ids)}
+            state = self.core.state
+            pairs = [
+                (position[state.approach_node[a]], link)
+                for a, link in state.approach_link.items()
+                if state.approach_node[a] in position
+            ]
+            self._approach_node = (
+                np.array([p for p, _ in pairs], dtype=np.intp),
+                np.array([link for _, link in pairs], dtype=np.intp),
+            )
+        nodes, links = self._approach_node
+        queues = self.core.state.queues(now).queue_veh
+        totals = np.bincount(nodes, weights=queues[links], minlength=len(ids))
+        stale = self.core.settings.stale_after_s
+        return IntersectionStates(
+            now=now,
+            time=rfc3339(time.time()),
+            ids=ids,
+            states=tuple(_signal_state(seen, now, stale) for seen in self.core.seen.values()),
+            queue_veh=tuple(round(float(q), 1) for q in totals),
+            rate=self.clock.rate,
+        )
+
+    async def corridor_history(self, query: HistoryQuery) -> HistoryPage:
+        if self.history is None:
+            return history_page(self.core.statuses(self.clock.now()), query)
+        try:
+            found = await self.history.corridor_history(query)
+        except (StorageUnavailable, StorageError) as error:
+            raise ServiceUnavailable(f"corridor history unavailable: {error}") from None
+        return page_of(found, query.limit)
+
+    async def alarms(self, *, active_only: bool = False) -> list[Alarm]:
+        return self.alarm_book.alarms(active_only=active_only)
+
+    async def acknowledge_alarm(self, alarm_id: str, *, by: str) -> Alarm:
+        try:
+            alarm = self.alarm_book.acknowledge(alarm_id, by=by, at=time.time())
+        except KeyError:
+            raise NotFound(f"no alarm {alarm_id!r}") from None
+        self._alarm_changed(alarm)
+        return alarm
+
+    async def metrics(self) -> bytes:
+        return self._metrics.exposition()
+
+    def _metric_counters(self) -> Counter[str]:
+        return self.counters + self.core.counters
+
+    def _metric_gauges(self) -> dict[str, float]:
+        incoming = self._incoming
+        return {
+            "ingest_lag_messages": 0 if incoming is None else incoming.qsize(),
+            "database_backlog": self._backlog(),
+            "corridors_active": self._active(),
+            "intersections_online": sum(
+                1 for s in self.core.seen.values() if s.presence is Presence.ONLINE
+            ),
+            "alarms_active": len(self.alarm_book.alarms(active_only=True)),
+            "event_subscribers": self._events.subscribers,
+        }
+
+    async def _monitor(self) -> None:
+        """Once a second: stale telemetry and the service's health as alarms, and the city's
+        states to the live stream when someone listens. A failure is counted, never fatal."""
+        while True:
+            await asyncio.sleep(self.settings.monitor_every_s)
+            try:
+                await self.survey()
+            except Exception:
+                self.counters["monitor_failed"] += 1
+                self._failures.add()
+                log.exception("cloud: monitoring failed")
+
+    async def survey(self) -> None:
+        """One look at the city (``_monitor`` makes one a second)."""
+        if self.settings.role is not Role.LEADER:
+            return
+        now = self.clock.now()
+        stale_after = self.core.settings.stale_after_s
+        for node, seen in self.core.seen.items():
+            telemetry = seen.telemetry
+            stale = (
+                seen.presence is Presence.ONLINE
+                and telemetry is not None
+                and now - telemetry.controller_time > stale_after
+            )
+            if stale and telemetry is not None:
+                age = now - telemetry.controller_time
+                self._raise(
+                    AlarmKind.TELEMETRY_STALE, node, f"no telemetry from {node} for {age:.0f} s"
+                )
+            elif not stale and self.alarm_book.is_open(AlarmKind.TELEMETRY_STALE, node):
+                self._clear(AlarmKind.TELEMETRY_STALE, node)
+        report = await self.health()
+        if report.status is Health.OK:
+            self._clear(AlarmKind.SERVICE_DEGRADED, "service")
+        else:
+            away = [
+                name
+                for name, up in (("broker", report.broker), ("database", report.database))
+                if not up
+            ]
+            why = f"{', '.join(away)} away" if away else "messages lost or refused, or failures"
+            self._raise(AlarmKind.SERVICE_DEGRADED, "service", f"service {report.status}: {why}")
+        if self._events.subscribers:
+            self._events.publish(EventKind.INTERSECTIONS, await self.intersection_states())
+
+    def _raise(self, kind: AlarmKind, subject: str, message: str) -> None:
+        alarm = self.alarm_book.raise_(kind, subject, message, at=time.time())
+        if alarm is not None:
+            log.warning("cloud: alarm %s: %s", alarm.alarm_id, message)
+            self._alarm_changed(alarm)
+
+    def _clear(self, kind: AlarmKind, subject: str) -> None:
+        alarm = self.alarm_book.clear(kind, subject, at=time.time())
+        if alarm is not None:
+            self._alarm_changed(alarm)
+
+    def _alarm_changed(self, alarm: Alarm) -> None:
+        self._events.publish(EventKind.ALARM, alarm)
+        self._audit_soon(alarm)
 
     def _recent(self) -> dict[str, int]:
         """Within the trouble window: ticks and handlers failed, acks that matched no plan
@@ -809,10 +1064,28 @@ def writer_sinks(
             writer.put_record(PlanSent(record, at))
         elif isinstance(record, PlanAck):
             writer.put_record(AckReceived(record, at))
-        elif isinstance(record, CorridorStatus | OperatorAction):
+        elif isinstance(record, CorridorStatus | OperatorAction | Alarm):
             writer.put_record(record)
 
     return telemetry, audit
+
+
+def _signal_state(seen: IntersectionSeen, now: float, stale_after_s: float) -> SignalState:
+    if seen.presence is None:
+        return SignalState.UNKNOWN
+    if seen.presence is Presence.OFFLINE:
+        return SignalState.OFFLINE
+    telemetry = seen.telemetry
+    if telemetry is None or now - telemetry.controller_time > stale_after_s:
+        return SignalState.STALE
+    return _MODE_STATE[seen.mode or Mode.NORMAL]
+
+
+_MODE_STATE = {
+    Mode.NORMAL: SignalState.NORMAL,
+    Mode.PRIORITY: SignalState.PRIORITY,
+    Mode.FAIL_SAFE: SignalState.FAIL_SAFE,
+}
 
 
 def _operator_error(error: ValidationError) -> Exception:

@@ -1,5 +1,5 @@
-"""The cloud's storage: telemetry, corridors, every plan sent with its acks, reservations, and
-who asked for or cancelled each corridor.
+"""The cloud's storage: telemetry, corridors, every plan sent with its acks, reservations,
+who asked for or cancelled each corridor, and alarms with who acknowledged them.
 
 ``TelemetryStore`` is the seam the service and the API talk to; ``PostgresStore`` is the real one
 (psycopg 3, async, pooled) and ``MemoryStore`` the fake beside it for other components' tests.
@@ -41,7 +41,9 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from citybrain.cloud.alarms import Alarm, AlarmKind, Severity, rfc3339
 from citybrain.cloud.migrations import Flavor, migrate
+from citybrain.cloud.operations import HistoryQuery
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.errors import CitybrainError, ValidationError
 from citybrain.models.messages import (
@@ -173,7 +175,21 @@ class OperatorAction:
             check_id("incident", self.incident)
 
 
-AuditRecord = PlanSent | AckReceived | CorridorStatus | ReservationsSet | OperatorAction
+AuditRecord = PlanSent | AckReceived | CorridorStatus | ReservationsSet | OperatorAction | Alarm
+
+
+def _merged(known: Alarm | None, update: Alarm) -> Alarm:
+    """An alarm's latest record, keeping the first clearing and the first acknowledgement
+    (records may arrive out of order): what the database's upsert does too."""
+    if known is None:
+        return update
+    return msgspec.structs.replace(
+        update,
+        cleared_at=known.cleared_at if known.cleared_at is not None else update.cleared_at,
+        acked_by=known.acked_by if known.acked_by is not None else update.acked_by,
+        acked_at=known.acked_at if known.acked_at is not None else update.acked_at,
+        acked_time=known.acked_time if known.acked_time is not None else update.acked_time,
+    )
 
 
 def check_records(records: Iterable[AuditRecord]) -> None:
@@ -258,6 +274,15 @@ class TelemetryStore(abc.ABC):
         """The corridor's latest state, or None if it was never recorded."""
 
     @abc.abstractmethod
+    async def corridor_history(self, query: HistoryQuery) -> list[CorridorStatus]:
+        """Up to ``query.limit + 1`` corridors, newest first (the extra one says a next page
+        exists)."""
+
+    @abc.abstractmethod
+    async def alarms(self) -> list[Alarm]:
+        """Every alarm stored, newest first."""
+
+    @abc.abstractmethod
     async def operator_actions(self, corridor_id: str) -> list[OperatorAction]:
         """Who requested, cancelled or pre-empted the corridor, oldest first."""
 
@@ -286,6 +311,7 @@ class MemoryStore(TelemetryStore):
         self.corridors: dict[str, CorridorStatus] = {}
         self._reservations: dict[str, tuple[Reservation, ...]] = {}
         self.actions: dict[tuple[str, ActionKind, float], OperatorAction] = {}
+        self._alarms: dict[str, Alarm] = {}
 
     def _up(self) -> None:
         if not self.available:
@@ -313,6 +339,8 @@ class MemoryStore(TelemetryStore):
                 self._reservations[item.corridor_id] = item.rows
             elif isinstance(item, OperatorAction):
                 self.actions.setdefault((item.corridor_id, item.kind, item.at), item)
+            elif isinstance(item, Alarm):
+                self._alarms[item.alarm_id] = _merged(self._alarms.get(item.alarm_id), item)
             else:
                 known = self.corridors.get(item.corridor_id)
                 if known is None or known.updated_at <= item.updated_at:
@@ -357,6 +385,19 @@ class MemoryStore(TelemetryStore):
     async def corridor(self, corridor_id: str) -> CorridorStatus | None:
         self._up()
         return self.corridors.get(corridor_id)
+
+    async def corridor_history(self, query: HistoryQuery) -> list[CorridorStatus]:
+        self._up()
+        found = sorted(
+            (s for s in self.corridors.values() if query.admits(s)),
+            key=lambda s: (s.updated_at, s.corridor_id),
+            reverse=True,
+        )
+        return found[: query.limit + 1]
+
+    async def alarms(self) -> list[Alarm]:
+        self._up()
+        return sorted(self._alarms.values(), key=lambda a: (a.raised_at, a.alarm_id), reverse=True)
 
     async def operator_actions(self, corridor_id: str) -> list[OperatorAction]:
         self._up()
@@ -436,6 +477,15 @@ ON CONFLICT (corridor_id) DO UPDATE
 SET vehicle = EXCLUDED.vehicle, state = EXCLUDED.state, priority = EXCLUDED.priority,
     updated_at = EXCLUDED.updated_at, status = EXCLUDED.status
 WHERE corridors.updated_at <= EXCLUDED.updated_at
+"""
+_UPSERT_ALARM = """
+INSERT INTO alarms (alarm_id, kind, severity, subject, message, raised_at, cleared_at,
+                    acked_by, acked_at)
+VALUES (%s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, to_timestamp(%s))
+ON CONFLICT (alarm_id) DO UPDATE
+SET cleared_at = coalesce(alarms.cleared_at, EXCLUDED.cleared_at),
+    acked_by = coalesce(alarms.acked_by, EXCLUDED.acked_by),
+    acked_at = coalesce(alarms.acked_at, EXCLUDED.acked_at)
 """
 _INSERT_ACTION = """
 INSERT INTO operator_actions (at, actor, kind, corridor_id, vehicle, priority, incident, reason)
@@ -672,6 +722,21 @@ class PostgresStore(TelemetryStore):
                                 for r in item.rows
                             ],
                         )
+                elif isinstance(item, Alarm):
+                    await cursor.execute(
+                        _UPSERT_ALARM,
+                        (
+                            item.alarm_id,
+                            item.kind.value,
+                            item.severity.value,
+                            item.subject,
+                            _text(item.message),
+                            item.raised_at,
+                            item.cleared_at,
+                            item.acked_by,
+                            item.acked_at,
+                        ),
+                    )
                 elif isinstance(item, OperatorAction):
                     await cursor.execute(
                         _INSERT_ACTION,
@@ -755,6 +820,52 @@ class PostgresStore(TelemetryStore):
             "SELECT status::text FROM corridors WHERE corridor_id = %s", (corridor_id,)
         )
         return _CORRIDOR_DECODER.decode(rows[0][0]) if rows else None
+
+    async def corridor_history(self, query: HistoryQuery) -> list[CorridorStatus]:
+        where: list[sql.Composable] = []
+        params: list[object] = []
+        if query.state is not None:
+            where.append(sql.SQL("state = %s"))
+            params.append(query.state.value)
+        if query.vehicle is not None:
+            where.append(sql.SQL("vehicle = %s"))
+            params.append(query.vehicle)
+        if query.since is not None:
+            where.append(sql.SQL("updated_at >= to_timestamp(%s)"))
+            params.append(query.since)
+        if query.until is not None:
+            where.append(sql.SQL("updated_at < to_timestamp(%s)"))
+            params.append(query.until)
+        if query.after is not None:
+            where.append(sql.SQL("(updated_at, corridor_id) < (to_timestamp(%s), %s)"))
+            params.extend(query.after)
+        condition = sql.SQL(" AND ").join(where) if where else sql.SQL("true")
+        statement = sql.SQL(
+            "SELECT status::text FROM corridors WHERE {} "
+            "ORDER BY updated_at DESC, corridor_id DESC LIMIT %s"
+        ).format(condition)
+        params.append(query.limit + 1)
+        async with self._connection() as conn:
+            cursor = await conn.execute(statement, params)
+            rows = await cursor.fetchall()
+        return [_CORRIDOR_DECODER.decode(row[0]) for row in rows]
+
+    async def alarms(self) -> list[Alarm]:
+        rows = await self._fetch(
+            "SELECT alarm_id, kind, severity, subject, message,"
+            " extract(epoch FROM raised_at)::float8, extract(epoch FROM cleared_at)::float8,"
+            " acked_by, extract(epoch FROM acked_at)::float8"
+            " FROM alarms ORDER BY raised_at DESC, alarm_id DESC"
+        )
+        return [
+            Alarm(
+                alarm_id=alarm_id, kind=AlarmKind(kind), severity=Severity(severity),
+                subject=subject, message=message, raised_at=raised, raised_time=rfc3339(raised),
+                cleared_at=cleared, acked_by=by, acked_at=acked,
+                acked_time=None if acked is None else rfc3339(acked),
+            )
+            for alarm_id, kind, severity, subject, message, raised, cleared, by, acked in rows
+        ]  # fmt: skip
 
     async def operator_actions(self, corridor_id: str) -> list[OperatorAction]:
         rows = await self._fetch(
@@ -981,6 +1092,11 @@ class TelemetryWriter:
         """False while the last attempt to write found the database away."""
         self.latencies: deque[float] = deque(maxlen=8192)
         """Seconds each recent batch took to commit, for health reports and benchmarks."""
+
+    @property
+    def store(self) -> TelemetryStore:
+        """Where the writer writes: also where corridor history and alarms are read."""
+        return self._store
 
     @property
     def pending(self) -> int:

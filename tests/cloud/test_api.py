@@ -20,20 +20,30 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from citybrain.cloud.alarms import Alarm, AlarmBook, AlarmKind
 from citybrain.cloud.api import STATS, create_app, serve_api
 from citybrain.cloud.auth import TokenFile, UserRole, add_user, revoke_user
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.corridor import PREEMPTED
+from citybrain.cloud.events import EventHub
 from citybrain.cloud.operations import (
+    ClockReading,
     Conflict,
     CorridorOwner,
     Health,
     HealthReport,
+    HistoryPage,
+    HistoryQuery,
+    IntersectionStates,
     IntersectionView,
+    NetworkMap,
     NetworkView,
     NotFound,
     Operations,
+    Place,
     ServiceUnavailable,
+    SignalState,
+    history_page,
 )
 from citybrain.cloud.routing import UnreachableError
 from citybrain.cloud.service import CloudService
@@ -77,6 +87,10 @@ class FakeOperations(Operations):
         self.unavailable = False
         self.broken = False
         self._next = 1
+        self.hub = EventHub()
+        self.book = AlarmBook(prefix="A1")
+        self.wall_s = 1_800_000_000.0
+        """Wall time when the controllers' clock reads ``now`` (2027-01-15T08:00:00Z)."""
 
     def _check_up(self) -> None:
         if self.broken:
@@ -189,6 +203,51 @@ class FakeOperations(Operations):
             corridors_active=len(self.statuses),
             intersections_online=4,
         )
+
+    async def clock_reading(self) -> ClockReading:
+        return ClockReading(controller_s=self.now, wall_s=self.wall_s, rate=1.0)
+
+    async def network_map(self) -> NetworkMap:
+        self._check_up()
+        places = tuple(
+            Place(id=node, x_m=100.0 * i, y_m=0.0, controlled=node != ISLAND)
+            for i, node in enumerate(KNOWN)
+        )
+        return NetworkMap(places=places, roads=((0, 1), (1, 2), (2, 3)))
+
+    async def intersection_states(self) -> IntersectionStates:
+        self._check_up()
+        return IntersectionStates(
+            now=self.now, time="2027-01-15T08:00:00.000Z", ids=KNOWN,
+            states=(SignalState.NORMAL, SignalState.PRIORITY, SignalState.OFFLINE,
+                    SignalState.STALE, SignalState.UNKNOWN),
+            queue_veh=(3.5, 0.0, 1.0, 2.0, 0.0),
+        )  # fmt: skip
+
+    async def corridor_history(self, query: HistoryQuery) -> HistoryPage:
+        self._check_up()
+        return history_page(list(self.statuses.values()), query)
+
+    async def alarms(self, *, active_only: bool = False) -> list[Alarm]:
+        return self.book.alarms(active_only=active_only)
+
+    async def acknowledge_alarm(self, alarm_id: str, *, by: str) -> Alarm:
+        try:
+            return self.book.acknowledge(alarm_id, by=by, at=self.wall_s)
+        except KeyError:
+            raise NotFound(f"no alarm {alarm_id!r}") from None
+
+    @property
+    def events(self) -> EventHub:
+        return self.hub
+
+    async def metrics(self) -> bytes:
+        return b"# fake\n"
+
+    def raise_alarm(self) -> Alarm:
+        alarm = self.book.raise_(AlarmKind.EDGE_OFFLINE, "B", "B went offline", at=self.wall_s)
+        assert alarm is not None
+        return alarm
 
     def advance(self, corridor_id: str) -> None:
         """The vehicle passes its next stop line (confirmed); past the last one, completed."""

@@ -258,19 +258,15 @@ async def system(
     bus = FieldBusServer(run, speed=SPEED)
     bus_port = await bus.start()
     core = _core(road, float(scenario.trips.speed_factor[vehicle]))
-    telemetry_sink, audit_sink = writer_sinks(writer)
     keys = Keyring(tmp_path / "keys")
     keys.create()
     service = CloudService(
         core,
         signer=keys.signer(),
         settings=ServiceSettings(broker_port=broker_port, client_id="cloud-leader", region=REGION),
-        telemetry_sink=telemetry_sink,
-        audit_sink=audit_sink,
+        storage=writer,
         clock=ControllerClock(rate=SPEED),
     )
-    service.backlog = lambda: writer.pending
-    service.database_up = lambda: writer.available
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
     edges = asyncio.create_task(
@@ -707,8 +703,7 @@ async def running(
         service.telemetry_sink, service.audit_sink = writer_sinks(
             writer, backpressure=role is Role.INGEST
         )
-        service.backlog = lambda: writer.pending
-        service.database_up = lambda: writer.available
+        service.storage, service.history = writer, writer.store
         task = asyncio.create_task(service.run(stop))
         try:
             await asyncio.wait_for(service.connected.wait(), 10.0)

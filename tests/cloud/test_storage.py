@@ -22,7 +22,9 @@ import msgspec
 import psycopg
 import pytest
 
+from citybrain.cloud.alarms import AlarmBook, AlarmKind
 from citybrain.cloud.migrations import MIGRATIONS, Flavor, SchemaError
+from citybrain.cloud.operations import HistoryQuery, page_of
 from citybrain.cloud.storage import (
     AckReceived,
     ActionKind,
@@ -378,6 +380,72 @@ def test_who_requested_and_cancelled_a_corridor_is_kept_once_in_order(
             assert got[0] == requested
             assert got[1].reason in ("false\x00 alarm", "false\ufffd alarm")
             assert await store.operator_actions("nothing") == []
+
+    asyncio.run(scenario())
+
+
+def test_corridor_history_pages_newest_first_with_filters(store_dsn: str | None) -> None:
+    """The history the console and ``GET /v1/history/corridors`` read, on both stores."""
+
+    def status(n: int, state: CorridorState, updated_at: float) -> CorridorStatus:
+        return msgspec.structs.replace(
+            _status(state, updated_at), corridor_id=f"c{n}", vehicle=f"amb-{n % 3}"
+        )
+
+    rows = [
+        status(n, CorridorState.CANCELLED if n % 4 == 0 else CorridorState.COMPLETED, T0 + n)
+        for n in range(10)
+    ]
+    rows.append(status(10, CorridorState.COMPLETED, T0 + 9))  # a tie on time: id breaks it
+
+    async def scenario() -> None:
+        async with opened(store_dsn) as store:
+            await store.record(rows)
+            seen: list[str] = []
+            after = None
+            while True:
+                found = await store.corridor_history(HistoryQuery(limit=4, after=after))
+                page = page_of(found, 4)
+                seen += [c.corridor_id for c in page.corridors]
+                if page.next is None:
+                    break
+                stamp, _, corridor_id = page.next.partition("~")
+                after = (float(stamp), corridor_id)
+            assert seen == ["c9", "c10", *(f"c{n}" for n in range(8, -1, -1))]
+            cancelled = await store.corridor_history(HistoryQuery(state=CorridorState.CANCELLED))
+            assert [c.corridor_id for c in cancelled] == ["c8", "c4", "c0"]
+            one = await store.corridor_history(
+                HistoryQuery(vehicle="amb-1", since=T0 + 2, until=T0 + 8)
+            )
+            assert [c.corridor_id for c in one] == ["c7", "c4"]
+            assert (await store.corridor_history(HistoryQuery(limit=1)))[0] == rows[9]
+
+    asyncio.run(scenario())
+
+
+def test_alarms_are_kept_with_the_first_who_and_when_acknowledged(store_dsn: str | None) -> None:
+    book = AlarmBook(prefix="A1")
+    raised = book.raise_(AlarmKind.EDGE_OFFLINE, "x1", "x1 went offline", at=T0 + 1.5)
+    other = book.raise_(AlarmKind.PLAN_REFUSED, "x2", "x2 rejected\x00 a plan", at=T0 + 2.0)
+    assert raised is not None
+    assert other is not None
+    cleared = book.clear(AlarmKind.EDGE_OFFLINE, "x1", at=T0 + 3.0)
+    assert cleared is not None
+    acked = book.acknowledge(raised.alarm_id, by="op", at=T0 + 4.25)
+    late = msgspec.structs.replace(acked, acked_by="admin", acked_at=T0 + 9.0)
+
+    async def scenario() -> None:
+        async with opened(store_dsn) as store:
+            await store.record([raised, other])
+            await store.record([acked])
+            await store.record([cleared, late])  # out of order, and a second acknowledgement
+            got = await store.alarms()
+            assert [a.alarm_id for a in got] == [other.alarm_id, raised.alarm_id]
+            kept = got[1]
+            assert (kept.acked_by, kept.acked_at, kept.cleared_at) == ("op", T0 + 4.25, T0 + 3.0)
+            assert kept.acked_time == acked.acked_time
+            assert got[0].acked_by is None
+            assert got[0].message in ("x2 rejected\x00 a plan", "x2 rejected\ufffd a plan")
 
     asyncio.run(scenario())
 
