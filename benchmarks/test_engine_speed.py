@@ -71,7 +71,7 @@ def test_numba_against_plain_python(benchmark: BenchmarkFixture) -> None:
     interpreted = Simulation(net, trips)
     interpreted.advance(600.0)
     started = time.perf_counter()
-    interpreted.now = kernels.run_steps.py_func(*interpreted.kernel_args(30))
+    interpreted.now = kernels.run_steps.py_func(30, interpreted.now, *interpreted.kernel_state())
     python_s = (time.perf_counter() - started) / 30.0
     compiled.advance(30.0)
     assert np.array_equal(compiled.state, interpreted.state)

@@ -1,4 +1,8 @@
-"""The simulation: owns the engine's state arrays and advances them with the Numba kernels.
+"""The simulation: owns the engine's state and advances it with the Numba kernels.
+
+The state is a handful of named structures of plain arrays (``engine_state``) that
+``kernels.run_steps`` takes and updates in place; the arrays others read are offered here by
+name as well (``runner.EngineState``).
 
 It does no I/O and knows no wall clock: callers (the scenario runner, the field-bus server,
 the paced clock) decide when to advance it. Signal controllers that run priority plans set an
@@ -16,9 +20,10 @@ from numpy.typing import NDArray
 
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
-from citybrain.simulator import kernels
+from citybrain.simulator import engine_state, kernels
 from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.demand import ROUTING_INTERVAL_S, DepartureRouter, Trips
+from citybrain.simulator.engine_state import KernelState
 
 DEFAULT_DT_S = 1.0
 LOST_TIME_S = 2.0
@@ -58,67 +63,24 @@ class Simulation:
         self.trips = trips if self.router is None else self.router.trips
         """The vehicles this run moves: ``trips`` itself, or a copy whose routes the departure
         router rewrites (so the same ``trips`` can be run again)."""
-        trips = self.trips
         self.now = start_s
         self.dt = dt_s
-        self.lost_time = lost_time_s
-        self.end_lag = end_lag_s
-        # time lost per stop = speed x (1/2a + 1/2b)
-        self.stop_loss = 0.5 / acceleration_mps2 + 0.5 / deceleration_mps2
-        self.acceleration = acceleration_mps2
-        n_ctl, n_mv, n_links, n_veh = len(net.controller_ids), net.movements, net.links, trips.count
-        self.override = np.full(n_ctl, -1, dtype=np.int64)
-        self.allowed = np.zeros(n_ctl, dtype=np.int64)
-        self.q_head = np.full(n_mv, -1, dtype=np.int64)
-        self.q_tail = np.full(n_mv, -1, dtype=np.int64)
-        self.q_len = np.zeros(n_mv, dtype=np.int32)
-        self.q_count = np.zeros(n_mv, dtype=np.int32)
-        """Vehicles on each queue's link that will take its lanes (driving or queued)."""
-        self.q_urgent = np.zeros(n_mv, dtype=np.int32)
-        """Emergency vehicles in each queue."""
-        self.next_departure = np.zeros(n_mv, dtype=np.float64)
-        self.mv_next = np.zeros(n_mv, dtype=np.float64)
-        self.last_cross = np.full(n_mv, -np.inf)
-        """When each movement's last vehicle crossed its stop line."""
-        self.foe_eta = np.zeros(n_mv, dtype=np.float64)
-        """For movements others give way to: when the first vehicle driving up to the stop
-        line reaches it, as seen at ``foe_eta_at`` (a step start)."""
-        self.foe_eta_at = np.full(n_mv, -np.inf)
-        self.was_mask = np.zeros(n_ctl + 1, dtype=np.int64)
-        """Per controller (and one more for the unsignalized movements): groups that could
-        go in the last step, to see a green begin."""
-        self.green_since = np.zeros((n_ctl + 1) * 64, dtype=np.float64)
-        """Per controller and group bit: when its green began (its lost time runs from it)."""
-        self.link_count = np.zeros(n_links, dtype=np.int32)
-        self.link_queued = np.zeros(n_links, dtype=np.int32)
-        self.link_delay = np.zeros(n_links, dtype=np.float64)
-        self.link_departures = np.zeros(n_links, dtype=np.int64)
-        self.adv_count = np.zeros(n_links, dtype=np.int64)
-        self.adv_occupied = np.zeros(n_links, dtype=np.int64)
-        self.stop_count = np.zeros(n_links, dtype=np.int64)
-        self.stop_occupied = np.zeros(n_links, dtype=np.int64)
-        self.order = np.argsort(trips.depart, kind="stable").astype(np.int64)
-        self.cursor = np.zeros(1, dtype=np.int64)
-        self.waiting = np.zeros(n_veh, dtype=np.int64)
-        self.n_waiting = np.zeros(1, dtype=np.int64)
-        self.active = np.zeros(n_veh, dtype=np.int64)
-        self.n_active = np.zeros(1, dtype=np.int64)
-        self.hop_enter = np.full(trips.route_links.shape[0], np.nan)
-        self.state = np.zeros(n_veh, dtype=np.int8)
-        self.hop = np.zeros(n_veh, dtype=np.int32)
-        self.position = np.zeros(n_veh, dtype=np.float64)
-        self.next_in_queue = np.full(n_veh, -1, dtype=np.int64)
-        self.queued_move = np.full(n_veh, -1, dtype=np.int64)
-        """The movement a queued vehicle waits for (read without its route)."""
-        self.joined = np.zeros(n_veh, dtype=np.float64)
-        self.behind_loop = np.zeros(n_veh, dtype=np.bool_)
-        self.stops = np.zeros(n_veh, dtype=np.int32)
-        self.carry = np.zeros(n_veh, dtype=np.float64)
-        """Stop loss still to be paid on the links ahead (it left a short link unpaid)."""
-        self.crossed_m = np.zeros(n_veh, dtype=np.float64)
-        """Junction distance driven to reach the link a vehicle is on (not a delay there)."""
-        self.entered = np.full(n_veh, np.nan)
-        self.arrived = np.full(n_veh, np.nan)
+        self.model = engine_state.ModelParameters(
+            dt=dt_s,
+            lost_time=lost_time_s,
+            end_lag=end_lag_s,
+            stop_loss=0.5 / acceleration_mps2 + 0.5 / deceleration_mps2,
+            acceleration=acceleration_mps2,
+        )
+        self.road = engine_state.road_of(net)
+        self.plans = engine_state.plans_of(net)
+        self.demand = engine_state.demand_of(self.trips)
+        self.signals = engine_state.idle_signals(len(net.controller_ids))
+        self.queues = engine_state.empty_queues(net.movements)
+        self.links = engine_state.empty_links(net.links)
+        self.vehicles = engine_state.pending_vehicles(self.trips)
+        self._plain_state: tuple[Any, ...] = tuple(tuple(part) for part in self.kernel_state())
+        """The same structures as plain tuples: the fast call (``kernels.run_steps``)."""
 
     def advance(self, seconds: float) -> None:
         """Run whole steps covering ``seconds`` of simulated time; while vehicles remain to be
@@ -138,33 +100,111 @@ class Simulation:
             steps -= run
 
     def _run(self, steps: int) -> float:
-        return float(kernels.run_steps(*self.kernel_args(steps)))
+        return float(kernels.run_steps(steps, self.now, *self._plain_state))
 
-    def kernel_args(self, steps: int) -> tuple[Any, ...]:
-        """The arguments of ``kernels.run_steps`` for ``steps`` steps from now (state in place)."""
-        n, t = self.net, self.trips
+    def kernel_state(self) -> KernelState:
+        """What ``kernels.run_steps`` takes after its step count and start time (the arrays
+        themselves: the kernel updates them in place)."""
         return (
-            steps, self.now, self.dt, self.lost_time, self.end_lag, self.stop_loss,
-            self.acceleration,
-            n.link_length, n.link_lanes, n.link_speed, n.link_storage, n.link_advance,
-            n.mv_from, n.mv_to, n.mv_controller, n.mv_bit, n.mv_headway, n.mv_lane_mask,
-            n.mv_queue, n.qu_lanes, n.qu_mask, n.qu_headway, n.qu_storage, n.qu_single,
-            n.qu_signal, n.mv_yield_start, n.mv_yield, n.mv_is_foe, n.mv_junction_m,
-            n.ctl_cycle, n.ctl_offset, n.ctl_phase_start, n.ph_begin, n.ph_green, n.ph_mask,
-            n.ph_clear, n.ph_keep,
-            self.override, self.allowed,
-            self.q_head, self.q_tail, self.q_len, self.q_count, self.q_urgent,
-            self.next_departure, self.mv_next, self.last_cross, self.foe_eta, self.foe_eta_at,
-            self.was_mask, self.green_since,
-            self.link_count, self.link_queued, self.link_delay, self.link_departures,
-            self.adv_count, self.adv_occupied, self.stop_count, self.stop_occupied,
-            t.depart, self.order, self.cursor, self.waiting, self.n_waiting,
-            self.active, self.n_active,
-            t.route_start, t.route_len, t.route_links, t.route_moves, self.hop_enter,
-            t.speed_factor, t.emergency, self.state, self.hop, self.position, self.next_in_queue,
-            self.queued_move, self.joined, self.behind_loop, self.stops, self.carry,
-            self.crossed_m, self.entered, self.arrived,
-        )  # fmt: skip
+            self.model,
+            self.road,
+            self.plans,
+            self.signals,
+            self.queues,
+            self.links,
+            self.demand,
+            self.vehicles,
+        )
+
+    # The arrays readers use (``runner.EngineState``), read where the kernel keeps them.
+
+    @property
+    def state(self) -> NDArray[np.int8]:
+        return self.vehicles.state
+
+    @property
+    def hop(self) -> NDArray[np.int32]:
+        return self.vehicles.hop
+
+    @property
+    def position(self) -> NDArray[np.float64]:
+        return self.vehicles.position
+
+    @property
+    def stops(self) -> NDArray[np.int32]:
+        return self.vehicles.stops
+
+    @property
+    def arrived(self) -> NDArray[np.float64]:
+        return self.vehicles.arrived
+
+    @property
+    def hop_enter(self) -> NDArray[np.float64]:
+        return self.vehicles.hop_enter
+
+    @property
+    def active(self) -> NDArray[np.int64]:
+        return self.vehicles.active
+
+    @property
+    def n_active(self) -> NDArray[np.int64]:
+        return self.vehicles.n_active
+
+    @property
+    def n_waiting(self) -> NDArray[np.int64]:
+        return self.vehicles.n_waiting
+
+    @property
+    def cursor(self) -> NDArray[np.int64]:
+        return self.vehicles.cursor
+
+    @property
+    def link_count(self) -> NDArray[np.int32]:
+        return self.links.link_count
+
+    @property
+    def link_queued(self) -> NDArray[np.int32]:
+        return self.links.link_queued
+
+    @property
+    def link_departures(self) -> NDArray[np.int64]:
+        return self.links.link_departures
+
+    @property
+    def link_delay(self) -> NDArray[np.float64]:
+        return self.links.link_delay
+
+    @property
+    def adv_count(self) -> NDArray[np.int64]:
+        return self.links.adv_count
+
+    @property
+    def adv_occupied(self) -> NDArray[np.int64]:
+        return self.links.adv_occupied
+
+    @property
+    def stop_count(self) -> NDArray[np.int64]:
+        return self.links.stop_count
+
+    @property
+    def stop_occupied(self) -> NDArray[np.int64]:
+        return self.links.stop_occupied
+
+    @property
+    def q_len(self) -> NDArray[np.int32]:
+        return self.queues.q_len
+
+    @property
+    def q_count(self) -> NDArray[np.int32]:
+        return self.queues.q_count
+
+    @property
+    def override(self) -> NDArray[np.int64]:
+        return self.signals.override
+
+    @property
+    def allowed(self) -> NDArray[np.int64]:
+        return self.signals.allowed
 
     @property
     def vehicles_in_network(self) -> int:

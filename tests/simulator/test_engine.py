@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ def test_a_lone_vehicle_on_green_travels_in_free_flow_time(
     speed = SPEED * speed_factor
     sim.advance(depart + length / speed + 5.0)
     assert sim.state[0] == kernels.ARRIVED
-    assert sim.entered[0] == depart
+    assert sim.vehicles.entered[0] == depart
     assert abs(sim.arrived[0] - (depart + length / speed)) < 1e-6
     assert abs(sim.arrived[0] - depart - free_flow_time_s(net, trips, 0)) < 1e-6
     assert sim.stops[0] == 0
@@ -128,11 +127,11 @@ def test_a_queue_keeps_its_order_and_a_faster_vehicle_behind_it_waits() -> None:
     m = net.movement_between(net.link_index["west-a01"], net.link_index["a01-east"])
     queue = net.mv_queue[m]
     assert sim.q_len[queue] == ahead + 1
-    assert sim.q_tail[queue] == amb
+    assert sim.queues.q_tail[queue] == amb
     assert sim.state[amb] == kernels.QUEUED
     back = net.link_length[0] - ahead * JAM_SPACING_M / 2  # 20 cars on the two through lanes
     assert sim.position[amb] == pytest.approx(back)
-    assert sim.joined[amb] == pytest.approx(300.0 + back / (SPEED * 1.3))
+    assert sim.vehicles.joined[amb] == pytest.approx(300.0 + back / (SPEED * 1.3))
     green_at = sim.now
     sim.set_override(0, group_mask(net, 0, ["2"]))
     sim.advance(60.0)
@@ -202,7 +201,7 @@ def test_storage_is_never_exceeded_and_no_vehicle_is_lost() -> None:
 def _summary(sim: Simulation) -> dict[str, NDArray[np.generic]]:
     return {
         "arrived": sim.arrived,
-        "entered": sim.entered,
+        "entered": sim.vehicles.entered,
         "stops": sim.stops,
         "hop_enter": sim.hop_enter,
         "link_delay": sim.link_delay,
@@ -235,15 +234,27 @@ def test_same_seed_same_run_different_seed_different_run() -> None:
     assert not np.array_equal(a.stop_count, c.stop_count)
 
 
-def _kernel_arguments(sim: Simulation, steps: int) -> tuple[Any, ...]:
-    return sim.kernel_args(steps)
+def _advance_in_python(sim: Simulation, steps: int) -> None:
+    """Advance ``sim`` by ``steps`` with the kernel's Python source, on the named structures
+    (the engine passes them to the compiled kernel as plain tuples)."""
+    sim.now = float(kernels.run_steps.py_func(steps, sim.now, *sim.kernel_state()))
+
+
+def _state_arrays(sim: Simulation) -> dict[str, NDArray[np.generic]]:
+    """Every array the kernel updates, by structure and field."""
+    structures = (sim.signals, sim.queues, sim.links, sim.vehicles)
+    return {
+        f"{type(structure).__name__}.{name}": value
+        for structure in structures
+        for name, value in structure._asdict().items()
+    }
 
 
 def test_the_compiled_kernel_and_its_python_source_agree_exactly() -> None:
     net = compile_network(grid(1, 2, spacing_m=60.0, feeder_m=50.0))
     trips = random_trips(net, seed=3, duration_s=300.0, vehicles_per_hour=5000.0)
     compiled, python = Simulation(net, trips), Simulation(net, trips)
-    assert len(_kernel_arguments(compiled, 1)) == kernels.run_steps.py_func.__code__.co_argcount
+    assert 2 + len(compiled.kernel_state()) == kernels.run_steps.py_func.__code__.co_argcount
     for phase in range(3):
         if phase == 1:  # part of the run on an override, to cover that path too
             for sim in (compiled, python):
@@ -252,12 +263,12 @@ def test_the_compiled_kernel_and_its_python_source_agree_exactly() -> None:
             for sim in (compiled, python):
                 sim.set_override(0, None)
         compiled.advance(100.0)
-        python.now = float(kernels.run_steps.py_func(*_kernel_arguments(python, 100)))
+        _advance_in_python(python, 100)
         assert python.now == compiled.now
-    arrays = {k: v for k, v in vars(compiled).items() if isinstance(v, np.ndarray)}
+    arrays = _state_arrays(compiled)
     assert len(arrays) > 25
     for name, value in arrays.items():
-        other = getattr(python, name)
+        other = _state_arrays(python)[name]
         assert value.dtype == other.dtype, name
         assert np.array_equal(value, other, equal_nan=value.dtype.kind == "f"), name
     # the scenario exercised queues, stops and arrivals
@@ -456,7 +467,7 @@ def test_an_emergency_vehicle_is_let_by_only_cars_held_for_another_turn(
     assert sim.hop[0] == 0, "the left turner still waits for its arrow"
     assert bool(sim.hop[ambulance] >= 1) is crosses
     assert (sim.hop[1:ambulance] == 0).all(), "the car held ahead of it stays held"
-    assert int(sim.q_urgent.sum()) == (0 if crosses else 1)
+    assert int(sim.queues.q_urgent.sum()) == (0 if crosses else 1)
 
 
 def test_a_queue_reaches_back_over_the_junction_behind_its_link() -> None:
@@ -541,10 +552,9 @@ def test_the_kernel_and_its_python_source_agree_on_a_city_like_network() -> None
     compiled, python = Simulation(net, trips), Simulation(net, trips)
     for _ in range(3):
         compiled.advance(100.0)
-        python.now = float(kernels.run_steps.py_func(*_kernel_arguments(python, 100)))
-    for name, value in vars(compiled).items():
-        if isinstance(value, np.ndarray):
-            assert np.array_equal(value, getattr(python, name), equal_nan=True), name
+        _advance_in_python(python, 100)
+    for name, value in _state_arrays(compiled).items():
+        assert np.array_equal(value, _state_arrays(python)[name], equal_nan=True), name
     check_conservation(compiled)
     assert (compiled.stops > 0).any()
     assert (compiled.state == kernels.ARRIVED).sum() > 50
@@ -610,7 +620,7 @@ def test_a_permitted_left_waits_for_a_gap_in_the_opposing_stream(
     v = trips.count - 1
     turned = sim.hop_enter[trips.route_start[v] + 1]
     crossings = np.sort(sim.hop_enter[trips.route_start[:-1] + 1])
-    arrived_at_line = sim.joined[v]
+    arrived_at_line = sim.vehicles.joined[v]
     # a gap of at least 4.5 s around its turn: the last through 1 s before, the next 3.5 s after
     before, after = crossings[crossings <= turned], crossings[crossings > turned]
     assert before.size == 0 or turned - before[-1] >= 1.0 - 1e-9
