@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from citybrain.cloud.graph import CorridorGraph
-from citybrain.cloud.routing import Route, Router, UnreachableError
+from citybrain.cloud.routing import MAX_PACE, MIN_PACE, Route, Router, UnreachableError
 from citybrain.cloud.state import NetworkState
 from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
@@ -71,6 +71,12 @@ the lost time."""
 FORECAST_S = 60.0
 """How far ahead of a stop line the ETA kept to learn the forecast's error is made: about the
 horizon a window is committed over (a flush plus the controller's change)."""
+PACE_MEMORY_S = 30.0
+"""Driving time over which the vehicle's pace is averaged: long enough to smooth a traffic
+light's slowing, short enough to follow it onto a road where it must keep behind traffic."""
+PACE_SLOWEST = 3.0
+"""A stretch driven this much slower than planned is waiting (a queue, a red), which the
+windows model apart: it does not teach the pace."""
 SPREAD_LEARNING = 0.3
 """Weight of each stop line passed in the learned spread of a vehicle's ETAs."""
 LEAST_SPREAD_RATE = 0.03
@@ -178,6 +184,12 @@ class Corridor:
     turn_s: float = math.inf
     """Its place in the arbitration at the first intersection it shares with another live
     corridor: when it gets there (``_in_turn``)."""
+    pace: float = 1.0
+    """Its observed driving time over the graph's, averaged over ``PACE_MEMORY_S`` of driving
+    (``_learn_pace``): the ETAs ahead are timed with it, so a vehicle that cannot keep to its
+    speed (behind traffic that does not make way) gets its windows when it comes."""
+    seen: tuple[int, float, float] | None = None
+    """Its last reported position: (link, offset, time)."""
     spread_rate: float = LEAST_SPREAD_RATE
     """How its ETA's uncertainty grows with the time to go, learned from the error of the
     forecasts at the stop lines it passed (``_learn_spread``); the band's low edge sets how
@@ -292,6 +304,7 @@ class CorridorManager:
         for link in network.links:
             self.nodes_out.setdefault(link.from_node, []).append(graph.link_index[link.id])
             self.nodes_in.setdefault(link.to_node, []).append(graph.link_index[link.id])
+        self.window_group = _window_groups(graph, plans)
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -427,7 +440,7 @@ class CorridorManager:
                 break
             node = self.graph.intersection_ids[self.graph.mv_intersection[movement]]
             if node in self.plans:
-                lines.append(StopLine(node, hop, int(movement), self.graph.mv_group[movement]))
+                lines.append(StopLine(node, hop, int(movement), self.window_group[movement]))
         return lines
 
     # ---- events ---------------------------------------------------------------------------
@@ -443,6 +456,7 @@ class CorridorManager:
         if position.offset_m > self.graph.link_length[link] + 1.0:
             raise ValidationError("offset_m", f"beyond the end of {position.link}")
         corridor.last_position_s = now_s
+        self._learn_pace(corridor, link, position.offset_m, now_s)
         if corridor.state is CorridorState.GRANTED:
             corridor.state = CorridorState.ACTIVE
         if link != corridor.mark[0] or position.offset_m >= corridor.mark[1] + MOVED_M:
@@ -469,6 +483,31 @@ class CorridorManager:
         corridor.offset_m = min(position.offset_m, float(self.graph.link_length[link]))
         return self._replan(now_s)
 
+    def _learn_pace(self, corridor: Corridor, link: int, offset_m: float, now_s: float) -> None:
+        """Weigh the stretch driven since the last report into the vehicle's pace: its time
+        over the graph's time for the same metres (on its route; waits left out)."""
+        seen, corridor.seen = corridor.seen, (link, offset_m, now_s)
+        if seen is None or now_s <= seen[2]:
+            return
+        links = [int(x) for x in corridor.route.link_indices]
+        if seen[0] not in links or link not in links[links.index(seen[0]) :]:
+            return
+        first = links.index(seen[0])
+        graph = self.graph
+        planned = 0.0
+        for hop in range(first, links.index(link, first) + 1):
+            here = links[hop]
+            start = seen[1] if here == seen[0] else 0.0
+            end = offset_m if here == link else float(graph.link_length[here])
+            share = max(0.0, end - start) / float(graph.link_length[here])
+            planned += share * float(graph.link_time[here])
+        taken = now_s - seen[2]
+        if planned <= 0.0 or taken > PACE_SLOWEST * planned:
+            return
+        weight = min(1.0, planned / PACE_MEMORY_S)
+        pace = (1.0 - weight) * corridor.pace + weight * taken / planned
+        corridor.pace = min(max(pace, MIN_PACE), MAX_PACE)
+
     def _reroute(
         self, corridor: Corridor, link: int, offset_m: float, now_s: float, *, keep: int | None
     ) -> Route:
@@ -485,7 +524,7 @@ class CorridorManager:
                 corridor.reason = "destination unreachable from where the vehicle is"
                 raise
         rest = corridor.route.link_indices[keep:]
-        route = self.router.retime(rest, offset, now_s, ready)
+        route = self.router.retime(rest, offset, now_s, ready, pace=corridor.pace)
         for line in corridor.stop_lines:
             # stop lines behind the vehicle stay (hop -1) so the status keeps their arrival
             line.hop = line.hop - keep if line.hop >= keep else -1
@@ -677,7 +716,7 @@ class CorridorManager:
         windows = self.router.windows(
             route, mv_flush, earliest, max(now_s, corridor.depart_s),
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
-            sigma_rate=corridor.spread_rate,
+            sigma_rate=corridor.spread_rate, pace=corridor.pace,
         )  # fmt: skip
         for line in open_lines:
             i = line.hop
@@ -1005,6 +1044,36 @@ class CorridorManager:
 def _ahead(corridor: Corridor) -> list[StopLine]:
     """The stop lines the vehicle has still to pass."""
     return [line for line in corridor.stop_lines if not line.released and line.hop >= 0]
+
+
+def _window_groups(graph: CorridorGraph, plans: Mapping[str, TimingPlan]) -> tuple[str, ...]:
+    """Per movement, the group its windows ask for. Where another movement from the same link
+    is green in only some of the phases the vehicle's is (a right turn green with the through
+    and again in the side street's phase, say), a window for the vehicle's own group may run
+    the phase in which the other one is red: if they share a lane, the vehicle waits behind a
+    car going the other way, at a green that is not its lane's. The network does not say which
+    lanes are shared, so the window asks for the narrower group, whose phases serve both."""
+    groups = list(graph.mv_group)
+    from_link: dict[int, list[int]] = {}
+    for movement in range(len(groups)):
+        from_link.setdefault(int(graph.mv_from[movement]), []).append(movement)
+    for movement, group in enumerate(graph.mv_group):
+        plan = plans.get(graph.intersection_ids[graph.mv_intersection[movement]])
+        if plan is None:
+            continue
+        own = _phases_serving(plan, group)
+        narrower = [
+            (len(phases), other)
+            for other in {graph.mv_group[m] for m in from_link[int(graph.mv_from[movement])]}
+            if (phases := _phases_serving(plan, other)) and phases < own
+        ]
+        if narrower:
+            groups[movement] = max(narrower)[1]
+    return tuple(groups)
+
+
+def _phases_serving(plan: TimingPlan, group: str) -> frozenset[int]:
+    return frozenset(i for i, phase in enumerate(plan.phases) if group in phase.groups)
 
 
 def _learn_spread(corridor: Corridor, line: StopLine) -> None:

@@ -354,11 +354,14 @@ def route_times(
     link_length: np.ndarray,
     mv_ready: np.ndarray,
     ready_base: float,
+    pace: float,
     out_line: np.ndarray,
     out_wait: np.ndarray,
 ) -> float:
     """Along a fixed route: the time at each stop line before waiting, the wait there (0 at the
-    last link, whose "stop line" is its end) and the arrival, which is returned.
+    last link, whose "stop line" is its end) and the arrival, which is returned. ``pace``
+    scales every driving time (the vehicle's observed time over the graph's; 1.0 exactly
+    reproduces a search's labels).
 
     NaN when ``n`` is not a valid length for the arrays given.
     """
@@ -376,7 +379,7 @@ def route_times(
     if u < 0 or u >= n_links:
         return math.nan
     length = link_length[u]
-    t: float = depart_s + (length - offset_m) / (length / link_time[u])
+    t: float = depart_s + pace * ((length - offset_m) / (length / link_time[u]))
     for i in range(n):
         out_line[i] = t
         if i == n - 1:
@@ -390,19 +393,25 @@ def route_times(
         if wait < 0.0:
             wait = 0.0
         out_wait[i] = wait
-        t = (t + wait) + link_time[w]
+        t = (t + wait) + pace * link_time[w]
     return t
 
 
 @njit(cache=True)
 def free_flow_lines(
-    route_links: np.ndarray, n: int, line0: float, link_time: np.ndarray, out_line: np.ndarray
+    route_links: np.ndarray,
+    n: int,
+    line0: float,
+    link_time: np.ndarray,
+    pace: float,
+    out_line: np.ndarray,
 ) -> None:
-    """Stop-line times along a route with no waiting, from the first stop line's time."""
+    """Stop-line times along a route with no waiting, from the first stop line's time, each
+    link's time scaled by ``pace``."""
     t = line0
     for i in range(min(n, out_line.shape[0], route_links.shape[0])):
         if i > 0:
-            t = t + link_time[route_links[i]]
+            t = t + pace * link_time[route_links[i]]
         out_line[i] = t
 
 

@@ -42,6 +42,9 @@ EARLIEST = (-math.inf, LARGEST)
 MAX_BASE_S = 1e12
 """Largest ``|base_s|`` of a ``MovementTimes`` (31,700 years): far below the rounding step of
 values near ``LARGEST``, so ``base + value`` never overflows into ``+inf``."""
+MIN_PACE, MAX_PACE = 0.5, 4.0
+"""The range of a vehicle's pace (observed driving time over the graph's) a route is timed
+with: from twice as fast as planned to four times as slow."""
 
 
 class UnreachableError(ValidationError):
@@ -244,8 +247,11 @@ class Router:
         offset_m: float,
         depart_s: float,
         mv_ready_s: MovementTimes | ArrayLike,
+        *,
+        pace: float = 1.0,
     ) -> Route:
-        """``evaluate`` for a route given by link indices (e.g. the rest of a ``Route``)."""
+        """``evaluate`` for a route given by link indices (e.g. the rest of a ``Route``), its
+        driving times scaled by ``pace`` (the vehicle's observed time over the graph's)."""
         try:
             raw = np.asarray(link_indices)
         except (TypeError, ValueError) as error:
@@ -257,7 +263,7 @@ class Router:
         if raw.min() < 0 or raw.max() >= self.graph.links:
             raise ValidationError("link_indices", f"link index outside 0..{self.graph.links - 1}")
         return self._fixed(
-            raw.astype(np.int32), offset_m, depart_s, mv_ready_s, field="link_indices"
+            raw.astype(np.int32), offset_m, depart_s, mv_ready_s, field="link_indices", pace=pace
         )
 
     def _fixed(
@@ -268,8 +274,10 @@ class Router:
         mv_ready_s: MovementTimes | ArrayLike,
         *,
         field: str = "links",
+        pace: float = 1.0,
     ) -> Route:
         offset = self._offset(int(indices[0]), offset_m)
+        pace = _number("pace", pace, ge=MIN_PACE, le=MAX_PACE)
         depart = _number("depart_s", depart_s, ge=0.0)
         ready = self._mv_array("mv_ready_s", mv_ready_s, READY)
         moves = np.empty(len(indices), dtype=np.int32)
@@ -283,7 +291,7 @@ class Router:
                 f"{field}[{gap}]",
                 f"no movement from link {ids[indices[gap - 1]]!r} to {ids[indices[gap]]!r}",
             )
-        return self._route_from(indices, moves, offset, depart, ready)
+        return self._route_from(indices, moves, offset, depart, ready, pace)
 
     def windows(
         self,
@@ -296,6 +304,7 @@ class Router:
         clear_after_s: float = 4.0,
         sigma0_s: float = 1.0,
         sigma_rate: float = 0.03,
+        pace: float = 1.0,
     ) -> Windows:
         """Green windows along ``route`` for queues that take ``mv_flush_s[m]`` to flush once
         movement ``m`` can open, at the earliest at ``mv_earliest_s[m]`` (``-inf``: any time).
@@ -329,12 +338,14 @@ class Router:
         clear_after = _number("clear_after_s", clear_after_s, ge=0.0, le=600.0)
         sigma0 = _number("sigma0_s", sigma0_s, ge=0.0, le=600.0)
         rate = _number("sigma_rate", sigma_rate, ge=0.0, le=10.0)
+        pace = _number("pace", pace, ge=MIN_PACE, le=MAX_PACE)
         line = np.empty(n, dtype=np.float64)
         kernels.free_flow_lines(
             np.ascontiguousarray(indices, dtype=np.int32),
             n,
             float(route.line_s[0]),
             self.graph.link_time,
+            pace,
             line,
         )
         count = n - 1
@@ -422,6 +433,7 @@ class Router:
         offset: float,
         depart: float,
         ready: tuple[NDArray[np.float64], float],
+        pace: float = 1.0,
     ) -> Route:
         n = indices.shape[0]
         line = np.empty(n, dtype=np.float64)
@@ -436,6 +448,7 @@ class Router:
             self.graph.link_length,
             ready[0],
             ready[1],
+            pace,
             line,
             wait,
         )

@@ -149,9 +149,12 @@ def route_times(
     offset_m: float,
     depart_s: float,
     mv_ready: list[float],
+    pace: float = 1.0,
 ) -> tuple[list[float], list[float], float]:
-    """(stop-line times before waiting, waits, arrival) along a fixed route."""
-    t = origin_line(g, links[0], offset_m, depart_s)
+    """(stop-line times before waiting, waits, arrival) along a fixed route, every driving
+    time ``pace`` times the graph's."""
+    length = g.link_length[links[0]]
+    t = depart_s + pace * ((length - offset_m) / (length / g.link_time[links[0]]))
     line, waits = [], []
     for i in range(len(links)):
         line.append(t)
@@ -160,7 +163,7 @@ def route_times(
             break
         wait = max(0.0, mv_ready[moves[i]] - t)
         waits.append(wait)
-        t = (t + wait) + g.link_time[links[i + 1]]
+        t = (t + wait) + pace * g.link_time[links[i + 1]]
     return line, waits, t
 
 

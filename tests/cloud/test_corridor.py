@@ -637,3 +637,25 @@ def test_etas_that_were_wrong_widen_the_band_and_windows_open_earlier() -> None:
     }
     assert lead["taught"] > lead["trusting"] + 5.0
     assert _line(taught, "a04").high_s - _line(taught, "a04").low_s > 10.0
+
+
+def test_the_pace_it_is_seen_to_drive_times_the_windows_ahead_but_waiting_does_not() -> None:
+    """Driving at half its speed, its pace moves towards 2 (averaged over 30 s of driving as
+    planned) and the ETAs ahead follow; standing in a queue teaches nothing (the windows
+    model waiting apart)."""
+    slow, waiting = _manager(), _manager()
+    for manager in (slow, waiting):
+        manager.request(_request(depart_at=100.0), 100.0)
+    link = GRAPH.link_index["west-a01"]
+    planned_mps = float(GRAPH.link_length[link]) / float(GRAPH.link_time[link])
+    _drive(slow, "west-a01", planned_mps / 2.0, 100.0, upto_m=400.0)
+    for now in range(100, 160):
+        waiting.on_position(_at("west-a01", 50.0, float(now)), float(now))
+    pace = slow.corridors[slow.by_vehicle["AMB-1"]].pace
+    expected = 2.0 - (1.0 - 1.0 / 60.0) ** 44  # 44 reports, each 0.5 s of planned driving
+    assert pace == pytest.approx(expected, rel=0.02)
+    assert waiting.corridors[waiting.by_vehicle["AMB-1"]].pace == 1.0
+    # from a01 to a02 it is timed at its pace, not the graph's
+    ahead = float(GRAPH.link_time[GRAPH.link_index["a01-a02"]])
+    assert _line(slow, "a02").eta_s - _line(slow, "a01").eta_s >= pace * ahead - 1e-6
+    assert _line(waiting, "a02").eta_s - _line(waiting, "a01").eta_s < pace * ahead

@@ -86,7 +86,7 @@ class Workspace:
         line, wait = np.empty(n), np.empty(n)
         g = self.graph
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, g.link_time, g.link_length, ready, 0.0, line, wait
+            links, n, moves, offset, depart, g.link_time, g.link_length, ready, 0.0, 1.0, line, wait
         )
         return moves.tolist(), line.tolist(), wait.tolist(), arrival
 
@@ -315,7 +315,7 @@ def test_search_kernel_refuses_bad_arguments_without_crashing() -> None:
     assert math.isnan(
         kernels.route_times(
             np.array([0], np.int32), 0, np.array([-1], np.int32), 0.0, 0.0,
-            graph.link_time, graph.link_length, free, 0.0, out, out,
+            graph.link_time, graph.link_length, free, 0.0, 1.0, out, out,
         )
     )  # fmt: skip
 
@@ -364,14 +364,15 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
         depart = float(rng.uniform(0.0, 100.0))
         line = np.empty(n)
         wait = np.empty(n)
+        pace = float(rng.choice([1.0, rng.uniform(0.5, 4.0)]))  # a vehicle slower or faster
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, link_time, link_length, ready, base, line, wait
+            links, n, moves, offset, depart, link_time, link_length, ready, base, pace, line, wait
         )
         plain = ref.PlainGraph(
             [], link_time.tolist(), link_length.tolist(), [], [], 0.0, [], [], []
         )
         want = ref.route_times(
-            plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready]
+            plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready], pace
         )
         assert (line.tolist(), wait.tolist(), arrival) == want
 
