@@ -9,7 +9,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	&& { echo $$p; break; }; done)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench bench-sumo dist clean
+.PHONY: demo test lint typecheck bench bench-sumo dist openapi clean
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "citybrain needs Python >= 3.11 on PATH (or PYTHON=/path/to/python3.11)" >&2; exit 1; fi
@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# `make demo DEMO_ARGS=--keep-running` leaves the live system up for the console until Ctrl-C.
 demo: $(STAMP)
-	$(BIN)/citybrain demo
+	$(BIN)/citybrain demo $(DEMO_ARGS)
 
 # pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: $(STAMP)
@@ -39,6 +40,10 @@ typecheck: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target build/typecheck .
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p citybrain
 	MYPYPATH=build/typecheck $(BIN)/mypy --config-file pyproject.toml --explicit-package-bases tests
+
+# The API's OpenAPI document, generated from the messages (a test fails when the copy drifts).
+openapi: $(STAMP)
+	$(BIN)/python -m citybrain.cloud.openapi > docs/openapi.json
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import socket
 import time
 from collections import Counter, deque
@@ -88,6 +87,7 @@ from citybrain.models.messages import (
     Telemetry,
     VehiclePosition,
 )
+from citybrain.models.retry import Backoff
 from citybrain.models.signing import PlanSigner
 from citybrain.models.topics import (
     Topic,
@@ -330,7 +330,9 @@ class CloudService(Operations):
         """Reconnect with jittered backoff after any loss of the broker. A loss mid-session
         comes out of the session's TaskGroup wrapped in an ExceptionGroup (hence
         ``except*``); anything else in it is a bug and stops."""
-        delay = self.settings.reconnect_min_s
+        backoff = Backoff(
+            first_s=self.settings.reconnect_min_s, max_s=self.settings.reconnect_max_s
+        )
         while not stop.is_set():
             try:
                 await self._session(stop)
@@ -339,17 +341,14 @@ class CloudService(Operations):
                 log.warning("cloud: broker connection lost: %s", errors.exceptions[0])
             finally:
                 if self.connected.is_set():  # a session ran: back off from the start again
-                    delay, self._connect_failures = self.settings.reconnect_min_s, 0
+                    backoff.reset()
+                    self._connect_failures = 0
                 self._connect_failures += 1
                 self.connected.clear()
                 self._client = None
             if stop.is_set():
                 break
-            with contextlib.suppress(TimeoutError):
-                # full jitter, so a fleet of workers does not reconnect in lockstep
-                wait = random.uniform(0.0, delay)  # noqa: S311 - jitter, not crypto
-                await asyncio.wait_for(stop.wait(), wait)
-            delay = min(self.settings.reconnect_max_s, delay * 2.0)
+            await backoff.sleep(stop)
 
     async def _session(self, stop: asyncio.Event) -> None:
         settings = self.settings

@@ -27,7 +27,6 @@ import datetime
 import enum
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -53,6 +52,7 @@ from citybrain.models.messages import (
     SignalPlan,
     Telemetry,
 )
+from citybrain.models.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -1274,7 +1274,7 @@ class TelemetryWriter:
         return telemetry, records
 
     async def _commit(self, telemetry: list[Received], records: list[AuditRecord]) -> None:
-        delay = self.settings.retry_min_s
+        backoff = Backoff(first_s=self.settings.retry_min_s, max_s=self.settings.retry_max_s)
         down_since: float | None = None
         while True:
             started = time.perf_counter()
@@ -1293,8 +1293,7 @@ class TelemetryWriter:
                         log.warning("database unavailable, buffering: %s", error)
                 self.available = False
                 self.retries += 1
-                await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
-                delay = min(delay * 2, self.settings.retry_max_s)
+                await backoff.sleep()
                 continue
             break
         self.latencies.append(time.perf_counter() - started)
