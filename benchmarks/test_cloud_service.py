@@ -903,7 +903,7 @@ _PARTS = (
     ("write_row", "writer: COPY rows (psycopg)"),
     ("psycopg/", "writer: psycopg other (COPY protocol, commit)"),
     ("TelemetryWriter", "writer: batching"),
-    ("storage.py", "writer: batching"),
+    ("cloud/storage/", "writer: batching"),
     ("loop_write", "MQTT: send PUBACKs (paho)"),
     ("_on_socket_register_write", "MQTT: send PUBACKs (paho)"),
     ("loop_read", "MQTT: read + parse PUBLISH (paho, aiomqtt callback)"),
