@@ -36,6 +36,9 @@ class RefusedError(ValidationError):
         super().__init__(field, reason)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[RefusedError], tuple[str, str, str]]:  # type: ignore[override]
+        return type(self), (self.code, self.field, self.reason)
+
 
 @dataclass(frozen=True, slots=True)
 class _Counted:

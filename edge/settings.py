@@ -9,20 +9,33 @@ the same rules as settings read from a file. Unknown keys are errors, never igno
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import stat
-import tomllib
-import types
-import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from citybrain.models.checks import check_count, check_id, check_ids, check_number, check_unique
 from citybrain.models.errors import ValidationError
 from citybrain.models.files import check_file, read_secret
+from citybrain.models.settings import (
+    MASK,
+    Schema,
+    build_sections,
+    check_host,
+    check_not_in_clear,
+    check_private_config,
+    convert,
+    describe_sections,
+    env_key,
+    flatten,
+    kind,
+    parse_env,
+    read_toml,
+    state_directory,
+)
+from citybrain.models.settings import (
+    SettingsError as SettingsError,  # re-exported: what load_settings raises
+)
 from citybrain.signal_plans.validator import SafetyLimits
 
 ENV_PREFIX: Final = "CITYBRAIN_EDGE__"
@@ -30,20 +43,9 @@ DEFAULT_STATE_DIR: Final = Path("/var/lib/citybrain-edge")
 """Where the buffer lives when neither the file nor systemd's ``STATE_DIRECTORY`` says."""
 DEFAULT_TRUST_STORE: Final = Path("/etc/citybrain/trust.json")
 MAX_INTERSECTIONS: Final = 10_000
-MASK: Final = "********"
 
 Intersections = tuple[str, ...] | Literal["all"]
 """The intersection ids this process hosts, or ``"all"`` the controller link reports."""
-
-
-class SettingsError(ValidationError):
-    """A setting is missing, mistyped or unsafe: ``source`` is the file or the environment
-    variable it came from, ``field`` its key path (``broker.port``), ``reason`` what is wrong."""
-
-    def __init__(self, source: str, field: str, reason: str) -> None:
-        super().__init__(field, reason)
-        self.source = source
-        self.args = (f"{source}: {field}: {reason}",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,8 +74,7 @@ class BrokerSettings:
     reconnect_max_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if not self.host or any(c.isspace() for c in self.host) or len(self.host) > 253:
-            raise ValidationError("host", f"{self.host!r} is not a host name or address")
+        check_host("host", self.host)
         check_count("port", self.port, ge=1, le=65_535)
         check_count("keepalive_s", self.keepalive_s, ge=5, le=600)
         check_id("client_id_prefix", self.client_id_prefix)
@@ -102,13 +103,9 @@ class BrokerSettings:
         has_password = self.password is not None or self.password_file is not None
         if has_password and self.username is None:
             raise ValidationError("username", "is required with a password (MQTT rule)")
-        in_clear = not self.tls and not self.allow_insecure and not _is_loopback(self.host)
-        if has_password and in_clear:
-            raise ValidationError(
-                "password",
-                f"would cross the network to {self.host!r} in clear text; set tls = true, "
-                "or allow_insecure = true to accept that risk",
-            )
+        check_not_in_clear(
+            self.host, has_password=has_password, tls=self.tls, allow_insecure=self.allow_insecure
+        )
 
     def client_id(self, intersection: str) -> str:
         """The MQTT client id of one agent: one session per intersection."""
@@ -292,6 +289,9 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "log": LogSettings,
 }
 _TOP_KEYS: Final = ("region", "intersections")
+SCHEMA: Final = Schema(
+    prefix=ENV_PREFIX, top={"region": str, "intersections": Intersections}, sections=_SECTIONS
+)
 _SECRET_KEYS: Final = frozenset({"broker.password"})
 
 
@@ -306,12 +306,12 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> EdgeSettings
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     if path is not None:
-        for key, value in _read_file(path).items():
+        for key, value in flatten(read_toml(path), source, SCHEMA).items():
             values[key] = value
             origin[key] = source
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX):
-            key = _env_key(name)
+            key = env_key(name, SCHEMA)
             values[key] = _parse_env(name, key, environ[name])
             origin[key] = f"environment {name}"
     base = (path.parent if path is not None else Path.cwd()).absolute()
@@ -323,7 +323,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> EdgeSettings
         if values.get(key) is None:
             raise fail(key, ValidationError(key, "is required"))
     try:
-        region = check_id("region", _convert(values["region"], str, base))
+        region = check_id("region", convert(values["region"], str, base))
     except ValidationError as error:
         raise fail("region", error) from None
     try:
@@ -333,28 +333,11 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> EdgeSettings
     derived = {
         "broker.port": 8883 if values.get("broker.tls") is True else 1883,
         "broker.client_id_prefix": f"cb-{region}",
-        "buffer.path": _state_directory(environ),
+        "buffer.path": state_directory(environ, DEFAULT_STATE_DIR),
     }
-    sections: dict[str, Any] = {}
-    for section, cls in _SECTIONS.items():
-        kwargs: dict[str, Any] = {}
-        hints = typing.get_type_hints(cls)
-        for spec in fields(cls):
-            key = f"{section}.{spec.name}"
-            if values.get(key) is not None:
-                try:
-                    kwargs[spec.name] = _convert(values[key], hints[spec.name], base)
-                except ValidationError as error:
-                    raise fail(key, ValidationError(key, error.reason)) from None
-            elif key in derived:
-                kwargs[spec.name] = derived[key]
-        try:
-            sections[section] = cls(**kwargs)
-        except ValidationError as error:
-            key = f"{section}.{error.field}"
-            raise fail(key, ValidationError(key, error.reason)) from None
+    sections = build_sections(SCHEMA, values, derived, base, fail)
     if origin.get("broker.password") == source and path is not None:
-        _check_private_config(path, source)
+        check_private_config(path, source, "broker.password", " or use broker.password_file")
     try:
         return EdgeSettings(
             region=region,
@@ -379,84 +362,18 @@ def describe(settings: EdgeSettings) -> str:
         f"region = {settings.region}{_note(settings, 'region')}",
         f"intersections = {hosted}{_note(settings, 'intersections')}",
     ]
-    for section in _SECTIONS:
-        lines.append(f"[{section}]")
-        values = getattr(settings, section)
-        for spec in fields(values):
-            key = f"{section}.{spec.name}"
-            value = getattr(values, spec.name)
-            text = MASK if key in _SECRET_KEYS and value is not None else _show(value)
-            lines.append(f"  {spec.name} = {text}{_note(settings, key)}")
+    secrets = dict.fromkeys(_SECRET_KEYS, lambda _value: MASK)
+    lines += describe_sections(
+        settings, SCHEMA, secrets=secrets, note=lambda key: _note(settings, key)
+    )
     lines.append(f"mqtt client ids: {settings.broker.client_id_prefix}-<intersection>")
     return "\n".join(lines)
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    """The file's keys flattened to key paths, refusing unknown keys and misplaced tables."""
-    source = str(path)
-    try:
-        mode = path.stat().st_mode
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SettingsError(source, "(file)", "not found") from None
-    except OSError as error:
-        raise SettingsError(source, "(file)", f"cannot be read: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SettingsError(source, "(syntax)", str(error)) from None
-    if mode & stat.S_IWOTH:
-        raise SettingsError(source, "(file)", "is writable by every user; chmod o-w it")
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        if key in _TOP_KEYS:
-            flat[key] = value
-        elif key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise SettingsError(source, key, f"expected a table [{key}]")
-            known = [spec.name for spec in fields(_SECTIONS[key])]
-            for name, item in value.items():
-                if name not in known:
-                    raise SettingsError(source, f"{key}.{name}", _unknown(name, known))
-                flat[f"{key}.{name}"] = item
-        else:
-            raise SettingsError(source, key, _unknown(key, [*_TOP_KEYS, *_SECTIONS]))
-    return flat
-
-
-def _check_private_config(path: Path, source: str) -> None:
-    if path.stat().st_mode & stat.S_IROTH:
-        raise SettingsError(
-            source,
-            "broker.password",
-            "is in a file every user can read; chmod o-r it or use broker.password_file",
-        )
-
-
-def _env_key(name: str) -> str:
-    """The key path a ``CITYBRAIN_EDGE__...`` variable sets, or an error naming it."""
-    parts = name[len(ENV_PREFIX) :].lower().split("__")
-    source = f"environment {name}"
-    if len(parts) == 1 and parts[0] in _TOP_KEYS:
-        return parts[0]
-    if len(parts) == 1 and parts[0] in _SECTIONS:
-        raise SettingsError(source, parts[0], f"names a section: use {name}__<KEY>")
-    if len(parts) != 2 or parts[0] not in _SECTIONS:
-        raise SettingsError(
-            source,
-            ".".join(parts),
-            _unknown(parts[0], [*_TOP_KEYS, *_SECTIONS])
-            + f" (the form is {ENV_PREFIX}SECTION__KEY)",
-        )
-    known = [spec.name for spec in fields(_SECTIONS[parts[0]])]
-    if parts[1] not in known:
-        raise SettingsError(source, ".".join(parts), _unknown(parts[1], known))
-    return ".".join(parts)
 
 
 def _note(settings: EdgeSettings, key: str) -> str:
     if key not in settings.from_environment:
         return ""
-    return f"  (from {ENV_PREFIX}{key.replace('.', '__').upper()})"
+    return f"  (from {SCHEMA.env_name(key)})"
 
 
 def _parse_env(name: str, key: str, text: str) -> Any:
@@ -465,54 +382,7 @@ def _parse_env(name: str, key: str, text: str) -> Any:
         return text.strip() if text.strip() == "all" else [p.strip() for p in text.split(",")]
     if key == "region":
         return text
-    section, attr = key.split(".")
-    hint = typing.get_type_hints(_SECTIONS[section])[attr]
-    kind = hint
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if text == "":
-            return None
-        kind = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if typing.get_origin(kind) is Literal:
-        kind = type(typing.get_args(kind)[0])
-    try:
-        if kind is bool:
-            word = text.strip().lower()
-            if word in ("true", "1", "yes", "on"):
-                return True
-            if word in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-    except ValueError:
-        expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-        raise SettingsError(
-            f"environment {name}", key, f"expected {expected}, got {text!r}"
-        ) from None
-    return text
-
-
-def _convert(value: Any, hint: Any, base: Path) -> Any:
-    """``value`` (as TOML gives it) as the annotated type, or ``ValidationError``."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return _convert(value, next(a for a in args if a is not type(None)), base)
-    if typing.get_origin(hint) is Literal:
-        if not any(value == arg and type(value) is type(arg) for arg in args):
-            raise ValidationError("", f"must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ValidationError("", f"expected a path, got {_kind(value)}")
-        return base / Path(value).expanduser()
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValidationError("", f"expected {expected[hint]}, got {_kind(value)}")
-    return value
+    return parse_env(name, key, text, SCHEMA.hint(key))
 
 
 def _intersections(value: Any) -> Intersections:
@@ -520,41 +390,6 @@ def _intersections(value: Any) -> Intersections:
         return "all"
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValidationError(
-            "intersections", f'expected a list of intersection ids or "all", got {_kind(value)}'
+            "intersections", f'expected a list of intersection ids or "all", got {kind(value)}'
         )
     return tuple(value)
-
-
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    shown = f" {value!r}" if isinstance(value, str | int | float) else ""
-    return names.get(type(value), f"a {type(value).__name__}") + shown
-
-
-def _unknown(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
-    return f"unknown key {name!r}{hint}"
-
-
-def _state_directory(environ: Mapping[str, str]) -> Path:
-    """systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``), else ``DEFAULT_STATE_DIR``."""
-    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(first) if first else DEFAULT_STATE_DIR
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

@@ -20,6 +20,11 @@ class ValidationError(CitybrainError, ValueError):
         self.reason = reason
         super().__init__(f"{field}: {reason}")
 
+    def __reduce__(self) -> tuple[type[ValidationError], tuple[str, str]]:
+        """Rebuilt from its field and reason, so that it crosses a process boundary (a worker
+        of a process pool) as itself rather than breaking the pool."""
+        return type(self), (self.field, self.reason)
+
 
 class MessageError(ValidationError):
     """A wire message could not be decoded into its schema (malformed, misfit or oversize)."""
