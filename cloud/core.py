@@ -16,7 +16,17 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from citybrain.cloud.corridor import Action, CorridorManager, SendPlan, Settings
+import numpy as np
+from numpy.typing import NDArray
+
+from citybrain.cloud.corridor import (
+    TERMINAL,
+    Action,
+    Corridor,
+    CorridorManager,
+    SendPlan,
+    Settings,
+)
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router
 from citybrain.cloud.state import NetworkState, RefusedError
@@ -359,3 +369,37 @@ class CloudCore:
 
     def statuses(self, now_s: float) -> list[CorridorStatus]:
         return [self.manager.status(c, now_s) for c in self.manager.corridors]
+
+    def status(self, corridor_id: str, now_s: float) -> CorridorStatus:
+        return self.manager.status(corridor_id, now_s)
+
+    def corridor(self, corridor_id: str) -> Corridor | None:
+        """A corridor this process runs or ran (``None`` for any other id)."""
+        return self.manager.corridors.get(corridor_id)
+
+    def corridor_of(self, vehicle: str) -> str | None:
+        """The id of ``vehicle``'s corridor, ``None`` when it has none."""
+        return self.manager.by_vehicle.get(vehicle)
+
+    def active(self, requester: str | None = None) -> int:
+        """Corridors not ended yet, all or only ``requester``'s (whose limit it counts)."""
+        return sum(
+            1
+            for c in self.manager.corridors.values()
+            if c.state not in TERMINAL and (requester is None or c.requester == requester)
+        )
+
+    def online(self) -> int:
+        """Intersections whose edge said it is online (its retained status)."""
+        return sum(1 for s in self.seen.values() if s.presence is Presence.ONLINE)
+
+    def approaches(self) -> list[tuple[str, str, int]]:
+        """(approach, intersection, link) of every approach: where in ``queue_veh`` its
+        queue is."""
+        state = self.state
+        return [(a, state.approach_node[a], link) for a, link in state.approach_link.items()]
+
+    def queue_veh(self, now_s: float) -> NDArray[np.float64]:
+        """Every link's queue now, as the corridors use them (telemetry, or the stale
+        fallback)."""
+        return self.state.queues(now_s).queue_veh

@@ -220,6 +220,10 @@ class _Loops:
             "adv": [[] for _ in net.link_ids],
         }
         self.lines: list[str] = []
+        self.passed: dict[str, NDArray[np.int64]] = {
+            kind: np.zeros(len(net.link_ids), dtype=np.int64) for kind in self.ids
+        }
+        """The counts read so far (``counts`` never goes below them)."""
         lanes = {
             edge.id: [lane for lane in edge.lanes if lane.allows_car]
             for edge in read_net_file(snet.path).edges
@@ -242,11 +246,15 @@ class _Loops:
         path.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n')
 
     def counts(self, libsumo: ModuleType, kind: str) -> NDArray[np.int64]:
-        """Vehicles that passed each link's loops of ``kind`` since the start."""
+        """Vehicles that passed each link's loops of ``kind`` since the start. SUMO forgets a
+        vehicle it teleports off a loop (its interval count goes down by one); it did pass,
+        and a count that went down would read as a negative flow, so a count never falls."""
         number = libsumo.inductionloop.getIntervalVehicleNumber
-        return np.array(
+        read = np.array(
             [sum(number(loop) for loop in loops) for loops in self.ids[kind]], dtype=np.int64
         )
+        np.maximum(self.passed[kind], read, out=self.passed[kind])
+        return self.passed[kind].copy()
 
     def occupied(self, libsumo: ModuleType, kind: str, steps: float) -> NDArray[np.float64]:
         """Steps each link's busiest loop of ``kind`` was occupied since the start."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -245,3 +246,16 @@ def test_bad_input_is_refused_with_our_errors(
     monkeypatch.setattr(sumo_run, "_tools_version", lambda: "1.0.0")
     with pytest.raises(sumo.SumoUnavailableError, match="differ"):
         SumoRun(scenario.net, scenario.trips)
+
+
+def test_loop_counts_never_fall_when_sumo_forgets_a_vehicle_it_teleported() -> None:
+    """SUMO drops a vehicle teleported off a loop from the loop's interval count; the count
+    read back stays where it was (a fall would reach the cloud as a negative flow)."""
+    with _short_run() as run:
+        run.advance(200.0)
+        loops = run.sim.loops
+        real = loops.counts(libsumo, "adv")
+        assert real.sum() > 0
+        forgetful = ModuleType("libsumo")
+        forgetful.inductionloop = SimpleNamespace(getIntervalVehicleNumber=lambda loop: 0)  # type: ignore[attr-defined]
+        assert np.array_equal(loops.counts(forgetful, "adv"), real)
