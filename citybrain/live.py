@@ -421,7 +421,7 @@ async def _dispatch_and_follow(
             # the unit reports while its call has a corridor: the cloud refuses (and counts)
             # positions of a vehicle without one
             reporting = requested and AMBULANCE in core.manager.by_vehicle
-            position = _position(run, vehicle) if reporting else None
+            position = avl_position(run, vehicle) if reporting else None
             if position is not None:
                 payload = DEFAULT_CODEC.encode(position)
                 await avl.publish(vehicle_position_topic(AMBULANCE), payload, qos=0)
@@ -558,20 +558,22 @@ async def _request(api_url: str, token: str, run: Run, vehicle: int, depart: flo
             raise RuntimeError(f"corridor request refused: {await response.text()}")
 
 
-def _position(run: Run, vehicle: int) -> VehiclePosition | None:
-    """What the ambulance's AVL unit reports: its link and offset along it."""
+def avl_position(run: Run, vehicle: int, name: str = AMBULANCE) -> VehiclePosition | None:
+    """What a vehicle's AVL unit reports: its link and the offset along it (the end of its
+    last link once it arrived; None before it leaves)."""
     sim, net, trips = run.sim, run.net, run.trips
-    if sim.state[vehicle] not in (DRIVING, QUEUED, ARRIVED) or sim.state[vehicle] == ARRIVED:
-        if sim.state[vehicle] != ARRIVED:
-            return None
-        last = int(trips.route_links[trips.route_start[vehicle] + trips.route_len[vehicle] - 1])
-        link, offset = last, float(net.link_length[last])
-    else:
-        hop = int(sim.hop[vehicle])
-        link = int(trips.route_links[trips.route_start[vehicle] + hop])
+    start, hops = int(trips.route_start[vehicle]), int(trips.route_len[vehicle])
+    state = int(sim.state[vehicle])
+    if state == ARRIVED:
+        link = int(trips.route_links[start + hops - 1])
+        offset = float(net.link_length[link])
+    elif state in (DRIVING, QUEUED):
+        link = int(trips.route_links[start + int(sim.hop[vehicle])])
         offset = min(max(0.0, float(sim.position[vehicle])), float(net.link_length[link]))
+    else:
+        return None
     return VehiclePosition(
-        vehicle=AMBULANCE, time=run.now, link=net.link_ids[link], offset_m=offset,
+        vehicle=name, time=run.now, link=net.link_ids[link], offset_m=offset,
         speed_mps=float(net.link_speed[link] * trips.speed_factor[vehicle]),
     )  # fmt: skip
 

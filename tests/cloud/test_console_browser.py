@@ -43,11 +43,11 @@ from citybrain.edge.settings import (
     TelemetrySettings,
     TrustSettings,
 )
+from citybrain.live import avl_position
 from citybrain.models.codec import DEFAULT_CODEC
-from citybrain.models.messages import Presence, Status, VehiclePosition
+from citybrain.models.messages import Presence, Status
 from citybrain.models.topics import TopicKind, intersection_topic, vehicle_position_topic
 from citybrain.simulator.fieldbus import FieldBusServer
-from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 from citybrain.simulator.networks import arterial
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
@@ -141,7 +141,7 @@ async def live_system(broker_port: int, tmp_path: Path) -> AsyncIterator[LiveSys
     async def avl() -> None:
         async with aiomqtt.Client("127.0.0.1", broker_port, identifier="avl") as client:
             while True:
-                position = _position(run, vehicle)
+                position = avl_position(run, vehicle)
                 if position is not None and AMBULANCE in core.manager.by_vehicle:
                     topic = vehicle_position_topic(AMBULANCE)
                     await client.publish(topic, DEFAULT_CODEC.encode(position), 0)
@@ -160,24 +160,6 @@ async def live_system(broker_port: int, tmp_path: Path) -> AsyncIterator[LiveSys
         await asyncio.wait_for(cloud_task, 15.0)
         await bus.stop()
         await writer.close()
-
-
-def _position(run: Run, vehicle: int) -> VehiclePosition | None:
-    sim, net, trips = run.sim, run.net, run.trips
-    start, hops = int(trips.route_start[vehicle]), int(trips.route_len[vehicle])
-    state = int(sim.state[vehicle])
-    if state == ARRIVED:
-        link = int(trips.route_links[start + hops - 1])
-        offset = float(net.link_length[link])
-    elif state in (DRIVING, QUEUED):
-        link = int(trips.route_links[start + int(sim.hop[vehicle])])
-        offset = min(max(0.0, float(sim.position[vehicle])), float(net.link_length[link]))
-    else:
-        return None
-    return VehiclePosition(
-        vehicle=AMBULANCE, time=run.now, link=net.link_ids[link], offset_m=offset,
-        speed_mps=float(net.link_speed[link] * trips.speed_factor[vehicle]),
-    )  # fmt: skip
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float) -> None:

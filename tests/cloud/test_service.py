@@ -53,6 +53,7 @@ from citybrain.edge.settings import (
     TelemetrySettings,
     TrustSettings,
 )
+from citybrain.live import avl_position
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import (
     AckStatus,
@@ -79,7 +80,6 @@ from citybrain.models.topics import (
 )
 from citybrain.signal_plans.controller import ControllerModel
 from citybrain.simulator.fieldbus import FieldBusServer
-from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 from citybrain.simulator.networks import RoadNetwork, arterial
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
@@ -142,21 +142,7 @@ class System:
 
     def position(self) -> VehiclePosition | None:
         """What the ambulance's AVL unit reports: its link and the offset along it."""
-        sim, net, trips, vehicle = self.run.sim, self.run.net, self.run.trips, self.vehicle
-        start, hops = int(trips.route_start[vehicle]), int(trips.route_len[vehicle])
-        state = int(sim.state[vehicle])
-        if state == ARRIVED:
-            link = int(trips.route_links[start + hops - 1])
-            offset = float(net.link_length[link])
-        elif state in (DRIVING, QUEUED):
-            link = int(trips.route_links[start + int(sim.hop[vehicle])])
-            offset = min(max(0.0, float(sim.position[vehicle])), float(net.link_length[link]))
-        else:
-            return None
-        return VehiclePosition(
-            vehicle=AMBULANCE, time=self.run.now, link=net.link_ids[link], offset_m=offset,
-            speed_mps=float(net.link_speed[link] * trips.speed_factor[vehicle]),
-        )  # fmt: skip
+        return avl_position(self.run, self.vehicle)
 
     async def request_corridor(self) -> CorridorStatus:
         """Dispatch asks for the corridor through the operators' API, with the crew's route."""
