@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import enum
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import msgspec
 
@@ -126,6 +127,19 @@ class AlarmBook:
         alarm = msgspec.structs.replace(self._by_id[alarm_id], cleared_at=at)
         self._by_id[alarm_id] = alarm
         return alarm
+
+    def restore(self, alarms: Iterable[Alarm]) -> int:
+        """Take back the alarms a previous process raised that nobody acknowledged (from the
+        store): an operator must still see and acknowledge them. They hold no condition open:
+        one that persists is raised again by this process, which watches it now. Returns how
+        many were taken."""
+        taken = 0
+        for alarm in sorted(alarms, key=lambda a: (a.raised_at, a.alarm_id)):
+            if alarm.active and alarm.alarm_id not in self._by_id:
+                self._by_id[alarm.alarm_id] = alarm
+                taken += 1
+        self._trim()
+        return taken
 
     def is_open(self, kind: AlarmKind, subject: str) -> bool:
         return (kind, subject) in self._open

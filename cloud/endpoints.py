@@ -161,9 +161,12 @@ class OperatorEndpoints:
         return stored
 
     async def owner(self, corridor_id: str) -> CorridorOwner:
+        """Who may act on a corridor this process runs; one only the store knows ended before
+        this start (this process resumes none): a conflict, not an unknown id."""
         corridor = self.core.corridor(corridor_id)
         if corridor is None:
-            raise NotFound(f"no corridor {corridor_id!r}")
+            stored = await self.corridor(corridor_id)  # NotFound when nobody knows it
+            raise Conflict(f"corridor {corridor_id} ended before this start ({stored.state})")
         return CorridorOwner(
             corridor_id=corridor_id,
             requester=corridor.requester,

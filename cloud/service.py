@@ -54,6 +54,8 @@ from citybrain.cloud.storage import (
     AckReceived,
     OperatorAction,
     PlanSent,
+    StorageError,
+    StorageUnavailable,
     TelemetryStore,
     TelemetryWriter,
 )
@@ -247,6 +249,7 @@ class CloudService(Operations):
         """Stay connected to the broker until ``stop`` (see ``BrokerSession.run``), watching
         the city meanwhile, connected or not (``HealthMonitor.monitor``): an alarm matters most
         when the broker is away."""
+        await self.restore_alarms()
         monitor = asyncio.get_running_loop().create_task(self.monitor.monitor())
         try:
             await self.session.run(stop)
@@ -254,6 +257,18 @@ class CloudService(Operations):
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
+
+    async def restore_alarms(self) -> None:
+        """Alarms nobody acknowledged before a restart are still the operators' to see."""
+        if self.history is None:
+            return
+        try:
+            taken = self.alarm_book.restore(await self.history.alarms())
+        except (StorageError, StorageUnavailable) as error:
+            log.warning("cloud: alarms from before this start not read back: %s", error)
+            return
+        if taken:
+            log.info("cloud: %d unacknowledged alarms from before this start", taken)
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """One message off the broker (``Dispatcher.handle``): never raises."""

@@ -14,6 +14,7 @@ from citybrain.cloud.alarms import AlarmBook, AlarmKind, Severity
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.events import EventKind
 from citybrain.cloud.operations import (
+    Conflict,
     HistoryQuery,
     NotFound,
     ServiceUnavailable,
@@ -351,8 +352,45 @@ def test_corridor_history_comes_from_the_store_and_survives_a_restart() -> None:
             assert shown.state is CorridorState.CANCELLED, "an old id is not unknown"
             with pytest.raises(NotFound):
                 await restarted.corridor("C9-NOPE")
+            with pytest.raises(Conflict, match="ended before this start"):
+                await restarted.owner(granted.corridor_id)  # cancelling it: 409, not 404
+            with pytest.raises(NotFound):
+                await restarted.owner("C9-NOPE")
             store.available = False
             with pytest.raises(ServiceUnavailable):
                 await restarted.corridor_history(HistoryQuery())
+
+    asyncio.run(main())
+
+
+def test_alarms_nobody_acknowledged_before_a_restart_are_read_back_and_can_be_acked() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        async with TelemetryWriter(store) as writer:
+            first = _service()
+            _, audit = writer_sinks(writer)
+            first.audit_sink = audit
+            await _online(first, "g1_1", Presence.OFFLINE)
+            await _online(first, "g1_2", Presence.OFFLINE)
+            (settled, waiting) = sorted(await first.alarms(), key=lambda a: a.subject)
+            await first.acknowledge_alarm(settled.alarm_id, by="op")
+            await asyncio.sleep(0.05)  # the audit tasks hand their records to the writer
+            await writer.flush()
+            restarted = _service()
+            restarted.history = writer.store
+            await restarted.restore_alarms()
+            (back,) = await restarted.alarms(active_only=True)
+            assert (back.alarm_id, back.subject) == (waiting.alarm_id, "g1_2")
+            acked = await restarted.acknowledge_alarm(back.alarm_id, by="night shift")
+            assert acked.acked_by == "night shift"
+            # the condition is this process's to watch: seen again, it raises its own alarm
+            await _online(restarted, "g1_2", Presence.OFFLINE)
+            (again,) = await restarted.alarms(active_only=True)
+            assert again.alarm_id != waiting.alarm_id
+            store.available = False  # a database away at start: nothing read back, no failure
+            empty = _service()
+            empty.history = writer.store
+            await empty.restore_alarms()
+            assert await empty.alarms() == []
 
     asyncio.run(main())
