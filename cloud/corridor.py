@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from citybrain.cloud.graph import CorridorGraph
-from citybrain.cloud.routing import MAX_PACE, MIN_PACE, Route, Router, UnreachableError
+from citybrain.cloud.routing import (
+    MAX_PACE,
+    MIN_PACE,
+    MovementTimes,
+    Route,
+    Router,
+    UnreachableError,
+)
 from citybrain.cloud.state import NetworkState
 from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
@@ -305,6 +312,8 @@ class CorridorManager:
             self.nodes_out.setdefault(link.from_node, []).append(graph.link_index[link.id])
             self.nodes_in.setdefault(link.to_node, []).append(graph.link_index[link.id])
         self.window_group = _window_groups(graph, plans)
+        self._ready: MovementTimes | None = None
+        """``_ready_estimate``'s per-movement times, made on first use."""
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -611,9 +620,20 @@ class CorridorManager:
 
     # ---- planning -------------------------------------------------------------------------
 
-    def _ready_estimate(self, now_s: float) -> np.ndarray:
-        flush = self.network_state.flush_time_s(now_s)
-        return now_s + SWITCH_ESTIMATE_S + flush[self.graph.mv_from]
+    def _ready_estimate(self, now_s: float) -> MovementTimes:
+        """When each movement's queue can be gone, seen from ``now_s``: a switch to green plus
+        its flush. Kept per movement and updated where queues changed (``take_changed``), so
+        a route query takes it as checked instead of checking every movement each time."""
+        state = self.network_state
+        changed = state.take_changed(now_s)
+        if self._ready is None:
+            flush = state.flush_time_s(now_s)[self.graph.mv_from]
+            self._ready = MovementTimes.ready(self.graph, SWITCH_ESTIMATE_S + flush)
+        elif changed.size:
+            movements, owner = self.graph.movements_leaving(changed)
+            flush = state.flush_time_s(now_s, links=changed)
+            self._ready.update(movements, SWITCH_ESTIMATE_S + flush[owner])
+        return self._ready.at(now_s)
 
     def _replan(self, now_s: float) -> list[Action]:
         """Re-time every live corridor, highest priority (then earliest request) first, each

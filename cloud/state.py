@@ -8,6 +8,7 @@ value (or zero queue / free-flow time when there is none) and says so in ``sourc
 from __future__ import annotations
 
 import enum
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,11 @@ class NetworkState:
             if np.any(historical_queue_veh < 0):
                 raise ValidationError("historical_queue_veh", "queues cannot be negative")
         self.historical = historical_queue_veh
+        self._changed: set[int] = set()
+        """Links whose queue was set since ``take_changed`` last ran."""
+        self._stale_at: list[tuple[float, int]] = []
+        """(when it goes stale, link) of every update, a heap: a queue seen from a later
+        ``now`` changes then too (the fallback stands in)."""
         self._counted: dict[str, _Counted] = {}
         self._born: set[str] = set()
         """Intersections whose edge announced itself since their last telemetry taken."""
@@ -122,7 +128,7 @@ class NetworkState:
         for link, queue, flow in updates:
             self.queue[link] = queue
             self.flow_vph[link] = flow
-            self.updated[link] = now_s
+            self._touched(link, now_s)
         self._counted[node] = _Counted(message.seq, now_s)
         self._born.discard(node)
 
@@ -155,7 +161,23 @@ class NetworkState:
         self.queue[link] = queue_veh
         if flow_vph is not None:
             self.flow_vph[link] = check_number("flow_vph", flow_vph, ge=0.0, le=20_000.0)
+        self._touched(link, now_s)
+
+    def _touched(self, link: int, now_s: float) -> None:
         self.updated[link] = now_s
+        self._changed.add(link)
+        heapq.heappush(self._stale_at, (now_s + self.stale_after, link))
+
+    def take_changed(self, now_s: float) -> NDArray[np.int64]:
+        """The links whose queue, seen from ``now_s``, may differ from when this was last
+        called: those set since, and those gone stale meanwhile. For the one consumer that
+        keeps per-movement times up to date (the corridor manager's ready times), so it
+        updates what changed instead of checking every movement on every query."""
+        while self._stale_at and self._stale_at[0][0] < now_s:
+            self._changed.add(heapq.heappop(self._stale_at)[1])
+        links = np.fromiter(sorted(self._changed), dtype=np.int64, count=len(self._changed))
+        self._changed.clear()
+        return links
 
     def inflow_veh_per_s(self, now_s: float) -> NDArray[np.float64]:
         """Arrival rate per link where telemetry is live, 0 where it is not."""
@@ -172,8 +194,19 @@ class NetworkState:
         return QueueView(np.where(live, self.queue, fallback), age, source.astype(np.int8))
 
     def flush_time_s(
-        self, now_s: float, *, lost_time_s: float = DEFAULT_LOST_TIME_S
+        self,
+        now_s: float,
+        *,
+        lost_time_s: float = DEFAULT_LOST_TIME_S,
+        links: NDArray[np.int64] | None = None,
     ) -> NDArray[np.float64]:
-        """Per link: green needed to discharge its queue over all its lanes (0 when empty)."""
-        queue = self.queues(now_s).queue_veh
-        return np.where(queue > 0, lost_time_s + queue * self.discharge_s_per_veh, 0.0)
+        """Per link (or per link of ``links``): green needed to discharge its queue over all
+        its lanes (0 when empty)."""
+        if links is None:
+            queue, discharge = self.queues(now_s).queue_veh, self.discharge_s_per_veh
+        else:
+            live = now_s - self.updated[links] <= self.stale_after
+            fallback = self.historical[links] if self.historical is not None else 0.0
+            queue = np.where(live, self.queue[links], fallback)
+            discharge = self.discharge_s_per_veh[links]
+        return np.where(queue > 0, lost_time_s + queue * discharge, 0.0)

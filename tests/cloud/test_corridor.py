@@ -659,3 +659,22 @@ def test_the_pace_it_is_seen_to_drive_times_the_windows_ahead_but_waiting_does_n
     ahead = float(GRAPH.link_time[GRAPH.link_index["a01-a02"]])
     assert _line(slow, "a02").eta_s - _line(slow, "a01").eta_s >= pace * ahead - 1e-6
     assert _line(waiting, "a02").eta_s - _line(waiting, "a01").eta_s < pace * ahead
+
+
+def test_ready_times_are_kept_up_to_date_where_queues_change_not_rebuilt_per_query() -> None:
+    """The manager's per-movement ready times follow every queue set and every queue gone
+    stale, equal to computing them afresh, from one checked array made once."""
+    manager = _manager()
+    state = manager.network_state
+    manager.request(_request(depart_at=100.0), 100.0)
+    kept = manager._ready
+    assert kept is not None
+    changes = ((101.0, "west-a01", 12.0), (103.0, "a01-a02", 30.0), (104.0, "a02-a03", 0.0))
+    for now, link, queue in changes:
+        state.set_queue(link, queue, now)
+        manager.on_position(_at("west-a01", now - 100.0, now), now)
+        assert manager._ready is kept, "updated in place, not made again"
+    for now in (104.0, 112.0, 114.0, 130.0):  # the queues go stale one after the other
+        ready = manager._ready_estimate(now)
+        fresh = now + corridor_module.SWITCH_ESTIMATE_S + state.flush_time_s(now)[GRAPH.mv_from]
+        assert np.allclose(ready.base_s + ready.values, fresh, rtol=0.0, atol=1e-9)

@@ -127,3 +127,15 @@ def test_inflow_comes_from_telemetry_and_stale_flow_counts_for_nothing() -> None
     assert state.inflow_veh_per_s(111.0)[link] == 0.0
     with pytest.raises(ValidationError):
         state.set_queue("west-a01", 1.0, 0.0, flow_vph=-5.0)
+
+
+def test_take_changed_names_links_set_since_and_links_gone_stale() -> None:
+    state = NetworkState(NETWORK, stale_after_s=10.0)
+    a, b = state.link_index["west-a01"], state.link_index["a01-a02"]
+    state.set_queue("west-a01", 3.0, 100.0)
+    state.set_queue("a01-a02", 1.0, 105.0)
+    assert state.take_changed(105.0).tolist() == sorted([a, b])
+    assert state.take_changed(106.0).tolist() == [], "nothing new"
+    assert state.take_changed(110.5).tolist() == [a], "west-a01 went stale after 110 s"
+    assert state.take_changed(120.0).tolist() == [b]
+    assert state.flush_time_s(120.0, links=np.array([a, b])).tolist() == [0.0, 0.0]
