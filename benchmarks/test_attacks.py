@@ -732,8 +732,10 @@ async def _genuine_corridor(city: City) -> str:
 
 def _confirmed(city: City, corridor_id: str) -> bool:
     """Whether the cloud holds the corridor's a01 window as confirmed by a01's edge."""
-    lines = city.service.core.manager.corridors[corridor_id].stop_lines
-    return all(line.confirmed for line in lines if line.intersection == "a01")
+    corridor = city.service.core.corridor(corridor_id)
+    if corridor is None:
+        raise AssertionError(f"the cloud does not know {corridor_id}")
+    return all(line.confirmed for line in corridor.stop_lines if line.intersection == "a01")
 
 
 def _cloud_view(city: City, corridor_id: str) -> Result:

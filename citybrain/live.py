@@ -420,7 +420,7 @@ async def _dispatch_and_follow(
                 say("ambulance dispatched: corridor requested through the operator API")
             # the unit reports while its call has a corridor: the cloud refuses (and counts)
             # positions of a vehicle without one
-            reporting = requested and AMBULANCE in core.manager.by_vehicle
+            reporting = requested and core.corridor_of(AMBULANCE) is not None
             position = avl_position(run, vehicle) if reporting else None
             if position is not None:
                 payload = DEFAULT_CODEC.encode(position)
