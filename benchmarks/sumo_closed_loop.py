@@ -29,7 +29,7 @@ import numpy as np
 
 from citybrain.closed_loop import WESTBOUND, Outcome, Policy, Setup, run_policy
 from citybrain.evaluate import Ambulance, Study, evaluate
-from citybrain.simulator.demand import Trips
+from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Scenario, build
 
@@ -104,24 +104,21 @@ def _alone(setup: Setup, seed: int) -> Scenario:
         ambulance_at_s=setup.warmup_s,
         ambulance_direction=setup.direction,
     )
-    trips = full.trips
-    keep = np.flatnonzero(trips.emergency)
-    parts = []
-    for v in keep:
-        start, length = int(trips.route_start[v]), int(trips.route_len[v])
-        parts.append(
-            Trips(
-                trips.depart[[v]],
-                np.zeros(1, dtype=np.int64),
-                trips.route_len[[v]],
-                trips.route_links[start : start + length],
-                trips.route_moves[start : start + length],
-                trips.speed_factor[[v]],
-                trips.emergency[[v]],
-                {0: trips.names[int(v)]},
+    trips, net = full.trips, full.net
+    alone = []
+    for v in np.flatnonzero(trips.emergency):
+        start = int(trips.route_start[v])
+        route = trips.route_links[start : start + int(trips.route_len[v])]
+        alone.append(
+            fixed_route(
+                net,
+                [net.link_ids[int(link)] for link in route],
+                depart_s=float(trips.depart[v]),
+                name=trips.names[int(v)],
+                speed_factor=float(trips.speed_factor[v]),
             )
         )
-    return Scenario(full.name, full.net, Trips.concat(parts), full.duration_s, seed, full.sumo_net)
+    return Scenario(full.name, net, Trips.concat(alone), full.duration_s, seed, full.sumo_net)
 
 
 def _task(args: tuple[str, str, list[int]]) -> tuple[str, str, dict[str, Any]]:

@@ -89,6 +89,7 @@ SPREAD_LEARNING = 0.3
 LEAST_SPREAD_RATE = 0.03
 """The ETA band's growth with the time to go before anything is learned (and its floor): 3 %."""
 MOST_SPREAD_RATE = 0.5
+"""Its ceiling: ETAs off by half the time to go leave nothing to plan windows on anyway."""
 CUT = "its window ran out before it arrived: the cross streets have their turn first"
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
@@ -499,9 +500,9 @@ class CorridorManager:
         if seen is None or now_s <= seen[2]:
             return
         links = [int(x) for x in corridor.route.link_indices]
-        if seen[0] not in links or link not in links[links.index(seen[0]) :]:
+        first = links.index(seen[0]) if seen[0] in links else len(links)
+        if link not in links[first:]:
             return
-        first = links.index(seen[0])
         graph = self.graph
         planned = 0.0
         for hop in range(first, links.index(link, first) + 1):
@@ -1074,17 +1075,16 @@ def _window_groups(graph: CorridorGraph, plans: Mapping[str, TimingPlan]) -> tup
     car going the other way, at a green that is not its lane's. The network does not say which
     lanes are shared, so the window asks for the narrower group, whose phases serve both."""
     groups = list(graph.mv_group)
-    from_link: dict[int, list[int]] = {}
-    for movement in range(len(groups)):
-        from_link.setdefault(int(graph.mv_from[movement]), []).append(movement)
     for movement, group in enumerate(graph.mv_group):
         plan = plans.get(graph.intersection_ids[graph.mv_intersection[movement]])
         if plan is None:
             continue
         own = _phases_serving(plan, group)
+        link = int(graph.mv_from[movement])
+        leaving = range(int(graph.out_start[link]), int(graph.out_start[link + 1]))
         narrower = [
             (len(phases), other)
-            for other in {graph.mv_group[m] for m in from_link[int(graph.mv_from[movement])]}
+            for other in {graph.mv_group[m] for m in leaving}
             if (phases := _phases_serving(plan, other)) and phases < own
         ]
         if narrower:

@@ -37,9 +37,6 @@ class RefusedError(ValidationError):
         super().__init__(field, reason)
         self.code = code
 
-    def __reduce__(self) -> tuple[type[RefusedError], tuple[str, str, str]]:  # type: ignore[override]
-        return type(self), (self.code, self.field, self.reason)
-
 
 @dataclass(frozen=True, slots=True)
 class _Counted:
@@ -184,14 +181,18 @@ class NetworkState:
         live = now_s - self.updated <= self.stale_after
         return np.where(live, self.flow_vph / 3600.0, 0.0)
 
-    def queues(self, now_s: float) -> QueueView:
-        age = now_s - self.updated
+    def queues(self, now_s: float, *, links: NDArray[np.int64] | None = None) -> QueueView:
+        """Every link's queue seen from ``now_s`` (or those of ``links``): live telemetry, else
+        the historical fallback, else none."""
+        chosen = slice(None) if links is None else links
+        age = now_s - self.updated[chosen]
         live = age <= self.stale_after
         source = np.where(
             live, Source.LIVE, Source.HISTORICAL if self.historical is not None else Source.DEFAULT
         )
-        fallback = self.historical if self.historical is not None else np.zeros_like(self.queue)
-        return QueueView(np.where(live, self.queue, fallback), age, source.astype(np.int8))
+        fallback = self.historical[chosen] if self.historical is not None else 0.0
+        queue = np.where(live, self.queue[chosen], fallback)
+        return QueueView(queue, age, source.astype(np.int8))
 
     def flush_time_s(
         self,
@@ -202,11 +203,6 @@ class NetworkState:
     ) -> NDArray[np.float64]:
         """Per link (or per link of ``links``): green needed to discharge its queue over all
         its lanes (0 when empty)."""
-        if links is None:
-            queue, discharge = self.queues(now_s).queue_veh, self.discharge_s_per_veh
-        else:
-            live = now_s - self.updated[links] <= self.stale_after
-            fallback = self.historical[links] if self.historical is not None else 0.0
-            queue = np.where(live, self.queue[links], fallback)
-            discharge = self.discharge_s_per_veh[links]
+        queue = self.queues(now_s, links=links).queue_veh
+        discharge = self.discharge_s_per_veh if links is None else self.discharge_s_per_veh[links]
         return np.where(queue > 0, lost_time_s + queue * discharge, 0.0)

@@ -20,10 +20,16 @@ class ValidationError(CitybrainError, ValueError):
         self.reason = reason
         super().__init__(f"{field}: {reason}")
 
-    def __reduce__(self) -> tuple[type[ValidationError], tuple[str, str]]:
-        """Rebuilt from its field and reason, so that it crosses a process boundary (a worker
-        of a process pool) as itself rather than breaking the pool."""
-        return type(self), (self.field, self.reason)
+    def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
+        """Rebuilt as it was (its message and every field, whatever its subclass's
+        constructor takes), so that it crosses a process boundary (a worker of a process
+        pool) as itself rather than breaking the pool."""
+        return _rebuilt, (type(self), self.args), vars(self)
+
+
+def _rebuilt(kind: type[ValidationError], args: tuple[object, ...]) -> ValidationError:
+    """An error of ``kind`` with ``args``, its constructor not called (``__reduce__``)."""
+    return kind.__new__(kind, *args)
 
 
 class MessageError(ValidationError):

@@ -35,9 +35,6 @@ class SettingsError(ValidationError):
         self.source = source
         self.args = (f"{source}: {field}: {reason}",)
 
-    def __reduce__(self) -> tuple[type[SettingsError], tuple[str, str, str]]:  # type: ignore[override]
-        return type(self), (self.source, self.field, self.reason)
-
 
 @dataclass(frozen=True, slots=True)
 class Schema:
