@@ -19,6 +19,7 @@ the signals took to get back to their normal plans.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from citybrain.models.checks import compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
+    CorridorImpact,
     CorridorRequest,
     CorridorState,
     GreenWindow,
@@ -42,6 +44,7 @@ from citybrain.models.messages import (
 )
 from citybrain.models.signal import Indication
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
+from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine, SimulationRun, VehicleIncident
 from citybrain.simulator.scenarios import (
     Direction,
@@ -124,6 +127,12 @@ class Outcome:
     """Signalized intersections on the routes of more than one ambulance."""
     corridors: dict[str, CorridorState] = field(default_factory=dict)
     """Per ambulance, the final state of its corridor (corridor policy only)."""
+    queued_veh_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per link, the vehicle-seconds spent queued on it over the run (the ground truth the
+    corridor's estimated cost to cross traffic is held against)."""
+    impacts: dict[str, CorridorImpact] = field(default_factory=dict)
+    """Per ambulance, its corridor's impact as the cloud estimated it (``cloud/impact.py``),
+    to hold against what the runs measure."""
     incidents: tuple[VehicleIncident, ...] = ()
     """Vehicles the engine teleported or removed (SUMO; ours never does)."""
 
@@ -189,9 +198,11 @@ def _run(
     run.advance(setup.warmup_s - setup.dispatch_lead_s - FLOW_WINDOW_S - 1.0)
     driver = _Driver(policy, scenario, run, setup)
     busy_until: dict[str, float] = {}
+    queued = np.zeros(len(scenario.net.link_ids))
     while run.now < end:
         driver.step()
         run.advance(1.0)
+        queued += run.sim.link_queued
         driver.lost(run.incidents)
         for node, controller in run.controllers.items():
             if controller.running is not None:
@@ -225,11 +236,14 @@ def _run(
     seconds = float(np.sum((until - scenario.trips.depart)[others]))
     routes = Counter(node for vehicle in driver.vehicles for node in vehicle.stop_line_m)
     crossings = tuple(sorted(node for node, count in routes.items() if count > 1))
-    corridors = (
-        {c.vehicle: c.state for c in driver.manager.corridors.values()}
-        if driver.manager is not None
-        else {}
-    )
+    corridors: dict[str, CorridorState] = {}
+    impacts: dict[str, CorridorImpact] = {}
+    if driver.manager is not None:
+        for corridor in driver.manager.corridors.values():
+            corridors[corridor.vehicle] = corridor.state
+            impact = driver.manager.impact.report(corridor.corridor_id)
+            if impact is not None:
+                impacts[corridor.vehicle] = impact
     return Outcome(
         policy,
         seed,
@@ -239,8 +253,44 @@ def _run(
         driver.refused,
         crossings,
         corridors,
+        queued,
+        impacts,
         tuple(run.incidents),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ImpactCheck:
+    """A corridor's impact as the cloud estimated it (what the console shows) beside what the
+    runs measured against the same seed without priority."""
+
+    estimate: CorridorImpact
+    time_saved_s: float
+    """No priority's trip less the corridor's."""
+    cross_delay_veh_s: float
+    """Vehicle-seconds queued on the route intersections' other approaches, corridor run less
+    the run without priority (over the whole run)."""
+
+
+def check_impact(
+    corridor: Outcome, without: Outcome, vehicle: str, road: RoadNetwork
+) -> ImpactCheck | None:
+    """``vehicle``'s corridor estimate against the runs (``None`` if it had no corridor)."""
+    estimate = corridor.impacts.get(vehicle)
+    if estimate is None:
+        return None
+    journey = corridor.journeys[vehicle]
+    links = {link.id: i for i, link in enumerate(road.network.links)}
+    cross = [
+        links[link.id]
+        for before, node in itertools.pairwise(journey.route)
+        if node in road.plans
+        for link in road.network.links
+        if link.to_node == node and link.from_node != before
+    ]
+    saved = without.journeys[vehicle].travel_time_s - journey.travel_time_s
+    queued = corridor.queued_veh_s[cross] - without.queued_veh_s[cross]
+    return ImpactCheck(estimate, saved, float(np.sum(queued)))
 
 
 def _scenario(setup: Setup, seed: int) -> Scenario:
@@ -350,6 +400,7 @@ class _Driver:
         manager = self.manager
         if manager is not None and now >= self.observe_from:
             self._observe(now)
+            manager.measure(now)
         for vehicle in self.vehicles:
             if manager is not None and not vehicle.requested and now >= vehicle.dispatched_at:
                 self._request(vehicle, now)

@@ -18,10 +18,12 @@ from citybrain.closed_loop import (
     Outcome,
     Policy,
     Setup,
+    check_impact,
     run_policy,
 )
 from citybrain.models.errors import ValidationError
 from citybrain.simulator.runner import Engine
+from citybrain.simulator.scenarios import load_network
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,37 @@ def summary(comparison: Comparison, *, vehicle: str = AMBULANCE) -> dict[str, An
         "intersections": comparison.intersections,
         "ambulance": {"free_flow_s": round(free_flow, 2)},
         "policies": policies,
+        "impact": impact_summary(comparison, vehicle),
+    }
+
+
+def impact_summary(comparison: Comparison, vehicle: str = AMBULANCE) -> dict[str, Any]:
+    """The corridor's impact as the cloud estimated it (the console's figures), beside what the
+    runs measured against no priority, averaged over the seeds."""
+    road = load_network(comparison.setup.network)
+    pairs = zip(
+        comparison.outcomes[Policy.CORRIDOR], comparison.outcomes[Policy.NO_PRIORITY], strict=True
+    )
+    checks = [c for o, b in pairs if (c := check_impact(o, b, vehicle, road)) is not None]
+    estimates = [c.estimate for c in checks]
+
+    def figure(estimated: list[float | None], measured: list[float]) -> dict[str, float | None]:
+        known = [e for e in estimated if e is not None]
+        return {
+            "estimated": round(_mean(known), 1) if known else None,
+            "measured": round(_mean(measured), 1),
+        }
+
+    recoveries = [e.recovery_s for e in estimates if e.recovery_s is not None]
+    return {
+        "time_saved_s": figure(
+            [e.time_saved_s for e in estimates], [c.time_saved_s for c in checks]
+        ),
+        "cross_delay_veh_s": figure(
+            [e.cross_delay_veh_s for e in estimates], [c.cross_delay_veh_s for c in checks]
+        ),
+        "recovery_s": round(_mean(recoveries), 1) if recoveries else None,
+        "recovered_seeds": len(recoveries),
     }
 
 
@@ -195,6 +228,7 @@ def render(data: dict[str, Any]) -> str:
         "  others +veh-s: extra vehicle-seconds all other traffic spent compared with no priority;",
         "  recovery: mean time from the ambulance passing a stop line until that signal is back",
         "  on its normal plan",
+        *report.impact_lines(data["impact"]),
     ]
     return "\n".join(rows)
 

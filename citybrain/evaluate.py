@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from citybrain import report
 from citybrain.closed_loop import FLOW_WINDOW_S, Outcome, Policy, Setup, run_policy
 from citybrain.demo import Comparison, summary
 from citybrain.models.checks import check_count, check_id, check_number
@@ -303,6 +304,7 @@ def to_json(evaluation: Evaluation) -> dict[str, Any]:
                 "route": list(evaluation.routes[name]),
                 "free_flow_s": per_vehicle[name]["ambulance"]["free_flow_s"],
                 "policies": per_vehicle[name]["policies"],
+                "impact": per_vehicle[name]["impact"],
             }
             for name in names
         },
@@ -337,6 +339,7 @@ def render(data: dict[str, Any]) -> str:
                 f"{slower.get(policy, 0):13d}"
             )
         rows.append("  " + verdict(data, name))
+        rows += report.impact_lines(ambulance["impact"])
     unfinished = _unfinished(data)
     if unfinished:
         rows.append(f"  not arrived by the end of the run: {', '.join(unfinished)}")

@@ -241,3 +241,29 @@ def _where(live: dict[str, float], in_process: dict[str, float], shown: int = 4)
     return ", ".join(f"{node} {diff:+.1f} s" for node, diff in ranked) + (
         " (live minus in-process delay at the stop line)" if ranked else ""
     )
+
+
+def impact_lines(impact: dict[str, Any]) -> list[str]:
+    """The cloud's own estimate of its corridor's impact (what the console shows after a
+    corridor), set against the runs' measurement, with how far off it was."""
+    saved, cross = impact["time_saved_s"], impact["cross_delay_veh_s"]
+    if saved["estimated"] is None:
+        return ["  the cloud estimated no corridor's impact (none completed)"]
+
+    def off(figure: dict[str, float]) -> str:
+        if not figure["measured"]:
+            return "n/a"
+        return f"{(figure['estimated'] - figure['measured']) / abs(figure['measured']):+.0%}"
+
+    recovery = (
+        f"cross streets back to their level {impact['recovery_s']:.0f} s after the ambulance "
+        f"(mean of the {plural(impact['recovered_seeds'], 'seed')} where all recovered in the run)"
+        if impact["recovery_s"] is not None
+        else "cross streets not all back to their level before the runs ended"
+    )
+    return [
+        f"  the cloud's own estimate (the console's impact; the runs measured without it): time "
+        f"saved {saved['estimated']:.0f} s (runs {saved['measured']:.0f} s, {off(saved)});",
+        f"  cost to the route's cross streets {cross['estimated']:+,.0f} veh-s (runs "
+        f"{cross['measured']:+,.0f}, {off(cross)}); {recovery}",
+    ]

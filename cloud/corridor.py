@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from citybrain.cloud.graph import CorridorGraph
+from citybrain.cloud.impact import ImpactMeter, Leg, normal_trip_s
 from citybrain.cloud.routing import (
     MAX_PACE,
     MIN_PACE,
@@ -198,6 +199,8 @@ class Corridor:
     speed (behind traffic that does not make way) gets its windows when it comes."""
     seen: tuple[int, float, float] | None = None
     """Its last reported position: (link, offset, time)."""
+    first_position_s: float | None = None
+    """When its first position came: its trip starts there (``CorridorImpact.trip_s``)."""
     spread_rate: float = LEAST_SPREAD_RATE
     """How its ETA's uncertainty grows with the time to go, learned from the error of the
     forecasts at the stop lines it passed (``_learn_spread``); the band's low edge sets how
@@ -313,6 +316,11 @@ class CorridorManager:
             self.nodes_out.setdefault(link.from_node, []).append(graph.link_index[link.id])
             self.nodes_in.setdefault(link.to_node, []).append(graph.link_index[link.id])
         self.window_group = _window_groups(graph, plans)
+        self.impact = ImpactMeter(
+            links_into=self.nodes_in,
+            cycles_s={node: plan.cycle_s for node, plan in plans.items()},
+            link_count=len(network.links),
+        )
         self._ready: MovementTimes | None = None
         """``_ready_estimate``'s per-movement times, made on first use."""
 
@@ -381,6 +389,7 @@ class CorridorManager:
         preempted = self._room_for(request.priority, corridor.stop_lines)
         self.corridors[corridor_id] = corridor
         self.by_vehicle[request.vehicle] = corridor_id
+        self.impact.start(corridor_id)
         log.info(
             "corridor %s for %s: %d stop lines",
             corridor_id,
@@ -388,7 +397,7 @@ class CorridorManager:
             len(corridor.stop_lines),
         )
         for victim in preempted:
-            self._end(victim, CorridorState.CANCELLED, PREEMPTED)
+            self._end(victim, CorridorState.CANCELLED, now_s, PREEMPTED)
         statuses = [PublishStatus(self._status(victim, now_s)) for victim in preempted]
         return [*self._replan(now_s), *statuses]
 
@@ -466,6 +475,8 @@ class CorridorManager:
         if position.offset_m > self.graph.link_length[link] + 1.0:
             raise ValidationError("offset_m", f"beyond the end of {position.link}")
         corridor.last_position_s = now_s
+        if corridor.first_position_s is None:
+            corridor.first_position_s = now_s
         self._learn_pace(corridor, link, position.offset_m, now_s)
         if corridor.state is CorridorState.GRANTED:
             corridor.state = CorridorState.ACTIVE
@@ -608,8 +619,8 @@ class CorridorManager:
         return self._finish(corridor, state, now_s, reason)
 
     def tick(self, now_s: float) -> list[Action]:
-        """Time out corridors whose vehicle went silent."""
-        actions: list[Action] = []
+        """Time out corridors whose vehicle went silent; measure the corridors' impact."""
+        actions = self.measure(now_s)
         for corridor in list(self.corridors.values()):
             if corridor.state in TERMINAL:
                 continue
@@ -618,6 +629,57 @@ class CorridorManager:
                     corridor, CorridorState.TIMED_OUT, now_s, "no position reports"
                 )
         return actions
+
+    def measure(self, now_s: float) -> list[Action]:
+        """Take the queues seen now into every corridor's impact (``cloud/impact.py``): the
+        final status of each whose intersections have all recovered since it ended."""
+        inflow = self.network_state.inflow_veh_per_s(now_s)
+        for corridor in self._live():
+            for line in corridor.stop_lines:
+                if _window_open(line, now_s):
+                    approach = int(self.graph.mv_from[line.movement])
+                    self.impact.opened(
+                        corridor.corridor_id,
+                        line.intersection,
+                        approach,
+                        float(inflow[approach]),
+                        now_s,
+                    )
+                if line.passed_s is not None:
+                    self.impact.passed(corridor.corridor_id, line.intersection, line.passed_s)
+        settled = self.impact.observe(self.network_state.queues(now_s).queue_veh, now_s)
+        return [
+            PublishStatus(self._status(self.corridors[c], now_s))
+            for c in settled
+            if c in self.corridors
+        ]
+
+    def _trip(self, corridor: Corridor, now_s: float) -> tuple[float, float] | None:
+        """(trip, the same trip through the normal plans) of a vehicle at its destination."""
+        start = corridor.first_position_s
+        if start is None:
+            return None
+        inflow = self.network_state.inflow_veh_per_s(now_s)
+        passed = sorted(
+            (line for line in corridor.stop_lines if line.passed_s is not None),
+            key=lambda line: line.passed_s or 0.0,
+        )
+        legs = []
+        for line in passed:
+            approach = int(self.graph.mv_from[line.movement])
+            seen = self.impact.approach_at(corridor.corridor_id, line.intersection)
+            arrivals, level = seen or (float(inflow[approach]), self.impact.level_of(approach))
+            legs.append(
+                Leg(
+                    passed_s=line.passed_s or 0.0,
+                    plan=self.plans[line.intersection],
+                    group=self.graph.mv_group[line.movement],
+                    arrivals_veh_per_s=arrivals,
+                    queue_level_veh=level,
+                    discharge_s_per_veh=float(self.network_state.discharge_s_per_veh[approach]),
+                )
+            )
+        return now_s - start, normal_trip_s(start, now_s, legs)
 
     # ---- planning -------------------------------------------------------------------------
 
@@ -1003,11 +1065,15 @@ class CorridorManager:
     def _finish(
         self, corridor: Corridor, state: CorridorState, now_s: float, reason: str | None
     ) -> list[Action]:
-        self._end(corridor, state, reason)
+        self._end(corridor, state, now_s, reason)
         return [*self._dispatch(now_s), PublishStatus(self._status(corridor, now_s))]
 
-    def _end(self, corridor: Corridor, state: CorridorState, reason: str | None) -> None:
+    def _end(
+        self, corridor: Corridor, state: CorridorState, now_s: float, reason: str | None
+    ) -> None:
         """End the corridor; its stop lines are released by the next dispatch."""
+        trip = self._trip(corridor, now_s) if state is CorridorState.COMPLETED else None
+        self.impact.ended(corridor.corridor_id, now_s, trip)
         for line in corridor.stop_lines:
             line.released = True
         corridor.state, corridor.reason = state, reason
@@ -1022,6 +1088,7 @@ class CorridorManager:
         while len(self._ended) > self.settings.keep_ended:
             gone = self._ended.popleft()
             del self.corridors[gone]
+            self.impact.forget(gone)
             for plan_id in self._plans_of.pop(gone, []):
                 owners = self._serving.get(plan_id, [])
                 if gone in owners:
@@ -1059,6 +1126,7 @@ class CorridorManager:
             route=tuple(dict.fromkeys(line.intersection for line in corridor.stop_lines)),
             intersections=tuple(lines),
             reason=corridor.reason,
+            impact=self.impact.report(corridor.corridor_id),
         )
 
 
@@ -1166,6 +1234,13 @@ def _normal_green_from(plan: TimingPlan, group: str, at_s: float) -> float:
         if group in plan.phases[period.phase_index].groups and period.green_end_s > at_s:
             return max(at_s, period.green_start_s)
     return at_s + plan.cycle_s
+
+
+def _window_open(line: StopLine, now_s: float) -> bool:
+    """Whether a window sent for the line (its own, or its early flush) is open now."""
+    if line.plan_id is None or line.released:
+        return False
+    return line.open_s <= now_s < line.close_s or line.pre_open_s <= now_s < line.pre_close_s
 
 
 def _base36(number: int) -> str:

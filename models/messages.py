@@ -402,6 +402,44 @@ class CorridorIntersection(msgspec.Struct, frozen=True, kw_only=True):
             _check_time("actual_arrival", self.actual_arrival)
 
 
+class CorridorImpact(msgspec.Struct, frozen=True, kw_only=True):
+    """What a corridor did to its vehicle's trip and to everybody else, estimated from what
+    the cloud saw (``cloud/impact.py``): there is no run without the corridor to compare with.
+
+    ``time_saved_s`` is the trip the vehicle would have had through the normal plans (its own
+    driving between stop lines, plus at each a wait for the normal plan's green and the queue
+    ahead) less the trip it had; only once it completed. ``cross_delay_veh_s`` is the queueing
+    the corridor's intersections' other approaches had above their level before it (vehicle-
+    seconds, negative when they did better), from each one's first window until it recovered
+    (back to that level over a whole cycle after the vehicle passed), at most 240 s after the
+    vehicle passed. ``recovery_s`` is the
+    longest of those recoveries, once all are done (``recovering`` counts those still going;
+    ``unrecovered`` those not back within ``cloud.impact.RECOVERY_LIMIT_S``)."""
+
+    trip_s: float | None = None
+    normal_trip_s: float | None = None
+    time_saved_s: float | None = None
+    cross_delay_veh_s: float = 0.0
+    intersections: int = 0
+    """Intersections whose windows opened for the corridor (those measured)."""
+    recovering: int = 0
+    unrecovered: int = 0
+    recovery_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("trip_s", "normal_trip_s", "recovery_s"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_time(name, value)
+        if self.time_saved_s is not None:
+            check_number("time_saved_s", self.time_saved_s)
+        check_number("cross_delay_veh_s", self.cross_delay_veh_s)
+        for name in ("intersections", "recovering", "unrecovered"):
+            check_count(name, getattr(self, name), le=MAX_ROUTE)
+        if self.recovering + self.unrecovered > self.intersections:
+            raise ValidationError("recovering", "more than the intersections measured")
+
+
 class CorridorStatus(Message, frozen=True, kw_only=True):
     """Cloud -> all, retained: where a corridor stands, intersection by intersection."""
 
@@ -413,6 +451,7 @@ class CorridorStatus(Message, frozen=True, kw_only=True):
     route: tuple[str, ...] = ()
     intersections: tuple[CorridorIntersection, ...] = ()
     reason: str | None = None
+    impact: CorridorImpact | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -325,6 +325,8 @@ function renderDetail() {
     element("h2", {}, "Time-space"),
     timeSpace(status),
     summary(status),
+    element("h2", {}, "Impact"),
+    impact(status),
   );  // prettier-ignore
 }
 
@@ -398,10 +400,35 @@ function summary(status) {
   const mean = late.reduce((a, b) => a + b, 0) / late.length;
   const first = passed[0].actual_arrival;
   const last = passed[passed.length - 1].actual_arrival;
-  return element("p", { id: "impact" },
+  return element("p", { id: "record" },
     `${passed.length}/${status.intersections.length} stop lines passed, ${inside.length} inside their green window; `,
     `arrivals ${mean >= 0 ? "+" : ""}${mean.toFixed(1)} s against the prediction on average; `,
     `${(last - first).toFixed(0)} s from the first to the last passed.`);
+}
+
+// The cloud's estimate of what the corridor saved its vehicle and cost everyone else
+// (``CorridorImpact``): the time saved once the vehicle is there, the cross streets' cost and
+// recovery as they happen and after the corridor ended.
+function impact(status) {
+  const i = status.impact;
+  if (!i) return element("p", { id: "impact", class: "meta" }, "Not measured by this service (it ran before the last start).");
+  const rows = [];
+  const row = (name, value, why) => rows.push(element("tr", { title: why }, element("th", {}, name), element("td", {}, value)));
+  if (i.time_saved_s !== null) {
+    row("time saved", `≈ ${i.time_saved_s.toFixed(0)} s`,
+      `its trip took ${i.trip_s.toFixed(0)} s; through the normal plans, with the queues seen, about ${i.normal_trip_s.toFixed(0)} s`);
+  } else {
+    row("time saved", TERMINAL.has(status.state) ? "– (it did not complete)" : "once it arrives", "");
+  }
+  row("cost to cross traffic", `≈ ${Math.round(i.cross_delay_veh_s).toLocaleString()} veh-s at ${i.intersections} intersections`,
+    "vehicle-seconds queued on their other approaches above the level before the corridor");
+  let recovery;
+  if (i.recovery_s !== null) recovery = `back to their level ${i.recovery_s.toFixed(0)} s after the vehicle passed`;
+  else if (i.recovering > 0) recovery = `${i.recovering} intersection${i.recovering === 1 ? "" : "s"} recovering`;
+  else recovery = TERMINAL.has(status.state) ? "–" : "after the vehicle passes";
+  if (i.unrecovered > 0) recovery += `; ${i.unrecovered} not back within 15 min`;
+  row("recovery", recovery, "the other approaches' queues averaged over a cycle, against their level before");
+  return element("table", { id: "impact" }, ...rows);
 }
 
 function route() {

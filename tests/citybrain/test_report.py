@@ -29,6 +29,12 @@ ARTERIAL: dict[str, Any] = {
         "local_preemption": _policy(480.9, 8.7, 18470.0, 8.6),
         "corridor": _policy(386.2, 0.7, 12848.0, 10.3),
     },
+    "impact": {
+        "time_saved_s": {"estimated": 209.0, "measured": 215.0},
+        "cross_delay_veh_s": {"estimated": 15700.0, "measured": 9045.0},
+        "recovery_s": 362.0,
+        "recovered_seeds": 1,
+    },
 }
 
 
@@ -98,6 +104,19 @@ def test_the_arterial_verdict_says_by_how_much_it_wins_at_what_cost_and_where_it
     # recovery is compared with local preemption only: no priority never leaves its plan
     assert line.endswith("it loses on recovery 10.3 s (local preemption: 8.6 s)")
     assert line in demo.render(ARTERIAL)
+
+
+def test_the_clouds_impact_estimate_is_set_against_the_runs_with_how_far_off_it_is() -> None:
+    lines = report.impact_lines(ARTERIAL["impact"])
+    assert "time saved 209 s (runs 215 s, -3%)" in lines[0]
+    assert "+15,700 veh-s (runs +9,045, +74%)" in lines[1]
+    assert "back to their level 362 s after the ambulance (mean of the 1 seed " in lines[1]
+    assert all(line in demo.render(ARTERIAL) for line in lines)
+    unknown = copy.deepcopy(ARTERIAL["impact"])
+    unknown["time_saved_s"]["estimated"] = None
+    assert report.impact_lines(unknown) == [
+        "  the cloud estimated no corridor's impact (none completed)"
+    ]
 
 
 def test_a_verdict_says_when_the_corridor_is_not_fastest_and_when_it_loses_on_nothing() -> None:

@@ -259,12 +259,14 @@ def test_an_operator_runs_a_corridor_and_an_alarm_from_the_console(
             later = await page.evaluate("({...window.citybrain.map.routes[0].vehicle})")
             assert later != first, "the vehicle moved along its route"
             await expect(page.locator("#time-space")).to_be_visible()
-            await expect(page.locator("#impact")).to_contain_text("inside their green window")
+            await expect(page.locator("#record")).to_contain_text("inside their green window")
+            await expect(page.locator("#impact")).to_contain_text("cost to cross traffic")
             await _shot(page, "3-corridor")
 
             # cancel it from the page
             await page.click("#detail-cancel")
             await expect(page.locator("#detail-state")).to_have_text("cancelled")
+            await expect(page.locator("#impact")).to_contain_text("did not complete")
             assert (await live.service.corridor(corridor_id)).state == "cancelled"
             await live.service.tick_once()  # its status goes to the store
             await asyncio.sleep(0.3)

@@ -678,3 +678,53 @@ def test_ready_times_are_kept_up_to_date_where_queues_change_not_rebuilt_per_que
         ready = manager._ready_estimate(now)
         fresh = now + corridor_module.SWITCH_ESTIMATE_S + state.flush_time_s(now)[GRAPH.mv_from]
         assert np.allclose(ready.base_s + ready.values, fresh, rtol=0.0, atol=1e-9)
+
+
+def test_a_corridor_reports_its_impact_and_once_every_cross_street_recovered_a_last_status() -> (
+    None
+):
+    manager = _manager()
+    state = manager.network_state
+
+    def second(now: float) -> list[PublishStatus]:
+        for approach in ROAD.network.approaches:
+            state.set_queue(approach.link_id, 2.0, now, flow_vph=360.0)
+        return _statuses(manager.tick(now))
+
+    for second_s in range(100):
+        second(float(second_s))
+    manager.request(_request(), 100.0)
+    corridor_id = manager.by_vehicle["AMB-1"]
+    now = 100.0
+    for a, b in itertools.pairwise(ROUTE):
+        link = f"{a}-{b}"
+        length = float(GRAPH.link_length[GRAPH.link_index[link]])
+        for offset in np.arange(0.0, length, 18.0):
+            manager.on_position(_at(link, float(offset), now), now)
+            second(now)
+            now += 1.0
+    finish = manager.on_position(_at(link, length, now), now)
+    done = _statuses(finish)[-1].status
+    assert done.state is CorridorState.COMPLETED
+    assert done.impact is not None
+    impact = done.impact
+    # those passed a cycle ago are back already; the last ones are not
+    assert impact.intersections == 5
+    assert impact.recovering >= 1
+    assert impact.recovery_s is None
+    assert impact.trip_s == pytest.approx(now - 100.0)
+    assert impact.normal_trip_s is not None
+    assert impact.trip_s is not None
+    assert impact.normal_trip_s >= impact.trip_s
+    assert impact.time_saved_s == pytest.approx(impact.normal_trip_s - impact.trip_s)
+    assert abs(impact.cross_delay_veh_s) < 1.0  # the cross streets' queues never moved
+    last = []
+    for later in range(int(now) + 1, int(now) + 200):
+        last += second(float(later))
+    (settled,) = last  # one last status, once the last intersection passed has had a cycle
+    assert settled.status.corridor_id == corridor_id
+    assert settled.status.impact is not None
+    final = settled.status.impact
+    assert (final.recovering, final.unrecovered) == (0, 0)
+    assert final.recovery_s is not None
+    assert 100.0 <= final.recovery_s <= 110.0
