@@ -608,14 +608,14 @@ async def compromised_box(city: City) -> list[Result]:
     ]  # fmt: skip
 
 
-async def no_corridor(city: City) -> Result:
+async def off_the_network(city: City) -> Result:
     position = VehiclePosition(
-        vehicle="AMB-3", time=city.service.clock.now(), link="a02-a03", offset_m=5.0,
+        vehicle="AMB-3", time=city.service.clock.now(), link="nowhere-a03", offset_m=5.0,
         speed_mps=12.0,
     )  # fmt: skip
     return await _cloud_refusal(
-        city, "position of a vehicle without a corridor (AMB-3, own identity)",
-        "rejected_position_no_corridor", security.vehicle_user("AMB-3"),
+        city, "position of a vehicle on a link the network has not (AMB-3, own identity)",
+        "rejected_position_link", security.vehicle_user("AMB-3"),
         (vehicle_position_topic("AMB-3"), _encode(position)),
     )  # fmt: skip
 
@@ -900,7 +900,7 @@ async def attack_all(directory: Path) -> list[Result]:
         results += await identities(city)
         results += await stolen_leader_password(city)
         results += await compromised_box(city)
-        results.append(await no_corridor(city))
+        results.append(await off_the_network(city))
         results += await api_access(city)
         results += await floods(city)
         results.append(await two_intersection_box(city))

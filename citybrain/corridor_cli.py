@@ -90,7 +90,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sub = corridor.add_subparsers(dest="corridor_command", required=True)
     request = sub.add_parser("request", parents=[common], help="request a corridor")
     request.add_argument("--vehicle", required=True)
-    request.add_argument("--from", dest="origin", required=True, help="intersection or link")
+    request.add_argument(
+        "--from",
+        dest="origin",
+        help="intersection or link (default: where the vehicle's AVL unit last reported)",
+    )
     request.add_argument("--to", dest="destination", help="intersection or link")
     request.add_argument(
         "--route", nargs="+", metavar="INTERSECTION", help="a fixed route, instead of --to"

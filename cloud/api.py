@@ -233,6 +233,7 @@ def create_app(
     app.router.add_get("/v1/network", _authenticated(_network))
     app.router.add_get("/v1/map", _authenticated(_map))
     app.router.add_get("/v1/intersections", _authenticated(_intersection_states))
+    app.router.add_get("/v1/vehicles", _authenticated(_fleet))
     app.router.add_get("/v1/intersections/{intersection}", _authenticated(_intersection))
     app.router.add_get("/v1/alarms", _authenticated(_alarms))
     app.router.add_post("/v1/alarms/{alarm_id}/ack", _authenticated(_acknowledge_alarm))
@@ -391,6 +392,10 @@ async def _map(request: web.Request, user: User) -> web.Response:
 
 async def _intersection_states(request: web.Request, user: User) -> web.Response:
     return _json(await request.app[OPS].intersection_states())
+
+
+async def _fleet(request: web.Request, user: User) -> web.Response:
+    return _json(await request.app[OPS].fleet())
 
 
 async def _alarms(request: web.Request, user: User) -> web.Response:

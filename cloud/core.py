@@ -31,6 +31,7 @@ from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router
 from citybrain.cloud.state import NetworkState, RefusedError
 from citybrain.models.checks import check_count, check_number
+from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     AckStatus,
     CorridorRequest,
@@ -93,6 +94,8 @@ class _SentPlan:
     """The edge accepted or applied it: a later refusal is of a copy (see ``_refuses``)."""
 
 
+FLEET_KEPT = 10_000
+"""Vehicles whose last position is kept (the least recently heard from go first)."""
 SENT_PLANS_KEPT = 100_000
 """Plans remembered for their acks (a corridor's plans are acked within seconds)."""
 SIGNATURE_REFUSALS = frozenset(problem.value for problem in SignatureProblem)
@@ -167,6 +170,9 @@ class CloudCore:
         """Request to the last acknowledgement of a corridor's first plans, wall clock."""
         self.on_latency: Callable[[float], None] | None = None
         """Told each new ``plan_latency_ms`` sample (the service's metrics histogram)."""
+        self.fleet: OrderedDict[str, VehiclePosition] = OrderedDict()
+        """Each vehicle's last position from its AVL unit, least recently heard from first: a
+        corridor can be asked for a vehicle and a destination alone (``request``)."""
         self.unconfirmed: deque[str] = deque(maxlen=10_000)
         """Intersections just marked not confirmed (their plan went unacknowledged), for the
         service's alarms; whoever reads them clears them."""
@@ -249,13 +255,28 @@ class CloudCore:
     # ---- corridors --------------------------------------------------------------------------
 
     def request(self, request: CorridorRequest, now_s: float) -> list[Action]:
+        """A request without an origin (or route) starts where the vehicle last reported, if
+        it did within the corridors' position timeout."""
         started = self.wall_clock()  # the latency an operator sees includes the routing
-        actions = self.manager.request(request, now_s)
+        start = None
+        if request.origin is None and not request.route:
+            start = self._where(request.vehicle, now_s)
+        actions = self.manager.request(request, now_s, start=start)
         corridor_id = self.manager.by_vehicle[request.vehicle]
         first = {(a.intersection, a.plan.plan_id) for a in actions if isinstance(a, SendPlan)}
         self.dispatches[corridor_id] = _Dispatch(started, first)
         self.counters["corridors_requested"] += 1
         return self._track(actions, now_s)
+
+    def _where(self, vehicle: str, now_s: float) -> tuple[str, float]:
+        position = self.fleet.get(vehicle)
+        limit = self.settings.corridor.position_timeout_s
+        if position is None or now_s - position.time > limit:
+            raise ValidationError(
+                "origin",
+                f"no position from {vehicle} in the last {limit:.0f} s: give an origin",
+            )
+        return position.link, position.offset_m
 
     def cancel(self, corridor_id: str, now_s: float, *, reason: str) -> list[Action]:
         return self._track(self.manager.cancel(corridor_id, now_s, reason=reason), now_s)
@@ -263,16 +284,25 @@ class CloudCore:
     def on_position(
         self, position: VehiclePosition, now_s: float, *, tolerance_s: float
     ) -> list[Action]:
-        """A position counts only for a vehicle with a corridor (any AVL unit may report) and
-        at a time within ``tolerance_s`` of ``now_s``: it re-times the corridor's plans."""
-        if position.vehicle not in self.manager.by_vehicle:
-            raise RefusedError(
-                "position_no_corridor", "vehicle", f"{position.vehicle} has no corridor"
-            )
+        """A position counts at a time within ``tolerance_s`` of ``now_s`` and on a link of
+        the network: it is the vehicle's last known place (``fleet``), and for a vehicle with
+        a corridor it re-times the corridor's plans."""
         if abs(position.time - now_s) > tolerance_s:
             raise RefusedError(
                 "position_time", "time", f"{position.time:.1f} is far from now ({now_s:.1f})"
             )
+        link = self.graph.link_index.get(position.link)
+        if link is None:
+            raise RefusedError("position_link", "link", f"unknown link {position.link!r}")
+        if position.offset_m > self.graph.link_length[link] + 1.0:
+            raise RefusedError("position_link", "offset_m", f"beyond the end of {position.link}")
+        self.fleet[position.vehicle] = position
+        self.fleet.move_to_end(position.vehicle)
+        if len(self.fleet) > FLEET_KEPT:
+            self.fleet.popitem(last=False)
+        if position.vehicle not in self.manager.by_vehicle:
+            self.counters["positions_without_corridor"] += 1
+            return []
         return self._track(self.manager.on_position(position, now_s), now_s)
 
     def on_ack(self, ack: PlanAck, now_s: float) -> list[Action]:

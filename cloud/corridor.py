@@ -326,18 +326,27 @@ class CorridorManager:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def request(self, request: CorridorRequest, now_s: float) -> list[Action]:
-        """Grant a corridor or raise a typed error (nothing changes on an error)."""
+    def request(
+        self, request: CorridorRequest, now_s: float, *, start: tuple[str, float] | None = None
+    ) -> list[Action]:
+        """Grant a corridor or raise a typed error (nothing changes on an error). ``start``
+        (link, offset) is where the vehicle is, for a request that names no origin."""
         if request.vehicle in self.by_vehicle:
             existing = self.corridors[self.by_vehicle[request.vehicle]]
             raise ValidationError(
                 "vehicle", f"{request.vehicle} already has corridor {existing.corridor_id}"
             )
+        offset = 0.0
         if request.route:
             links = self._links_of_route(request.route)
             origins, destinations = [links[0]], [links[-1]]
         else:
-            origins = self._endpoints(request.origin, outgoing=True)
+            if request.origin is not None:
+                origins = self._endpoints(request.origin, outgoing=True)
+            elif start is not None:
+                origins, offset = self._endpoints(start[0], outgoing=True), start[1]
+            else:
+                raise ValidationError("origin", "give an origin or the vehicle's position")
             if request.destination is None:
                 raise ValidationError("destination", "give a destination or a route")
             destinations = self._endpoints(request.destination, outgoing=False)
@@ -352,7 +361,7 @@ class CorridorManager:
             try:
                 candidate = self.router.route(
                     self.graph.link_ids[origin],
-                    0.0,
+                    offset,
                     self.graph.link_ids[destination],
                     depart,
                     ready,
@@ -362,8 +371,9 @@ class CorridorManager:
             if best is None or candidate.arrival_s < best.arrival_s:
                 best = candidate
         if best is None:
+            place = request.origin or f"{request.vehicle}'s position"
             raise UnreachableError(
-                "destination", f"no route from {request.origin!r} to {request.destination!r}"
+                "destination", f"no route from {place!r} to {request.destination!r}"
             )
         corridor_id = request.corridor_id or compose_id(
             f"C{self._id_epoch}{next(self._ids)}", request.vehicle
@@ -378,7 +388,7 @@ class CorridorManager:
             int(best.link_indices[-1]),
             CorridorState.GRANTED,
             best,
-            0.0,
+            offset,
             last_position_s=max(now_s, depart),
             depart_s=depart,
             moved_at_s=max(now_s, depart),

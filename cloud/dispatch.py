@@ -3,7 +3,7 @@ that its topic speaks for the intersection and region it names, hand it to the c
 turn what changed into alarms and audit records.
 
 Whatever does not fit (malformed, oversized, from an unknown intersection or another region,
-a seq that leaps, a position without a corridor) is refused and counted by its reason. No
+a seq that leaps, a position off the network) is refused and counted by its reason. No
 broker here: the session calls ``handle`` with a topic and a payload, so tests and the
 session's drain feed it the same way.
 """
@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 MAX_TIME_S = 253_402_300_799.0
 """9999-12-31T23:59:59Z: later times are not times any clock or database here can hold."""
-QUIET_REFUSALS = frozenset({"seq_old", "position_no_corridor"})
-"""Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery, the
-AVL unit of a vehicle without a corridor): counted by reason, but never a burst."""
+QUIET_REFUSALS = frozenset({"seq_old"})
+"""Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery):
+counted by reason, but never a burst."""
 
 TelemetrySink = Callable[[Telemetry, float], Awaitable[None]]
 """Where telemetry goes to be stored (awaits when the writer's queue is full)."""

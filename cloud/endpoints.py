@@ -20,9 +20,11 @@ from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore, IntersectionSeen
 from citybrain.cloud.corridor import PREEMPTED, TERMINAL, PublishStatus
 from citybrain.cloud.operations import (
+    FLEET_SHOWN_S,
     ClockReading,
     Conflict,
     CorridorOwner,
+    Fleet,
     HistoryPage,
     HistoryQuery,
     IntersectionStates,
@@ -34,6 +36,7 @@ from citybrain.cloud.operations import (
     Place,
     ServiceUnavailable,
     SignalState,
+    VehicleSpot,
     history_page,
     page_of,
 )
@@ -278,6 +281,28 @@ class OperatorEndpoints:
             queue_veh=tuple(round(float(q), 1) for q in totals),
             rate=self.clock.rate,
         )
+
+    async def fleet(self) -> Fleet:
+        """The vehicles heard from lately, each where its last position puts it."""
+        now = self.clock.now()
+        spots = []
+        for position in reversed(self.core.fleet.values()):
+            age = now - position.time
+            if age > FLEET_SHOWN_S:
+                break  # the rest were heard from earlier still
+            link = self.core.network.link_by_id[position.link]
+            spots.append(
+                VehicleSpot(
+                    vehicle=position.vehicle,
+                    link=position.link,
+                    from_node=link.from_node,
+                    to_node=link.to_node,
+                    along=min(1.0, position.offset_m / link.length_m) if link.length_m else 1.0,
+                    age_s=round(max(0.0, age), 1),
+                    corridor_id=self.core.corridor_of(position.vehicle),
+                )
+            )
+        return Fleet(now=now, vehicles=tuple(spots))
 
     async def corridor_history(self, query: HistoryQuery) -> HistoryPage:
         if self.history is None:

@@ -28,10 +28,16 @@ _ENCODER = msgspec.json.Encoder()
 class EventKind(enum.StrEnum):
     INTERSECTIONS = "intersections"
     """``IntersectionStates``: every intersection, once a second."""
+    VEHICLES = "vehicles"
+    """``Fleet``: the vehicles heard from lately, once a second while there are any."""
     CORRIDOR = "corridor"
     """``CorridorStatus`` as published on the corridor's MQTT topic."""
     ALARM = "alarm"
     """``Alarm``: raised, cleared or acknowledged."""
+
+
+LATEST_ONLY = frozenset({EventKind.INTERSECTIONS, EventKind.VEHICLES})
+"""Kinds whose latest event says all (a new subscriber is handed it at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ class EventHub:
     def publish(self, kind: EventKind, value: object) -> Event:
         self._last_id += 1
         event = Event(self._last_id, kind, _ENCODER.encode(value))
-        if kind is EventKind.INTERSECTIONS:
+        if kind in LATEST_ONLY:
             self._latest[kind] = event
         for subscriber in self._subscribers:
             subscriber.offer(event)

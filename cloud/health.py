@@ -19,7 +19,7 @@ from citybrain.cloud.alarms import AlarmBook, AlarmKind
 from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.events import EventHub, EventKind
-from citybrain.cloud.operations import Health, HealthReport, IntersectionStates
+from citybrain.cloud.operations import Fleet, Health, HealthReport, IntersectionStates
 from citybrain.cloud.session import BrokerSession, Role
 from citybrain.cloud.storage import TelemetryWriter
 from citybrain.models.messages import Presence
@@ -92,9 +92,11 @@ class HealthMonitor:
         events: EventHub,
         clock: ControllerClock,
         states: Callable[[], Awaitable[IntersectionStates]],
+        fleet: Callable[[], Awaitable[Fleet]],
         storage: TelemetryWriter | None,
     ) -> None:
-        """``states``: the city's states, published to the live stream by each survey."""
+        """``states`` and ``fleet``: the city's states and its vehicles, published to the
+        live stream by each survey (the vehicles while there are any)."""
         self.settings = settings
         self.core = core
         self.session = session
@@ -105,6 +107,7 @@ class HealthMonitor:
         self.events = events
         self.clock = clock
         self._states = states
+        self._fleet = fleet
         self.storage = storage
 
     def backlog(self) -> int:
@@ -198,3 +201,5 @@ class HealthMonitor:
             )
         if self.events.subscribers:
             self.events.publish(EventKind.INTERSECTIONS, await self._states())
+            if self.core.fleet:
+                self.events.publish(EventKind.VEHICLES, await self._fleet())

@@ -16,6 +16,7 @@ import msgspec
 from citybrain.cloud import api
 from citybrain.cloud.alarms import Alarm
 from citybrain.cloud.operations import (
+    Fleet,
     HealthReport,
     IntersectionStates,
     IntersectionView,
@@ -23,7 +24,7 @@ from citybrain.cloud.operations import (
 )
 from citybrain.models.messages import MAX_PRIORITY, MIN_PRIORITY, CorridorRequest
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 """The API's version: 1.x while every change is additive."""
 _REF = "#/components/schemas/{name}"
 _API_FILLS = ("requester", "requested_at")
@@ -44,6 +45,7 @@ _SCHEMAS: tuple[type, ...] = (
     NetworkMap,
     IntersectionStates,
     IntersectionView,
+    Fleet,
     HealthReport,
     api.HealthProbe,
     AlarmList,
@@ -171,6 +173,12 @@ def _paths() -> dict[str, Any]:
                 "Every intersection's state", ("200", _json(IntersectionStates, ""))
             )
         },
+        "/v1/vehicles": {
+            "get": _operation(
+                "Vehicles heard from in the last 5 minutes, where their AVL units put them",
+                ("200", _json(Fleet, "")),
+            )
+        },
         "/v1/intersections/{intersection}": {
             "get": _operation(
                 "One intersection", ("200", _json(IntersectionView, "")),
@@ -195,7 +203,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/events": {
             "get": _operation(
-                "The live stream (server-sent events: intersections, corridor, alarm)",
+                "The live stream (server-sent events: intersections, vehicles, corridor, alarm)",
                 ("200", {"description": "events", "content": {"text/event-stream": {}}}),
                 errors=("401", "503"),
             ),

@@ -160,6 +160,32 @@ class IntersectionStates(msgspec.Struct, frozen=True, kw_only=True):
     """Controller seconds per wall second, for moving things between two messages."""
 
 
+class VehicleSpot(msgspec.Struct, frozen=True, kw_only=True):
+    """A vehicle where its AVL unit last said it was: ``along`` (0 to 1) of the way along
+    ``link`` from ``from_node`` to ``to_node``."""
+
+    vehicle: str
+    link: str
+    from_node: str
+    to_node: str
+    along: float
+    age_s: float
+    """Controller seconds since that position."""
+    corridor_id: str | None = None
+    """Its live corridor, if it has one."""
+
+
+class Fleet(msgspec.Struct, frozen=True, kw_only=True):
+    """Every vehicle heard from within ``FLEET_SHOWN_S``: what a corridor can be asked for by
+    vehicle and destination alone."""
+
+    now: float
+    vehicles: tuple[VehicleSpot, ...]
+
+
+FLEET_SHOWN_S = 300.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryQuery:
     """Which corridors, newest first (by their last update, then id): filters, a page size,
@@ -262,6 +288,9 @@ class Operations(abc.ABC):
 
     @abc.abstractmethod
     async def intersection_states(self) -> IntersectionStates: ...
+
+    @abc.abstractmethod
+    async def fleet(self) -> Fleet: ...
 
     @abc.abstractmethod
     async def corridor_history(self, query: HistoryQuery) -> HistoryPage:

@@ -39,6 +39,7 @@ from citybrain.cloud.metrics import ServiceMetrics
 from citybrain.cloud.operations import (
     ClockReading,
     CorridorOwner,
+    Fleet,
     HealthReport,
     HistoryPage,
     HistoryQuery,
@@ -238,7 +239,8 @@ class CloudService(Operations):
         self.monitor = HealthMonitor(
             settings, core, session=self.session, counters=self.counters, trouble=trouble,
             outbox=self.outbox, alarm_book=self.alarm_book, events=self._events, clock=clock,
-            states=self.endpoints.intersection_states, storage=storage,
+            states=self.endpoints.intersection_states, fleet=self.endpoints.fleet,
+            storage=storage,
         )  # fmt: skip
         self._metrics = ServiceMetrics(self.monitor.metric_counters, self.monitor.metric_gauges)
         core.on_latency = lambda ms: self._metrics.request_to_ack.observe(ms / 1000.0)
@@ -405,6 +407,9 @@ class CloudService(Operations):
 
     async def intersection_states(self) -> IntersectionStates:
         return await self.endpoints.intersection_states()
+
+    async def fleet(self) -> Fleet:
+        return await self.endpoints.fleet()
 
     async def corridor_history(self, query: HistoryQuery) -> HistoryPage:
         return await self.endpoints.corridor_history(query)

@@ -339,7 +339,8 @@ class CorridorRequest(Message, frozen=True, kw_only=True):
     """Operator or dispatch -> cloud: open a green corridor for ``vehicle``."""
 
     vehicle: str
-    origin: str
+    origin: str | None = None
+    """An intersection or link; none: where the vehicle's AVL unit last said it was."""
     destination: str | None = None
     route: tuple[str, ...] | None = None
     """Intersections to pass, in order, when the route is fixed by the requester."""
@@ -356,7 +357,8 @@ class CorridorRequest(Message, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_id("vehicle", self.vehicle)
-        check_id("origin", self.origin)
+        if self.origin is not None:
+            check_id("origin", self.origin)
         check_id("requester", self.requester)
         if self.incident is not None:
             check_id("incident", self.incident)

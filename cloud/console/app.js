@@ -13,6 +13,7 @@ const view = {
   corridors: new Map(),
   archived: new Map(), // corridors met in history pages (perhaps from before a restart)
   alarms: new Map(),
+  fleet: [], // GET /v1/vehicles' vehicles
   clock: null, // {now, wall (ms), rate, at (performance.now())}
   selected: null,
   pick: "origin",
@@ -107,10 +108,13 @@ async function start() {
   map.onFrame = () => {
     if (stats.firstPaintMs === null && map.drawn > 0) stats.firstPaintMs = performance.now();
   };
-  const [network, states] = await Promise.all([call("GET", "/v1/map"), call("GET", "/v1/intersections")]);
+  const [network, states, fleet] = await Promise.all([
+    call("GET", "/v1/map"), call("GET", "/v1/intersections"), call("GET", "/v1/vehicles"),
+  ]);  // prettier-ignore
   map.setNetwork(network);
   setClock(states);
   map.setStates(states);
+  setFleet(fleet);
   await refresh();
   view.live = stream({
     onEvent,
@@ -152,6 +156,8 @@ function onEvent(kind, data) {
     });
     const online = data.states.filter((s) => s !== "offline" && s !== "unknown").length;
     $("#counts").textContent = `${online}/${data.ids.length} intersections online`;
+  } else if (kind === "vehicles") {
+    setFleet(data);
   } else if (kind === "corridor") {
     const known = view.corridors.get(data.corridor_id);
     if (!known || known.updated_at <= data.updated_at) view.corridors.set(data.corridor_id, data);
@@ -161,6 +167,48 @@ function onEvent(kind, data) {
     renderAlarms();
     renderCorridors();
   }
+}
+
+// ---- vehicles -----------------------------------------------------------------------------
+
+function setFleet(fleet) {
+  view.fleet = fleet.vehicles;
+  map.fleet = fleet.vehicles
+    .map((spot) => {
+      const from = map.placeOf(spot.from_node);
+      const to = map.placeOf(spot.to_node);
+      if (!from || !to) return null;
+      return { x: from.x + (to.x - from.x) * spot.along, y: from.y + (to.y - from.y) * spot.along };
+    })
+    .filter((spot) => spot !== null);
+  map.invalidate();
+  renderFleet();
+}
+
+// A vehicle chosen here is requested from where it is: only the destination is left to pick.
+function useVehicle(vehicle) {
+  const form = $("#request-form");
+  form.vehicle.value = vehicle;
+  form.origin.value = "";
+  view.pick = "destination";
+  $("#pick").textContent = "Pick destination";
+}
+
+function renderFleet() {
+  const acts = view.me?.role !== "viewer";
+  fill($("#vehicles"),
+    ...view.fleet.map((spot) =>
+      element("li", { "data-vehicle": spot.vehicle },
+        element("strong", {}, spot.vehicle),
+        ` on ${spot.link} · ${spot.age_s.toFixed(0)} s ago`,
+        spot.corridor_id ? element("span", { class: "meta" }, ` · ${spot.corridor_id}`) : null,
+        acts && !spot.corridor_id
+          ? element("button", { type: "button", class: "use", onclick: () => useVehicle(spot.vehicle) }, "Use")
+          : null,
+      ),
+    ),
+  );  // prettier-ignore
+  if (!view.fleet.length) $("#vehicles").append(element("li", {}, "No vehicle has reported lately."));
 }
 
 // ---- corridors ----------------------------------------------------------------------------
@@ -177,7 +225,7 @@ async function requestCorridor(event) {
   const form = event.target;
   const body = {
     vehicle: form.vehicle.value.trim(),
-    origin: form.origin.value.trim(),
+    origin: form.origin.value.trim() || undefined, // none: where the vehicle last reported
     destination: form.destination.value.trim(),
     priority: Number(form.priority.value),
     incident: form.incident.value,

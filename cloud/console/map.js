@@ -18,6 +18,7 @@ export class MapView {
     this.state = []; // per place: state name
     this.queue = []; // per place: vehicles
     this.routes = []; // [{ids: [...], vehicle: {x, y} | null, selected}]
+    this.fleet = []; // [{x, y}]: vehicles heard from, where their last position puts them
     this.scale = 1;
     this.panX = 0;
     this.panY = 0;
@@ -218,7 +219,14 @@ export class MapView {
       g.fillStyle = COLOURS[state];
       g.fill(path);
     }
-    // vehicles
+    // vehicles: the fleet where it last reported, then those with a corridor on their way
+    g.fillStyle = "#dbe4ee";
+    for (const spot of this.fleet) {
+      const [x, y] = this.project(spot, t);
+      g.beginPath();
+      g.arc(x, y, 4, 0, Math.PI * 2);
+      g.fill();
+    }
     for (const route of this.routes) {
       if (!route.vehicle) continue;
       const [x, y] = this.project(route.vehicle, t);

@@ -30,6 +30,7 @@ from citybrain.cloud.operations import (
     ClockReading,
     Conflict,
     CorridorOwner,
+    Fleet,
     Health,
     HealthReport,
     HistoryPage,
@@ -43,6 +44,7 @@ from citybrain.cloud.operations import (
     Place,
     ServiceUnavailable,
     SignalState,
+    VehicleSpot,
     history_page,
 )
 from citybrain.cloud.routing import UnreachableError
@@ -104,7 +106,8 @@ class FakeOperations(Operations):
         """Limits are the service's: the tests against ``CloudService`` below show them."""
         self._check_up()
         self.requests.append(request)
-        route = request.route or (request.origin, request.destination or request.origin)
+        origin = request.origin or self._where(request.vehicle)
+        route = request.route or (origin, request.destination or origin)
         for place in route:
             if place not in KNOWN:
                 raise NotFound(f"unknown intersection {place!r}")
@@ -143,6 +146,19 @@ class FakeOperations(Operations):
             priority=request.priority,
         )  # fmt: skip
         return status
+
+    def _where(self, vehicle: str) -> str:
+        """The fake fleet: AMB-7 is on its way into B, nobody else reported."""
+        if vehicle != "AMB-7":
+            raise ValidationError("origin", f"no position from {vehicle} in the last 30 s")
+        return "B"
+
+    async def fleet(self) -> Fleet:
+        self._check_up()
+        spot = VehicleSpot(
+            vehicle="AMB-7", link="A-B", from_node="A", to_node="B", along=0.25, age_s=1.0
+        )
+        return Fleet(now=self.now, vehicles=(spot,))
 
     async def corridors(self, *, active_only: bool = False) -> list[CorridorStatus]:
         self._check_up()
@@ -658,6 +674,23 @@ def test_network_view() -> None:
     run(scenario)
 
 
+def test_a_corridor_by_vehicle_and_destination_starts_where_the_vehicle_is() -> None:
+    async def scenario(client: Client, ops: FakeOperations) -> None:
+        fleet = await (await client.get("/v1/vehicles")).json()
+        assert fleet["vehicles"][0]["vehicle"] == "AMB-7"
+        assert fleet["vehicles"][0]["along"] == 0.25
+        body = {"vehicle": "AMB-7", "destination": "D", "priority": 5, "incident": "medical"}
+        response = await post_json(client, "/v1/corridors", body)
+        assert response.status == 201
+        assert (await response.json())["route"] == ["B", "D"]
+        assert ops.requests[-1].origin is None
+        unheard = {**body, "vehicle": "AMB-8"}
+        error = await error_of(await post_json(client, "/v1/corridors", unheard), 400, "invalid")
+        assert "no position from AMB-8" in error["message"]
+
+    run(scenario)
+
+
 def test_intersection_view_known_never_heard_of_and_unknown() -> None:
     async def scenario(client: Client, ops: FakeOperations) -> None:
         body = await (await client.get("/v1/intersections/B")).json()
@@ -759,6 +792,7 @@ ENDPOINTS = [
     ("POST", "/v1/corridors/C1-AMB-7/cancel"),
     ("GET", "/v1/network"),
     ("GET", "/v1/intersections/B"),
+    ("GET", "/v1/vehicles"),
 ]
 
 

@@ -142,7 +142,7 @@ async def live_system(broker_port: int, tmp_path: Path) -> AsyncIterator[LiveSys
         async with aiomqtt.Client("127.0.0.1", broker_port, identifier="avl") as client:
             while True:
                 position = avl_position(run, vehicle)
-                if position is not None and AMBULANCE in core.manager.by_vehicle:
+                if position is not None:  # on the road: its unit reports, corridor or not
                     topic = vehicle_position_topic(AMBULANCE)
                     await client.publish(topic, DEFAULT_CODEC.encode(position), 0)
                 await asyncio.sleep(1.0 / SPEED)
@@ -275,6 +275,20 @@ def test_an_operator_runs_a_corridor_and_an_alarm_from_the_console(
             history = page.locator(f"[data-history='{corridor_id}']")
             await expect(history).to_contain_text("cancelled")
 
+            # the same vehicle again, by vehicle and destination: from where it is now
+            await page.locator(f"[data-vehicle='{AMBULANCE}'] button.use").click()
+            assert await page.input_value("[name=origin]") == ""
+            at = await page.evaluate(f"window.citybrain.map.screenOf({live.route[-1]!r})")
+            await page.mouse.click(at["x"], at["y"])
+            assert await page.input_value("[name=destination]") == live.route[-1]
+            await page.click("#request-form button[type=submit]")
+            await expect(page.locator("#request-result")).to_contain_text("granted")
+            again = await live.service.corridor(live.service.core.manager.by_vehicle[AMBULANCE])
+            assert again.route[0] != live.route[0], "it starts past the stop lines it passed"
+            await _shot(page, "4-by-vehicle")
+            await page.click("#detail-cancel")
+            await expect(page.locator("#detail-state")).to_have_text("cancelled")
+
             # an edge goes offline: the alarm shows up live and the operator acknowledges it
             node = live.route[1]
             offline = Status(intersection=node, presence=Presence.OFFLINE, at=live.run.now)
@@ -285,7 +299,7 @@ def test_an_operator_runs_a_corridor_and_an_alarm_from_the_console(
                 )  # fmt: skip
             alarm = page.locator(".alarm", has_text=f"the edge of {node} went offline")
             await expect(alarm).to_be_visible(timeout=10_000)
-            await _shot(page, "4-alarm")
+            await _shot(page, "5-alarm")
             await alarm.locator("button.ack").click()
             await expect(alarm).to_contain_text("acknowledged by dispatch")
             alarms = await live.service.alarms()
@@ -300,13 +314,13 @@ def test_an_operator_runs_a_corridor_and_an_alarm_from_the_console(
             # an unknown corridor id is a clear message
             await page.goto(f"{live.url}/console/#/corridor/C404-NOPE")
             await expect(page.locator("#detail .notice")).to_contain_text("No corridor")
-            await _shot(page, "5-unknown-corridor")
+            await _shot(page, "6-unknown-corridor")
 
             # a revoked token: back to the login view
             revoke_user(live.tokens, "dispatch")
             await expect(page.locator("#login")).to_be_visible(timeout=30_000)
             await expect(page.locator("#login-reason")).to_contain_text("refused")
-            await _shot(page, "6-revoked")
+            await _shot(page, "7-revoked")
             assert errors == [], errors
             await browser.close()
 

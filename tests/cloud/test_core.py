@@ -259,24 +259,31 @@ def test_an_edge_born_again_may_start_its_count_over_once() -> None:
 
 
 @pytest.mark.security
-def test_a_position_counts_only_for_a_vehicle_with_a_corridor_and_near_now() -> None:
-    """Today a position of any vehicle, at any time, is taken (and moves the clock)."""
+def test_a_position_counts_only_near_now_on_the_network_and_moves_only_its_own_corridor() -> None:
+    """A position of a vehicle without a corridor is kept as where it is, and sends nothing."""
     from citybrain.models.messages import VehiclePosition
 
     core = _core()
     core.request(_request(), NOW)
 
-    def position(vehicle: str, at: float) -> VehiclePosition:
+    def position(
+        vehicle: str, at: float, link: str = "west-a01", offset_m: float = 10.0
+    ) -> VehiclePosition:
         return VehiclePosition(
-            vehicle=vehicle, time=at, link="west-a01", offset_m=10.0, speed_mps=15.0
+            vehicle=vehicle, time=at, link=link, offset_m=offset_m, speed_mps=15.0
         )
 
-    for vehicle, at, code in (("AMB-9", NOW, "position_no_corridor"),
-                              ("AMB-1", 2_000_000_000.0, "position_time"),
-                              ("AMB-1", NOW - 30.0, "position_time")):  # fmt: skip
+    for bad, code in ((position("AMB-1", 2_000_000_000.0), "position_time"),
+                      (position("AMB-1", NOW - 30.0), "position_time"),
+                      (position("AMB-9", NOW, link="nowhere"), "position_link"),
+                      (position("AMB-9", NOW, offset_m=5000.0), "position_link")):  # fmt: skip
         with pytest.raises(RefusedError) as refused:
-            core.on_position(position(vehicle, at), NOW, tolerance_s=5.0)
+            core.on_position(bad, NOW, tolerance_s=5.0)
         assert refused.value.code == code
+    assert list(core.fleet) == []
+    assert core.on_position(position("AMB-9", NOW), NOW, tolerance_s=5.0) == []
+    assert core.fleet["AMB-9"].link == "west-a01"
+    assert core.counters["positions_without_corridor"] == 1
     corridor_id = core.manager.by_vehicle["AMB-1"]
     assert core.manager.status(corridor_id, NOW).state is CorridorState.GRANTED, "activated"
     core.on_position(position("AMB-1", NOW + 2.0), NOW, tolerance_s=5.0)
@@ -327,3 +334,25 @@ def test_a_cabinet_refusing_a_plan_the_edge_accepted_still_unconfirms_it() -> No
     core.on_ack(_refusal(first, "min_green_cut"), NOW)
     assert not _confirmed(core, first.intersection)
     assert core.counters["acks_of_copies"] == 0
+
+
+def test_a_corridor_asked_for_a_vehicle_and_a_destination_starts_where_it_last_reported() -> None:
+    from citybrain.models.messages import VehiclePosition
+
+    core = _core()
+    request = CorridorRequest(
+        vehicle="AMB-2", destination="east", priority=5, requester="op", requested_at=NOW
+    )
+    with pytest.raises(ValidationError, match="no position from AMB-2") as unheard:
+        core.request(request, NOW)
+    assert unheard.value.field == "origin"
+    here = VehiclePosition(
+        vehicle="AMB-2", time=NOW, link="a01-a02", offset_m=120.0, speed_mps=12.0
+    )
+    core.on_position(here, NOW, tolerance_s=5.0)
+    with pytest.raises(ValidationError, match="in the last 30 s"):
+        core.request(request, NOW + 31.0)  # heard from too long ago
+    core.request(request, NOW + 2.0)
+    corridor = core.manager.corridors[core.manager.by_vehicle["AMB-2"]]
+    assert corridor.offset_m == 120.0
+    assert corridor.stop_lines[0].intersection == "a02"  # a01 is behind it

@@ -668,7 +668,7 @@ def test_decoding_refuses_schema_version_2(message: Message) -> None:
         (TELEMETRY, "intersection"),
         (POSITION, "vehicle"),
         (ACK_APPLIED, "plan_id"),
-        (REQUEST_ROUTE, "origin"),
+        (REQUEST_ROUTE, "vehicle"),
         (CORRIDOR_STATUS, "corridor_id"),
     ],
 )
@@ -676,6 +676,15 @@ def test_decoding_refuses_bad_ids(message: Message, field: str, bad: object) -> 
     with pytest.raises(MessageError) as info:
         DEFAULT_CODEC.decode(_payload(message, ((field,), bad)), type(message))
     assert info.value.field == f"$.{field}"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "a+b", "a#", "", "x" * 65, "$sys", "a b", 7])
+def test_an_origin_is_a_valid_id_or_none_for_where_the_vehicle_is(bad: object) -> None:
+    with pytest.raises(MessageError) as info:
+        DEFAULT_CODEC.decode(_payload(REQUEST_ROUTE, (("origin",), bad)), CorridorRequest)
+    assert info.value.field == "$.origin"
+    unplaced = DEFAULT_CODEC.decode(_payload(REQUEST_ROUTE, (("origin",), None)), CorridorRequest)
+    assert unplaced.origin is None
 
 
 def test_unknown_fields_are_ignored() -> None:
