@@ -32,7 +32,7 @@ import aiohttp
 import aiomqtt
 import numpy as np
 
-from citybrain import security
+from citybrain import report, security
 from citybrain.cloud.api import serve_api
 from citybrain.cloud.auth import TokenFile
 from citybrain.cloud.clock import ControllerClock
@@ -83,6 +83,9 @@ OPERATOR = "dispatch"
 """The operator whose token (``operators/<name>.token``) dispatch uses and a person signs in
 with."""
 PROGRESS_EVERY_WALL_S = 20.0
+KEPT_RUNNING_S = 4 * 3600.0
+"""Simulated seconds of traffic after the measured part, for a system left running
+(``LiveOptions.keep_running``): 48 minutes of wall time at 5x."""
 PACED_BEFORE_DISPATCH_S = 30.0
 """The simulator runs as fast as it goes until this long before dispatch, then paced."""
 
@@ -327,7 +330,7 @@ async def live_run(
     say = progress or (lambda text: None)
     started = time.monotonic()
     depart = options.warmup_s
-    scenario = _scenario(options)
+    scenario = _scenario(options, continued=hold is not None)
     run = Run(scenario.net, scenario.trips)
     road = scenario.net.road
     # warm up as fast as the engine goes; pace the simulator from shortly before dispatch
@@ -386,7 +389,15 @@ async def live_run(
             await _dispatch_and_follow(run, vehicle, core, mqtt, options, api_url, token, say)
             if hold is not None:
                 await hold(_figures(run, scenario, service, core, agents, started, options.speed))
-                for line in [*access(api_url, token_file), "it stays up until Ctrl-C"]:
+                left = scenario.duration_s + KEPT_RUNNING_S - run.now
+                traffic = (
+                    f"traffic goes on for {report.duration(left)} of simulated time "
+                    f"({report.duration(left / options.speed)} at {options.speed:g}x)"
+                )
+                for line in [
+                    *access(api_url, token_file),
+                    f"it stays up until Ctrl-C; {traffic}, then the roads empty",
+                ]:
                     say(line)
                 await until_interrupted()
                 say("stopping the live system")
@@ -418,10 +429,9 @@ async def _dispatch_and_follow(
                 await _request(api_url, token, run, vehicle, depart)
                 requested = True
                 say("ambulance dispatched: corridor requested through the operator API")
-            # the unit reports while its call has a corridor: the cloud refuses (and counts)
-            # positions of a vehicle without one
-            reporting = requested and core.corridor_of(AMBULANCE) is not None
-            position = avl_position(run, vehicle) if reporting else None
+            # the unit reports while the vehicle is on the road, corridor or not (the cloud
+            # keeps where it is: a corridor can be asked for it and a destination alone)
+            position = avl_position(run, vehicle)
             if position is not None:
                 payload = DEFAULT_CODEC.encode(position)
                 await avl.publish(vehicle_position_topic(AMBULANCE), payload, qos=0)
@@ -495,11 +505,14 @@ def _vehicle_client(mqtt: LiveBroker) -> aiomqtt.Client:
     )  # fmt: skip
 
 
-def _scenario(options: LiveOptions) -> Scenario:
+def _scenario(options: LiveOptions, *, continued: bool = False) -> Scenario:
+    """The live run's traffic; ``continued``: going on for ``KEPT_RUNNING_S`` after the
+    measured part (the same traffic until then), for a system left running."""
     depart = options.warmup_s
     return build(
         options.network, level=options.level, duration_s=depart + options.after_s,
         seed=options.seed, ambulance_at_s=depart,
+        continued_s=KEPT_RUNNING_S if continued else 0.0,
     )  # fmt: skip
 
 

@@ -62,7 +62,7 @@ class Progress:
         estimate = ""
         if self._done:
             seconds = (now - self._began) / self._done * left
-            estimate = f", about {_duration(seconds)} left"
+            estimate = f", about {duration(seconds)} left"
         self._done += 1
         self.write(f"{self._prefix()} run {self._done} of {stage.steps}: {text}{estimate}")
 
@@ -73,7 +73,7 @@ class Progress:
         return f"[{self._stage + 1}/{len(self.stages)} {self.stages[self._stage].name}]"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 

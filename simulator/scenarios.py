@@ -3,6 +3,7 @@ seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import re
@@ -56,6 +57,8 @@ GRID_ENTRY_VPH = {
 _GRID = re.compile(r"grid:(\d+)x(\d+)")
 
 AMBULANCE_SPEED_FACTOR = 1.3
+CONTINUED_SEED_OFFSET = 1_000_003
+"""The seed of a scenario's continued demand is its own plus this: a stream apart."""
 """An ambulance's desired speed over the speed limit, on free road."""
 
 Direction = Literal["eastbound", "westbound"]
@@ -131,12 +134,16 @@ def build(
     ambulance_at_s: float | None = None,
     ambulance_direction: Direction = "eastbound",
     ambulances: Sequence[AmbulanceSpec] = (),
+    continued_s: float = 0.0,
 ) -> Scenario:
     """Seeded random demand on ``network`` (a spec for `load_network`, or a network already
     loaded), then ``AMB-1`` along the main route (`main_route`, ``ambulance_direction``) at
     ``ambulance_at_s`` and ``ambulances``, in that order, after the traffic (so they never
-    change the traffic a seed gives)."""
+    change the traffic a seed gives). ``continued_s``: the same demand goes on that long
+    after ``duration_s`` (a system left running for people to explore), drawn apart so that
+    the first ``duration_s`` hold the very traffic they hold without it."""
     check_number("duration_s", duration_s, gt=0.0, le=7 * 86400.0)
+    check_number("continued_s", continued_s, ge=0.0, le=7 * 86400.0)
     check_count("seed", seed)
     road, snet = load_network_and_sumo(network) if isinstance(network, str) else (network, None)
     net = compile_network(road)
@@ -161,6 +168,15 @@ def build(
         peak=shape,
         origin_weights=weights,
     )
+    if continued_s > 0.0:
+        later = random_trips(
+            net,
+            seed=seed + CONTINUED_SEED_OFFSET,
+            duration_s=continued_s,
+            vehicles_per_hour=sum(weights.values()),
+            origin_weights=weights,
+        )
+        trips = Trips.concat([trips, dataclasses.replace(later, depart=later.depart + duration_s)])
     specs = list(ambulances)
     if ambulance_at_s is not None:
         route = tuple(main_route(road, ambulance_direction))

@@ -56,6 +56,23 @@ def test_the_arterial_ambulance_is_the_traffic_then_amb_1_on_the_main_route() ->
     )
 
 
+def test_continued_demand_keeps_the_traffic_until_the_end_and_goes_on_as_much_after() -> None:
+    plain = build("arterial:4", level=Level.HEAVY, duration_s=600.0, seed=3, ambulance_at_s=90.0)
+    going = build(
+        "arterial:4", level=Level.HEAVY, duration_s=600.0, seed=3, ambulance_at_s=90.0,
+        continued_s=1200.0,
+    )  # fmt: skip
+    traffic, ambulance = plain.trips.count - 1, going.trips.count - 1
+    np.testing.assert_array_equal(going.trips.depart[:traffic], plain.trips.depart[:traffic])
+    assert going.trips.names == {ambulance: "AMB-1"}
+    after = going.trips.depart[traffic:ambulance]
+    assert after.min() >= 600.0
+    assert after.max() <= 1800.0
+    assert after.size == pytest.approx(2 * traffic, rel=0.15)  # the same rate, twice as long
+    with pytest.raises(ValidationError, match="continued_s"):
+        build("arterial:4", level=Level.HEAVY, duration_s=600.0, seed=3, continued_s=-1.0)
+
+
 def test_the_westbound_main_route_mirrors_the_eastbound_one() -> None:
     road = arterial(3)
     assert main_route(road, "westbound") == ["a03n-a03", "a03-a02", "a02-a01", "a01-west"]
