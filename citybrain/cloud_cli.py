@@ -109,14 +109,6 @@ SERVE_DEFAULTS: Final[dict[str, Any]] = {
 (a test holds them equal), written out so that ``citybrain --help`` need not import the cloud."""
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """A settings file's keys, checked one by one, as ``serve``'s flat options (see
-    ``cloud.settings.flat_options``)."""
-    from citybrain.cloud.settings import flat_options
-
-    return flat_options(path)
-
-
 def main(args: argparse.Namespace) -> int:
     from citybrain.cloud.settings import describe, load_settings
 

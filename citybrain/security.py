@@ -336,12 +336,11 @@ def _write(path: Path, content: str | bytes, *, mode: int) -> None:
 
 
 def _write_settings(layout: Layout, plan: Deployment) -> None:
-    broker = f"{_url_host(plan.hosts[0])}:{plan.port}"
     for role, user, client_id in (
         ("leader", LEADER, "citybrain-cloud"),
         ("ingest", INGEST, "citybrain-ingest-1"),
     ):
-        text = cloud_config(plan, role=role, user=user, client_id=client_id, broker=broker)
+        text = cloud_config(plan, role=role, user=user, client_id=client_id)
         _write(layout.cloud / f"{role}.toml", text, mode=0o644)
     for box, intersections in plan.boxes.items():
         _write(layout.edge(box) / "edge.toml", edge_config(plan, box, intersections), mode=0o644)
@@ -441,29 +440,46 @@ def edge_config(plan: Deployment, box: str, intersections: Sequence[str]) -> str
     )
 
 
-def cloud_config(plan: Deployment, *, role: str, user: str, client_id: str, broker: str) -> str:
-    """``citybrain cloud serve --config`` settings; paths relative to the file's folder."""
+def cloud_config(plan: Deployment, *, role: str, user: str, client_id: str) -> str:
+    """``citybrain cloud serve --config`` settings, in the sections ``cloud/settings.py``
+    reads (``cloud/deploy/cloud.example.toml`` shows every key); paths relative to the file's
+    folder."""
     network = Path(plan.network)
     spec = str(network.absolute()) if network.is_file() else plan.network
+    client = f"client_id = {_toml(client_id)}"
+    if role == "ingest":
+        client += "  # unique per worker: give each its own --client-id"
     lines = [
-        f"# citybrain cloud serve --config {role}.toml (flags given as well win over this file)",
+        f"# citybrain cloud serve --config {role}.toml (flags given as well win over this file);",
+        f"# check it with: citybrain cloud check-config --config {role}.toml",
         f"network = {_toml(spec)}",
         f"region = {_toml(plan.region)}",
         f"role = {_toml(role)}",
-        f"client_id = {_toml(client_id)}",
-        f"broker = {_toml(broker)}",
+        "",
+        "[broker]",
+        f"host = {_toml(plan.hosts[0])}",
+        f"port = {plan.port}",
         "tls = true",
         'ca_file = "ca.crt"',
         f"username = {_toml(user)}",
         f'password_file = "{role}.pass"',
-        '# dsn = "postgresql://citybrain@db.example.org/citybrain"',
+        client,
     ]
     if role == "ingest":
-        lines[4] += "  # unique per worker: give each its own --client-id"
         lines.append('share_group = "ingest"')
     else:
-        lines += ['keys = "keys"', 'tokens = "tokens.json"', 'state_dir = "state"']
-        lines.append('# api = "127.0.0.1:8080"')
+        lines += [
+            "",
+            "[api]",
+            'token_file = "tokens.json"',
+            '# host = "127.0.0.1"',
+            "# port = 8080",
+            "",
+            "[signing]",
+            'keys = "keys"',
+            'state_dir = "state"',
+        ]
+    lines += ["", "[database]", '# dsn = "postgresql://citybrain@db.example.org/citybrain"']
     return "\n".join([*lines, ""])
 
 
@@ -624,10 +640,6 @@ def _check_host(host: str) -> None:
 
 def _is_label(label: str) -> bool:
     return 0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _toml(text: str) -> str:

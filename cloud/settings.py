@@ -9,8 +9,9 @@ errors. Precedence, lowest first: the defaults, the file, the environment, the f
 problem found is reported, one line each, naming the file, variable or flag, the key and the
 reason (``citybrain cloud check-config``).
 
-The flat keys ``citybrain security init`` writes (``broker = "host:port"``, ``dsn``, ``keys``,
-...; see ``FLAT_KEYS``) are read too, each as the sectioned key it stands for.
+The flat keys ``citybrain security init`` wrote before it wrote sections (``broker =
+"host:port"``, ``dsn``, ``keys``, ...; see ``FLAT_KEYS``) are read too, each as the sectioned
+key it stands for, so that files written then still serve.
 """
 
 from __future__ import annotations
@@ -299,8 +300,8 @@ FLAT_KEYS: Final = {
     "share_group": "broker.share_group", "dsn": "database.dsn", "keys": "signing.keys",
     "state_dir": "signing.state_dir", "tokens": "api.token_file", "rate": "clock.rate",
 }  # fmt: skip
-"""The flat keys of the older format (``citybrain security init`` writes it) and what each
-sets; ``broker`` and ``api`` as ``"host:port"`` strings are read too."""
+"""The flat keys of the older format (``citybrain security init`` wrote it until it wrote
+sections) and what each sets; ``broker`` and ``api`` as ``"host:port"`` strings are read too."""
 ADDRESSES: Final = ("broker", "api")
 """Keys that may be given as ``"host:port"``, setting ``<key>.host`` and ``<key>.port``."""
 _DSN_PASSWORD = re.compile(r"(://[^:/@?]*:)([^@]*)(@)|(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
@@ -405,30 +406,6 @@ def load_settings(
         if "." not in key and key not in SCHEMA.top:  # one of the service's broker fields
             key = f"broker.{_BROKER_FIELDS.get(key, key)}"
         raise InvalidSettingsError([fail(key, ValidationError(key, error.reason))]) from None
-
-
-def flat_options(path: Path) -> dict[str, Any]:
-    """A file's keys, checked one by one, as the flat options of ``cloud serve`` (``broker``
-    and ``api`` as ``"host:port"``, ``username``, ``dsn``, ...), the form ``--config`` took
-    before its sections; paths are taken from the file's folder."""
-    source, base = str(path), path.parent.absolute()
-    flat = flatten(_sectioned(read_toml(path), source), source, SCHEMA)
-    values: dict[str, Any] = {}
-    for key, value in flat.items():
-        try:
-            values[key] = convert(value, SCHEMA.hint(key), base)
-        except ValidationError as error:
-            raise SettingsError(source, key, error.reason) from None
-    options = {name: values[key] for name, key in FLAT_KEYS.items() if key in values}
-    options |= {key: values[key] for key in SCHEMA.top if key in values}
-    derived_port = 8883 if values.get("broker.tls") is True else 1883
-    for name in ADDRESSES:
-        if f"{name}.host" in values or f"{name}.port" in values:
-            defaults = SCHEMA.sections[name].__dataclass_fields__
-            host = values.get(f"{name}.host", defaults["host"].default)
-            port = values.get(f"{name}.port", derived_port if name == "broker" else None)
-            options[name] = f"{host}:{defaults['port'].default if port is None else port}"
-    return options
 
 
 def describe(settings: CloudSettings) -> str:

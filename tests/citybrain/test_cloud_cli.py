@@ -10,7 +10,7 @@ import pytest
 
 from citybrain.cli import _parser, main
 from citybrain.cloud.settings import load_settings
-from citybrain.cloud_cli import SERVE_DEFAULTS, flags, read_config
+from citybrain.cloud_cli import SERVE_DEFAULTS, flags
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cloud" / "deploy" / "cloud.example.toml"
 
@@ -135,13 +135,3 @@ def test_the_flags_defaults_are_the_settings_defaults(tmp_path: Path) -> None:
         "state_dir": settings.signing.state_dir.relative_to(Path.cwd()),
     }  # fmt: skip
     assert shown == SERVE_DEFAULTS
-
-
-def test_read_config_gives_a_sectioned_file_as_the_flat_options(config: Path) -> None:
-    options = read_config(config)
-    folder = config.parent
-    assert options["broker"] == "127.0.0.1:8883"
-    assert options["api"] == "127.0.0.1:8080"
-    assert options["password_file"] == folder / "leader.pass"
-    assert options["tokens"] == folder / "tokens.json"
-    assert (options["role"], options["tls"], options["rate"]) == ("leader", True, 1.0)

@@ -32,7 +32,7 @@ from citybrain.cloud.auth import read_users, token_hash
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.keys import Keyring
 from citybrain.cloud.service import CloudService, Role, ServiceSettings
-from citybrain.cloud_cli import read_config
+from citybrain.cloud.settings import load_settings as load_cloud_settings
 from citybrain.edge.cli import _check_broker
 from citybrain.edge.settings import load_settings
 from citybrain.live import UNSECURED, LiveOptions, broker, run_live
@@ -279,13 +279,14 @@ def test_edge_doctor_round_trip_passes_with_the_generated_settings(
 
 
 def test_the_cloud_connects_with_tls_and_its_password_file(secure_mosquitto: Any) -> None:
-    values = read_config(secure_mosquitto.layout.cloud / "ingest.toml")
-    settings = ServiceSettings(
-        broker_host="localhost", broker_port=secure_mosquitto.port, username=values["username"],
-        password_file=values["password_file"], tls=values["tls"], ca_file=values["ca_file"],
-        region=values["region"], role=Role(values["role"]), share_group=values["share_group"],
-        client_id="test-ingest",
+    ingest = load_cloud_settings(
+        secure_mosquitto.layout.cloud / "ingest.toml",
+        {"CITYBRAIN_CLOUD__BROKER__HOST": "localhost",
+         "CITYBRAIN_CLOUD__BROKER__PORT": str(secure_mosquitto.port),
+         "CITYBRAIN_CLOUD__BROKER__CLIENT_ID": "test-ingest"},
     )  # fmt: skip
+    settings = ingest.service()
+    assert (settings.role, settings.share_group, settings.tls) == (Role.INGEST, "ingest", True)
     road = load_network("arterial:4")
     stored: list[Telemetry] = []
 
@@ -444,15 +445,12 @@ def test_init_writes_settings_the_edge_and_the_cloud_accept(written: Path) -> No
     assert edge.broker.port == 8883
     assert edge.broker.username == "west"
     assert edge.broker.secret() == (written / "edge/west/broker.pass").read_text().strip()
-    leader = read_config(written / "cloud/leader.toml")
-    settings = ServiceSettings(
-        username=leader["username"], password_file=leader["password_file"], tls=leader["tls"],
-        ca_file=leader["ca_file"], region=leader["region"],
-    )  # fmt: skip
-    assert settings.secret() == (written / "cloud/leader.pass").read_text().strip()
-    assert (leader["role"], leader["network"], leader["broker"]) == (
-        "leader", "arterial:4", "localhost:8883"
-    )  # fmt: skip
+    leader = load_cloud_settings(written / "cloud/leader.toml", {})
+    assert leader.service().secret() == (written / "cloud/leader.pass").read_text().strip()
+    assert (leader.role, leader.network, leader.region) == ("leader", "arterial:4", "r1")
+    assert (leader.broker.host, leader.broker.port, leader.broker.tls) == ("localhost", 8883, True)
+    assert leader.api.token_file == written / "cloud/tokens.json"
+    assert leader.signing.keys == written / "cloud/keys"
 
 
 def test_init_refuses_a_non_empty_directory_unless_forced(

@@ -115,7 +115,7 @@ def test_relative_paths_are_taken_from_the_file_s_folder_and_the_state_dir_from_
     assert settings.signing.state_dir == Path("/var/lib/citybrain-cloud")
 
 
-def test_the_flat_format_security_init_writes_is_read_as_its_sections(folder: Path) -> None:
+def test_the_flat_format_security_init_wrote_before_sections_is_read_as_them(folder: Path) -> None:
     text = "\n".join(
         [
             'network = "grid:2x2"',
