@@ -1,5 +1,6 @@
 """The closed loop in two independent simulators (issue 13): the three policies on the demo
-arterial (eastbound with the green wave, westbound against it) and on ``resco:ingolstadt21``,
+arterial (eastbound with the green wave, westbound against it), on the demo's 10 x 10 grid
+with two ambulances whose routes cross (``grid``) and on ``resco:ingolstadt21``,
 our engine and SUMO micro (libsumo: SUMO moves every vehicle, with its default driver
 imperfection, under our controllers) side by side, on the same seeds' traffic.
 
@@ -8,7 +9,9 @@ imperfection, under our controllers) side by side, on the same seeds' traffic.
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
 over 1 s in a queue; SUMO: falls below 0.1 m/s), and for SUMO the closed loop's real-time
 factor (simulated seconds over wall seconds, network export and SUMO start included) and the
-vehicles SUMO teleported. A table, one verdict line, JSON in ``OUT/sumo_closed_loop.json``.
+vehicles SUMO teleported; on the grid also what the second to cross lost at the crossing and
+the share of seeds where neither stopped there. A table, one verdict line, JSON in
+``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
 """
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from citybrain.closed_loop import WESTBOUND, Outcome, Policy, Setup, run_policy
+from citybrain.closed_loop import GRID, WESTBOUND, Outcome, Policy, Setup, run_policy
 from citybrain.evaluate import Ambulance, Study, evaluate
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.runner import Engine
@@ -41,14 +44,17 @@ CASES = (
     "ingolstadt21",
     "arterial-eastbound-alone",
     "arterial-westbound-alone",
+    "grid",
 )
 """``-alone``: the corridor with every other vehicle taken out of the same seed's scenario, the
 ceiling of what signals can do for this driver (SUMO: its imperfection, its accelerations)."""
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
+    """AMB-1's trip; where ambulances' routes cross, also the larger loss at the crossing (the
+    second to cross) and whether neither stopped there."""
     journeys = [o.journeys["AMB-1"] for o in outcomes]
-    return {
+    figures = {
         "travel_time_s": [j.travel_time_s for j in journeys],
         "free_flow_s": [j.trip.free_flow_s for j in journeys],
         "stops": [j.trip.stops for j in journeys],
@@ -56,6 +62,12 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         "removed": [sum(i.kind != "teleport" for i in o.incidents) for o in outcomes],
         "corridor": [o.corridors.get("AMB-1", "") for o in outcomes],
     }
+    if outcomes and outcomes[0].crossings:
+        (crossing,) = outcomes[0].crossings
+        every = [list(o.journeys.values()) for o in outcomes]
+        figures["second_loss_s"] = [max(j.delay_at(crossing) for j in js) for js in every]
+        figures["neither_stops"] = [all(j.stops_at[crossing] == 0 for j in js) for js in every]
+    return figures
 
 
 def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
@@ -76,7 +88,8 @@ def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
         for policy, outcomes in result.comparison.outcomes.items():
             out[policy.value] = _figures(outcomes)
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
-    setup = Setup() if case.startswith("arterial-eastbound") else WESTBOUND
+    setups = {"grid": GRID, "arterial-westbound": WESTBOUND}
+    setup = setups.get(case.removesuffix("-alone"), Setup())
     alone = case.endswith("-alone")
     policies = (Policy.CORRIDOR,) if alone else tuple(Policy)
     wall = 0.0
@@ -159,6 +172,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             "removed": sum(f["removed"]),
             "corridor_states": dict(Counter(str(c) for c in f["corridor"] if c)),
         }
+        if "second_loss_s" in f:
+            rows[policy]["second_loss_s"] = round(_mean(f["second_loss_s"]), 1)
+            rows[policy]["neither_stops_share"] = round(_mean(f["neither_stops"]), 2)
     return {
         "policies": rows,
         "real_time_factor": round(data["simulated_s"] / data["wall_s"], 1),
@@ -227,6 +243,14 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 )
                 gaps.append(abs(ratio - 1.0))
             rows.append(f"  {policy:18} " + " ".join(cells) + f" {ratio:10.3f}")
+            crossing = [
+                f"{name}: the second loses {e['policies'][policy]['second_loss_s']:.1f} s there, "
+                f"neither stops on {e['policies'][policy]['neither_stops_share']:.0%} of seeds"
+                for name, e in engines.items()
+                if "second_loss_s" in e["policies"][policy]
+            ]
+            if crossing:
+                rows.append("    at the crossing, " + "; ".join(crossing))
         if "sumo" in engines:
             sumo = engines["sumo"]
             teleports = sum(p["teleports"] for p in sumo["policies"].values())

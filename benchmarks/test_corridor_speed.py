@@ -203,25 +203,31 @@ def same_graph(a: CorridorGraph, b: CorridorGraph) -> list[str]:
 
 def manager_queues(
     graph: CorridorGraph, rng: np.random.Generator, depart_s: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """(mv_ready, mv_flush, mv_earliest) as the corridor manager builds them."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(mv_ready, per-movement flush) as the corridor manager builds them."""
     queue = np.where(rng.random(graph.links) < 0.4, rng.integers(1, 21, graph.links), 0)
     flush_link = np.where(queue > 0, 2.0 + queue / 3.0 * 2.0, 0.0)  # 3 lanes, 2 s a vehicle
     flush = flush_link[graph.mv_from]
-    earliest = np.full(graph.movements, depart_s + SWITCH_S)
-    return earliest + flush, flush, earliest
+    return depart_s + SWITCH_S + flush, flush
 
 
 def manager_state(
     graph: CorridorGraph, flush: NDArray[np.float64]
-) -> tuple[MovementTimes, MovementTimes, MovementTimes]:
-    """``manager_queues``' state, checked once per queue update: ready and earliest relative
-    to ``now`` (moved there with ``at(now)`` per query, nothing copied or checked again)."""
-    return (
-        MovementTimes.ready(graph, SWITCH_S + flush),
-        MovementTimes.flush(graph, flush),
-        MovementTimes.earliest(graph, np.full(graph.movements, SWITCH_S)),
-    )
+) -> tuple[MovementTimes, NDArray[np.float64]]:
+    """``manager_queues``' state: ready, checked once per queue update and relative to
+    ``now`` (moved there with ``at(now)`` per query, nothing copied or checked again), and the
+    flush times the windows read along a route (``windows_along``)."""
+    return MovementTimes.ready(graph, SWITCH_S + flush), flush.copy()
+
+
+def windows_along(
+    router: Router, route: Route, flush: NDArray[np.float64], depart_s: float
+) -> Windows:
+    """The route's windows as the corridor manager asks for them: its stop lines' flush times
+    and earliest openings (a switch from now), one per stop line."""
+    along = route.moves[:-1]
+    earliest = np.full(along.shape[0], depart_s + SWITCH_S)
+    return router.windows(route, flush[along], earliest, depart_s)
 
 
 def changed_queues(
@@ -439,11 +445,10 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
         destination: str,
         depart: float,
         ready: MovementTimes,
-        flush: MovementTimes,
-        earliest: MovementTimes,
+        flush: NDArray[np.float64],
     ) -> tuple[Route, Windows]:
         route = router.route(origin, offset, destination, depart, ready.at(depart))
-        return route, router.windows(route, flush, earliest.at(depart), depart)
+        return route, windows_along(router, route, flush, depart)
 
     data = run_rounds(benchmark, corridor, setup, rounds=len(pairs), warmup=3)
     median, p99 = float(np.median(data)), float(np.percentile(data, 99))
@@ -460,7 +465,7 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
     harsh: list[float] = []
     for o, d in pairs[:100]:
         depart = float(rng.uniform(0.0, 3600.0))
-        ready, _, _ = manager_queues(graph, rng, depart)
+        ready, _ = manager_queues(graph, rng, depart)
         straight += timed(bare.route, link_ids[o], 0.0, link_ids[d], depart, ready)
         tough = harsh_ready(graph, rng, depart)
         harsh += timed(router.route, link_ids[o], 0.0, link_ids[d], depart, tough)
@@ -552,11 +557,9 @@ def test_cross_city_316x316(benchmark: BenchmarkFixture) -> None:
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
         return manager_state(graph, manager_queues(graph, rng, 0.0)[1]), {}
 
-    def corridor(
-        ready: MovementTimes, flush: MovementTimes, earliest: MovementTimes
-    ) -> tuple[Route, Windows]:
+    def corridor(ready: MovementTimes, flush: NDArray[np.float64]) -> tuple[Route, Windows]:
         route = router.route(origin, 0.0, destination, 0.0, ready)
-        return route, router.windows(route, flush, earliest, 0.0)
+        return route, windows_along(router, route, flush, 0.0)
 
     data = run_rounds(benchmark, corridor, setup, rounds=30, warmup=2)
     median, p99 = float(np.median(data)), float(np.percentile(data, 99))
@@ -564,7 +567,7 @@ def test_cross_city_316x316(benchmark: BenchmarkFixture) -> None:
     static = static_link_graph(graph)
     o = graph.link_index[origin]
     scipy_s = timed(dijkstra, static, directed=True, indices=o, repeat=3)
-    ready, _, _ = manager_queues(graph, rng, 0.0)
+    ready, _ = manager_queues(graph, rng, 0.0)
     bare = Router(
         dataclasses.replace(
             graph,
@@ -617,10 +620,10 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
     rounds = 400 if junctions <= 10_000 else 200
     pairs = far_pairs(graph, rng, rounds, among=strongly_connected(graph))
     cursor = iter(range(10**9))
-    _, first_flush, _ = manager_queues(graph, rng, 0.0)
+    _, first_flush = manager_queues(graph, rng, 0.0)
     manager_state(graph, first_flush)  # the first call loads the check's kernel
     began = time.perf_counter()
-    ready, flush, earliest = manager_state(graph, first_flush)
+    ready, flush = manager_state(graph, first_flush)
     state_build_s = time.perf_counter() - began
     reporting = max(1, graph.links // 100)
     changes: list[tuple[float, NDArray[np.int64], NDArray[np.float64]]] = []
@@ -636,10 +639,10 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
         changes.append((depart, movements, values))
         began = time.perf_counter()
         ready.update(movements, SWITCH_S + values)
-        flush.update(movements, values)
+        flush[movements] = values
         updates.append(time.perf_counter() - began)
         offset = float(rng.uniform(0.0, graph.link_length[o]))
-        return (graph.link_ids[o], offset, graph.link_ids[d], depart, ready, flush, earliest), {}
+        return (graph.link_ids[o], offset, graph.link_ids[d], depart, ready, flush), {}
 
     def corridor(
         origin: str,
@@ -647,12 +650,11 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
         destination: str,
         depart: float,
         ready: MovementTimes,
-        flush: MovementTimes,
-        earliest: MovementTimes,
+        flush: NDArray[np.float64],
     ) -> tuple[Route, Windows]:
         began = time.thread_time()
         route = router.route(origin, offset, destination, depart, ready.at(depart))
-        windows = router.windows(route, flush, earliest.at(depart), depart)
+        windows = windows_along(router, route, flush, depart)
         cpu.append(time.thread_time() - began)
         return route, windows
 
@@ -667,10 +669,9 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
         plain_flush[movements] = values
         o, d = pairs[i % len(pairs)]
         plain_ready = depart + SWITCH_S + plain_flush
-        plain_earliest = np.full(graph.movements, depart + SWITCH_S)
         began = time.perf_counter()
         route = router.route(graph.link_ids[o], 0.0, graph.link_ids[d], depart, plain_ready)
-        router.windows(route, plain_flush, plain_earliest, depart)
+        windows_along(router, route, plain_flush, depart)
         if i >= 3:
             plain.append(time.perf_counter() - began)
     # the search kernel alone, and scipy's full single-source Dijkstra on the static graph
@@ -750,7 +751,7 @@ FIRST_CALL = textwrap.dedent(
     ready = np.full(graph.movements, -np.inf)
     started = time.perf_counter()
     route = router.route("bW0-g0_0", 0.0, "g2_2-bE2", 0.0, ready)
-    router.windows(route, np.zeros(graph.movements), ready, 0.0)
+    router.windows(route, np.zeros(len(route.links) - 1), np.zeros(len(route.links) - 1), 0.0)
     print(json.dumps(time.perf_counter() - started))
     """
 )

@@ -780,9 +780,8 @@ class CorridorManager:
     def _time_windows(
         self, corridor: Corridor, now_s: float, reservations: list[tuple[str, str, float, float]]
     ) -> None:
-        graph = self.graph
-        mv_flush = self._flush_along(corridor, now_s)
-        earliest = np.full(len(graph.movement_ids), now_s + SWITCH_ESTIMATE_S)
+        flush = self._flush_along(corridor, now_s)
+        earliest = np.full(flush.shape[0], now_s + SWITCH_ESTIMATE_S)
         route = corridor.route
         open_lines = _ahead(corridor)
         for line in open_lines:
@@ -792,22 +791,22 @@ class CorridorManager:
             self._commit(corridor, line, plan, now_s)
             if line.intersection in self.unconfirmed:
                 # no plan reaches it: the vehicle passes when its normal plan serves the group
-                due = float(route.line_s[line.hop]) - float(mv_flush[line.movement])
-                earliest[line.movement] = _normal_green_from(plan, line.group, max(now_s, due))
+                due = float(route.line_s[line.hop]) - float(flush[line.hop])
+                earliest[line.hop] = _normal_green_from(plan, line.group, max(now_s, due))
                 continue
             state = self.signal_states(line.intersection, now_s)
             try:
                 move = plan_green_window(plan, state, line.group, now_s, now_s + 1.0)
-                earliest[line.movement] = max(now_s, move.green_from_s)
+                earliest[line.hop] = max(now_s, move.green_from_s)
             except ValidationError as error:
                 log.warning("%s: cannot time a window: %s", line.intersection, error)
-            earliest[line.movement] = max(float(earliest[line.movement]), line.resume_s)
-            green_from = float(earliest[line.movement])
+            earliest[line.hop] = max(float(earliest[line.hop]), line.resume_s)
+            green_from = float(earliest[line.hop])
             first = self._fit_around(line, plan, float(route.line_s[line.hop]), earliest,
                                      reservations, now_s)  # fmt: skip
-            self._pre_flush(line, plan, green_from, first, earliest, mv_flush, now_s)
+            self._pre_flush(line, plan, green_from, first, earliest, flush, now_s)
         windows = self.router.windows(
-            route, mv_flush, earliest, max(now_s, corridor.depart_s),
+            route, flush, earliest, max(now_s, corridor.depart_s),
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
             sigma_rate=corridor.spread_rate, pace=corridor.pace,
         )  # fmt: skip
@@ -819,8 +818,8 @@ class CorridorManager:
                 float(windows.high[i]),
             )
             # open early enough for the band's early edge, its queue flushed by then
-            early = line.low_s - float(mv_flush[line.movement])
-            line.open_s = max(min(float(windows.open[i]), early), float(earliest[line.movement]))
+            early = line.low_s - float(flush[i])
+            line.open_s = max(min(float(windows.open[i]), early), float(earliest[i]))
             line.close_s = float(windows.close[i])
             self._hold(line)
             if line.forecast is None and line.eta_s - now_s <= FORECAST_S:
@@ -870,20 +869,21 @@ class CorridorManager:
         reservations: list[tuple[str, str, float, float]],
         now_s: float,
     ) -> float | None:
-        """Push the line's earliest opening past the windows reserved before it at its
-        intersection (served in turn, a conflicting one after its clearance); a pushed window
-        can run into the next reservation, so a few passes. Returns when the first conflicting
-        window it waits for opens (None: it waits for none)."""
+        """Push the line's earliest opening (``earliest``, per stop line of the route) past
+        the windows reserved before it at its intersection (served in turn, a conflicting one
+        after its clearance); a pushed window can run into the next reservation, so a few
+        passes. Returns when the first conflicting window it waits for opens (None: it waits
+        for none)."""
         first: float | None = None
         for _ in range(3):
-            arrival = max(line_s, float(earliest[line.movement]))
+            arrival = max(line_s, float(earliest[line.hop]))
             for node, group, opened, closed in reservations:
                 if node != line.intersection or group == line.group or closed <= now_s:
                     continue
                 if opened <= arrival + self.settings.clear_after_s:
                     conflicting = plan.signals.conflict(group, line.group)
                     clearance = plan.signals.intergreen_s({group}) if conflicting else 0.0
-                    earliest[line.movement] = max(earliest[line.movement], closed + clearance)
+                    earliest[line.hop] = max(earliest[line.hop], closed + clearance)
                     if conflicting:
                         first = opened if first is None else min(first, opened)
         return first
@@ -895,23 +895,24 @@ class CorridorManager:
         green_from: float,
         first: float | None,
         earliest: np.ndarray,
-        mv_flush: np.ndarray,
+        flush: np.ndarray,
         now_s: float,
     ) -> None:
         """A vehicle whose window must follow another corridor's conflicting one gets its
         queue flushed before that window too, where there is time: then only what arrives
         while the other vehicle passes stands between it and the stop line (a crossing's
-        second vehicle would otherwise wait behind a whole cycle's queue). ``mv_flush`` then
-        holds what is left to flush when its own window opens."""
+        second vehicle would otherwise wait behind a whole cycle's queue). ``flush`` (per stop
+        line of the route) then holds what is left to flush when its own window opens."""
         line.pre_open_s = line.pre_close_s = 0.0
         if first is None:
             return
         state = self.network_state
-        link = int(self.graph.mv_from[line.movement])
-        per_veh = float(state.discharge_s_per_veh[link])
-        inflow = float(state.inflow_veh_per_s(now_s)[link])
+        link = np.array([self.graph.mv_from[line.movement]], dtype=np.int64)
+        per_veh = float(state.discharge_s_per_veh[link[0]])
+        inflow = float(state.inflow_veh_per_s(now_s, links=link)[0])
         close = first - plan.signals.intergreen_s({line.group})
-        standing = float(state.queues(now_s).queue_veh[link]) + inflow * max(0.0, close - now_s)
+        queue = float(state.queues(now_s, links=link).queue_veh[0])
+        standing = queue + inflow * max(0.0, close - now_s)
         opening = max(green_from, close - DEFAULT_LOST_TIME_S - standing * per_veh)
         if close - opening < PRE_FLUSH_MIN_S:
             return
@@ -919,40 +920,40 @@ class CorridorManager:
         # left when its own window opens: what the early window could not serve, what
         # arrives after it, and the platoon flushed upstream ahead of the vehicle
         served = (close - opening - DEFAULT_LOST_TIME_S) / per_veh
-        arrival = max(float(earliest[line.movement]), line.eta_s)
+        arrival = max(float(earliest[line.hop]), line.eta_s)
         left = max(0.0, standing - served) + inflow * max(0.0, arrival - close) + line.platoon_veh
-        flush = DEFAULT_LOST_TIME_S + left * per_veh if left > 0.0 else 0.0
-        mv_flush[line.movement] = min(float(mv_flush[line.movement]), flush)
+        remaining = DEFAULT_LOST_TIME_S + left * per_veh if left > 0.0 else 0.0
+        flush[line.hop] = min(float(flush[line.hop]), remaining)
 
     def _flush_along(self, corridor: Corridor, now_s: float) -> np.ndarray:
-        """Per movement, the green needed before the vehicle arrives: its queue, plus the
-        vehicles a window upstream flushes ahead of the vehicle that continue to this stop line
-        (they arrive before it, so they are in its way too). On the link the vehicle drives
-        on, those are the platoon the stop line it passed last flushed, as far as it is still
-        driving and gets there before the vehicle (the rest is in the measured queue already,
-        or behind the vehicle)."""
+        """Per stop line of the route (its links but the last), the green needed before the
+        vehicle arrives: its queue, plus the vehicles a window upstream flushes ahead of the
+        vehicle that continue to this stop line (they arrive before it, so they are in its way
+        too). On the link the vehicle drives on, those are the platoon the stop line it passed
+        last flushed, as far as it is still driving and gets there before the vehicle (the rest
+        is in the measured queue already, or behind the vehicle)."""
         state = self.network_state
-        flush = state.flush_time_s(now_s)[self.graph.mv_from]
-        queues = state.queues(now_s).queue_veh
-        inflow = state.inflow_veh_per_s(now_s)
         route = corridor.route
+        count = route.moves.shape[0] - 1
+        links = route.link_indices[:count].astype(np.int64)
+        queues = state.queues(now_s, links=links).queue_veh
+        inflow = state.inflow_veh_per_s(now_s, links=links)
+        flush = np.zeros(count)
         lines = {line.hop: line for line in _ahead(corridor)}
         ahead = 0.0
-        for hop, movement in enumerate(route.moves):
-            if movement < 0:
-                break
-            link = int(route.link_indices[hop])
+        for hop in range(count):
+            movement, link = int(route.moves[hop]), int(links[hop])
             # the queue when the vehicle gets there: it grows with arrivals while its movement
             # is red (the normal plan's red share), up to what the link can store
             until = max(0.0, float(route.line_s[hop]) - now_s)
-            grown = queues[link] + inflow[link] * until * self.red_share[movement]
+            grown = queues[hop] + inflow[hop] * until * self.red_share[movement]
             carried = self.settings.platoon_share * ahead
             if hop == 0:
                 carried += self._platoon_ahead(corridor, now_s)
             expected = min(float(grown), float(self.storage[link]))
             ahead = expected + carried
             if ahead > 0.0:
-                flush[movement] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
+                flush[hop] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
             line = lines.get(hop)
             if line is not None:
                 line.platoon_veh = carried

@@ -419,10 +419,8 @@ def free_flow_lines(
 def windows(
     line_s: np.ndarray,
     n: int,
-    mv_flush_s: np.ndarray,
-    mv_earliest_s: np.ndarray,
-    earliest_base: float,
-    route_moves: np.ndarray,
+    flush_s: np.ndarray,
+    earliest_s: np.ndarray,
     depart_s: float,
     margin_s: float,
     clear_after_s: float,
@@ -437,9 +435,8 @@ def windows(
     """Green windows, one per stop line except the last link's; returns the total shift.
 
     At stop line ``i`` the vehicle's ETA is ``line_s[i]`` plus the delays so far; when the
-    queue on its movement cannot be flushed by then (``earliest + flush > eta``, ``earliest``
-    being ``earliest_base + mv_earliest_s[m]``) the vehicle is held back by the difference,
-    and every later ETA follows. The window opens early
+    queue there cannot be flushed by then (``earliest_s[i] + flush_s[i] > eta``) the vehicle
+    is held back by the difference, and every later ETA follows. The window opens early
     enough to flush the queue plus a margin (never before the earliest opening), closes
     ``clear_after_s`` after the ETA, and the band ``eta -/+ (sigma0 + rate * (eta - depart))``
     is the ETA's uncertainty, growing with the time driven.
@@ -448,23 +445,19 @@ def windows(
     if (
         count < 0
         or line_s.shape[0] < n
-        or route_moves.shape[0] < count
+        or flush_s.shape[0] < count
+        or earliest_s.shape[0] < count
         or out_eta.shape[0] < count
         or out_open.shape[0] < count
         or out_close.shape[0] < count
         or out_low.shape[0] < count
         or out_high.shape[0] < count
-        or mv_flush_s.shape[0] != mv_earliest_s.shape[0]
     ):
         return math.nan
-    n_moves = mv_flush_s.shape[0]
     shift = 0.0
     for i in range(count):
-        m = route_moves[i]
-        if m < 0 or m >= n_moves:
-            return math.nan
-        flush = mv_flush_s[m]
-        earliest = earliest_base + mv_earliest_s[m]
+        flush = flush_s[i]
+        earliest = earliest_s[i]
         eta = line_s[i] + shift
         need = earliest + flush
         if need > eta:

@@ -4,12 +4,13 @@ Every input is checked here (ids, offsets, times, per-movement arrays) so the ke
 on plain arrays without bounds checks; a bad input raises ``ValidationError`` naming the field
 and never reaches compiled code. No I/O.
 
-Per-movement state (when each queue can be gone, how long it takes to flush, when a movement
-can open) is checked when it is made or updated, as a ``MovementTimes``, and cannot change
-otherwise; queries given one do not look at its values again. A query reads a few hundred of
-a city's million movements, and checking them all on every query cost more than the search
-(issue 15: 45-58 % of a corridor's time on 100,000 junctions, the search 9-14 %). Plain arrays
-are still taken, and checked in full on every call.
+Per-movement state (when each movement's queue can be gone) is checked when it is made or
+updated, as a ``MovementTimes``, and cannot change otherwise; queries given one do not look at
+its values again. A query reads a few hundred of a city's million movements, and checking them
+all on every query cost more than the search (issue 15: 45-58 % of a corridor's time on
+100,000 junctions, the search 9-14 %). Plain arrays are still taken, and checked in full on
+every call. Windows take their queues' flush times and earliest openings per stop line of the
+route (``Router.windows``), which is all a corridor knows and needs.
 
 A ``Router`` owns preallocated search workspaces and is therefore not thread-safe: use one
 per thread (they can share one ``CorridorGraph``).
@@ -21,7 +22,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -36,9 +37,10 @@ LARGEST = sys.float_info.max
 READY = (-math.inf, math.inf)
 """Range of ``mv_ready_s``: any time but NaN (``-inf``: no queue, ``+inf``: closed)."""
 FLUSH = (0.0, LARGEST)
-"""Range of ``mv_flush_s``: a finite duration."""
+"""Range of ``Router.windows``' ``flush_s``: a finite duration."""
 EARLIEST = (-math.inf, LARGEST)
-"""Range of ``mv_earliest_s``: a time, ``-inf`` for any time, never ``+inf``."""
+"""Range of ``Router.windows``' ``earliest_s``: a time, ``-inf`` for any time, never
+``+inf``."""
 MAX_BASE_S = 1e12
 """Largest ``|base_s|`` of a ``MovementTimes`` (31,700 years): far below the rounding step of
 values near ``LARGEST``, so ``base + value`` never overflows into ``+inf``."""
@@ -61,38 +63,24 @@ class MovementTimes:
     and see ``update``'s changes. Make one when the state is set up and ``update`` the
     movements whose queues change (telemetry in), not per query: making one costs what one
     query's check of a plain array did. ``|base_s| <= MAX_BASE_S`` keeps ``base + value``
-    within the range the values were checked for (the bases shift times, not durations:
-    ``Router.windows`` takes flush times only with base 0).
+    within the range the values were checked for.
     """
 
-    __slots__ = ("_data", "base_s", "field", "high", "low", "values")
+    __slots__ = ("_data", "base_s", "values")
+    field: ClassVar[str] = "mv_ready_s"
+    """The router argument it is (names the value in errors)."""
     _data: NDArray[np.float64]
     base_s: float
-    field: str
-    """The router argument the range was chosen for (names the value in errors)."""
-    low: float
-    high: float
     values: NDArray[np.float64]
 
-    def __init__(
-        self,
-        values: ArrayLike,
-        *,
-        movements: int,
-        bounds: tuple[float, float] = READY,
-        base_s: float = 0.0,
-        field: str = "mv_ready_s",
-    ) -> None:
-        data = _checked(field, values, movements, bounds, copy=True)
+    def __init__(self, values: ArrayLike, *, movements: int, base_s: float = 0.0) -> None:
+        data = _checked(self.field, values, movements, READY, copy=True)
         view = data.view()
         view.flags.writeable = False
         for name, value in (
             ("_data", data),
-            ("field", field),
-            ("low", bounds[0]),
-            ("high", bounds[1]),
             ("values", view),
-            ("base_s", _base(field, base_s)),
+            ("base_s", _base(self.field, base_s)),
         ):
             object.__setattr__(self, name, value)
 
@@ -101,22 +89,7 @@ class MovementTimes:
         cls, graph: CorridorGraph, values: ArrayLike, *, base_s: float = 0.0
     ) -> MovementTimes:
         """``mv_ready_s`` for ``Router.route``, ``evaluate`` and ``retime``."""
-        return cls(values, movements=graph.movements, bounds=READY, base_s=base_s)
-
-    @classmethod
-    def flush(cls, graph: CorridorGraph, values: ArrayLike) -> MovementTimes:
-        """``mv_flush_s`` for ``Router.windows`` (durations: no base)."""
-        return cls(values, movements=graph.movements, bounds=FLUSH, field="mv_flush_s")
-
-    @classmethod
-    def earliest(
-        cls, graph: CorridorGraph, values: ArrayLike, *, base_s: float = 0.0
-    ) -> MovementTimes:
-        """``mv_earliest_s`` for ``Router.windows``."""
-        return cls(
-            values, movements=graph.movements, bounds=EARLIEST, base_s=base_s,
-            field="mv_earliest_s",
-        )  # fmt: skip
+        return cls(values, movements=graph.movements, base_s=base_s)
 
     @property
     def movements(self) -> int:
@@ -125,7 +98,7 @@ class MovementTimes:
     def at(self, base_s: float) -> MovementTimes:
         """The same values from ``base_s`` (shared, not copied or checked again)."""
         other = object.__new__(MovementTimes)
-        for name in ("_data", "field", "low", "high", "values"):
+        for name in ("_data", "values"):
             object.__setattr__(other, name, getattr(self, name))
         object.__setattr__(other, "base_s", _base(self.field, base_s))
         return other
@@ -146,7 +119,7 @@ class MovementTimes:
             )
         if index.size and (index.min() < 0 or index.max() >= self.movements):
             raise ValidationError(self.field, f"movement index outside 0..{self.movements - 1}")
-        _checked(self.field, new, index.shape[0], (self.low, self.high), copy=False)
+        _checked(self.field, new, index.shape[0], READY, copy=False)
         self._data[index] = new
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -218,7 +191,7 @@ class Router:
         origin, offset, destination, depart = self._query(
             origin_link, offset_m, destination_link, depart_s
         )
-        ready = self._mv_array("mv_ready_s", mv_ready_s, READY)
+        ready = self._ready(mv_ready_s)
         n = self._search(origin, offset, destination, depart, ready, use_astar)
         if n == kernels.UNREACHABLE:
             raise UnreachableError(
@@ -279,7 +252,7 @@ class Router:
         offset = self._offset(int(indices[0]), offset_m)
         pace = _number("pace", pace, ge=MIN_PACE, le=MAX_PACE)
         depart = _number("depart_s", depart_s, ge=0.0)
-        ready = self._mv_array("mv_ready_s", mv_ready_s, READY)
+        ready = self._ready(mv_ready_s)
         moves = np.empty(len(indices), dtype=np.int32)
         gap = kernels.moves_along(
             indices, len(indices), self.graph.out_start, self.graph.mv_to, moves
@@ -296,8 +269,8 @@ class Router:
     def windows(
         self,
         route: Route,
-        mv_flush_s: MovementTimes | ArrayLike,
-        mv_earliest_s: MovementTimes | ArrayLike,
+        flush_s: ArrayLike,
+        earliest_s: ArrayLike,
         depart_s: float,
         *,
         margin_s: float = 3.0,
@@ -306,8 +279,10 @@ class Router:
         sigma_rate: float = 0.03,
         pace: float = 1.0,
     ) -> Windows:
-        """Green windows along ``route`` for queues that take ``mv_flush_s[m]`` to flush once
-        movement ``m`` can open, at the earliest at ``mv_earliest_s[m]`` (``-inf``: any time).
+        """Green windows along ``route``, one per stop line but the last link's, for queues
+        that take ``flush_s[i]`` to flush once stop line ``i``'s movement can open, at the
+        earliest at ``earliest_s[i]`` (``-inf``: any time). One value per stop line: checked
+        here in O(route), whatever the graph's size (the caller knows them for its route only).
 
         ETAs start from the route's free-flow stop-line times (its first stop line, then link
         times, no waiting) and every queue that cannot be flushed in time delays that ETA and
@@ -329,10 +304,9 @@ class Router:
             or (n > 1 and (moves[:-1].min() < 0 or moves[:-1].max() >= self.graph.movements))
         ):
             raise ValidationError("route", "route does not belong to this graph")
-        flush, flush_base = self._mv_array("mv_flush_s", mv_flush_s, FLUSH)
-        if flush_base != 0.0:
-            raise ValidationError("mv_flush_s", "durations have no base: make it with base 0")
-        earliest, earliest_base = self._mv_array("mv_earliest_s", mv_earliest_s, EARLIEST)
+        count = n - 1
+        flush = _checked("flush_s", flush_s, count, FLUSH, copy=False, per="stop line")
+        earliest = _checked("earliest_s", earliest_s, count, EARLIEST, copy=False, per="stop line")
         depart = _number("depart_s", depart_s, ge=0.0)
         margin = _number("margin_s", margin_s, ge=0.0, le=600.0)
         clear_after = _number("clear_after_s", clear_after_s, ge=0.0, le=600.0)
@@ -348,16 +322,12 @@ class Router:
             pace,
             line,
         )
-        count = n - 1
         eta, opening, close, low, high = (np.empty(count, dtype=np.float64) for _ in range(5))
-        move_list = np.ascontiguousarray(moves[:count], dtype=np.int32)
         shift = kernels.windows(
             line,
             n,
             flush,
             earliest,
-            earliest_base,
-            move_list,
             depart,
             margin,
             clear_after,
@@ -371,7 +341,8 @@ class Router:
         )
         if math.isnan(shift):
             raise ValidationError("route", "route does not belong to this graph")
-        return Windows(move_list, eta, opening, close, low, high, float(shift))
+        moves_out = np.ascontiguousarray(moves[:count], dtype=np.int32)
+        return Windows(moves_out, eta, opening, close, low, high, float(shift))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -486,48 +457,47 @@ class Router:
         length = float(self.graph.link_length[link])
         return _number(field, offset_m, ge=0.0, le=length)
 
-    def _mv_array(
-        self, field: str, values: MovementTimes | ArrayLike, bounds: tuple[float, float]
-    ) -> tuple[NDArray[np.float64], float]:
-        """The kernels' (values, base) of a per-movement argument, every ``base + value``
-        within ``bounds`` (so never NaN). A ``MovementTimes`` was checked when it was made:
-        only its size and range are looked at (O(1)). A plain array is checked in full."""
+    def _ready(self, values: MovementTimes | ArrayLike) -> tuple[NDArray[np.float64], float]:
+        """The kernels' (values, base) of ``mv_ready_s``, never NaN. A ``MovementTimes`` was
+        checked when it was made: only its size is looked at (O(1)). A plain array is checked
+        in full."""
+        field = MovementTimes.field
         if isinstance(values, MovementTimes):
-            low, high = bounds
             if values.movements != self.graph.movements:
                 raise ValidationError(
                     field,
                     f"expected one value per movement, shape ({self.graph.movements},), "
                     f"got ({values.movements},)",
                 )
-            if values.low < low or values.high > high:
-                raise ValidationError(
-                    field,
-                    f"checked within [{values.low}, {values.high}], must be within [{low}, {high}]",
-                )
             return values._data, values.base_s
-        return _checked(field, values, self.graph.movements, bounds, copy=False), 0.0
+        return _checked(field, values, self.graph.movements, READY, copy=False), 0.0
 
 
 def _checked(
-    field: str, values: ArrayLike, movements: int, bounds: tuple[float, float], *, copy: bool
+    field: str,
+    values: ArrayLike,
+    count: int,
+    bounds: tuple[float, float],
+    *,
+    copy: bool,
+    per: str = "movement",
 ) -> NDArray[np.float64]:
-    """``values`` as a C-contiguous float64 array of one value per movement (a copy if
-    ``copy``), every value within ``bounds`` (so never NaN)."""
+    """``values`` as a C-contiguous float64 array of ``count`` values, one ``per`` movement
+    or stop line (a copy if ``copy``), every value within ``bounds`` (so never NaN)."""
     try:
         array = np.array(values, dtype=np.float64, order="C", copy=copy or None)
     except (TypeError, ValueError) as error:
         raise ValidationError(field, f"not an array of numbers: {error}") from None
-    if array.shape != (movements,):
+    if array.shape != (count,):
         raise ValidationError(
-            field, f"expected one value per movement, shape ({movements},), got {array.shape}"
+            field, f"expected one value per {per}, shape ({count},), got {array.shape}"
         )
     low, high = bounds
     if kernels.count_outside(array, low, high):
         with np.errstate(invalid="ignore"):
             bad = int(np.flatnonzero(~((array >= low) & (array <= high)))[0])
         raise ValidationError(
-            field, f"value {array[bad]} at movement {bad} is outside [{low}, {high}]"
+            field, f"value {array[bad]} at {per} {bad} is outside [{low}, {high}]"
         )
     return array
 

@@ -176,10 +176,14 @@ class NetworkState:
         self._changed.clear()
         return links
 
-    def inflow_veh_per_s(self, now_s: float) -> NDArray[np.float64]:
-        """Arrival rate per link where telemetry is live, 0 where it is not."""
-        live = now_s - self.updated <= self.stale_after
-        return np.where(live, self.flow_vph / 3600.0, 0.0)
+    def inflow_veh_per_s(
+        self, now_s: float, *, links: NDArray[np.int64] | None = None
+    ) -> NDArray[np.float64]:
+        """Arrival rate per link (or per link of ``links``) where telemetry is live, 0 where
+        it is not."""
+        chosen = slice(None) if links is None else links
+        live = now_s - self.updated[chosen] <= self.stale_after
+        return np.where(live, self.flow_vph[chosen] / 3600.0, 0.0)
 
     def queues(self, now_s: float, *, links: NDArray[np.int64] | None = None) -> QueueView:
         """Every link's queue seen from ``now_s`` (or those of ``links``): live telemetry, else

@@ -179,9 +179,8 @@ class PlainWindows:
 
 def windows(
     line_s: list[float],
-    moves: list[int],
-    mv_flush: list[float],
-    mv_earliest: list[float],
+    flush: list[float],
+    earliest: list[float],
     depart_s: float,
     *,
     margin_s: float,
@@ -193,16 +192,15 @@ def windows(
     out = PlainWindows([], [], [], [], [], 0.0)
     shift = 0.0
     for i in range(len(line_s) - 1):
-        m = moves[i]
         eta = line_s[i] + shift
-        need = mv_earliest[m] + mv_flush[m]
+        need = earliest[i] + flush[i]
         if need > eta:
             d = need - eta
             eta += d
             shift += d
         spread = sigma0_s + sigma_rate * (eta - depart_s)
         out.eta.append(eta)
-        out.open.append(max(mv_earliest[m], eta - mv_flush[m] - margin_s))
+        out.open.append(max(earliest[i], eta - flush[i] - margin_s))
         out.close.append(eta + clear_after_s)
         out.low.append(eta - spread)
         out.high.append(eta + spread)
