@@ -126,8 +126,9 @@ class _Crossing:
     recovered_s: float | None = None
     gave_up: bool = False
     cost_veh_s: float = 0.0
-    samples: deque[float] = field(default_factory=deque)
-    """The other approaches' queue at each observation since the vehicle passed, one cycle."""
+    samples: deque[tuple[float, float]] = field(default_factory=deque)
+    """(time, the other approaches' queue) of each observation in the last cycle since the
+    vehicle passed (observations come at the service's tick, several a second or one)."""
 
     @property
     def done(self) -> bool:
@@ -205,13 +206,13 @@ class ImpactMeter:
         if crossing.released_s is None:
             return
         samples = crossing.samples
-        samples.append(queue)
-        cycle_samples = max(1, round(crossing.cycle_s))
-        while len(samples) > cycle_samples:
+        samples.append((now_s, queue))
+        while samples[0][0] <= now_s - crossing.cycle_s:
             samples.popleft()
         tolerance = max(RECOVERED_SLACK_VEH, RECOVERED_SHARE * level)
         after = now_s - crossing.released_s
-        if after >= crossing.cycle_s and sum(samples) / len(samples) <= level + tolerance:
+        mean = sum(q for _, q in samples) / len(samples)
+        if after >= crossing.cycle_s and mean <= level + tolerance:
             crossing.recovered_s = now_s
         elif after >= RECOVERY_LIMIT_S:
             crossing.gave_up = True

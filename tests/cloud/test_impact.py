@@ -124,3 +124,25 @@ def test_a_corridor_nothing_opened_for_costs_nothing_and_forgotten_ones_report_n
     assert meter.report("C1") is None
     meter.opened("C1", "n", 0, 0.0, 100.0)  # late news of a forgotten corridor changes nothing
     assert meter.report("C1") is None
+
+
+def test_recovery_is_judged_over_a_cycle_of_time_however_often_the_service_ticks() -> None:
+    """Five observations a second (the service's tick in the field): the cycle's average is
+    over 60 s of them, not over the last 60 observations."""
+    meter = _meter()
+    meter.start("C1")
+    for now in np.arange(0.0, 1000.0, 0.2):
+        meter.observe(np.array([0.0, 2.0, 0.0]), float(now))
+    meter.opened("C1", "n", 0, 0.0, 1000.0)
+    meter.ended("C1", 1000.0)
+    settled: list[str] = []
+    for now in np.arange(1000.0, 1200.0, 0.2):
+        late = now < 1030.0  # its queues stay long for 30 s after the vehicle passed
+        settled += meter.observe(np.array([0.0, 9.0 if late else 2.0, 0.0]), float(now))
+    assert settled == ["C1"]
+    impact = meter.report("C1")
+    assert impact is not None
+    assert impact.recovery_s is not None
+    # back within 2 of the level 2 when the last 60 s hold at most 120 / 7 s of the 9 (7 too
+    # many): 1,030 - (t - 60) <= 17.1, at t = 1,073 s
+    assert impact.recovery_s == pytest.approx(73.0, abs=0.5)
