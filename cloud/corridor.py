@@ -643,16 +643,17 @@ class CorridorManager:
     def measure(self, now_s: float) -> list[Action]:
         """Take the queues seen now into every corridor's impact (``cloud/impact.py``): the
         final status of each whose intersections have all recovered since it ended."""
-        inflow = self.network_state.inflow_veh_per_s(now_s)
         for corridor in self._live():
             for line in corridor.stop_lines:
-                if _window_open(line, now_s):
-                    approach = int(self.graph.mv_from[line.movement])
+                opened = _window_open(line, now_s)
+                if opened and not self.impact.measures(corridor.corridor_id, line.intersection):
+                    approach = np.array([self.graph.mv_from[line.movement]], dtype=np.int64)
+                    arrivals = self.network_state.inflow_veh_per_s(now_s, links=approach)
                     self.impact.opened(
                         corridor.corridor_id,
                         line.intersection,
-                        approach,
-                        float(inflow[approach]),
+                        int(approach[0]),
+                        float(arrivals[0]),
                         now_s,
                     )
                 if line.passed_s is not None:

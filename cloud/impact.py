@@ -244,6 +244,11 @@ class ImpactMeter:
             float(self.level_veh[approach]),
         )
 
+    def measures(self, corridor_id: str, node: str) -> bool:
+        """Whether ``node`` is measured for the corridor (a window opened there for it)."""
+        measured = self.measured.get(corridor_id)
+        return measured is not None and node in measured.crossings
+
     def approach_at(self, corridor_id: str, node: str) -> tuple[float, float] | None:
         """(arrival flow, queue level) of the vehicle's approach to ``node`` when the window
         there first opened; ``None`` where none did."""

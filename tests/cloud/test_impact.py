@@ -77,7 +77,9 @@ def test_the_cross_streets_cost_is_their_queue_above_its_level_until_they_recove
     meter = _meter()
     meter.start("C1")
     _observe(meter, [5.0, 2.0, 1.0], 0.0, 2000.0)  # the level settles at 2 + 1 across
+    assert not meter.measures("C1", "n")
     meter.opened("C1", "n", 0, 0.2, 2000.0)
+    assert meter.measures("C1", "n")
     seen = meter.approach_at("C1", "n")
     assert seen is not None
     assert seen[0] == 0.2
