@@ -30,7 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from citybrain.closed_loop import GRID, WESTBOUND, Outcome, Policy, Setup, run_policy
+from citybrain.closed_loop import (
+    COMPARED,
+    GRID,
+    WESTBOUND,
+    Outcome,
+    Policy,
+    Setup,
+    run_policy,
+)
 from citybrain.evaluate import Ambulance, Study, evaluate
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.runner import Engine
@@ -84,14 +92,14 @@ def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
         )
         result = evaluate(study)
         wall = time.perf_counter() - started
-        simulated = (900.0 + study.after_s) * len(seeds) * len(Policy)
+        simulated = (900.0 + study.after_s) * len(seeds) * len(COMPARED)
         for policy, outcomes in result.comparison.outcomes.items():
             out[policy.value] = _figures(outcomes)
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
     setups = {"grid": GRID, "arterial-westbound": WESTBOUND}
     setup = setups.get(case.removesuffix("-alone"), Setup())
     alone = case.endswith("-alone")
-    policies = (Policy.CORRIDOR,) if alone else tuple(Policy)
+    policies = (Policy.CORRIDOR,) if alone else COMPARED
     wall = 0.0
     per_policy: dict[Policy, list[Outcome]] = {policy: [] for policy in policies}
     for seed in seeds:

@@ -11,6 +11,11 @@
   windows in turn), and sends plans the controllers check and run; queues come from the
   simulator's ground truth (the edge's estimates replace them when edges exist).
 
+Beside them, a ceiling no one would deploy (``green_all_the_way``): from dispatch until the
+ambulance passes, every signal on its route holds green for it (renewed before it runs out),
+whatever the cross streets wait. No signal control does better for the ambulance, so a trip
+time it cannot reach is out of reach of signals altogether.
+
 Every figure comes from the run: each ambulance's trip, its delay and stops stop line by stop
 line, the extra vehicle-seconds all other traffic spent compared with no priority, and how long
 the signals took to get back to their normal plans.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -71,6 +77,16 @@ class Policy(enum.StrEnum):
     NO_PRIORITY = "no_priority"
     LOCAL_PREEMPTION = "local_preemption"
     CORRIDOR = "corridor"
+    GREEN_ALL_THE_WAY = "green_all_the_way"
+    """The ceiling (see the module's docstring), not a policy to compare."""
+
+
+COMPARED = (Policy.NO_PRIORITY, Policy.LOCAL_PREEMPTION, Policy.CORRIDOR)
+"""The policies every comparison runs; the ceiling runs where asked for."""
+HOLD_S = 100.0
+"""The ceiling's windows: this long each (under the controllers' 120 s limit), renewed when
+``RENEW_S`` is left."""
+RENEW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -356,6 +372,8 @@ class _Vehicle:
         self.progression_mps = float(np.sum(lengths) / np.sum(lengths / speeds))
         self.hop = 0
         self.stops = 0
+        self.held_until: dict[int, float] = {}
+        """The ceiling: per hop of the route, until when its signal holds green."""
 
 
 class _Driver:
@@ -404,6 +422,8 @@ class _Driver:
         for vehicle in self.vehicles:
             if manager is not None and not vehicle.requested and now >= vehicle.dispatched_at:
                 self._request(vehicle, now)
+            if self.policy is Policy.GREEN_ALL_THE_WAY and now >= vehicle.dispatched_at:
+                self._hold_green(vehicle, now)
         for vehicle in self.vehicles:
             self._follow(vehicle, now)
 
@@ -477,6 +497,28 @@ class _Driver:
             windows=(GreenWindow(signal_group=vehicle.groups[hop], open_at=now, close_at=close),),
         )
         self._send(node, plan)
+
+    def _hold_green(self, vehicle: _Vehicle, now: float) -> None:
+        """The ceiling: every signal the ambulance has still to pass green for it, from
+        dispatch until it arrives."""
+        if self.run.sim.state[vehicle.index] == ARRIVED:
+            return
+        for hop in range(vehicle.hop, len(vehicle.nodes)):
+            node, group = vehicle.nodes[hop], vehicle.groups[hop]
+            if node not in self.run.controllers or not group:
+                continue
+            if vehicle.held_until.get(hop, -math.inf) - now > RENEW_S:
+                continue
+            vehicle.held_until[hop] = now + HOLD_S
+            seq = self.seq.get(node, 0) + 1
+            self.seq[node] = seq
+            window = GreenWindow(signal_group=group, open_at=now, close_at=now + HOLD_S)
+            plan = SignalPlan(
+                plan_id=compose_id("ceiling", node, seq), intersection=node, seq=seq,
+                issued_at=now, valid_from=now, valid_until=now + HOLD_S + 60.0,
+                windows=(window,),
+            )  # fmt: skip
+            self._send(node, plan)
 
     def _corridor(self, vehicle: _Vehicle, hop: int, now: float) -> None:
         manager = self.manager

@@ -14,6 +14,7 @@ from typing import Any
 from citybrain import report
 from citybrain.closed_loop import (
     AMBULANCE,
+    COMPARED,
     Journey,
     Outcome,
     Policy,
@@ -42,9 +43,9 @@ def compare(
     engine: Engine = Engine.OURS,
 ) -> Comparison:
     setup = setup or Setup()
-    outcomes: dict[Policy, list[Outcome]] = {policy: [] for policy in Policy}
+    outcomes: dict[Policy, list[Outcome]] = {policy: [] for policy in COMPARED}
     for seed in seeds:
-        for policy in Policy:
+        for policy in COMPARED:
             if progress is not None:
                 progress(f"seed {seed}, {policy}")
             outcome = run_policy(policy, seed, setup, engine=engine)

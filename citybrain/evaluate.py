@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from citybrain import report
-from citybrain.closed_loop import FLOW_WINDOW_S, Outcome, Policy, Setup, run_policy
+from citybrain.closed_loop import COMPARED, FLOW_WINDOW_S, Outcome, Policy, Setup, run_policy
 from citybrain.demo import Comparison, summary
 from citybrain.models.checks import check_count, check_id, check_number
 from citybrain.models.errors import ValidationError
@@ -87,6 +87,9 @@ class Study:
     dispatch_lead_s: float = 60.0
     engine: Engine = Engine.OURS
     """What moves the vehicles: our engine, or SUMO micro under the same controllers."""
+    ceiling: bool = False
+    """Run the ceiling too (``green_all_the_way``: every signal on the route green for the
+    ambulance from dispatch): the best any signal control could do for it."""
 
     def __post_init__(self) -> None:
         if not self.ambulances:
@@ -253,10 +256,11 @@ def evaluate(study: Study, *, progress: Callable[[str], None] | None = None) -> 
         after_s=max(a.depart_s for a in study.ambulances) - first + study.after_s,
         dispatch_lead_s=study.dispatch_lead_s,
     )
-    outcomes: dict[Policy, list[Outcome]] = {policy: [] for policy in Policy}
+    policies = (*COMPARED, Policy.GREEN_ALL_THE_WAY) if study.ceiling else COMPARED
+    outcomes: dict[Policy, list[Outcome]] = {policy: [] for policy in policies}
     for seed in range(study.seeds):
         scenario = _scenario(study, place, seed)
-        for policy in Policy:
+        for policy in policies:
             if progress is not None:
                 progress(f"{study.network} seed {seed + 1}/{study.seeds}: {policy}")
             outcomes[policy].append(

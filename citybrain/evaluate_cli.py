@@ -47,6 +47,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_engine_option(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run green_all_the_way: every signal on the route green for the ambulance "
+        "from dispatch, the best any signal control could do for it",
+    )
+    evaluate.add_argument(
         "--out", type=Path, default=Path("out/evaluate"), help="JSON and diagram go here"
     )
 
@@ -70,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         after_s=args.after,
         engine=args.engine,
+        ceiling=args.ceiling,
     )
     logging.getLogger("citybrain").setLevel(logging.WARNING)
 

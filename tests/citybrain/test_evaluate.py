@@ -43,6 +43,29 @@ def test_the_result_has_the_demo_s_policies_and_every_seed(arterial_result: dict
     assert "verdict: the corridor takes" in text
 
 
+def test_the_ceiling_holds_every_signal_green_and_no_policy_beats_it() -> None:
+    """``green_all_the_way``: every signal on the route green for the ambulance from dispatch,
+    whatever it costs the cross streets: the ambulance drives at free flow, no policy is
+    clearly faster (the corridor matches it: within 1 %, the cars it catches up with), and
+    everyone else pays more than under the corridor."""
+    study = evaluate.Study(
+        network="arterial:3", ambulances=(AMBULANCE,), demand="heavy", seeds=1, after_s=600.0,
+        ceiling=True,
+    )  # fmt: skip
+    result = evaluate.to_json(evaluate.evaluate(study))
+    policies = result["policies"]
+    assert list(policies) == ["no_priority", "local_preemption", "corridor", "green_all_the_way"]
+    ceiling = policies["green_all_the_way"]
+    assert ceiling["ratio_to_free_flow"] == pytest.approx(1.0, abs=0.01)
+    assert ceiling["stops"] == 0
+    assert ceiling["plans_refused"] == 0
+    for name in ("no_priority", "local_preemption", "corridor"):
+        assert ceiling["travel_time_s"] <= 1.01 * policies[name]["travel_time_s"]
+    costs = {name: p["other_vehicles_extra_delay_s"] for name, p in policies.items()}
+    assert costs["green_all_the_way"] > costs["corridor"]
+    assert "green_all_the_way" in evaluate.render(result)
+
+
 def test_several_ambulances_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "ambulances.json"
     path.write_text(
