@@ -52,10 +52,14 @@ CASES = (
     "ingolstadt21",
     "arterial-eastbound-alone",
     "arterial-westbound-alone",
+    "arterial-eastbound-ceiling",
+    "arterial-westbound-ceiling",
     "grid",
 )
 """``-alone``: the corridor with every other vehicle taken out of the same seed's scenario, the
-ceiling of what signals can do for this driver (SUMO: its imperfection, its accelerations)."""
+ceiling of what signals can do for this driver (SUMO: its imperfection, its accelerations).
+``-ceiling``: in the same traffic, every signal on the route green for the ambulance from
+dispatch until it passes (``green_all_the_way``), the ceiling of what signals can do in it."""
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -97,9 +101,11 @@ def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
             out[policy.value] = _figures(outcomes)
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
     setups = {"grid": GRID, "arterial-westbound": WESTBOUND}
-    setup = setups.get(case.removesuffix("-alone"), Setup())
+    setup = setups.get(case.removesuffix("-alone").removesuffix("-ceiling"), Setup())
     alone = case.endswith("-alone")
     policies = (Policy.CORRIDOR,) if alone else COMPARED
+    if case.endswith("-ceiling"):
+        policies = (Policy.GREEN_ALL_THE_WAY,)
     wall = 0.0
     per_policy: dict[Policy, list[Outcome]] = {policy: [] for policy in policies}
     for seed in seeds:
@@ -269,7 +275,12 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     corridor = {
         case: e["sumo"]["policies"]["corridor"]["x_free_flow"]
         for case, e in results.items()
-        if "sumo" in e
+        if "sumo" in e and "corridor" in e["sumo"]["policies"]
+    }
+    ceiling = {
+        case.removesuffix("-ceiling"): e["sumo"]["policies"]["green_all_the_way"]["x_free_flow"]
+        for case, e in results.items()
+        if "sumo" in e and "green_all_the_way" in e["sumo"]["policies"]
     }
     traffic = [x for case, x in corridor.items() if not case.endswith("-alone")]
     alone = [x for case, x in corridor.items() if case.endswith("-alone")]
@@ -282,6 +293,11 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             "ceiling: no signal timing does better)"
             if alone
             else ""
+        )
+        + "".join(
+            f"; {case} with every signal green all the way {x:.2f}x (no signal control does "
+            "better in that traffic)"
+            for case, x in ceiling.items()
         )
         + f"; the engines differ by up to {100 * max(gaps, default=math.nan):.1f} % on a "
         "policy's mean trip",
