@@ -615,7 +615,7 @@ async def off_the_network(city: City) -> Result:
     )  # fmt: skip
     return await _cloud_refusal(
         city, "position of a vehicle on a link the network has not (AMB-3, own identity)",
-        "rejected_position_link", security.vehicle_user("AMB-3"),
+        "rejected_fleet_position_link", security.vehicle_user("AMB-3"),
         (vehicle_position_topic("AMB-3"), _encode(position)),
     )  # fmt: skip
 

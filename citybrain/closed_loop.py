@@ -45,6 +45,7 @@ from citybrain.models.messages import (
     CorridorState,
     GreenWindow,
     PlanAck,
+    PlanKind,
     SignalPlan,
     VehiclePosition,
 )
@@ -297,9 +298,9 @@ def check_impact(
         return None
     journey = corridor.journeys[vehicle]
     links = {link.id: i for i, link in enumerate(road.network.links)}
-    cross = [
+    cross = [  # the last node is the destination link's end: never crossed
         links[link.id]
-        for before, node in itertools.pairwise(journey.route)
+        for before, node in itertools.pairwise(journey.route[:-1])
         if node in road.plans
         for link in road.network.links
         if link.to_node == node and link.from_node != before
@@ -500,8 +501,12 @@ class _Driver:
 
     def _hold_green(self, vehicle: _Vehicle, now: float) -> None:
         """The ceiling: every signal the ambulance has still to pass green for it, from
-        dispatch until it arrives."""
-        if self.run.sim.state[vehicle.index] == ARRIVED:
+        dispatch until it passes (then back to its normal plan)."""
+        arrived = self.run.sim.state[vehicle.index] == ARRIVED
+        for hop in [h for h in vehicle.held_until if arrived or h < vehicle.hop]:
+            del vehicle.held_until[hop]
+            self._send(vehicle.nodes[hop], self._release_plan(vehicle.nodes[hop], now))
+        if arrived:
             return
         for hop in range(vehicle.hop, len(vehicle.nodes)):
             node, group = vehicle.nodes[hop], vehicle.groups[hop]
@@ -519,6 +524,14 @@ class _Driver:
                 windows=(window,),
             )  # fmt: skip
             self._send(node, plan)
+
+    def _release_plan(self, node: str, now: float) -> SignalPlan:
+        seq = self.seq.get(node, 0) + 1
+        self.seq[node] = seq
+        return SignalPlan(
+            plan_id=compose_id("ceiling", node, "release", seq), intersection=node, seq=seq,
+            issued_at=now, valid_from=now, valid_until=now + 30.0, kind=PlanKind.RELEASE,
+        )  # fmt: skip
 
     def _corridor(self, vehicle: _Vehicle, hop: int, now: float) -> None:
         manager = self.manager

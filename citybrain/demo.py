@@ -4,6 +4,7 @@ time-space diagrams and (``--json``) one JSON object."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from citybrain.closed_loop import (
     run_policy,
 )
 from citybrain.models.errors import ValidationError
+from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import load_network
 
@@ -130,30 +132,36 @@ def summary(comparison: Comparison, *, vehicle: str = AMBULANCE) -> dict[str, An
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _road(network: str) -> RoadNetwork:
+    """A network loaded once for all of a comparison's ambulances (a city takes seconds)."""
+    return load_network(network)
+
+
 def impact_summary(comparison: Comparison, vehicle: str = AMBULANCE) -> dict[str, Any]:
     """The corridor's impact as the cloud estimated it (the console's figures), beside what the
     runs measured against no priority, averaged over the seeds."""
-    road = load_network(comparison.setup.network)
+    road = _road(comparison.setup.network)
     pairs = zip(
         comparison.outcomes[Policy.CORRIDOR], comparison.outcomes[Policy.NO_PRIORITY], strict=True
     )
     checks = [c for o, b in pairs if (c := check_impact(o, b, vehicle, road)) is not None]
     estimates = [c.estimate for c in checks]
 
-    def figure(estimated: list[float | None], measured: list[float]) -> dict[str, float | None]:
-        known = [e for e in estimated if e is not None]
+    def figure(pairs: list[tuple[float | None, float]]) -> dict[str, float | None]:
+        """Means over the seeds with an estimate (a corridor that did not complete has no
+        time saved)."""
+        known = [(e, m) for e, m in pairs if e is not None]
         return {
-            "estimated": round(_mean(known), 1) if known else None,
-            "measured": round(_mean(measured), 1),
+            "estimated": round(_mean([e for e, _ in known]), 1) if known else None,
+            "measured": round(_mean([m for _, m in known]), 1) if known else None,
         }
 
     recoveries = [e.recovery_s for e in estimates if e.recovery_s is not None]
     return {
-        "time_saved_s": figure(
-            [e.time_saved_s for e in estimates], [c.time_saved_s for c in checks]
-        ),
+        "time_saved_s": figure([(c.estimate.time_saved_s, c.time_saved_s) for c in checks]),
         "cross_delay_veh_s": figure(
-            [e.cross_delay_veh_s for e in estimates], [c.cross_delay_veh_s for c in checks]
+            [(c.estimate.cross_delay_veh_s, c.cross_delay_veh_s) for c in checks]
         ),
         "recovery_s": round(_mean(recoveries), 1) if recoveries else None,
         "recovered_seeds": len(recoveries),

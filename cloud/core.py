@@ -276,7 +276,8 @@ class CloudCore:
                 "origin",
                 f"no position from {vehicle} in the last {limit:.0f} s: give an origin",
             )
-        return position.link, position.offset_m
+        length = float(self.graph.link_length[self.graph.link_index[position.link]])
+        return position.link, min(position.offset_m, length)
 
     def cancel(self, corridor_id: str, now_s: float, *, reason: str) -> list[Action]:
         return self._track(self.manager.cancel(corridor_id, now_s, reason=reason), now_s)
@@ -285,22 +286,28 @@ class CloudCore:
         self, position: VehiclePosition, now_s: float, *, tolerance_s: float
     ) -> list[Action]:
         """A position counts at a time within ``tolerance_s`` of ``now_s`` and on a link of
-        the network: it is the vehicle's last known place (``fleet``), and for a vehicle with
-        a corridor it re-times the corridor's plans."""
+        the network: it is the vehicle's last known place (``fleet``, unless an older report
+        came late), and for a vehicle with a corridor it re-times the corridor's plans. The
+        refusals of a vehicle without one are ``fleet_``-prefixed: a unit at a depot off the
+        network, or with its clock off, matters only once it has a corridor."""
+        idle = position.vehicle not in self.manager.by_vehicle
+        kind = "fleet_position" if idle else "position"
         if abs(position.time - now_s) > tolerance_s:
             raise RefusedError(
-                "position_time", "time", f"{position.time:.1f} is far from now ({now_s:.1f})"
+                f"{kind}_time", "time", f"{position.time:.1f} is far from now ({now_s:.1f})"
             )
         link = self.graph.link_index.get(position.link)
         if link is None:
-            raise RefusedError("position_link", "link", f"unknown link {position.link!r}")
+            raise RefusedError(f"{kind}_link", "link", f"unknown link {position.link!r}")
         if position.offset_m > self.graph.link_length[link] + 1.0:
-            raise RefusedError("position_link", "offset_m", f"beyond the end of {position.link}")
-        self.fleet[position.vehicle] = position
-        self.fleet.move_to_end(position.vehicle)
-        if len(self.fleet) > FLEET_KEPT:
-            self.fleet.popitem(last=False)
-        if position.vehicle not in self.manager.by_vehicle:
+            raise RefusedError(f"{kind}_link", "offset_m", f"beyond the end of {position.link}")
+        known = self.fleet.get(position.vehicle)
+        if known is None or position.time >= known.time:
+            self.fleet[position.vehicle] = position
+            self.fleet.move_to_end(position.vehicle)
+            if len(self.fleet) > FLEET_KEPT:
+                self.fleet.popitem(last=False)
+        if idle:
             self.counters["positions_without_corridor"] += 1
             return []
         return self._track(self.manager.on_position(position, now_s), now_s)

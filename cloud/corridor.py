@@ -643,6 +643,9 @@ class CorridorManager:
     def measure(self, now_s: float) -> list[Action]:
         """Take the queues seen now into every corridor's impact (``cloud/impact.py``): the
         final status of each whose intersections have all recovered since it ended."""
+        settled = []
+        if self.impact.due(now_s):
+            settled = self.impact.observe(self.network_state.queues(now_s).queue_veh, now_s)
         for corridor in self._live():
             for line in corridor.stop_lines:
                 opened = _window_open(line, now_s)
@@ -658,7 +661,8 @@ class CorridorManager:
                     )
                 if line.passed_s is not None:
                     self.impact.passed(corridor.corridor_id, line.intersection, line.passed_s)
-        settled = self.impact.observe(self.network_state.queues(now_s).queue_veh, now_s)
+            held = {line.intersection for line in corridor.stop_lines if not line.released}
+            self.impact.held_only(corridor.corridor_id, held, now_s)
         return [
             PublishStatus(self._status(self.corridors[c], now_s))
             for c in settled
@@ -690,7 +694,9 @@ class CorridorManager:
                     discharge_s_per_veh=float(self.network_state.discharge_s_per_veh[approach]),
                 )
             )
-        return now_s - start, normal_trip_s(start, now_s, legs)
+        # a clock that stepped back since the first position: no trip to speak of
+        end = max(now_s, start)
+        return end - start, normal_trip_s(start, end, legs)
 
     # ---- planning -------------------------------------------------------------------------
 

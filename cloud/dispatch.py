@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 MAX_TIME_S = 253_402_300_799.0
 """9999-12-31T23:59:59Z: later times are not times any clock or database here can hold."""
-QUIET_REFUSALS = frozenset({"seq_old"})
-"""Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery):
+QUIET_REFUSALS = frozenset({"seq_old", "fleet_position_time", "fleet_position_link"})
+"""Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery; the
+unit of a vehicle without a corridor at a depot off the network, or with its clock off):
 counted by reason, but never a burst."""
 
 TelemetrySink = Callable[[Telemetry, float], Awaitable[None]]

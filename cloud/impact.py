@@ -5,7 +5,8 @@ There is no second run without the corridor to compare with, so each figure is a
 with a stated model (``CorridorImpact``):
 
 * time saved: the trip the vehicle would have had through the normal plans, replayed stop
-  line by stop line from its own driving between them (``normal_trip_s``), less the trip it had;
+  line by stop line from its own driving between them (``normal_trip_s``), less the trip it had
+  (never negative: a wait the corridor itself caused counts as driving in the replay too);
 * cost to cross traffic: at each intersection whose window opened for it, the queues on the
   other approaches above where they were heading before (their level, an average over
   ``BASELINE_MEMORY_S``, and its trend: on a network filling up they grow by themselves),
@@ -45,6 +46,12 @@ COST_AFTER_S = 240.0
 """How long after its vehicle passed an intersection its cross streets' queues still count
 as the corridor's cost (about two cycles); recovery is watched for longer."""
 RECOVERY_LIMIT_S = 900.0
+OBSERVED_EVERY_S = 1.0
+"""Observations closer together than this are skipped (the service ticks five times a second;
+telemetry comes once a second): the levels of every link are updated at most once a second."""
+LONGEST_STEP_S = 10.0
+"""A longer gap between observations (a stalled service, a clock that stepped) counts as this
+long: the queues seen then were not there all that time."""
 """How long after its vehicle passed an intersection is watched for its recovery."""
 RECOVERED_SLACK_VEH = 2.0
 RECOVERED_SHARE = 0.2
@@ -63,8 +70,10 @@ class Leg:
     arrivals_veh_per_s: float
     """The approach's arrival flow: the queue ahead of the vehicle grows with it on red."""
     queue_level_veh: float
-    """The approach's running queue level: where it never empties, the queue ahead is at
-    least this (an oversaturated approach keeps a queue that no green clears)."""
+    """The approach's running queue level, taken as the least queue ahead on every approach:
+    it is what stands on an oversaturated one, where no green clears the queue (on one that
+    empties each cycle it overstates the queue just after a green; measured, the time saved
+    still errs low: ``benchmarks/README.md``)."""
     discharge_s_per_veh: float
     """Saturation headway over the approach's lanes."""
 
@@ -97,8 +106,9 @@ def normal_wait_s(leg: Leg, at_s: float) -> float:
 
 def normal_trip_s(start_s: float, end_s: float, legs: Iterable[Leg]) -> float:
     """The trip from ``start_s`` to ``end_s`` replayed through the normal plans: between stop
-    lines the vehicle takes the time it took (any wait it had in the corridor counts as
-    driving, so the estimate errs low), and waits at each as ``normal_wait_s`` says."""
+    lines the vehicle takes the time it took, and waits at each as ``normal_wait_s`` says. A
+    wait the corridor's vehicle had is counted as driving (nothing tells it apart), so where
+    the corridor made it wait the replay is that much too long."""
     at, last = start_s, start_s
     for leg in legs:
         at += leg.passed_s - last
@@ -176,10 +186,17 @@ class ImpactMeter:
         self.measured.pop(corridor_id, None)
         self._watched.pop(corridor_id, None)
 
+    def due(self, now_s: float) -> bool:
+        """Whether an observation at ``now_s`` would be taken (``OBSERVED_EVERY_S``)."""
+        return self._observed_s is None or now_s - self._observed_s >= OBSERVED_EVERY_S
+
     def observe(self, queue_veh: NDArray[np.float64], now_s: float) -> list[str]:
         """Take the queues seen at ``now_s``; the corridors whose every intersection recovered
         (or was given up on) since they ended, whose figures are now final."""
-        dt = 0.0 if self._observed_s is None else max(0.0, now_s - self._observed_s)
+        if not self.due(now_s):
+            return []
+        gap = 0.0 if self._observed_s is None else now_s - self._observed_s
+        dt = min(gap, LONGEST_STEP_S)
         settled = []
         for corridor_id, measured in self._watched.items():
             for crossing in measured.crossings.values():
@@ -266,6 +283,14 @@ class ImpactMeter:
         crossing = measured.crossings.get(node) if measured is not None else None
         if crossing is not None and crossing.released_s is None:
             crossing.released_s = at_s
+
+    def held_only(self, corridor_id: str, nodes: set[str], now_s: float) -> None:
+        """The corridor holds only ``nodes`` now: any other it was measured at recovers from
+        ``now_s`` (a re-route dropped it without the vehicle passing)."""
+        measured = self.measured.get(corridor_id)
+        for node, crossing in measured.crossings.items() if measured is not None else ():
+            if node not in nodes and crossing.released_s is None:
+                crossing.released_s = now_s
 
     def ended(
         self, corridor_id: str, now_s: float, trip: tuple[float, float] | None = None

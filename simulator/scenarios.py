@@ -57,9 +57,9 @@ GRID_ENTRY_VPH = {
 _GRID = re.compile(r"grid:(\d+)x(\d+)")
 
 AMBULANCE_SPEED_FACTOR = 1.3
+"""An ambulance's desired speed over the speed limit, on free road."""
 CONTINUED_SEED_OFFSET = 1_000_003
 """The seed of a scenario's continued demand is its own plus this: a stream apart."""
-"""An ambulance's desired speed over the speed limit, on free road."""
 
 Direction = Literal["eastbound", "westbound"]
 """Which way ``AMB-1`` crosses the main route. The arterial's offsets make an eastbound green

@@ -273,10 +273,14 @@ def test_a_position_counts_only_near_now_on_the_network_and_moves_only_its_own_c
             vehicle=vehicle, time=at, link=link, offset_m=offset_m, speed_mps=15.0
         )
 
-    for bad, code in ((position("AMB-1", 2_000_000_000.0), "position_time"),
-                      (position("AMB-1", NOW - 30.0), "position_time"),
-                      (position("AMB-9", NOW, link="nowhere"), "position_link"),
-                      (position("AMB-9", NOW, offset_m=5000.0), "position_link")):  # fmt: skip
+    cases = [
+        (position("AMB-1", 2_000_000_000.0), "position_time"),
+        (position("AMB-1", NOW - 30.0), "position_time"),
+        (position("AMB-9", NOW, link="nowhere"), "fleet_position_link"),  # no corridor: quiet
+        (position("AMB-9", NOW - 30.0), "fleet_position_time"),
+        (position("AMB-9", NOW, offset_m=5000.0), "fleet_position_link"),
+    ]
+    for bad, code in cases:
         with pytest.raises(RefusedError) as refused:
             core.on_position(bad, NOW, tolerance_s=5.0)
         assert refused.value.code == code
@@ -284,6 +288,9 @@ def test_a_position_counts_only_near_now_on_the_network_and_moves_only_its_own_c
     assert core.on_position(position("AMB-9", NOW), NOW, tolerance_s=5.0) == []
     assert core.fleet["AMB-9"].link == "west-a01"
     assert core.counters["positions_without_corridor"] == 1
+    late = position("AMB-9", NOW - 2.0, link="a01-a02")  # an older report, delivered late
+    core.on_position(late, NOW, tolerance_s=5.0)
+    assert core.fleet["AMB-9"].link == "west-a01"
     corridor_id = core.manager.by_vehicle["AMB-1"]
     assert core.manager.status(corridor_id, NOW).state is CorridorState.GRANTED, "activated"
     core.on_position(position("AMB-1", NOW + 2.0), NOW, tolerance_s=5.0)
@@ -356,3 +363,20 @@ def test_a_corridor_asked_for_a_vehicle_and_a_destination_starts_where_it_last_r
     corridor = core.manager.corridors[core.manager.by_vehicle["AMB-2"]]
     assert corridor.offset_m == 120.0
     assert corridor.stop_lines[0].intersection == "a02"  # a01 is behind it
+
+
+def test_a_vehicle_just_past_the_end_of_its_link_is_requested_from_its_end() -> None:
+    from citybrain.models.messages import VehiclePosition
+
+    core = _core()
+    length = float(core.graph.link_length[core.graph.link_index["a01-a02"]])
+    beyond = VehiclePosition(
+        vehicle="AMB-3", time=NOW, link="a01-a02", offset_m=length + 0.5, speed_mps=12.0
+    )
+    core.on_position(beyond, NOW, tolerance_s=5.0)  # GPS is not exact: up to 1 m over
+    request = CorridorRequest(
+        vehicle="AMB-3", destination="east", priority=5, requester="op", requested_at=NOW
+    )
+    core.request(request, NOW)
+    corridor = core.manager.corridors[core.manager.by_vehicle["AMB-3"]]
+    assert corridor.offset_m == length

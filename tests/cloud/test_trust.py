@@ -212,7 +212,8 @@ def test_a_position_never_moves_the_clock_and_moves_only_its_own_corridor(
                 secure_mosquitto,
                 [position("AMB-9", 2_000_000_000.0), position("AMB-1", 2_000_000_000.0)],
             )
-            await until(lambda: refused(service, "position_time") == 2, what="refused")
+            await until(lambda: refused(service, "position_time") == 1, what="refused")
+            await until(lambda: refused(service, "fleet_position_time") == 1, what="quiet")
             assert service.clock.now() < T0 + 2.0
             corridor = service.core.manager.corridors[granted.corridor_id]
             assert corridor.state is CorridorState.GRANTED
