@@ -284,10 +284,14 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     }
     traffic = [x for case, x in corridor.items() if not case.endswith("-alone")]
     alone = [x for case, x in corridor.items() if case.endswith("-alone")]
+    said = (
+        f"the corridor takes {min(traffic):.2f}-{max(traffic):.2f}x free flow in traffic"
+        if traffic
+        else "no corridor case ran"
+    )
     rows += [
         "",
-        f"verdict: in SUMO micro the corridor takes {min(traffic, default=math.nan):.2f}-"
-        f"{max(traffic, default=math.nan):.2f}x free flow in traffic"
+        f"verdict: in SUMO micro {said}"
         + (
             f" and {min(alone):.2f}-{max(alone):.2f}x alone on the road (its driver's own "
             "ceiling: no signal timing does better)"
