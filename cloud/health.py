@@ -19,7 +19,13 @@ from citybrain.cloud.alarms import AlarmBook, AlarmKind
 from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.events import EventHub, EventKind
-from citybrain.cloud.operations import Fleet, Health, HealthReport, IntersectionStates
+from citybrain.cloud.operations import (
+    FLEET_SHOWN_S,
+    Fleet,
+    Health,
+    HealthReport,
+    IntersectionStates,
+)
 from citybrain.cloud.session import BrokerSession, Role
 from citybrain.cloud.storage import TelemetryWriter
 from citybrain.models.messages import Presence
@@ -166,6 +172,15 @@ class HealthMonitor:
                 self.trouble.failures.add()
                 log.exception("cloud: monitoring failed")
 
+    def _fleet_changing(self, now: float) -> bool:
+        """Whether some vehicle was heard from within the fleet's window, and a little longer,
+        so that the last event, once they have all gone quiet, lists none."""
+        if not self.core.fleet:
+            return False
+        newest = next(reversed(self.core.fleet.values()))
+        surveys = 2 * self.settings.monitor_every_s * self.clock.rate  # two, in controller s
+        return now - newest.time <= FLEET_SHOWN_S + surveys
+
     async def survey(self) -> None:
         """One look at the city (``monitor`` makes one a second)."""
         if self.settings.role is not Role.LEADER:
@@ -201,5 +216,5 @@ class HealthMonitor:
             )
         if self.events.subscribers:
             self.events.publish(EventKind.INTERSECTIONS, await self._states())
-            if self.core.fleet:
+            if self._fleet_changing(now):
                 self.events.publish(EventKind.VEHICLES, await self._fleet())

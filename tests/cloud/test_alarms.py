@@ -8,12 +8,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 
 from citybrain.cloud.alarms import AlarmBook, AlarmKind, Severity
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.events import EventKind
 from citybrain.cloud.operations import (
+    FLEET_SHOWN_S,
     Conflict,
     HistoryQuery,
     NotFound,
@@ -35,9 +37,10 @@ from citybrain.models.messages import (
     SignalPlan,
     Status,
     Telemetry,
+    VehiclePosition,
 )
 from citybrain.models.signing import PlanSigner
-from citybrain.models.topics import TopicKind, intersection_topic
+from citybrain.models.topics import TopicKind, intersection_topic, vehicle_position_topic
 from citybrain.simulator.networks import grid
 
 ROAD = grid(3, 3)
@@ -274,6 +277,33 @@ def test_intersection_states_colour_by_presence_then_mode_and_sum_queues() -> No
         await service.survey()
         (event,) = [e for e in await subscription.next_batch(0.1) if e.kind == "intersections"]
         assert b'"ids"' in event.data
+
+    run(scenario)
+
+
+def test_the_fleet_goes_out_each_survey_while_a_vehicle_was_heard_from_then_once_empty() -> None:
+    async def scenario(service: CloudService) -> None:
+        subscription = service.events.subscribe()
+        await service.survey()
+        assert not [e for e in await subscription.next_batch(0.1) if e.kind == "vehicles"]
+        now = service.clock.now()
+        position = VehiclePosition(
+            vehicle="AMB-5", time=now, link="bW0-g0_0", offset_m=20.0, speed_mps=10.0
+        )
+        await service.handle(vehicle_position_topic("AMB-5"), CODEC.encode(position))
+        await service.survey()
+        (event,) = [e for e in await subscription.next_batch(0.1) if e.kind == "vehicles"]
+        fleet = msgspec.json.decode(event.data)
+        assert [v["vehicle"] for v in fleet["vehicles"]] == ["AMB-5"]
+        assert fleet["vehicles"][0]["from_node"] == "bW0"
+        gone = msgspec.structs.replace(position, time=now - FLEET_SHOWN_S - 1.0)
+        service.core.fleet["AMB-5"] = gone  # as if heard from just over 5 minutes ago
+        await service.survey()
+        (last,) = [e for e in await subscription.next_batch(0.1) if e.kind == "vehicles"]
+        assert msgspec.json.decode(last.data)["vehicles"] == []  # the page clears it
+        service.core.fleet["AMB-5"] = msgspec.structs.replace(position, time=now - 400.0)
+        await service.survey()
+        assert not [e for e in await subscription.next_batch(0.1) if e.kind == "vehicles"]
 
     run(scenario)
 
