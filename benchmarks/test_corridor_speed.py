@@ -220,6 +220,19 @@ def manager_state(
     return MovementTimes.ready(graph, SWITCH_S + flush), flush.copy()
 
 
+def search_workspace(graph: CorridorGraph) -> tuple[NDArray[Any], ...]:
+    """The search kernel's own workspace (distances, predecessors, heap keys and values,
+    visit marks, route links), as ``Router`` allocates it, to time the kernel alone."""
+    return (
+        np.empty(graph.links),
+        np.empty(graph.links, np.int32),
+        np.empty(graph.movements + 1),
+        np.empty(graph.movements + 1, np.int32),
+        np.zeros(graph.links + 1, np.int64),
+        np.empty(graph.links, np.int32),
+    )
+
+
 def windows_along(
     router: Router, route: Route, flush: NDArray[np.float64], depart_s: float
 ) -> Windows:
@@ -483,14 +496,7 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
 
     python_s: list[float] = []
     numba_s: list[float] = []
-    work = (
-        np.empty(graph.links),
-        np.empty(graph.links, np.int32),
-        np.empty(graph.movements + 1),
-        np.empty(graph.movements + 1, np.int32),
-        np.zeros(graph.links + 1, np.int64),
-        np.empty(graph.links, np.int32),
-    )
+    work = search_workspace(graph)
     for o, d in pairs[:15]:
         ready = manager_queues(graph, rng, 0.0)[0]
         python_s += timed(reference_corridor, o, d, ready.tolist())
@@ -677,14 +683,7 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
     # the search kernel alone, and scipy's full single-source Dijkstra on the static graph
     search: list[float] = []
     kernel_ready = manager_queues(graph, rng, 0.0)[0]
-    work = (
-        np.empty(graph.links),
-        np.empty(graph.links, np.int32),
-        np.empty(graph.movements + 1),
-        np.empty(graph.movements + 1, np.int32),
-        np.zeros(graph.links + 1, np.int64),
-        np.empty(graph.links, np.int32),
-    )
+    work = search_workspace(graph)
     for o, d in pairs[:100]:
         search += timed(
             kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to,

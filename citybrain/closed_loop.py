@@ -486,8 +486,7 @@ class _Driver:
         vehicle.preempted.add(hop)
         speed = self.net.link_speed[link] * vehicle.speed_factor
         close = now + remaining / speed + 4.0
-        seq = self.seq.get(node, 0) + 1
-        self.seq[node] = seq
+        seq = self._next_seq(node)
         plan = SignalPlan(
             plan_id=compose_id("preempt", node, seq),
             intersection=node,
@@ -515,8 +514,7 @@ class _Driver:
             if vehicle.held_until.get(hop, -math.inf) - now > RENEW_S:
                 continue
             vehicle.held_until[hop] = now + HOLD_S
-            seq = self.seq.get(node, 0) + 1
-            self.seq[node] = seq
+            seq = self._next_seq(node)
             window = GreenWindow(signal_group=group, open_at=now, close_at=now + HOLD_S)
             plan = SignalPlan(
                 plan_id=compose_id("ceiling", node, seq), intersection=node, seq=seq,
@@ -525,9 +523,13 @@ class _Driver:
             )  # fmt: skip
             self._send(node, plan)
 
+    def _next_seq(self, node: str) -> int:
+        """The next seq of the plans this driver sends ``node`` (local preemption, ceiling)."""
+        self.seq[node] = self.seq.get(node, 0) + 1
+        return self.seq[node]
+
     def _release_plan(self, node: str, now: float) -> SignalPlan:
-        seq = self.seq.get(node, 0) + 1
-        self.seq[node] = seq
+        seq = self._next_seq(node)
         return SignalPlan(
             plan_id=compose_id("ceiling", node, "release", seq), intersection=node, seq=seq,
             issued_at=now, valid_from=now, valid_until=now + 30.0, kind=PlanKind.RELEASE,

@@ -263,14 +263,12 @@ class ImpactMeter:
 
     def measures(self, corridor_id: str, node: str) -> bool:
         """Whether ``node`` is measured for the corridor (a window opened there for it)."""
-        measured = self.measured.get(corridor_id)
-        return measured is not None and node in measured.crossings
+        return self._crossing(corridor_id, node) is not None
 
     def approach_at(self, corridor_id: str, node: str) -> tuple[float, float] | None:
         """(arrival flow, queue level) of the vehicle's approach to ``node`` when the window
         there first opened; ``None`` where none did."""
-        measured = self.measured.get(corridor_id)
-        crossing = measured.crossings.get(node) if measured is not None else None
+        crossing = self._crossing(corridor_id, node)
         if crossing is None:
             return None
         return crossing.arrivals_veh_per_s, crossing.queue_level_veh
@@ -279,10 +277,13 @@ class ImpactMeter:
         return float(self.level_veh[link])
 
     def passed(self, corridor_id: str, node: str, at_s: float) -> None:
-        measured = self.measured.get(corridor_id)
-        crossing = measured.crossings.get(node) if measured is not None else None
+        crossing = self._crossing(corridor_id, node)
         if crossing is not None and crossing.released_s is None:
             crossing.released_s = at_s
+
+    def _crossing(self, corridor_id: str, node: str) -> _Crossing | None:
+        measured = self.measured.get(corridor_id)
+        return measured.crossings.get(node) if measured is not None else None
 
     def held_only(self, corridor_id: str, nodes: set[str], now_s: float) -> None:
         """The corridor holds only ``nodes`` now: any other it was measured at recovers from
