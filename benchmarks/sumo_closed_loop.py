@@ -7,9 +7,10 @@ imperfection, under our controllers) side by side, on the same seeds' traffic.
     .venv/bin/python benchmarks/sumo_closed_loop.py [--seeds 10] [--jobs 2] [--out out/bench]
 
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
-over 1 s in a queue; SUMO: falls below 0.1 m/s), and for SUMO the closed loop's real-time
-factor (simulated seconds over wall seconds, network export and SUMO start included) and the
-vehicles SUMO teleported; on the grid also what the second to cross lost at the crossing and
+over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
+beyond the same seeds without priority, and for SUMO the closed loop's real-time factor
+(simulated seconds over wall seconds, network export and SUMO start included) and the vehicles
+SUMO teleported; on the grid also what the second to cross lost at the crossing and
 the share of seeds where neither stopped there. A table, one verdict line, JSON in
 ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
@@ -73,6 +74,7 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         "teleports": [sum(i.kind == "teleport" for i in o.incidents) for o in outcomes],
         "removed": [sum(i.kind != "teleport" for i in o.incidents) for o in outcomes],
         "corridor": [o.corridors.get("AMB-1", "") for o in outcomes],
+        "others_veh_s": [o.other_vehicle_seconds for o in outcomes],
     }
     if outcomes and outcomes[0].crossings:
         (crossing,) = outcomes[0].crossings
@@ -175,8 +177,10 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     rows = {}
+    without = data["policies"].get("no_priority")
     for policy, f in data["policies"].items():
         travel = _mean(f["travel_time_s"])
+        extra = _mean(f["others_veh_s"]) - _mean(without["others_veh_s"]) if without else math.nan
         rows[policy] = {
             "travel_time_s": round(travel, 1),
             "x_free_flow": round(travel / _mean(f["free_flow_s"]), 3),
@@ -185,6 +189,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             "teleports": sum(f["teleports"]),
             "removed": sum(f["removed"]),
             "corridor_states": dict(Counter(str(c) for c in f["corridor"] if c)),
+            "others_extra_veh_s": round(extra) if math.isfinite(extra) else None,
         }
         if "second_loss_s" in f:
             rows[policy]["second_loss_s"] = round(_mean(f["second_loss_s"]), 1)
@@ -238,7 +243,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             "",
             f"  {case}",
             f"  {'policy':18} "
-            + " ".join(f"{e + ' s':>10} {'x free':>7} {'stops':>6}" for e in engines)
+            + " ".join(
+                f"{e + ' s':>10} {'x free':>7} {'stops':>6} {'others +veh-s':>14}" for e in engines
+            )
             + f" {'sumo/ours':>10}",
         ]
         policies = next(iter(engines.values()))["policies"]
@@ -246,8 +253,10 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             cells = []
             for engine in engines.values():
                 p = engine["policies"][policy]
+                extra = p.get("others_extra_veh_s")
                 cells.append(
-                    f"{p['travel_time_s']:10.1f} {p['x_free_flow']:7.3f} {p['stops']:6.2f}"
+                    f"{p['travel_time_s']:10.1f} {p['x_free_flow']:7.3f} {p['stops']:6.2f} "
+                    + (f"{extra:+14,d}" if extra is not None else f"{'':>14}")
                 )
             ratio = math.nan
             if "ours" in engines and "sumo" in engines:

@@ -5,14 +5,14 @@ Lifecycle (after NTCIP 1211 / SAE J2735 SSM): requested -> processing -> granted
 windows computed, plans sent within the horizon) -> active (the vehicle reports positions) ->
 completed | cancelled | timed_out | failed; an invalid request is refused with a typed error.
 
-Rolling horizon: plans are committed only for stop lines the vehicle reaches within
-``horizon_s``; every position update re-times the route (and re-routes when the vehicle left
-it); a plan is re-sent only when its window moved by more than ``min_change_s``; a stop line is
-released as soon as the vehicle is past it. Several vehicles: windows are reserved per
-(intersection, group); a conflicting reservation of a higher priority (ties: who arrives at
-the shared intersection first, then the earlier request) pushes a window back until the
-other's closes plus clearance, and where there is time the vehicle that waits has its queue
-flushed before the other's window too.
+Rolling horizon: plans are committed only for stop lines the vehicle reaches, or whose window
+opens, within ``horizon_s``; every position update re-times the route (and re-routes when the
+vehicle left it), and so does a window coming within the horizon; a plan is re-sent only when
+its window moved by more than ``min_change_s``; a stop line is released as soon as the vehicle
+is past it. Several vehicles: windows are reserved per (intersection, group); a conflicting
+reservation of a higher priority (ties: who arrives at the shared intersection first, then the
+earlier request) pushes a window back until the other's closes plus clearance, and where there
+is time the vehicle that waits has its queue flushed before the other's window too.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from citybrain.cloud.routing import (
     Router,
     UnreachableError,
 )
-from citybrain.cloud.state import NetworkState
+from citybrain.cloud.state import NetworkState, Source
 from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
@@ -131,6 +131,9 @@ class StopLine:
     high_s: float = 0.0
     open_s: float = 0.0
     close_s: float = 0.0
+    due: bool = False
+    """Within the horizon at the last re-timing (reached, or its window open, by then): its
+    window is planned from the controller's state and sent."""
     plan_id: str | None = None
     confirmed: bool = False
     released: bool = False
@@ -216,6 +219,12 @@ class Settings:
     clear_after_s: float = 4.0
     position_timeout_s: float = 30.0
     max_corridors: int = 64
+    max_lead_s: float = 60.0
+    """The longest a window opens before the vehicle comes beyond what its queue needs
+    (``_lead``): traffic let onto the route just ahead of the vehicle, which drives faster
+    than it, is caught up with and followed; opening earlier costs the cross streets."""
+    lead_budget_veh: float = 3.0
+    """How many arriving cross-street vehicles a window's lead may hold at one intersection."""
     platoon_share: float = 0.7
     """Share of the vehicles flushed ahead of the ambulance at one stop line that continue to
     the next one (and so join the queue it must flush there): the through share."""
@@ -250,6 +259,8 @@ class Settings:
         check_number("clear_after_s", self.clear_after_s, gt=0.0, le=60.0)
         check_number("position_timeout_s", self.position_timeout_s, gt=0.0, le=600.0)
         check_number("platoon_share", self.platoon_share, ge=0.0, le=1.0)
+        check_number("max_lead_s", self.max_lead_s, ge=0.0, le=300.0)
+        check_number("lead_budget_veh", self.lead_budget_veh, ge=0.0, le=1000.0)
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
         check_number("stuck_s", self.stuck_s, gt=0.0, le=3600.0)
@@ -629,7 +640,9 @@ class CorridorManager:
         return self._finish(corridor, state, now_s, reason)
 
     def tick(self, now_s: float) -> list[Action]:
-        """Time out corridors whose vehicle went silent; measure the corridors' impact."""
+        """Time out corridors whose vehicle went silent; re-time when a window not planned yet
+        comes within the horizon (positions re-time, but a vehicle in its turnout may not
+        report any yet); measure the corridors' impact."""
         actions = self.measure(now_s)
         for corridor in list(self.corridors.values()):
             if corridor.state in TERMINAL:
@@ -638,6 +651,13 @@ class CorridorManager:
                 actions += self._finish(
                     corridor, CorridorState.TIMED_OUT, now_s, "no position reports"
                 )
+        horizon = now_s + self.settings.horizon_s
+        if any(
+            not line.due and line.open_s < line.close_s and line.open_s <= horizon
+            for corridor in self._live()
+            for line in _ahead(corridor)
+        ):
+            actions += self._replan(now_s)
         return actions
 
     def measure(self, now_s: float) -> list[Action]:
@@ -791,8 +811,13 @@ class CorridorManager:
         earliest = np.full(flush.shape[0], now_s + SWITCH_ESTIMATE_S)
         route = corridor.route
         open_lines = _ahead(corridor)
+        lead = np.maximum(self._lead(corridor, flush.shape[0], now_s), self.settings.margin_s)
+        # within the horizon: stop lines the vehicle reaches, or whose window opens, by then
+        opens = route.line_s[: flush.shape[0]] - flush - lead
         for line in open_lines:
-            if route.line_s[line.hop] - now_s > self.settings.horizon_s:
+            known = line.open_s if line.close_s > line.open_s else math.inf
+            line.due = min(float(opens[line.hop]), known) - now_s <= self.settings.horizon_s
+            if not line.due:
                 continue
             plan = self.plans[line.intersection]
             self._commit(corridor, line, plan, now_s)
@@ -817,6 +842,7 @@ class CorridorManager:
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
             sigma_rate=corridor.spread_rate, pace=corridor.pace,
         )  # fmt: skip
+        beyond_margin = lead - self.settings.margin_s
         for line in open_lines:
             i = line.hop
             line.eta_s, line.low_s, line.high_s = (
@@ -826,11 +852,39 @@ class CorridorManager:
             )
             # open early enough for the band's early edge, its queue flushed by then
             early = line.low_s - float(flush[i])
-            line.open_s = max(min(float(windows.open[i]), early), float(earliest[i]))
+            opening = min(float(windows.open[i]), early) - float(beyond_margin[i])
+            line.open_s = max(opening, float(earliest[i]))
             line.close_s = float(windows.close[i])
             self._hold(line)
             if line.forecast is None and line.eta_s - now_s <= FORECAST_S:
                 line.forecast = (now_s, line.eta_s)
+
+    def _lead(self, corridor: Corridor, count: int, now_s: float) -> np.ndarray:
+        """Per stop line, how long before the vehicle the traffic let onto its route there
+        must have left so that the vehicle does not catch up with it before its destination:
+        what that traffic (at the speed limit) takes over the rest of the route more than the
+        vehicle unimpeded (at its speed factor; not its learned pace, which is slow precisely
+        when it follows that traffic). At most ``max_lead_s``, and only as long as the cross
+        streets can afford: their arrivals (live telemetry) held by it stay within
+        ``lead_budget_veh``; none where their flow is not known."""
+        route = corridor.route
+        links = route.link_indices
+        rest = np.cumsum(self.graph.link_time[links[:0:-1]])[::-1][:count]
+        advantage = max(0.0, self.graph.emergency_speed_factor - 1.0)
+        lead = np.zeros(count)
+        for line in _ahead(corridor):
+            approach = int(links[line.hop])
+            cross = np.array(
+                [link for link in self.nodes_in[line.intersection] if link != approach], np.int64
+            )
+            live = self.network_state.queues(now_s, links=cross).source == Source.LIVE
+            if not bool(np.all(live)):
+                continue
+            arrivals = float(np.sum(self.network_state.inflow_veh_per_s(now_s, links=cross)))
+            affordable = self.settings.lead_budget_veh / arrivals if arrivals > 0.0 else math.inf
+            wanted = float(rest[line.hop]) * advantage
+            lead[line.hop] = min(wanted, affordable, self.settings.max_lead_s)
+        return lead
 
     def _commit(self, corridor: Corridor, line: StopLine, plan: TimingPlan, now_s: float) -> None:
         """Pin the opening of a window the controller is already changing for (``_hold``);
@@ -1013,8 +1067,7 @@ class CorridorManager:
             for line in corridor.stop_lines:
                 if line.intersection in self.unconfirmed or corridor.stuck:
                     continue
-                due = line.eta_s - now_s <= settings.horizon_s
-                if not line.released and line.hop >= 0 and due and line.close_s > line.open_s:
+                if not line.released and line.hop >= 0 and line.due and line.close_s > line.open_s:
                     _want(wanted, corridor, line)
         actions: list[Action] = []
         for node in sorted(wanted.keys() | self.sent.keys()):

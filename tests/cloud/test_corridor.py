@@ -325,6 +325,52 @@ def test_arrivals_while_red_make_windows_open_earlier() -> None:
     assert busy["a02"].open_at == calm["a02"].open_at
 
 
+def test_windows_open_earlier_by_the_lead_the_cross_streets_can_afford() -> None:
+    """Traffic let onto the route just before the vehicle is caught up with and followed: a
+    window opens earlier by what that traffic takes over the rest of the route more than the
+    vehicle, as long as the cross streets' arrivals it holds stay within the budget."""
+    opened = {}
+    for case, cross_vph in (("unknown", None), ("quiet", 0.0), ("some", 900.0), ("busy", 3600.0)):
+        manager = _manager(lead_budget_veh=3.0, max_lead_s=60.0)
+        if cross_vph is not None:
+            for link in ("a03-a02", "a02n-a02", "a02s-a02"):
+                manager.network_state.set_queue(link, 0.0, 100.0, flow_vph=cross_vph / 3)
+        plans = {
+            p.intersection: p.plan.windows[0] for p in _plans(manager.request(_request(), 100.0))
+        }
+        opened[case] = plans["a02"].open_at
+    rest = ("a02-a03", "a03-a04", "a04-a05", "a05-east")
+    wanted = 0.3 * sum(float(GRAPH.link_time[GRAPH.link_index[link]]) for link in rest)
+    assert 10.0 < wanted < 60.0
+    margin = Settings().margin_s
+    # flow not known: what the cross streets would pay is not known, so no lead
+    assert opened["quiet"] == pytest.approx(opened["unknown"] - (wanted - margin), abs=0.01)
+    # 0.25 veh/s across: 3 vehicles held in 12 s
+    assert opened["some"] == pytest.approx(opened["unknown"] - (12.0 - margin), abs=0.01)
+    # 1 veh/s: 3 s, no more than the margin every window has
+    assert opened["busy"] == pytest.approx(opened["unknown"], abs=0.01)
+
+
+def test_a_window_coming_within_the_horizon_is_planned_without_a_position_report() -> None:
+    """During turnout the vehicle may report nothing: the clock alone brings the next window
+    within the horizon, and it is planned before the vehicle itself is that close."""
+    manager = _manager(horizon_s=40.0)
+    for link in GRAPH.link_ids:
+        manager.network_state.set_queue(link, 0.0, 100.0, flow_vph=0.0)
+    planned = {p.intersection for p in _plans(manager.request(_request(), 100.0))}
+    line = next(ln for ln in manager.corridors[manager.by_vehicle["AMB-1"]].stop_lines
+                if ln.intersection not in planned)  # fmt: skip
+    assert line.open_s < line.eta_s - 10.0  # the lead: it opens well before the vehicle comes
+    now = 100.0
+    while line.intersection not in planned:
+        now += 1.0
+        for link in GRAPH.link_ids:
+            manager.network_state.set_queue(link, 0.0, now, flow_vph=0.0)
+        planned |= {p.intersection for p in _plans(manager.tick(now))}
+        assert now < line.eta_s - 40.0, "planned only once the vehicle was within the horizon"
+    assert line.open_s - now <= 40.0
+
+
 def test_the_status_keeps_the_actual_arrival_at_every_stop_line_passed() -> None:
     manager = _manager()
     manager.request(_request(), 100.0)
