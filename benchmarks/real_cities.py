@@ -118,7 +118,8 @@ def main() -> int:
     print(
         "verdict: every target met"
         if not missed
-        else f"verdict: {len(missed)} targets missed ({'; '.join(missed)})"
+        else f"verdict: {len(missed)} of {sum(len(d['targets']) for d in results.values())} "
+        f"targets missed ({'; '.join(missed)})"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "real_cities.json").write_text(json.dumps(results, indent=2, allow_nan=False))
