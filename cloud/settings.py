@@ -215,7 +215,8 @@ class CorridorSection:
             stale_after_s=self.stale_after_s, emergency_speed_factor=self.emergency_speed_factor,
             corridor=CorridorSettings(
                 horizon_s=self.horizon_s, margin_s=self.margin_s, max_lead_s=self.max_lead_s,
-                lead_budget_veh=self.lead_budget_veh, takeover_lead_s=self.takeover_lead_s, max_window_s=self.max_window_s,
+                lead_budget_veh=self.lead_budget_veh, takeover_lead_s=self.takeover_lead_s,
+                max_window_s=self.max_window_s,
                 max_lease_s=self.max_lease_s, position_timeout_s=self.position_timeout_s,
                 stuck_s=self.stuck_s, max_corridors=self.max_corridors, epoch=epoch,
             ),
