@@ -558,6 +558,29 @@ def test_of_two_equal_corridors_the_one_arriving_first_goes_first_not_the_first_
     assert fire.close_s <= ambulance.open_s
 
 
+def test_of_two_vehicles_due_together_the_one_whose_window_opens_first_goes_first() -> None:
+    """FIRE-2 reaches a03 a few seconds before AMB-1 and goes first, unless 20 cars queue on
+    AMB-1's approach: then AMB-1's window must open well before FIRE-2's, and it goes first."""
+    alone = _manager()
+    alone.request(_request("AMB-1", priority=5), 100.0)
+    due = _line_at(alone, "AMB-1", "a03").eta_s
+    side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
+    first = {}
+    for queue in (0.0, 20.0):
+        manager = _manager()
+        manager.network_state.set_queue("a02-a03", queue, 100.0)
+        manager.request(_request("AMB-1", priority=5), 100.0)
+        crossing = ("a03s", "a03", "a03n")
+        depart = due - side - 5.0
+        manager.request(_request("FIRE-2", origin="a03s", route=crossing, depart_at=depart), 100.0)
+        ambulance, engine = _line_at(manager, "AMB-1", "a03"), _line_at(manager, "FIRE-2", "a03")
+        if ambulance.close_s <= engine.open_s:
+            first[queue] = "AMB-1"
+        elif engine.close_s <= ambulance.open_s:
+            first[queue] = "FIRE-2"
+    assert first == {0.0: "FIRE-2", 20.0: "AMB-1"}
+
+
 def _crossing_behind_a_fire_engine() -> tuple[CorridorManager, list[SendPlan]]:
     """AMB-1 along the arterial with 12 cars queued at a03, and FIRE-2 (higher priority)
     crossing a03 a few seconds before it."""
