@@ -11,8 +11,9 @@ vehicle left it), and so does a window coming within the horizon; a plan is re-s
 its window moved by more than ``min_change_s``; a stop line is released as soon as the vehicle
 is past it. Several vehicles: windows are reserved per (intersection, group); a conflicting
 reservation of a higher priority (ties: whose window must open first at the shared
-intersection, then the earlier request) pushes a window back until the other's closes plus clearance, and where there
-is time the vehicle that waits has its queue flushed before the other's window too.
+intersection, then the earlier request) pushes a window back until the other's closes plus
+clearance, and where there is time the vehicle that waits has its queue flushed before the
+other's window too.
 """
 
 from __future__ import annotations
