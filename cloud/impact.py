@@ -46,13 +46,13 @@ COST_AFTER_S = 240.0
 """How long after its vehicle passed an intersection its cross streets' queues still count
 as the corridor's cost (about two cycles); recovery is watched for longer."""
 RECOVERY_LIMIT_S = 900.0
+"""How long after its vehicle passed an intersection is watched for its recovery."""
 OBSERVED_EVERY_S = 1.0
 """Observations closer together than this are skipped (the service ticks five times a second;
 telemetry comes once a second): the levels of every link are updated at most once a second."""
 LONGEST_STEP_S = 10.0
 """A longer gap between observations (a stalled service, a clock that stepped) counts as this
 long: the queues seen then were not there all that time."""
-"""How long after its vehicle passed an intersection is watched for its recovery."""
 RECOVERED_SLACK_VEH = 2.0
 RECOVERED_SHARE = 0.2
 """Back to the level, give or take this many vehicles or this share of it (the larger): the
