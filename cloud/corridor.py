@@ -37,7 +37,7 @@ from citybrain.cloud.routing import (
     Router,
     UnreachableError,
 )
-from citybrain.cloud.state import NetworkState, Source
+from citybrain.cloud.state import NetworkState
 from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
@@ -742,9 +742,14 @@ class CorridorManager:
         intersection whose windows changed one plan holding all of them."""
         statuses: list[Action] = []
         reservations: list[tuple[str, str, float, float]] = []
-        for corridor in self._in_turn(now_s):
+        live = self._live()
+        # how many live corridors each intersection is ahead of: shared where more than one
+        holders = Counter(
+            node for corridor in live for node in {ln.intersection for ln in _ahead(corridor)}
+        )
+        for corridor in self._in_turn(live, holders, now_s):
             self._check_stuck(corridor, now_s)  # against the windows it was given
-            self._time_windows(corridor, now_s, reservations)
+            self._time_windows(corridor, now_s, reservations, holders)
             for line in corridor.stop_lines:
                 if not line.released:
                     reservations += [(line.intersection, line.group, a, b) for a, b in _spans(line)]
@@ -783,7 +788,7 @@ class CorridorManager:
         live = [c for c in self.corridors.values() if c.state not in TERMINAL]
         return sorted(live, key=lambda c: (-c.priority, c.requested_at))
 
-    def _in_turn(self, now_s: float) -> list[Corridor]:
+    def _in_turn(self, live: list[Corridor], holders: Counter[str], now_s: float) -> list[Corridor]:
         """Live corridors in the order their windows are fitted: priority first, then whose
         window must open first at the intersection they share (its route's arrival there,
         without waiting for the other, less the flush its queue needs: the one whose window
@@ -794,10 +799,6 @@ class CorridorManager:
         By window rather than by arrival: the longer queue flushes first, and the shorter
         window after it leaves the other approach less to pile up (demo grid, seeds 1-20:
         the second to cross lost 16.4 s at the crossing by arrival, 12.0 s by window)."""
-        live = self._live()
-        holders = Counter(
-            node for corridor in live for node in {ln.intersection for ln in _ahead(corridor)}
-        )
         for corridor in live:
             shared = next((ln for ln in _ahead(corridor) if holders[ln.intersection] > 1), None)
             if shared is None:
@@ -813,20 +814,24 @@ class CorridorManager:
     def _flush_s(self, corridor: Corridor, line: StopLine) -> float:
         """The green ``line``'s window needs before the vehicle: what it flushes ahead of it,
         as last estimated (``_flush_along``)."""
-        if line.flushed_veh <= 0.0:
-            return 0.0
         link = int(corridor.route.link_indices[line.hop])
-        per_veh = float(self.network_state.discharge_s_per_veh[link])
-        return DEFAULT_LOST_TIME_S + line.flushed_veh * per_veh
+        return _green_to_flush(
+            line.flushed_veh, float(self.network_state.discharge_s_per_veh[link])
+        )
 
     def _time_windows(
-        self, corridor: Corridor, now_s: float, reservations: list[tuple[str, str, float, float]]
+        self,
+        corridor: Corridor,
+        now_s: float,
+        reservations: list[tuple[str, str, float, float]],
+        holders: Counter[str],
     ) -> None:
         flush = self._flush_along(corridor, now_s)
         earliest = np.full(flush.shape[0], now_s + SWITCH_ESTIMATE_S)
         route = corridor.route
         open_lines = _ahead(corridor)
-        lead = np.maximum(self._lead(corridor, flush.shape[0], now_s), self.settings.margin_s)
+        lead = self._lead(corridor, flush.shape[0], now_s, holders)
+        lead = np.maximum(lead, self.settings.margin_s)
         # within the horizon: stop lines the vehicle reaches, or whose window opens, by then
         opens = route.line_s[: flush.shape[0]] - flush - lead
         for line in open_lines:
@@ -874,7 +879,9 @@ class CorridorManager:
             if line.forecast is None and line.eta_s - now_s <= FORECAST_S:
                 line.forecast = (now_s, line.eta_s)
 
-    def _lead(self, corridor: Corridor, count: int, now_s: float) -> np.ndarray:
+    def _lead(
+        self, corridor: Corridor, count: int, now_s: float, holders: Counter[str]
+    ) -> np.ndarray:
         """Per stop line, how long before the vehicle the traffic let onto its route there
         should have left: ``max_lead_s`` while the cross streets can afford it (the arrivals
         it holds there, from live telemetry, stay within ``lead_budget_veh``), none where
@@ -891,21 +898,14 @@ class CorridorManager:
         if self.graph.emergency_speed_factor <= 1.0:
             return lead
         links = corridor.route.link_indices
-        shared = {
-            line.intersection
-            for other in self._live()
-            if other is not corridor
-            for line in _ahead(other)
-        }
         for line in _ahead(corridor):
-            if line.intersection in shared:
+            if holders[line.intersection] > 1:
                 continue  # the lead would come out of the other vehicle's turn there
             approach = int(links[line.hop])
             cross = np.array(
                 [link for link in self.nodes_in[line.intersection] if link != approach], np.int64
             )
-            live = self.network_state.queues(now_s, links=cross).source == Source.LIVE
-            if not bool(np.all(live)):
+            if not bool(np.all(self.network_state.live(now_s, links=cross))):
                 continue
             arrivals = float(np.sum(self.network_state.inflow_veh_per_s(now_s, links=cross)))
             affordable = self.settings.lead_budget_veh / arrivals if arrivals > 0.0 else math.inf
@@ -1039,8 +1039,7 @@ class CorridorManager:
                 carried += self._platoon_ahead(corridor, now_s)
             expected = min(float(grown), float(self.storage[link]))
             ahead = expected + carried
-            if ahead > 0.0:
-                flush[hop] = DEFAULT_LOST_TIME_S + ahead * state.discharge_s_per_veh[link]
+            flush[hop] = _green_to_flush(ahead, float(state.discharge_s_per_veh[link]))
             line = lines.get(hop)
             if line is not None:
                 line.platoon_veh = carried
@@ -1225,6 +1224,11 @@ class CorridorManager:
             reason=corridor.reason,
             impact=self.impact.report(corridor.corridor_id),
         )
+
+
+def _green_to_flush(vehicles: float, per_veh_s: float) -> float:
+    """The green a queue of ``vehicles`` needs to pass its stop line (none for no queue)."""
+    return DEFAULT_LOST_TIME_S + vehicles * per_veh_s if vehicles > 0.0 else 0.0
 
 
 def _ahead(corridor: Corridor) -> list[StopLine]:

@@ -182,8 +182,13 @@ class NetworkState:
         """Arrival rate per link (or per link of ``links``) where telemetry is live, 0 where
         it is not."""
         chosen = slice(None) if links is None else links
-        live = now_s - self.updated[chosen] <= self.stale_after
-        return np.where(live, self.flow_vph[chosen] / 3600.0, 0.0)
+        return np.where(self.live(now_s, links=links), self.flow_vph[chosen] / 3600.0, 0.0)
+
+    def live(self, now_s: float, *, links: NDArray[np.int64] | None = None) -> NDArray[np.bool_]:
+        """Per link (or per link of ``links``): whether its telemetry is recent enough to
+        trust (``stale_after_s``)."""
+        chosen = slice(None) if links is None else links
+        return now_s - self.updated[chosen] <= self.stale_after
 
     def queues(self, now_s: float, *, links: NDArray[np.int64] | None = None) -> QueueView:
         """Every link's queue seen from ``now_s`` (or those of ``links``): live telemetry, else
