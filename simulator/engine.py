@@ -13,12 +13,13 @@ kernel calls every ``ROUTING_INTERVAL_S``, on a copy of the routes (``demand.Dep
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from citybrain.models.checks import check_number
+from citybrain.models.checks import check_count, check_number
 from citybrain.models.errors import ValidationError
 from citybrain.simulator import engine_state, kernels
 from citybrain.simulator.compiled import CompiledNetwork
@@ -217,3 +218,11 @@ class Simulation:
     def set_override(self, controller: int, mask: int | None) -> None:
         """Make ``controller`` follow ``mask`` (groups that may proceed) instead of its plan."""
         self.override[controller] = -1 if mask is None else mask
+
+    def set_speed_cap(self, vehicle: int, speed_mps: float | None) -> None:
+        """From now on ``vehicle`` keeps under ``speed_mps`` (its driver follows speed advice)
+        wherever its link would let it go faster; ``None``: its own speed again."""
+        check_count("vehicle", vehicle, le=self.trips.count - 1)
+        if speed_mps is not None:
+            check_number("speed_mps", speed_mps, gt=0.0, le=100.0)
+        self.vehicles.speed_cap[vehicle] = math.inf if speed_mps is None else speed_mps

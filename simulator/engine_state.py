@@ -164,6 +164,9 @@ class Vehicles(NamedTuple):
     """Junction distance driven to reach the link a vehicle is on (not a delay there)."""
     entered: NDArray[np.float64]
     arrived: NDArray[np.float64]
+    speed_cap: NDArray[np.float64]
+    """The speed a vehicle keeps under whatever the link allows (its driver follows speed
+    advice); ``inf``: none."""
 
 
 KernelState = tuple[ModelParameters, Road, Plans, Signals, Queues, Links, Demand, Vehicles]
@@ -243,4 +246,5 @@ def pending_vehicles(trips: Trips) -> Vehicles:
         crossed_m=np.zeros(n, dtype=np.float64),
         entered=np.full(n, np.nan),
         arrived=np.full(n, np.nan),
+        speed_cap=np.full(n, np.inf),
     )

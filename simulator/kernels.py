@@ -1,10 +1,11 @@
 """Numba kernels of the traffic engine: plain arrays in, state arrays updated in place.
 
 The model is a mesoscopic spatial queue with individual vehicles. A vehicle drives its link at
-its desired speed until it reaches the back of its queue, joins that FIFO queue, and leaves it
-at the stop line one saturation headway after the vehicle ahead, only while its signal group
-may proceed (green, plus a short yellow end lag), only after the start-up lost time once a
-green begins, and only if the next link has storage left (so queues spill back upstream).
+its desired speed (the link's times its factor, kept under any advised speed it follows)
+until it reaches the back of its queue, joins that FIFO queue, and leaves it at the stop line
+one saturation headway after the vehicle ahead, only while its signal group may proceed
+(green, plus a short yellow end lag), only after the start-up lost time once a green begins,
+and only if the next link has storage left (so queues spill back upstream).
 
 Queues are lanes, not turns: movements of a link that share a lane share one queue (a lane is
 one file of cars whatever their turn), discharging at the saturation flow of all its lanes
@@ -200,7 +201,7 @@ def run_steps(
                 kept += 1
                 continue
             move = demand.route_moves[demand.route_start[v] + vehicles.hop[v]]
-            speed = road.link_speed[link] * demand.speed_factor[v]
+            speed = min(road.link_speed[link] * demand.speed_factor[v], vehicles.speed_cap[v])
             before = vehicles.position[v]
             after = before + speed * model.dt
             if move < 0:
@@ -405,7 +406,7 @@ def run_steps(
                 vehicles.hop_enter[base + vehicles.hop[v]] = leave
                 # the rest of the step is driven on the new link, less the time a stopped
                 # vehicle loses braking to a stop and accelerating back to its speed
-                speed = road.link_speed[target] * demand.speed_factor[v]
+                speed = min(road.link_speed[target] * demand.speed_factor[v], vehicles.speed_cap[v])
                 lost = vehicles.carry[v] + (model.stop_loss * speed if stopped else 0.0)
                 vehicles.carry[v] = 0.0
                 if lost > 0.0 and demand.route_moves[base + vehicles.hop[v]] >= 0:
@@ -453,11 +454,9 @@ def run_steps(
                 vehicles.state[v] = DRIVING
                 vehicles.hop[v] = 0
                 vehicles.entered[v] = max(demand.depart[v], t)
+                speed = min(road.link_speed[first] * demand.speed_factor[v], vehicles.speed_cap[v])
                 vehicles.position[v] = min(
-                    road.link_speed[first]
-                    * demand.speed_factor[v]
-                    * (horizon - vehicles.entered[v]),
-                    road.link_length[first],
+                    speed * (horizon - vehicles.entered[v]), road.link_length[first]
                 )
                 vehicles.hop_enter[demand.route_start[v]] = vehicles.entered[v]
                 vehicles.active[vehicles.n_active[0]] = v

@@ -12,19 +12,19 @@ or a bug. Tests compare trips, delays and queues (``tests/simulator/test_referen
 
 Rules: a vehicle enters its first link when due, if the link and the lanes of its first
 movement have room, else waits (all waiting vehicles are tried at every change, in the order
-they became due). It drives at link speed x its factor, through others, to the back of its
-movement's queue (``length - vehicles x 7.5 m / lanes``) or to the end of its last link. A
-queue is FIFO over the lanes its movements share; its first vehicle not held crosses at the
-latest of: the queue's last crossing + its lanes' headway, its movement's last crossing + the
-movement's headway, its joining, its group's green start + the lost time; only while its
-group may proceed (green, the yellow end lag, an overlap through the change interval) and
-while the next link and the lanes it takes there have room. A vehicle that may not go holds
-those behind it whose lanes are all held (one held only for full lanes ahead, on several
-lanes of its own, holds none); an emergency vehicle waits only behind one of its own movement.
-A wait over 1 s is a stop, which costs ``speed x (1/2a + 1/2b)`` on the next link (on a link
-shorter than the distance to reach speed, only what a standing start takes there; the rest
-on the links after). Crossing the junction takes its distance at the new link's speed.
-Unsignalized movements go from the start, after the lost time.
+they became due). It drives at link speed x its factor (under its ``SpeedCap`` once one is
+set), through others, to the back of its movement's queue (``length - vehicles x 7.5 m /
+lanes``) or to the end of its last link. A queue is FIFO over the lanes its movements share;
+its first vehicle not held crosses at the latest of: the queue's last crossing + its lanes'
+headway, its movement's last crossing + the movement's headway, its joining, its group's green
+start + the lost time; only while its group may proceed (green, the yellow end lag, an overlap
+through the change interval) and while the next link and the lanes it takes there have room. A
+vehicle that may not go holds those behind it whose lanes are all held (one held only for full
+lanes ahead, on several lanes of its own, holds none); an emergency vehicle waits only behind
+one of its own movement. A wait over 1 s is a stop, which costs ``speed x (1/2a + 1/2b)`` on
+the next link (on a link shorter than the distance to reach speed, only what a standing start
+takes there; the rest on the links after). Crossing the junction takes its distance at the new
+link's speed. Unsignalized movements go from the start, after the lost time.
 
 Not modelled (refused): permitted turns that give way (``mv_yield``). Not kept: detectors.
 It is slow (every event looks at every vehicle on the road): for small networks only.
@@ -69,6 +69,16 @@ class Override:
     at_s: float
     controller: str
     groups: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedCap:
+    """From ``at_s`` on, vehicle ``vehicle`` keeps under ``speed_mps`` (``None``: its own
+    speed again), as a driver following speed advice does."""
+
+    at_s: float
+    vehicle: int
+    speed_mps: float | None
 
 
 @dataclass
@@ -117,6 +127,7 @@ class ReferenceModel:
         trips: Trips,
         *,
         overrides: Sequence[Override] = (),
+        speed_caps: Sequence[SpeedCap] = (),
         lost_time_s: float = LOST_TIME_S,
         end_lag_s: float = END_LAG_S,
         acceleration_mps2: float = ACCELERATION_MPS2,
@@ -132,6 +143,8 @@ class ReferenceModel:
         self.stop_loss = 0.5 / acceleration_mps2 + 0.5 / deceleration_mps2
         self.plans: Mapping[str, TimingPlan] = net.road.plans
         self.overrides = sorted(overrides, key=lambda o: o.at_s)
+        self.speed_caps = sorted(speed_caps, key=lambda c: c.at_s)
+        self.cap = [math.inf] * trips.count
         movements = net.road.network.movement_by_id
         self.signal_of = [
             (movements[m].intersection_id, movements[m].signal_group) for m in net.movement_ids
@@ -170,7 +183,8 @@ class ReferenceModel:
         return int(self.trips.route_moves[self.trips.route_start[v.index] + v.hop + ahead])
 
     def _speed(self, v: _Vehicle) -> float:
-        return float(self.net.link_speed[self._link(v)] * self.trips.speed_factor[v.index])
+        own = float(self.net.link_speed[self._link(v)] * self.trips.speed_factor[v.index])
+        return min(own, self.cap[v.index])
 
     def _has_room(self, link: int, move: int) -> bool:
         net = self.net
@@ -228,6 +242,7 @@ class ReferenceModel:
                         at += plan.cycle_s
                     soonest = min(soonest, at)
         pending = [o.at_s for o in self.overrides if o.at_s > self.now]
+        pending += [c.at_s for c in self.speed_caps if c.at_s > self.now]
         return min([soonest, *pending])
 
     def _apply_overrides(self) -> None:
@@ -235,6 +250,13 @@ class ReferenceModel:
             if o.at_s <= self.now:
                 self.forced[o.controller] = o.groups
         self.overrides = [o for o in self.overrides if o.at_s > self.now]
+        driving = {v.index: v for v in self.driving}
+        for cap in [c for c in self.speed_caps if c.at_s <= self.now]:
+            v = driving.get(cap.vehicle)
+            if v is not None:  # it drives on from where it is at the new speed
+                v.x, v.since = v.x + self._speed(v) * (self.now - v.since), self.now
+            self.cap[cap.vehicle] = math.inf if cap.speed_mps is None else cap.speed_mps
+        self.speed_caps = [c for c in self.speed_caps if c.at_s > self.now]
 
     def _may_go_from(self, move: int) -> float:
         """When ``move``'s group may start crossing (its green's start + the lost time), or

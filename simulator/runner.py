@@ -123,6 +123,7 @@ class SimulationRun(Protocol):
 
     def command(self, intersection: str, message: SignalPlan) -> Outcome: ...
     def release(self, intersection: str) -> Outcome: ...
+    def set_speed_cap(self, vehicle: str, speed_mps: float | None) -> None: ...
     def advance(
         self, seconds: float, *, on_step: Callable[[float], None] | None = None
     ) -> None: ...
@@ -181,6 +182,15 @@ class ControlledRun:
         fail-safe; it carries no sequence number, so the cloud's plans stay in order)."""
         return self._controller(intersection).release(self.now)
 
+    def _tracked(self, vehicle: str, speed_mps: float | None) -> int:
+        """The index of tracked ``vehicle``, for a speed cap of ``speed_mps``, both checked."""
+        index = self.tracked.get(vehicle)
+        if index is None:
+            raise ValidationError("vehicle", f"no tracked vehicle {vehicle!r}")
+        if speed_mps is not None:
+            check_number("speed_mps", speed_mps, gt=0.0, le=100.0)
+        return index
+
     def _controller(self, intersection: str) -> EmulatedController:
         controller = self.controllers.get(intersection)
         if controller is None:
@@ -222,6 +232,11 @@ class Run(ControlledRun):
         self.sim = Simulation(net, trips, start_s=start_s, dt_s=dt_s)
         super().__init__(net, self.sim.trips, start_s=start_s, sample_every_s=sample_every_s)
         self.detectors = DetectorCards(self.sim)
+
+    def set_speed_cap(self, vehicle: str, speed_mps: float | None) -> None:
+        """From now on tracked ``vehicle`` keeps under ``speed_mps`` (its driver follows speed
+        advice); ``None``: its own speed again."""
+        self.sim.set_speed_cap(self._tracked(vehicle, speed_mps), speed_mps)
 
     def _tracking(self) -> bool:
         state = self.sim.state

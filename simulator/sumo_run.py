@@ -385,6 +385,10 @@ class SumoRun(ControlledRun):
             """Route index of each vehicle in the network, by SUMO id."""
             self._halted: set[str] = set()
             self._teleporting: set[str] = set()
+            self._caps: dict[str, float | None] = {}
+            """Speed caps set on tracked vehicles (``set_speed_cap``), by SUMO id."""
+            self._own_max: dict[str, float] = {}
+            """Their maximum speed before the first cap."""
             self.remove_jammed = remove_jammed
             constants = libsumo.constants
             self._moving = (constants.VAR_ROUTE_INDEX, constants.VAR_SPEED)
@@ -453,6 +457,22 @@ class SumoRun(ControlledRun):
             if on_step is not None:
                 on_step(self.now)
 
+    def set_speed_cap(self, vehicle: str, speed_mps: float | None) -> None:
+        """From now on tracked ``vehicle`` keeps under ``speed_mps``: its maximum speed in
+        SUMO (car following and its imperfection still apply); ``None``: its type's again.
+        Kept until it departs if it has not yet."""
+        self._tracked(vehicle, speed_mps)
+        self._caps[vehicle] = speed_mps
+        if vehicle in self._hop_of:
+            self._apply_cap(vehicle)
+
+    def _apply_cap(self, vehicle: str) -> None:
+        lib, speed = self._lib, self._caps[vehicle]
+        with self._errors("advising a speed"):
+            # the first cap gives the vehicle a type of its own: its own maximum is kept
+            own = self._own_max.setdefault(vehicle, lib.vehicle.getMaxSpeed(vehicle))
+            lib.vehicle.setMaxSpeed(vehicle, own if speed is None else min(speed, own))
+
     def close(self) -> None:
         """End the SUMO simulation (what was read stays readable) and free libsumo."""
         if self.closed:
@@ -513,6 +533,8 @@ class SumoRun(ControlledRun):
             sim.in_network.add(v)
             hop_of[vid] = 0
             lib.vehicle.subscribe(vid, self._tracking if vid in self.tracked else self._moving)
+            if vid in self._caps:
+                self._apply_cap(vid)
         route_index, speed = self._moving
         # the hot loop: plain dicts and sets, arrays touched only when something changes
         for vid, values in results.items():

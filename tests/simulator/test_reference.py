@@ -19,6 +19,7 @@ step late.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ from citybrain.simulator.compiled import CompiledNetwork, compile_network
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
 from citybrain.simulator.engine import Simulation
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
-from citybrain.simulator.reference import Override, ReferenceModel, ReferenceResult
+from citybrain.simulator.reference import Override, ReferenceModel, ReferenceResult, SpeedCap
 
 from .simhelpers import group_mask, vehicles
 from .test_engine import EAST, EAST_LEFT, ONE_LANE, _order, _permitted_lefts, _reshaped
@@ -122,6 +123,58 @@ def test_a_lone_vehicle_on_green_makes_the_same_trip(
     assert sim.arrived[0] == pytest.approx(ref.arrived[0], abs=1e-9)
     np.testing.assert_allclose(sim.link_delay, ref.link_delay, rtol=0.0, atol=1e-9)
     assert sim.stops[0] == ref.stops[0] == 0
+
+
+@pytest.mark.parametrize(
+    "caps",
+    [
+        [(10.0, 6.0)],  # before it leaves: from its first metre
+        [(30.0, 6.0), (70.0, None)],  # on its way, then its own speed again
+        [(30.0, 25.0)],  # above its own speed: no change
+    ],
+)
+def test_a_vehicle_under_a_speed_cap_makes_the_same_trip(
+    caps: list[tuple[float, float | None]],
+) -> None:
+    """A driver following speed advice: capped (and freed) at a step, on green and through a
+    red, the same trip in both models."""
+    net = compile_network(arterial(3))
+    trips = fixed_route(net, ["west-a01", "a01-a02", "a02-a03", "a03-east"], depart_s=17.75,
+                        name="V", speed_factor=1.3)  # fmt: skip
+    green = {node: frozenset(plan.signals.groups) for node, plan in net.road.plans.items()}
+    signals = [Override(0.0, node, frozenset() if node == "a02" else groups)
+               for node, groups in green.items()]  # fmt: skip
+    signals.append(Override(300.0, "a02", green["a02"]))  # a red at a02 until 300 s
+    ref = ReferenceModel(
+        net, trips, overrides=signals, speed_caps=[SpeedCap(at, 0, s) for at, s in caps]
+    ).run(3000.0)
+    sim = Simulation(net, trips)
+    for c, node in enumerate(net.controller_ids):
+        sim.set_override(c, group_mask(net, c, green[node] if node != "a02" else []))
+    done = 0.0
+    for at, speed in [*caps, (300.0, "green")]:
+        sim.advance(at - done)
+        done = at
+        if speed == "green":
+            sim.set_override(net.controller_index["a02"], group_mask(net, 1, green["a02"]))
+        else:
+            sim.set_speed_cap(0, speed)  # type: ignore[arg-type]
+    sim.advance(3000.0 - done)
+    assert np.isfinite(ref.arrived[0])
+    np.testing.assert_allclose(sim.hop_enter, ref.hop_enter, rtol=0.0, atol=1e-9)
+    assert sim.arrived[0] == pytest.approx(ref.arrived[0], abs=1e-9)
+    assert sim.stops[0] == ref.stops[0]
+    free = ReferenceModel(net, trips, overrides=signals).run(3000.0)
+    capped = any(s is not None and s < 1.3 * 13.9 for _, s in caps)
+    assert (ref.hop_enter[1] > free.hop_enter[1] + 1.0) == capped  # later at the first signal
+
+
+def test_a_speed_cap_is_checked() -> None:
+    net = compile_network(arterial(1))
+    sim = Simulation(net, fixed_route(net, ["west-a01", "a01-east"], depart_s=0.0, name="V"))
+    for vehicle, speed in [(1, 5.0), (-1, 5.0), (0, 0.0), (0, math.nan), (0, 1e6)]:
+        with pytest.raises(ValidationError):
+            sim.set_speed_cap(vehicle, speed)
 
 
 @pytest.mark.parametrize(

@@ -259,3 +259,26 @@ def test_loop_counts_never_fall_when_sumo_forgets_a_vehicle_it_teleported() -> N
         forgetful = ModuleType("libsumo")
         forgetful.inductionloop = SimpleNamespace(getIntervalVehicleNumber=lambda loop: 0)  # type: ignore[attr-defined]
         assert np.array_equal(loops.counts(forgetful, "adv"), real)
+
+
+def test_a_speed_cap_holds_the_sumo_vehicle_under_it_until_lifted() -> None:
+    """Speed advice followed in SUMO: capped before it leaves, the ambulance drives its first
+    60 s at no more than 6 m/s, then at its own speed again; bad caps are refused."""
+    scenario = build("arterial:3", level=Level.LIGHT, duration_s=400, seed=1)
+    route = ["west-a01", "a01-a02", "a02-a03", "a03-east"]
+    alone = fixed_route(scenario.net, route, depart_s=1.0, name="AMB-1", speed_factor=1.3)
+    with SumoRun(scenario.net, alone) as run:
+        for bad in ("nobody", "AMB-1"):
+            with pytest.raises(ValidationError):
+                run.set_speed_cap(bad, -1.0 if bad == "AMB-1" else 5.0)
+        run.set_speed_cap("AMB-1", 6.0)
+        run.advance(61.0)
+        track = run.trajectories["AMB-1"]
+        assert set(track.links) == {track.links[0]}  # its first link: 360 m of 2 km
+        # SUMO inserts it at its own speed: held under the cap from its first step on
+        capped = np.diff(track.positions[1:]) / np.diff(track.times[1:])
+        assert 5.0 < capped.max() <= 6.0 + 0.01
+        run.set_speed_cap("AMB-1", None)
+        run.advance(20.0)
+        freed = np.diff(track.positions[-10:]) / np.diff(track.times[-10:])
+        assert freed.max() > 13.9
