@@ -43,6 +43,7 @@ from citybrain.models.messages import (
     CorridorImpact,
     CorridorRequest,
     CorridorState,
+    CorridorStatus,
     GreenWindow,
     PlanAck,
     PlanKind,
@@ -115,6 +116,9 @@ class Journey:
     progression_mps: float = 0.0
     """The speed limit along the route (length over free-flow time at the limit): the speed
     a coordinated green wave is timed for."""
+    advice: list[tuple[float, float | None]] = field(default_factory=list)
+    """(time, speed) each time the speed its corridor advised changed, which it kept to
+    (``None``: its own speed again)."""
 
     @property
     def travel_time_s(self) -> float:
@@ -246,6 +250,7 @@ def _run(
             vehicle.stops_at,
             vehicle.windows,
             vehicle.progression_mps,
+            vehicle.advice,
         )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
@@ -373,6 +378,9 @@ class _Vehicle:
         self.progression_mps = float(np.sum(lengths) / np.sum(lengths / speeds))
         self.hop = 0
         self.stops = 0
+        self.advised_mps: float | None = None
+        """The speed its corridor advises, which it keeps to (none: its own)."""
+        self.advice: list[tuple[float, float | None]] = []
         self.held_until: dict[int, float] = {}
         """The ceiling: per hop of the route, until when its signal holds green."""
 
@@ -573,7 +581,8 @@ class _Driver:
         self._apply(self.manager.request(request, now))
 
     def _position(self, vehicle: _Vehicle, link: int, offset_m: float) -> VehiclePosition:
-        speed = self.net.link_speed[link] * vehicle.speed_factor
+        speed = min(self.net.link_speed[link] * vehicle.speed_factor,
+                    vehicle.advised_mps or math.inf)  # fmt: skip
         return VehiclePosition(
             vehicle=vehicle.name,
             time=self.run.now,
@@ -584,7 +593,9 @@ class _Driver:
 
     def _apply(self, actions: list[SendPlan | PublishStatus]) -> None:
         for action in actions:
-            if isinstance(action, SendPlan):
+            if isinstance(action, PublishStatus):
+                self._follow_advice(action.status)
+            elif isinstance(action, SendPlan):
                 outcome = self._send(action.intersection, action.plan)
                 if self.manager is not None:
                     ack = PlanAck(
@@ -598,6 +609,14 @@ class _Driver:
                         else "refused",
                     )
                     self.manager.on_ack(ack, self.run.now)
+
+    def _follow_advice(self, status: CorridorStatus) -> None:
+        """The crew keeps to the speed its corridor's status advises (none: its own)."""
+        vehicle = next((v for v in self.vehicles if v.name == status.vehicle), None)
+        if vehicle is not None and status.advised_speed_mps != vehicle.advised_mps:
+            vehicle.advised_mps = status.advised_speed_mps
+            vehicle.advice.append((self.run.now, vehicle.advised_mps))
+            self.run.set_speed_cap(vehicle.name, vehicle.advised_mps)
 
     def _send(self, node: str, plan: SignalPlan) -> AckStatus:
         self._note_windows(node, plan)

@@ -92,6 +92,9 @@ LEAST_SPREAD_RATE = 0.03
 """The ETA band's growth with the time to go before anything is learned (and its floor): 3 %."""
 MOST_SPREAD_RATE = 0.5
 """Its ceiling: ETAs off by half the time to go leave nothing to plan windows on anyway."""
+ADVICE_MIN_HOLD_S = 1.0
+"""A shorter hold is no stop (engines count a wait over 1 s, or a fall to walking pace)."""
+"""A hold shorter than this is within the ETA's error: no advice for it."""
 CUT = "its window ran out before it arrived: the cross streets have their turn first"
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
@@ -157,6 +160,9 @@ class StopLine:
     resume_s: float = 0.0
     """After a window that ran out (``Settings.max_window_s``) before its vehicle came: when
     its next one can open, once the cross streets have had their turn."""
+    yields: bool = False
+    """Its window has had to follow another corridor's conflicting one here: the vehicle is
+    advised a speed for it (``_advise``)."""
     forecast: tuple[float, float] | None = None
     """(when, ETA) of the forecast made about ``FORECAST_S`` before the vehicle got here: its
     error once the vehicle passes teaches the corridor how far its ETAs can be trusted."""
@@ -205,6 +211,8 @@ class Corridor:
     """Its last reported position: (link, offset, time)."""
     first_position_s: float | None = None
     """When its first position came: its trip starts there (``CorridorImpact.trip_s``)."""
+    advised_mps: float | None = None
+    """The speed advised to its crew since the last re-timing (``_advise``); none: its own."""
     spread_rate: float = LEAST_SPREAD_RATE
     """How its ETA's uncertainty grows with the time to go, learned from the error of the
     forecasts at the stop lines it passed (``_learn_spread``); the band's low edge sets how
@@ -247,6 +255,12 @@ class Settings:
     (``SafetyLimits.max_window_s``, 120 s) so that no plan is refused for it: the longest a
     window is held for a vehicle that is late. One that runs out before its vehicle comes
     closes; the cross streets have their turn, then the vehicle gets a new window."""
+    speed_advice: bool = True
+    """Advise the crew of a vehicle that yields to another corridor a speed that reaches its
+    window as its queue has flushed, where it would otherwise stop in the queue
+    (``CorridorStatus.advised_speed_mps``, ``CorridorManager._advise``)."""
+    min_advised_mps: float = 5.0
+    """The slowest speed advised: a hold that needs a slower one is partly waited out."""
     max_lease_s: float = 300.0
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
@@ -266,6 +280,7 @@ class Settings:
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
         check_number("stuck_s", self.stuck_s, gt=0.0, le=3600.0)
         check_number("max_window_s", self.max_window_s, gt=self.clear_after_s, le=300.0)
+        check_number("min_advised_mps", self.min_advised_mps, gt=0.0, le=30.0)
         check_count("keep_ended", self.keep_ended, ge=1, le=1_000_000)
         check_count("epoch", self.epoch, le=MAX_SEQ)
         if self.lease_margin_s + self.clear_after_s >= self.max_lease_s:
@@ -530,8 +545,8 @@ class CorridorManager:
         """Weigh the stretch driven since the last report into the vehicle's pace: its time
         over the graph's time for the same metres (on its route; waits left out)."""
         seen, corridor.seen = corridor.seen, (link, offset_m, now_s)
-        if seen is None or now_s <= seen[2]:
-            return
+        if seen is None or now_s <= seen[2] or corridor.advised_mps is not None:
+            return  # advised slower, or told to and not listening: neither is its pace
         links = [int(x) for x in corridor.route.link_indices]
         first = links.index(seen[0]) if seen[0] in links else len(links)
         if link not in links[first:]:
@@ -750,6 +765,7 @@ class CorridorManager:
         for corridor in self._in_turn(live, holders, now_s):
             self._check_stuck(corridor, now_s)  # against the windows it was given
             self._time_windows(corridor, now_s, reservations, holders)
+            corridor.advised_mps = self._advise(corridor, now_s)
             for line in corridor.stop_lines:
                 if not line.released:
                     reservations += [(line.intersection, line.group, a, b) for a, b in _spans(line)]
@@ -856,6 +872,7 @@ class CorridorManager:
             green_from = float(earliest[line.hop])
             first = self._fit_around(line, plan, float(route.line_s[line.hop]), earliest,
                                      reservations, now_s)  # fmt: skip
+            line.yields = line.yields or first is not None
             self._pre_flush(line, plan, green_from, first, earliest, flush, now_s)
         windows = self.router.windows(
             route, flush, earliest, max(now_s, corridor.depart_s),
@@ -878,6 +895,50 @@ class CorridorManager:
             self._hold(line)
             if line.forecast is None and line.eta_s - now_s <= FORECAST_S:
                 line.forecast = (now_s, line.eta_s)
+
+    def _advise(self, corridor: Corridor, now_s: float) -> float | None:
+        """Where the vehicle yields to another corridor at the next stop line: the fastest
+        speed at which it gets there no sooner than its queue there is flushed (its ETA while
+        its window is to open, ``Router.windows``; once open, the opening plus the green its
+        queue needed as estimated before, since the queue measured then is whoever joins it
+        behind). Slowed upstream, it passes at speed where it would have stopped in the queue.
+
+        Only there, and only the next stop line: advice elsewhere (a controller's change, a
+        queue's flush) cost each trip 4-6 s in the demo grid, seeds 1-20 (the flush estimates
+        it aims at err late: it is slowed for more than it would have waited); a hold further
+        on is less certain, and slowing for one that then shrinks loses what it need not.
+        None before the vehicle's first position, while it is stuck, or where its own speed
+        reaches the stop line no more than ``ADVICE_MIN_HOLD_S`` early."""
+        line = next(iter(_ahead(corridor)), None)
+        if (
+            not self.settings.speed_advice
+            or corridor.seen is None
+            or corridor.stuck
+            or line is None
+            or not (line.due and line.yields and line.close_s > line.open_s)
+        ):
+            return None
+        ready = line.eta_s
+        if now_s >= line.open_s:
+            ready = line.open_s + self._flush_s(corridor, line)
+        links = corridor.route.link_indices[: line.hop + 1]
+        metres = self.graph.link_length[links].astype(np.float64)
+        own = metres / (self.graph.link_time[links] * corridor.pace)
+        metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
+        due = ready - now_s
+        if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:
+            return None
+
+        def early(speed: float) -> bool:
+            return float(np.sum(metres / np.minimum(own, speed))) < due
+
+        slow, fast = self.settings.min_advised_mps, float(own.max())
+        if early(slow):
+            return slow
+        while fast - slow > 0.05:
+            middle = 0.5 * (slow + fast)
+            slow, fast = (middle, fast) if not early(middle) else (slow, middle)
+        return round(slow, 1)
 
     def _lead(
         self, corridor: Corridor, count: int, now_s: float, holders: Counter[str]
@@ -1223,6 +1284,7 @@ class CorridorManager:
             intersections=tuple(lines),
             reason=corridor.reason,
             impact=self.impact.report(corridor.corridor_id),
+            advised_speed_mps=corridor.advised_mps if corridor.state not in TERMINAL else None,
         )
 
 

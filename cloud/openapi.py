@@ -24,7 +24,7 @@ from citybrain.cloud.operations import (
 )
 from citybrain.models.messages import MAX_PRIORITY, MIN_PRIORITY, CorridorRequest
 
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 """The API's version: 1.x while every change is additive."""
 _REF = "#/components/schemas/{name}"
 _API_FILLS = ("requester", "requested_at")

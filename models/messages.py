@@ -454,6 +454,9 @@ class CorridorStatus(Message, frozen=True, kw_only=True):
     intersections: tuple[CorridorIntersection, ...] = ()
     reason: str | None = None
     impact: CorridorImpact | None = None
+    advised_speed_mps: float | None = None
+    """The speed advised to the vehicle's crew now: it reaches the window ahead as the queue
+    there has flushed, slowed upstream rather than stopped in it; none: its own speed."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -466,3 +469,5 @@ class CorridorStatus(Message, frozen=True, kw_only=True):
         check_ids("route", self.route)
         _check_length("intersections", self.intersections, MAX_ROUTE)
         _check_text("reason", self.reason)
+        if self.advised_speed_mps is not None:
+            check_number("advised_speed_mps", self.advised_speed_mps, gt=0.0, le=MAX_SPEED_MPS)

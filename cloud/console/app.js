@@ -364,6 +364,7 @@ function renderDetail() {
     element("h2", {}, `Corridor ${status.corridor_id}`),
     element("p", {}, element("span", { class: "state", id: "detail-state" }, status.state),
       ` ${status.vehicle}, priority ${status.priority}`, status.reason ? ` — ${status.reason}` : null),
+    done ? null : element("p", { id: "detail-advice" }, advice(status)),
     element("table", {},
       element("tr", {}, ...["stop line", "ETA", "window", "passed", "plan"].map((h) => element("th", {}, h))),
       ...rows),
@@ -376,6 +377,15 @@ function renderDetail() {
     element("h2", {}, "Impact"),
     impact(status),
   );  // prettier-ignore
+}
+
+// The speed the crew is advised: slower than its own where the window ahead opens (or its
+// queue flushes) after the vehicle would get there.
+function advice(status) {
+  const mps = status.advised_speed_mps;
+  return mps === null || mps === undefined
+    ? "Speed advised to the crew: its own"
+    : `Speed advised to the crew: ${Math.round(mps * 3.6)} km/h, to reach the next window as its queue has gone`;
 }
 
 // Distance along the route (m, from the map's coordinates) against controller time: each stop

@@ -87,6 +87,13 @@ def test_the_corridors_beat_no_priority_together_and_serve_the_crossing_in_turn(
         worst = max(j.delay_at("g2_3") for j in base.values())
         assert ours[second].delay_at("g2_3") < worst
         assert outcome.plans_refused == 0
+        # the one that yields is advised to slow down for its window there, and keeps to it;
+        # the other is never advised, and nobody is once the corridors ended
+        assert not ours[first].advice
+        slowed = [speed for _, speed in ours[second].advice if speed is not None]
+        assert slowed
+        assert min(slowed) < ours[second].progression_mps * 1.3
+        assert ours[second].advice[-1][1] is None
 
 
 def test_the_grid_json_member_has_the_documented_shape(

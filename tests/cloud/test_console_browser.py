@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -259,6 +260,9 @@ def test_an_operator_runs_a_corridor_and_an_alarm_from_the_console(
             later = await page.evaluate("({...window.citybrain.map.routes[0].vehicle})")
             assert later != first, "the vehicle moved along its route"
             await expect(page.locator("#time-space")).to_be_visible()
+            await expect(page.locator("#detail-advice")).to_contain_text(
+                re.compile(r"Speed advised to the crew: (its own|\d+ km/h)")
+            )
             await expect(page.locator("#record")).to_contain_text("inside their green window")
             await expect(page.locator("#impact")).to_contain_text("cost to cross traffic")
             await _shot(page, "3-corridor")

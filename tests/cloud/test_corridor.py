@@ -810,3 +810,60 @@ def test_a_corridor_reports_its_impact_and_once_every_cross_street_recovered_a_l
     assert (final.recovering, final.unrecovered) == (0, 0)
     assert final.recovery_s is not None
     assert 100.0 <= final.recovery_s <= 110.0
+
+
+def _held_at_a03(**settings: Any) -> CorridorManager:
+    """AMB-1 on a02-a03, due at a03 at 120.9 s at its own speed, where FIRE-2 (a higher
+    priority) crosses at 118 s: its window there opens after FIRE-2's and the clearance."""
+    manager = _manager(**settings)
+    side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
+    manager.request(_request("AMB-1", priority=3, origin="a02", route=("a02", "a03", "a04")), 100.0)
+    crossing = ("a03s", "a03", "a03n")
+    fire = _request("FIRE-2", priority=9, origin="a03s", route=crossing, depart_at=118.0 - side)
+    manager.request(fire, 100.0)
+    return manager
+
+
+def _advised(actions: list[SendPlan | PublishStatus], vehicle: str = "AMB-1") -> float | None:
+    (status,) = [a.status for a in _statuses(actions) if a.status.vehicle == vehicle]
+    return status.advised_speed_mps
+
+
+APPROACH = GRAPH.link_index["a02-a03"]
+APPROACH_M = float(GRAPH.link_length[APPROACH])
+OWN_MPS = APPROACH_M / float(GRAPH.link_time[APPROACH])
+
+
+def test_a_vehicle_held_at_the_next_stop_line_is_advised_a_speed_that_gets_there_in_time() -> None:
+    """Advised the speed that reaches a03 as its window opens, not before: followed, it
+    keeps its window and its pace (a slower drive it was told to take teaches nothing)."""
+    manager = _held_at_a03()
+    advised = _advised(manager.on_position(_at("a02-a03", 0.0, 100.0), 100.0))
+    line = _line_at(manager, "AMB-1", "a03")
+    assert line.eta_s - 100.0 > APPROACH_M / OWN_MPS + 5.0  # held there
+    assert advised == pytest.approx(APPROACH_M / (line.eta_s - 100.0), abs=0.1)
+    assert advised is not None
+    assert advised < OWN_MPS
+    opening = line.open_s
+    for second in range(1, 11):
+        now = 100.0 + second
+        advised = _advised(manager.on_position(_at("a02-a03", second * advised, now), now))
+        assert advised is not None
+    assert manager.corridors[manager.by_vehicle["AMB-1"]].pace == 1.0
+    assert _line_at(manager, "AMB-1", "a03").open_s == pytest.approx(opening, abs=1.0)
+
+
+def test_no_advice_unless_held_nor_with_advice_off_and_none_slower_than_the_floor() -> None:
+    # held by its own queue only (40 cars to flush, 25 s): it drives up to it (advice aimed
+    # at flush estimates slowed vehicles for more than they would have waited)
+    alone = _manager()
+    alone.network_state.set_queue("a02-a03", 40.0, 100.0, flow_vph=600.0)
+    alone.request(_request("AMB-1", priority=3, origin="a02", route=("a02", "a03", "a04")), 100.0)
+    assert _advised(alone.on_position(_at("a02-a03", 300.0, 100.0), 100.0)) is None
+    assert _line_at(alone, "AMB-1", "a03").eta_s > 100.0 + (APPROACH_M - 300.0) / OWN_MPS + 20.0
+    off = _held_at_a03(speed_advice=False)
+    assert _advised(off.on_position(_at("a02-a03", 0.0, 100.0), 100.0)) is None
+    # it did not follow: 20 m short of a03 some 15 s early, even the floor leaves a wait
+    near = _held_at_a03(min_advised_mps=4.0)
+    assert _advised(near.on_position(_at("a02-a03", 0.0, 100.0), 100.0)) is not None
+    assert _advised(near.on_position(_at("a02-a03", APPROACH_M - 20.0, 112.0), 112.0)) == 4.0

@@ -595,6 +595,13 @@ REJECTIONS: list[tuple[str, Message, list[tuple[tuple[str | int, ...], Any]], st
     ("bad-destination", REQUEST_DESTINATION, [(("destination",), "$SYS")], "$.destination"),
     ("missing-requester", REQUEST_DESTINATION, [(("requester",), _DELETE)], "$"),
     # CorridorStatus
+    ("advised-speed-0", CORRIDOR_STATUS, [(("advised_speed_mps",), 0.0)], "$.advised_speed_mps"),
+    (
+        "advised-speed-absurd",
+        CORRIDOR_STATUS,
+        [(("advised_speed_mps",), 1e6)],
+        "$.advised_speed_mps",
+    ),
     (
         "eta-after-high",
         CORRIDOR_STATUS,
