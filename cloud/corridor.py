@@ -897,35 +897,52 @@ class CorridorManager:
                 line.forecast = (now_s, line.eta_s)
 
     def _advise(self, corridor: Corridor, now_s: float) -> float | None:
-        """Where the vehicle yields to another corridor at the next stop line: the fastest
-        speed at which it gets there no sooner than its queue there is flushed (its ETA while
-        its window is to open, ``Router.windows``; once open, the opening plus the green its
-        queue needed as estimated before, since the queue measured then is whoever joins it
-        behind). Slowed upstream, it passes at speed where it would have stopped in the queue.
+        """Where the vehicle yields to another corridor at one of the next two stop lines:
+        the fastest speed at which it gets there no sooner than its queue there is flushed
+        (``_ready_at``). Slowed upstream, it passes at speed where it would have stopped in
+        the queue. At the second of them only by what the last link cannot take at the
+        slowest advised speed: its pass at the first is advised no sooner than that.
 
-        Only there, and only the next stop line: advice elsewhere (a controller's change, a
-        queue's flush) cost each trip 4-6 s in the demo grid, seeds 1-20 (the flush estimates
-        it aims at err late: it is slowed for more than it would have waited); a hold further
-        on is less certain, and slowing for one that then shrinks loses what it need not.
-        None before the vehicle's first position, while it is stuck, or where its own speed
-        reaches the stop line no more than ``ADVICE_MIN_HOLD_S`` early."""
-        line = next(iter(_ahead(corridor)), None)
-        if (
-            not self.settings.speed_advice
-            or corridor.seen is None
-            or corridor.stuck
-            or line is None
-            or not (line.due and line.yields and line.close_s > line.open_s)
-        ):
+        Only where it yields, and only the next two stop lines: advice at every held stop
+        line (a controller's change, a queue's flush) cost each trip 4-6 s in the demo grid,
+        seeds 1-20 (the flush estimates it aims at err late: it is slowed for more than it
+        would have waited); a hold further on is less certain, and slowing for one that then
+        shrinks loses what it need not. None before the vehicle's first position, while it
+        is stuck, or where its own speed reaches no stop line more than
+        ``ADVICE_MIN_HOLD_S`` early."""
+        if not self.settings.speed_advice or corridor.seen is None or corridor.stuck:
             return None
-        ready = line.eta_s
+        ahead = _ahead(corridor)[:2]
+        yields = [line.due and line.yields and line.close_s > line.open_s for line in ahead]
+        targets = []  # (stop line, when to get there at the soonest)
+        if ahead and yields[0]:
+            targets.append((ahead[0], self._ready_at(corridor, ahead[0], now_s)))
+        if len(ahead) == 2 and yields[1]:
+            links = corridor.route.link_indices[ahead[0].hop + 1 : ahead[1].hop + 1]
+            slowest = float(np.sum(self.graph.link_length[links])) / self.settings.min_advised_mps
+            targets.append((ahead[0], self._ready_at(corridor, ahead[1], now_s) - slowest))
+        speeds = [self._speed_to(corridor, line, at, now_s) for line, at in targets]
+        return min((speed for speed in speeds if speed is not None), default=None)
+
+    def _ready_at(self, corridor: Corridor, line: StopLine, now_s: float) -> float:
+        """When ``line``'s queue is flushed: its ETA while its window is to open (one that
+        cannot open sooner, the queue flushed from then on: ``Router.windows``); once open,
+        the opening plus the green the queue needed as estimated before (the queue measured
+        then is whoever joins it behind)."""
         if now_s >= line.open_s:
-            ready = line.open_s + self._flush_s(corridor, line)
+            return line.open_s + self._flush_s(corridor, line)
+        return line.eta_s
+
+    def _speed_to(
+        self, corridor: Corridor, line: StopLine, ready_s: float, now_s: float
+    ) -> float | None:
+        """The fastest speed (at least ``min_advised_mps``) that reaches ``line`` no sooner
+        than ``ready_s``; None where the vehicle's own speed does, within a second."""
         links = corridor.route.link_indices[: line.hop + 1]
         metres = self.graph.link_length[links].astype(np.float64)
         own = metres / (self.graph.link_time[links] * corridor.pace)
         metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
-        due = ready - now_s
+        due = ready_s - now_s
         if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:
             return None
 

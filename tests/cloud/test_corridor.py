@@ -867,3 +867,25 @@ def test_no_advice_unless_held_nor_with_advice_off_and_none_slower_than_the_floo
     near = _held_at_a03(min_advised_mps=4.0)
     assert _advised(near.on_position(_at("a02-a03", 0.0, 100.0), 100.0)) is not None
     assert _advised(near.on_position(_at("a02-a03", APPROACH_M - 20.0, 112.0), 112.0)) == 4.0
+
+
+def test_a_hold_the_last_link_cannot_take_is_advised_from_the_link_before() -> None:
+    """FIRE-2 (60 cars to flush before it) holds a03 until about 194 s; AMB-1, on a01-a02 at
+    100 s, would be there at 145 s. At 8 m/s at the slowest, the last link takes 26 s of that
+    hold: AMB-1 is slowed on a01-a02 already, just enough to reach a02 when the rest of the
+    way at 8 m/s brings it to a03 as its queue there has gone."""
+    manager = _manager(min_advised_mps=8.0)
+    manager.network_state.set_queue("a03s-a03", 60.0, 100.0, flow_vph=300.0)
+    route = ("a01", "a02", "a03", "a04")
+    manager.request(_request("AMB-1", priority=3, origin="a01", route=route), 100.0)
+    side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
+    crossing = ("a03s", "a03", "a03n")
+    fire = _request("FIRE-2", priority=9, origin="a03s", route=crossing, depart_at=190.0 - side)
+    manager.request(fire, 100.0)
+    advised = _advised(manager.on_position(_at("a01-a02", 0.0, 100.0), 100.0))
+    a02, a03 = _line_at(manager, "AMB-1", "a02"), _line_at(manager, "AMB-1", "a03")
+    assert not a02.yields
+    assert a03.yields
+    at_a02 = a03.eta_s - APPROACH_M / 8.0
+    first = float(GRAPH.link_length[GRAPH.link_index["a01-a02"]])
+    assert advised == pytest.approx(first / (at_a02 - 100.0), abs=0.1)
