@@ -10,8 +10,9 @@ Per case, engine and policy: the ambulance's mean travel time, x free flow, stop
 over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
 beyond the same seeds without priority, and for SUMO the closed loop's real-time factor
 (simulated seconds over wall seconds, network export and SUMO start included) and the vehicles
-SUMO teleported; on the grid also what the second to cross lost at the crossing and
-the share of seeds where neither stopped there. A table, one verdict line, JSON in
+SUMO teleported; on the grid also what the second to cross lost on its last link and on its
+last two (where speed advice slows it) with the least it could have, the share of seeds where
+neither stopped at the crossing, and the two trips together. A table, one verdict line, JSON in
 ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
