@@ -32,6 +32,7 @@ from citybrain.cloud.clock import ControllerClock
 from citybrain.cloud.core import CloudCore, CoreSettings
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.keys import Keyring
+from citybrain.cloud.operations import HistoryQuery
 from citybrain.cloud.service import CloudService, ServiceSettings
 from citybrain.cloud.storage import MemoryStore, TelemetryWriter
 from citybrain.edge.agent import EdgeAgent, run_host
@@ -46,7 +47,7 @@ from citybrain.edge.settings import (
 )
 from citybrain.live import avl_position
 from citybrain.models.codec import DEFAULT_CODEC
-from citybrain.models.messages import Presence, Status
+from citybrain.models.messages import CorridorState, Presence, Status
 from citybrain.models.topics import TopicKind, intersection_topic, vehicle_position_topic
 from citybrain.simulator.fieldbus import FieldBusServer
 from citybrain.simulator.networks import arterial
@@ -181,6 +182,19 @@ async def _wait_js(page: Any, expression: str, *, timeout_s: float = 5.0) -> Non
         await asyncio.sleep(0.1)
 
 
+async def _stored(live: Any, corridor_id: str, state: CorridorState) -> None:
+    """Until the store has ``corridor_id`` in ``state`` (the writer runs in the background:
+    on a loaded machine a fixed pause was not always enough)."""
+    deadline = time.monotonic() + 10.0
+    query = HistoryQuery(state=state)
+    while corridor_id not in {
+        c.corridor_id for c in (await live.service.corridor_history(query)).corridors
+    }:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{corridor_id} not stored as {state} within 10 s")
+        await asyncio.sleep(0.1)
+
+
 async def _shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -272,8 +286,8 @@ def test_an_operator_runs_a_corridor_and_an_alarm_from_the_console(
             await expect(page.locator("#detail-state")).to_have_text("cancelled")
             await expect(page.locator("#impact")).to_contain_text("did not complete")
             assert (await live.service.corridor(corridor_id)).state == "cancelled"
-            await live.service.tick_once()  # its status goes to the store
-            await asyncio.sleep(0.3)
+            await live.service.tick_once()  # its status goes to the store, in the background
+            await _stored(live, corridor_id, CorridorState.CANCELLED)
             await page.select_option("#history-form [name=state]", "cancelled")
             await page.click("#history-form button")
             history = page.locator(f"[data-history='{corridor_id}']")
