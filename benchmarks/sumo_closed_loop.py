@@ -96,10 +96,10 @@ def _second_upstream(journeys: list[Journey], crossing: str) -> tuple[float, flo
     the first's after the clearance (the crossing plan's least ``intergreen_s``), even were the
     first's window closed the moment it passed, the second's own queue gone and the second
     arriving at speed."""
-    lines = {
-        j.trip.vehicle: [ln.intersection for ln in j.trip.stop_lines].index(crossing)
-        for j in journeys
-    }
+    reached = {j.trip.vehicle: [ln.intersection for ln in j.trip.stop_lines] for j in journeys}
+    if any(crossing not in passed for passed in reached.values()):
+        return math.nan, math.nan  # one never got there (the run ended, SUMO took it out)
+    lines = {vehicle: passed.index(crossing) for vehicle, passed in reached.items()}
     first, second = sorted(journeys, key=lambda j: j.trip.stop_lines[lines[j.trip.vehicle]].left_s)
     at = lines[second.trip.vehicle]
     stretch = second.trip.stop_lines[max(0, at - 1) : at + 1]

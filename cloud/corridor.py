@@ -42,6 +42,7 @@ from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     MAX_SEQ,
+    MAX_SPEED_MPS,
     MAX_WINDOWS,
     AckStatus,
     CorridorIntersection,
@@ -94,7 +95,6 @@ MOST_SPREAD_RATE = 0.5
 """Its ceiling: ETAs off by half the time to go leave nothing to plan windows on anyway."""
 ADVICE_MIN_HOLD_S = 1.0
 """A shorter hold is no stop (engines count a wait over 1 s, or a fall to walking pace)."""
-"""A hold shorter than this is within the ETA's error: no advice for it."""
 CUT = "its window ran out before it arrived: the cross streets have their turn first"
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
@@ -213,6 +213,9 @@ class Corridor:
     """When its first position came: its trip starts there (``CorridorImpact.trip_s``)."""
     advised_mps: float | None = None
     """The speed advised to its crew since the last re-timing (``_advise``); none: its own."""
+    advised_s: float = -math.inf
+    """When it was last advised a speed: a stop line it passes after a forecast made before
+    then teaches no ETA error (it came when it was told to)."""
     spread_rate: float = LEAST_SPREAD_RATE
     """How its ETA's uncertainty grows with the time to go, learned from the error of the
     forecasts at the stop lines it passed (``_learn_spread``); the band's low edge sets how
@@ -526,7 +529,8 @@ class CorridorManager:
                 if line.hop < hop and not line.released:
                     line.passed_s = now_s
                     line.released = True
-                    _learn_spread(corridor, line)
+                    if line.forecast is None or corridor.advised_s < line.forecast[0]:
+                        _learn_spread(corridor, line)  # not what it was told to do
                     if corridor.reason == CUT:
                         corridor.reason = None
             if hop == len(links) - 1 and position.offset_m >= self.graph.link_length[link] - 1.0:
@@ -766,6 +770,8 @@ class CorridorManager:
             self._check_stuck(corridor, now_s)  # against the windows it was given
             self._time_windows(corridor, now_s, reservations, holders)
             corridor.advised_mps = self._advise(corridor, now_s)
+            if corridor.advised_mps is not None:
+                corridor.advised_s = now_s
             for line in corridor.stop_lines:
                 if not line.released:
                     reservations += [(line.intersection, line.group, a, b) for a, b in _spans(line)]
@@ -942,20 +948,24 @@ class CorridorManager:
         metres = self.graph.link_length[links].astype(np.float64)
         own = metres / (self.graph.link_time[links] * corridor.pace)
         metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
-        due = ready_s - now_s
+        # from where it was last seen, so from then: another vehicle's report re-times this
+        # one between its own reports, and must not find it further away than it is
+        seen_s = corridor.seen[2] if corridor.seen is not None else now_s
+        due = ready_s - seen_s
         if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:
             return None
 
         def early(speed: float) -> bool:
             return float(np.sum(metres / np.minimum(own, speed))) < due
 
-        slow, fast = self.settings.min_advised_mps, float(own.max())
+        least = self.settings.min_advised_mps
+        slow, fast = least, min(float(own.max()), MAX_SPEED_MPS)
         if early(slow):
             return slow
         while fast - slow > 0.05:
             middle = 0.5 * (slow + fast)
             slow, fast = (middle, fast) if not early(middle) else (slow, middle)
-        return round(slow, 1)
+        return max(round(slow, 1), least)
 
     def _lead(
         self, corridor: Corridor, count: int, now_s: float, holders: Counter[str]
@@ -1248,6 +1258,11 @@ class CorridorManager:
         """End the corridor; its stop lines are released by the next dispatch."""
         trip = self._trip(corridor, now_s) if state is CorridorState.COMPLETED else None
         self.impact.ended(corridor.corridor_id, now_s, trip)
+        unpassed = {line.intersection for line in _ahead(corridor)}
+        for other in self._live():
+            for line in _ahead(other):
+                # it no longer comes: the others yield there only to whoever still does
+                line.yields = line.yields and line.intersection not in unpassed
         for line in corridor.stop_lines:
             line.released = True
         corridor.state, corridor.reason = state, reason

@@ -171,6 +171,7 @@ class ReferenceModel:
             [],
             [],
         )
+        self._apply_overrides()  # those from time 0 hold from the start, as in the kernel
         self._update_signals()
 
     # --- the route and the network -------------------------------------------------------

@@ -479,8 +479,8 @@ def test_ids_built_from_a_long_vehicle_id_stay_valid() -> None:
     assert _statuses(actions)[0].status.corridor_id == corridor_id
 
 
-def _at(link: str, offset_m: float, now: float) -> VehiclePosition:
-    return VehiclePosition(vehicle="AMB-1", time=now, link=link, offset_m=offset_m, speed_mps=0.0)
+def _at(link: str, offset_m: float, now: float, vehicle: str = "AMB-1") -> VehiclePosition:
+    return VehiclePosition(vehicle=vehicle, time=now, link=link, offset_m=offset_m, speed_mps=0.0)
 
 
 def _showing(indication: Indication) -> Any:
@@ -889,3 +889,23 @@ def test_a_hold_the_last_link_cannot_take_is_advised_from_the_link_before() -> N
     at_a02 = a03.eta_s - APPROACH_M / 8.0
     first = float(GRAPH.link_length[GRAPH.link_index["a01-a02"]])
     assert advised == pytest.approx(first / (at_a02 - 100.0), abs=0.1)
+
+
+def test_advice_is_the_same_whoever_s_report_re_times_it_and_ends_with_the_one_it_yields_to() -> (
+    None
+):
+    """Re-timed by FIRE-2's report 7 s after AMB-1's own, AMB-1's advice counts from where
+    AMB-1 was seen, not as if it had not moved; FIRE-2 cancelled before its window, AMB-1 no
+    longer yields at a03 and is told to drive at its own speed."""
+    manager = _held_at_a03()
+    advised = _advised(manager.on_position(_at("a02-a03", 0.0, 100.0), 100.0))
+    assert advised is not None
+    fire = manager.by_vehicle["FIRE-2"]
+    side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
+    leaves = 118.0 - side  # as planned: its window does not move
+    again = _advised(manager.on_position(_at("a03s-a03", 0.0, leaves, "FIRE-2"), leaves))
+    assert again == pytest.approx(advised, abs=0.2)
+    manager.cancel(fire, leaves + 1.0)
+    assert not _line_at(manager, "AMB-1", "a03").yields
+    now = leaves + 2.0
+    assert _advised(manager.on_position(_at("a02-a03", (now - 100.0) * advised, now), now)) is None
