@@ -83,17 +83,22 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         every = [list(o.journeys.values()) for o in outcomes]
         figures["second_loss_s"] = [max(j.delay_at(crossing) for j in js) for js in every]
         figures["neither_stops"] = [all(j.stops_at[crossing] == 0 for j in js) for js in every]
-        figures["second_upstream_s"] = [_second_upstream(js, crossing)[0] for js in every]
-        figures["second_floor_s"] = [_second_upstream(js, crossing)[1] for js in every]
+        signals = load_network(GRID.network).plans[crossing].signals
+        clearance = min(signals.intergreen_s({group}) for group in signals.groups)
+        upstream = [_second_upstream(js, crossing, clearance) for js in every]
+        figures["second_upstream_s"] = [lost for lost, _ in upstream]
+        figures["second_floor_s"] = [least for _, least in upstream]
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
     return figures
 
 
-def _second_upstream(journeys: list[Journey], crossing: str) -> tuple[float, float]:
+def _second_upstream(
+    journeys: list[Journey], crossing: str, clearance_s: float
+) -> tuple[float, float]:
     """What the second to cross lost over the two links up to the crossing (speed advice
     slows it on both, so its loss at the crossing alone would not hold all it gave up there),
     and the least it could have lost there, the first crossing when it did: its green follows
-    the first's after the clearance (the crossing plan's least ``intergreen_s``), even were the
+    the first's after ``clearance_s`` (the crossing plan's least intergreen), even were the
     first's window closed the moment it passed, the second's own queue gone and the second
     arriving at speed."""
     reached = {j.trip.vehicle: [ln.intersection for ln in j.trip.stop_lines] for j in journeys}
@@ -104,11 +109,9 @@ def _second_upstream(journeys: list[Journey], crossing: str) -> tuple[float, flo
     at = lines[second.trip.vehicle]
     stretch = second.trip.stop_lines[max(0, at - 1) : at + 1]
     lost = sum(line.delay_s for line in stretch)
-    signals = load_network(GRID.network).plans[crossing].signals
-    least = min(signals.intergreen_s({group}) for group in signals.groups)
     passed = first.trip.stop_lines[lines[first.trip.vehicle]].left_s
     unhindered = stretch[-1].left_s - lost
-    return lost, max(0.0, passed + least - unhindered)
+    return lost, max(0.0, passed + clearance_s - unhindered)
 
 
 def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:

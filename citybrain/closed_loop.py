@@ -378,11 +378,15 @@ class _Vehicle:
         self.progression_mps = float(np.sum(lengths) / np.sum(lengths / speeds))
         self.hop = 0
         self.stops = 0
-        self.advised_mps: float | None = None
-        """The speed its corridor advises, which it keeps to (none: its own)."""
         self.advice: list[tuple[float, float | None]] = []
+        """(time, speed) each time its corridor's advice changed (``Journey.advice``)."""
         self.held_until: dict[int, float] = {}
         """The ceiling: per hop of the route, until when its signal holds green."""
+
+    @property
+    def advised_mps(self) -> float | None:
+        """The speed its corridor advises now, which it keeps to (none: its own)."""
+        return self.advice[-1][1] if self.advice else None
 
 
 class _Driver:
@@ -614,9 +618,8 @@ class _Driver:
         """The crew keeps to the speed its corridor's status advises (none: its own)."""
         vehicle = next((v for v in self.vehicles if v.name == status.vehicle), None)
         if vehicle is not None and status.advised_speed_mps != vehicle.advised_mps:
-            vehicle.advised_mps = status.advised_speed_mps
-            vehicle.advice.append((self.run.now, vehicle.advised_mps))
-            self.run.set_speed_cap(vehicle.name, vehicle.advised_mps)
+            vehicle.advice.append((self.run.now, status.advised_speed_mps))
+            self.run.set_speed_cap(vehicle.name, status.advised_speed_mps)
 
     def _send(self, node: str, plan: SignalPlan) -> AckStatus:
         self._note_windows(node, plan)

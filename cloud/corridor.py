@@ -918,6 +918,9 @@ class CorridorManager:
         ``ADVICE_MIN_HOLD_S`` early."""
         if not self.settings.speed_advice or corridor.seen is None or corridor.stuck:
             return None
+        # counted from where it was last seen: another vehicle's report re-times this one
+        # between its own reports, and must not find it further away than it is
+        seen_s = corridor.seen[2]
         ahead = _ahead(corridor)[:2]
         yields = [line.due and line.yields and line.close_s > line.open_s for line in ahead]
         targets = []  # (stop line, when to get there at the soonest)
@@ -927,7 +930,7 @@ class CorridorManager:
             links = corridor.route.link_indices[ahead[0].hop + 1 : ahead[1].hop + 1]
             slowest = float(np.sum(self.graph.link_length[links])) / self.settings.min_advised_mps
             targets.append((ahead[0], self._ready_at(corridor, ahead[1], now_s) - slowest))
-        speeds = [self._speed_to(corridor, line, at, now_s) for line, at in targets]
+        speeds = [self._speed_to(corridor, line, at - seen_s) for line, at in targets]
         return min((speed for speed in speeds if speed is not None), default=None)
 
     def _ready_at(self, corridor: Corridor, line: StopLine, now_s: float) -> float:
@@ -939,19 +942,14 @@ class CorridorManager:
             return line.open_s + self._flush_s(corridor, line)
         return line.eta_s
 
-    def _speed_to(
-        self, corridor: Corridor, line: StopLine, ready_s: float, now_s: float
-    ) -> float | None:
-        """The fastest speed (at least ``min_advised_mps``) that reaches ``line`` no sooner
-        than ``ready_s``; None where the vehicle's own speed does, within a second."""
+    def _speed_to(self, corridor: Corridor, line: StopLine, due: float) -> float | None:
+        """The fastest speed (at least ``min_advised_mps``) that takes ``due`` seconds or
+        more from the vehicle's last reported position to ``line``; None where its own speed
+        does, within a second."""
         links = corridor.route.link_indices[: line.hop + 1]
         metres = self.graph.link_length[links].astype(np.float64)
         own = metres / (self.graph.link_time[links] * corridor.pace)
         metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
-        # from where it was last seen, so from then: another vehicle's report re-times this
-        # one between its own reports, and must not find it further away than it is
-        seen_s = corridor.seen[2] if corridor.seen is not None else now_s
-        due = ready_s - seen_s
         if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:
             return None
 

@@ -103,6 +103,13 @@ def signal_masks(
 
 
 @njit(cache=True)
+def _desired_speed(link: int, v: int, road: Road, demand: Demand, vehicles: Vehicles) -> float:
+    """The speed vehicle ``v`` drives ``link`` at: the link's times its factor, under any
+    speed cap it keeps to (advice its driver follows)."""
+    return float(min(road.link_speed[link] * demand.speed_factor[v], vehicles.speed_cap[v]))
+
+
+@njit(cache=True)
 def _gap(
     m: int,
     leave: float,
@@ -201,7 +208,7 @@ def run_steps(
                 kept += 1
                 continue
             move = demand.route_moves[demand.route_start[v] + vehicles.hop[v]]
-            speed = min(road.link_speed[link] * demand.speed_factor[v], vehicles.speed_cap[v])
+            speed = _desired_speed(link, v, road, demand, vehicles)
             before = vehicles.position[v]
             after = before + speed * model.dt
             if move < 0:
@@ -406,7 +413,7 @@ def run_steps(
                 vehicles.hop_enter[base + vehicles.hop[v]] = leave
                 # the rest of the step is driven on the new link, less the time a stopped
                 # vehicle loses braking to a stop and accelerating back to its speed
-                speed = min(road.link_speed[target] * demand.speed_factor[v], vehicles.speed_cap[v])
+                speed = _desired_speed(target, v, road, demand, vehicles)
                 lost = vehicles.carry[v] + (model.stop_loss * speed if stopped else 0.0)
                 vehicles.carry[v] = 0.0
                 if lost > 0.0 and demand.route_moves[base + vehicles.hop[v]] >= 0:
@@ -454,7 +461,7 @@ def run_steps(
                 vehicles.state[v] = DRIVING
                 vehicles.hop[v] = 0
                 vehicles.entered[v] = max(demand.depart[v], t)
-                speed = min(road.link_speed[first] * demand.speed_factor[v], vehicles.speed_cap[v])
+                speed = _desired_speed(first, v, road, demand, vehicles)
                 vehicles.position[v] = min(
                     speed * (horizon - vehicles.entered[v]), road.link_length[first]
                 )

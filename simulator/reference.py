@@ -171,7 +171,7 @@ class ReferenceModel:
             [],
             [],
         )
-        self._apply_overrides()  # those from time 0 hold from the start, as in the kernel
+        self._apply_due()  # those of time 0 hold from the start, as in the kernel
         self._update_signals()
 
     # --- the route and the network -------------------------------------------------------
@@ -246,7 +246,8 @@ class ReferenceModel:
         pending += [c.at_s for c in self.speed_caps if c.at_s > self.now]
         return min([soonest, *pending])
 
-    def _apply_overrides(self) -> None:
+    def _apply_due(self) -> None:
+        """The overrides and speed caps due by now."""
         for o in self.overrides:
             if o.at_s <= self.now:
                 self.forced[o.controller] = o.groups
@@ -346,7 +347,7 @@ class ReferenceModel:
             happen()
 
     def _change_signals(self) -> None:
-        self._apply_overrides()
+        self._apply_due()
         self._update_signals()
 
     def _sample(self) -> None:

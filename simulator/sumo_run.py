@@ -470,7 +470,9 @@ class SumoRun(ControlledRun):
         lib, speed = self._lib, self._caps[vehicle]
         with self._errors("advising a speed"):
             # the first cap gives the vehicle a type of its own: its own maximum is kept
-            own = self._own_max.setdefault(vehicle, lib.vehicle.getMaxSpeed(vehicle))
+            if vehicle not in self._own_max:
+                self._own_max[vehicle] = lib.vehicle.getMaxSpeed(vehicle)
+            own = self._own_max[vehicle]
             lib.vehicle.setMaxSpeed(vehicle, own if speed is None else min(speed, own))
 
     def close(self) -> None:
