@@ -163,6 +163,9 @@ class StopLine:
     yields: bool = False
     """Its window has had to follow another corridor's conflicting one here: the vehicle is
     advised a speed for it (``_advise``)."""
+    handed_over: bool = False
+    """Its open window was handed over to another corridor's vehicle that got here first (its
+    own was late, ``Settings.handover_s``): it keeps its place behind that one."""
     forecast: tuple[float, float] | None = None
     """(when, ETA) of the forecast made about ``FORECAST_S`` before the vehicle got here: its
     error once the vehicle passes teaches the corridor how far its ETAs can be trusted."""
@@ -264,6 +267,12 @@ class Settings:
     (``CorridorStatus.advised_speed_mps``, ``CorridorManager._advise``)."""
     min_advised_mps: float = 5.0
     """The slowest speed advised: a hold that needs a slower one is partly waited out."""
+    handover_s: float = 30.0
+    """A window open at an intersection another corridor shares is handed over to that
+    corridor's vehicle when it gets there this much before the holder's (which is late): the
+    holder's approach stays green until the other's window needs the switch, and the holder
+    gets its window again after it (``_in_turn``). Less than two clearances, the other's
+    passage and a re-flush of the holder's queue would cost the holder its green."""
     max_lease_s: float = 300.0
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
@@ -284,6 +293,7 @@ class Settings:
         check_number("stuck_s", self.stuck_s, gt=0.0, le=3600.0)
         check_number("max_window_s", self.max_window_s, gt=self.clear_after_s, le=300.0)
         check_number("min_advised_mps", self.min_advised_mps, gt=0.0, le=30.0)
+        check_number("handover_s", self.handover_s, ge=10.0, le=600.0)
         check_count("keep_ended", self.keep_ended, ge=1, le=1_000_000)
         check_count("epoch", self.epoch, le=MAX_SEQ)
         if self.lease_margin_s + self.clear_after_s >= self.max_lease_s:
@@ -814,24 +824,68 @@ class CorridorManager:
         """Live corridors in the order their windows are fitted: priority first, then whose
         window must open first at the intersection they share (its route's arrival there,
         without waiting for the other, less the flush its queue needs: the one whose window
-        is open keeps it), then the earlier request. That moves the order only when it drifts
-        by ``ARBITRATION_MARGIN_S``, so two vehicles due together do not swap at every
-        position report.
+        is open keeps it unless it hands it over, ``_hands_over``), then the earlier
+        request. That moves the order only when it drifts by ``ARBITRATION_MARGIN_S``, so two
+        vehicles due together do not swap at every position report.
 
         By window rather than by arrival: the longer queue flushes first, and the shorter
         window after it leaves the other approach less to pile up (demo grid, seeds 1-20:
         the second to cross lost 16.4 s at the crossing by arrival, 12.0 s by window)."""
+        shared = {
+            c.corridor_id: next((ln for ln in _ahead(c) if holders[ln.intersection] > 1), None)
+            for c in live
+        }
         for corridor in live:
-            shared = next((ln for ln in _ahead(corridor) if holders[ln.intersection] > 1), None)
-            if shared is None:
+            line = shared[corridor.corridor_id]
+            if line is None:
                 corridor.turn_s = math.inf
-            elif shared.plan_id is not None and shared.open_s <= now_s < shared.close_s:
+            elif line.handed_over or self._hands_over(corridor, line, live, shared, now_s):
+                corridor.turn_s = line.eta_s
+            elif line.plan_id is not None and line.open_s <= now_s < line.close_s:
                 corridor.turn_s = -math.inf
             else:
-                opens = float(corridor.route.line_s[shared.hop]) - self._flush_s(corridor, shared)
+                opens = float(corridor.route.line_s[line.hop]) - self._flush_s(corridor, line)
                 if not abs(opens - corridor.turn_s) <= ARBITRATION_MARGIN_S:
                     corridor.turn_s = opens
         return sorted(live, key=lambda c: (-c.priority, c.turn_s, c.requested_at))
+
+    def _hands_over(
+        self,
+        holder: Corridor,
+        line: StopLine,
+        live: list[Corridor],
+        shared: dict[str, StopLine | None],
+        now_s: float,
+    ) -> bool:
+        """Whether ``line``'s open window goes to another corridor of no lower priority whose
+        vehicle gets to the intersection ``handover_s`` before the holder's: a window held
+        for a late vehicle would make the other wait for it (demo grid: 47 s lost by the
+        second on seed 9, its way clear half a minute before the first came)."""
+        if line.plan_id is None or not line.open_s <= now_s < line.close_s:
+            return False
+        for other in live:
+            theirs = shared[other.corridor_id]
+            if (
+                other is not holder
+                and theirs is not None
+                and theirs.intersection == line.intersection
+                and other.priority >= holder.priority
+                and float(other.route.line_s[theirs.hop]) + self.settings.handover_s < line.eta_s
+            ):
+                # its window is re-timed after the other's: nothing of the old one is kept
+                line.handed_over = True
+                line.committed_s = None
+                line.open_s = line.close_s = 0.0
+                log.info(
+                    "%s: %s's window at %s handed over to %s, due %.0f s before it",
+                    holder.corridor_id,
+                    holder.vehicle,
+                    line.intersection,
+                    other.vehicle,
+                    line.eta_s - float(other.route.line_s[theirs.hop]),
+                )
+                return True
+        return False
 
     def _flush_s(self, corridor: Corridor, line: StopLine) -> float:
         """The green ``line``'s window needs before the vehicle: what it flushes ahead of it,

@@ -195,6 +195,7 @@ class CorridorSection:
     lead_budget_veh: float = _CORRIDOR.lead_budget_veh
     speed_advice: bool = _CORRIDOR.speed_advice
     min_advised_mps: float = _CORRIDOR.min_advised_mps
+    handover_s: float = _CORRIDOR.handover_s
     takeover_lead_s: float = _CORRIDOR.takeover_lead_s
     max_window_s: float = _CORRIDOR.max_window_s
     max_lease_s: float = _CORRIDOR.max_lease_s
@@ -219,7 +220,7 @@ class CorridorSection:
                 horizon_s=self.horizon_s, margin_s=self.margin_s, max_lead_s=self.max_lead_s,
                 lead_budget_veh=self.lead_budget_veh, takeover_lead_s=self.takeover_lead_s,
                 speed_advice=self.speed_advice, min_advised_mps=self.min_advised_mps,
-                max_window_s=self.max_window_s,
+                handover_s=self.handover_s, max_window_s=self.max_window_s,
                 max_lease_s=self.max_lease_s, position_timeout_s=self.position_timeout_s,
                 stuck_s=self.stuck_s, max_corridors=self.max_corridors, epoch=epoch,
             ),

@@ -615,6 +615,71 @@ def test_a_vehicle_waiting_for_another_corridor_has_its_queue_flushed_before_tha
     assert ambulance.eta_s + 5.0 < late.eta_s
 
 
+def _where(metres: float) -> tuple[str, float]:
+    """AMB-1's link and offset ``metres`` along its route."""
+    for link in ("west-a01", "a01-a02", "a02-a03", "a03-a04"):
+        length = float(GRAPH.link_length[GRAPH.link_index[link]])
+        if metres < length:
+            return link, metres
+        metres -= length
+    raise AssertionError("past a04")
+
+
+def _late_holder(handover_s: float) -> tuple[Any, Any, EmulatedController]:
+    """AMB-1's window at a03 opens early (60 cars queue there) and AMB-1 is then held up far
+    from it; FIRE-2 (same priority) is dispatched next to a03 while AMB-1's window is open.
+    a03's controller runs every plan sent to it; the cloud sees its display."""
+    manager = _manager(stuck_s=3600.0, handover_s=handover_s)
+    controller = EmulatedController(ROAD.plans["a03"], end_lag_s=2.0)
+    normal = manager.signal_states
+    manager.signal_states = lambda node, at: (
+        controller.state_at(at) if node == "a03" else normal(node, at)
+    )
+
+    def step(now: float, metres: float, fire_m: float | None = None) -> None:
+        manager.network_state.set_queue("a02-a03", 60.0, now)
+        actions = manager.on_position(_at(*_where(metres), now), now)
+        if fire_m is not None:
+            actions += manager.on_position(_at("a03s-a03", fire_m, now, "FIRE-2"), now)
+        for action in _plans(actions):
+            if action.intersection == "a03":
+                outcome = controller.command(action.plan, now)
+                assert outcome.status is AckStatus.ACCEPTED, outcome.verdict.reason
+
+    manager.request(_request("AMB-1", priority=5, depart_at=100.0), 100.0)
+    ambulance = _line_at(manager, "AMB-1", "a03")
+    now, metres = 100.0, 0.0
+    while not ambulance.open_s <= now < ambulance.close_s:
+        step(now, metres)
+        now, metres = now + 1.0, metres + 18.0
+    crossing = ("a03s", "a03", "a03n")
+    fire = _request("FIRE-2", origin="a03s", route=crossing, depart_at=now, requested_at=now)
+    for action in _plans(manager.request(fire, now)):
+        if action.intersection == "a03":
+            assert controller.command(action.plan, now).status is AckStatus.ACCEPTED
+    for second in range(10):  # AMB-1 stands where it is; FIRE-2 drives up to a03
+        step(now + 1.0 + second, metres, fire_m=10.0 * second)
+    return ambulance, _line_at(manager, "FIRE-2", "a03"), controller
+
+
+def test_a_window_held_for_a_late_vehicle_is_handed_over_to_one_that_comes_first() -> None:
+    ambulance, fire, controller = _late_holder(handover_s=30.0)
+    assert ambulance.handed_over
+    assert float(fire.eta_s) + 30.0 < ambulance.eta_s
+    intergreen = ROAD.plans["a03"].signals.intergreen_s({fire.group})
+    assert fire.open_s < fire.eta_s < fire.close_s
+    assert ambulance.open_s >= fire.close_s + intergreen - 1e-6
+    assert ambulance.open_s < ambulance.eta_s < ambulance.close_s
+    for line in (fire, ambulance):
+        shown = controller.state_at(line.eta_s).groups[line.group].indication
+        assert shown is Indication.GREEN
+    # without the handover FIRE-2 waits for the late AMB-1's window to end
+    kept, waiting, _ = _late_holder(handover_s=600.0)
+    assert not kept.handed_over
+    assert waiting.open_s >= kept.close_s
+    assert fire.eta_s + 20.0 < waiting.eta_s
+
+
 def test_a_corridor_whose_vehicle_is_lost_fails_with_the_reason_and_releases() -> None:
     manager = _manager()
     manager.request(_request(), 100.0)

@@ -250,6 +250,7 @@ def test_wrong_types_are_named(tmp_path: Path, text: str, key: str, reason: str)
         ("[clock]\nrate = 0\n", "clock.rate", "must be > 0.0"),
         ("[corridor]\nhorizon_s = 9999\n", "corridor.horizon_s", "must be <= 600.0"),
         ("[corridor]\nsend_attempts = 0\n", "corridor.send_attempts", "must be >= 1"),
+        ("[corridor]\nhandover_s = 5\n", "corridor.handover_s", "must be >= 10.0"),
         ("[broker]\nreconnect_max_s = 0.1\n", "broker.reconnect_max_s", "must be >= 0.5"),
         ("region = 'r/1'\n", "region", "not a valid id"),
         ("[broker]\nclient_id = 'a b'\n", "broker.client_id", "not a valid id"),
