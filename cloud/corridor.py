@@ -164,8 +164,9 @@ class StopLine:
     """Its window has had to follow another corridor's conflicting one here: the vehicle is
     advised a speed for it (``_advise``)."""
     handed_over: bool = False
-    """Its open window was handed over to another corridor's vehicle that got here first (its
-    own was late, ``Settings.handover_s``): it keeps its place behind that one."""
+    """Its open window went to another corridor's vehicle that gets here first
+    (``CorridorManager._hands_over``): it keeps its place behind that one until its own next
+    window opens."""
     forecast: tuple[float, float] | None = None
     """(when, ETA) of the forecast made about ``FORECAST_S`` before the vehicle got here: its
     error once the vehicle passes teaches the corridor how far its ETAs can be trusted."""
@@ -268,11 +269,12 @@ class Settings:
     min_advised_mps: float = 5.0
     """The slowest speed advised: a hold that needs a slower one is partly waited out."""
     handover_s: float = 30.0
-    """A window open at an intersection another corridor shares is handed over to that
-    corridor's vehicle when it gets there this much before the holder's (which is late): the
-    holder's approach stays green until the other's window needs the switch, and the holder
-    gets its window again after it (``_in_turn``). Less than two clearances, the other's
-    passage and a re-flush of the holder's queue would cost the holder its green."""
+    """A window open at an intersection another corridor of the same priority shares, whose
+    queue is flushed and whose vehicle is late, goes to the other's vehicle when that one
+    gets there this much sooner (``_hands_over``): the holder's approach stays green until
+    the other's window needs the switch, and the holder's window comes after it. Less than
+    two clearances, the other's passage and a re-flush of the holder's queue would cost the
+    holder its green."""
     max_lease_s: float = 300.0
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
@@ -839,10 +841,15 @@ class CorridorManager:
             line = shared[corridor.corridor_id]
             if line is None:
                 corridor.turn_s = math.inf
-            elif line.handed_over or self._hands_over(corridor, line, live, shared, now_s):
-                corridor.turn_s = line.eta_s
             elif line.plan_id is not None and line.open_s <= now_s < line.close_s:
-                corridor.turn_s = -math.inf
+                if self._hands_over(corridor, line, live, shared, now_s):
+                    _hand_over(corridor, line)
+                    corridor.turn_s = float(corridor.route.line_s[line.hop])
+                else:
+                    line.handed_over = False
+                    corridor.turn_s = -math.inf
+            elif line.handed_over:
+                corridor.turn_s = float(corridor.route.line_s[line.hop])
             else:
                 opens = float(corridor.route.line_s[line.hop]) - self._flush_s(corridor, line)
                 if not abs(opens - corridor.turn_s) <= ARBITRATION_MARGIN_S:
@@ -857,33 +864,34 @@ class CorridorManager:
         shared: dict[str, StopLine | None],
         now_s: float,
     ) -> bool:
-        """Whether ``line``'s open window goes to another corridor of no lower priority whose
-        vehicle gets to the intersection ``handover_s`` before the holder's: a window held
-        for a late vehicle would make the other wait for it (demo grid: 47 s lost by the
-        second on seed 9, its way clear half a minute before the first came)."""
-        if line.plan_id is None or not line.open_s <= now_s < line.close_s:
-            return False
+        """Whether ``line``'s open window should go to another corridor's vehicle (one not
+        stuck, whose movement conflicts with it) that gets there first: one of higher
+        priority whenever it does (it is fitted first, and the holder's committed window
+        would otherwise keep it waiting); one of the same priority only where the holder is
+        late, its queue flushed (what the window was opened early for) and still no sooner
+        there than ``handover_s`` after the other, so that the switch and back costs it
+        nothing. Arrivals are the routes' own, without waiting for each other."""
+        signals = self.plans[line.intersection].signals
+        arrival = float(holder.route.line_s[line.hop])
+        flushed = now_s >= line.open_s + self._flush_s(holder, line)
         for other in live:
             theirs = shared[other.corridor_id]
             if (
-                other is not holder
-                and theirs is not None
-                and theirs.intersection == line.intersection
-                and other.priority >= holder.priority
-                and float(other.route.line_s[theirs.hop]) + self.settings.handover_s < line.eta_s
+                other is holder
+                or other.stuck
+                or theirs is None
+                or theirs.intersection != line.intersection
+                or not signals.conflict(theirs.group, line.group)
             ):
-                # its window is re-timed after the other's: nothing of the old one is kept
-                line.handed_over = True
-                line.committed_s = None
-                line.open_s = line.close_s = 0.0
-                log.info(
-                    "%s: %s's window at %s handed over to %s, due %.0f s before it",
-                    holder.corridor_id,
-                    holder.vehicle,
-                    line.intersection,
-                    other.vehicle,
-                    line.eta_s - float(other.route.line_s[theirs.hop]),
-                )
+                continue
+            comes = float(other.route.line_s[theirs.hop])
+            if other.priority > holder.priority and comes < arrival:
+                return True
+            if (
+                other.priority == holder.priority
+                and flushed
+                and comes + self.settings.handover_s < arrival
+            ):
                 return True
         return False
 
@@ -1420,6 +1428,21 @@ def _learn_spread(corridor: Corridor, line: StopLine) -> None:
     error = abs(line.passed_s - eta_s) / max(eta_s - made_s, 10.0)
     rate = (1.0 - SPREAD_LEARNING) * corridor.spread_rate + SPREAD_LEARNING * error
     corridor.spread_rate = min(max(rate, LEAST_SPREAD_RATE), MOST_SPREAD_RATE)
+
+
+def _hand_over(holder: Corridor, line: StopLine) -> None:
+    """Give up ``line``'s open window (``_hands_over``): it is re-timed after the other's,
+    and nothing of the old one is kept (its opening is not pinned again)."""
+    if not line.handed_over:
+        log.info(
+            "%s: %s's window at %s handed over to a vehicle that comes first",
+            holder.corridor_id,
+            holder.vehicle,
+            line.intersection,
+        )
+    line.handed_over = True
+    line.committed_s = None
+    line.open_s = line.close_s = 0.0
 
 
 def _holds(corridor: Corridor, node: str) -> bool:
