@@ -626,9 +626,11 @@ def _where(metres: float, links: tuple[str, ...]) -> tuple[str, float]:
     raise AssertionError(f"past {links[-1]}")
 
 
-def _crossing_at_a03(*, held_s: float, fire_after_s: float) -> dict[str, float]:
-    """AMB-1's window at a03 opens a minute early (60 cars queue there); AMB-1 then stands
-    ``held_s`` where it is; FIRE-2 (same priority) is dispatched next to a03 ``fire_after_s``
+def _crossing_at_a03(
+    *, held_s: float, fire_after_s: float, fire_priority: int = 5
+) -> dict[str, float]:
+    """AMB-1 (priority 5)'s window at a03 opens a minute early (60 cars queue there); AMB-1
+    then stands ``held_s`` where it is; FIRE-2 is dispatched next to a03 ``fire_after_s``
     after that window opened. Both drive at 15 m/s and stop at a03's stop line unless their
     group is green. a03's controller runs every plan sent to it, and the cloud sees its
     display. Returns how long each stood at a03's red."""
@@ -656,7 +658,7 @@ def _crossing_at_a03(*, held_s: float, fire_after_s: float) -> dict[str, float]:
         manager.network_state.set_queue("a02-a03", 60.0 if opened == math.inf else 0.0, now)
         actions = []
         if now >= opened + fire_after_s and "FIRE-2" not in manager.by_vehicle:
-            fire = _request("FIRE-2", origin="a03s", route=("a03s", "a03", "a03n"),
+            fire = _request("FIRE-2", fire_priority, origin="a03s", route=("a03s", "a03", "a03n"),
                             depart_at=now, requested_at=now)  # fmt: skip
             actions += manager.request(fire, now)
         for name in [n for n in driven if n in manager.by_vehicle]:
@@ -702,6 +704,17 @@ def test_a_window_flushing_for_a_vehicle_on_time_is_not_handed_over(
     assert "handed over" not in caplog.text
     assert waited["AMB-1"] == 0.0
     assert waited["FIRE-2"] > 10.0
+
+
+def test_a_window_open_for_a_lower_priority_goes_to_a_higher_one_that_comes_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, FIRE-2 of priority 9: it takes AMB-1's open window and waits only for the
+    switch (the same priority waits for AMB-1's window, over 10 s)."""
+    with caplog.at_level("INFO", logger="citybrain.cloud.corridor"):
+        waited = _crossing_at_a03(held_s=0.0, fire_after_s=0.0, fire_priority=9)
+    assert "handed over" in caplog.text
+    assert waited["FIRE-2"] <= 2.0
 
 
 def test_a_corridor_whose_vehicle_is_lost_fails_with_the_reason_and_releases() -> None:
