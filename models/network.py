@@ -133,8 +133,13 @@ class Movement:
     to_link: str
     turn: Turn
     signal_group: str
+    junction_speed_mps: float | None = None
+    """The speed limit across its junction (SUMO's internal lanes: netconvert slows a turn
+    for its curve); None: its links' own."""
 
     def __post_init__(self) -> None:
+        if self.junction_speed_mps is not None:
+            check_number("movement.junction_speed_mps", self.junction_speed_mps, gt=0.0, le=70.0)
         check_id_fields(
             (
                 "movement.id",

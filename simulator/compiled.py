@@ -54,6 +54,10 @@ class CompiledNetwork:
     mv_lanes: NDArray[np.int32]
     mv_headway: NDArray[np.float64]
     """Saturation headway of a movement's own lanes (all of them discharging)."""
+    mv_slower: NDArray[np.float64]
+    """Its vehicles' headways over the stop line against a through's (1 or more): a turn
+    taken slower than the link's speed (``Movement.junction_speed_mps``) is followed at
+    about 1 s plus a car length at that speed (``turning_headway_factor``)."""
     mv_lane_mask: NDArray[np.int64]
     """Bit ``i`` set when the source link's lane ``i`` allows the movement's turn."""
     mv_queue: NDArray[np.int64]
@@ -169,6 +173,7 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
     mv_bit = np.zeros(len(ordered), dtype=np.int32)
     mv_lanes = np.ones(len(ordered), dtype=np.int32)
     mv_headway = np.zeros(len(ordered), dtype=np.float64)
+    mv_slower = np.ones(len(ordered), dtype=np.float64)
     x = {node.id: (node.x_m, node.y_m) for node in net.intersections}
     lane_mask = _lane_masks(ordered, net.link_by_id, x)
     for i, m in enumerate(ordered):
@@ -180,6 +185,7 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
             )
         mv_lanes[i] = serving
         mv_headway[i] = saturation_headway_s(source.saturation_flow_vphpl) / serving
+        mv_slower[i] = turning_headway_factor(m.junction_speed_mps, source.speed_limit_mps)
         if m.intersection_id in controller_index:
             c = controller_index[m.intersection_id]
             mv_controller[i] = c
@@ -225,6 +231,7 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
         mv_bit,
         mv_lanes,
         mv_headway,
+        mv_slower,
         lane_mask,
         queue,
         qu_lanes,
@@ -249,6 +256,21 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
         np.array(clears, dtype=np.float64),
         np.array(keeps, dtype=np.int64),
     )
+
+
+REACTION_S = 1.0
+"""What a driver keeps to the car ahead, beside its length, discharging from a queue."""
+
+
+def turning_headway_factor(junction_mps: float | None, link_mps: float) -> float:
+    """How much longer a queue's vehicle takes to clear the stop line when it crosses the
+    junction at ``junction_mps`` than at the link's speed: a driver keeps about
+    ``REACTION_S`` plus a car length to the one ahead, at the speed it drives (SUMO on
+    Ingolstadt, one lane, 30 s of green: 1.92 s a car straight on, 2.42 s turning left at
+    7.3 m/s, 2.58 s turning right at 6.5 m/s; this gives 1.32x and 1.40x of 13.9 m/s)."""
+    if junction_mps is None or junction_mps >= link_mps:
+        return 1.0
+    return (REACTION_S + JAM_SPACING_M / junction_mps) / (REACTION_S + JAM_SPACING_M / link_mps)
 
 
 def _lane_masks(

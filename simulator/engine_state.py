@@ -48,6 +48,7 @@ class Road(NamedTuple):
     mv_controller: NDArray[np.int32]
     mv_bit: NDArray[np.int32]
     mv_headway: NDArray[np.float64]
+    mv_slower: NDArray[np.float64]
     mv_lane_mask: NDArray[np.int64]
     mv_queue: NDArray[np.int64]
     mv_yield_start: NDArray[np.int64]
@@ -136,6 +137,8 @@ class Demand(NamedTuple):
     route_moves: NDArray[np.int32]
     speed_factor: NDArray[np.float64]
     emergency: NDArray[np.bool_]
+    urgent: NDArray[np.int64]
+    """The emergency vehicles' indices."""
 
 
 class Vehicles(NamedTuple):
@@ -183,8 +186,9 @@ def plans_of(net: CompiledNetwork) -> Plans:
 
 def demand_of(trips: Trips) -> Demand:
     order = np.argsort(trips.depart, kind="stable").astype(np.int64)
-    fields = {name: getattr(trips, name) for name in Demand._fields if name != "order"}
-    return Demand(order=order, **fields)
+    urgent = np.flatnonzero(trips.emergency).astype(np.int64)
+    fields = {name: getattr(trips, name) for name in Demand._fields[2:-1]}
+    return Demand(trips.depart, order, **fields, urgent=urgent)
 
 
 def idle_signals(controllers: int) -> Signals:

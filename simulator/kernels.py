@@ -9,7 +9,8 @@ and only if the next link has storage left (so queues spill back upstream).
 
 Queues are lanes, not turns: movements of a link that share a lane share one queue (a lane is
 one file of cars whatever their turn), discharging at the saturation flow of all its lanes
-together and of each movement's own lanes. A vehicle that may not go (red, lost time, its
+together and of each movement's own lanes; a turn the junction slows (``mv_slower``) leaves a
+longer headway behind it. A vehicle that may not go (red, lost time, its
 lanes busy with the one before it, or its next link full) holds up those behind it whose
 lanes are all taken by held vehicles; the others pass it in a lane of their own. So a car
 waiting to turn left on a one-lane street holds everyone behind it, and on a street with a
@@ -17,6 +18,13 @@ left-turn lane it holds only the left turners. Vehicles of one movement never ov
 other: an emergency vehicle is faster on free road but waits behind an unflushed queue for
 its own turn like everyone else; vehicles held for another turn make way for it (they pull
 aside, as drivers must for blue lights).
+
+Driving vehicles pass one another freely, but for emergency vehicles, which are faster than
+everyone: one that has at least as many vehicles as its link has lanes driving within
+``FOLLOW_M`` ahead finds every lane taken (one by each of the nearest) and follows the fastest
+of those (nobody makes way
+on a moving road; in SUMO an ambulance lost 110-155 s a trip this way against the green wave).
+Who is ahead is read as each step begins.
 
 A permitted turn (a left or U-turn whose signal lets the opposing traffic go at the same
 time: SUMO's ``g``) gives way: it crosses only if the last vehicle of the movements it yields
@@ -65,6 +73,11 @@ FOE_CLEAR_S = 1.0
 """Of that gap, the time the vehicle it waited for takes to clear its path."""
 MAX_PASSING_SCAN = 64
 """Vehicles looked at per queue and step past held ones (bounds a step's work on long queues)."""
+FOLLOW_M = 70.0
+"""An emergency vehicle that has a vehicle in every lane of its link within this distance
+ahead cannot pass them: a lane change at 1.3x traffic's speed needs a safe gap of about 40 m
+to the car ahead in the other lane, and room to close on it (about 4 s at its speed; against
+SUMO's ambulance on the arterial, 50 m and 70 m: ``benchmarks/README.md``)."""
 
 
 @njit(cache=True)
@@ -107,6 +120,31 @@ def _desired_speed(link: int, v: int, road: Road, demand: Demand, vehicles: Vehi
     """The speed vehicle ``v`` drives ``link`` at: the link's times its factor, under any
     speed cap it keeps to (advice its driver follows)."""
     return float(min(road.link_speed[link] * demand.speed_factor[v], vehicles.speed_cap[v]))
+
+
+@njit(cache=True)
+def _followed_speed(v: int, road: Road, demand: Demand, vehicles: Vehicles) -> float:
+    """The speed driving emergency vehicle ``v`` is held to by traffic it cannot pass: with
+    at least as many vehicles as its link has lanes driving within ``FOLLOW_M`` ahead of it,
+    every lane is taken (one by each of the nearest), and it follows the fastest of those
+    nearest; ``inf`` where it is free."""
+    link = demand.route_links[demand.route_start[v] + vehicles.hop[v]]
+    here = vehicles.position[v]
+    lanes = road.link_lanes[link]
+    gaps = np.full(lanes, np.inf)  # the nearest ``lanes`` vehicles ahead, and their speeds
+    speeds = np.zeros(lanes)
+    for i in range(vehicles.n_active[0]):
+        u = vehicles.active[i]
+        if u == v or vehicles.state[u] != DRIVING:
+            continue
+        if demand.route_links[demand.route_start[u] + vehicles.hop[u]] != link:
+            continue
+        gap = vehicles.position[u] - here
+        farthest = np.argmax(gaps)
+        if 0.0 < gap <= FOLLOW_M and gap < gaps[farthest]:
+            gaps[farthest] = gap
+            speeds[farthest] = _desired_speed(link, u, road, demand, vehicles)
+    return speeds.max() if np.isfinite(gaps).all() else np.inf
 
 
 @njit(cache=True)
@@ -181,7 +219,13 @@ def run_steps(
     n_links = road.link_length.shape[0]
     stop_busy = np.zeros(n_links, dtype=np.bool_)
     yields = road.mv_yield.shape[0] > 0  # any permitted turn at all
+    followed = np.full(demand.urgent.shape[0], np.inf)
     for _ in range(steps):
+        # emergency vehicles held behind traffic filling every lane, as the step begins
+        for e in range(demand.urgent.shape[0]):
+            v = demand.urgent[e]
+            driving = vehicles.state[v] == DRIVING
+            followed[e] = _followed_speed(v, road, demand, vehicles) if driving else np.inf
         signal_masks(
             t,
             plans.ctl_cycle,
@@ -209,6 +253,10 @@ def run_steps(
                 continue
             move = demand.route_moves[demand.route_start[v] + vehicles.hop[v]]
             speed = _desired_speed(link, v, road, demand, vehicles)
+            if demand.emergency[v]:
+                for e in range(demand.urgent.shape[0]):
+                    if demand.urgent[e] == v:
+                        speed = min(speed, followed[e])
             before = vehicles.position[v]
             after = before + speed * model.dt
             if move < 0:
@@ -433,8 +481,8 @@ def run_steps(
                     road.link_length[target],
                 )
                 vehicles.state[v] = DRIVING
-                queues.next_departure[q] = leave + road.qu_headway[q]
-                queues.mv_next[m] = leave + road.mv_headway[m]
+                queues.next_departure[q] = leave + road.qu_headway[q] * road.mv_slower[m]
+                queues.mv_next[m] = leave + road.mv_headway[m] * road.mv_slower[m]
                 queues.last_cross[m] = leave
                 v = following
         # 3. departures: vehicles due now enter their first link if it has room, else wait.

@@ -56,6 +56,7 @@ class _Movement(msgspec.Struct, array_like=True):
     target: str
     turn: Turn
     group: str
+    junction_speed: float | None = None  # files written before it was kept have none
 
 
 class _Detector(msgspec.Struct, array_like=True):
@@ -123,7 +124,15 @@ def save(road: RoadNetwork, path: Path) -> None:
         ],
         [(a.id, a.intersection_id, a.link_id) for a in net.approaches],
         [
-            _Movement(m.id, m.intersection_id, m.from_link, m.to_link, m.turn, m.signal_group)
+            _Movement(
+                m.id,
+                m.intersection_id,
+                m.from_link,
+                m.to_link,
+                m.turn,
+                m.signal_group,
+                m.junction_speed_mps,
+            )
             for m in net.movements
         ],
         [
@@ -191,7 +200,8 @@ def _build(document: _File) -> RoadNetwork:
         ),
         tuple(Approach(*fields) for fields in document.approaches),
         tuple(
-            Movement(m.id, m.node, m.source, m.target, m.turn, m.group) for m in document.movements
+            Movement(m.id, m.node, m.source, m.target, m.turn, m.group, m.junction_speed)
+            for m in document.movements
         ),
         tuple(
             SignalGroup(g.id, g.node, frozenset(g.movements), g.crossing) for g in document.groups

@@ -14,9 +14,12 @@ Rules: a vehicle enters its first link when due, if the link and the lanes of it
 movement have room, else waits (all waiting vehicles are tried at every change, in the order
 they became due). It drives at link speed x its factor (under its ``SpeedCap`` once one is
 set), through others, to the back of its movement's queue (``length - vehicles x 7.5 m /
-lanes``) or to the end of its last link. A queue is FIFO over the lanes its movements share;
+lanes``) or to the end of its last link; an emergency vehicle with at least as many vehicles
+driving within 70 m ahead of it on its link as the link has lanes follows the fastest of the
+nearest of them, one a lane (it cannot pass). A queue is FIFO over the lanes its movements share;
 its first vehicle not held crosses at the latest of: the queue's last crossing + its lanes'
-headway, its movement's last crossing + the movement's headway, its joining, its group's green
+headway, its movement's last crossing + the movement's headway (both stretched by the
+movement's ``mv_slower`` after a turn the junction slows), its joining, its group's green
 start + the lost time; only while its group may proceed (green, the yellow end lag, an overlap
 through the change interval) and while the next link and the lanes it takes there have room. A
 vehicle that may not go holds those behind it whose lanes are all held (one held only for full
@@ -32,6 +35,7 @@ It is slow (every event looks at every vehicle on the road): for small networks 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,9 +61,12 @@ READ_AFTER_S = 1e-6
 """Signals are read this long after a change (changes are at least 0.5 s apart)."""
 NEVER = math.inf
 
-# Ties at one instant are settled in the kernel's stage order: signals, driving, crossing,
-# entering.
-SIGNAL, DRIVE, CROSS, ENTER = 0, 1, 2, 3
+FOLLOW_M = 70.0
+"""How far ahead an emergency vehicle looks for a lane free of traffic to pass in."""
+
+# Ties at one instant are settled in the kernel's stage order: who follows whom, signals,
+# driving, crossing, entering.
+FOLLOW, SIGNAL, DRIVE, CROSS, ENTER = -1, 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +152,8 @@ class ReferenceModel:
         self.overrides = sorted(overrides, key=lambda o: o.at_s)
         self.speed_caps = sorted(speed_caps, key=lambda c: c.at_s)
         self.cap = [math.inf] * trips.count
+        self.held: dict[int, float] = {}
+        """Emergency vehicles held behind traffic they cannot pass: the speed they follow."""
         movements = net.road.network.movement_by_id
         self.signal_of = [
             (movements[m].intersection_id, movements[m].signal_group) for m in net.movement_ids
@@ -183,9 +192,15 @@ class ReferenceModel:
         """Its movement at the end of its current link (``ahead`` links on); -1 at the end."""
         return int(self.trips.route_moves[self.trips.route_start[v.index] + v.hop + ahead])
 
-    def _speed(self, v: _Vehicle) -> float:
+    def _own_speed(self, v: _Vehicle) -> float:
         own = float(self.net.link_speed[self._link(v)] * self.trips.speed_factor[v.index])
         return min(own, self.cap[v.index])
+
+    def _speed(self, v: _Vehicle) -> float:
+        return min(self._own_speed(v), self.held.get(v.index, NEVER))
+
+    def _x(self, v: _Vehicle) -> float:
+        return v.x + self._speed(v) * (self.now - v.since)
 
     def _has_room(self, link: int, move: int) -> bool:
         net = self.net
@@ -256,7 +271,7 @@ class ReferenceModel:
         for cap in [c for c in self.speed_caps if c.at_s <= self.now]:
             v = driving.get(cap.vehicle)
             if v is not None:  # it drives on from where it is at the new speed
-                v.x, v.since = v.x + self._speed(v) * (self.now - v.since), self.now
+                v.x, v.since = self._x(v), self.now
             self.cap[cap.vehicle] = math.inf if cap.speed_mps is None else cap.speed_mps
         self.speed_caps = [c for c in self.speed_caps if c.at_s > self.now]
 
@@ -276,7 +291,7 @@ class ReferenceModel:
         """When driving ``v`` reaches the back of its queue (or its trip's end)."""
         move = self._move(v)
         target = float(self.net.link_length[self._link(v)]) if move < 0 else self._back(move)
-        x_now = v.x + self._speed(v) * (self.now - v.since)
+        x_now = self._x(v)
         if x_now >= target:
             return self.now
         return v.since + (target - v.x) / self._speed(v)
@@ -316,7 +331,8 @@ class ReferenceModel:
     def _next_event(self) -> tuple[float, int, Callable[[], None]]:
         """The earliest thing to happen: when, its kind (for ties), and doing it."""
         events: list[tuple[float, int, Callable[[], None]]] = [
-            (self._next_signal_change(), SIGNAL, self._change_signals)
+            (self._next_signal_change(), SIGNAL, self._change_signals),
+            (self._next_overtaking(), FOLLOW, self._follow),
         ]
         for v in self.driving:
             events.append((self._reach(v), DRIVE, partial(self._arrive_or_join, v)))
@@ -335,6 +351,7 @@ class ReferenceModel:
         next_sample = 0.0 if sample_every_s else NEVER
         while True:
             self._enter_waiting()
+            self._follow()
             at, _, happen = self._next_event()
             while sample_every_s and next_sample <= min(at, until_s):
                 self.now = next_sample
@@ -345,6 +362,58 @@ class ReferenceModel:
                 return self.result
             self.now = at
             happen()
+
+    # --- emergency vehicles behind traffic ---------------------------------------------
+
+    def _urgent_and_ahead(self) -> list[tuple[_Vehicle, list[_Vehicle]]]:
+        """Each driving emergency vehicle with the others driving on its link."""
+        urgent = [v for v in self.driving if self.trips.emergency[v.index]]
+        return [
+            (e, [u for u in self.driving if u is not e and self._link(u) == self._link(e)])
+            for e in urgent
+        ]
+
+    def _follow(self) -> None:
+        """Hold each driving emergency vehicle to the fastest of the nearest vehicles ahead,
+        as many as its link has lanes, when they are all within ``FOLLOW_M``; free it
+        otherwise. It drives on from where it is."""
+        for e, others in self._urgent_and_ahead():
+            here = self._x(e)
+            ahead = sorted(
+                (self._x(u) - here, self._own_speed(u))
+                for u in others
+                if 0.0 < self._x(u) - here <= FOLLOW_M
+            )
+            lanes = int(self.net.link_lanes[self._link(e)])
+            held = max(speed for _, speed in ahead[:lanes]) if len(ahead) >= lanes else NEVER
+            if held != self.held.get(e.index, NEVER):
+                e.x, e.since = here, self.now
+                self.held[e.index] = held
+
+    def _next_overtaking(self) -> float:
+        """When a vehicle next comes within ``FOLLOW_M`` of a driving emergency vehicle's
+        front or drops out of that reach (passed, or left behind), or two within it pass
+        each other (which are the nearest may change)."""
+        soonest = NEVER
+        for e, others in self._urgent_and_ahead():
+            here, speed = self._x(e), self._speed(e)
+            within = []
+            for u in others:
+                gap = self._x(u) - here
+                soonest = min(soonest, self._meets(gap, self._speed(u) - speed, (0.0, FOLLOW_M)))
+                if 0.0 < gap <= FOLLOW_M:
+                    within.append(u)
+            for u, w in itertools.combinations(within, 2):
+                gap = self._x(u) - self._x(w)
+                soonest = min(soonest, self._meets(gap, self._speed(u) - self._speed(w), (0.0,)))
+        return soonest
+
+    def _meets(self, gap: float, closing: float, edges: tuple[float, ...]) -> float:
+        """When a gap changing at ``closing`` m/s next reaches one of ``edges``."""
+        if closing == 0.0:
+            return NEVER
+        later = [self.now + (edge - gap) / closing for edge in edges]
+        return min((at for at in later if at > self.now), default=NEVER)
 
     def _change_signals(self) -> None:
         self._apply_due()
@@ -392,6 +461,7 @@ class ReferenceModel:
 
     def _arrive_or_join(self, v: _Vehicle) -> None:
         self.driving.remove(v)
+        self.held.pop(v.index, None)
         move = self._move(v)
         if move < 0:
             self.result.arrived[v.index] = self.now
@@ -409,8 +479,9 @@ class ReferenceModel:
         stopped = self.now - v.joined > STOP_WAIT_S
         if stopped:
             self.result.stops[v.index] += 1
-        queue.next_departure = self.now + float(net.qu_headway[q])
-        self.mv_next[move] = self.now + float(net.mv_headway[move])
+        slower = float(net.mv_slower[move])  # a turn the junction slows
+        queue.next_departure = self.now + float(net.qu_headway[q]) * slower
+        self.mv_next[move] = self.now + float(net.mv_headway[move]) * slower
         v.hop += 1
         self.result.hop_enter[self.trips.route_start[v.index] + v.hop] = self.now
         target = self._link(v)

@@ -3,7 +3,8 @@
 ``sumolib.net.readNet`` builds a rich object graph (shapes, back references, per-lane dicts):
 136 s and 4.3 GB for a 100,000-junction grid, while the importer needs a few attributes of each
 element. This reader makes one streaming pass and keeps compact frozen records: junction ids
-are interned, equal junction logics and phases shared, junction internals dropped.
+are interned, equal junction logics and phases shared, junction internals dropped (but for
+their lanes' speeds, which each connection keeps for the internal lane it takes).
 
 Even expat, the C parser under ``iterparse``, needs 11 s for the 1.5 GB of such a grid before
 Python sees an element, and 20 s with an empty handler per element. So a scanner for the XML
@@ -23,6 +24,7 @@ rows as sumolib's ``Node.getLinkIndex`` counts it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import itertools
@@ -82,6 +84,7 @@ class NetConnection:
     link_index: int  # index in the traffic light's phase states, -1 if none
     junction_index: int  # index in the junction's <request> rows (foes, response), -1 if none
     allows_car: bool  # the connection's own allow/disallow (True when it has none)
+    via_speed_mps: float  # speed limit of its first internal lane (nan: none known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +122,9 @@ class NetProgram:
 
 @dataclass(frozen=True)
 class NetFile:
-    """What the importer uses of a SUMO network. Left out: internal edges, internal junctions
-    and connections that start inside a junction (their ``from`` begins with ':')."""
+    """What the importer uses of a SUMO network. Left out: internal edges (but for their lanes'
+    speeds, in the connections through them), internal junctions and connections that start
+    inside a junction (their ``from`` begins with ':')."""
 
     path: Path
     edges: tuple[NetEdge, ...]
@@ -308,6 +312,7 @@ _NORMALIZED = str.maketrans("\t\n\r", "   ")
 # reference, a '<' (malformed) or a tab or line break (which XML reads as a space).
 _NOT_PLAIN = re.compile("[&<\t\n\r]")
 _PLAIN_VALUE = '[^"&<\t\n\r]*'
+_INTERNAL_LANE = re.compile(r'<lane id="([^"]*)"[^>]*? speed="([^"]*)"')
 
 _MAX_CACHED = 10_000  # entries per cache of layouts, templates and junction logics
 # A run of junction internals starts at a tag with this marker (outside its values: it has no
@@ -490,8 +495,10 @@ class _Scanner:
             if end < 0:
                 return -1
             end += len("</edge>")
-            closed = text.count("<edge ", start, end) == text.count("</edge>", start, end)
-            return end if closed else -1
+            if text.count("<edge ", start, end) != text.count("</edge>", start, end):
+                return -1
+            self.builder.internal_lanes(text[start:end])
+            return end
         return end if text.count("/>", start, end) == text.count("<", start, end) else -1
 
     def flat_elements(self, text: str, start: int, tag: str) -> int:
@@ -750,7 +757,8 @@ _SCHEMAS: dict[str, tuple[str, ...]] = {
     "tlLogic": ("id", "programID", "offset", "type"),
     "phase": ("duration", "state", "minDur", "maxDur"),
     "connection": (
-        "from", "to", "fromLane", "toLane", "dir", "tl", "linkIndex", "allow", "disallow"
+        "from", "to", "fromLane", "toLane", "dir", "tl", "linkIndex", "allow", "disallow",
+        "via",
     ),
 }  # fmt: skip
 _Values = tuple[str | None, ...]  # an element's attributes as its schema lists them
@@ -869,6 +877,10 @@ class _Builder:
         self.first_rows: list[list[int]] = []  # the first rows of each connection's edge
         self.counts_pedestrian_links = False  # there are walking areas
         self.edge: _OpenEdge | None = None
+        self.internal = False  # the edge being read is a junction's internal one
+        # internal lane id -> its speed (netconvert slows a turn for its curve), for the
+        # connections through it (SUMO writes them after the internal edges)
+        self.internal_speeds: dict[str, float] = {}
         self.junction: _OpenJunction | None = None
         self.program: _OpenProgram | None = None
         # Values met again and again, read once and shared.
@@ -908,7 +920,8 @@ class _Builder:
 
     def start_edge(self, values: _Values) -> None:
         edge_id, from_id, to_id, function = values
-        if function == "internal":
+        self.internal = function == "internal"
+        if self.internal:
             self.edge = None
             return
         if edge_id is not None and function in _PEDESTRIAN:
@@ -934,6 +947,8 @@ class _Builder:
     def start_lane(self, values: _Values) -> None:
         edge = self.edge
         if edge is None:
+            if self.internal:
+                self.internal_lane(values[0], values[2])
             return
         lane_id, index, speed, length, shape, allow, disallow = values
         try:
@@ -950,6 +965,19 @@ class _Builder:
         if lane_id is None or lane.index != len(edge.lanes) or not 0.0 <= lane.length_m < math.inf:
             self.bad_lane(values, edge)
         edge.lanes.append(lane)
+
+    def internal_lane(self, lane_id: str | None, speed: str | None) -> None:
+        """Keep an internal lane's speed (a lane without a valid one is not kept: the turns
+        through it are then taken as fast as their links)."""
+        if lane_id is None:
+            return
+        with contextlib.suppress(TypeError, ValueError):
+            self.internal_speeds[lane_id] = self.speeds.get(speed) or self.speed(speed)
+
+    def internal_lanes(self, run: str) -> None:
+        """Keep the speeds of the internal lanes in a run of internal edges read at once."""
+        for lane_id, speed in _INTERNAL_LANE.findall(run):
+            self.internal_lane(_unescape(lane_id) if "&" in lane_id else lane_id, speed)
 
     def speed(self, text: str | None) -> float:
         speed = float(text)  # type: ignore[arg-type]
@@ -1145,7 +1173,7 @@ class _Builder:
     # --- connections ---
 
     def start_connection(self, values: _Values) -> None:
-        from_id, to_id, from_lane, to_lane, direction, tl, link, allow, disallow = values
+        from_id, to_id, from_lane, to_lane, direction, tl, link, allow, disallow, via = values
         try:
             from_index = _SMALL_INTS[from_lane] if from_lane in _SMALL_INTS else int(from_lane)  # type: ignore[arg-type]
             to_index = _SMALL_INTS[to_lane] if to_lane in _SMALL_INTS else int(to_lane)  # type: ignore[arg-type]
@@ -1176,6 +1204,7 @@ class _Builder:
                 link_index,
                 self.count_link(rows, from_index, to_edge),  # the junction index: see ``result``
                 True if allow is None and disallow is None else self.allows_car(allow, disallow),
+                self.internal_speeds.get(via.split(" ", 1)[0], math.nan) if via else math.nan,
             )
         )
         self.first_rows.append(first_rows)
@@ -1191,7 +1220,7 @@ class _Builder:
         return rank
 
     def bad_connection(self, values: _Values) -> NoReturn:
-        from_id, to_id, from_lane, to_lane, direction, _, link, _, _ = values
+        from_id, to_id, from_lane, to_lane, direction, _, link, _, _, _ = values
         from_id = _required(from_id, "<connection> from")
         to_id = _required(to_id, f"<connection from={from_id!r}> to")
         element = f"<connection from={from_id!r} to={to_id!r}>"

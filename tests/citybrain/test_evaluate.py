@@ -45,9 +45,10 @@ def test_the_result_has_the_demo_s_policies_and_every_seed(arterial_result: dict
 
 def test_the_ceiling_holds_every_signal_green_and_no_policy_beats_it() -> None:
     """``green_all_the_way``: every signal on the route green for the ambulance from dispatch,
-    whatever it costs the cross streets: the ambulance drives at free flow, no policy is
-    clearly faster (the corridor matches it: within 1 %, the cars it catches up with), and
-    everyone else pays more than under the corridor."""
+    whatever it costs the cross streets: the ambulance never stops, losing only what the
+    traffic it cannot pass holds it to, no policy is clearly faster (the corridor matches it:
+    within 1 %, the cars it catches up with), and everyone else pays more than under the
+    corridor."""
     study = evaluate.Study(
         network="arterial:3", ambulances=(AMBULANCE,), demand="heavy", seeds=1, after_s=600.0,
         ceiling=True,
@@ -56,7 +57,7 @@ def test_the_ceiling_holds_every_signal_green_and_no_policy_beats_it() -> None:
     policies = result["policies"]
     assert list(policies) == ["no_priority", "local_preemption", "corridor", "green_all_the_way"]
     ceiling = policies["green_all_the_way"]
-    assert ceiling["ratio_to_free_flow"] == pytest.approx(1.0, abs=0.01)
+    assert 1.0 <= ceiling["ratio_to_free_flow"] <= 1.1
     assert ceiling["stops"] == 0
     assert ceiling["plans_refused"] == 0
     for name in ("no_priority", "local_preemption", "corridor"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from citybrain.models.errors import ValidationError
+from citybrain.models.network import Turn
 from citybrain.simulator import netfile
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
 
@@ -36,6 +38,25 @@ def test_save_and_load_round_trip(road: RoadNetwork, tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     netfile.save(back, again)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_a_junction_speed_makes_the_round_trip(tmp_path: Path) -> None:
+    road = arterial(1)
+    movements = tuple(
+        dataclasses.replace(m, junction_speed_mps=6.5 if m.turn is Turn.RIGHT else None)
+        for m in road.network.movements
+    )
+    road = dataclasses.replace(road, network=dataclasses.replace(road.network, movements=movements))
+    path = tmp_path / "net.json"
+    netfile.save(road, path)
+    back = netfile.load(path)
+    assert back == road
+    assert {m.junction_speed_mps for m in back.network.movements} == {6.5, None}
+    # files written before junction speeds were kept hold six fields a movement
+    document = json.loads(path.read_text())
+    document["movements"] = [movement[:6] for movement in document["movements"]]
+    path.write_text(json.dumps(document))
+    assert {m.junction_speed_mps for m in netfile.load(path).network.movements} == {None}
 
 
 def test_round_trip_of_a_grid_with_ten_or_more_columns(tmp_path: Path) -> None:

@@ -26,7 +26,12 @@ import numpy as np
 import pytest
 
 from citybrain.models.errors import ValidationError
-from citybrain.simulator.compiled import CompiledNetwork, compile_network
+from citybrain.models.network import Lane
+from citybrain.simulator.compiled import (
+    CompiledNetwork,
+    compile_network,
+    turning_headway_factor,
+)
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
 from citybrain.simulator.engine import Simulation
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
@@ -50,6 +55,14 @@ def _on_the_step_grid(road: RoadNetwork) -> RoadNetwork:
 
 def _shortened(road: RoadNetwork, metres: float) -> CompiledNetwork:
     return _reshaped(road, lengths={link.id: link.length_m - metres for link in road.network.links})
+
+
+def _all_green(net: CompiledNetwork, sim: Simulation) -> list[Override]:
+    """Every group of every controller let through from 0 s, in both models."""
+    everything = {node: frozenset(plan.signals.groups) for node, plan in net.road.plans.items()}
+    for c, node in enumerate(net.controller_ids):
+        sim.set_override(c, group_mask(net, c, everything[node]))
+    return [Override(0.0, node, groups) for node, groups in everything.items()]
 
 
 @dataclass(frozen=True)
@@ -112,12 +125,9 @@ def test_a_lone_vehicle_on_green_makes_the_same_trip(
 ) -> None:
     net = road if isinstance(road, CompiledNetwork) else compile_network(road)
     trips = fixed_route(net, route, depart_s=17.75, name="V", speed_factor=speed_factor)
-    everything = {node: frozenset(plan.signals.groups) for node, plan in net.road.plans.items()}
-    green = [Override(0.0, node, groups) for node, groups in everything.items()]
-    ref = ReferenceModel(net, trips, overrides=green).run(1000.0)
     sim = Simulation(net, trips)
-    for c, node in enumerate(net.controller_ids):
-        sim.set_override(c, group_mask(net, c, everything[node]))
+    green = _all_green(net, sim)
+    ref = ReferenceModel(net, trips, overrides=green).run(1000.0)
     sim.advance(1000.0)
     np.testing.assert_allclose(sim.hop_enter, ref.hop_enter, rtol=0.0, atol=1e-9)
     assert sim.arrived[0] == pytest.approx(ref.arrived[0], abs=1e-9)
@@ -310,3 +320,90 @@ def test_who_is_held_in_a_shared_lane_is_the_same(routes: list[list[str]], ambul
     np.testing.assert_allclose(sim.hop_enter, ref.hop_enter, rtol=0.0, atol=1e-9)
     np.testing.assert_allclose(sim.arrived, ref.arrived, rtol=0.0, atol=1e-9)
     assert np.array_equal(sim.stops, ref.stops)
+
+
+@pytest.mark.parametrize(
+    ("ahead", "lanes", "held"),
+    [
+        (3, None, True),  # a car in each of the three lanes: it follows them
+        (2, None, False),  # a lane free: it passes them
+        (1, ONE_LANE, True),  # one lane, one car: it follows it
+    ],
+)
+def test_an_ambulance_behind_traffic_filling_every_lane_follows_it(
+    ahead: int, lanes: tuple[Lane, ...] | None, held: bool
+) -> None:
+    """Cars at the speed limit and an ambulance 2 s behind them on a 3.6 km link: the same
+    trip in both models, the cars' pace where they take every lane."""
+    net = _reshaped(arterial(1), lanes={"west-a01": lanes} if lanes else None)
+    ambulance = fixed_route(net, ["west-a01"], depart_s=2.0, name="AMB", speed_factor=1.3)
+    trips = Trips.concat([vehicles(net, ["west-a01"], [0.0] * ahead), ambulance])
+    sim = Simulation(net, trips)
+    green = _all_green(net, sim)
+    sim.advance(1000.0)
+    ref = ReferenceModel(net, trips, overrides=green).run(1000.0)
+    alone = ReferenceModel(net, ambulance, overrides=green).run(1000.0)
+    assert np.isfinite(ref.arrived).all()
+    # the kernel reads who is ahead as a step begins: the ambulance's first step is free
+    assert sim.arrived[-1] == pytest.approx(ref.arrived[-1], abs=1.0)
+    np.testing.assert_allclose(sim.arrived[:-1], ref.arrived[:-1], rtol=0.0, atol=1e-9)
+    cars_pace = ref.arrived[0] + 2.0
+    if held:
+        assert ref.arrived[-1] == pytest.approx(cars_pace, abs=1.5)
+        assert ref.arrived[-1] > alone.arrived[0] + 55.0  # 1.3x faster alone
+    else:
+        assert ref.arrived[-1] == pytest.approx(alone.arrived[0], abs=1e-9)
+
+
+def test_an_ambulance_follows_the_nearest_car_in_its_lane_not_a_faster_one_ahead() -> None:
+    """One lane: a car at the speed limit, a slower one 1 s behind it, the ambulance 1.5 s
+    behind that: it keeps the slower car's pace to the end, in both models."""
+    net = _reshaped(arterial(1), lanes={"west-a01": ONE_LANE})
+    cars = [
+        vehicles(net, ["west-a01"], [0.0], speed_factor=1.0),
+        vehicles(net, ["west-a01"], [1.0], speed_factor=0.9),
+    ]
+    ambulance = fixed_route(net, ["west-a01"], depart_s=2.5, name="AMB", speed_factor=1.3)
+    trips = Trips.concat([*cars, ambulance])
+    sim = Simulation(net, trips)
+    green = _all_green(net, sim)
+    sim.advance(1000.0)
+    ref = ReferenceModel(net, trips, overrides=green).run(1000.0)
+    assert sim.arrived[-1] == pytest.approx(ref.arrived[-1], abs=1.0)
+    assert ref.arrived[-1] == pytest.approx(ref.arrived[1] + 1.5, abs=1.0)  # the slower car's
+    assert ref.arrived[1] > ref.arrived[0] + 25.0
+
+
+def _slowed_right_turn(speed_mps: float | None) -> CompiledNetwork:
+    road = arterial(1, saturation_flow_vphpl=1500.0)
+    movements = tuple(
+        dataclasses.replace(m, junction_speed_mps=speed_mps) if m.id == "a01:ER" else m
+        for m in road.network.movements
+    )
+    network = dataclasses.replace(road.network, movements=movements)
+    return compile_network(dataclasses.replace(road, network=network))
+
+
+@pytest.mark.parametrize("speed_mps", [None, 6.5])
+def test_a_turn_the_junction_slows_leaves_longer_headways_in_both_models(
+    speed_mps: float | None,
+) -> None:
+    """A standing queue of right turners after a red: the same crossings in both models,
+    spaced by their lane's headway stretched by the turn's factor (1.40 at 6.5 m/s)."""
+    net = _slowed_right_turn(speed_mps)
+    right = net.movement_index["a01:ER"]
+    factor = turning_headway_factor(speed_mps, 13.9)
+    assert net.mv_slower[right] == pytest.approx(factor)
+    assert factor == (1.0 if speed_mps is None else pytest.approx(1.40, abs=0.01))
+    trips = vehicles(net, ["west-a01", "a01-a01s"], [0.0] * 20)
+    overrides = [Override(0.0, "a01", frozenset()), Override(400.0, "a01", frozenset({"2"}))]
+    ref = ReferenceModel(net, trips, overrides=overrides).run(1000.0)
+    sim = Simulation(net, trips)
+    sim.set_override(0, 0)
+    sim.advance(400.0)
+    sim.set_override(0, group_mask(net, 0, ["2"]))
+    sim.advance(600.0)
+    np.testing.assert_allclose(sim.hop_enter, ref.hop_enter, rtol=0.0, atol=1e-9)
+    crossed = np.sort(ref.hop_enter[1::2])
+    headway = max(net.mv_headway[right], net.qu_headway[net.mv_queue[right]])
+    assert np.diff(crossed) == pytest.approx(headway * factor)

@@ -93,6 +93,29 @@ def test_links_match_the_sumo_edges(grid_file: Path, imported: sumo.SumoNet) -> 
     assert movements == pairs
 
 
+def test_a_movement_crosses_its_junction_at_sumo_s_internal_lane_speed(
+    grid_file: Path, imported: sumo.SumoNet
+) -> None:
+    """netconvert slows turns for their curve: the speed a movement crosses its junction at
+    is the mean of its connections' internal lanes', as sumolib reads them."""
+    net = sumolib.net.readNet(str(grid_file), withInternal=True)
+    slowed = 0
+    for movement in imported.road.network.movements:
+        source = net.getEdge(imported.edge_of_link[movement.from_link])
+        target = imported.edge_of_link[movement.to_link]
+        vias = [
+            c.getViaLaneID()
+            for lane in source.getLanes()
+            for c in lane.getOutgoing()
+            if c.getTo().getID() == target and c.getViaLaneID()
+        ]
+        speeds = [net.getLane(via).getSpeed() for via in vias]
+        assert movement.junction_speed_mps == pytest.approx(sum(speeds) / len(speeds))
+        slowed += movement.junction_speed_mps < source.getSpeed() - 0.1
+    turns = sum(m.turn in (Turn.LEFT, Turn.RIGHT) for m in imported.road.network.movements)
+    assert slowed >= turns > 0  # every turn slowed (netgenerate's default limitTurnSpeed)
+
+
 def test_junctions_and_signal_plans(grid_file: Path, imported: sumo.SumoNet) -> None:
     net = sumolib.net.readNet(str(grid_file), withPrograms=True)
     road = imported.road
