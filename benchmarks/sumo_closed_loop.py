@@ -337,10 +337,13 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     }
     traffic = [x for case, x in corridor.items() if not case.endswith("-alone")]
     alone = [x for case, x in corridor.items() if case.endswith("-alone")]
+    ran = any("sumo" in e for e in results.values())
     said = (
         f"the corridor takes {min(traffic):.2f}-{max(traffic):.2f}x free flow in traffic"
         if traffic
         else "no corridor case ran"
+        if ran
+        else "nothing ran (--engines ours)"
     )
     rows += [
         "",
@@ -356,8 +359,11 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             "better in that traffic)"
             for case, x in ceiling.items()
         )
-        + f"; the engines differ by up to {100 * max(gaps, default=math.nan):.1f} % on a "
-        "policy's mean trip",
+        + (
+            f"; the engines differ by up to {100 * max(gaps):.1f} % on a policy's mean trip"
+            if gaps
+            else "; one engine only: no comparison"
+        ),
     ]
     return "\n".join(rows)
 

@@ -66,6 +66,12 @@ def compare(
     return Comparison(setup, tuple(seeds), outcomes, intersections)
 
 
+def _per_seed(journeys: Sequence[Journey]) -> list[float | None]:
+    """Each seed's trip; null where the vehicle did not arrive before the run ended (JSON
+    has no nan)."""
+    return [round(j.travel_time_s, 2) if math.isfinite(j.travel_time_s) else None for j in journeys]
+
+
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -120,7 +126,7 @@ def summary(comparison: Comparison, *, vehicle: str = AMBULANCE) -> dict[str, An
             "plans_sent": round(_mean([float(o.plans_sent) for o in outcomes]), 1),
             "plans_refused": round(_mean([float(o.plans_refused) for o in outcomes]), 1),
             "delay_per_intersection_s": {k: round(_mean(v), 2) for k, v in per_stop.items()},
-            "per_seed_travel_time_s": [round(j.travel_time_s, 2) for j in journeys],
+            "per_seed_travel_time_s": _per_seed(journeys),
         }
     return {
         "scenario": _scenario(comparison.setup),
@@ -186,7 +192,7 @@ def grid_summary(comparison: Comparison) -> dict[str, Any]:
                 "stops_at_crossing": round(
                     _mean([float(j.stops_at[crossing]) for j in journeys]), 2
                 ),
-                "per_seed_travel_time_s": [round(j.travel_time_s, 2) for j in journeys],
+                "per_seed_travel_time_s": _per_seed(journeys),
             }
         every = [j for o in outcomes for j in o.journeys.values()]
         clear = [all(j.stops_at[crossing] == 0 for j in o.journeys.values()) for o in outcomes]

@@ -53,6 +53,10 @@ class Trips:
     """Vehicles routed again when they leave, on the travel times of that moment (SUMO routes
     a ``<trip>`` when it inserts it): their route here runs from their origin link to their
     destination link. ``None``: every route is fixed."""
+    standing: NDArray[np.bool_] | None = None
+    """Vehicles that start from a standstill (SUMO's default ``departSpeed`` 0, in its first
+    lane): each pays its pulling away, and enters its link only once the one that started
+    there before it has cleared a car length. ``None``: every vehicle leaves at speed."""
 
     @property
     def count(self) -> int:
@@ -81,6 +85,9 @@ class Trips:
             np.concatenate([_reroute_mask(p) for p in parts])
             if any(p.reroute is not None for p in parts)
             else None,
+            np.concatenate([standing_mask(p) for p in parts])
+            if any(p.standing is not None for p in parts)
+            else None,
         )
 
 
@@ -88,6 +95,13 @@ def _reroute_mask(trips: Trips) -> NDArray[np.bool_]:
     if trips.reroute is None:
         return np.zeros(trips.count, dtype=np.bool_)
     return trips.reroute
+
+
+def standing_mask(trips: Trips) -> NDArray[np.bool_]:
+    """Per vehicle, whether it starts from a standstill (``Trips.standing``)."""
+    if trips.standing is None:
+        return np.zeros(trips.count, dtype=np.bool_)
+    return trips.standing
 
 
 DEFAULT_TURNS = (0.15, 0.7, 0.15)
@@ -374,6 +388,7 @@ def _reorder(trips: Trips, order: NDArray[np.int64]) -> Trips:
         trips.depart[order], starts, lengths, trips.route_links[gather], trips.route_moves[gather],
         trips.speed_factor[order], trips.emergency[order], names,
         None if trips.reroute is None else trips.reroute[order],
+        None if trips.standing is None else trips.standing[order],
     )  # fmt: skip
 
 
@@ -407,6 +422,7 @@ class DepartureRouter:
             trips.emergency,
             trips.names,
             mask,
+            trips.standing,
         )
         self.net = net
         due = np.flatnonzero(mask)

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from citybrain.models.checks import check_count, check_number
 from citybrain.models.errors import ValidationError
+from citybrain.models.network import JAM_SPACING_M
 from citybrain.simulator import engine_state, kernels
 from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.demand import ROUTING_INTERVAL_S, DepartureRouter, Trips
@@ -59,6 +60,8 @@ class Simulation:
             raise ValidationError("trips.route_links", "a route names a link outside the network")
         if trips.reroute is not None and trips.reroute.shape != (trips.count,):
             raise ValidationError("trips.reroute", "needs one flag per vehicle")
+        if trips.standing is not None and trips.standing.shape != (trips.count,):
+            raise ValidationError("trips.standing", "needs one flag per vehicle")
         self.net = net
         self.router = DepartureRouter(net, trips) if trips.rerouted else None
         self.trips = trips if self.router is None else self.router.trips
@@ -70,8 +73,9 @@ class Simulation:
             dt=dt_s,
             lost_time=lost_time_s,
             end_lag=end_lag_s,
-            stop_loss=0.5 / acceleration_mps2 + 0.5 / deceleration_mps2,
             acceleration=acceleration_mps2,
+            deceleration=deceleration_mps2,
+            start_clear=math.sqrt(2.0 * JAM_SPACING_M / acceleration_mps2),
         )
         self.road = engine_state.road_of(net)
         self.plans = engine_state.plans_of(net)

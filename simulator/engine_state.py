@@ -30,9 +30,10 @@ class ModelParameters(NamedTuple):
     """Start-up lost time after a green begins (s)."""
     end_lag: float
     """Vehicles keep crossing this long into the yellow (s)."""
-    stop_loss: float
-    """Time a stop costs per m/s of speed: ``1/2a + 1/2b``."""
     acceleration: float
+    deceleration: float
+    start_clear: float
+    """How long a vehicle starting from a standstill takes to clear a car length."""
 
 
 class Road(NamedTuple):
@@ -124,6 +125,8 @@ class Links(NamedTuple):
     adv_occupied: NDArray[np.int64]
     stop_count: NDArray[np.int64]
     stop_occupied: NDArray[np.int64]
+    next_start: NDArray[np.float64]
+    """When a vehicle may next start from a standstill on the link (``Trips.standing``)."""
 
 
 class Demand(NamedTuple):
@@ -139,6 +142,7 @@ class Demand(NamedTuple):
     emergency: NDArray[np.bool_]
     urgent: NDArray[np.int64]
     """The emergency vehicles' indices."""
+    standing: NDArray[np.bool_]
 
 
 class Vehicles(NamedTuple):
@@ -187,8 +191,9 @@ def plans_of(net: CompiledNetwork) -> Plans:
 def demand_of(trips: Trips) -> Demand:
     order = np.argsort(trips.depart, kind="stable").astype(np.int64)
     urgent = np.flatnonzero(trips.emergency).astype(np.int64)
-    fields = {name: getattr(trips, name) for name in Demand._fields[2:-1]}
-    return Demand(trips.depart, order, **fields, urgent=urgent)
+    fields = {name: getattr(trips, name) for name in Demand._fields[2:-2]}
+    standing = np.zeros(trips.count, dtype=np.bool_) if trips.standing is None else trips.standing
+    return Demand(trips.depart, order, **fields, urgent=urgent, standing=standing)
 
 
 def idle_signals(controllers: int) -> Signals:
@@ -225,6 +230,7 @@ def empty_links(links: int) -> Links:
         adv_occupied=np.zeros(links, dtype=np.int64),
         stop_count=np.zeros(links, dtype=np.int64),
         stop_occupied=np.zeros(links, dtype=np.int64),
+        next_start=np.zeros(links, dtype=np.float64),
     )
 
 

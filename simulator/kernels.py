@@ -32,12 +32,18 @@ to (``mv_yield``) crossed at least ``FOE_CLEAR_S`` before and the next (standing
 stop line, or driving up to it) is at least ``CRITICAL_GAP_S - FOE_CLEAR_S`` away; waiting,
 it holds those behind it in its lanes. Unsignalized junctions have no priority: all go.
 
-A vehicle that stopped loses ``v/2a + v/2b`` (braking and accelerating) on the link after the
-stop line, the travel time a car-following model would show (its position there starts that
-far behind the link's start, so positions below 0 mean "still accelerating away"); the stop
-line itself is crossed at the queue's saturation headway. On a link shorter than the
-acceleration distance it spends only what a start from a standstill takes and pays the rest
-on the links after it, so a stub between two parts of a junction is not held for seconds.
+A vehicle that stopped loses ``v/2a`` (accelerating) on the link after the stop line, plus the
+part of its braking ``v/2b`` that its wait did not absorb (a braking vehicle reaches its place
+in the queue later and waits that much less: a wait at red longer than the braking costs no
+more than the wait), the travel time a car-following model would show (its position there
+starts that far behind the link's start, so positions below 0 mean "still accelerating
+away"); the stop line itself is crossed at the queue's saturation headway. A vehicle that
+starts from a standstill (``Demand.standing``: SUMO's route files' default) loses ``v/2a`` on
+its first link, and enters it only once the one that started there before it has cleared a
+car length (``start_clear``; SUMO inserts them one after another in the edge's first lane).
+On a link shorter than the acceleration distance a start spends only what a start from a
+standstill takes and pays the rest on the links after it, so a stub between two parts of a
+junction is not held for seconds.
 Crossing a junction to the next link takes its ``mv_junction_m`` at that link's speed (also
 as a start behind the link's start). Every lane stores at least the vehicle at its stop line,
 and a queue's lanes store only their share of the link: a vehicle enters a link only if the
@@ -145,6 +151,25 @@ def _followed_speed(v: int, road: Road, demand: Demand, vehicles: Vehicles) -> f
             gaps[farthest] = gap
             speeds[farthest] = _desired_speed(link, u, road, demand, vehicles)
     return speeds.max() if np.isfinite(gaps).all() else np.inf
+
+
+@njit(cache=True)
+def _stop_loss(speed: float, waited: float, model: ModelParameters) -> float:
+    """What a stop costs on the link after it: pulling away to ``speed``, and the braking
+    the wait did not absorb (braking, a vehicle reaches its place in the queue that much
+    later, and a wait at least that long only gets shorter)."""
+    braking = speed / (2.0 * model.deceleration)
+    return speed / (2.0 * model.acceleration) + max(0.0, braking - waited)
+
+
+@njit(cache=True)
+def _paid_here(lost: float, length: float, speed: float, model: ModelParameters) -> float:
+    """Of the ``lost`` time a start costs, what a link of ``length`` takes: all of it, but
+    on a link shorter than the acceleration distance only what a standing start takes to
+    cross it (the rest is paid on the links after it)."""
+    if length < speed * speed / (2.0 * model.acceleration):
+        return min(lost, float(np.sqrt(2.0 * length / model.acceleration)) - length / speed)
+    return lost
 
 
 @njit(cache=True)
@@ -462,18 +487,14 @@ def run_steps(
                 # the rest of the step is driven on the new link, less the time a stopped
                 # vehicle loses braking to a stop and accelerating back to its speed
                 speed = _desired_speed(target, v, road, demand, vehicles)
-                lost = vehicles.carry[v] + (model.stop_loss * speed if stopped else 0.0)
+                lost = vehicles.carry[v]
+                if stopped:
+                    lost += _stop_loss(speed, leave - vehicles.joined[v], model)
                 vehicles.carry[v] = 0.0
                 if lost > 0.0 and demand.route_moves[base + vehicles.hop[v]] >= 0:
-                    # on a link shorter than the acceleration distance the vehicle is gone
-                    # once a start from a standstill would have crossed it: the rest of the
-                    # loss is paid on the links after it, not charged as time on this one
-                    length = road.link_length[target]
-                    if length < speed * speed / (2.0 * model.acceleration):
-                        here = np.sqrt(2.0 * length / model.acceleration) - length / speed
-                        if lost > here:
-                            vehicles.carry[v] = lost - here
-                            lost = here
+                    here = _paid_here(lost, road.link_length[target], speed, model)
+                    vehicles.carry[v] = lost - here
+                    lost = here
                 # and the way across the junction before the link begins
                 vehicles.crossed_m[v] = road.mv_junction_m[m]
                 vehicles.position[v] = min(
@@ -485,7 +506,8 @@ def run_steps(
                 queues.mv_next[m] = leave + road.mv_headway[m] * road.mv_slower[m]
                 queues.last_cross[m] = leave
                 v = following
-        # 3. departures: vehicles due now enter their first link if it has room, else wait.
+        # 3. departures: vehicles due now enter their first link if it has room, else wait;
+        #    one from a standstill also for the one that started there before it.
         while (
             vehicles.cursor[0] < demand.order.shape[0]
             and demand.depart[demand.order[vehicles.cursor[0]]] < horizon
@@ -498,9 +520,14 @@ def run_steps(
             v = vehicles.waiting[i]
             first = demand.route_links[demand.route_start[v]]
             then = demand.route_moves[demand.route_start[v]]
-            if links.link_count[first] < road.link_storage[first] and (
-                then < 0
-                or queues.q_count[road.mv_queue[then]] < road.qu_storage[road.mv_queue[then]]
+            standing = demand.standing[v]
+            if (
+                links.link_count[first] < road.link_storage[first]
+                and (
+                    then < 0
+                    or queues.q_count[road.mv_queue[then]] < road.qu_storage[road.mv_queue[then]]
+                )
+                and not (standing and links.next_start[first] >= horizon)
             ):
                 links.link_count[first] += 1
                 if then >= 0:
@@ -510,8 +537,17 @@ def run_steps(
                 vehicles.hop[v] = 0
                 vehicles.entered[v] = max(demand.depart[v], t)
                 speed = _desired_speed(first, v, road, demand, vehicles)
+                lost = 0.0
+                if standing:
+                    vehicles.entered[v] = max(vehicles.entered[v], links.next_start[first])
+                    links.next_start[first] = vehicles.entered[v] + model.start_clear
+                    lost = speed / (2.0 * model.acceleration)
+                    if then >= 0:
+                        here = _paid_here(lost, road.link_length[first], speed, model)
+                        vehicles.carry[v] = lost - here
+                        lost = here
                 vehicles.position[v] = min(
-                    speed * (horizon - vehicles.entered[v]), road.link_length[first]
+                    speed * (horizon - vehicles.entered[v] - lost), road.link_length[first]
                 )
                 vehicles.hop_enter[demand.route_start[v]] = vehicles.entered[v]
                 vehicles.active[vehicles.n_active[0]] = v

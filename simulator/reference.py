@@ -24,9 +24,12 @@ start + the lost time; only while its group may proceed (green, the yellow end l
 through the change interval) and while the next link and the lanes it takes there have room. A
 vehicle that may not go holds those behind it whose lanes are all held (one held only for full
 lanes ahead, on several lanes of its own, holds none); an emergency vehicle waits only behind
-one of its own movement. A wait over 1 s is a stop, which costs ``speed x (1/2a + 1/2b)`` on
-the next link (on a link shorter than the distance to reach speed, only what a standing start
-takes there; the rest on the links after). Crossing the junction takes its distance at the new
+one of its own movement. A wait over 1 s is a stop, which costs ``speed/2a`` plus what of
+``speed/2b`` the wait was shorter than on the next link (on a link shorter than the distance to
+reach speed, only what a standing start takes there; the rest on the links after). A vehicle
+that starts from a standstill (``Trips.standing``) pays ``speed/2a`` the same way on its first
+link, and enters it no sooner than ``sqrt(2 x 7.5 m / a)`` after the last one that started
+there. Crossing the junction takes its distance at the new
 link's speed. Unsignalized movements go from the start, after the lost time.
 
 Not modelled (refused): permitted turns that give way (``mv_yield``). Not kept: detectors.
@@ -48,7 +51,7 @@ from citybrain.models.errors import ValidationError
 from citybrain.models.network import JAM_SPACING_M
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.simulator.compiled import CompiledNetwork
-from citybrain.simulator.demand import Trips
+from citybrain.simulator.demand import Trips, standing_mask
 from citybrain.simulator.engine import (
     ACCELERATION_MPS2,
     DECELERATION_MPS2,
@@ -146,8 +149,10 @@ class ReferenceModel:
             raise ValidationError("trips", "the reference runs fixed routes only")
         self.net, self.trips = net, trips
         self.lost_time, self.end_lag = lost_time_s, end_lag_s
-        self.acceleration = acceleration_mps2
-        self.stop_loss = 0.5 / acceleration_mps2 + 0.5 / deceleration_mps2
+        self.acceleration, self.deceleration = acceleration_mps2, deceleration_mps2
+        self.standing = standing_mask(trips)
+        self.start_clear = math.sqrt(2.0 * JAM_SPACING_M / acceleration_mps2)
+        self.next_start = [-NEVER] * net.links
         self.plans: Mapping[str, TimingPlan] = net.road.plans
         self.overrides = sorted(overrides, key=lambda o: o.at_s)
         self.speed_caps = sorted(speed_caps, key=lambda c: c.at_s)
@@ -343,6 +348,7 @@ class ReferenceModel:
         if self.next_due < len(self.due):
             due = float(self.trips.depart[self.due[self.next_due]])
             events.append((max(due, self.now), ENTER, self._release_due))
+        events.append((self._next_start(), ENTER, self._release_due))
         return min(events, key=lambda event: event[:2])
 
     def run(self, until_s: float, *, sample_every_s: float | None = None) -> ReferenceResult:
@@ -439,7 +445,8 @@ class ReferenceModel:
         for index in self.waiting:
             v = _Vehicle(index, x=0.0, since=self.now)
             link, move = self._link(v), self._move(v)
-            if not self._has_room(link, move):
+            standing = bool(self.standing[index])
+            if not self._has_room(link, move) or (standing and self.next_start[link] > self.now):
                 still.append(index)
                 continue
             self.link_count[link] += 1
@@ -447,8 +454,31 @@ class ReferenceModel:
                 self.queues[int(self.net.mv_queue[move])].on_link += 1
             self.result.entered[index] = self.now
             self.result.hop_enter[self.trips.route_start[index]] = self.now
+            if standing:  # it pulls away, and the next may start once it cleared a car length
+                self.next_start[link] = self.now + self.start_clear
+                self._pull_away(v, self._speed(v) / (2.0 * self.acceleration), move >= 0)
             self.driving.append(v)
         self.waiting = still
+
+    def _next_start(self) -> float:
+        """When a vehicle waiting to start from a standstill may next start."""
+        later = [
+            self.next_start[self._link(_Vehicle(index))]
+            for index in self.waiting
+            if self.standing[index]
+        ]
+        return min((at for at in later if at > self.now), default=NEVER)
+
+    def _pull_away(self, v: _Vehicle, lost: float, more_links: bool) -> None:
+        """Charge ``v`` the ``lost`` time of a start on its link from now (on a link shorter
+        than the distance to reach speed, only what a standing start takes to cross it; the
+        rest on the links after), behind the junction it crosses."""
+        speed, length = self._speed(v), float(self.net.link_length[self._link(v)])
+        if lost > 0.0 and more_links and length < speed * speed / (2.0 * self.acceleration):
+            standing_start = math.sqrt(2.0 * length / self.acceleration) - length / speed
+            if lost > standing_start:
+                v.carry, lost = v.carry + lost - standing_start, standing_start
+        v.x, v.since = -v.crossed_m - speed * lost, self.now
 
     def _left_link(self, v: _Vehicle, at: float) -> None:
         """Book ``v``'s time on its link as it leaves it at ``at``."""
@@ -489,14 +519,12 @@ class ReferenceModel:
         if then >= 0:
             self.queues[int(net.mv_queue[then])].on_link += 1
         speed = self._speed(v)
-        lost = v.carry + (self.stop_loss * speed if stopped else 0.0)
+        lost = v.carry
+        if stopped:  # pulling away, and the braking its wait did not absorb
+            braking = speed / (2.0 * self.deceleration)
+            lost += speed / (2.0 * self.acceleration) + max(0.0, braking - (self.now - v.joined))
         v.carry = 0.0
-        length = float(net.link_length[target])
-        if lost > 0.0 and then >= 0 and length < speed * speed / (2.0 * self.acceleration):
-            standing_start = math.sqrt(2.0 * length / self.acceleration) - length / speed
-            if lost > standing_start:
-                v.carry, lost = lost - standing_start, standing_start
         # it drives on from the junction's far side once the loss is paid
         v.crossed_m = float(net.mv_junction_m[move])
-        v.x, v.since = -v.crossed_m - speed * lost, self.now
+        self._pull_away(v, lost, then >= 0)
         self.driving.append(v)

@@ -26,7 +26,11 @@ What is read, at the top level of ``<routes>`` (or ``<additional>``) files:
   rate caps the count. Vehicles are named ``<flow id>.<i>`` as in SUMO. Route as for ``vehicle``
   or ``trip``.
 
-Everything else is ignored: ``departLane``, ``departPos``, ``departSpeed``, ``arrivalPos``,
+``departSpeed``: a vehicle without one, or with 0, starts from a standstill (``Trips.standing``:
+it pays its pulling away and waits for the one that started before it on its link, as SUMO
+inserts vehicles in their edge's first lane by default); any other value leaves at speed.
+
+Everything else is ignored: ``departLane``, ``departPos``, ``arrivalPos``,
 stops, a type's ``length``, ``maxSpeed`` and car-following parameters (our engine has one jam
 spacing and drives at speed limit times speed factor), and other elements (persons,
 containers...: counted in the report). Types and routes must be defined before use, in the same
@@ -224,6 +228,7 @@ class _Vehicle:
     speed_factor: float | None
     stops: tuple[str, ...]
     is_trip: bool
+    standing: bool
 
     @property
     def where(self) -> str:
@@ -516,13 +521,16 @@ class _Reader:
         stops, is_trip = self._route_of(where, element)
         own = element.get("speedFactor")
         factor = None if own is None else _number(element, "speedFactor", where, gt=0.0, le=10.0)
+        standing = _starts_standing(element, where)
         types = self._types(where, element.get("type", "DEFAULT_VEHTYPE"), len(ids))
         self.read_count += len(ids)
         for vid, depart, vtype in zip(ids, departs.tolist(), types, strict=True):
             if vid in self.seen_ids:
                 raise ValidationError(where, f"vehicle id {vid!r} is used twice")
             self.seen_ids.add(vid)
-            vehicle = _Vehicle(str(path), element.tag, vid, depart, vtype, factor, stops, is_trip)
+            vehicle = _Vehicle(
+                str(path), element.tag, vid, depart, vtype, factor, stops, is_trip, standing
+            )
             if vtype.vclass not in CAR_CLASSES:
                 self.tally.drop(VEHICLE_CLASS, vehicle.where, f"vClass {vtype.vclass!r}")
             elif not self.begin_s <= depart < self.end_s:
@@ -530,6 +538,21 @@ class _Reader:
             else:
                 vehicle.depart = depart - self.begin_s
                 self.vehicles.append(vehicle)
+
+
+DEPART_SPEED_WORDS = frozenset({"random", "max", "desired", "speedLimit", "last", "avg"})
+"""SUMO's ``departSpeed`` values that are not a number: all leave at some speed."""
+
+
+def _starts_standing(element: ET.Element, where: str) -> bool:
+    """Whether the element's vehicles start from a standstill: no ``departSpeed`` (SUMO's
+    default 0) or 0."""
+    given = element.get("departSpeed")
+    if given is None:
+        return True
+    if given in DEPART_SPEED_WORDS:
+        return False
+    return _number(element, "departSpeed", where, ge=0.0, le=100.0) == 0.0
 
 
 def _floats(element: ET.Element, name: str, where: str) -> list[float]:
@@ -779,6 +802,7 @@ def _trips(
     emergency = np.array([v.vtype.vclass == "emergency" for v in vehicles], dtype=np.bool_)
     # SUMO routes a trip when it inserts it, on the travel times of that moment
     reroute = np.array([v.is_trip and len(v.stops) == 2 for v in vehicles], dtype=np.bool_)
+    standing = np.array([v.standing for v in vehicles], dtype=np.bool_)
     ids = tuple(name for _, _, name in kept)
     trips = Trips(
         np.array([v.depart for v in vehicles], dtype=np.float64),
@@ -790,6 +814,7 @@ def _trips(
         emergency,
         {int(i): ids[i] for i in np.flatnonzero(emergency)},
         reroute if reroute.any() else None,
+        standing if standing.any() else None,
     )
     return trips, ids
 

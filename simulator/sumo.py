@@ -82,7 +82,13 @@ from citybrain.models.network import (
 from citybrain.models.signal import SignalGroup
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.simulator.compiled import CompiledNetwork, compile_network
-from citybrain.simulator.demand import Trips, entry_links, random_trips, route_lengths_m
+from citybrain.simulator.demand import (
+    Trips,
+    entry_links,
+    random_trips,
+    route_lengths_m,
+    standing_mask,
+)
 from citybrain.simulator.engine import Simulation
 from citybrain.simulator.kernels import ARRIVED, PENDING
 from citybrain.simulator.networks import ADVANCE_DETECTOR_M, RoadNetwork
@@ -983,8 +989,9 @@ def write_signal_programs(
 def write_routes(snet: SumoNet, net: CompiledNetwork, trips: Trips, path: Path) -> int:
     """Write ``trips`` (routes over ``net``'s link indices) as SUMO vehicles, sorted by
     departure: same departure time, edges and speed factor, ``departLane="best"``,
-    ``departSpeed="max"``, one car type of 5 m plus 2.5 m gap (our 7.5 m jam spacing).
-    Returns how many vehicles were written."""
+    ``departSpeed="max"`` (those that start from a standstill, ``Trips.standing``, with
+    SUMO's defaults: its first lane, speed 0), one car type of 5 m plus 2.5 m gap (our 7.5 m
+    jam spacing). Returns how many vehicles were written."""
     edges = []
     for link_id in net.link_ids:
         edge = snet.edge_of_link.get(link_id)
@@ -992,6 +999,7 @@ def write_routes(snet: SumoNet, net: CompiledNetwork, trips: Trips, path: Path) 
             raise ValidationError("routes", f"link {link_id!r} is not from this SUMO network")
         edges.append(edge)
     order = np.argsort(trips.depart, kind="stable")
+    standing = standing_mask(trips)
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         "<routes>",
@@ -1002,9 +1010,10 @@ def write_routes(snet: SumoNet, net: CompiledNetwork, trips: Trips, path: Path) 
         start, length = int(trips.route_start[v]), int(trips.route_len[v])
         route = " ".join(edges[int(i)] for i in trips.route_links[start : start + length])
         name = trips.names.get(v, f"v{v}")
+        moving = "" if standing[v] else 'departLane="best" departSpeed="max" '
         lines.append(
             f'    <vehicle id={quoteattr(name)} type="{VEHICLE_TYPE}" '
-            f'depart="{trips.depart[v]:.2f}" departLane="best" departSpeed="max" '
+            f'depart="{trips.depart[v]:.2f}" {moving}'
             f'speedFactor="{trips.speed_factor[v]:.4f}">'
             f"<route edges={quoteattr(route)}/></vehicle>"
         )

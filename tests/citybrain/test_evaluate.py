@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from citybrain import evaluate
 from citybrain.cli import main
+from citybrain.closed_loop import Policy
 from citybrain.models.errors import ValidationError
 from citybrain.simulator import sumo
 
@@ -41,6 +43,30 @@ def test_the_result_has_the_demo_s_policies_and_every_seed(arterial_result: dict
     assert corridor < policies["no_priority"]["travel_time_s"]
     text = evaluate.render(arterial_result)
     assert "verdict: the corridor takes" in text
+
+
+def test_an_ambulance_still_driving_when_the_run_ends_is_null_in_the_json(
+    arterial_result: dict[str, Any],
+) -> None:
+    """JSON has no nan: of two seeds, one whose trip did not end before the run did is said
+    as null (a real city's seed once made ``benchmarks/real_cities.py`` fail to write)."""
+    study = evaluate.Study(
+        network="arterial:3", ambulances=(AMBULANCE,), demand="heavy", seeds=2, after_s=600.0
+    )
+    evaluation = evaluate.evaluate(study)
+    outcome = evaluation.comparison.outcomes[Policy.NO_PRIORITY][1]
+    journey = outcome.journeys["AMB-1"]
+    late = dataclasses.replace(journey, trip=dataclasses.replace(journey.trip, travel_time_s=None))
+    outcome.journeys["AMB-1"] = late
+    data = evaluate.to_json(evaluation)
+    figures = data["policies"]["no_priority"]
+    assert figures["per_seed_travel_time_s"][1] is None
+    assert (
+        figures["per_seed_travel_time_s"][0]
+        == arterial_result["policies"]["no_priority"]["per_seed_travel_time_s"][0]
+    )
+    assert data["per_seed"][1]["no_priority"]["travel_time_s"] == {"AMB-1": None}
+    json.dumps(data, allow_nan=False)
 
 
 def test_the_ceiling_holds_every_signal_green_and_no_policy_beats_it() -> None:

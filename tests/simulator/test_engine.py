@@ -513,10 +513,26 @@ def test_a_stopped_vehicle_crosses_a_stub_in_the_time_a_standing_start_takes() -
     assert junctions == [pytest.approx(8.0), pytest.approx(8.0)]  # 16 m uncovered by the stub
     standing = math.sqrt(2.0 * 4.0 / ACCELERATION_MPS2) + junctions[0] / SPEED
     assert standing - 1e-9 <= left_stub - left_stop < standing + 1.0  # next step at the latest
-    loss = SPEED * (0.5 / ACCELERATION_MPS2 + 0.5 / DECELERATION_MPS2)
+    loss = SPEED * 0.5 / ACCELERATION_MPS2  # pulling away: its wait at red absorbed its braking
     free = (4.0 + 150.0 + sum(junctions)) / SPEED
     assert free + loss - 1e-9 <= sim.arrived[0] - left_stop < free + loss + 1.0
     assert sim.stops[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("waited", "braking_paid"),
+    [(0.0, 1.0), (1.5, 1.0 - 1.5 / (SPEED / (2.0 * DECELERATION_MPS2))), (30.0, 0.0)],
+)
+def test_a_stop_costs_pulling_away_and_the_braking_its_wait_did_not_absorb(
+    waited: float, braking_paid: float
+) -> None:
+    """Braking, a vehicle reaches its place in the queue later and waits that much less: a
+    wait longer than the braking leaves only the pulling away to pay."""
+    net = compile_network(arterial(1))
+    model = Simulation(net, fixed_route(net, EAST, depart_s=0.0, name="V")).model
+    pulling_away, braking = SPEED / (2.0 * ACCELERATION_MPS2), SPEED / (2.0 * DECELERATION_MPS2)
+    lost = kernels._stop_loss(SPEED, waited, model)
+    assert lost == pytest.approx(pulling_away + braking_paid * braking)
 
 
 def test_crossing_a_junction_takes_its_distance_at_the_speed_limit() -> None:

@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 
 from citybrain.models.errors import ValidationError
-from citybrain.models.network import Lane
+from citybrain.models.network import JAM_SPACING_M, Lane
 from citybrain.simulator.compiled import (
     CompiledNetwork,
     compile_network,
     turning_headway_factor,
 )
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
-from citybrain.simulator.engine import Simulation
+from citybrain.simulator.engine import ACCELERATION_MPS2, Simulation
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
 from citybrain.simulator.reference import Override, ReferenceModel, ReferenceResult, SpeedCap
 
@@ -41,6 +41,7 @@ from .simhelpers import group_mask, vehicles
 from .test_engine import EAST, EAST_LEFT, ONE_LANE, _order, _permitted_lefts, _reshaped
 
 SAMPLE_S = 10.0
+EAST_ON_A_GRID = ["bW0-g0_0", "g0_0-g0_1", "g0_1-bE0"]
 
 
 def _on_the_step_grid(road: RoadNetwork) -> RoadNetwork:
@@ -63,6 +64,18 @@ def _all_green(net: CompiledNetwork, sim: Simulation) -> list[Override]:
     for c, node in enumerate(net.controller_ids):
         sim.set_override(c, group_mask(net, c, everything[node]))
     return [Override(0.0, node, groups) for node, groups in everything.items()]
+
+
+def _both_all_green(
+    net: CompiledNetwork, trips: Trips, until_s: float
+) -> tuple[Simulation, ReferenceResult]:
+    """``trips`` run to ``until_s`` in both models, every signal green, all arrived."""
+    sim = Simulation(net, trips)
+    green = _all_green(net, sim)
+    sim.advance(until_s)
+    ref = ReferenceModel(net, trips, overrides=green).run(until_s)
+    assert np.isfinite(ref.arrived).all()
+    return sim, ref
 
 
 @dataclass(frozen=True)
@@ -219,31 +232,34 @@ ON_THE_GRID = [
 def test_with_signal_changes_on_the_step_grid_most_trips_agree_exactly(
     road: RoadNetwork, vehicles_per_hour: float
 ) -> None:
-    """Measured (seed 3, 0.25 s steps): 96.6-98.7 % of trips the same to the microsecond,
-    mean difference under 0.07 s, delay and stops within 0.1 % and 1 %, queues per link and
-    sample at most 1 vehicle apart (mean 0.001)."""
+    """Measured (seed 3, 0.25 s steps): 93.5-97.8 % of trips the same to the microsecond,
+    mean difference under 0.25 s, delay and stops within 0.4 % and 2 %, queues per link and
+    sample at most 2 vehicles apart (mean 0.0104). Since a stop charges only the braking its
+    wait did not absorb, a wait the kernel sees start up to a step early (a queue's back
+    passing a driving vehicle) costs a little less there, and one just over 1 s in the kernel
+    but 1 s in the reference is a stop in one only: 96.6-98.7 % before."""
     net = compile_network(_on_the_step_grid(road))
     trips = random_trips(net, seed=3, duration_s=900.0, vehicles_per_hour=vehicles_per_hour)
     agreement, sim, ref = _compare(net, trips, 1200.0, dt_s=0.25)
     assert agreement.arrived[0] == agreement.arrived[1] > 300
     assert np.array_equal(sim.vehicles.entered, ref.entered, equal_nan=True)
-    assert agreement.same_trips >= 0.95
-    assert abs(agreement.mean_difference_s) <= 0.2
+    assert agreement.same_trips >= 0.93
+    assert abs(agreement.mean_difference_s) <= 0.3
     assert agreement.delay_ratio == pytest.approx(1.0, abs=0.005)
     assert agreement.stops_ratio == pytest.approx(1.0, abs=0.02)
-    assert agreement.queue_mean_difference <= 0.01
+    assert agreement.queue_mean_difference <= 0.02
     assert agreement.queue_max_difference <= 2
 
 
 def test_what_differs_is_the_step_it_shrinks_with_the_step() -> None:
-    """Share of identical trips on the 2 x 2 grid: 43 % with 1 s steps (half the phase
-    starts fall mid-step), 95 % with 0.5 s, 97 % with 0.25 s."""
+    """Share of identical trips on the 2 x 2 grid: 41 % with 1 s steps (half the phase
+    starts fall mid-step), 91 % with 0.5 s, 94 % with 0.25 s."""
     net = compile_network(_on_the_step_grid(grid(2, 2)))
     trips = random_trips(net, seed=3, duration_s=900.0, vehicles_per_hour=2500.0)
     shares = [_compare(net, trips, 1200.0, dt_s=dt)[0].same_trips for dt in (1.0, 0.5, 0.25)]
     assert shares[0] < shares[1] <= shares[2]
     assert shares[0] > 0.35
-    assert shares[2] > 0.95
+    assert shares[2] > 0.93
 
 
 @pytest.mark.parametrize(("road", "vehicles_per_hour"), ON_THE_GRID)
@@ -251,7 +267,8 @@ def test_with_the_engines_own_step_and_plans_the_figures_agree(
     road: RoadNetwork, vehicles_per_hour: float
 ) -> None:
     """1 s steps, the generated offsets (green waves, off the step grid). Measured: mean
-    difference +0.1 to +1.0 s (the kernel sees a green up to a step late), p95 at most 2 s,
+    difference +0.1 to +0.8 s (the kernel sees a green up to a step late), p95 at most 4.8 s
+    (a stop's absorbed braking turns on when the kernel saw it join its queue, to a step),
     delay within 1.4 %, stops within 2.9 %, queues per link and sample 0.02-0.13 vehicles
     apart on average."""
     net = compile_network(road)
@@ -259,7 +276,7 @@ def test_with_the_engines_own_step_and_plans_the_figures_agree(
     agreement, _, _ = _compare(net, trips, 1200.0)
     assert agreement.arrived[0] == agreement.arrived[1] > 300
     assert abs(agreement.mean_difference_s) <= 1.5
-    assert agreement.p95_difference_s <= 3.0
+    assert agreement.p95_difference_s <= 5.0
     assert agreement.delay_ratio == pytest.approx(1.0, abs=0.03)
     assert agreement.stops_ratio == pytest.approx(1.0, abs=0.05)
     assert agreement.queue_mean_difference <= 0.2
@@ -338,12 +355,8 @@ def test_an_ambulance_behind_traffic_filling_every_lane_follows_it(
     net = _reshaped(arterial(1), lanes={"west-a01": lanes} if lanes else None)
     ambulance = fixed_route(net, ["west-a01"], depart_s=2.0, name="AMB", speed_factor=1.3)
     trips = Trips.concat([vehicles(net, ["west-a01"], [0.0] * ahead), ambulance])
-    sim = Simulation(net, trips)
-    green = _all_green(net, sim)
-    sim.advance(1000.0)
-    ref = ReferenceModel(net, trips, overrides=green).run(1000.0)
-    alone = ReferenceModel(net, ambulance, overrides=green).run(1000.0)
-    assert np.isfinite(ref.arrived).all()
+    sim, ref = _both_all_green(net, trips, 1000.0)
+    _, alone = _both_all_green(net, ambulance, 1000.0)
     # the kernel reads who is ahead as a step begins: the ambulance's first step is free
     assert sim.arrived[-1] == pytest.approx(ref.arrived[-1], abs=1.0)
     np.testing.assert_allclose(sim.arrived[:-1], ref.arrived[:-1], rtol=0.0, atol=1e-9)
@@ -364,11 +377,7 @@ def test_an_ambulance_follows_the_nearest_car_in_its_lane_not_a_faster_one_ahead
         vehicles(net, ["west-a01"], [1.0], speed_factor=0.9),
     ]
     ambulance = fixed_route(net, ["west-a01"], depart_s=2.5, name="AMB", speed_factor=1.3)
-    trips = Trips.concat([*cars, ambulance])
-    sim = Simulation(net, trips)
-    green = _all_green(net, sim)
-    sim.advance(1000.0)
-    ref = ReferenceModel(net, trips, overrides=green).run(1000.0)
+    sim, ref = _both_all_green(net, Trips.concat([*cars, ambulance]), 1000.0)
     assert sim.arrived[-1] == pytest.approx(ref.arrived[-1], abs=1.0)
     assert ref.arrived[-1] == pytest.approx(ref.arrived[1] + 1.5, abs=1.0)  # the slower car's
     assert ref.arrived[1] > ref.arrived[0] + 25.0
@@ -407,3 +416,30 @@ def test_a_turn_the_junction_slows_leaves_longer_headways_in_both_models(
     crossed = np.sort(ref.hop_enter[1::2])
     headway = max(net.mv_headway[right], net.qu_headway[net.mv_queue[right]])
     assert np.diff(crossed) == pytest.approx(headway * factor)
+
+
+@pytest.mark.parametrize(
+    ("net", "route"),
+    [
+        (compile_network(arterial(1)), ["west-a01", "a01-east"]),
+        (_reshaped(grid(1, 2, spacing_m=20.0), lengths={"bW0-g0_0": 4.0}), EAST_ON_A_GRID),
+    ],
+)
+def test_vehicles_starting_from_a_standstill_pull_away_one_after_another(
+    net: CompiledNetwork, route: list[str]
+) -> None:
+    """Five cars due at once from a standstill (a route file without ``departSpeed``): each
+    enters ``sqrt(2 x 7.5 m / a)`` after the one before and pays its pulling away on its first
+    link (on a 4 m stub, what a standing start takes there; the rest after), the same trips in
+    both models; leaving at speed they all enter at once."""
+    moving = vehicles(net, route, [3.25] * 5)
+    standing = dataclasses.replace(moving, standing=np.ones(5, dtype=np.bool_))
+    sim, ref = _both_all_green(net, standing, 800.0)
+    _, at_speed = _both_all_green(net, moving, 800.0)
+    clear = math.sqrt(2.0 * JAM_SPACING_M / ACCELERATION_MPS2)
+    np.testing.assert_allclose(ref.entered, 3.25 + clear * np.arange(5), atol=1e-9)
+    np.testing.assert_allclose(sim.vehicles.entered, ref.entered, atol=1e-9)
+    np.testing.assert_allclose(sim.arrived, ref.arrived, atol=1e-9)
+    pulling_away = 13.9 / (2.0 * ACCELERATION_MPS2)
+    assert ref.arrived[0] - at_speed.arrived[0] == pytest.approx(pulling_away)
+    np.testing.assert_allclose(at_speed.entered, 3.25)

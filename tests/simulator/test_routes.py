@@ -4,6 +4,7 @@ named like its links (``link_of_edge`` is the identity unless a test says otherw
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ NET = compile_network(grid(2, 2))
 IDENTITY = {link: link for link in NET.link_ids}
 EAST = ["bW0-g0_0", "g0_0-g0_1", "g0_1-bE0"]
 """Along the south row, west to east."""
+TRIP = 'from="bW0-g0_0" to="g0_1-bE0"'
 NORTH_THEN_EAST = ["bW0-g0_0", "g0_0-g1_0", "g1_0-g1_1", "g1_1-bE1"]
 
 
@@ -235,6 +237,27 @@ def test_our_own_sumo_export_reads_back_the_same(tmp_path: Path) -> None:
     assert np.array_equal(back.route_links, trips.route_links)
     assert np.array_equal(back.route_moves, trips.route_moves)
     assert demand.vehicle_ids == tuple(f"v{v}" for v in range(trips.count))
+    assert back.standing is None  # written to leave at speed, as our own vehicles do
+    standing = dataclasses.replace(trips, standing=np.arange(trips.count) % 2 == 0)
+    sumo.write_routes(snet, NET, standing, tmp_path / "standing.rou.xml")
+    again = read_routes([tmp_path / "standing.rou.xml"], link_of_edge=IDENTITY, net=NET).trips
+    assert again.standing is not None
+    assert standing.standing is not None
+    assert np.array_equal(again.standing, standing.standing)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "standing"),
+    [("", True), ('departSpeed="0"', True), ('departSpeed="max"', False),
+     ('departSpeed="desired"', False), ('departSpeed="4.5"', False)],
+)  # fmt: skip
+def test_a_vehicle_without_a_depart_speed_starts_from_a_standstill(
+    tmp_path: Path, attribute: str, standing: bool
+) -> None:
+    """SUMO's default ``departSpeed`` is 0: such a vehicle pulls away from its first edge."""
+    demand = _read(tmp_path, f'<trip id="t" depart="0" {attribute} {TRIP}/>')
+    flags = demand.trips.standing
+    assert (flags is not None and bool(flags[0])) == standing
 
 
 # --- vehicle types -----------------------------------------------------------------------------
@@ -434,8 +457,6 @@ def test_examples_are_capped(tmp_path: Path) -> None:
 
 # --- refused input -----------------------------------------------------------------------------
 
-TRIP = 'from="bW0-g0_0" to="g0_1-bE0"'
-
 
 @pytest.mark.parametrize(
     ("body", "element", "message"),
@@ -449,6 +470,8 @@ TRIP = 'from="bW0-g0_0" to="g0_1-bE0"'
         (f'<trip id="t" depart="nan" {TRIP}/>', "<trip id='t'>", "depart='nan'"),
         (f'<trip id="t" depart="-1" {TRIP}/>', "<trip id='t'>", "depart='-1'"),
         (f'<trip id="t" depart="soon" {TRIP}/>', "<trip id='t'>", "not a number"),
+        (f'<trip id="t" depart="0" departSpeed="-1" {TRIP}/>', "<trip id='t'>", "departSpeed"),
+        (f'<trip id="t" depart="0" departSpeed="warp" {TRIP}/>', "<trip id='t'>", "departSpeed"),
         (f'<trip id="t" {TRIP}/>', "<trip id='t'>", "depart is missing"),
         (f'<trip id="t" depart="0" {TRIP}/><trip id="t" depart="1" {TRIP}/>', "id='t'", "twice"),
         ('<trip id="t" depart="0" from="bW0-g0_0"/>', "<trip id='t'>", "no route"),
