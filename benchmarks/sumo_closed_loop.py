@@ -22,7 +22,6 @@ process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -43,6 +42,7 @@ from citybrain.closed_loop import (
     Setup,
     run_policy,
 )
+from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.runner import Engine
@@ -271,7 +271,7 @@ def main() -> int:
     print(render(results, args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sumo_closed_loop.json").write_text(
-        json.dumps({"seeds": args.seeds, "cases": results}, indent=2, allow_nan=False)
+        json_text({"seeds": args.seeds, "cases": results})
     )
     return 0
 

@@ -66,12 +66,6 @@ def compare(
     return Comparison(setup, tuple(seeds), outcomes, intersections)
 
 
-def _per_seed(journeys: Sequence[Journey]) -> list[float | None]:
-    """Each seed's trip; null where the vehicle did not arrive before the run ended (JSON
-    has no nan)."""
-    return [round(j.travel_time_s, 2) if math.isfinite(j.travel_time_s) else None for j in journeys]
-
-
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -126,7 +120,7 @@ def summary(comparison: Comparison, *, vehicle: str = AMBULANCE) -> dict[str, An
             "plans_sent": round(_mean([float(o.plans_sent) for o in outcomes]), 1),
             "plans_refused": round(_mean([float(o.plans_refused) for o in outcomes]), 1),
             "delay_per_intersection_s": {k: round(_mean(v), 2) for k, v in per_stop.items()},
-            "per_seed_travel_time_s": _per_seed(journeys),
+            "per_seed_travel_time_s": [round(j.travel_time_s, 2) for j in journeys],
         }
     return {
         "scenario": _scenario(comparison.setup),
@@ -192,7 +186,7 @@ def grid_summary(comparison: Comparison) -> dict[str, Any]:
                 "stops_at_crossing": round(
                     _mean([float(j.stops_at[crossing]) for j in journeys]), 2
                 ),
-                "per_seed_travel_time_s": _per_seed(journeys),
+                "per_seed_travel_time_s": [round(j.travel_time_s, 2) for j in journeys],
             }
         every = [j for o in outcomes for j in o.journeys.values()]
         clear = [all(j.stops_at[crossing] == 0 for j in o.journeys.values()) for o in outcomes]
@@ -292,8 +286,24 @@ def render_grid(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def json_text(data: dict[str, Any], *, indent: int | None = 2) -> str:
+    """``data`` as JSON, a number that is not finite as null (a trip that did not end before
+    its run did, a mean over seeds where none did: JSON has no nan)."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def write_json(data: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, allow_nan=False))
+    path.write_text(json_text(data))
 
 
 def seed_run(comparison: Comparison, *, vehicle: str = AMBULANCE) -> report.SeedRun:

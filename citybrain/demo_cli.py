@@ -4,7 +4,6 @@ section printed as soon as it is computed (the arterial's table does not wait fo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -118,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         data["live"] = _live(progress, options, seed_run, show, args.json)
     demo.write_json(data, args.out / "demo.json")
     if args.json:
-        print(json.dumps(data))
+        print(demo.json_text(data, indent=None))
     else:
         show(f"\n  JSON: {args.out / 'demo.json'}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -59,7 +58,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def main(args: argparse.Namespace) -> int:
     from citybrain import evaluate
-    from citybrain.demo import write_json
+    from citybrain.demo import json_text, write_json
     from citybrain.diagram import time_space_diagram
     from citybrain.models.errors import ValidationError
 
@@ -91,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     for ambulance in ambulances:
         time_space_diagram(first, args.out / f"{ambulance.name}.png", vehicle=ambulance.name)
     if args.json:
-        print(json.dumps(data, indent=2, allow_nan=False))
+        print(json_text(data))
     else:
         print(evaluate.render(data))
         print(f"\n  JSON and time-space diagrams (seed 0) in {args.out}/")

@@ -12,6 +12,7 @@ import pytest
 from citybrain import evaluate
 from citybrain.cli import main
 from citybrain.closed_loop import Policy
+from citybrain.demo import json_text
 from citybrain.models.errors import ValidationError
 from citybrain.simulator import sumo
 
@@ -45,11 +46,12 @@ def test_the_result_has_the_demo_s_policies_and_every_seed(arterial_result: dict
     assert "verdict: the corridor takes" in text
 
 
-def test_an_ambulance_still_driving_when_the_run_ends_is_null_in_the_json(
-    arterial_result: dict[str, Any],
+def test_trips_that_did_not_end_are_null_in_the_json(
+    arterial_result: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """JSON has no nan: of two seeds, one whose trip did not end before the run did is said
-    as null (a real city's seed once made ``benchmarks/real_cities.py`` fail to write)."""
+    """JSON has no nan: a trip that did not end before its run did, and a mean over seeds
+    where none did, are null (a real city's seed once made ``benchmarks/real_cities.py`` fail
+    to write; a run too short for any made ``citybrain evaluate --json`` fail)."""
     study = evaluate.Study(
         network="arterial:3", ambulances=(AMBULANCE,), demand="heavy", seeds=2, after_s=600.0
     )
@@ -58,15 +60,21 @@ def test_an_ambulance_still_driving_when_the_run_ends_is_null_in_the_json(
     journey = outcome.journeys["AMB-1"]
     late = dataclasses.replace(journey, trip=dataclasses.replace(journey.trip, travel_time_s=None))
     outcome.journeys["AMB-1"] = late
-    data = evaluate.to_json(evaluation)
+    data = json.loads(json_text(evaluate.to_json(evaluation)))
     figures = data["policies"]["no_priority"]
     assert figures["per_seed_travel_time_s"][1] is None
-    assert (
-        figures["per_seed_travel_time_s"][0]
-        == arterial_result["policies"]["no_priority"]["per_seed_travel_time_s"][0]
-    )
+    expected = arterial_result["policies"]["no_priority"]["per_seed_travel_time_s"][0]
+    assert figures["per_seed_travel_time_s"][0] == expected
     assert data["per_seed"][1]["no_priority"]["travel_time_s"] == {"AMB-1": None}
-    json.dumps(data, allow_nan=False)
+    code = main(
+        ["evaluate", "--network", "arterial:3", "--from", "west-a01", "--to", "a03-east",
+         "--depart", "300", "--demand", "light", "--seeds", "1", "--after", "30", "--json",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["policies"]["corridor"]["travel_time_s"] is None  # not arrived in 30 s
+    assert json.loads((tmp_path / "evaluate.json").read_text()) == printed
 
 
 def test_the_ceiling_holds_every_signal_green_and_no_policy_beats_it() -> None:
