@@ -190,9 +190,10 @@ def plans_of(net: CompiledNetwork) -> Plans:
 
 def demand_of(trips: Trips) -> Demand:
     order = np.argsort(trips.depart, kind="stable").astype(np.int64)
+    as_given = ("route_start", "route_links", "route_moves", "speed_factor", "emergency")
     urgent = np.flatnonzero(trips.emergency).astype(np.int64)
-    fields = {name: getattr(trips, name) for name in Demand._fields[2:-2]}
     standing = np.zeros(trips.count, dtype=np.bool_) if trips.standing is None else trips.standing
+    fields = {name: getattr(trips, name) for name in as_given}
     return Demand(trips.depart, order, **fields, urgent=urgent, standing=standing)
 
 

@@ -147,6 +147,8 @@ class ReferenceModel:
             raise ValidationError("net", "the reference does not model permitted turns")
         if trips.rerouted:
             raise ValidationError("trips", "the reference runs fixed routes only")
+        if trips.standing is not None and trips.standing.shape != (trips.count,):
+            raise ValidationError("trips.standing", "needs one flag per vehicle")
         self.net, self.trips = net, trips
         self.lost_time, self.end_lag = lost_time_s, end_lag_s
         self.acceleration, self.deceleration = acceleration_mps2, deceleration_mps2

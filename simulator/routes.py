@@ -26,9 +26,11 @@ What is read, at the top level of ``<routes>`` (or ``<additional>``) files:
   rate caps the count. Vehicles are named ``<flow id>.<i>`` as in SUMO. Route as for ``vehicle``
   or ``trip``.
 
-``departSpeed``: a vehicle without one, or with 0, starts from a standstill (``Trips.standing``:
-it pays its pulling away and waits for the one that started before it on its link, as SUMO
-inserts vehicles in their edge's first lane by default); any other value leaves at speed.
+``departSpeed`` (on the vehicle, flow or trip, else on its ``vType``): a vehicle without one,
+or with 0, starts from a standstill (``Trips.standing``: it pays its pulling away and waits for
+the one that started before it on its link, as SUMO inserts vehicles in their edge's first
+lane by default; a ``departLane`` is not read, so one that spreads them over several lanes
+still has them wait); any other value leaves at speed.
 
 Everything else is ignored: ``departLane``, ``departPos``, ``arrivalPos``,
 stops, a type's ``length``, ``maxSpeed`` and car-following parameters (our engine has one jam
@@ -157,6 +159,8 @@ class _VType:
     id: str
     vclass: str
     speed: SpeedFactor
+    standing: bool | None = None
+    """Its ``departSpeed``: whether its vehicles start from a standstill (None: not given)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +445,8 @@ class _Reader:
         vclass = element.get("vClass", "passenger")
         if vclass not in CAR_CLASSES | OTHER_CLASSES:
             raise ValidationError(where, f"unknown vClass {vclass!r}")
-        vtype = _VType(name, vclass, _speed_factor(element, where, vclass))
+        speed = _speed_factor(element, where, vclass)
+        vtype = _VType(name, vclass, speed, _depart_standing(element, where))
         self.types[name] = vtype
         return vtype
 
@@ -521,15 +526,17 @@ class _Reader:
         stops, is_trip = self._route_of(where, element)
         own = element.get("speedFactor")
         factor = None if own is None else _number(element, "speedFactor", where, gt=0.0, le=10.0)
-        standing = _starts_standing(element, where)
+        standing = _depart_standing(element, where)
         types = self._types(where, element.get("type", "DEFAULT_VEHTYPE"), len(ids))
         self.read_count += len(ids)
         for vid, depart, vtype in zip(ids, departs.tolist(), types, strict=True):
             if vid in self.seen_ids:
                 raise ValidationError(where, f"vehicle id {vid!r} is used twice")
             self.seen_ids.add(vid)
+            # the vehicle's own departSpeed, else its type's, else SUMO's default 0
+            still = next(s for s in (standing, vtype.standing, True) if s is not None)
             vehicle = _Vehicle(
-                str(path), element.tag, vid, depart, vtype, factor, stops, is_trip, standing
+                str(path), element.tag, vid, depart, vtype, factor, stops, is_trip, still
             )
             if vtype.vclass not in CAR_CLASSES:
                 self.tally.drop(VEHICLE_CLASS, vehicle.where, f"vClass {vtype.vclass!r}")
@@ -544,12 +551,12 @@ DEPART_SPEED_WORDS = frozenset({"random", "max", "desired", "speedLimit", "last"
 """SUMO's ``departSpeed`` values that are not a number: all leave at some speed."""
 
 
-def _starts_standing(element: ET.Element, where: str) -> bool:
-    """Whether the element's vehicles start from a standstill: no ``departSpeed`` (SUMO's
-    default 0) or 0."""
+def _depart_standing(element: ET.Element, where: str) -> bool | None:
+    """Whether the element's ``departSpeed`` has its vehicles start from a standstill (0),
+    None where it gives none."""
     given = element.get("departSpeed")
     if given is None:
-        return True
+        return None
     if given in DEPART_SPEED_WORDS:
         return False
     return _number(element, "departSpeed", where, ge=0.0, le=100.0) == 0.0

@@ -258,6 +258,16 @@ def test_a_vehicle_without_a_depart_speed_starts_from_a_standstill(
     demand = _read(tmp_path, f'<trip id="t" depart="0" {attribute} {TRIP}/>')
     flags = demand.trips.standing
     assert (flags is not None and bool(flags[0])) == standing
+    # the same on the vehicle's type, which the vehicle's own overrides
+    typed = _read(tmp_path, f'<vType id="k" {attribute}/><trip id="t" type="k" depart="0" {TRIP}/>')
+    flags = typed.trips.standing
+    assert (flags is not None and bool(flags[0])) == standing
+    own = _read(
+        tmp_path,
+        f'<vType id="k" {attribute}/><trip id="t" type="k" depart="0" departSpeed="0" {TRIP}/>',
+    )
+    assert own.trips.standing is not None
+    assert bool(own.trips.standing[0])
 
 
 # --- vehicle types -----------------------------------------------------------------------------
