@@ -279,8 +279,8 @@ def render_grid(data: dict[str, Any]) -> str:
         report.grid_verdict(data),
         f"  at {crossing} s: seconds the ambulance lost on its last link before {crossing}'s "
         "stop line (a stop",
-        "  at the stop line before costs 7.5 s of it, braking and pulling away); under the "
-        "corridor policy",
+        "  at the stop line before costs 4.5-7.5 s of it, pulling away and the braking its wait "
+        "did not absorb); under the corridor policy",
         "  both windows share one plan and the controller serves them in turn",
     ]
     return "\n".join(rows)
