@@ -22,9 +22,8 @@ aside, as drivers must for blue lights).
 Driving vehicles pass one another freely, but for emergency vehicles, which are faster than
 everyone: one that has at least as many vehicles as its link has lanes driving within
 ``FOLLOW_M`` ahead finds every lane taken (one by each of the nearest) and follows the fastest
-of those (nobody makes way
-on a moving road; in SUMO an ambulance lost 110-155 s a trip this way against the green wave).
-Who is ahead is read as each step begins.
+of those (nobody makes way on a moving road; in SUMO an ambulance lost 110-155 s a trip this
+way against the green wave). Who is ahead is read as each step begins.
 
 A permitted turn (a left or U-turn whose signal lets the opposing traffic go at the same
 time: SUMO's ``g``) gives way: it crosses only if the last vehicle of the movements it yields
@@ -485,7 +484,7 @@ def run_steps(
                 vehicles.hop[v] += 1
                 vehicles.hop_enter[base + vehicles.hop[v]] = leave
                 # the rest of the step is driven on the new link, less the time a stopped
-                # vehicle loses braking to a stop and accelerating back to its speed
+                # vehicle loses pulling away and braking beyond its wait (``_stop_loss``)
                 speed = _desired_speed(target, v, road, demand, vehicles)
                 lost = vehicles.carry[v]
                 if stopped:

@@ -387,11 +387,8 @@ class ReferenceModel:
         otherwise. It drives on from where it is."""
         for e, others in self._urgent_and_ahead():
             here = self._x(e)
-            ahead = sorted(
-                (self._x(u) - here, self._own_speed(u))
-                for u in others
-                if 0.0 < self._x(u) - here <= FOLLOW_M
-            )
+            gaps = [(self._x(u) - here, self._own_speed(u)) for u in others]
+            ahead = sorted((gap, speed) for gap, speed in gaps if 0.0 < gap <= FOLLOW_M)
             lanes = int(self.net.link_lanes[self._link(e)])
             held = max(speed for _, speed in ahead[:lanes]) if len(ahead) >= lanes else NEVER
             if held != self.held.get(e.index, NEVER):
@@ -464,8 +461,9 @@ class ReferenceModel:
 
     def _next_start(self) -> float:
         """When a vehicle waiting to start from a standstill may next start."""
+        trips = self.trips
         later = [
-            self.next_start[self._link(_Vehicle(index))]
+            self.next_start[int(trips.route_links[trips.route_start[index]])]
             for index in self.waiting
             if self.standing[index]
         ]

@@ -975,19 +975,9 @@ class _Builder:
             self.internal_speeds[lane_id] = self.speeds.get(speed) or self.speed(speed)
 
     def internal_lanes(self, run: str) -> None:
-        """Keep the speeds of the internal lanes in a run of internal edges read at once
-        (one in three lanes of a big network: each step of this loop counts)."""
-        if "&" in run:  # references in an id: one at a time
-            for lane_id, speed in _INTERNAL_LANE.findall(run):
-                self.internal_lane(_unescape(lane_id) if "&" in lane_id else lane_id, speed)
-            return
-        speeds, kept = self.speeds, self.internal_speeds
+        """Keep the speeds of the internal lanes in a run of internal edges read at once."""
         for lane_id, speed in _INTERNAL_LANE.findall(run):
-            value = speeds.get(speed)
-            if value is None:
-                self.internal_lane(lane_id, speed)
-            else:
-                kept[lane_id] = value
+            self.internal_lane(_unescape(lane_id) if "&" in lane_id else lane_id, speed)
 
     def speed(self, text: str | None) -> float:
         speed = float(text)  # type: ignore[arg-type]
