@@ -13,8 +13,9 @@ beyond the same seeds without priority, and for SUMO the closed loop's real-time
 (simulated seconds over wall seconds, network export and SUMO start included) and the vehicles
 SUMO teleported; on the grid also what the second to cross lost on its last link and on its
 last two (where speed advice slows it) with the least it could have, the share of seeds where
-neither stopped at the crossing, and the two trips together. A table, one verdict line, JSON in
-``OUT/sumo_closed_loop.json``.
+neither stopped at the crossing, and the two trips together; with ``grid-solo`` in the same
+run, the corridor's second to cross against its trip alone (``crossing_cost``). A table, one
+verdict line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
 """
@@ -41,6 +42,7 @@ from citybrain.closed_loop import (
     Policy,
     Setup,
     run_policy,
+    setup_scenario,
 )
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
@@ -59,11 +61,15 @@ CASES = (
     "arterial-eastbound-ceiling",
     "arterial-westbound-ceiling",
     "grid",
+    "grid-solo",
 )
 """``-alone``: the corridor with every other vehicle taken out of the same seed's scenario, the
 ceiling of what signals can do for this driver (SUMO: its imperfection, its accelerations).
 ``-ceiling``: in the same traffic, every signal on the route green for the ambulance from
-dispatch until it passes (``green_all_the_way``), the ceiling of what signals can do in it."""
+dispatch until it passes (``green_all_the_way``), the ceiling of what signals can do in it.
+``grid-solo``: each of the grid's ambulances under its corridor with the other taken out of
+the same seed's scenario; beside ``grid``, what the crossing cost the second to cross,
+wherever it lost it."""
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -90,7 +96,23 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         figures["second_upstream_s"] = [lost for lost, _ in upstream]
         figures["second_floor_s"] = [least for _, least in upstream]
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
+        figures["second"] = [_second(js, crossing) for js in every]
+    figures["seed"] = [o.seed for o in outcomes]
+    figures["trips_s"] = [{n: j.travel_time_s for n, j in o.journeys.items()} for o in outcomes]
     return figures
+
+
+def _second(journeys: list[Journey], crossing: str) -> str:
+    """The ambulance that crossed ``crossing`` last ("" if one never got there)."""
+    left: dict[str, float] = {
+        j.trip.vehicle: next(
+            (line.left_s for line in j.trip.stop_lines if line.intersection == crossing), math.nan
+        )
+        for j in journeys
+    }
+    if not all(math.isfinite(t) for t in left.values()):
+        return ""
+    return max(left, key=lambda vehicle: left[vehicle])
 
 
 def _second_upstream(
@@ -133,6 +155,8 @@ def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
         for policy, outcomes in result.comparison.outcomes.items():
             out[policy.value] = _figures(outcomes)
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
+    if case == "grid-solo":
+        return _run_solo(GRID, engine, seeds)
     setups = {"grid": GRID, "arterial-westbound": WESTBOUND}
     setup = setups.get(case.removesuffix("-alone").removesuffix("-ceiling"), Setup())
     alone = case.endswith("-alone")
@@ -152,6 +176,27 @@ def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
     for policy, outcomes in per_policy.items():
         out[policy.value] = _figures(outcomes)
     return {"wall_s": wall, "simulated_s": simulated, "policies": out}
+
+
+def _run_solo(setup: Setup, engine: Engine, seeds: list[int]) -> dict[str, Any]:
+    """Each ambulance's corridor with the others taken out of the seed's scenario (per seed
+    its trip by name, under ``solo_trips_s``)."""
+    trips_of = setup_scenario(setup, seeds[0]).trips
+    names = [trips_of.names[int(v)] for v in np.flatnonzero(trips_of.emergency)]
+    wall, trips = 0.0, []
+    for seed in seeds:
+        started = time.perf_counter()
+        trips.append({
+            name: run_policy(
+                Policy.CORRIDOR, seed, setup,
+                scenario=setup_scenario(setup, seed, only=name), engine=engine,
+            ).journeys[name].travel_time_s
+            for name in names
+        })  # fmt: skip
+        wall += time.perf_counter() - started
+    simulated = (setup.warmup_s + setup.after_s) * len(seeds) * len(names)
+    figures = {"seed": list(seeds), "solo_trips_s": trips}
+    return {"wall_s": wall, "simulated_s": simulated, "policies": {"corridor": figures}}
 
 
 def _alone(setup: Setup, seed: int) -> Scenario:
@@ -207,9 +252,12 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     without = data["policies"].get("no_priority")
     for policy, f in data["policies"].items():
+        if "solo_trips_s" in f:
+            rows[policy] = {"seed": f["seed"], "solo_trips_s": f["solo_trips_s"]}
+            continue
         travel = _mean(f["travel_time_s"])
         extra = _mean(f["others_veh_s"]) - _mean(without["others_veh_s"]) if without else math.nan
         rows[policy] = {
@@ -228,12 +276,35 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             rows[policy]["second_upstream_s"] = round(_mean(f["second_upstream_s"]), 1)
             rows[policy]["second_floor_s"] = round(_mean(f["second_floor_s"]), 1)
             rows[policy]["both_trips_s"] = round(_mean(f["both_trips_s"]), 1)
+            rows[policy].update(seed=f["seed"], second=f["second"], trips_s=f["trips_s"])
     return {
         "policies": rows,
         "real_time_factor": round(data["simulated_s"] / data["wall_s"], 1),
         "per_seed_travel_time_s": {
-            p: [round(t, 1) for t in f["travel_time_s"]] for p, f in data["policies"].items()
+            p: [round(t, 1) for t in f["travel_time_s"]]
+            for p, f in data["policies"].items()
+            if "travel_time_s" in f
         },
+    }
+
+
+def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
+    """What the crossing cost the second to cross: per seed its trip with both corridors less
+    its trip with the other ambulance taken out of the same seed (advice upstream, a wait at
+    the crossing, the queue its window had to flush first: all of it, and nothing it would
+    have lost anyway), and the two trips' extra together."""
+    alone = dict(zip(solo["seed"], solo["solo_trips_s"], strict=True))
+    second, together = [], []
+    for seed, name, trips in zip(both["seed"], both["second"], both["trips_s"], strict=True):
+        if seed in alone and name:
+            second.append(trips[name] - alone[seed][name])
+            together.append(sum(trips[n] - alone[seed][n] for n in trips))
+    finite = [x for x in second if math.isfinite(x)]
+    return {
+        "second_extra_s": [round(x, 1) for x in second],
+        "mean_s": round(_mean(second), 1),
+        "median_s": round(float(np.median(finite)), 1) if finite else math.nan,
+        "both_extra_s": round(_mean(together), 1),
     }
 
 
@@ -268,6 +339,10 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     for (case, engine), found in parts.items():
         results.setdefault(case, {})[engine] = summarize(merge(found))
+    for engine, solo in results.get("grid-solo", {}).items():
+        if engine in results.get("grid", {}):
+            corridor = results["grid"][engine]["policies"]["corridor"]
+            corridor["crossing_cost"] = crossing_cost(corridor, solo["policies"]["corridor"])
     print(render(results, args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sumo_closed_loop.json").write_text(
@@ -280,6 +355,8 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps = []
     for case, engines in results.items():
+        if case == "grid-solo":  # its trips are the grid's yardstick (``crossing_cost``)
+            continue
         rows += [
             "",
             f"  {case}",
@@ -318,6 +395,18 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             ]
             if crossing:
                 rows.append("    at the crossing, " + "; ".join(crossing))
+            cost = [
+                f"{name}: {c['mean_s']:.1f} s (median {c['median_s']:.1f}; per seed "
+                f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "
+                f"{c['both_extra_s']:.1f} s"
+                for name, e in engines.items()
+                if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
+            ]
+            if cost:
+                rows.append(
+                    "    the second's trip less its trip alone (target: at most 10 s), "
+                    + "; ".join(cost)
+                )
         if "sumo" in engines:
             sumo = engines["sumo"]
             teleports = sum(p["teleports"] for p in sumo["policies"].values())
@@ -328,7 +417,7 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     corridor = {
         case: e["sumo"]["policies"]["corridor"]["x_free_flow"]
         for case, e in results.items()
-        if "sumo" in e and "corridor" in e["sumo"]["policies"]
+        if "sumo" in e and "x_free_flow" in e["sumo"]["policies"].get("corridor", {})
     }
     ceiling = {
         case.removesuffix("-ceiling"): e["sumo"]["policies"]["green_all_the_way"]["x_free_flow"]

@@ -207,7 +207,7 @@ def run_policy(
     the run (the ambulances leave after its warm-up, it ends ``after_s`` later). ``engine``
     moves the vehicles: ours, or SUMO micro under the same controllers (``sumo_run``)."""
     setup = setup or Setup()
-    scenario = scenario or _scenario(setup, seed)
+    scenario = scenario or setup_scenario(setup, seed)
     with open_run(engine, scenario) as run:
         return _run(policy, seed, setup, scenario, run)
 
@@ -315,9 +315,14 @@ def check_impact(
     return ImpactCheck(estimate, saved, float(np.sum(queued)))
 
 
-def _scenario(setup: Setup, seed: int) -> Scenario:
+def setup_scenario(setup: Setup, seed: int, *, only: str | None = None) -> Scenario:
+    """The scenario ``setup`` describes for ``seed``. ``only`` (crossing setups): that one of
+    its ambulances, the others taken out and the traffic the same, so that its trip less
+    this one's is all the others cost it."""
     end = setup.warmup_s + setup.after_s
     if setup.crossing is None:
+        if only is not None:
+            raise ValidationError("only", "a setup without a crossing has one ambulance")
         return build(
             setup.network,
             level=setup.level,
@@ -332,8 +337,11 @@ def _scenario(setup: Setup, seed: int) -> Scenario:
     road = load_network(setup.network)
     row, column = setup.crossing
     ambulances = crossing_ambulances(road, row=row, column=column, at_s=setup.warmup_s)
+    kept = [a for a in ambulances if only is None or a.name == only]
+    if not kept:
+        raise ValidationError("only", f"no ambulance {only!r} in this setup")
     return build(
-        road, level=setup.level, duration_s=end, seed=seed, peak=setup.peak, ambulances=ambulances
+        road, level=setup.level, duration_s=end, seed=seed, peak=setup.peak, ambulances=kept
     )
 
 

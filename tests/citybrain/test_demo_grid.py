@@ -7,11 +7,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from citybrain import demo, diagram
 from citybrain.cli import _parser
-from citybrain.closed_loop import GRID, Policy, Setup
+from citybrain.closed_loop import GRID, Policy, Setup, setup_scenario
+from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorState
 from citybrain.simulator.scenarios import Level
 
@@ -119,6 +121,22 @@ def test_the_grid_json_member_has_the_documented_shape(
     first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
     picture = diagram.time_space_diagram(first, tmp_path / "ts.png", vehicle="AMB-2")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_ambulance_only_keeps_the_same_traffic() -> None:
+    """The yardstick of what the crossing costs (``benchmarks/sumo_closed_loop.py``,
+    ``grid-solo``): the other ambulance goes, every other trip stays as it was."""
+    both = setup_scenario(SMALL_GRID, 3).trips
+    solo = setup_scenario(SMALL_GRID, 3, only="AMB-2").trips
+    assert [solo.names[int(v)] for v in np.flatnonzero(solo.emergency)] == ["AMB-2"]
+    kept = ~both.emergency
+    kept[[v for v, name in both.names.items() if name == "AMB-2"]] = True
+    assert solo.depart.tolist() == both.depart[kept].tolist()
+    assert solo.route_len.tolist() == both.route_len[kept].tolist()
+    with pytest.raises(ValidationError, match="AMB-3"):
+        setup_scenario(SMALL_GRID, 3, only="AMB-3")
+    with pytest.raises(ValidationError, match="one ambulance"):
+        setup_scenario(Setup(), 3, only="AMB-1")
 
 
 def test_cli_demo_runs_the_grid_unless_told_not_to() -> None:
