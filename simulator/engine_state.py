@@ -34,6 +34,8 @@ class ModelParameters(NamedTuple):
     deceleration: float
     start_clear: float
     """How long a vehicle starting from a standstill takes to clear a car length."""
+    dawdle: float
+    """The speed a driver loses to imperfection on average (m/s), below its desired speed."""
 
 
 class Road(NamedTuple):
@@ -112,6 +114,11 @@ class Queues(NamedTuple):
     """For movements others give way to: when the first vehicle driving up to the stop line
     reaches it, as seen at ``foe_eta_at`` (a step start)."""
     foe_eta_at: NDArray[np.float64]
+    mv_inside: NDArray[np.int64]
+    """Per permitted movement: the vehicle waiting for its gap inside the junction, past its
+    stop line (-1: none). It holds no lane: those behind it go on."""
+    q_inside: NDArray[np.int32]
+    """Per queue: its vehicles waiting inside the junction."""
 
 
 class Links(NamedTuple):
@@ -218,6 +225,8 @@ def empty_queues(movements: int) -> Queues:
         last_cross=np.full(movements, -np.inf),
         foe_eta=np.zeros(movements, dtype=np.float64),
         foe_eta_at=np.full(movements, -np.inf),
+        mv_inside=np.full(movements, -1, dtype=np.int64),
+        q_inside=np.zeros(movements, dtype=np.int32),
     )
 
 

@@ -1,11 +1,12 @@
 """Numba kernels of the traffic engine: plain arrays in, state arrays updated in place.
 
 The model is a mesoscopic spatial queue with individual vehicles. A vehicle drives its link at
-its desired speed (the link's times its factor, kept under any advised speed it follows)
-until it reaches the back of its queue, joins that FIFO queue, and leaves it at the stop line
-one saturation headway after the vehicle ahead, only while its signal group may proceed
-(green, plus a short yellow end lag), only after the start-up lost time once a green begins,
-and only if the next link has storage left (so queues spill back upstream).
+its desired speed (the link's times its factor, kept under any advised speed it follows, less
+what its driver dawdles: ``ModelParameters.dawdle``) until it reaches the back of its queue,
+joins that FIFO queue, and leaves it at the stop line one saturation headway after the vehicle
+ahead, only while its signal group may proceed (green, plus a short yellow end lag), only after
+the start-up lost time once a green begins, and only if the next link has storage left (so
+queues spill back upstream).
 
 Queues are lanes, not turns: movements of a link that share a lane share one queue (a lane is
 one file of cars whatever their turn), discharging at the saturation flow of all its lanes
@@ -25,11 +26,15 @@ everyone: one that has at least as many vehicles as its link has lanes driving w
 of those (nobody makes way on a moving road; in SUMO an ambulance lost 110-155 s a trip this
 way against the green wave). Who is ahead is read as each step begins.
 
-A permitted turn (a left or U-turn whose signal lets the opposing traffic go at the same
-time: SUMO's ``g``) gives way: it crosses only if the last vehicle of the movements it yields
-to (``mv_yield``) crossed at least ``FOE_CLEAR_S`` before and the next (standing ready at its
-stop line, or driving up to it) is at least ``CRITICAL_GAP_S - FOE_CLEAR_S`` away; waiting,
-it holds those behind it in its lanes. Unsignalized junctions have no priority: all go.
+A permitted turn (a left or U-turn whose signal lets the opposing traffic go at the same time:
+SUMO's ``g``) gives way: it crosses only if the last vehicle of the movements it yields to
+(``mv_yield``) crossed at least ``FOE_CLEAR_S`` before and the next (standing ready at its stop
+line, or driving up to it) is at least ``CRITICAL_GAP_S - FOE_CLEAR_S`` away (one standing at
+its line whose next lanes are full is not coming). The first to wait waits inside the junction
+(``Queues.mv_inside``: it has crossed its stop line, taking its lanes' headway, and holds no
+lane), and turns once the gap comes or the streams it waits for stop (their last vehicle
+``FOE_CLEAR_S`` gone), whatever its own signal shows by then; the next waits at the line,
+holding those behind it in its lanes. Unsignalized junctions have no priority: all go.
 
 A vehicle that stopped loses ``v/2a`` (accelerating) on the link after the stop line, plus the
 part of its braking ``v/2b`` that its wait did not absorb (a braking vehicle reaches its place
@@ -121,14 +126,20 @@ def signal_masks(
 
 
 @njit(cache=True)
-def _desired_speed(link: int, v: int, road: Road, demand: Demand, vehicles: Vehicles) -> float:
+def _desired_speed(
+    link: int, v: int, road: Road, demand: Demand, vehicles: Vehicles, model: ModelParameters
+) -> float:
     """The speed vehicle ``v`` drives ``link`` at: the link's times its factor, under any
-    speed cap it keeps to (advice its driver follows)."""
-    return float(min(road.link_speed[link] * demand.speed_factor[v], vehicles.speed_cap[v]))
+    speed cap it keeps to (advice its driver follows), less what its driver dawdles (never
+    more than half of it)."""
+    desired = min(road.link_speed[link] * demand.speed_factor[v], vehicles.speed_cap[v])
+    return float(max(desired - model.dawdle, 0.5 * desired))
 
 
 @njit(cache=True)
-def _followed_speed(v: int, road: Road, demand: Demand, vehicles: Vehicles) -> float:
+def _followed_speed(
+    v: int, road: Road, demand: Demand, vehicles: Vehicles, model: ModelParameters
+) -> float:
     """The speed driving emergency vehicle ``v`` is held to by traffic it cannot pass: with
     at least as many vehicles as its link has lanes driving within ``FOLLOW_M`` ahead of it,
     every lane is taken (one by each of the nearest), and it follows the fastest of those
@@ -148,7 +159,7 @@ def _followed_speed(v: int, road: Road, demand: Demand, vehicles: Vehicles) -> f
         farthest = np.argmax(gaps)
         if 0.0 < gap <= FOLLOW_M and gap < gaps[farthest]:
             gaps[farthest] = gap
-            speeds[farthest] = _desired_speed(link, u, road, demand, vehicles)
+            speeds[farthest] = _desired_speed(link, u, road, demand, vehicles, model)
     return speeds.max() if np.isfinite(gaps).all() else np.inf
 
 
@@ -172,27 +183,41 @@ def _paid_here(lost: float, length: float, speed: float, model: ModelParameters)
 
 
 @njit(cache=True)
+def _room_ahead(v: int, road: Road, demand: Demand, queues: Queues, vehicles: Vehicles) -> bool:
+    """Whether the lanes queued vehicle ``v`` takes on its next link have room for it (its
+    movement there; none at the end of its route)."""
+    then = demand.route_moves[demand.route_start[v] + vehicles.hop[v] + 1]
+    return bool(
+        then < 0 or queues.q_count[road.mv_queue[then]] < road.qu_storage[road.mv_queue[then]]
+    )
+
+
+@njit(cache=True)
 def _gap(
     m: int,
     leave: float,
     t: float,
     road: Road,
+    demand: Demand,
     signals: Signals,
     queues: Queues,
     links: Links,
     vehicles: Vehicles,
 ) -> bool:
-    """Whether movement ``m`` may cross at ``leave``: every movement it gives way to that may
-    go now is clear of it, its last vehicle ``FOE_CLEAR_S`` gone and its next (standing at
-    the stop line ready to go, or driving up to it) ``CRITICAL_GAP_S - FOE_CLEAR_S`` away."""
+    """Whether movement ``m`` may cross at ``leave``: every movement it gives way to is clear
+    of it, its last vehicle ``FOE_CLEAR_S`` gone (also one whose signal has just ended) and,
+    where it may go now, its next (standing at the stop line ready to go, or driving up to
+    it) ``CRITICAL_GAP_S - FOE_CLEAR_S`` away. A foe held at its line because the lanes it
+    takes next are full is not coming: counted as coming, two permitted turns on short links
+    each waited for the other's stuck head for good."""
     ahead = leave + CRITICAL_GAP_S - FOE_CLEAR_S
     for k in range(road.mv_yield_start[m], road.mv_yield_start[m + 1]):
         f = road.mv_yield[k]
+        if leave - queues.last_cross[f] < FOE_CLEAR_S:
+            return False
         c = road.mv_controller[f]
         if c >= 0 and ((signals.allowed[c] >> road.mv_bit[f]) & 1) == 0:
             continue
-        if leave - queues.last_cross[f] < FOE_CLEAR_S:
-            return False
         if queues.foe_eta_at[f] == t and queues.foe_eta[f] < ahead:
             return False
         head = queues.q_head[road.mv_queue[f]]
@@ -201,6 +226,7 @@ def _gap(
             head >= 0
             and vehicles.queued_move[head] == f
             and links.link_count[target] < road.link_storage[target]
+            and _room_ahead(head, road, demand, queues, vehicles)
             and max(
                 queues.next_departure[road.mv_queue[f]], queues.mv_next[f], vehicles.joined[head]
             )
@@ -249,7 +275,7 @@ def run_steps(
         for e in range(demand.urgent.shape[0]):
             v = demand.urgent[e]
             driving = vehicles.state[v] == DRIVING
-            followed[e] = _followed_speed(v, road, demand, vehicles) if driving else np.inf
+            followed[e] = _followed_speed(v, road, demand, vehicles, model) if driving else np.inf
         signal_masks(
             t,
             plans.ctl_cycle,
@@ -276,7 +302,7 @@ def run_steps(
                 kept += 1
                 continue
             move = demand.route_moves[demand.route_start[v] + vehicles.hop[v]]
-            speed = _desired_speed(link, v, road, demand, vehicles)
+            speed = _desired_speed(link, v, road, demand, vehicles, model)
             if demand.emergency[v]:
                 for e in range(demand.urgent.shape[0]):
                     if demand.urgent[e] == v:
@@ -355,7 +381,7 @@ def run_steps(
             # a queue that cannot send anyone this step is passed over without reading its
             # vehicles: all its movements red, or its only movement's next link full
             shared = road.qu_signal[q]
-            if shared >= 0:
+            if shared >= 0 and queues.q_inside[q] == 0:
                 c = road.mv_controller[shared]
                 if c >= 0 and ((signals.allowed[c] >> road.mv_bit[shared]) & 1) == 0:
                     continue
@@ -380,9 +406,10 @@ def run_steps(
                 m = only if only >= 0 else vehicles.queued_move[v]
                 target = road.mv_to[m]
                 slot = np.int64(1) << min(m - q, 62)
+                inside = queues.mv_inside[m] == v
                 # an emergency vehicle is let by those held for another turn (they make way);
                 # one held ahead of it for its own turn it waits behind like anyone
-                if (
+                if not inside and (
                     (road.mv_lane_mask[m] & ~held == 0)
                     if not demand.emergency[v]
                     else (held_moves & slot)
@@ -392,7 +419,9 @@ def run_steps(
                     v = vehicles.next_in_queue[v]
                     continue
                 c = road.mv_controller[m]
-                if c >= 0 and ((signals.allowed[c] >> road.mv_bit[m]) & 1) == 0:
+                if inside:
+                    go_from = max(queues.mv_next[m], t)  # past its stop line: red or green
+                elif c >= 0 and ((signals.allowed[c] >> road.mv_bit[m]) & 1) == 0:
                     go_from = horizon  # red
                 elif c >= 0:
                     go_from = max(
@@ -407,6 +436,7 @@ def run_steps(
                 then = demand.route_moves[
                     base + vehicles.hop[v] + 1
                 ]  # its movement on the next link
+                # ``_room_ahead`` spelled out: called here it cost the 100 x 100 benchmark 40 %
                 lanes_full = (
                     then >= 0
                     and queues.q_count[road.mv_queue[then]] >= road.qu_storage[road.mv_queue[then]]
@@ -422,7 +452,7 @@ def run_steps(
                     # lanes it will take next, it waits in one of its several lanes (drivers
                     # pick their lane for the turn after): the others may pass it.
                     mask = road.mv_lane_mask[m]
-                    if not (
+                    if not inside and not (
                         lanes_full
                         and go_from < horizon
                         and links.link_count[target] < road.link_storage[target]
@@ -435,16 +465,31 @@ def run_steps(
                     previous = v
                     v = vehicles.next_in_queue[v]
                     continue
-                leave = max(queues.next_departure[q], vehicles.joined[v], go_from)
+                leave = (
+                    go_from
+                    if inside
+                    else max(queues.next_departure[q], vehicles.joined[v], go_from)
+                )
                 if leave >= horizon:
                     break
                 if (
                     yields
                     and road.mv_yield_start[m] < road.mv_yield_start[m + 1]
-                    and not _gap(m, leave, t, road, signals, queues, links, vehicles)
+                    and (
+                        (queues.mv_inside[m] >= 0 and not inside)
+                        or not _gap(m, leave, t, road, demand, signals, queues, links, vehicles)
+                    )
                 ):
-                    # a permitted turn waiting for a gap in the traffic it gives way to
-                    held |= road.mv_lane_mask[m]
+                    # a permitted turn waiting for a gap in the traffic it gives way to: the
+                    # first waits inside the junction, past its stop line, holding no lane
+                    # (its crossing of the line takes its lanes' headway); the next at the
+                    # line, holding its lanes
+                    if queues.mv_inside[m] < 0:
+                        queues.mv_inside[m] = v
+                        queues.q_inside[q] += 1
+                        queues.next_departure[q] = leave + road.qu_headway[q] * road.mv_slower[m]
+                    elif not inside:
+                        held |= road.mv_lane_mask[m]
                     held_moves |= slot
                     if held == road.qu_mask[q] and queues.q_urgent[q] == 0:
                         break
@@ -485,7 +530,7 @@ def run_steps(
                 vehicles.hop_enter[base + vehicles.hop[v]] = leave
                 # the rest of the step is driven on the new link, less the time a stopped
                 # vehicle loses pulling away and braking beyond its wait (``_stop_loss``)
-                speed = _desired_speed(target, v, road, demand, vehicles)
+                speed = _desired_speed(target, v, road, demand, vehicles, model)
                 lost = vehicles.carry[v]
                 if stopped:
                     lost += _stop_loss(speed, leave - vehicles.joined[v], model)
@@ -501,7 +546,11 @@ def run_steps(
                     road.link_length[target],
                 )
                 vehicles.state[v] = DRIVING
-                queues.next_departure[q] = leave + road.qu_headway[q] * road.mv_slower[m]
+                if inside:  # it crossed its stop line when it went in
+                    queues.mv_inside[m] = -1
+                    queues.q_inside[q] -= 1
+                else:
+                    queues.next_departure[q] = leave + road.qu_headway[q] * road.mv_slower[m]
                 queues.mv_next[m] = leave + road.mv_headway[m] * road.mv_slower[m]
                 queues.last_cross[m] = leave
                 v = following
@@ -535,7 +584,7 @@ def run_steps(
                 vehicles.state[v] = DRIVING
                 vehicles.hop[v] = 0
                 vehicles.entered[v] = max(demand.depart[v], t)
-                speed = _desired_speed(first, v, road, demand, vehicles)
+                speed = _desired_speed(first, v, road, demand, vehicles, model)
                 lost = 0.0
                 if standing:
                     vehicles.entered[v] = max(vehicles.entered[v], links.next_start[first])

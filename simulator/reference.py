@@ -13,24 +13,25 @@ or a bug. Tests compare trips, delays and queues (``tests/simulator/test_referen
 Rules: a vehicle enters its first link when due, if the link and the lanes of its first
 movement have room, else waits (all waiting vehicles are tried at every change, in the order
 they became due). It drives at link speed x its factor (under its ``SpeedCap`` once one is
-set), through others, to the back of its movement's queue (``length - vehicles x 7.5 m /
-lanes``) or to the end of its last link; an emergency vehicle with at least as many vehicles
-driving within 70 m ahead of it on its link as the link has lanes follows the fastest of the
-nearest of them, one a lane (it cannot pass). A queue is FIFO over the lanes its movements share;
-its first vehicle not held crosses at the latest of: the queue's last crossing + its lanes'
-headway, its movement's last crossing + the movement's headway (both stretched by the
-movement's ``mv_slower`` after a turn the junction slows), its joining, its group's green
-start + the lost time; only while its group may proceed (green, the yellow end lag, an overlap
-through the change interval) and while the next link and the lanes it takes there have room. A
-vehicle that may not go holds those behind it whose lanes are all held (one held only for full
-lanes ahead, on several lanes of its own, holds none); an emergency vehicle waits only behind
-one of its own movement. A wait over 1 s is a stop, which costs ``speed/2a`` plus what of
-``speed/2b`` the wait was shorter than on the next link (on a link shorter than the distance to
-reach speed, only what a standing start takes there; the rest on the links after). A vehicle
-that starts from a standstill (``Trips.standing``) pays ``speed/2a`` the same way on its first
-link, and enters it no sooner than ``sqrt(2 x 7.5 m / a)`` after the last one that started
-there. Crossing the junction takes its distance at the new
-link's speed. Unsignalized movements go from the start, after the lost time.
+set), less the driver's dawdling (``dawdle_mps``, at most half of that), through others, to the
+back of its movement's queue (``length - vehicles x 7.5 m / lanes``) or to the end of its last
+link; an emergency vehicle with at least as many vehicles driving within 70 m ahead of it on
+its link as the link has lanes follows the fastest of the nearest of them, one a lane (it
+cannot pass). A queue is FIFO over the lanes its movements share; its first vehicle not held
+crosses at the latest of: the queue's last crossing + its lanes' headway, its movement's last
+crossing + the movement's headway (both stretched by the movement's ``mv_slower`` after a turn
+the junction slows), its joining, its group's green start + the lost time; only while its group
+may proceed (green, the yellow end lag, an overlap through the change interval) and while the
+next link and the lanes it takes there have room. A vehicle that may not go holds those behind
+it whose lanes are all held (one held only for full lanes ahead, on several lanes of its own,
+holds none); an emergency vehicle waits only behind one of its own movement. A wait over 1 s is
+a stop, which costs ``speed/2a`` plus what of ``speed/2b`` the wait was shorter than on the
+next link (on a link shorter than the distance to reach speed, only what a standing start takes
+there; the rest on the links after). A vehicle that starts from a standstill
+(``Trips.standing``) pays ``speed/2a`` the same way on its first link, and enters it no sooner
+than ``sqrt(2 x 7.5 m / a)`` after the last one that started there. Crossing the junction takes
+its distance at the new link's speed. Unsignalized movements go from the start, after the lost
+time.
 
 Not modelled (refused): permitted turns that give way (``mv_yield``). Not kept: detectors.
 It is slow (every event looks at every vehicle on the road): for small networks only.
@@ -54,6 +55,7 @@ from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.demand import Trips, standing_mask
 from citybrain.simulator.engine import (
     ACCELERATION_MPS2,
+    DAWDLE_MPS,
     DECELERATION_MPS2,
     END_LAG_S,
     LOST_TIME_S,
@@ -142,6 +144,7 @@ class ReferenceModel:
         end_lag_s: float = END_LAG_S,
         acceleration_mps2: float = ACCELERATION_MPS2,
         deceleration_mps2: float = DECELERATION_MPS2,
+        dawdle_mps: float = DAWDLE_MPS,
     ) -> None:
         if net.mv_yield.size:
             raise ValidationError("net", "the reference does not model permitted turns")
@@ -152,6 +155,7 @@ class ReferenceModel:
         self.net, self.trips = net, trips
         self.lost_time, self.end_lag = lost_time_s, end_lag_s
         self.acceleration, self.deceleration = acceleration_mps2, deceleration_mps2
+        self.dawdle = dawdle_mps
         self.standing = standing_mask(trips)
         self.start_clear = math.sqrt(2.0 * JAM_SPACING_M / acceleration_mps2)
         self.next_start = [-NEVER] * net.links
@@ -201,7 +205,8 @@ class ReferenceModel:
 
     def _own_speed(self, v: _Vehicle) -> float:
         own = float(self.net.link_speed[self._link(v)] * self.trips.speed_factor[v.index])
-        return min(own, self.cap[v.index])
+        desired = min(own, self.cap[v.index])
+        return max(desired - self.dawdle, 0.5 * desired)
 
     def _speed(self, v: _Vehicle) -> float:
         return min(self._own_speed(v), self.held.get(v.index, NEVER))

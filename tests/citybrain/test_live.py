@@ -40,7 +40,7 @@ def test_the_live_system_runs_a_corridor_and_stores_every_telemetry_message(
 
 def test_kept_running_the_live_system_answers_its_api_until_interrupted(postgres: Any) -> None:
     options = LiveOptions(
-        network="arterial:2", warmup_s=300.0, after_s=300.0, speed=20.0, broker="amqtt",
+        network="arterial:2", warmup_s=300.0, after_s=360.0, speed=20.0, broker="amqtt",
         dsn=postgres.create_database(), keep_running=True,
     )  # fmt: skip
     said: list[str] = []

@@ -23,6 +23,7 @@ from citybrain.simulator.demand import (
 )
 from citybrain.simulator.engine import (
     ACCELERATION_MPS2,
+    DAWDLE_MPS,
     DECELERATION_MPS2,
     LOST_TIME_S,
     Simulation,
@@ -55,19 +56,29 @@ def _all_green(sim: Simulation) -> None:
     ],
 )
 @pytest.mark.parametrize(("speed_factor", "depart"), [(1.0, 0.0), (0.95, 0.3), (1.3, 17.75)])
-def test_a_lone_vehicle_on_green_travels_in_free_flow_time(
-    road: RoadNetwork, route: list[str], length: float, speed_factor: float, depart: float
+@pytest.mark.parametrize("dawdle", [0.0, DAWDLE_MPS])
+def test_a_lone_vehicle_on_green_travels_at_its_speed_less_its_dawdling(
+    road: RoadNetwork,
+    route: list[str],
+    length: float,
+    speed_factor: float,
+    depart: float,
+    dawdle: float,
 ) -> None:
+    """Free flow (the limit times its factor) only for a driver who does not dawdle."""
     net = compile_network(road)
     trips = fixed_route(net, route, depart_s=depart, name="V", speed_factor=speed_factor)
-    sim = Simulation(net, trips)
+    sim = Simulation(net, trips, dawdle_mps=dawdle)
     _all_green(sim)
-    speed = SPEED * speed_factor
+    speed = SPEED * speed_factor - dawdle
     sim.advance(depart + length / speed + 5.0)
     assert sim.state[0] == kernels.ARRIVED
     assert sim.vehicles.entered[0] == depart
     assert abs(sim.arrived[0] - (depart + length / speed)) < 1e-6
-    assert abs(sim.arrived[0] - depart - free_flow_time_s(net, trips, 0)) < 1e-6
+    free_flow = free_flow_time_s(net, trips, 0)
+    assert sim.arrived[0] - depart - free_flow == pytest.approx(
+        free_flow * dawdle / speed, abs=1e-6
+    )
     assert sim.stops[0] == 0
     # each stop line is passed after the links before it, at the desired speed
     passed = depart
@@ -122,7 +133,7 @@ def test_a_queue_keeps_its_order_and_a_faster_vehicle_behind_it_waits() -> None:
     amb = ahead
     sim = Simulation(net, trips)
     sim.set_override(0, 0)
-    # the cars queue by 300 s; the ambulance needs 3566 m / 18.07 m/s = 197 s to reach them
+    # the cars queue by 300 s; the ambulance needs 3566 m / 17.42 m/s = 205 s to reach them
     sim.advance(560.0)
     m = net.movement_between(net.link_index["west-a01"], net.link_index["a01-east"])
     queue = net.mv_queue[m]
@@ -131,7 +142,7 @@ def test_a_queue_keeps_its_order_and_a_faster_vehicle_behind_it_waits() -> None:
     assert sim.state[amb] == kernels.QUEUED
     back = net.link_length[0] - ahead * JAM_SPACING_M / 2  # 20 cars on the two through lanes
     assert sim.position[amb] == pytest.approx(back)
-    assert sim.vehicles.joined[amb] == pytest.approx(300.0 + back / (SPEED * 1.3))
+    assert sim.vehicles.joined[amb] == pytest.approx(300.0 + back / (SPEED * 1.3 - DAWDLE_MPS))
     green_at = sim.now
     sim.set_override(0, group_mask(net, 0, ["2"]))
     sim.advance(60.0)
@@ -543,7 +554,7 @@ def test_crossing_a_junction_takes_its_distance_at_the_speed_limit() -> None:
     net = _reshaped(road, lengths=shorter)
     trips = fixed_route(net, EAST, depart_s=0.0, name="V", speed_factor=1.0)
     assert net.mv_junction_m[trips.route_moves[0]] == pytest.approx(20.0)
-    sim = Simulation(net, trips)
+    sim = Simulation(net, trips, dawdle_mps=0.0)  # at the limit itself
     _all_green(sim)
     sim.advance(600.0)
     length = sum(net.link_length[net.link_index[link]] for link in EAST) + 20.0
@@ -576,14 +587,19 @@ def test_the_kernel_and_its_python_source_agree_on_a_city_like_network() -> None
     assert (compiled.state == kernels.ARRIVED).sum() > 50
 
 
-def _permitted_lefts() -> CompiledNetwork:
-    """The one-junction arterial with its main lefts allowed during the main throughs (a
-    permitted left, SUMO's ``g``): lefts no longer conflict with the opposing throughs."""
+def _permitted_lefts(
+    lanes: Mapping[str, tuple[Lane, ...]] | None = None,
+    *,
+    road: RoadNetwork | None = None,
+    node: str = "a01",
+) -> CompiledNetwork:
+    """The one-junction arterial (or ``road``) with the main lefts at ``node`` allowed during
+    the main throughs (a permitted left, SUMO's ``g``): lefts no longer conflict with the
+    opposing throughs."""
     from citybrain.signal_plans.timing import IntersectionSignals, Phase, TimingPlan
 
-    road = arterial(1)
-    plan = road.plans["a01"]
-    signals = plan.signals
+    road = road or arterial(1)
+    signals = road.plans[node].signals
     permitted = {frozenset(pair) for pair in (("5", "6"), ("1", "2"), ("7", "8"), ("3", "4"))}
     relaxed = IntersectionSignals(
         signals.intersection_id,
@@ -595,7 +611,8 @@ def _permitted_lefts() -> CompiledNetwork:
         Phase("side", frozenset({"3", "4", "7", "8"})),
     )
     timing = TimingPlan("permitted", relaxed, phases, (50.0, 30.0))
-    return compile_network(dataclasses.replace(road, plans={"a01": timing}))
+    plans = {**road.plans, node: timing}
+    return _reshaped(dataclasses.replace(road, plans=plans), lanes=lanes)
 
 
 def test_only_a_permitted_turn_gives_way() -> None:
@@ -644,3 +661,94 @@ def test_a_permitted_left_waits_for_a_gap_in_the_opposing_stream(
     assert bool(turned - arrived_at_line > 20.0) is waits
     if waits:
         assert after.size == 0, "it turned only once the stream had passed"
+
+
+def _left_behind_a_stream(net: CompiledNetwork, departs: list[tuple[list[str], float]]) -> Trips:
+    """Opposing throughs every 2 s from 0 to 120 s (no 4.5 s gap: a permitted left waits for
+    their end), and ``departs`` (route, departure) driving east."""
+    stream = vehicles(net, ["east-a01", "a01-west"], [2.0 * i for i in range(60)])
+    ours = [
+        fixed_route(net, route, depart_s=at, name=f"E{i}", emergency=False, speed_factor=1.0)
+        for i, (route, at) in enumerate(departs)
+    ]
+    return Trips.concat([stream, *ours])
+
+
+def test_a_permitted_left_waits_inside_the_junction_and_its_lane_goes_on() -> None:
+    """On one lane shared by every turn, a left turner that finds no gap waits past its stop
+    line, inside the junction (SUMO's internal stop): the through behind it goes on; the
+    next left turner waits at the line and holds the lane, so the through behind that one
+    waits too. Once the stream has passed, both turn, in their order."""
+    net = _permitted_lefts({"west-a01": ONE_LANE})
+    straight = ["west-a01", "a01-east"]
+    # all reach the stop line 2 s apart from about 60 s, while the stream still comes
+    lead = (net.link_length[net.link_index["east-a01"]] - net.link_length[0]) / SPEED
+    order = [EAST_LEFT, straight, EAST_LEFT, straight]
+    trips = _left_behind_a_stream(net, [(r, 60.0 + lead + 2.0 * i) for i, r in enumerate(order)])
+    sim = Simulation(net, trips)
+    sim.set_override(0, group_mask(net, 0, ["1", "2", "5", "6"]))
+    sim.advance(400.0)
+    check_conservation(sim)
+    first = trips.count - 4
+    crossed = sim.hop_enter[trips.route_start[first:] + 1]
+    stream_ends = np.max(sim.hop_enter[trips.route_start[:first] + 1])
+    left_1, through_1, left_2, through_2 = crossed
+    assert through_1 < stream_ends, "the through behind the waiting left went on"
+    assert min(left_1, left_2, through_2) > stream_ends
+    assert left_1 < left_2 < through_2
+
+
+def test_a_left_waiting_inside_leaves_as_the_opposing_stream_stops() -> None:
+    """Its green ends with the stream's: it is past its stop line, so it turns as soon as
+    the stream has stopped coming (the intergreen), not a cycle later."""
+    net = _permitted_lefts({"west-a01": ONE_LANE})
+    lead = (net.link_length[net.link_index["east-a01"]] - net.link_length[0]) / SPEED
+    trips = _left_behind_a_stream(net, [(EAST_LEFT, 60.0 + lead)])
+    sim = Simulation(net, trips)
+    sim.set_override(0, group_mask(net, 0, ["1", "2", "5", "6"]))
+    # the stream reaches the stop line from ``reach`` on, the left turner 60 s later
+    reach = net.link_length[net.link_index["east-a01"]] / (SPEED - DAWDLE_MPS)
+    switch = float(np.ceil(reach + 80.0))
+    sim.advance(switch)
+    turner = trips.count - 1
+    assert sim.queues.mv_inside[sim.vehicles.queued_move[turner]] == turner
+    sim.set_override(0, group_mask(net, 0, ["3", "4", "7", "8"]))  # the side street's turn
+    sim.advance(10.0)
+    turned = sim.hop_enter[trips.route_start[turner] + 1]
+    last_through = np.nanmax(sim.hop_enter[trips.route_start[:turner] + 1])
+    assert turned >= switch
+    assert last_through + kernels.FOE_CLEAR_S - 1e-9 <= turned <= last_through + 3.0
+
+
+def test_a_permitted_left_does_not_wait_for_an_opposing_car_that_cannot_move() -> None:
+    """The opposing through at a02 cannot leave its stop line while the lanes it takes next
+    (a02-a01, 35 m, held red at a01) are full: it is not coming, so the left turner facing
+    it turns (waiting for it, two permitted turns on short links once waited for each
+    other's stuck car for good)."""
+    net = _permitted_lefts(road=arterial(2, length_m=100.0), node="a02")
+    a01, a02 = net.controller_ids.index("a01"), net.controller_ids.index("a02")
+    speed = SPEED - DAWDLE_MPS
+    reach = net.link_length[net.link_index["east-a02"]] / speed
+    route = ["west-a01", "a01-a02", "a02-a02n"]
+    to_a02 = sum(net.link_length[net.link_index[link]] for link in route[:2]) / speed
+    # the stream reaches a02 from 100 s before the left turner, coming from the west
+    at = max(to_a02, 100.0 + reach) + 10.0
+    westbound = ["east-a02", "a02-a01", "a01-west"]
+    stream = vehicles(net, westbound, [at - 100.0 - reach + 2.0 * i for i in range(20)])
+    turner = fixed_route(
+        net, route, depart_s=at - to_a02, name="L", emergency=False, speed_factor=1.0
+    )
+    trips = Trips.concat([stream, turner])
+    sim = Simulation(net, trips)
+    eastbound = {int(net.mv_bit[net.movement_index[m]]) for m in ("a01:ET", "a01:ER")}
+    sim.set_override(a01, sum(1 << bit for bit in eastbound))  # westbound held red at a01
+    sim.set_override(a02, group_mask(net, a02, ["1", "2", "5", "6"]))
+    sim.advance(at + 60.0)
+    v = trips.count - 1
+    through = net.movement_index["a02:WT"]
+    head = sim.queues.q_head[net.mv_queue[through]]
+    assert head >= 0, "the stream stands at a02"
+    assert sim.vehicles.queued_move[head] == through
+    assert sim.vehicles.joined[head] < sim.vehicles.joined[v]
+    turned = sim.hop_enter[trips.route_start[v] + 2]
+    assert turned - sim.vehicles.joined[v] < kernels.CRITICAL_GAP_S

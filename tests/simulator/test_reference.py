@@ -33,7 +33,7 @@ from citybrain.simulator.compiled import (
     turning_headway_factor,
 )
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
-from citybrain.simulator.engine import ACCELERATION_MPS2, Simulation
+from citybrain.simulator.engine import ACCELERATION_MPS2, DAWDLE_MPS, Simulation
 from citybrain.simulator.networks import RoadNetwork, arterial, grid
 from citybrain.simulator.reference import Override, ReferenceModel, ReferenceResult, SpeedCap
 
@@ -232,18 +232,20 @@ ON_THE_GRID = [
 def test_with_signal_changes_on_the_step_grid_most_trips_agree_exactly(
     road: RoadNetwork, vehicles_per_hour: float
 ) -> None:
-    """Measured (seed 3, 0.25 s steps): 93.5-97.8 % of trips the same to the microsecond,
+    """Measured (seed 3, 0.25 s steps): 92.6-97.8 % of trips the same to the microsecond,
     mean difference under 0.25 s, delay and stops within 0.4 % and 2 %, queues per link and
     sample at most 2 vehicles apart (mean 0.0104). Since a stop charges only the braking its
     wait did not absorb, a wait the kernel sees start up to a step early (a queue's back
     passing a driving vehicle) costs a little less there, and one just over 1 s in the kernel
-    but 1 s in the reference is a stop in one only: 96.6-98.7 % before."""
+    but 1 s in the reference is a stop in one only: 96.6-98.7 % before. Since drivers dawdle
+    (``DAWDLE_MPS``) the grid's trips reach a stop line off the step grid more often: 93.5 %
+    there before."""
     net = compile_network(_on_the_step_grid(road))
     trips = random_trips(net, seed=3, duration_s=900.0, vehicles_per_hour=vehicles_per_hour)
     agreement, sim, ref = _compare(net, trips, 1200.0, dt_s=0.25)
     assert agreement.arrived[0] == agreement.arrived[1] > 300
     assert np.array_equal(sim.vehicles.entered, ref.entered, equal_nan=True)
-    assert agreement.same_trips >= 0.93
+    assert agreement.same_trips >= 0.92
     assert abs(agreement.mean_difference_s) <= 0.3
     assert agreement.delay_ratio == pytest.approx(1.0, abs=0.005)
     assert agreement.stops_ratio == pytest.approx(1.0, abs=0.02)
@@ -252,14 +254,14 @@ def test_with_signal_changes_on_the_step_grid_most_trips_agree_exactly(
 
 
 def test_what_differs_is_the_step_it_shrinks_with_the_step() -> None:
-    """Share of identical trips on the 2 x 2 grid: 41 % with 1 s steps (half the phase
-    starts fall mid-step), 91 % with 0.5 s, 94 % with 0.25 s."""
+    """Share of identical trips on the 2 x 2 grid: 39 % with 1 s steps (half the phase
+    starts fall mid-step), 90 % with 0.5 s, 92.6 % with 0.25 s."""
     net = compile_network(_on_the_step_grid(grid(2, 2)))
     trips = random_trips(net, seed=3, duration_s=900.0, vehicles_per_hour=2500.0)
     shares = [_compare(net, trips, 1200.0, dt_s=dt)[0].same_trips for dt in (1.0, 0.5, 0.25)]
     assert shares[0] < shares[1] <= shares[2]
     assert shares[0] > 0.35
-    assert shares[2] > 0.93
+    assert shares[2] > 0.92
 
 
 @pytest.mark.parametrize(("road", "vehicles_per_hour"), ON_THE_GRID)
@@ -440,6 +442,6 @@ def test_vehicles_starting_from_a_standstill_pull_away_one_after_another(
     np.testing.assert_allclose(ref.entered, 3.25 + clear * np.arange(5), atol=1e-9)
     np.testing.assert_allclose(sim.vehicles.entered, ref.entered, atol=1e-9)
     np.testing.assert_allclose(sim.arrived, ref.arrived, atol=1e-9)
-    pulling_away = 13.9 / (2.0 * ACCELERATION_MPS2)
+    pulling_away = (13.9 - DAWDLE_MPS) / (2.0 * ACCELERATION_MPS2)
     assert ref.arrived[0] - at_speed.arrived[0] == pytest.approx(pulling_away)
     np.testing.assert_allclose(at_speed.entered, 3.25)

@@ -13,6 +13,7 @@ from citybrain.cli import main
 from citybrain.simulator import kernels, netfile, scoring
 from citybrain.simulator.compiled import compile_network
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
+from citybrain.simulator.engine import DAWDLE_MPS
 from citybrain.simulator.networks import arterial, grid
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
@@ -77,15 +78,17 @@ def test_score_accounts_for_every_vehicle_and_the_ambulance_is_never_early() -> 
     assert np.all(np.diff(track.times) == 1.0)
 
 
-def test_score_of_a_free_run_has_no_delay() -> None:
+def test_score_of_a_free_run_has_no_delay_but_its_drivers_dawdling() -> None:
+    """Delay is counted against the limit (as SUMO's time loss is): what a driver dawdles
+    is in it."""
     net = compile_network(grid(1, 1))
     run = Run(net, vehicles(net, ["bW0-g0_0", "g0_0-bE0"], [0.0, 30.0, 60.0]))
     run.sim.set_override(0, all_groups_mask(net, 0))
     run.advance(120.0)
     result = scoring.score(run, scenario="free", started_s=0.0)
     assert result.arrived == 3
-    assert result.mean_travel_time_s == pytest.approx(300.0 / 13.9)
-    assert result.mean_delay_s == pytest.approx(0.0, abs=1e-9)
+    assert result.mean_travel_time_s == pytest.approx(300.0 / (13.9 - DAWDLE_MPS))
+    assert result.mean_delay_s == pytest.approx(300.0 / (13.9 - DAWDLE_MPS) - 300.0 / 13.9)
     assert result.mean_stops == 0.0
 
 
