@@ -102,17 +102,20 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
     return figures
 
 
+def _at_crossing(journeys: list[Journey], crossing: str) -> list[tuple[Journey, int]]:
+    """The journeys in the order they left ``crossing``'s stop line, each with that stop
+    line's index on its trip; none if one never got there (the run ended, SUMO took it out)."""
+    reached = {j.trip.vehicle: [ln.intersection for ln in j.trip.stop_lines] for j in journeys}
+    if any(crossing not in passed for passed in reached.values()):
+        return []
+    at = [(j, reached[j.trip.vehicle].index(crossing)) for j in journeys]
+    return sorted(at, key=lambda pair: pair[0].trip.stop_lines[pair[1]].left_s)
+
+
 def _second(journeys: list[Journey], crossing: str) -> str:
     """The ambulance that crossed ``crossing`` last ("" if one never got there)."""
-    left: dict[str, float] = {
-        j.trip.vehicle: next(
-            (line.left_s for line in j.trip.stop_lines if line.intersection == crossing), math.nan
-        )
-        for j in journeys
-    }
-    if not all(math.isfinite(t) for t in left.values()):
-        return ""
-    return max(left, key=lambda vehicle: left[vehicle])
+    order = _at_crossing(journeys, crossing)
+    return order[-1][0].trip.vehicle if order else ""
 
 
 def _second_upstream(
@@ -124,15 +127,13 @@ def _second_upstream(
     the first's after ``clearance_s`` (the crossing plan's least intergreen), even were the
     first's window closed the moment it passed, the second's own queue gone and the second
     arriving at speed."""
-    reached = {j.trip.vehicle: [ln.intersection for ln in j.trip.stop_lines] for j in journeys}
-    if any(crossing not in passed for passed in reached.values()):
-        return math.nan, math.nan  # one never got there (the run ended, SUMO took it out)
-    lines = {vehicle: passed.index(crossing) for vehicle, passed in reached.items()}
-    first, second = sorted(journeys, key=lambda j: j.trip.stop_lines[lines[j.trip.vehicle]].left_s)
-    at = lines[second.trip.vehicle]
+    order = _at_crossing(journeys, crossing)
+    if not order:
+        return math.nan, math.nan
+    (first, first_at), (second, at) = order
     stretch = second.trip.stop_lines[max(0, at - 1) : at + 1]
     lost = sum(line.delay_s for line in stretch)
-    passed = first.trip.stop_lines[lines[first.trip.vehicle]].left_s
+    passed = first.trip.stop_lines[first_at].left_s
     unhindered = stretch[-1].left_s - lost
     return lost, max(0.0, passed + clearance_s - unhindered)
 
