@@ -14,7 +14,8 @@ beyond the same seeds without priority, and for SUMO the closed loop's real-time
 SUMO teleported; on the grid also what the second to cross lost on its last link and on its
 last two (where speed advice slows it) with the least it could have, the share of seeds where
 neither stopped at the crossing, and the two trips together; with ``grid-solo`` in the same
-run, the corridor's second to cross against its trip alone (``crossing_cost``). A table, one
+run, the corridor's second to cross against its trip alone (``crossing_cost``), beside the
+least the crossing could have cost it with the first crossing when it did. A table, one
 verdict line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
@@ -46,7 +47,9 @@ from citybrain.closed_loop import (
 )
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
+from citybrain.models.traffic import DEFAULT_LOST_TIME_S
 from citybrain.simulator.demand import Trips, fixed_route
+from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Scenario, build, load_network
 
@@ -90,11 +93,16 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         every = [list(o.journeys.values()) for o in outcomes]
         figures["second_loss_s"] = [max(j.delay_at(crossing) for j in js) for js in every]
         figures["neither_stops"] = [all(j.stops_at[crossing] == 0 for j in js) for js in every]
-        signals = load_network(GRID.network).plans[crossing].signals
+        road = load_network(GRID.network)
+        signals = road.plans[crossing].signals
         clearance = min(signals.intergreen_s({group}) for group in signals.groups)
         upstream = [_second_upstream(js, crossing, clearance) for js in every]
         figures["second_upstream_s"] = [lost for lost, _ in upstream]
         figures["second_floor_s"] = [least for _, least in upstream]
+        figures["second_earliest_s"] = [
+            _second_earliest(js, crossing, clearance, road) for js in every
+        ]
+        figures["second_crossed_s"] = [_second_crossed(js, crossing) for js in every]
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
         figures["second"] = [_second(js, crossing) for js in every]
     figures["seed"] = [o.seed for o in outcomes]
@@ -136,6 +144,33 @@ def _second_upstream(
     passed = first.trip.stop_lines[first_at].left_s
     unhindered = stretch[-1].left_s - lost
     return lost, max(0.0, passed + clearance_s - unhindered)
+
+
+def _second_crossed(journeys: list[Journey], crossing: str) -> float:
+    """When the second to cross left the crossing's stop line (NaN if one never got there)."""
+    order = _at_crossing(journeys, crossing)
+    return order[-1][0].trip.stop_lines[order[-1][1]].left_s if order else math.nan
+
+
+def _second_earliest(
+    journeys: list[Journey], crossing: str, clearance_s: float, road: RoadNetwork
+) -> float:
+    """The soonest the second to cross could have left the crossing, the first leaving it
+    when it did: the clearance, then the vehicles that left its approach ahead of it (what
+    arrived there while the first's window ran, and while its own did) at the saturation
+    flow of all its lanes after the start-up lost time; low where some lanes serve other
+    movements. NaN where one never got there."""
+    order = _at_crossing(journeys, crossing)
+    if not order:
+        return math.nan
+    (first, first_at), (second, at) = order
+    ahead = second.ahead_at_green.get(crossing)
+    if ahead is None:
+        return math.nan
+    link = road.network.link_by_id[second.trip.stop_lines[at].link]
+    per_veh = 3600.0 / (link.saturation_flow_vphpl * len(link.lanes))
+    green = DEFAULT_LOST_TIME_S + ahead * per_veh if ahead > 0 else 0.0
+    return first.trip.stop_lines[first_at].left_s + clearance_s + green
 
 
 def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
@@ -184,19 +219,21 @@ def _run_solo(setup: Setup, engine: Engine, seeds: list[int]) -> dict[str, Any]:
     its trip by name, under ``solo_trips_s``)."""
     trips_of = setup_scenario(setup, seeds[0]).trips
     names = [trips_of.names[int(v)] for v in np.flatnonzero(trips_of.emergency)]
-    wall, trips = 0.0, []
+    wall, trips, crossed = 0.0, [], []
     for seed in seeds:
         started = time.perf_counter()
-        trips.append({
+        journeys = {
             name: run_policy(
                 Policy.CORRIDOR, seed, setup,
                 scenario=setup_scenario(setup, seed, only=name), engine=engine,
-            ).journeys[name].travel_time_s
+            ).journeys[name]
             for name in names
-        })  # fmt: skip
+        }  # fmt: skip
         wall += time.perf_counter() - started
+        trips.append({name: j.travel_time_s for name, j in journeys.items()})
+        crossed.append(_left_crossing(journeys))
     simulated = (setup.warmup_s + setup.after_s) * len(seeds) * len(names)
-    figures = {"seed": list(seeds), "solo_trips_s": trips}
+    figures = {"seed": list(seeds), "solo_trips_s": trips, "solo_crossed_s": crossed}
     return {"wall_s": wall, "simulated_s": simulated, "policies": {"corridor": figures}}
 
 
@@ -257,7 +294,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     without = data["policies"].get("no_priority")
     for policy, f in data["policies"].items():
         if "solo_trips_s" in f:
-            rows[policy] = {"seed": f["seed"], "solo_trips_s": f["solo_trips_s"]}
+            rows[policy] = {key: f[key] for key in ("seed", "solo_trips_s", "solo_crossed_s")}
             continue
         travel = _mean(f["travel_time_s"])
         extra = _mean(f["others_veh_s"]) - _mean(without["others_veh_s"]) if without else math.nan
@@ -277,7 +314,13 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             rows[policy]["second_upstream_s"] = round(_mean(f["second_upstream_s"]), 1)
             rows[policy]["second_floor_s"] = round(_mean(f["second_floor_s"]), 1)
             rows[policy]["both_trips_s"] = round(_mean(f["both_trips_s"]), 1)
-            rows[policy].update(seed=f["seed"], second=f["second"], trips_s=f["trips_s"])
+            rows[policy].update(
+                seed=f["seed"],
+                second=f["second"],
+                trips_s=f["trips_s"],
+                second_earliest_s=f["second_earliest_s"],
+                second_crossed_s=f["second_crossed_s"],
+            )
     return {
         "policies": rows,
         "real_time_factor": round(data["simulated_s"] / data["wall_s"], 1),
@@ -289,23 +332,51 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _left_crossing(journeys: dict[str, Journey]) -> dict[str, float]:
+    """When each ambulance left the stop line of the intersection all their routes share."""
+    lines = {
+        name: {ln.intersection: ln for ln in j.trip.stop_lines} for name, j in journeys.items()
+    }
+    shared = set.intersection(*(set(by_node) for by_node in lines.values()))
+    if len(shared) != 1:
+        return dict.fromkeys(journeys, math.nan)
+    (crossing,) = shared
+    return {name: by_node[crossing].left_s for name, by_node in lines.items()}
+
+
 def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
     """What the crossing cost the second to cross: per seed its trip with both corridors less
     its trip with the other ambulance taken out of the same seed (advice upstream, a wait at
     the crossing, the queue its window had to flush first: all of it, and nothing it would
-    have lost anyway), and the two trips' extra together."""
+    have lost anyway), and the two trips' extra together. Beside it, the least it could
+    have lost at the crossing with the first crossing when it did (``_second_earliest``: the
+    clearance and the queue ahead of it at saturation flow) against when it crossed alone."""
     alone = dict(zip(solo["seed"], solo["solo_trips_s"], strict=True))
-    second, together = [], []
-    for seed, name, trips in zip(both["seed"], both["second"], both["trips_s"], strict=True):
+    crossed = dict(zip(solo["seed"], solo["solo_crossed_s"], strict=True))
+    second, together, at, least = [], [], [], []
+    for seed, name, trips, passed, earliest in zip(
+        both["seed"],
+        both["second"],
+        both["trips_s"],
+        both["second_crossed_s"],
+        both["second_earliest_s"],
+        strict=True,
+    ):
         if seed in alone and name:
             second.append(trips[name] - alone[seed][name])
             together.append(sum(trips[n] - alone[seed][n] for n in trips))
+            at.append(passed - crossed[seed][name])
+            least.append(max(0.0, earliest - crossed[seed][name]))
     finite = [x for x in second if math.isfinite(x)]
     return {
         "second_extra_s": [round(x, 1) for x in second],
         "mean_s": round(_mean(second), 1),
         "median_s": round(float(np.median(finite)), 1) if finite else math.nan,
         "both_extra_s": round(_mean(together), 1),
+        "at_crossing_s": [round(x, 1) for x in at],
+        "at_crossing_mean_s": round(_mean(at), 1),
+        "least_s": [round(x, 1) for x in least],
+        "least_mean_s": round(_mean(least), 1),
     }
 
 
@@ -399,7 +470,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             cost = [
                 f"{name}: {c['mean_s']:.1f} s (median {c['median_s']:.1f}; per seed "
                 f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "
-                f"{c['both_extra_s']:.1f} s"
+                f"{c['both_extra_s']:.1f} s; of it at the crossing {c['at_crossing_mean_s']:.1f} s "
+                f"(the least, the first crossing when it did: {c['least_mean_s']:.1f} s), after "
+                f"it {c['mean_s'] - c['at_crossing_mean_s']:.1f} s"
                 for name, e in engines.items()
                 if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
             ]

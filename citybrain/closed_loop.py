@@ -119,6 +119,10 @@ class Journey:
     advice: list[tuple[float, float | None]] = field(default_factory=list)
     """(time, speed) each time the speed its corridor advised changed, which it kept to
     (``None``: its own speed again)."""
+    ahead_at_green: dict[str, int] = field(default_factory=dict)
+    """Per signalized stop line it passed: the vehicles that left its approach from the start
+    of its last green there until it left (the queue that green served ahead of it): at
+    saturation flow, the least green it needed there, whatever the timing, behind them."""
 
     @property
     def travel_time_s(self) -> float:
@@ -251,6 +255,7 @@ def _run(
             vehicle.windows,
             vehicle.progression_mps,
             vehicle.advice,
+            vehicle.ahead_at_green,
         )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
@@ -390,6 +395,10 @@ class _Vehicle:
         """(time, speed) each time its corridor's advice changed (``Journey.advice``)."""
         self.held_until: dict[int, float] = {}
         """The ceiling: per hop of the route, until when its signal holds green."""
+        self.green_from: dict[int, tuple[int, bool]] = {}
+        """Per hop of the route: its approach's departures when its signal last turned green,
+        and whether it is green now (``Journey.ahead_at_green``)."""
+        self.ahead_at_green: dict[str, int] = {}
 
     @property
     def advised_mps(self) -> float | None:
@@ -463,11 +472,8 @@ class _Driver:
         self.seen_incidents = len(incidents)
 
     def _follow(self, vehicle: _Vehicle, now: float) -> None:
-        run, sim, v = self.run, self.run.sim, vehicle.index
-        for hop, node in enumerate(vehicle.nodes):
-            if node in vehicle.signals and vehicle.groups[hop]:
-                shown = run.controllers[node].state_at(now).groups[vehicle.groups[hop]].indication
-                vehicle.signals[node].append((now, shown.value))
+        sim, v = self.run.sim, vehicle.index
+        self._watch_signals(vehicle, now)
         if sim.state[v] not in (DRIVING, QUEUED):
             manager = self.manager
             if (
@@ -487,6 +493,7 @@ class _Driver:
         stops = int(sim.stops[v])
         if stops > vehicle.stops and vehicle.nodes[vehicle.hop] in vehicle.stops_at:
             vehicle.stops_at[vehicle.nodes[vehicle.hop]] += stops - vehicle.stops
+        self._count_ahead(vehicle, hop)
         vehicle.hop, vehicle.stops = hop, stops
         along = float(vehicle.offsets[hop] + max(0.0, sim.position[v]))
         vehicle.trajectory.append((now, along))
@@ -494,6 +501,29 @@ class _Driver:
             self._preempt(vehicle, hop, now)
         elif self.manager is not None:
             self._corridor(vehicle, hop, now)
+
+    def _watch_signals(self, vehicle: _Vehicle, now: float) -> None:
+        """Note what each signal on its route shows it, and when each last turned green."""
+        run = self.run
+        for hop, node in enumerate(vehicle.nodes):
+            if node in vehicle.signals and vehicle.groups[hop]:
+                shown = run.controllers[node].state_at(now).groups[vehicle.groups[hop]].indication
+                vehicle.signals[node].append((now, shown.value))
+                started, on = vehicle.green_from.get(hop, (0, False))
+                if (shown is Indication.GREEN) != on:
+                    if not on:
+                        started = int(run.sim.link_departures[vehicle.route[hop]])
+                    vehicle.green_from[hop] = (started, not on)
+
+    def _count_ahead(self, vehicle: _Vehicle, hop: int) -> None:
+        """On leaving the links before ``hop``: how many vehicles left each one's stop line
+        ahead of it since its last green there started (itself not counted)."""
+        departures = self.run.sim.link_departures
+        for passed in range(vehicle.hop, hop):
+            if passed in vehicle.green_from:
+                started = vehicle.green_from[passed][0]
+                ahead = int(departures[vehicle.route[passed]]) - started - 1
+                vehicle.ahead_at_green[vehicle.nodes[passed]] = max(0, ahead)
 
     def _preempt(self, vehicle: _Vehicle, hop: int, now: float) -> None:
         node = vehicle.nodes[hop]

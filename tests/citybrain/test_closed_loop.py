@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ from citybrain import demo, diagram
 from citybrain.cli import main
 from citybrain.closed_loop import AMBULANCE, Policy, Setup, indication_colour, run_policy
 from citybrain.models.messages import CorridorState
-from citybrain.simulator.scenarios import Level
+from citybrain.simulator.scenarios import Level, load_network
 
 SMALL = Setup(network="arterial:6", level=Level.SATURATED, warmup_s=300.0, after_s=900.0)
 
@@ -38,6 +39,38 @@ def test_every_policy_delivers_the_ambulance_and_no_plan_is_refused(
         o.corridors == {AMBULANCE: CorridorState.COMPLETED}
         for o in comparison.outcomes[Policy.CORRIDOR]
     )
+
+
+def test_the_vehicles_ahead_at_each_green_are_counted(comparison: demo.Comparison) -> None:
+    road = load_network(SMALL.network).network
+    for outcomes in comparison.outcomes.values():
+        for outcome in outcomes:
+            journey = outcome.journeys[AMBULANCE]
+            assert journey.ahead_at_green.keys() == journey.stops_at.keys()
+            for line in journey.trip.stop_lines:
+                if line.intersection not in journey.ahead_at_green:
+                    continue  # no signal
+                shown = journey.signals[line.intersection]
+                onset = max(
+                    t for (_, before), (t, now) in itertools.pairwise(shown)
+                    if now == "green" and before != "green" and t <= line.left_s
+                )  # fmt: skip
+                # no more than its lanes discharge at saturation flow since that green began
+                link = road.link_by_id[line.link]
+                lanes = len(link.lanes)
+                least_gap_s = 3600.0 / link.saturation_flow_vphpl / lanes
+                ahead = journey.ahead_at_green[line.intersection]
+                assert 0 <= ahead <= (line.left_s - onset) / least_gap_s + lanes
+    # without priority it waits in queues on this saturated arterial: someone mostly went first
+    waited = [
+        journey.ahead_at_green[node]
+        for outcome in comparison.outcomes[Policy.NO_PRIORITY]
+        for journey in [outcome.journeys[AMBULANCE]]
+        for node, stops in journey.stops_at.items()
+        if stops
+    ]
+    assert waited
+    assert sum(count > 0 for count in waited) >= 0.5 * len(waited)
 
 
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:
