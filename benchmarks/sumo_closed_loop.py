@@ -47,7 +47,7 @@ from citybrain.closed_loop import (
 )
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
-from citybrain.models.traffic import DEFAULT_LOST_TIME_S
+from citybrain.models.traffic import queue_discharge_time_s
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
@@ -96,15 +96,19 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         road = load_network(GRID.network)
         signals = road.plans[crossing].signals
         clearance = min(signals.intergreen_s({group}) for group in signals.groups)
-        upstream = [_second_upstream(js, crossing, clearance) for js in every]
+        orders = [_at_crossing(js, crossing) for js in every]
+        upstream = [_second_upstream(order, clearance) for order in orders]
         figures["second_upstream_s"] = [lost for lost, _ in upstream]
         figures["second_floor_s"] = [least for _, least in upstream]
         figures["second_earliest_s"] = [
-            _second_earliest(js, crossing, clearance, road) for js in every
+            _second_earliest(order, crossing, clearance, road) for order in orders
         ]
-        figures["second_crossed_s"] = [_second_crossed(js, crossing) for js in every]
+        figures["second_crossed_s"] = [
+            order[-1][0].trip.stop_lines[order[-1][1]].left_s if order else math.nan
+            for order in orders
+        ]
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
-        figures["second"] = [_second(js, crossing) for js in every]
+        figures["second"] = [order[-1][0].trip.vehicle if order else "" for order in orders]
     figures["seed"] = [o.seed for o in outcomes]
     figures["trips_s"] = [{n: j.travel_time_s for n, j in o.journeys.items()} for o in outcomes]
     return figures
@@ -120,22 +124,13 @@ def _at_crossing(journeys: list[Journey], crossing: str) -> list[tuple[Journey, 
     return sorted(at, key=lambda pair: pair[0].trip.stop_lines[pair[1]].left_s)
 
 
-def _second(journeys: list[Journey], crossing: str) -> str:
-    """The ambulance that crossed ``crossing`` last ("" if one never got there)."""
-    order = _at_crossing(journeys, crossing)
-    return order[-1][0].trip.vehicle if order else ""
-
-
-def _second_upstream(
-    journeys: list[Journey], crossing: str, clearance_s: float
-) -> tuple[float, float]:
+def _second_upstream(order: list[tuple[Journey, int]], clearance_s: float) -> tuple[float, float]:
     """What the second to cross lost over the two links up to the crossing (speed advice
     slows it on both, so its loss at the crossing alone would not hold all it gave up there),
     and the least it could have lost there, the first crossing when it did: its green follows
     the first's after ``clearance_s`` (the crossing plan's least intergreen), even were the
     first's window closed the moment it passed, the second's own queue gone and the second
-    arriving at speed."""
-    order = _at_crossing(journeys, crossing)
+    arriving at speed. ``order``: ``_at_crossing``'s (NaN for an empty one)."""
     if not order:
         return math.nan, math.nan
     (first, first_at), (second, at) = order
@@ -146,21 +141,14 @@ def _second_upstream(
     return lost, max(0.0, passed + clearance_s - unhindered)
 
 
-def _second_crossed(journeys: list[Journey], crossing: str) -> float:
-    """When the second to cross left the crossing's stop line (NaN if one never got there)."""
-    order = _at_crossing(journeys, crossing)
-    return order[-1][0].trip.stop_lines[order[-1][1]].left_s if order else math.nan
-
-
 def _second_earliest(
-    journeys: list[Journey], crossing: str, clearance_s: float, road: RoadNetwork
+    order: list[tuple[Journey, int]], crossing: str, clearance_s: float, road: RoadNetwork
 ) -> float:
     """The soonest the second to cross could have left the crossing, the first leaving it
     when it did: the clearance, then the vehicles that left its approach ahead of it (what
     arrived there while the first's window ran, and while its own did) at the saturation
     flow of all its lanes after the start-up lost time; low where some lanes serve other
-    movements. NaN where one never got there."""
-    order = _at_crossing(journeys, crossing)
+    movements. ``order``: ``_at_crossing``'s (NaN for an empty one)."""
     if not order:
         return math.nan
     (first, first_at), (second, at) = order
@@ -168,8 +156,9 @@ def _second_earliest(
     if ahead is None:
         return math.nan
     link = road.network.link_by_id[second.trip.stop_lines[at].link]
-    per_veh = 3600.0 / (link.saturation_flow_vphpl * len(link.lanes))
-    green = DEFAULT_LOST_TIME_S + ahead * per_veh if ahead > 0 else 0.0
+    green = queue_discharge_time_s(
+        ahead, lanes=len(link.lanes), saturation_flow_vphpl=link.saturation_flow_vphpl
+    )
     return first.trip.stop_lines[first_at].left_s + clearance_s + green
 
 

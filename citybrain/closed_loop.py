@@ -395,9 +395,9 @@ class _Vehicle:
         """(time, speed) each time its corridor's advice changed (``Journey.advice``)."""
         self.held_until: dict[int, float] = {}
         """The ceiling: per hop of the route, until when its signal holds green."""
-        self.green_from: dict[int, tuple[int, bool]] = {}
-        """Per hop of the route: its approach's departures when its signal last turned green,
-        and whether it is green now (``Journey.ahead_at_green``)."""
+        self.green_from: dict[int, int] = {}
+        """Per hop of the route: its approach's departures when its signal last turned green
+        (``Journey.ahead_at_green``)."""
         self.ahead_at_green: dict[str, int] = {}
 
     @property
@@ -508,12 +508,10 @@ class _Driver:
         for hop, node in enumerate(vehicle.nodes):
             if node in vehicle.signals and vehicle.groups[hop]:
                 shown = run.controllers[node].state_at(now).groups[vehicle.groups[hop]].indication
-                vehicle.signals[node].append((now, shown.value))
-                started, on = vehicle.green_from.get(hop, (0, False))
-                if (shown is Indication.GREEN) != on:
-                    if not on:
-                        started = int(run.sim.link_departures[vehicle.route[hop]])
-                    vehicle.green_from[hop] = (started, not on)
+                seen = vehicle.signals[node]
+                if shown is Indication.GREEN and (not seen or seen[-1][1] != shown.value):
+                    vehicle.green_from[hop] = int(run.sim.link_departures[vehicle.route[hop]])
+                seen.append((now, shown.value))
 
     def _count_ahead(self, vehicle: _Vehicle, hop: int) -> None:
         """On leaving the links before ``hop``: how many vehicles left each one's stop line
@@ -521,8 +519,7 @@ class _Driver:
         departures = self.run.sim.link_departures
         for passed in range(vehicle.hop, hop):
             if passed in vehicle.green_from:
-                started = vehicle.green_from[passed][0]
-                ahead = int(departures[vehicle.route[passed]]) - started - 1
+                ahead = int(departures[vehicle.route[passed]]) - vehicle.green_from[passed] - 1
                 vehicle.ahead_at_green[vehicle.nodes[passed]] = max(0, ahead)
 
     def _preempt(self, vehicle: _Vehicle, hop: int, now: float) -> None:
