@@ -5,7 +5,7 @@ our engine and SUMO micro (libsumo: SUMO moves every vehicle, with its default d
 imperfection, under our controllers) side by side, on the same seeds' traffic.
 
     .venv/bin/python benchmarks/sumo_closed_loop.py [--seeds 10] [--jobs 2] [--cases ...]
-        [--engines ours sumo] [--out out/bench]
+        [--engines ours sumo] [--policies ...] [--out out/bench]
 
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
 over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
@@ -15,7 +15,9 @@ SUMO teleported; on the grid also what the second to cross lost on its last link
 last two (where speed advice slows it) with the least it could have, the share of seeds where
 neither stopped at the crossing, and the two trips together; with ``grid-solo`` in the same
 run, the corridor's second to cross against its trip alone (``crossing_cost``), beside the
-least the crossing could have cost it with the first crossing when it did. A table, one
+least the crossing could have cost it with the first crossing when it did, and the least any
+timing of the crossing could have cost the two with the traffic that came to it
+(``simulator/crossing.py``). A table, one
 verdict line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
@@ -48,11 +50,15 @@ from citybrain.closed_loop import (
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
 from citybrain.models.traffic import queue_discharge_time_s
+from citybrain.simulator.crossing import Approach, least_larger_delay
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Scenario, build, load_network
 
+BOUND_SINCE_S = 150.0
+"""How long before the sooner ambulance is due the crossing bound counts vehicles from (about
+two cycles: what came earlier was served before either window mattered)."""
 INGOLSTADT = ("resco:ingolstadt21", "315358244", "201956810")
 """The real-city benchmark's route there: 10 signals over 2.1 km (benchmarks/real_cities.py)."""
 CASES = (
@@ -107,6 +113,16 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
             order[-1][0].trip.stop_lines[order[-1][1]].left_s if order else math.nan
             for order in orders
         ]
+        figures["crossed_s"] = [_left_crossing(o.journeys) for o in outcomes]
+        figures["crossing_queues"] = [
+            {
+                name: {"arrivals_s": q.arrivals_s.round(2).tolist(), "headway_s": q.headway_s}
+                for name, q in o.crossing_queues[crossing].items()
+            }
+            for o in outcomes
+        ]
+        least_green = min(signals.timings[group].min_green_s for group in signals.groups)
+        figures["crossing_timing_s"] = [(least_green, clearance)] * len(outcomes)
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
         figures["second"] = [order[-1][0].trip.vehicle if order else "" for order in orders]
     figures["seed"] = [o.seed for o in outcomes]
@@ -162,8 +178,11 @@ def _second_earliest(
     return first.trip.stop_lines[first_at].left_s + clearance_s + green
 
 
-def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
-    """One case on one engine over ``seeds``: per policy the figures and the wall time."""
+def run_case(
+    case: str, engine: Engine, seeds: list[int], compared: tuple[Policy, ...] = COMPARED
+) -> dict[str, Any]:
+    """One case on one engine over ``seeds``: per policy the figures and the wall time
+    (``compared``: the policies the cases with traffic run)."""
     out: dict[str, Any] = {}
     if case == "ingolstadt21":
         network, origin, destination = INGOLSTADT
@@ -185,7 +204,7 @@ def run_case(case: str, engine: Engine, seeds: list[int]) -> dict[str, Any]:
     setups = {"grid": GRID, "arterial-westbound": WESTBOUND}
     setup = setups.get(case.removesuffix("-alone").removesuffix("-ceiling"), Setup())
     alone = case.endswith("-alone")
-    policies = (Policy.CORRIDOR,) if alone else COMPARED
+    policies = (Policy.CORRIDOR,) if alone else compared
     if case.endswith("-ceiling"):
         policies = (Policy.GREEN_ALL_THE_WAY,)
     wall = 0.0
@@ -253,9 +272,10 @@ def _alone(setup: Setup, seed: int) -> Scenario:
     return Scenario(full.name, net, Trips.concat(alone), full.duration_s, seed, full.sumo_net)
 
 
-def _task(args: tuple[str, str, list[int]]) -> tuple[str, str, dict[str, Any]]:
-    case, engine, seeds = args
-    return case, engine, run_case(case, Engine(engine), seeds)
+def _task(args: tuple[str, str, list[int], list[str]]) -> tuple[str, str, dict[str, Any]]:
+    case, engine, seeds, policies = args
+    compared = tuple(Policy(policy) for policy in policies)
+    return case, engine, run_case(case, Engine(engine), seeds, compared)
 
 
 def _mean(values: list[float]) -> float:
@@ -309,6 +329,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 trips_s=f["trips_s"],
                 second_earliest_s=f["second_earliest_s"],
                 second_crossed_s=f["second_crossed_s"],
+                crossed_s=f["crossed_s"],
+                crossing_queues=f["crossing_queues"],
+                crossing_timing_s=f["crossing_timing_s"],
             )
     return {
         "policies": rows,
@@ -357,6 +380,7 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
             at.append(passed - crossed[seed][name])
             least.append(max(0.0, earliest - crossed[seed][name]))
     finite = [x for x in second if math.isfinite(x)]
+    larger, bound = _crossing_bound(both, crossed)
     return {
         "second_extra_s": [round(x, 1) for x in second],
         "mean_s": round(_mean(second), 1),
@@ -366,7 +390,37 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
         "at_crossing_mean_s": round(_mean(at), 1),
         "least_s": [round(x, 1) for x in least],
         "least_mean_s": round(_mean(least), 1),
+        "larger_at_crossing_s": [round(x, 1) for x in larger],
+        "larger_at_crossing_mean_s": round(_mean(larger), 1),
+        "any_timing_s": [round(x, 1) for x in bound],
+        "any_timing_mean_s": round(_mean(bound), 1),
     }
+
+
+def _crossing_bound(
+    both: dict[str, Any], crossed_alone: dict[int, dict[str, float]]
+) -> tuple[list[float], list[float]]:
+    """Per seed, the larger of the two ambulances' losses at the crossing (their passing
+    there less their passing alone), and the least any timing of the crossing's signal could
+    have made it with the traffic that came (``simulator/crossing.py``: each due when it
+    passed alone, the vehicles of its queue from ``BOUND_SINCE_S`` before the sooner of
+    them)."""
+    larger, bound = [], []
+    for seed, crossed, queues, (least_green, clearance) in zip(
+        both["seed"], both["crossed_s"], both["crossing_queues"], both["crossing_timing_s"],
+        strict=True,
+    ):  # fmt: skip
+        alone = crossed_alone.get(seed)
+        if alone is None or not queues:
+            continue
+        larger.append(max(crossed[name] - alone[name] for name in queues))
+        approaches = [
+            Approach(np.array(q["arrivals_s"]), alone[name], q["headway_s"], least_green, clearance)
+            for name, q in queues.items()
+        ]
+        since = min(a.due_s for a in approaches) - BOUND_SINCE_S
+        bound.append(least_larger_delay(approaches[0], approaches[1], since_s=since))
+    return larger, bound
 
 
 def main() -> int:
@@ -381,16 +435,23 @@ def main() -> int:
         default=[e.value for e in Engine],
         help="one only where the other's side did not change (SUMO's is deterministic)",
     )
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        choices=[p.value for p in COMPARED],
+        default=[p.value for p in COMPARED],
+        help="of the cases with traffic but ingolstadt21 (whose study runs all three)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
     seeds = list(range(1, args.seeds + 1))
-    tasks: list[tuple[str, str, list[int]]] = []
+    tasks: list[tuple[str, str, list[int], list[str]]] = []
     for case in args.cases:
         for engine in args.engines:
             if case == "ingolstadt21":  # evaluate runs its seeds in one go
-                tasks.append((case, engine, seeds))
+                tasks.append((case, engine, seeds, args.policies))
             else:
-                tasks += [(case, engine, [seed]) for seed in seeds]
+                tasks += [(case, engine, [seed], args.policies) for seed in seeds]
     tasks.sort(key=lambda task: (task[0] != "ingolstadt21", task[1] != "sumo"))  # longest first
     parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -461,7 +522,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "
                 f"{c['both_extra_s']:.1f} s; of it at the crossing {c['at_crossing_mean_s']:.1f} s "
                 f"(the least, the first crossing when it did: {c['least_mean_s']:.1f} s), after "
-                f"it {c['mean_s'] - c['at_crossing_mean_s']:.1f} s"
+                f"it {c['mean_s'] - c['at_crossing_mean_s']:.1f} s; the larger of the two at "
+                f"the crossing {c['larger_at_crossing_mean_s']:.1f} s, the least any timing of "
+                f"it could make that with the traffic that came {c['any_timing_mean_s']:.1f} s"
                 for name, e in engines.items()
                 if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
             ]

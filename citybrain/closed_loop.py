@@ -51,6 +51,7 @@ from citybrain.models.messages import (
     VehiclePosition,
 )
 from citybrain.models.signal import Indication
+from citybrain.simulator.crossing import QueueArrivals, queue_arrivals
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine, SimulationRun, VehicleIncident
@@ -160,6 +161,9 @@ class Outcome:
     to hold against what the runs measure."""
     incidents: tuple[VehicleIncident, ...] = ()
     """Vehicles the engine teleported or removed (SUMO; ours never does)."""
+    crossing_queues: dict[str, dict[str, QueueArrivals]] = field(default_factory=dict)
+    """Per crossing, per ambulance: its queue there as the run drove it (``crossing.py``
+    bounds what any timing of that signal could have cost them with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +267,14 @@ def _run(
     seconds = float(np.sum((until - scenario.trips.depart)[others]))
     routes = Counter(node for vehicle in driver.vehicles for node in vehicle.stop_line_m)
     crossings = tuple(sorted(node for node, count in routes.items() if count > 1))
+    crossing_queues = {
+        node: {
+            vehicle.name: queue_arrivals(run.net, run.trips, run.sim.hop_enter, vehicle.index, node)
+            for vehicle in driver.vehicles
+            if node in vehicle.stop_line_m
+        }
+        for node in crossings
+    }
     corridors: dict[str, CorridorState] = {}
     impacts: dict[str, CorridorImpact] = {}
     if driver.manager is not None:
@@ -283,6 +295,7 @@ def _run(
         queued,
         impacts,
         tuple(run.incidents),
+        crossing_queues,
     )
 
 

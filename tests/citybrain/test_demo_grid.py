@@ -15,6 +15,7 @@ from citybrain.cli import _parser
 from citybrain.closed_loop import GRID, Policy, Setup, setup_scenario
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorState
+from citybrain.simulator.crossing import Approach, least_larger_delay
 from citybrain.simulator.scenarios import Level
 
 SMALL_GRID = Setup(
@@ -62,6 +63,33 @@ def test_at_free_flow_both_would_reach_the_crossing_together(
         reach.append(journey.trip.depart_s + free)
     assert reach[0] == pytest.approx(reach[1], abs=1e-6)
     assert journeys["AMB-2"].route == ("bS3", *(f"g{r}_3" for r in range(6)), "bN3")
+
+
+def test_each_ambulances_queue_at_the_crossing_is_kept_and_bounds_what_it_cost(
+    comparison: demo.Comparison,
+) -> None:
+    """Per ambulance, the other vehicles of its queue at the crossing as they came. Every run
+    is one timing of the crossing: the least any timing could cost the two there
+    (``simulator/crossing.py``, each due when it would have passed unhindered in that run)
+    is no more than the larger of their losses on the link up to it."""
+    for outcomes in comparison.outcomes.values():
+        for outcome in outcomes:
+            queues = outcome.crossing_queues["g2_3"]
+            assert set(queues) == set(VEHICLES)
+            approaches = []
+            for name, queue in queues.items():
+                assert queue.arrivals_s.size > 0
+                assert bool(np.all(np.diff(queue.arrivals_s) >= 0.0))
+                assert queue.headway_s == pytest.approx(1.0)  # two lanes at 1,800 veh/h
+                line = next(
+                    ln for ln in outcome.journeys[name].trip.stop_lines
+                    if ln.intersection == "g2_3"
+                )  # fmt: skip
+                due = line.left_s - line.delay_s
+                approaches.append(Approach(queue.arrivals_s, due, queue.headway_s, 5.0, 5.0))
+            lost = max(outcome.journeys[name].delay_at("g2_3") for name in VEHICLES)
+            since = min(approach.due_s for approach in approaches) - 150.0
+            assert least_larger_delay(*approaches, since_s=since) <= lost + 1.0
 
 
 def test_the_corridors_beat_no_priority_together_and_serve_the_crossing_in_turn(

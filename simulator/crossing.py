@@ -1,0 +1,185 @@
+"""The least two crossing emergency vehicles could lose at the intersection they share, over
+every timing of its signal, given the traffic that came to it: a yardstick for the corridors'
+joint windows there that takes no window as given.
+
+A queue model of the two conflicting approaches: each vehicle of an ambulance's queue (the
+lanes its movement shares) reaches the stop line when it would have unhindered and leaves at
+green, no sooner than a saturation headway after the one before it; the ambulance leaves no
+sooner than it would have alone, behind the vehicles that came before it. The signal serves one
+approach at a time: a green lasts at least its minimum, then its clearance (yellow and
+all-red) runs before the other's green, whose first queued vehicle leaves after the start-up
+lost time. Everything else at the intersection is assumed to wait (which errs low), so a
+target this bound exceeds cannot be met by any timing of that signal with that traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from citybrain.models.checks import check_number
+from citybrain.models.errors import ValidationError
+from citybrain.models.traffic import DEFAULT_LOST_TIME_S
+from citybrain.simulator.compiled import CompiledNetwork
+from citybrain.simulator.demand import Trips, hop_metres
+
+RESOLUTION_S = 0.05
+"""How close the bound is found (a bisection on the delay)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Approach:
+    """One ambulance's approach to the crossing, as the queue model sees it."""
+
+    arrivals_s: NDArray[np.float64]
+    """When each vehicle of its queue would have reached the stop line unhindered."""
+    due_s: float
+    """When the ambulance would have left the stop line alone."""
+    headway_s: float
+    """Its queue's saturation headway, all its lanes together."""
+    min_green_s: float
+    clearance_s: float
+    """Yellow and all-red after its green, before a conflicting one."""
+
+    def __post_init__(self) -> None:
+        check_number("due_s", self.due_s)
+        check_number("headway_s", self.headway_s, gt=0.0, le=60.0)
+        check_number("min_green_s", self.min_green_s, ge=0.0, le=120.0)
+        check_number("clearance_s", self.clearance_s, ge=0.0, le=60.0)
+        if self.arrivals_s.ndim != 1 or not bool(np.all(np.isfinite(self.arrivals_s))):
+            raise ValidationError("arrivals_s", "must be one finite time per vehicle")
+
+    def ahead(self, since_s: float) -> list[float]:
+        """Arrivals from ``since_s`` before the ambulance's, in order, then the ambulance's."""
+        times = self.arrivals_s[(self.arrivals_s >= since_s) & (self.arrivals_s < self.due_s)]
+        return [*np.sort(times).tolist(), self.due_s]
+
+
+def least_larger_delay(
+    first: Approach,
+    second: Approach,
+    *,
+    since_s: float,
+    start_up_s: float = DEFAULT_LOST_TIME_S,
+    longest_s: float = 600.0,
+) -> float:
+    """The least, over every timing of the crossing's signal, of the larger of the two
+    ambulances' delays there (their leaving less ``due_s``), counting the vehicles that
+    reach it from ``since_s`` on (the intersection empty then: that errs low too). Infinite
+    where none keeps both within ``longest_s``."""
+    check_number("since_s", since_s)
+    check_number("start_up_s", start_up_s, ge=0.0, le=10.0)
+    check_number("longest_s", longest_s, gt=0.0, le=3600.0)
+    approaches = (first, second)
+    queues = (first.ahead(since_s), second.ahead(since_s))
+    if _feasible(approaches, queues, 0.0, start_up_s):
+        return 0.0
+    if not _feasible(approaches, queues, longest_s, start_up_s):
+        return math.inf
+    low, high = 0.0, longest_s
+    while high - low > RESOLUTION_S:
+        middle = 0.5 * (low + high)
+        if _feasible(approaches, queues, middle, start_up_s):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _feasible(
+    approaches: tuple[Approach, Approach],
+    queues: tuple[list[float], list[float]],
+    delay_s: float,
+    start_up_s: float,
+) -> bool:
+    """Whether some timing gets each ambulance through within ``delay_s`` of its due time.
+
+    Dynamic programming over how many of each queue have left and which approach left last,
+    keeping per state the timings no other beats on both its last departure and the start of
+    its green (the sooner either is, the sooner what follows can go)."""
+    sizes = (len(queues[0]), len(queues[1]))
+    fronts: dict[tuple[int, int, int], list[tuple[float, float]]] = {
+        (0, 0, side): [(-math.inf, -math.inf)] for side in (0, 1)
+    }
+    for served_0 in range(sizes[0] + 1):
+        for served_1 in range(sizes[1] + 1):
+            for side in (0, 1):
+                for last, green in fronts.get((served_0, served_1, side), ()):
+                    for turn in (0, 1):
+                        served = (served_0, served_1)[turn]
+                        if served == sizes[turn]:
+                            continue
+                        leaves, starts = _leave(approaches, side, turn, last, green, start_up_s)
+                        leaves = max(leaves, queues[turn][served])
+                        if served == sizes[turn] - 1 and leaves > approaches[turn].due_s + delay_s:
+                            continue  # the ambulance, too late
+                        key = (served_0 + (turn == 0), served_1 + (turn == 1), turn)
+                        _keep(fronts.setdefault(key, []), (leaves, starts))
+    return bool(fronts.get((*sizes, 0)) or fronts.get((*sizes, 1)))
+
+
+def _leave(
+    approaches: tuple[Approach, Approach],
+    side: int,
+    turn: int,
+    last: float,
+    green: float,
+    start_up_s: float,
+) -> tuple[float, float]:
+    """The soonest the next vehicle of ``turn``'s queue leaves, arrivals aside, after the last
+    one left ``side``'s at ``last`` under a green begun at ``green``; and its green's start."""
+    if last == -math.inf:
+        return -math.inf, -math.inf  # nothing served yet: its approach may be green already
+    if turn == side:
+        return last + approaches[turn].headway_s, green
+    ending = approaches[side]
+    starts = max(last, green + ending.min_green_s) + ending.clearance_s
+    return starts + start_up_s, starts
+
+
+def _keep(front: list[tuple[float, float]], timing: tuple[float, float]) -> None:
+    if any(last <= timing[0] and green <= timing[1] for last, green in front):
+        return
+    front[:] = [(a, b) for a, b in front if not (timing[0] <= a and timing[1] <= b)]
+    front.append(timing)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueArrivals:
+    """A vehicle's queue at a stop line as a run drove it (``queue_arrivals``)."""
+
+    arrivals_s: NDArray[np.float64]
+    """When each other vehicle of it would have reached the stop line unhindered, in order."""
+    headway_s: float
+    """The queue's saturation headway, all its lanes together."""
+
+
+def queue_arrivals(
+    net: CompiledNetwork, trips: Trips, hop_enter: NDArray[np.float64], vehicle: int, node: str
+) -> QueueArrivals:
+    """The other vehicles of ``vehicle``'s queue at ``node`` (on its approach link, turning
+    there in movements that share its lanes) with when each would have reached the stop line
+    unhindered (it entered the link, then drove it at its own desired speed), and that queue's
+    saturation headway. ``hop_enter``: the run's per-route-entry link entry times."""
+    road = net.road.network
+    start, count = int(trips.route_start[vehicle]), int(trips.route_len[vehicle])
+    hops = [
+        h for h in range(start, start + count - 1)
+        if road.link_by_id[net.link_ids[int(trips.route_links[h])]].to_node == node
+    ]  # fmt: skip
+    if not hops:
+        raise ValidationError("node", f"{trips.names[vehicle]}'s route does not cross {node}")
+    link = int(trips.route_links[hops[0]])
+    queue = int(net.mv_queue[int(trips.route_moves[hops[0]])])
+    entries = np.flatnonzero(trips.route_links == link)
+    owners = np.searchsorted(trips.route_start, entries, side="right") - 1
+    last = trips.route_start[owners] + trips.route_len[owners] - 1
+    keep = (entries < last) & (owners != vehicle) & np.isfinite(hop_enter[entries])
+    entries, owners = entries[keep], owners[keep]
+    keep = net.mv_queue[trips.route_moves[entries]] == queue
+    entries, owners = entries[keep], owners[keep]
+    free = hop_metres(net, trips, entries) / (net.link_speed[link] * trips.speed_factor[owners])
+    return QueueArrivals(np.sort(hop_enter[entries] + free), float(net.qu_headway[queue]))

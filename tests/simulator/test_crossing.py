@@ -1,0 +1,133 @@
+"""The least two crossing ambulances could lose at their crossing, over every timing of it:
+checked against a plain search over every order the two queues could be served in."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from citybrain.models.errors import ValidationError
+from citybrain.simulator import kernels
+from citybrain.simulator.compiled import compile_network
+from citybrain.simulator.crossing import Approach, least_larger_delay, queue_arrivals
+from citybrain.simulator.demand import Trips, fixed_route
+from citybrain.simulator.engine import Simulation
+from citybrain.simulator.networks import arterial
+
+from .simhelpers import all_groups_mask, vehicles
+
+START_UP_S = 2.0
+
+
+def _approach(arrivals: list[float], due: float, headway: float = 1.0) -> Approach:
+    return Approach(np.array(arrivals), due, headway, min_green_s=5.0, clearance_s=5.0)
+
+
+def _by_every_order(first: Approach, second: Approach, since: float) -> float:
+    """The reference: every interleaving of the two queues, each served as soon as it can."""
+    queues = (first.ahead(since), second.ahead(since))
+    approaches = (first, second)
+    best = math.inf
+    total = len(queues[0]) + len(queues[1])
+    for firsts in itertools.combinations(range(total), len(queues[0])):
+        order = [0 if i in firsts else 1 for i in range(total)]
+        served, worst = [0, 0], 0.0
+        last = green = -math.inf
+        side: int | None = None
+        for turn in order:
+            arrival = queues[turn][served[turn]]
+            if side is None:
+                leaves = arrival
+            elif side == turn:
+                leaves = max(arrival, last + approaches[turn].headway_s)
+            else:
+                ending = approaches[side]
+                green = max(last, green + ending.min_green_s) + ending.clearance_s
+                leaves = max(arrival, green + START_UP_S)
+            if served[turn] == len(queues[turn]) - 1:
+                worst = max(worst, leaves - approaches[turn].due_s)
+            served[turn] += 1
+            last, side = leaves, turn
+        best = min(best, worst)
+    return best
+
+
+@pytest.mark.parametrize("case", range(150))
+def test_the_bound_is_the_best_of_every_order(case: int) -> None:
+    rng = np.random.default_rng(case)
+    due = rng.uniform(20.0, 50.0, size=2)
+    first, second = (
+        _approach(
+            sorted(rng.uniform(0.0, 45.0, size=rng.integers(0, 6)).tolist()),
+            float(due[k]),
+            float(rng.choice([0.7, 1.0, 2.0])),
+        )
+        for k in range(2)
+    )
+    found = least_larger_delay(first, second, since_s=0.0, start_up_s=START_UP_S)
+    assert found == pytest.approx(_by_every_order(first, second, 0.0), abs=0.06)
+
+
+def test_two_alone_far_enough_apart_lose_nothing() -> None:
+    assert least_larger_delay(_approach([], 0.0), _approach([], 20.0), since_s=-100.0) == 0.0
+
+
+def test_two_alone_due_together_cost_one_a_clearance_and_the_start_up() -> None:
+    found = least_larger_delay(_approach([], 0.0), _approach([], 0.0), since_s=-100.0)
+    assert found == pytest.approx(5.0 + START_UP_S, abs=0.06)
+
+
+def test_a_queue_served_ahead_of_time_costs_nothing_and_one_served_late_costs() -> None:
+    """Ten vehicles ahead of the second, long before either: the crossing serves them early
+    (the two still lose their clearance, due 10 s apart). The same ten just before the
+    second: it waits for them, or the first waits for it."""
+    alone = least_larger_delay(_approach([], 0.0), _approach([], 5.0), since_s=-200.0)
+    assert alone == pytest.approx(5.0 + START_UP_S - 5.0, abs=0.06)
+    early = [-100.0 + i for i in range(10)]
+    assert least_larger_delay(_approach([], 0.0), _approach(early, 5.0), since_s=-200.0) == alone
+    late = [-1.0 + 0.5 * i for i in range(10)]
+    assert least_larger_delay(_approach([], 0.0), _approach(late, 5.0), since_s=-200.0) > 5.0
+
+
+def test_vehicles_before_since_or_behind_the_ambulance_do_not_count() -> None:
+    alone = least_larger_delay(_approach([], 0.0), _approach([], 1.0), since_s=-50.0)
+    others = _approach([-80.0, -79.0, 2.0, 3.0], 1.0)
+    assert least_larger_delay(_approach([], 0.0), others, since_s=-50.0) == alone
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "due", "headway"),
+    [([math.nan], 0.0, 1.0), ([0.0], math.inf, 1.0), ([0.0], 0.0, 0.0), ([0.0], 0.0, -1.0)],
+)
+def test_an_approach_with_nonsense_is_refused(
+    arrivals: list[float], due: float, headway: float
+) -> None:
+    with pytest.raises(ValidationError):
+        _approach(arrivals, due, headway)
+
+
+def test_the_queue_is_the_vehicles_sharing_the_ambulances_lanes_as_they_would_have_come() -> None:
+    """On the arterial's one signal, all green: the through and right-turning vehicles share
+    the ambulance's lanes (one queue), the left-turners have their own; unhindered, each
+    leaves the link when it reaches the stop line."""
+    net = compile_network(arterial(1))
+    ambulance = fixed_route(net, ["west-a01", "a01-east"], depart_s=30.0, name="AMB")
+    through = vehicles(net, ["west-a01", "a01-east"], [0.0, 10.0, 50.0])
+    right = vehicles(net, ["west-a01", "a01-a01s"], [5.0])
+    left = vehicles(net, ["west-a01", "a01-a01n"], [7.0])
+    trips = Trips.concat([ambulance, through, right, left])
+    sim = Simulation(net, trips, dawdle_mps=0.0)
+    for controller in range(len(net.controller_ids)):
+        sim.set_override(controller, all_groups_mask(net, controller))
+    sim.advance(600.0)
+    assert (sim.state == kernels.ARRIVED).all()
+    queue = queue_arrivals(net, trips, sim.hop_enter, 0, "a01")
+    left_link = np.sort(sim.hop_enter[trips.route_start[1:5] + 1])  # through and right
+    np.testing.assert_allclose(queue.arrivals_s, left_link, atol=1e-6)
+    shared = net.mv_queue[trips.route_moves[trips.route_start[0]]]
+    assert queue.headway_s == pytest.approx(net.qu_headway[shared])
+    with pytest.raises(ValidationError, match="does not cross"):
+        queue_arrivals(net, trips, sim.hop_enter, 0, "nowhere")
