@@ -161,8 +161,10 @@ class StopLine:
     """After a window that ran out (``Settings.max_window_s``) before its vehicle came: when
     its next one can open, once the cross streets have had their turn."""
     yields: bool = False
-    """Its window has had to follow another corridor's conflicting one here: the vehicle is
-    advised a speed for it (``_advise``)."""
+    """Its window follows another corridor's conflicting one here, and still does once that
+    one has passed: the vehicle is advised a speed for it (``_advise``). Cleared where it
+    comes to lead while the other still has the intersection ahead: a leader slowed came late
+    to its own window and held the other's red the longer."""
     handed_over: bool = False
     """Its open window went to another corridor's vehicle that gets here first
     (``CorridorManager._hands_over``): it keeps its place behind that one until its own next
@@ -940,7 +942,8 @@ class CorridorManager:
             green_from = float(earliest[line.hop])
             first = self._fit_around(line, plan, float(route.line_s[line.hop]), earliest,
                                      reservations, now_s)  # fmt: skip
-            line.yields = line.yields or first is not None
+            # it leads where it follows no one while another vehicle still comes
+            line.yields = first is not None or (line.yields and holders[line.intersection] < 2)
             self._pre_flush(line, plan, green_from, first, earliest, flush, now_s)
         windows = self.router.windows(
             route, flush, earliest, max(now_s, corridor.depart_s),

@@ -1011,3 +1011,33 @@ def test_advice_is_the_same_whoever_s_report_re_times_it_and_ends_with_the_one_i
     assert not _line_at(manager, "AMB-1", "a03").yields
     now = leaves + 2.0
     assert _advised(manager.on_position(_at("a02-a03", (now - 100.0) * advised, now), now)) is None
+
+
+def test_a_vehicle_that_comes_to_lead_at_a_crossing_no_longer_yields_there() -> None:
+    """FIRE-2 (the same priority) is due at a03 8 s after AMB-1, but its window comes first:
+    it has 40 cars to flush there, and AMB-1 yields. The queue on FIRE-2's approach then
+    clears before its window opens: the turn, taken again at the next report, goes to
+    AMB-1, which now leads there and yields to no one, so is not slowed for a turn it does
+    not wait for (a leader slowed so came late to its own window and held the other's red
+    the longer: demo grid, seeds 1-10, the second's loss at the crossing 16.2 s, 14.4 s
+    without)."""
+    manager = _manager()
+    state = manager.network_state
+    state.set_queue("a03s-a03", 40.0, 100.0, flow_vph=300.0)
+    route = ("a01", "a02", "a03", "a04")
+    manager.request(_request("AMB-1", priority=3, origin="a01", route=route), 100.0)
+    links = [GRAPH.link_index[link] for link in ("a01-a02", "a02-a03", "a03s-a03")]
+    first, second, side = (float(GRAPH.link_time[link]) for link in links)
+    crossing = ("a03s", "a03", "a03n")
+    leaves = 100.0 + first + second + 8.0 - side
+    manager.request(_request("FIRE-2", priority=3, origin="a03s", route=crossing, depart_at=leaves),
+                    100.0)  # fmt: skip
+    manager.on_position(_at("a01-a02", 0.0, 100.0), 100.0)
+    assert _line_at(manager, "AMB-1", "a03").yields
+    assert not _line_at(manager, "FIRE-2", "a03").yields
+    state.set_queue("a03s-a03", 0.0, 101.0, flow_vph=300.0)
+    manager.on_position(_at("a01-a02", OWN_MPS, 101.0), 101.0)
+    actions = manager.on_position(_at("a01-a02", 2 * OWN_MPS, 102.0), 102.0)
+    assert not _line_at(manager, "AMB-1", "a03").yields
+    assert _line_at(manager, "FIRE-2", "a03").yields
+    assert _advised(actions) is None
