@@ -109,10 +109,6 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         figures["second_earliest_s"] = [
             _second_earliest(order, crossing, clearance, road) for order in orders
         ]
-        figures["second_crossed_s"] = [
-            order[-1][0].trip.stop_lines[order[-1][1]].left_s if order else math.nan
-            for order in orders
-        ]
         figures["crossed_s"] = [_left_crossing(o.journeys) for o in outcomes]
         figures["crossing_queues"] = [
             {
@@ -328,7 +324,6 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 second=f["second"],
                 trips_s=f["trips_s"],
                 second_earliest_s=f["second_earliest_s"],
-                second_crossed_s=f["second_crossed_s"],
                 crossed_s=f["crossed_s"],
                 crossing_queues=f["crossing_queues"],
                 crossing_timing_s=f["crossing_timing_s"],
@@ -370,14 +365,14 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
         both["seed"],
         both["second"],
         both["trips_s"],
-        both["second_crossed_s"],
+        both["crossed_s"],
         both["second_earliest_s"],
         strict=True,
     ):
         if seed in alone and name:
             second.append(trips[name] - alone[seed][name])
             together.append(sum(trips[n] - alone[seed][n] for n in trips))
-            at.append(passed - crossed[seed][name])
+            at.append(passed[name] - crossed[seed][name])
             least.append(max(0.0, earliest - crossed[seed][name]))
     finite = [x for x in second if math.isfinite(x)]
     larger, bound = _crossing_bound(both, crossed)
