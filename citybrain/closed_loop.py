@@ -124,6 +124,10 @@ class Journey:
     """Per signalized stop line it passed: the vehicles that left its approach from the start
     of its last green there until it left (the queue that green served ahead of it): at
     saturation flow, the least green it needed there, whatever the timing, behind them."""
+    flush_estimate_veh: dict[str, float] = field(default_factory=dict)
+    """Per signalized stop line its corridor sent a window for and it passed: the vehicles
+    the cloud expected that window to flush ahead of it (``StopLine.flushed_veh``), to hold
+    against ``ahead_at_green`` (corridor policy only)."""
 
     @property
     def travel_time_s(self) -> float:
@@ -236,6 +240,7 @@ def _run(
         for node, controller in run.controllers.items():
             if controller.running is not None:
                 busy_until[node] = run.now
+    estimates = _flush_estimates(driver.manager)
     journeys: dict[str, Journey] = {}
     for trip, vehicle in zip(
         score(run, scenario=scenario.name, started_s=0.0).emergency, driver.vehicles, strict=True
@@ -260,6 +265,7 @@ def _run(
             vehicle.progression_mps,
             vehicle.advice,
             vehicle.ahead_at_green,
+            estimates.get(vehicle.name, {}),
         )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
@@ -297,6 +303,21 @@ def _run(
         tuple(run.incidents),
         crossing_queues,
     )
+
+
+def _flush_estimates(manager: CorridorManager | None) -> dict[str, dict[str, float]]:
+    """Per ambulance (``Journey.flush_estimate_veh``): per stop line its window passed, the
+    vehicles the cloud expected that window to flush ahead of it."""
+    if manager is None:
+        return {}
+    return {
+        corridor.vehicle: {
+            line.intersection: line.flushed_veh
+            for line in corridor.stop_lines
+            if line.passed_s is not None and line.plan_id is not None
+        }
+        for corridor in manager.corridors.values()
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,26 @@ def test_the_vehicles_ahead_at_each_green_are_counted(comparison: demo.Compariso
     assert sum(count > 0 for count in waited) >= 0.5 * len(waited)
 
 
+def test_the_corridor_s_flush_estimates_are_kept_beside_what_left_ahead(
+    comparison: demo.Comparison,
+) -> None:
+    """Per stop line its window passed, the vehicles the cloud expected that window to flush
+    ahead of the ambulance, to hold against those that did (the benchmark's ratio)."""
+    for policy, outcomes in comparison.outcomes.items():
+        for outcome in outcomes:
+            journey = outcome.journeys[AMBULANCE]
+            if policy is not Policy.CORRIDOR:
+                assert journey.flush_estimate_veh == {}
+                continue
+            assert journey.flush_estimate_veh
+            assert journey.flush_estimate_veh.keys() <= journey.ahead_at_green.keys()
+            assert all(
+                math.isfinite(veh) and veh >= 0.0 for veh in journey.flush_estimate_veh.values()
+            )
+            # a saturated arterial: the windows flush queues, and the cloud expects some
+            assert sum(journey.flush_estimate_veh.values()) > 0.0
+
+
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:
     data = demo.summary(comparison)
     p = data["policies"]
