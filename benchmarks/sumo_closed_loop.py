@@ -17,8 +17,9 @@ neither stopped at the crossing, and the two trips together; with ``grid-solo`` 
 run, the corridor's second to cross against its trip alone (``crossing_cost``), beside the
 least the crossing could have cost it with the first crossing when it did, and the least any
 timing of the crossing could have cost the two with the traffic that came to it
-(``simulator/crossing.py``). A table, one
-verdict line, JSON in ``OUT/sumo_closed_loop.json``.
+(``simulator/crossing.py``). Under the corridor, also the queues its windows flush ahead of
+the ambulance: what the cloud expected per stop line against what left (``ahead_veh``). A
+table, one verdict line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
 """
