@@ -317,7 +317,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         }
         pairs = [pair for seed in f["ahead_veh"] for pair in seed]
         if pairs:
-            rows[policy]["ahead_veh"] = _ahead(pairs)
+            rows[policy]["ahead_veh"] = _expected_over_left(pairs)
         if "second_loss_s" in f:
             rows[policy]["second_loss_s"] = round(_mean(f["second_loss_s"]), 1)
             rows[policy]["neither_stops_share"] = round(_mean(f["neither_stops"]), 2)
@@ -355,7 +355,7 @@ def _flushed_ahead(outcome: Outcome) -> list[tuple[float, int]]:
     ]
 
 
-def _ahead(pairs: list[tuple[float, int]]) -> dict[str, float]:
+def _expected_over_left(pairs: list[tuple[float, int]]) -> dict[str, float]:
     """The queues the corridor's windows flushed ahead of its vehicles, per stop line: what
     the cloud expected (the medians over every stop line of every seed), what left ahead of
     the vehicle from its green's start, and the median of the one over the other (where
