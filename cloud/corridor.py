@@ -945,6 +945,8 @@ class CorridorManager:
             # it leads where it follows no one while another vehicle still comes
             line.yields = first is not None or (line.yields and holders[line.intersection] < 2)
             self._pre_flush(line, plan, green_from, first, earliest, flush, now_s)
+            if line.committed_s is not None and line.committed_s <= now_s:
+                earliest[line.hop] = line.committed_s  # what is left to flush counts from there
         windows = self.router.windows(
             route, flush, earliest, max(now_s, corridor.depart_s),
             margin_s=self.settings.margin_s, clear_after_s=self.settings.clear_after_s,
@@ -990,13 +992,18 @@ class CorridorManager:
         yields = [line.due and line.yields and line.close_s > line.open_s for line in ahead]
         targets = []  # (stop line, when to get there at the soonest)
         if ahead and yields[0]:
-            targets.append((ahead[0], self._ready_at(corridor, ahead[0], now_s)))
+            targets.append((ahead[0], self._advised_at(corridor, ahead[0], now_s)))
         if len(ahead) == 2 and yields[1]:
             links = corridor.route.link_indices[ahead[0].hop + 1 : ahead[1].hop + 1]
             slowest = float(np.sum(self.graph.link_length[links])) / self.settings.min_advised_mps
-            targets.append((ahead[0], self._ready_at(corridor, ahead[1], now_s) - slowest))
+            targets.append((ahead[0], self._advised_at(corridor, ahead[1], now_s) - slowest))
         speeds = [self._speed_to(corridor, line, at - seen_s) for line, at in targets]
         return min((speed for speed in speeds if speed is not None), default=None)
+
+    def _advised_at(self, corridor: Corridor, line: StopLine, now_s: float) -> float:
+        """When to get to ``line`` at the soonest: its queue flushed (``_ready_at``), with the
+        early side of the vehicle's ETA band after it, so that it seldom comes too soon."""
+        return self._ready_at(corridor, line, now_s) + max(0.0, line.eta_s - line.low_s)
 
     def _ready_at(self, corridor: Corridor, line: StopLine, now_s: float) -> float:
         """When ``line``'s queue is flushed: its ETA while its window is to open (one that

@@ -43,19 +43,26 @@ class Approach:
     min_green_s: float
     clearance_s: float
     """Yellow and all-red after its green, before a conflicting one."""
+    band_s: float = 0.0
+    """How long before ``due_s`` its approach must be green with its queue gone: the early
+    side of the ambulance's ETA that a timing not knowing its arrival to the second must
+    leave it (0: known exactly). Served as vehicles at the queue's headway up to ``due_s``."""
 
     def __post_init__(self) -> None:
         check_number("due_s", self.due_s)
         check_number("headway_s", self.headway_s, gt=0.0, le=60.0)
         check_number("min_green_s", self.min_green_s, ge=0.0, le=120.0)
         check_number("clearance_s", self.clearance_s, ge=0.0, le=60.0)
+        check_number("band_s", self.band_s, ge=0.0, le=60.0)
         if self.arrivals_s.ndim != 1 or not bool(np.all(np.isfinite(self.arrivals_s))):
             raise ValidationError("arrivals_s", "must be one finite time per vehicle")
 
     def ahead(self, since_s: float) -> list[float]:
-        """Arrivals from ``since_s`` before the ambulance's, in order, then the ambulance's."""
+        """Arrivals from ``since_s`` before the ambulance's, in order (with its band), then
+        the ambulance's."""
         times = self.arrivals_s[(self.arrivals_s >= since_s) & (self.arrivals_s < self.due_s)]
-        return [*np.sort(times).tolist(), self.due_s]
+        band = np.arange(self.due_s - self.band_s, self.due_s - 1e-9, self.headway_s)
+        return [*np.sort(np.concatenate([times, band])).tolist(), self.due_s]
 
 
 def least_larger_delay(

@@ -937,13 +937,16 @@ OWN_MPS = APPROACH_M / float(GRAPH.link_time[APPROACH])
 
 
 def test_a_vehicle_held_at_the_next_stop_line_is_advised_a_speed_that_gets_there_in_time() -> None:
-    """Advised the speed that reaches a03 as its window opens, not before: followed, it
-    keeps its window and its pace (a slower drive it was told to take teaches nothing)."""
+    """Advised the speed that reaches a03 as its window opens, its ETA band's early side
+    after it, not before: followed, it keeps its window and its pace (a slower drive it
+    was told to take teaches nothing)."""
     manager = _held_at_a03()
     advised = _advised(manager.on_position(_at("a02-a03", 0.0, 100.0), 100.0))
     line = _line_at(manager, "AMB-1", "a03")
     assert line.eta_s - 100.0 > APPROACH_M / OWN_MPS + 5.0  # held there
-    assert advised == pytest.approx(APPROACH_M / (line.eta_s - 100.0), abs=0.1)
+    early_side = line.eta_s - line.low_s
+    assert early_side > 1.0
+    assert advised == pytest.approx(APPROACH_M / (line.eta_s + early_side - 100.0), abs=0.1)
     assert advised is not None
     assert advised < OWN_MPS
     opening = line.open_s
@@ -973,10 +976,11 @@ def test_no_advice_unless_held_nor_with_advice_off_and_none_slower_than_the_floo
 
 def test_a_hold_the_last_link_cannot_take_is_advised_from_the_link_before() -> None:
     """FIRE-2 (60 cars to flush before it) holds a03 until about 194 s; AMB-1, on a01-a02 at
-    100 s, would be there at 145 s. At 8 m/s at the slowest, the last link takes 26 s of that
+    100 s, would be there at 145 s. At 7 m/s at the slowest, the last link takes 33 s of that
     hold: AMB-1 is slowed on a01-a02 already, just enough to reach a02 when the rest of the
-    way at 8 m/s brings it to a03 as its queue there has gone."""
-    manager = _manager(min_advised_mps=8.0)
+    way at 7 m/s brings it to a03 as its queue there has gone (its band's early side after
+    that)."""
+    manager = _manager(min_advised_mps=7.0)
     manager.network_state.set_queue("a03s-a03", 60.0, 100.0, flow_vph=300.0)
     route = ("a01", "a02", "a03", "a04")
     manager.request(_request("AMB-1", priority=3, origin="a01", route=route), 100.0)
@@ -988,7 +992,7 @@ def test_a_hold_the_last_link_cannot_take_is_advised_from_the_link_before() -> N
     a02, a03 = _line_at(manager, "AMB-1", "a02"), _line_at(manager, "AMB-1", "a03")
     assert not a02.yields
     assert a03.yields
-    at_a02 = a03.eta_s - APPROACH_M / 8.0
+    at_a02 = a03.eta_s + (a03.eta_s - a03.low_s) - APPROACH_M / 7.0
     first = float(GRAPH.link_length[GRAPH.link_index["a01-a02"]])
     assert advised == pytest.approx(first / (at_a02 - 100.0), abs=0.1)
 
@@ -1041,3 +1045,27 @@ def test_a_vehicle_that_comes_to_lead_at_a_crossing_no_longer_yields_there() -> 
     assert not _line_at(manager, "AMB-1", "a03").yields
     assert _line_at(manager, "FIRE-2", "a03").yields
     assert _advised(actions) is None
+
+
+def test_the_etas_at_and_after_an_open_window_hold_while_its_queue_drains() -> None:
+    """Once a window is open its flush is under way: the vehicle is due when what is left
+    has gone, counted from the opening, not a whole flush after every report (a vehicle on
+    time was put 7 s late at the window and at every stop line after it)."""
+    manager = _manager()
+    manager.network_state.set_queue("a01-a02", 20.0, 100.0)
+    manager.request(_request(depart_at=100.0), 100.0)
+    line = _line(manager, "a02")
+    due, opens = line.eta_s, line.open_s
+    length = float(GRAPH.link_length[GRAPH.link_index["a01-a02"]])
+    etas = []
+    for now in np.arange(math.floor(opens) - 4.0, due - 2.0, 2.0):
+        # the vehicle keeps to its ETA; the queue drains from the opening
+        offset = max(0.0, length - 18.0 * (due - now))
+        queue = 20.0 if now < opens else 20.0 - 0.5 * (now - opens)
+        manager.network_state.set_queue("a01-a02", queue, now)
+        manager.on_position(_at("a01-a02", offset, now), now)
+        etas.append((line.eta_s, _line(manager, "a03").eta_s))
+    assert line.committed_s == opens
+    at_window, after = np.array(etas).T
+    assert np.ptp(at_window) < 1.0, etas
+    assert np.ptp(after) < 1.0, etas

@@ -80,6 +80,22 @@ def test_two_alone_due_together_cost_one_a_clearance_and_the_start_up() -> None:
     assert found == pytest.approx(5.0 + START_UP_S, abs=0.06)
 
 
+def test_an_eta_band_holds_each_green_that_long_before_its_ambulance() -> None:
+    """Due together, each green held 3 s before its ambulance (its queue gone by then): the
+    second's green follows the first's passing by the clearance and the start-up as before,
+    then runs the 3 s of its band before the second passes."""
+    banded = [
+        Approach(np.array([]), 0.0, 1.0, min_green_s=5.0, clearance_s=5.0, band_s=3.0)
+        for _ in range(2)
+    ]
+    found = least_larger_delay(*banded, since_s=-100.0)
+    assert found == pytest.approx(5.0 + START_UP_S + 3.0, abs=0.06)
+    exact = least_larger_delay(_approach([], 0.0), _approach([], 0.0), since_s=-100.0)
+    assert exact == pytest.approx(5.0 + START_UP_S, abs=0.06)
+    with pytest.raises(ValidationError):
+        Approach(np.array([]), 0.0, 1.0, min_green_s=5.0, clearance_s=5.0, band_s=-1.0)
+
+
 def test_a_queue_served_ahead_of_time_costs_nothing_and_one_served_late_costs() -> None:
     """Ten vehicles ahead of the second, long before either: the crossing serves them early
     (the two still lose their clearance, due 10 s apart). The same ten just before the
