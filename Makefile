@@ -40,6 +40,7 @@ typecheck: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target build/typecheck .
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p citybrain
 	MYPYPATH=build/typecheck $(BIN)/mypy --config-file pyproject.toml --explicit-package-bases tests
+	MYPYPATH=build/typecheck:tests:benchmarks $(BIN)/mypy --config-file pyproject.toml --explicit-package-bases benchmarks
 
 # The API's OpenAPI document, generated from the messages (a test fails when the copy drifts).
 openapi: $(STAMP)

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from telemetry_load import REGION
+
 from citybrain.cloud.core import CloudCore
 from citybrain.cloud.service import CloudService, Role, ServiceSettings
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
@@ -80,9 +82,11 @@ async def run(args: argparse.Namespace) -> None:
                     broker_port=args.port,
                     client_id=args.client_id,
                     role=Role.INGEST,
+                    region=REGION,  # the load's; the default is the live demo's
                     share_group=args.group,
                 ),
                 storage=writer,  # with backpressure, as an ingest worker of `cloud serve`
+                signer=None,  # an ingest worker sends no plans
             )
             running = asyncio.create_task(service.run(stop))
             while not stop.is_set():

@@ -30,9 +30,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citybrain.models.codec import DEFAULT_CODEC
-from citybrain.models.messages import ApproachState, Indication, Interval, Telemetry
+from citybrain.models.messages import ApproachState, Telemetry
+from citybrain.models.signal import Indication, Interval
 from citybrain.models.topics import TopicKind, intersection_topic
 
+REGION = "city"
+"""The region the load is published in (the ingest workers serve it)."""
 _SEQ_MARK = 987_654_321_987
 _TIME_MARK = 2_222_222_222.5
 TICK_S = 0.005
@@ -82,7 +85,7 @@ def templates(ids: list[tuple[str, list[str]]]) -> list[tuple[str, bytes]]:
         assert time_at < seq_at, "controller_time is encoded before seq"
         template = encoded.replace(b"%", b"%%").replace(b"2222222222.5", b"%.1f")
         template = template.replace(b"987654321987", b"%d")
-        out.append((intersection_topic(TopicKind.TELEMETRY, "city", name), template))
+        out.append((intersection_topic(TopicKind.TELEMETRY, REGION, name), template))
     probe = DEFAULT_CODEC.decode(out[0][1] % (1_700_000_000.0, 42), Telemetry)
     assert probe.seq == 42
     assert len(probe.signals) == 8

@@ -31,7 +31,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citybrain.edge.agent import EdgeAgent, fake_driver, run_host
-from citybrain.edge.drivers import FieldBusClient
+from citybrain.edge.drivers import ControllerDriver, FieldBusClient
 from citybrain.edge.settings import (
     BrokerSettings,
     BufferSettings,
@@ -50,6 +50,11 @@ from conftest import Mosquitto
 
 AGENTS = int(os.environ.get("CITYBRAIN_BENCH_AGENTS", "1000"))
 WINDOW_S = float(os.environ.get("CITYBRAIN_BENCH_WINDOW_S", "60"))
+
+
+def _forget(unwatch: Callable[[Any], bool], sock: Any) -> None:
+    """paho wants its socket callbacks to return nothing; the loop's say whether it watched."""
+    unwatch(sock)
 
 
 def _rss_mb() -> float:
@@ -82,7 +87,7 @@ async def _agents(broker: Mosquitto, tmp_path: Path) -> dict[str, float]:
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
     rss_before = _rss_mb()
-    drivers = [fake_driver(name) for name in names]
+    drivers: list[ControllerDriver] = [fake_driver(name) for name in names]
     host = asyncio.create_task(run_host(settings, stop, drivers=drivers, started=agents.extend))
     await _until(lambda: len(agents) == AGENTS and all(
         a.session is not None and a.session.connected for a in agents), 120.0)  # fmt: skip
@@ -107,8 +112,8 @@ async def _bare(broker: Mosquitto) -> dict[str, float]:
                              client_id=f"bare-{index}", protocol=paho.MQTTv311)  # fmt: skip
         client.on_socket_open = lambda c, u, s: loop.add_reader(s, c.loop_read)
         client.on_socket_register_write = lambda c, u, s: loop.add_writer(s, c.loop_write)
-        client.on_socket_unregister_write = lambda c, u, s: loop.remove_writer(s)
-        client.on_socket_close = lambda c, u, s: loop.remove_reader(s)
+        client.on_socket_unregister_write = lambda c, u, s: _forget(loop.remove_writer, s)
+        client.on_socket_close = lambda c, u, s: _forget(loop.remove_reader, s)
         client.connect("127.0.0.1", broker.port, 60)
         clients.append(client)
     sent = 0

@@ -46,8 +46,12 @@ def test_city_grid_100x100_with_100k_vehicles(
     benchmark: BenchmarkFixture, loaded_city: Simulation
 ) -> None:
     sim = loaded_city
-    benchmark.pedantic(sim.advance, args=(STRIDE_S,), rounds=7, iterations=1, warmup_rounds=1)
-    median = benchmark.stats.stats.median
+    benchmark.pedantic(  # type: ignore[no-untyped-call]
+        sim.advance, args=(STRIDE_S,), rounds=7, iterations=1, warmup_rounds=1
+    )
+    stats = benchmark.stats
+    assert stats is not None
+    median = stats.stats.median
     factor = STRIDE_S / median
     benchmark.extra_info.update(
         {
@@ -76,8 +80,10 @@ def test_numba_against_plain_python(benchmark: BenchmarkFixture) -> None:
     compiled.advance(30.0)
     assert np.array_equal(compiled.state, interpreted.state)
     assert np.array_equal(compiled.arrived, interpreted.arrived, equal_nan=True)
-    benchmark.pedantic(compiled.advance, args=(30.0,), rounds=5, iterations=1)
-    numba_s = benchmark.stats.stats.median / 30.0
+    benchmark.pedantic(compiled.advance, args=(30.0,), rounds=5, iterations=1)  # type: ignore[no-untyped-call]
+    stats = benchmark.stats
+    assert stats is not None
+    numba_s = stats.stats.median / 30.0
     benchmark.extra_info["speedup_over_python"] = round(python_s / numba_s, 1)
     speedup = python_s / numba_s
     print(f"\nNumba {1 / numba_s:.0f} steps/s, plain Python {1 / python_s:.1f}: x{speedup:.0f}")
