@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from citybrain.cloud.keys import Keyring
 from citybrain.edge.agent import EdgeAgent, fake_driver, run_host
 from citybrain.edge.drivers import ControllerDriver, FieldBusClient
 from citybrain.edge.settings import (
@@ -38,6 +39,7 @@ from citybrain.edge.settings import (
     ControllerSettings,
     EdgeSettings,
     TelemetrySettings,
+    TrustSettings,
 )
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.messages import AckStatus, GreenWindow, SignalPlan
@@ -63,7 +65,17 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def _settings(port: int, buffer: Path, names: list[str], bus_port: int = 4710) -> EdgeSettings:
+def _keyring(directory: Path) -> Keyring:
+    """The cloud's keys: edges trust their store and take only plans they signed."""
+    ring = Keyring(directory / "keys")
+    if not ring.trust_store.exists():
+        ring.create()
+    return ring
+
+
+def _settings(
+    port: int, buffer: Path, names: list[str], keys: Keyring, bus_port: int = 4710
+) -> EdgeSettings:
     return EdgeSettings(
         region="bench",
         intersections=tuple(names),
@@ -71,6 +83,7 @@ def _settings(port: int, buffer: Path, names: list[str], bus_port: int = 4710) -
         controller=ControllerSettings(driver="fieldbus", port=bus_port),
         telemetry=TelemetrySettings(period_s=1.0),
         buffer=BufferSettings(path=buffer),
+        trust=TrustSettings(store=keys.trust_store),
     )
 
 
@@ -83,7 +96,7 @@ async def _cpu_over(window_s: float) -> float:
 
 async def _agents(broker: Mosquitto, tmp_path: Path) -> dict[str, float]:
     names = [f"x{i:04d}" for i in range(AGENTS)]
-    settings = _settings(broker.port, tmp_path / "buffer", names)
+    settings = _settings(broker.port, tmp_path / "buffer", names, _keyring(tmp_path))
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
     rss_before = _rss_mb()
@@ -186,7 +199,9 @@ async def _plans(broker: Mosquitto, tmp_path: Path, count: int) -> dict[str, lis
     run.advance(300.0)
     server = FieldBusServer(run, speed=1.0)
     bus_port = await server.start()
-    settings = _settings(broker.port, tmp_path / "buffer", ["a02"], bus_port)
+    keys = _keyring(tmp_path)
+    signer = keys.signer()
+    settings = _settings(broker.port, tmp_path / "buffer", ["a02"], keys, bus_port)
     stop = asyncio.Event()
     agents: list[EdgeAgent] = []
     host = asyncio.create_task(run_host(settings, stop, started=agents.extend))
@@ -204,7 +219,7 @@ async def _plans(broker: Mosquitto, tmp_path: Path, count: int) -> dict[str, lis
             windows=(GreenWindow(signal_group="4" if seq % 2 else "2", open_at=now + 20.0,
                                  close_at=now + 45.0),),
         )  # fmt: skip
-        publisher.publish("cb/v1/bench/x/a02/plan", DEFAULT_CODEC.encode(plan), qos=1)
+        publisher.publish("cb/v1/bench/x/a02/plan", DEFAULT_CODEC.encode(signer.sign(plan)), qos=1)
         await asyncio.sleep(0.05)
     await _until(lambda: len(agent.stats.plan_latency_ms) >= count, 30.0)
     edge = list(agent.stats.plan_latency_ms)
