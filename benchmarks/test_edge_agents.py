@@ -66,10 +66,10 @@ def _rss_mb() -> float:
 
 
 def _keyring(directory: Path) -> Keyring:
-    """The cloud's keys: edges trust their store and take only plans they signed."""
+    """A new keyring of the cloud's (one per test): edges trust its store and take only plans
+    it signed."""
     ring = Keyring(directory / "keys")
-    if not ring.trust_store.exists():
-        ring.create()
+    ring.create()
     return ring
 
 
