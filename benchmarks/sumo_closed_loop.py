@@ -6,6 +6,8 @@ imperfection, under our controllers) side by side, on the same seeds' traffic.
 
     .venv/bin/python benchmarks/sumo_closed_loop.py [--seeds 10] [--jobs 2] [--cases ...]
         [--engines ours sumo] [--policies ...] [--out out/bench]
+    .venv/bin/python benchmarks/sumo_closed_loop.py --bounds-from out/bench/sumo_closed_loop.json
+        [--start-up 2.5]
 
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
 over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
@@ -29,6 +31,7 @@ process.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -53,7 +56,7 @@ from citybrain.closed_loop import (
 from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
-from citybrain.models.traffic import queue_discharge_time_s
+from citybrain.models.traffic import DEFAULT_LOST_TIME_S, queue_discharge_time_s
 from citybrain.simulator.crossing import Approach, least_larger_delay
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
@@ -65,6 +68,8 @@ BOUND_SINCE_S = 150.0
 two cycles: what came earlier was served before either window mattered)."""
 INGOLSTADT = ("resco:ingolstadt21", "315358244", "201956810")
 """The real-city benchmark's route there: 10 signals over 2.1 km (benchmarks/real_cities.py)."""
+BANDS_S = (0.0, 1.0, 2.0, 3.0)
+"""How well a timing of the crossing knows each ambulance's arrival (``--bounds-from``)."""
 CASES = (
     "arterial-eastbound",
     "arterial-westbound",
@@ -431,14 +436,19 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
 
 
 def _crossing_bound(
-    both: dict[str, Any], crossed_alone: dict[int, dict[str, float]], *, band_s: float = 0.0
+    both: dict[str, Any],
+    crossed_alone: dict[int, dict[str, float]],
+    *,
+    band_s: float = 0.0,
+    start_up_s: float = DEFAULT_LOST_TIME_S,
 ) -> tuple[list[float], list[float]]:
     """Per seed, the larger of the two ambulances' losses at the crossing (their passing
     there less their passing alone), and the least any timing of the crossing's signal could
     have made it with the traffic that came (``simulator/crossing.py``: each due when it
     passed alone, the vehicles of its queue from ``BOUND_SINCE_S`` before the sooner of
     them); with ``band_s``, each ambulance's green held that long before it, its queue gone
-    (a timing that knows its arrival only to the corridors' margin)."""
+    (a timing that knows its arrival only to the corridors' margin); ``start_up_s``, the
+    queue's first departure after the onset of green."""
     larger, bound = [], []
     for seed, crossed, queues, (least_green, clearance) in zip(
         both["seed"], both["crossed_s"], both["crossing_queues"], both["crossing_timing_s"],
@@ -460,8 +470,28 @@ def _crossing_bound(
             for name, q in queues.items()
         ]
         since = min(a.due_s for a in approaches) - BOUND_SINCE_S
-        bound.append(least_larger_delay(approaches[0], approaches[1], since_s=since))
+        bound.append(
+            least_larger_delay(approaches[0], approaches[1], since_s=since, start_up_s=start_up_s)
+        )
     return larger, bound
+
+
+def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
+    """Per engine of a run's JSON with ``grid`` and ``grid-solo``: the least any timing of
+    the crossing could make the larger loss there when it knows each ambulance's arrival
+    exactly or to 1, 2 or 3 s (``Approach.band_s``), mean and seeds over 10 s."""
+    rows = [f"the crossing bound at a {start_up_s:.1f} s start-up, by how well arrivals are known"]
+    for engine, run in results["cases"].get("grid", {}).items():
+        solo = results["cases"]["grid-solo"][engine]["policies"]["corridor"]
+        crossed = dict(zip(solo["seed"], solo["solo_crossed_s"], strict=True))
+        both = run["policies"]["corridor"]
+        cells = []
+        for band_s in BANDS_S:
+            _, bound = _crossing_bound(both, crossed, band_s=band_s, start_up_s=start_up_s)
+            over = sum(x > 10.0 for x in bound)
+            cells.append(f"{band_s:.0f} s: {_mean(bound):.1f} s ({over} over 10 s)")
+        rows.append(f"  {engine}: " + "; ".join(cells))
+    return "\n".join(rows)
 
 
 def main() -> int:
@@ -484,7 +514,17 @@ def main() -> int:
         help="of the cases with traffic but ingolstadt21 (whose study runs all three)",
     )
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
+    parser.add_argument(
+        "--bounds-from",
+        type=Path,
+        help="run nothing: from a JSON this benchmark wrote with grid and grid-solo, the "
+        "crossing bound with ETA bands of 0-3 s at --start-up",
+    )
+    parser.add_argument("--start-up", type=float, default=DEFAULT_LOST_TIME_S)
     args = parser.parse_args()
+    if args.bounds_from is not None:
+        print(banded_bounds(json.loads(args.bounds_from.read_text()), args.start_up))
+        return 0
     seeds = list(range(1, args.seeds + 1))
     tasks: list[tuple[str, str, list[int], list[str]]] = []
     for case in args.cases:
