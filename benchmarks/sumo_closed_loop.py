@@ -68,6 +68,8 @@ BOUND_SINCE_S = 150.0
 two cycles: what came earlier was served before either window mattered)."""
 INGOLSTADT = ("resco:ingolstadt21", "315358244", "201956810")
 """The real-city benchmark's route there: 10 signals over 2.1 km (benchmarks/real_cities.py)."""
+FORECAST_LEADS_S = (10.0, 20.0, 30.0, 60.0)
+"""How long before an ambulance got to a stop line its ETA there is held against when it did."""
 BANDS_S = (0.0, 1.0, 2.0, 3.0)
 """How well a timing of the crossing knows each ambulance's arrival (``--bounds-from``)."""
 CASES = (
@@ -103,6 +105,7 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         "corridor": [o.corridors.get("AMB-1", "") for o in outcomes],
         "others_veh_s": [o.other_vehicle_seconds for o in outcomes],
         "ahead_veh": [_flushed_ahead(o) for o in outcomes],
+        "forecast_errors": [_forecast_errors(o) for o in outcomes],
     }
     if outcomes and outcomes[0].crossings:
         (crossing,) = outcomes[0].crossings
@@ -131,6 +134,7 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         figures["crossing_timing_s"] = [(least_green, clearance)] * len(outcomes)
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
         figures["second"] = [order[-1][0].trip.vehicle if order else "" for order in orders]
+        figures["first_late_s"] = [_first_late(order) for order in orders]
     figures["seed"] = [o.seed for o in outcomes]
     figures["trips_s"] = [{n: j.travel_time_s for n, j in o.journeys.items()} for o in outcomes]
     return figures
@@ -144,6 +148,22 @@ def _at_crossing(journeys: list[Journey], crossing: str) -> list[tuple[Journey, 
         return []
     at = [(j, reached[j.trip.vehicle].index(crossing)) for j in journeys]
     return sorted(at, key=lambda pair: pair[0].trip.stop_lines[pair[1]].left_s)
+
+
+def _first_late(order: list[tuple[Journey, int]]) -> dict[str, float]:
+    """How much later the first to cross got there than its corridor's ETA said, per lead of
+    ``FORECAST_LEADS_S`` (what a timing of the crossing knows of the arrival it must switch
+    for; NaN where none was given then)."""
+    if not order:
+        return {}
+    first, at = order[0]
+    line = first.trip.stop_lines[at]
+    given = first.forecasts.get(line.intersection, [])
+    late = {}
+    for lead in FORECAST_LEADS_S:
+        before = [eta for when, eta, _, _ in given if when <= line.left_s - lead]
+        late[f"{lead:.0f}"] = line.left_s - before[-1] if before else math.nan
+    return late
 
 
 def _second_upstream(order: list[tuple[Journey, int]], clearance_s: float) -> tuple[float, float]:
@@ -326,12 +346,16 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         pairs = [pair for seed in f["ahead_veh"] for pair in seed]
         if pairs:
             rows[policy]["ahead_veh"] = _expected_over_left(pairs)
+        errors = [error for seed in f["forecast_errors"] for error in seed]
+        if errors:
+            rows[policy]["forecasts"] = _forecast_accuracy(errors)
         if "second_loss_s" in f:
             rows[policy]["second_loss_s"] = round(_mean(f["second_loss_s"]), 1)
             rows[policy]["neither_stops_share"] = round(_mean(f["neither_stops"]), 2)
             rows[policy]["second_upstream_s"] = round(_mean(f["second_upstream_s"]), 1)
             rows[policy]["second_floor_s"] = round(_mean(f["second_floor_s"]), 1)
             rows[policy]["both_trips_s"] = round(_mean(f["both_trips_s"]), 1)
+            rows[policy]["first_late"] = _first_late_errors(f["first_late_s"])
             rows[policy].update(
                 seed=f["seed"],
                 second=f["second"],
@@ -361,6 +385,55 @@ def _flushed_ahead(outcome: Outcome) -> list[tuple[float, int]]:
         for node in journey.flush_estimate_veh
         if node in journey.ahead_at_green
     ]
+
+
+def _forecast_errors(outcome: Outcome) -> list[tuple[float, float, bool]]:
+    """Per stop line an ambulance passed and lead of ``FORECAST_LEADS_S``: how much later it
+    got there than the ETA its corridor's status gave that long before (negative: sooner),
+    and whether it got there within that ETA's band."""
+    errors = []
+    for journey in outcome.journeys.values():
+        for line in journey.trip.stop_lines:
+            given = journey.forecasts.get(line.intersection, [])
+            for lead in FORECAST_LEADS_S:
+                before = [f for f in given if f[0] <= line.left_s - lead]
+                if before and math.isfinite(line.left_s):
+                    _, eta, low, high = before[-1]
+                    errors.append((lead, line.left_s - eta, low <= line.left_s <= high))
+    return errors
+
+
+def _forecast_accuracy(errors: list[tuple[float, float, bool]]) -> dict[str, dict[str, float]]:
+    """Per lead: the median and 90th percentile of the ETA's error (either way), its median
+    (its bias: positive, later than forecast) and the share that came within the band."""
+    out = {}
+    for lead in FORECAST_LEADS_S:
+        late = np.array([e for at, e, _ in errors if at == lead])
+        inside = [ok for at, _, ok in errors if at == lead]
+        if late.size:
+            out[f"{lead:.0f}"] = _errors(late) | {"in_band": round(float(np.mean(inside)), 2)}
+    return out
+
+
+def _first_late_errors(seeds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``_errors`` of the first to cross's ETA at the crossing over the seeds, per lead."""
+    out = {}
+    for lead in (f"{x:.0f}" for x in FORECAST_LEADS_S):
+        late = np.array([seed.get(lead, math.nan) for seed in seeds])
+        if np.isfinite(late).any():
+            out[lead] = _errors(late[np.isfinite(late)])
+    return out
+
+
+def _errors(late: np.ndarray) -> dict[str, float]:
+    """How far off ETAs were (``late``: arrival less forecast): the median and 90th
+    percentile either way, and the median (positive: later than forecast)."""
+    return {
+        "median_abs_s": round(float(np.median(np.abs(late))), 1),
+        "p90_abs_s": round(float(np.percentile(np.abs(late), 90)), 1),
+        "median_s": round(float(np.median(late)), 1),
+        "stop_lines": int(late.size),
+    }
 
 
 def _expected_over_left(pairs: list[tuple[float, int]]) -> dict[str, float]:
@@ -598,6 +671,21 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             ]
             if crossing:
                 rows.append("    at the crossing, " + "; ".join(crossing))
+            known = [
+                f"{name}: "
+                + ", ".join(
+                    f"{lead} s before {a['median_abs_s']:.1f} / {a['p90_abs_s']:.1f} s "
+                    f"({a['median_s']:+.1f})"
+                    for lead, a in by_lead.items()
+                )
+                for name, e in engines.items()
+                if (by_lead := e["policies"][policy].get("first_late"))
+            ]
+            if known:
+                rows.append(
+                    "    the first to cross's ETA there against when it came (median / 90th "
+                    "percentile error, median late), " + "; ".join(known)
+                )
             ahead = [
                 f"{name}: the cloud expected {a['expected_veh']:.1f} vehicles a stop line "
                 f"(median), {a['left_veh']:.1f} left ahead of the vehicle from its green's "
@@ -607,6 +695,21 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             ]
             if ahead:
                 rows.append("    the queues its windows flush ahead of it, " + "; ".join(ahead))
+            forecasts = [
+                f"{name}: "
+                + ", ".join(
+                    f"{lead} s before {a['median_abs_s']:.1f} / {a['p90_abs_s']:.1f} s "
+                    f"({a['median_s']:+.1f}; {a['in_band']:.0%})"
+                    for lead, a in by_lead.items()
+                )
+                for name, e in engines.items()
+                if (by_lead := e["policies"][policy].get("forecasts"))
+            ]
+            if forecasts:
+                rows.append(
+                    "    its ETAs against when it got there (median / 90th percentile error, "
+                    "median late, share within the band), " + "; ".join(forecasts)
+                )
             cost = [
                 f"{name}: {c['mean_s']:.1f} s (median {c['median_s']:.1f}; per seed "
                 f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "

@@ -128,6 +128,10 @@ class Journey:
     """Per signalized stop line its corridor sent a window for and it passed: the vehicles
     the cloud expected that window to flush ahead of it (``StopLine.flushed_veh``), to hold
     against ``ahead_at_green`` (corridor policy only)."""
+    forecasts: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
+    """Per intersection of its corridor's status: (when, ETA, early and late edge of its
+    band) each time the cloud published one, to hold against when it got there (corridor
+    policy only)."""
 
     @property
     def travel_time_s(self) -> float:
@@ -266,6 +270,7 @@ def _run(
             vehicle.advice,
             vehicle.ahead_at_green,
             estimates.get(vehicle.name, {}),
+            vehicle.forecasts,
         )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
@@ -433,6 +438,7 @@ class _Vehicle:
         """Per hop of the route: its approach's departures when its signal last turned green
         (``Journey.ahead_at_green``)."""
         self.ahead_at_green: dict[str, int] = {}
+        self.forecasts: dict[str, list[tuple[float, float, float, float]]] = {}
 
     @property
     def advised_mps(self) -> float | None:
@@ -667,6 +673,7 @@ class _Driver:
     def _apply(self, actions: list[SendPlan | PublishStatus]) -> None:
         for action in actions:
             if isinstance(action, PublishStatus):
+                self._note_forecasts(action.status)
                 self._follow_advice(action.status)
             elif isinstance(action, SendPlan):
                 outcome = self._send(action.intersection, action.plan)
@@ -682,6 +689,16 @@ class _Driver:
                         else "refused",
                     )
                     self.manager.on_ack(ack, self.run.now)
+
+    def _note_forecasts(self, status: CorridorStatus) -> None:
+        """Keep each ETA its vehicle's status gives (``Journey.forecasts``)."""
+        vehicle = next((v for v in self.vehicles if v.name == status.vehicle), None)
+        if vehicle is None:
+            return
+        for ahead in status.intersections:
+            if ahead.actual_arrival is None:
+                forecast = (status.updated_at, ahead.eta, ahead.eta_low, ahead.eta_high)
+                vehicle.forecasts.setdefault(ahead.intersection, []).append(forecast)
 
     def _follow_advice(self, status: CorridorStatus) -> None:
         """The crew keeps to the speed its corridor's status advises (none: its own)."""

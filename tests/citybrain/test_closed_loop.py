@@ -93,6 +93,34 @@ def test_the_corridor_s_flush_estimates_are_kept_beside_what_left_ahead(
             assert sum(journey.flush_estimate_veh.values()) > 0.0
 
 
+def test_the_corridor_s_etas_are_kept_until_the_ambulance_gets_there(
+    comparison: demo.Comparison,
+) -> None:
+    """Per intersection of its route, each ETA its corridor's status gave (with its band),
+    none after it passed: the benchmark holds them against when it got there."""
+    for policy, outcomes in comparison.outcomes.items():
+        for outcome in outcomes:
+            journey = outcome.journeys[AMBULANCE]
+            if policy is not Policy.CORRIDOR:
+                assert journey.forecasts == {}
+                continue
+            passed = {
+                line.intersection: line.left_s
+                for line in journey.trip.stop_lines
+                if line.intersection in journey.stop_line_m  # its signals
+            }
+            assert passed
+            assert passed.keys() <= journey.forecasts.keys()
+            for node, given in journey.forecasts.items():
+                times = [when for when, _, _, _ in given]
+                assert times == sorted(times)
+                assert all(low <= eta <= high for _, eta, low, high in given)
+                if node in passed:
+                    assert times[-1] <= passed[node] + 1.0
+                    # a second before it got there, the ETA is that second, within a few
+                    assert abs(given[-1][1] - passed[node]) < 5.0
+
+
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:
     data = demo.summary(comparison)
     p = data["policies"]
