@@ -627,6 +627,25 @@ def main() -> int:
     return 0
 
 
+def _forecast_row(engines: dict[str, Any], policy: str, key: str, what: str) -> list[str]:
+    """One report line of ``_errors`` per lead (``key``: ``forecasts`` or ``first_late``),
+    the engines side by side; none where no engine has them."""
+    cells = [
+        f"{name}: "
+        + ", ".join(
+            f"{lead} s before {a['median_abs_s']:.1f} / {a['p90_abs_s']:.1f} s "
+            f"({a['median_s']:+.1f}" + (f"; {a['in_band']:.0%})" if "in_band" in a else ")")
+            for lead, a in by_lead.items()
+        )
+        for name, e in engines.items()
+        if (by_lead := e["policies"][policy].get(key))
+    ]
+    if not cells:
+        return []
+    band = ", share within the band" if key == "forecasts" else ""
+    return [f"    {what} (median / 90th percentile error, median late{band}), " + "; ".join(cells)]
+
+
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps = []
@@ -671,21 +690,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             ]
             if crossing:
                 rows.append("    at the crossing, " + "; ".join(crossing))
-            known = [
-                f"{name}: "
-                + ", ".join(
-                    f"{lead} s before {a['median_abs_s']:.1f} / {a['p90_abs_s']:.1f} s "
-                    f"({a['median_s']:+.1f})"
-                    for lead, a in by_lead.items()
-                )
-                for name, e in engines.items()
-                if (by_lead := e["policies"][policy].get("first_late"))
-            ]
-            if known:
-                rows.append(
-                    "    the first to cross's ETA there against when it came (median / 90th "
-                    "percentile error, median late), " + "; ".join(known)
-                )
+            rows += _forecast_row(
+                engines, policy, "first_late", "the first to cross's ETA there against when it came"
+            )
             ahead = [
                 f"{name}: the cloud expected {a['expected_veh']:.1f} vehicles a stop line "
                 f"(median), {a['left_veh']:.1f} left ahead of the vehicle from its green's "
@@ -695,21 +702,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             ]
             if ahead:
                 rows.append("    the queues its windows flush ahead of it, " + "; ".join(ahead))
-            forecasts = [
-                f"{name}: "
-                + ", ".join(
-                    f"{lead} s before {a['median_abs_s']:.1f} / {a['p90_abs_s']:.1f} s "
-                    f"({a['median_s']:+.1f}; {a['in_band']:.0%})"
-                    for lead, a in by_lead.items()
-                )
-                for name, e in engines.items()
-                if (by_lead := e["policies"][policy].get("forecasts"))
-            ]
-            if forecasts:
-                rows.append(
-                    "    its ETAs against when it got there (median / 90th percentile error, "
-                    "median late, share within the band), " + "; ".join(forecasts)
-                )
+            rows += _forecast_row(
+                engines, policy, "forecasts", "its ETAs against when it got there"
+            )
             cost = [
                 f"{name}: {c['mean_s']:.1f} s (median {c['median_s']:.1f}; per seed "
                 f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "
