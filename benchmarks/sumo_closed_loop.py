@@ -71,6 +71,9 @@ INGOLSTADT = ("resco:ingolstadt21", "315358244", "201956810")
 FORECAST_LEADS_S = (10.0, 20.0, 30.0, 60.0)
 """How long before an ambulance got to a stop line its ETA there is held against when it did."""
 BANDS_S = (0.0, 1.0, 2.0, 3.0)
+COMMIT_LEAD_S = 20.0
+"""How long before the first ambulance a timing of the crossing must know its arrival: to
+end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
 """How well a timing of the crossing knows each ambulance's arrival (``--bounds-from``)."""
 CASES = (
     "arterial-eastbound",
@@ -364,6 +367,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 crossed_s=f["crossed_s"],
                 crossing_queues=f["crossing_queues"],
                 crossing_timing_s=f["crossing_timing_s"],
+                first_late_s=f["first_late_s"],
             )
     return {
         "policies": rows,
@@ -514,23 +518,27 @@ def _crossing_bound(
     *,
     band_s: float = 0.0,
     start_up_s: float = DEFAULT_LOST_TIME_S,
+    first_known_at: str | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per seed, the larger of the two ambulances' losses at the crossing (their passing
     there less their passing alone), and the least any timing of the crossing's signal could
     have made it with the traffic that came (``simulator/crossing.py``: each due when it
     passed alone, the vehicles of its queue from ``BOUND_SINCE_S`` before the sooner of
     them); with ``band_s``, each ambulance's green held that long before it, its queue gone
-    (a timing that knows its arrival only to the corridors' margin); ``start_up_s``, the
-    queue's first departure after the onset of green."""
+    (a timing that knows its arrival only to the corridors' margin); with
+    ``first_known_at`` (a lead of ``FORECAST_LEADS_S``), the first to cross's held by how far
+    its corridor's ETA that long before was off, that seed (``band_s`` the second's);
+    ``start_up_s``, the queue's first departure after the onset of green."""
     larger, bound = [], []
-    for seed, crossed, queues, (least_green, clearance) in zip(
+    for seed, crossed, queues, (least_green, clearance), second, late in zip(
         both["seed"], both["crossed_s"], both["crossing_queues"], both["crossing_timing_s"],
-        strict=True,
+        both["second"], both["first_late_s"], strict=True,
     ):  # fmt: skip
         alone = crossed_alone.get(seed)
         if alone is None or not queues:
             continue
         larger.append(max(crossed[name] - alone[name] for name in queues))
+        first_band = abs(late.get(first_known_at, math.nan)) if first_known_at else math.nan
         approaches = [
             Approach(
                 np.array(q["arrivals_s"]),
@@ -538,7 +546,7 @@ def _crossing_bound(
                 q["headway_s"],
                 least_green,
                 clearance,
-                band_s=band_s,
+                band_s=first_band if name != second and math.isfinite(first_band) else band_s,
             )
             for name, q in queues.items()
         ]
@@ -552,7 +560,8 @@ def _crossing_bound(
 def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
     """Per engine of a run's JSON with ``grid`` and ``grid-solo``: the least any timing of
     the crossing could make the larger loss there when it knows each ambulance's arrival
-    exactly or to 1, 2 or 3 s (``Approach.band_s``), mean and seeds over 10 s."""
+    exactly or to 1, 2 or 3 s (``Approach.band_s``), and the first's as well as its corridor
+    knew it ``COMMIT_LEAD_S`` before; mean and seeds over 10 s."""
     rows = [f"the crossing bound at a {start_up_s:.1f} s start-up, by how well arrivals are known"]
     for engine, run in results["cases"].get("grid", {}).items():
         solo = results["cases"]["grid-solo"][engine]["policies"]["corridor"]
@@ -563,6 +572,14 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
             _, bound = _crossing_bound(both, crossed, band_s=band_s, start_up_s=start_up_s)
             over = sum(x > 10.0 for x in bound)
             cells.append(f"{band_s:.0f} s: {_mean(bound):.1f} s ({over} over 10 s)")
+        _, bound = _crossing_bound(
+            both, crossed, start_up_s=start_up_s, first_known_at=f"{COMMIT_LEAD_S:.0f}"
+        )
+        over = sum(x > 10.0 for x in bound)
+        cells.append(
+            f"the first's as its ETA {COMMIT_LEAD_S:.0f} s before, the second's exactly: "
+            f"{_mean(bound):.1f} s ({over} over 10 s)"
+        )
         rows.append(f"  {engine}: " + "; ".join(cells))
     return "\n".join(rows)
 
