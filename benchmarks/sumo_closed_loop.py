@@ -71,10 +71,10 @@ INGOLSTADT = ("resco:ingolstadt21", "315358244", "201956810")
 FORECAST_LEADS_S = (10.0, 20.0, 30.0, 60.0)
 """How long before an ambulance got to a stop line its ETA there is held against when it did."""
 BANDS_S = (0.0, 1.0, 2.0, 3.0)
+"""How well a timing of the crossing knows each ambulance's arrival (``--bounds-from``)."""
 COMMIT_LEAD_S = 20.0
 """How long before the first ambulance a timing of the crossing must know its arrival: to
 end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
-"""How well a timing of the crossing knows each ambulance's arrival (``--bounds-from``)."""
 CASES = (
     "arterial-eastbound",
     "arterial-westbound",
@@ -164,9 +164,17 @@ def _first_late(order: list[tuple[Journey, int]]) -> dict[str, float]:
     given = first.forecasts.get(line.intersection, [])
     late = {}
     for lead in FORECAST_LEADS_S:
-        before = [eta for when, eta, _, _ in given if when <= line.left_s - lead]
-        late[f"{lead:.0f}"] = line.left_s - before[-1] if before else math.nan
+        forecast = _forecast_before(given, line.left_s - lead)
+        late[f"{lead:.0f}"] = line.left_s - forecast[1] if forecast else math.nan
     return late
+
+
+def _forecast_before(
+    given: list[tuple[float, float, float, float]], at_s: float
+) -> tuple[float, float, float, float] | None:
+    """The last of a stop line's forecasts (``Journey.forecasts``) given by ``at_s``."""
+    before = [forecast for forecast in given if forecast[0] <= at_s]
+    return before[-1] if before else None
 
 
 def _second_upstream(order: list[tuple[Journey, int]], clearance_s: float) -> tuple[float, float]:
@@ -400,9 +408,9 @@ def _forecast_errors(outcome: Outcome) -> list[tuple[float, float, bool]]:
         for line in journey.trip.stop_lines:
             given = journey.forecasts.get(line.intersection, [])
             for lead in FORECAST_LEADS_S:
-                before = [f for f in given if f[0] <= line.left_s - lead]
-                if before and math.isfinite(line.left_s):
-                    _, eta, low, high = before[-1]
+                forecast = _forecast_before(given, line.left_s - lead)
+                if forecast is not None:
+                    _, eta, low, high = forecast
                     errors.append((lead, line.left_s - eta, low <= line.left_s <= high))
     return errors
 
