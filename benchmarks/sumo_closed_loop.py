@@ -538,9 +538,10 @@ def _crossing_bound(
     its corridor's ETA that long before was off, that seed (``band_s`` the second's);
     ``start_up_s``, the queue's first departure after the onset of green."""
     larger, bound = [], []
+    lates = both.get("first_late_s") or [{}] * len(both["seed"])  # none before 2026-12-06
     for seed, crossed, queues, (least_green, clearance), second, late in zip(
         both["seed"], both["crossed_s"], both["crossing_queues"], both["crossing_timing_s"],
-        both["second"], both["first_late_s"], strict=True,
+        both["second"], lates, strict=True,
     ):  # fmt: skip
         alone = crossed_alone.get(seed)
         if alone is None or not queues:
@@ -580,14 +581,15 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
             _, bound = _crossing_bound(both, crossed, band_s=band_s, start_up_s=start_up_s)
             over = sum(x > 10.0 for x in bound)
             cells.append(f"{band_s:.0f} s: {_mean(bound):.1f} s ({over} over 10 s)")
-        _, bound = _crossing_bound(
-            both, crossed, start_up_s=start_up_s, first_known_at=f"{COMMIT_LEAD_S:.0f}"
-        )
-        over = sum(x > 10.0 for x in bound)
-        cells.append(
-            f"the first's as its ETA {COMMIT_LEAD_S:.0f} s before, the second's exactly: "
-            f"{_mean(bound):.1f} s ({over} over 10 s)"
-        )
+        if "first_late_s" in both:
+            _, bound = _crossing_bound(
+                both, crossed, start_up_s=start_up_s, first_known_at=f"{COMMIT_LEAD_S:.0f}"
+            )
+            over = sum(x > 10.0 for x in bound)
+            cells.append(
+                f"the first's as its ETA {COMMIT_LEAD_S:.0f} s before, the second's exactly: "
+                f"{_mean(bound):.1f} s ({over} over 10 s)"
+            )
         rows.append(f"  {engine}: " + "; ".join(cells))
     return "\n".join(rows)
 
