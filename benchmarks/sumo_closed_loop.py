@@ -62,6 +62,7 @@ from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Scenario, build, load_network
+from citybrain.simulator.scoring import StopLineDelay
 
 BOUND_SINCE_S = 150.0
 """How long before the sooner ambulance is due the crossing bound counts vehicles from (about
@@ -160,21 +161,22 @@ def _first_late(order: list[tuple[Journey, int]]) -> dict[str, float]:
     if not order:
         return {}
     first, at = order[0]
-    line = first.trip.stop_lines[at]
-    given = first.forecasts.get(line.intersection, [])
-    late = {}
+    late = {lead: late for lead, late, _ in _line_errors(first, first.trip.stop_lines[at])}
+    return {f"{lead:.0f}": late.get(lead, math.nan) for lead in FORECAST_LEADS_S}
+
+
+def _line_errors(journey: Journey, line: StopLineDelay) -> list[tuple[float, float, bool]]:
+    """Per lead of ``FORECAST_LEADS_S`` at which its corridor had given an ETA for ``line``:
+    how much later the ambulance got there than that ETA said (negative: sooner), and
+    whether it got there within that ETA's band."""
+    given = journey.forecasts.get(line.intersection, [])
+    errors = []
     for lead in FORECAST_LEADS_S:
-        forecast = _forecast_before(given, line.left_s - lead)
-        late[f"{lead:.0f}"] = line.left_s - forecast[1] if forecast else math.nan
-    return late
-
-
-def _forecast_before(
-    given: list[tuple[float, float, float, float]], at_s: float
-) -> tuple[float, float, float, float] | None:
-    """The last of a stop line's forecasts (``Journey.forecasts``) given by ``at_s``."""
-    before = [forecast for forecast in given if forecast[0] <= at_s]
-    return before[-1] if before else None
+        before = [forecast for forecast in given if forecast[0] <= line.left_s - lead]
+        if before:
+            _, eta, low, high = before[-1]
+            errors.append((lead, line.left_s - eta, low <= line.left_s <= high))
+    return errors
 
 
 def _second_upstream(order: list[tuple[Journey, int]], clearance_s: float) -> tuple[float, float]:
@@ -400,19 +402,13 @@ def _flushed_ahead(outcome: Outcome) -> list[tuple[float, int]]:
 
 
 def _forecast_errors(outcome: Outcome) -> list[tuple[float, float, bool]]:
-    """Per stop line an ambulance passed and lead of ``FORECAST_LEADS_S``: how much later it
-    got there than the ETA its corridor's status gave that long before (negative: sooner),
-    and whether it got there within that ETA's band."""
-    errors = []
-    for journey in outcome.journeys.values():
-        for line in journey.trip.stop_lines:
-            given = journey.forecasts.get(line.intersection, [])
-            for lead in FORECAST_LEADS_S:
-                forecast = _forecast_before(given, line.left_s - lead)
-                if forecast is not None:
-                    _, eta, low, high = forecast
-                    errors.append((lead, line.left_s - eta, low <= line.left_s <= high))
-    return errors
+    """``_line_errors`` of every stop line every ambulance passed."""
+    return [
+        error
+        for journey in outcome.journeys.values()
+        for line in journey.trip.stop_lines
+        for error in _line_errors(journey, line)
+    ]
 
 
 def _forecast_accuracy(errors: list[tuple[float, float, bool]]) -> dict[str, dict[str, float]]:

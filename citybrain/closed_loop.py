@@ -673,8 +673,11 @@ class _Driver:
     def _apply(self, actions: list[SendPlan | PublishStatus]) -> None:
         for action in actions:
             if isinstance(action, PublishStatus):
-                self._note_forecasts(action.status)
-                self._follow_advice(action.status)
+                status = action.status
+                vehicle = next((v for v in self.vehicles if v.name == status.vehicle), None)
+                if vehicle is not None:
+                    _note_forecasts(vehicle, status)
+                    self._follow_advice(vehicle, status)
             elif isinstance(action, SendPlan):
                 outcome = self._send(action.intersection, action.plan)
                 if self.manager is not None:
@@ -690,20 +693,9 @@ class _Driver:
                     )
                     self.manager.on_ack(ack, self.run.now)
 
-    def _note_forecasts(self, status: CorridorStatus) -> None:
-        """Keep each ETA its vehicle's status gives (``Journey.forecasts``)."""
-        vehicle = next((v for v in self.vehicles if v.name == status.vehicle), None)
-        if vehicle is None:
-            return
-        for ahead in status.intersections:
-            if ahead.actual_arrival is None:
-                forecast = (status.updated_at, ahead.eta, ahead.eta_low, ahead.eta_high)
-                vehicle.forecasts.setdefault(ahead.intersection, []).append(forecast)
-
-    def _follow_advice(self, status: CorridorStatus) -> None:
+    def _follow_advice(self, vehicle: _Vehicle, status: CorridorStatus) -> None:
         """The crew keeps to the speed its corridor's status advises (none: its own)."""
-        vehicle = next((v for v in self.vehicles if v.name == status.vehicle), None)
-        if vehicle is not None and status.advised_speed_mps != vehicle.advised_mps:
+        if status.advised_speed_mps != vehicle.advised_mps:
             vehicle.advice.append((self.run.now, status.advised_speed_mps))
             self.run.set_speed_cap(vehicle.name, status.advised_speed_mps)
 
@@ -725,6 +717,14 @@ class _Driver:
                 window = asked.get(vehicle.groups[hop])
                 if vehicle.nodes[hop] == node and window is not None:
                     vehicle.windows[node] = (window.open_at, window.close_at)
+
+
+def _note_forecasts(vehicle: _Vehicle, status: CorridorStatus) -> None:
+    """Keep each ETA its vehicle's status gives (``Journey.forecasts``)."""
+    for ahead in status.intersections:
+        if ahead.actual_arrival is None:
+            forecast = (status.updated_at, ahead.eta, ahead.eta_low, ahead.eta_high)
+            vehicle.forecasts.setdefault(ahead.intersection, []).append(forecast)
 
 
 def indication_colour(value: str) -> str:
