@@ -31,11 +31,13 @@ process.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,9 @@ FORECAST_LEADS_S = (10.0, 20.0, 30.0, 60.0)
 """How long before an ambulance got to a stop line its ETA there is held against when it did."""
 BANDS_S = (0.0, 1.0, 2.0, 3.0)
 """How well a timing of the crossing knows each ambulance's arrival (``--bounds-from``)."""
+PAUSE_S = 4.0
+"""A pause this long in an approach's departures under green: its standing queue is gone (a
+lane discharges one every 2 s at saturation flow; SUMO's first few every 3 s)."""
 COMMIT_LEAD_S = 20.0
 """How long before the first ambulance a timing of the crossing must know its arrival: to
 end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
@@ -139,6 +144,7 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
         figures["second"] = [order[-1][0].trip.vehicle if order else "" for order in orders]
         figures["first_late_s"] = [_first_late(order) for order in orders]
+        figures["first_green"] = [_first_green(order, crossing) for order in orders]
     figures["seed"] = [o.seed for o in outcomes]
     figures["trips_s"] = [{n: j.travel_time_s for n, j in o.journeys.items()} for o in outcomes]
     return figures
@@ -163,6 +169,39 @@ def _first_late(order: list[tuple[Journey, int]]) -> dict[str, float]:
     first, at = order[0]
     late = {lead: late for lead, late, _ in _line_errors(first, first.trip.stop_lines[at])}
     return {f"{lead:.0f}": late.get(lead, math.nan) for lead in FORECAST_LEADS_S}
+
+
+def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, float]:
+    """How the first to cross's last green at the crossing was used, from its start until the
+    first left: how long it ran, until its approach's departures first paused ``PAUSE_S``
+    once started (its standing queue gone), how many left after that, and how long before
+    the first no one did; and when the second's green there began after the first left,
+    with how many left ahead of the second in it. Empty where one never got there."""
+    if not order:
+        return {}
+    (first, at), (second, at_second) = order
+    left_s = first.trip.stop_lines[at].left_s
+    onset = first.green_onset(crossing, left_s)
+    departed = first.discharged.get(crossing, [])[:-1]  # itself, the last, not counted
+    pause = next(
+        (
+            i
+            for i, (a, b) in enumerate(itertools.pairwise(departed))
+            if b - a >= PAUSE_S and a - onset >= PAUSE_S  # not the start-up's first few
+        ),
+        len(departed) - 1,
+    )
+    return {
+        "green_s": left_s - onset,
+        "queue_gone_s": departed[pause] - onset if departed else 0.0,
+        "after_veh": float(len(departed) - 1 - pause),
+        "idle_s": left_s - (departed[-1] if departed else onset),
+        "second_green_after_s": second.green_onset(
+            crossing, second.trip.stop_lines[at_second].left_s
+        )
+        - left_s,
+        "second_ahead_veh": float(second.ahead_at_green.get(crossing, math.nan)),
+    }
 
 
 def _line_errors(journey: Journey, line: StopLineDelay) -> list[tuple[float, float, bool]]:
@@ -369,6 +408,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             rows[policy]["second_floor_s"] = round(_mean(f["second_floor_s"]), 1)
             rows[policy]["both_trips_s"] = round(_mean(f["both_trips_s"]), 1)
             rows[policy]["first_late"] = _first_late_errors(f["first_late_s"])
+            rows[policy]["first_green"] = _medians(f["first_green"])
             rows[policy].update(
                 seed=f["seed"],
                 second=f["second"],
@@ -378,6 +418,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 crossing_queues=f["crossing_queues"],
                 crossing_timing_s=f["crossing_timing_s"],
                 first_late_s=f["first_late_s"],
+                first_green_per_seed=f["first_green"],
             )
     return {
         "policies": rows,
@@ -441,6 +482,15 @@ def _errors(late: np.ndarray) -> dict[str, float]:
         "p90_abs_s": round(float(np.percentile(np.abs(late), 90)), 1),
         "median_s": round(float(np.median(late)), 1),
         "stop_lines": int(late.size),
+    }
+
+
+def _medians(seeds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the seeds that have it."""
+    keys = {key for seed in seeds for key in seed}
+    return {
+        key: round(float(np.nanmedian([seed.get(key, math.nan) for seed in seeds])), 1)
+        for key in sorted(keys)
     }
 
 
@@ -669,6 +719,23 @@ def _forecast_row(engines: dict[str, Any], policy: str, key: str, what: str) -> 
     return [f"    {what} (median / 90th percentile error, median late{band}), " + "; ".join(cells)]
 
 
+def _per_engine(
+    engines: dict[str, Any],
+    policy: str,
+    key: str,
+    what: str,
+    say: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """One report line: ``what``, then per engine that has figures ``key`` what ``say`` makes
+    of them; none where no engine has them."""
+    cells = [
+        f"{name}: {say(figures)}"
+        for name, e in engines.items()
+        if (figures := e["policies"][policy].get(key))
+    ]
+    return [f"    {what}, " + "; ".join(cells)] if cells else []
+
+
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps = []
@@ -716,15 +783,24 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             rows += _forecast_row(
                 engines, policy, "first_late", "the first to cross's ETA there against when it came"
             )
-            ahead = [
-                f"{name}: the cloud expected {a['expected_veh']:.1f} vehicles a stop line "
-                f"(median), {a['left_veh']:.1f} left ahead of the vehicle from its green's "
-                f"start; {a['ratio']:.2f}x ({a['stop_lines']} stop lines)"
-                for name, e in engines.items()
-                if (a := e["policies"][policy].get("ahead_veh"))
-            ]
-            if ahead:
-                rows.append("    the queues its windows flush ahead of it, " + "; ".join(ahead))
+            rows += _per_engine(
+                engines, policy, "first_green", "the first's green at the crossing (medians)",
+                lambda g: (
+                    f"{g['green_s']:.0f} s before it left; its queue gone after "
+                    f"{g['queue_gone_s']:.0f} s (departures paused {PAUSE_S:.0f} s), "
+                    f"{g['after_veh']:.0f} more came and left, none in its last "
+                    f"{g['idle_s']:.0f} s; the second's green {g['second_green_after_s']:.0f} s "
+                    f"after the first left, {g['second_ahead_veh']:.0f} vehicles ahead of it"
+                ),
+            )  # fmt: skip
+            rows += _per_engine(
+                engines, policy, "ahead_veh", "the queues its windows flush ahead of it",
+                lambda a: (
+                    f"the cloud expected {a['expected_veh']:.1f} vehicles a stop line (median), "
+                    f"{a['left_veh']:.1f} left ahead of the vehicle from its green's start; "
+                    f"{a['ratio']:.2f}x ({a['stop_lines']} stop lines)"
+                ),
+            )  # fmt: skip
             rows += _forecast_row(
                 engines, policy, "forecasts", "its ETAs against when it got there"
             )

@@ -124,6 +124,10 @@ class Journey:
     """Per signalized stop line it passed: the vehicles that left its approach from the start
     of its last green there until it left (the queue that green served ahead of it): at
     saturation flow, the least green it needed there, whatever the timing, behind them."""
+    discharged: dict[str, list[float]] = field(default_factory=dict)
+    """Per signalized stop line it passed: when each of those vehicles left (to the step),
+    itself last: how that green was used, a queue at saturation flow, then arrivals, then
+    none while the green waited for it."""
     flush_estimate_veh: dict[str, float] = field(default_factory=dict)
     """Per signalized stop line its corridor sent a window for and it passed: the vehicles
     the cloud expected that window to flush ahead of it (``StopLine.flushed_veh``), to hold
@@ -138,6 +142,16 @@ class Journey:
         return (
             float(self.trip.travel_time_s) if self.trip.travel_time_s is not None else float("nan")
         )
+
+    def green_onset(self, intersection: str, until_s: float) -> float:
+        """When its group's last green at ``intersection`` began, no later than ``until_s``
+        (where none began, its first record: green, or not, since then)."""
+        shown = self.signals[intersection]
+        onsets = [
+            t for (_, before), (t, now) in itertools.pairwise(shown)
+            if now == "green" and before != "green" and t <= until_s
+        ]  # fmt: skip
+        return max(onsets, default=shown[0][0])
 
     def delay_at(self, intersection: str) -> float:
         """Seconds lost on the link up to ``intersection``'s stop line (nan if not reached)."""
@@ -269,6 +283,7 @@ def _run(
             vehicle.progression_mps,
             vehicle.advice,
             vehicle.ahead_at_green,
+            vehicle.discharged,
             estimates.get(vehicle.name, {}),
             vehicle.forecasts,
         )
@@ -434,9 +449,10 @@ class _Vehicle:
         """(time, speed) each time its corridor's advice changed (``Journey.advice``)."""
         self.held_until: dict[int, float] = {}
         """The ceiling: per hop of the route, until when its signal holds green."""
-        self.green_from: dict[int, int] = {}
-        """Per hop of the route: its approach's departures when its signal last turned green
-        (``Journey.ahead_at_green``)."""
+        self.counted: dict[int, int] = {}
+        """Per hop of the route ahead: its approach's departures counted into ``discharged``
+        since its signal last turned green."""
+        self.discharged: dict[str, list[float]] = {}
         self.ahead_at_green: dict[str, int] = {}
         self.forecasts: dict[str, list[tuple[float, float, float, float]]] = {}
 
@@ -543,24 +559,32 @@ class _Driver:
             self._corridor(vehicle, hop, now)
 
     def _watch_signals(self, vehicle: _Vehicle, now: float) -> None:
-        """Note what each signal on its route shows it, and when each last turned green."""
+        """Note what each signal on its route shows it, and at each stop line still ahead
+        when vehicles left its approach since its signal last turned green."""
         run = self.run
         for hop, node in enumerate(vehicle.nodes):
             if node in vehicle.signals and vehicle.groups[hop]:
                 shown = run.controllers[node].state_at(now).groups[vehicle.groups[hop]].indication
                 seen = vehicle.signals[node]
-                if shown is Indication.GREEN and (not seen or seen[-1][1] != shown.value):
-                    vehicle.green_from[hop] = int(run.sim.link_departures[vehicle.route[hop]])
+                departed = int(run.sim.link_departures[vehicle.route[hop]])
+                onset = shown is Indication.GREEN and (not seen or seen[-1][1] != shown.value)
                 seen.append((now, shown.value))
+                if hop < vehicle.hop:
+                    continue  # passed: what its green there was used for is kept
+                if onset:
+                    vehicle.counted[hop] = departed
+                    vehicle.discharged[node] = []
+                elif hop in vehicle.counted:
+                    vehicle.discharged[node] += [now] * (departed - vehicle.counted[hop])
+                    vehicle.counted[hop] = departed
 
     def _count_ahead(self, vehicle: _Vehicle, hop: int) -> None:
         """On leaving the links before ``hop``: how many vehicles left each one's stop line
-        ahead of it since its last green there started (itself not counted)."""
-        departures = self.run.sim.link_departures
+        ahead of it since its last green there started (itself, the last, not counted)."""
         for passed in range(vehicle.hop, hop):
-            if passed in vehicle.green_from:
-                ahead = int(departures[vehicle.route[passed]]) - vehicle.green_from[passed] - 1
-                vehicle.ahead_at_green[vehicle.nodes[passed]] = max(0, ahead)
+            if passed in vehicle.counted:
+                node = vehicle.nodes[passed]
+                vehicle.ahead_at_green[node] = max(0, len(vehicle.discharged[node]) - 1)
 
     def _preempt(self, vehicle: _Vehicle, hop: int, now: float) -> None:
         node = vehicle.nodes[hop]

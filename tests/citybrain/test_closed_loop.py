@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from pathlib import Path
@@ -50,11 +49,7 @@ def test_the_vehicles_ahead_at_each_green_are_counted(comparison: demo.Compariso
             for line in journey.trip.stop_lines:
                 if line.intersection not in journey.ahead_at_green:
                     continue  # no signal
-                shown = journey.signals[line.intersection]
-                onset = max(
-                    t for (_, before), (t, now) in itertools.pairwise(shown)
-                    if now == "green" and before != "green" and t <= line.left_s
-                )  # fmt: skip
+                onset = journey.green_onset(line.intersection, line.left_s)
                 # no more than its lanes discharge at saturation flow since that green began
                 link = road.link_by_id[line.link]
                 lanes = len(link.lanes)

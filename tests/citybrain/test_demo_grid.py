@@ -151,6 +151,30 @@ def test_the_grid_json_member_has_the_documented_shape(
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_departures_in_the_green_each_ambulance_passed_on_are_kept(
+    comparison: demo.Comparison,
+) -> None:
+    """``Journey.discharged`` (how the crossing's greens were used, in the benchmark): when
+    each vehicle left the approach from the start of the green an ambulance left on, itself
+    last, as many ahead of it as ``ahead_at_green`` counts."""
+    kept = 0
+    for outcomes in comparison.outcomes.values():
+        for outcome in outcomes:
+            for journey in outcome.journeys.values():
+                assert journey.discharged.keys() == journey.ahead_at_green.keys()
+                for line in journey.trip.stop_lines:
+                    times = journey.discharged.get(line.intersection)
+                    if times is None:
+                        continue
+                    onset = journey.green_onset(line.intersection, line.left_s)
+                    ahead = journey.ahead_at_green[line.intersection]
+                    assert len(times) == ahead + 1 or (times == [] and ahead == 0)
+                    assert times == sorted(times)
+                    assert all(onset < t <= line.left_s + 1.0 for t in times)
+                    kept += len(times)
+    assert kept > 0
+
+
 def test_one_ambulance_only_keeps_the_same_traffic() -> None:
     """The yardstick of what the crossing costs (``benchmarks/sumo_closed_loop.py``,
     ``grid-solo``): the other ambulance goes, every other trip stays as it was."""
