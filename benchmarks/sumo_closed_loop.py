@@ -22,8 +22,9 @@ timing of the crossing could have cost the two with the traffic that came to it
 (``simulator/crossing.py``), also with each green held the corridors' margin (3 s) before its
 ambulance, as a timing that knows the arrivals only that well must. Under the corridor, also
 the queues its windows flush ahead of the ambulance: what the cloud expected per stop line
-against what left (``ahead_veh``). A table, one verdict line, JSON in
-``OUT/sumo_closed_loop.json``.
+against what left (``ahead_veh``); on the grid, how the first to cross's green at the
+crossing was used, from its approach's departures (``_first_green``). A table, one verdict
+line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
 """
