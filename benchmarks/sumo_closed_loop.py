@@ -704,20 +704,15 @@ def main() -> int:
 def _forecast_row(engines: dict[str, Any], policy: str, key: str, what: str) -> list[str]:
     """One report line of ``_errors`` per lead (``key``: ``forecasts`` or ``first_late``),
     the engines side by side; none where no engine has them."""
-    cells = [
-        f"{name}: "
-        + ", ".join(
+    band = ", share within the band" if key == "forecasts" else ""
+    return _per_engine(
+        engines, policy, key, f"{what} (median / 90th percentile error, median late{band})",
+        lambda by_lead: ", ".join(
             f"{lead} s before {a['median_abs_s']:.1f} / {a['p90_abs_s']:.1f} s "
             f"({a['median_s']:+.1f}" + (f"; {a['in_band']:.0%})" if "in_band" in a else ")")
             for lead, a in by_lead.items()
-        )
-        for name, e in engines.items()
-        if (by_lead := e["policies"][policy].get(key))
-    ]
-    if not cells:
-        return []
-    band = ", share within the band" if key == "forecasts" else ""
-    return [f"    {what} (median / 90th percentile error, median late{band}), " + "; ".join(cells)]
+        ),
+    )  # fmt: skip
 
 
 def _per_engine(

@@ -453,8 +453,17 @@ class _Vehicle:
         """Per hop of the route ahead: its approach's departures counted into ``discharged``
         since its signal last turned green."""
         self.discharged: dict[str, list[float]] = {}
-        self.ahead_at_green: dict[str, int] = {}
         self.forecasts: dict[str, list[tuple[float, float, float, float]]] = {}
+
+    @property
+    def ahead_at_green(self) -> dict[str, int]:
+        """``Journey.ahead_at_green``: per stop line it passed, those ``discharged`` there
+        before it."""
+        return {
+            node: max(0, len(self.discharged[node]) - 1)
+            for node in self.nodes[: self.hop]
+            if node in self.discharged
+        }
 
     @property
     def advised_mps(self) -> float | None:
@@ -549,7 +558,6 @@ class _Driver:
         stops = int(sim.stops[v])
         if stops > vehicle.stops and vehicle.nodes[vehicle.hop] in vehicle.stops_at:
             vehicle.stops_at[vehicle.nodes[vehicle.hop]] += stops - vehicle.stops
-        self._count_ahead(vehicle, hop)
         vehicle.hop, vehicle.stops = hop, stops
         along = float(vehicle.offsets[hop] + max(0.0, sim.position[v]))
         vehicle.trajectory.append((now, along))
@@ -577,14 +585,6 @@ class _Driver:
                 elif hop in vehicle.counted:
                     vehicle.discharged[node] += [now] * (departed - vehicle.counted[hop])
                     vehicle.counted[hop] = departed
-
-    def _count_ahead(self, vehicle: _Vehicle, hop: int) -> None:
-        """On leaving the links before ``hop``: how many vehicles left each one's stop line
-        ahead of it since its last green there started (itself, the last, not counted)."""
-        for passed in range(vehicle.hop, hop):
-            if passed in vehicle.counted:
-                node = vehicle.nodes[passed]
-                vehicle.ahead_at_green[node] = max(0, len(vehicle.discharged[node]) - 1)
 
     def _preempt(self, vehicle: _Vehicle, hop: int, now: float) -> None:
         node = vehicle.nodes[hop]
