@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S, queue_discharge_time_s
-from citybrain.simulator.crossing import Approach, least_larger_delay
+from citybrain.simulator.crossing import Approach, crossing_schedule, least_larger_delay
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
@@ -564,6 +565,7 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
         "any_timing_mean_s": round(_mean(bound), 1),
         "any_timing_banded_s": [round(x, 1) for x in banded],
         "any_timing_banded_mean_s": round(_mean(banded), 1),
+        "bound_timing": _bound_timing(both, crossed, DEFAULT_LOST_TIME_S),
     }
 
 
@@ -577,40 +579,103 @@ def _crossing_bound(
 ) -> tuple[list[float], list[float]]:
     """Per seed, the larger of the two ambulances' losses at the crossing (their passing
     there less their passing alone), and the least any timing of the crossing's signal could
-    have made it with the traffic that came (``simulator/crossing.py``: each due when it
-    passed alone, the vehicles of its queue from ``BOUND_SINCE_S`` before the sooner of
-    them); with ``band_s``, each ambulance's green held that long before it, its queue gone
-    (a timing that knows its arrival only to the corridors' margin); with
-    ``first_known_at`` (a lead of ``FORECAST_LEADS_S``), the first to cross's held by how far
-    its corridor's ETA that long before was off, that seed (``band_s`` the second's);
-    ``start_up_s``, the queue's first departure after the onset of green."""
+    have made it with the traffic that came (``simulator/crossing.py``, ``_bound_seeds``)."""
     larger, bound = [], []
+    for seed in _bound_seeds(both, crossed_alone, band_s=band_s, first_known_at=first_known_at):
+        larger.append(max(seed.crossed[name] - seed.alone[name] for name in seed.names))
+        first, second = seed.approaches
+        bound.append(least_larger_delay(first, second, since_s=seed.since_s, start_up_s=start_up_s))
+    return larger, bound
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundSeed:
+    """One seed's crossing as the bound sees it."""
+
+    names: tuple[str, str]
+    approaches: tuple[Approach, Approach]
+    since_s: float
+    crossed: dict[str, float]
+    """When each left the crossing in the run."""
+    alone: dict[str, float]
+    """When each left it alone (its due time)."""
+    second: str
+    """The second to cross in the run."""
+
+
+def _bound_seeds(
+    both: dict[str, Any],
+    crossed_alone: dict[int, dict[str, float]],
+    *,
+    band_s: float = 0.0,
+    first_known_at: str | None = None,
+) -> list[_BoundSeed]:
+    """Per seed with both runs: the two ambulances' approaches, each due when it passed
+    alone, the vehicles of its queue from ``BOUND_SINCE_S`` before the sooner of them; with
+    ``band_s``, each ambulance's green held that long before it, its queue gone (a timing
+    that knows its arrival only to the corridors' margin); with ``first_known_at`` (a lead of
+    ``FORECAST_LEADS_S``), the first to cross's held by how far its corridor's ETA that long
+    before was off, that seed (``band_s`` the second's)."""
+    seeds = []
     lates = both.get("first_late_s") or [{}] * len(both["seed"])  # none before 2026-12-06
     for seed, crossed, queues, (least_green, clearance), second, late in zip(
         both["seed"], both["crossed_s"], both["crossing_queues"], both["crossing_timing_s"],
         both["second"], lates, strict=True,
     ):  # fmt: skip
         alone = crossed_alone.get(seed)
-        if alone is None or not queues:
+        if alone is None or len(queues) != 2:
             continue
-        larger.append(max(crossed[name] - alone[name] for name in queues))
         first_band = abs(late.get(first_known_at, math.nan)) if first_known_at else math.nan
-        approaches = [
+        names = tuple(queues)
+        first, other = (
             Approach(
-                np.array(q["arrivals_s"]),
+                np.array(queues[name]["arrivals_s"]),
                 alone[name],
-                q["headway_s"],
+                queues[name]["headway_s"],
                 least_green,
                 clearance,
                 band_s=first_band if name != second and math.isfinite(first_band) else band_s,
             )
-            for name, q in queues.items()
-        ]
-        since = min(a.due_s for a in approaches) - BOUND_SINCE_S
-        bound.append(
-            least_larger_delay(approaches[0], approaches[1], since_s=since, start_up_s=start_up_s)
+            for name in names
         )
-    return larger, bound
+        since = min(first.due_s, other.due_s) - BOUND_SINCE_S
+        seeds.append(
+            _BoundSeed((names[0], names[1]), (first, other), since, crossed, alone, second)
+        )
+    return seeds
+
+
+def _bound_timing(
+    both: dict[str, Any], crossed_alone: dict[int, dict[str, float]], start_up_s: float
+) -> dict[str, float]:
+    """What the bound's timing of the crossing (``crossing_schedule``) did, to hold the
+    corridors' (``_first_green``) against, medians over seeds: the first it let through's
+    green from its onset until the first left, the vehicles ahead of it there, the green the
+    other approach had just before it; the second's green after the first left and the
+    vehicles ahead of it; and on how many seeds it let the same one through first as the
+    corridors did."""
+    figures, same = [], 0
+    for seed in _bound_seeds(both, crossed_alone):
+        greens = crossing_schedule(*seed.approaches, since_s=seed.since_s, start_up_s=start_up_s)
+        if not greens:
+            continue
+        own = [max(i for i, g in enumerate(greens) if g.approach == k) for k in (0, 1)]
+        first, second = (own[0], own[1]) if own[0] < own[1] else (own[1], own[0])
+        opened = max(greens[first].start_s, seed.since_s)
+        before = greens[first - 1] if first > 0 else None
+        same += seed.names[greens[first].approach] != seed.second
+        figures.append(
+            {
+                "green_s": greens[first].last_left_s - opened,
+                "ahead_veh": float(greens[first].vehicles - 1),
+                "other_before_s": before.last_left_s - max(before.start_s, seed.since_s)
+                if before is not None
+                else 0.0,
+                "second_green_after_s": greens[second].start_s - greens[first].last_left_s,
+                "second_ahead_veh": float(greens[second].vehicles - 1),
+            }
+        )
+    return {**_medians(figures), "same_first": float(same), "seeds": float(len(figures))}
 
 
 def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
@@ -732,6 +797,17 @@ def _per_engine(
     return [f"    {what}, " + "; ".join(cells)] if cells else []
 
 
+def _say_bound_timing(timing: dict[str, float]) -> str:
+    return (
+        f"the first's green {timing['green_s']:.0f} s before it left, "
+        f"{timing['ahead_veh']:.0f} vehicles ahead of it, after {timing['other_before_s']:.0f} s "
+        f"of green for the other approach; the second's green "
+        f"{timing['second_green_after_s']:.0f} s after the first left, "
+        f"{timing['second_ahead_veh']:.0f} vehicles ahead of it; the same one first as the "
+        f"corridors on {timing['same_first']:.0f} of {timing['seeds']:.0f} seeds"
+    )
+
+
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps = []
@@ -788,6 +864,11 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                     f"{g['idle_s']:.0f} s; the second's green {g['second_green_after_s']:.0f} s "
                     f"after the first left, {g['second_ahead_veh']:.0f} vehicles ahead of it"
                 ),
+            )  # fmt: skip
+            rows += _per_engine(
+                engines, policy, "crossing_cost",
+                "the bound's timing of the crossing, the traffic that came known (medians)",
+                lambda cost: _say_bound_timing(cost["bound_timing"]),
             )  # fmt: skip
             rows += _per_engine(
                 engines, policy, "ahead_veh", "the queues its windows flush ahead of it",

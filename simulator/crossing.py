@@ -14,7 +14,9 @@ target this bound exceeds cannot be met by any timing of that signal with that t
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +67,19 @@ class Approach:
         return [*np.sort(np.concatenate([times, band])).tolist(), self.due_s]
 
 
+@dataclass(frozen=True, slots=True)
+class Green:
+    """One green of a timing of the crossing (``crossing_schedule``)."""
+
+    approach: int
+    """0: the first ``Approach`` given, 1: the second."""
+    start_s: float
+    """Its onset; ``-inf`` where it was green already when counting began (``since_s``)."""
+    last_left_s: float
+    """When the last vehicle it served left the stop line."""
+    vehicles: int
+
+
 def least_larger_delay(
     first: Approach,
     second: Approach,
@@ -77,55 +92,130 @@ def least_larger_delay(
     ambulances' delays there (their leaving less ``due_s``), counting the vehicles that
     reach it from ``since_s`` on (the intersection empty then: that errs low too). Infinite
     where none keeps both within ``longest_s``."""
-    check_number("since_s", since_s)
-    check_number("start_up_s", start_up_s, ge=0.0, le=10.0)
-    check_number("longest_s", longest_s, gt=0.0, le=3600.0)
-    approaches = (first, second)
-    queues = (first.ahead(since_s), second.ahead(since_s))
-    if _feasible(approaches, queues, 0.0, start_up_s):
+    problem = _Problem.of(first, second, since_s, start_up_s, longest_s)
+    return _least(lambda delay: problem.timing((delay, delay)) is not None, longest_s)
+
+
+def crossing_schedule(
+    first: Approach,
+    second: Approach,
+    *,
+    since_s: float,
+    start_up_s: float = DEFAULT_LOST_TIME_S,
+    longest_s: float = 600.0,
+) -> tuple[Green, ...]:
+    """A timing that reaches ``least_larger_delay``, the other ambulance through as soon as
+    that allows: the greens in turn from ``since_s``. Empty where none keeps both within
+    ``longest_s``. What the bound's timing does, to hold the corridors' against."""
+    problem = _Problem.of(first, second, since_s, start_up_s, longest_s)
+    larger = _least(lambda delay: problem.timing((delay, delay)) is not None, longest_s)
+    if not math.isfinite(larger):
+        return ()
+
+    def within(ambulance: int, delay: float) -> bool:
+        """Ambulance ``ambulance`` within ``delay``, the other within the larger delay."""
+        delays = (delay, larger) if ambulance == 0 else (larger, delay)
+        return problem.timing(delays) is not None
+
+    own = [_least(functools.partial(within, ambulance), larger) for ambulance in (0, 1)]
+    delays = (own[0], larger) if own[0] <= own[1] else (larger, own[1])
+    greens: list[Green] = []
+    for step in problem.timing(delays) or []:
+        if greens and greens[-1].approach == step.approach:
+            ending = greens[-1]
+            greens[-1] = Green(step.approach, ending.start_s, step.left_s, ending.vehicles + 1)
+        else:
+            greens.append(Green(step.approach, step.green_s, step.left_s, 1))
+    return tuple(greens)
+
+
+def _least(feasible: Callable[[float], bool], longest_s: float) -> float:
+    """The least delay in ``[0, longest_s]`` at which ``feasible`` holds, to
+    ``RESOLUTION_S`` (it holds at every larger one); infinite where it never does."""
+    if feasible(0.0):
         return 0.0
-    if not _feasible(approaches, queues, longest_s, start_up_s):
+    if not feasible(longest_s):
         return math.inf
     low, high = 0.0, longest_s
     while high - low > RESOLUTION_S:
         middle = 0.5 * (low + high)
-        if _feasible(approaches, queues, middle, start_up_s):
+        if feasible(middle):
             high = middle
         else:
             low = middle
     return high
 
 
-def _feasible(
-    approaches: tuple[Approach, Approach],
-    queues: tuple[list[float], list[float]],
-    delay_s: float,
-    start_up_s: float,
-) -> bool:
-    """Whether some timing gets each ambulance through within ``delay_s`` of its due time.
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One vehicle served, after the one served before it (None: the first)."""
 
-    Dynamic programming over how many of each queue have left and which approach left last,
-    keeping per state the timings no other beats on both its last departure and the start of
-    its green (the sooner either is, the sooner what follows can go)."""
-    sizes = (len(queues[0]), len(queues[1]))
-    fronts: dict[tuple[int, int, int], list[tuple[float, float]]] = {
-        (0, 0, side): [(-math.inf, -math.inf)] for side in (0, 1)
-    }
-    for served_0 in range(sizes[0] + 1):
-        for served_1 in range(sizes[1] + 1):
-            for side in (0, 1):
-                for last, green in fronts.get((served_0, served_1, side), ()):
-                    for turn in (0, 1):
-                        served = (served_0, served_1)[turn]
-                        if served == sizes[turn]:
-                            continue
-                        leaves, starts = _leave(approaches, side, turn, last, green, start_up_s)
-                        leaves = max(leaves, queues[turn][served])
-                        if served == sizes[turn] - 1 and leaves > approaches[turn].due_s + delay_s:
-                            continue  # the ambulance, too late
-                        key = (served_0 + (turn == 0), served_1 + (turn == 1), turn)
-                        _keep(fronts.setdefault(key, []), (leaves, starts))
-    return bool(fronts.get((*sizes, 0)) or fronts.get((*sizes, 1)))
+    before: _Step | None
+    approach: int
+    left_s: float
+    green_s: float
+    """The onset of the green it left in."""
+
+
+_Timing = tuple[float, float, _Step | None]
+"""(last departure, its green's onset, the last vehicle served: the way it was reached)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    approaches: tuple[Approach, Approach]
+    queues: tuple[list[float], list[float]]
+    start_up_s: float
+
+    @classmethod
+    def of(
+        cls, first: Approach, second: Approach, since_s: float, start_up_s: float, longest_s: float
+    ) -> _Problem:
+        check_number("since_s", since_s)
+        check_number("start_up_s", start_up_s, ge=0.0, le=10.0)
+        check_number("longest_s", longest_s, gt=0.0, le=3600.0)
+        return cls((first, second), (first.ahead(since_s), second.ahead(since_s)), start_up_s)
+
+    def timing(self, delays: tuple[float, float]) -> list[_Step] | None:
+        """A timing that gets each ambulance through within its ``delays`` of its due time,
+        vehicle by vehicle; None where there is none.
+
+        Dynamic programming over how many of each queue have left and which approach left
+        last, keeping per state the timings no other beats on both its last departure and
+        the start of its green (the sooner either is, the sooner what follows can go), each
+        with the way it was reached."""
+        approaches, queues = self.approaches, self.queues
+        sizes = (len(queues[0]), len(queues[1]))
+        deadlines = (approaches[0].due_s + delays[0], approaches[1].due_s + delays[1])
+        fronts: dict[tuple[int, int, int], list[_Timing]] = {
+            (0, 0, side): [(-math.inf, -math.inf, None)] for side in (0, 1)
+        }
+        for served_0 in range(sizes[0] + 1):
+            for served_1 in range(sizes[1] + 1):
+                for side in (0, 1):
+                    for last, green, step in fronts.get((served_0, served_1, side), ()):
+                        for turn in (0, 1):
+                            served = (served_0, served_1)[turn]
+                            if served == sizes[turn]:
+                                continue
+                            leaves, starts = _leave(
+                                approaches, side, turn, last, green, self.start_up_s
+                            )
+                            leaves = max(leaves, queues[turn][served])
+                            if served == sizes[turn] - 1 and leaves > deadlines[turn]:
+                                continue  # the ambulance, too late
+                            key = (served_0 + (turn == 0), served_1 + (turn == 1), turn)
+                            timing = (leaves, starts, _Step(step, turn, leaves, starts))
+                            _keep(fronts.setdefault(key, []), timing)
+        done = fronts.get((*sizes, 0)) or fronts.get((*sizes, 1))
+        if not done:
+            return None
+        steps: list[_Step] = []
+        last_served = done[0][2]
+        while last_served is not None:
+            steps.append(last_served)
+            last_served = last_served.before
+        return steps[::-1]
 
 
 def _leave(
@@ -147,10 +237,10 @@ def _leave(
     return starts + start_up_s, starts
 
 
-def _keep(front: list[tuple[float, float]], timing: tuple[float, float]) -> None:
-    if any(last <= timing[0] and green <= timing[1] for last, green in front):
+def _keep(front: list[_Timing], timing: _Timing) -> None:
+    if any(last <= timing[0] and green <= timing[1] for last, green, _ in front):
         return
-    front[:] = [(a, b) for a, b in front if not (timing[0] <= a and timing[1] <= b)]
+    front[:] = [t for t in front if not (timing[0] <= t[0] and timing[1] <= t[1])]
     front.append(timing)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ import pytest
 from citybrain.models.errors import ValidationError
 from citybrain.simulator import kernels
 from citybrain.simulator.compiled import compile_network
-from citybrain.simulator.crossing import Approach, least_larger_delay, queue_arrivals
+from citybrain.simulator.crossing import (
+    Approach,
+    crossing_schedule,
+    least_larger_delay,
+    queue_arrivals,
+)
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.engine import Simulation
 from citybrain.simulator.networks import arterial
@@ -28,35 +34,47 @@ def _approach(arrivals: list[float], due: float, headway: float = 1.0) -> Approa
 
 def _by_every_order(first: Approach, second: Approach, since: float) -> float:
     """The reference: every interleaving of the two queues, each served as soon as it can."""
+    return min(max(delays) for delays, _ in _every_order(first, second, since))
+
+
+def _every_order(
+    first: Approach, second: Approach, since: float
+) -> Iterator[tuple[tuple[float, float], list[int]]]:
+    """Per interleaving of the two queues: the ambulances' delays, and the order."""
+    sizes = (len(first.ahead(since)), len(second.ahead(since)))
+    for firsts in itertools.combinations(range(sum(sizes)), sizes[0]):
+        order = [0 if i in firsts else 1 for i in range(sum(sizes))]
+        yield _served_in(order, first, second, since), order
+
+
+def _served_in(
+    order: list[int], first: Approach, second: Approach, since: float
+) -> tuple[float, float]:
+    """The ambulances' delays with the queues served in ``order``, each vehicle as soon as it
+    can."""
     queues = (first.ahead(since), second.ahead(since))
     approaches = (first, second)
-    best = math.inf
-    total = len(queues[0]) + len(queues[1])
-    for firsts in itertools.combinations(range(total), len(queues[0])):
-        order = [0 if i in firsts else 1 for i in range(total)]
-        served, worst = [0, 0], 0.0
-        last = green = -math.inf
-        side: int | None = None
-        for turn in order:
-            arrival = queues[turn][served[turn]]
-            if side is None:
-                leaves = arrival
-            elif side == turn:
-                leaves = max(arrival, last + approaches[turn].headway_s)
-            else:
-                ending = approaches[side]
-                green = max(last, green + ending.min_green_s) + ending.clearance_s
-                leaves = max(arrival, green + START_UP_S)
-            if served[turn] == len(queues[turn]) - 1:
-                worst = max(worst, leaves - approaches[turn].due_s)
-            served[turn] += 1
-            last, side = leaves, turn
-        best = min(best, worst)
-    return best
+    served, delays = [0, 0], [0.0, 0.0]
+    last = green = -math.inf
+    side: int | None = None
+    for turn in order:
+        arrival = queues[turn][served[turn]]
+        if side is None:
+            leaves = arrival
+        elif side == turn:
+            leaves = max(arrival, last + approaches[turn].headway_s)
+        else:
+            ending = approaches[side]
+            green = max(last, green + ending.min_green_s) + ending.clearance_s
+            leaves = max(arrival, green + START_UP_S)
+        if served[turn] == len(queues[turn]) - 1:
+            delays[turn] = leaves - approaches[turn].due_s
+        served[turn] += 1
+        last, side = leaves, turn
+    return delays[0], delays[1]
 
 
-@pytest.mark.parametrize("case", range(150))
-def test_the_bound_is_the_best_of_every_order(case: int) -> None:
+def _random_pair(case: int) -> tuple[Approach, Approach]:
     rng = np.random.default_rng(case)
     due = rng.uniform(20.0, 50.0, size=2)
     first, second = (
@@ -67,8 +85,39 @@ def test_the_bound_is_the_best_of_every_order(case: int) -> None:
         )
         for k in range(2)
     )
+    return first, second
+
+
+@pytest.mark.parametrize("case", range(150))
+def test_the_bound_is_the_best_of_every_order(case: int) -> None:
+    first, second = _random_pair(case)
     found = least_larger_delay(first, second, since_s=0.0, start_up_s=START_UP_S)
     assert found == pytest.approx(_by_every_order(first, second, 0.0), abs=0.06)
+
+
+@pytest.mark.parametrize("case", range(100))
+def test_the_bounds_timing_reaches_it_and_lets_the_other_through_soonest(case: int) -> None:
+    """Served in the order its greens give, the queues cost the larger delay the bound says,
+    and the other ambulance the least any order keeping that larger delay could."""
+    first, second = _random_pair(case)
+    greens = crossing_schedule(first, second, since_s=0.0, start_up_s=START_UP_S)
+    order = [green.approach for green in greens for _ in range(green.vehicles)]
+    delays = _served_in(order, first, second, 0.0)
+    larger = least_larger_delay(first, second, since_s=0.0, start_up_s=START_UP_S)
+    assert max(0.0, *delays) == pytest.approx(larger, abs=0.06)
+    smaller = min(
+        min(found) for found, _ in _every_order(first, second, 0.0) if max(found) <= larger
+    )
+    assert min(delays) == pytest.approx(smaller, abs=0.11)
+    assert all(a.approach != b.approach for a, b in itertools.pairwise(greens))
+    assert all(a.last_left_s < b.start_s for a, b in itertools.pairwise(greens))
+
+
+def test_the_bounds_timing_of_two_due_together_serves_one_then_the_other() -> None:
+    greens = crossing_schedule(_approach([], 0.0), _approach([], 0.0), since_s=-100.0)
+    assert [(g.approach, g.vehicles) for g in greens] in ([(0, 1), (1, 1)], [(1, 1), (0, 1)])
+    assert greens[0].start_s == -math.inf  # green already when counting began
+    assert greens[1].start_s == pytest.approx(greens[0].last_left_s + 5.0)
 
 
 def test_two_alone_far_enough_apart_lose_nothing() -> None:
