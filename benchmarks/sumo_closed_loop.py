@@ -175,9 +175,9 @@ def _first_late(order: list[tuple[Journey, int]]) -> dict[str, float]:
 
 def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, float]:
     """How the first to cross's last green at the crossing was used, from its start until the
-    first left: how long it ran, until its approach's departures first paused ``PAUSE_S``
-    once started (its standing queue gone), how many left after that, and how long before
-    the first no one did; and when the second's green there began after the first left,
+    first left: how long it ran, how many left ahead of the first in it, until its
+    approach's departures first paused ``PAUSE_S`` once started (its standing queue gone),
+    how many left after that, and how long before the first no one did; and when the second's green there began after the first left,
     with how many left ahead of the second in it. Empty where one never got there."""
     if not order:
         return {}
@@ -195,6 +195,7 @@ def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, f
     )
     return {
         "green_s": left_s - onset,
+        "ahead_veh": float(len(departed)),
         "queue_gone_s": departed[pause] - onset if departed else 0.0,
         "after_veh": float(len(departed) - 1 - pause),
         "idle_s": left_s - (departed[-1] if departed else onset),
@@ -858,7 +859,8 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             rows += _per_engine(
                 engines, policy, "first_green", "the first's green at the crossing (medians)",
                 lambda g: (
-                    f"{g['green_s']:.0f} s before it left; its queue gone after "
+                    f"{g['green_s']:.0f} s before it left, {g['ahead_veh']:.0f} vehicles ahead "
+                    f"of it; its queue gone after "
                     f"{g['queue_gone_s']:.0f} s (departures paused {PAUSE_S:.0f} s), "
                     f"{g['after_veh']:.0f} more came and left, none in its last "
                     f"{g['idle_s']:.0f} s; the second's green {g['second_green_after_s']:.0f} s "
