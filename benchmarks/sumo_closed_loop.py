@@ -177,8 +177,9 @@ def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, f
     """How the first to cross's last green at the crossing was used, from its start until the
     first left: how long it ran, how many left ahead of the first in it, until its
     approach's departures first paused ``PAUSE_S`` once started (its standing queue gone),
-    how many left after that, and how long before the first no one did; and when the second's green there began after the first left,
-    with how many left ahead of the second in it. Empty where one never got there."""
+    how many left after that, and how long before the first no one did; and when the
+    second's green there began after the first left, with how many left ahead of the second
+    in it. Empty where one never got there."""
     if not order:
         return {}
     (first, at), (second, at_second) = order
