@@ -92,8 +92,7 @@ def least_larger_delay(
     ambulances' delays there (their leaving less ``due_s``), counting the vehicles that
     reach it from ``since_s`` on (the intersection empty then: that errs low too). Infinite
     where none keeps both within ``longest_s``."""
-    problem = _Problem.of(first, second, since_s, start_up_s, longest_s)
-    return _least(lambda delay: problem.timing((delay, delay)) is not None, longest_s)
+    return _Problem.of(first, second, since_s, start_up_s, longest_s).least_larger_delay()
 
 
 def crossing_schedule(
@@ -108,7 +107,7 @@ def crossing_schedule(
     that allows: the greens in turn from ``since_s``. Empty where none keeps both within
     ``longest_s``. What the bound's timing does, to hold the corridors' against."""
     problem = _Problem.of(first, second, since_s, start_up_s, longest_s)
-    larger = _least(lambda delay: problem.timing((delay, delay)) is not None, longest_s)
+    larger = problem.least_larger_delay()
     if not math.isfinite(larger):
         return ()
 
@@ -166,6 +165,7 @@ class _Problem:
     approaches: tuple[Approach, Approach]
     queues: tuple[list[float], list[float]]
     start_up_s: float
+    longest_s: float
 
     @classmethod
     def of(
@@ -174,7 +174,13 @@ class _Problem:
         check_number("since_s", since_s)
         check_number("start_up_s", start_up_s, ge=0.0, le=10.0)
         check_number("longest_s", longest_s, gt=0.0, le=3600.0)
-        return cls((first, second), (first.ahead(since_s), second.ahead(since_s)), start_up_s)
+        queues = (first.ahead(since_s), second.ahead(since_s))
+        return cls((first, second), queues, start_up_s, longest_s)
+
+    def least_larger_delay(self) -> float:
+        """``least_larger_delay``'s answer: the least delay both ambulances can be kept
+        within."""
+        return _least(lambda delay: self.timing((delay, delay)) is not None, self.longest_s)
 
     def timing(self, delays: tuple[float, float]) -> list[_Step] | None:
         """A timing that gets each ambulance through within its ``delays`` of its due time,
