@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +92,18 @@ CASES = (
     "arterial-eastbound-ceiling",
     "arterial-westbound-ceiling",
     "grid",
+    "grid-no-advice",
     "grid-solo",
 )
 """``-alone``: the corridor with every other vehicle taken out of the same seed's scenario, the
 ceiling of what signals can do for this driver (SUMO: its imperfection, its accelerations).
 ``-ceiling``: in the same traffic, every signal on the route green for the ambulance from
 dispatch until it passes (``green_all_the_way``), the ceiling of what signals can do in it.
+``grid-no-advice``: the grid with the corridors' speed advice off (``Setup.speed_advice``): the
+second to cross drives on and waits at the crossing, what the advice trades for its stops.
 ``grid-solo``: each of the grid's ambulances under its corridor with the other taken out of
-the same seed's scenario; beside ``grid``, what the crossing cost the second to cross,
-wherever it lost it."""
+the same seed's scenario; beside ``grid`` (and ``grid-no-advice``), what the crossing cost the
+second to cross, wherever it lost it."""
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -283,7 +286,11 @@ def run_case(
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
     if case == "grid-solo":
         return _run_solo(GRID, engine, seeds)
-    setups = {"grid": GRID, "arterial-westbound": WESTBOUND}
+    setups = {
+        "grid": GRID,
+        "grid-no-advice": replace(GRID, speed_advice=False),
+        "arterial-westbound": WESTBOUND,
+    }
     setup = setups.get(case.removesuffix("-alone").removesuffix("-ceiling"), Setup())
     alone = case.endswith("-alone")
     policies = (Policy.CORRIDOR,) if alone else compared
@@ -532,10 +539,12 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
     the crossing, the queue its window had to flush first: all of it, and nothing it would
     have lost anyway), and the two trips' extra together. Beside it, the least it could
     have lost at the crossing with the first crossing when it did (``_second_earliest``: the
-    clearance and the queue ahead of it at saturation flow) against when it crossed alone."""
+    clearance and the queue ahead of it at saturation flow) against when it crossed alone;
+    and how much sooner than the first it got there alone (positive: the corridors' order,
+    chosen from ETAs, was the wrong one in hindsight)."""
     alone = dict(zip(solo["seed"], solo["solo_trips_s"], strict=True))
     crossed = dict(zip(solo["seed"], solo["solo_crossed_s"], strict=True))
-    second, together, at, least = [], [], [], []
+    second, together, at, least, sooner = [], [], [], [], []
     for seed, name, trips, passed, earliest in zip(
         both["seed"],
         both["second"],
@@ -549,6 +558,8 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
             together.append(sum(trips[n] - alone[seed][n] for n in trips))
             at.append(passed[name] - crossed[seed][name])
             least.append(max(0.0, earliest - crossed[seed][name]))
+            (first,) = set(trips) - {name}
+            sooner.append(crossed[seed][first] - crossed[seed][name])
     finite = [x for x in second if math.isfinite(x)]
     larger, bound = _crossing_bound(both, crossed)
     _, banded = _crossing_bound(both, crossed, band_s=CorridorSettings().margin_s)
@@ -561,6 +572,7 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
         "at_crossing_mean_s": round(_mean(at), 1),
         "least_s": [round(x, 1) for x in least],
         "least_mean_s": round(_mean(least), 1),
+        "sooner_alone_s": [round(x, 1) for x in sooner],
         "larger_at_crossing_s": [round(x, 1) for x in larger],
         "larger_at_crossing_mean_s": round(_mean(larger), 1),
         "any_timing_s": [round(x, 1) for x in bound],
@@ -757,9 +769,10 @@ def main() -> int:
     for (case, engine), found in parts.items():
         results.setdefault(case, {})[engine] = summarize(merge(found))
     for engine, solo in results.get("grid-solo", {}).items():
-        if engine in results.get("grid", {}):
-            corridor = results["grid"][engine]["policies"]["corridor"]
-            corridor["crossing_cost"] = crossing_cost(corridor, solo["policies"]["corridor"])
+        for case in ("grid", "grid-no-advice"):
+            if engine in results.get(case, {}):
+                corridor = results[case][engine]["policies"]["corridor"]
+                corridor["crossing_cost"] = crossing_cost(corridor, solo["policies"]["corridor"])
     print(render(results, args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sumo_closed_loop.json").write_text(
@@ -808,6 +821,18 @@ def _say_bound_timing(timing: dict[str, float]) -> str:
         f"{timing['second_ahead_veh']:.0f} vehicles ahead of it; the same one first as the "
         f"corridors on {timing['same_first']:.0f} of {timing['seeds']:.0f} seeds"
     )
+
+
+def _say_sooner(cost: dict[str, Any]) -> str:
+    """Where the second to cross would have got there first alone, and what it lost there."""
+    sooner = [
+        loss
+        for ahead, loss in zip(cost["sooner_alone_s"], cost["at_crossing_s"], strict=True)
+        if ahead > 0.0
+    ]
+    seeds = len(cost["at_crossing_s"])
+    said = f"alone, it came sooner than the first on {len(sooner)} of {seeds} seeds"
+    return said + (f", losing {_mean(sooner):.1f} s there at the crossing" if sooner else "")
 
 
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
@@ -893,7 +918,7 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 f"the crossing {c['larger_at_crossing_mean_s']:.1f} s, the least any timing of "
                 f"it could make that with the traffic that came {c['any_timing_mean_s']:.1f} s "
                 f"({c['any_timing_banded_mean_s']:.1f} s with each green held the corridors' "
-                f"margin before its ambulance)"
+                f"margin before its ambulance); {_say_sooner(c)}"
                 for name, e in engines.items()
                 if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
             ]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from citybrain.cloud.corridor import CorridorManager, PublishStatus, SendPlan
+from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router
 from citybrain.cloud.state import NetworkState
@@ -205,6 +206,10 @@ class Setup:
     direction: Direction = "eastbound"
     """The one ambulance's way along the main route: ``westbound`` drives against the
     arterial's green wave, where no priority meets far more reds (only without ``crossing``)."""
+    speed_advice: bool = True
+    """The corridors advise a vehicle that yields to another one's window to slow down for
+    it (``cloud.corridor.Settings.speed_advice``); without, it drives on and waits at the
+    stop line. Off, the crossing shows what the advice costs and what it saves (stops)."""
 
 
 GRID = Setup(
@@ -506,6 +511,7 @@ class _Driver:
                 self.state,
                 self.net.road.plans,
                 lambda node, at: run.controllers[node].state_at(at),
+                settings=CorridorSettings(speed_advice=setup.speed_advice),
             )
 
     def step(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from citybrain import demo, diagram
 from citybrain.cli import _parser
-from citybrain.closed_loop import GRID, Policy, Setup, setup_scenario
+from citybrain.closed_loop import GRID, Policy, Setup, run_policy, setup_scenario
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorState
 from citybrain.simulator.crossing import Approach, least_larger_delay
@@ -173,6 +174,24 @@ def test_the_departures_in_the_green_each_ambulance_passed_on_are_kept(
                     assert all(onset < t <= line.left_s + 1.0 for t in times)
                     kept += len(times)
     assert kept > 0
+
+
+def test_without_speed_advice_the_one_that_yields_is_never_slowed_and_waits_instead(
+    comparison: demo.Comparison,
+) -> None:
+    """``Setup.speed_advice`` off (the benchmark's ``grid-no-advice``): the same order at
+    the crossing, nobody advised; the one that yields, slowed for its window with the
+    advice and not stopping there, stops there instead."""
+    for seed, advised in zip((1, 2), comparison.outcomes[Policy.CORRIDOR], strict=True):
+        outcome = run_policy(Policy.CORRIDOR, seed, replace(SMALL_GRID, speed_advice=False))
+        assert outcome.corridors == dict.fromkeys(VEHICLES, CorridorState.COMPLETED)
+        journeys = outcome.journeys
+        assert all(speed is None for j in journeys.values() for _, speed in j.advice)
+        first, second = sorted(VEHICLES, key=lambda name: journeys[name].delay_at("g2_3"))
+        assert journeys[first].stops_at["g2_3"] == 0
+        assert journeys[second].stops_at["g2_3"] == 1
+        assert second == max(VEHICLES, key=lambda name: advised.journeys[name].delay_at("g2_3"))
+        assert advised.journeys[second].stops_at["g2_3"] == 0
 
 
 def test_one_ambulance_only_keeps_the_same_traffic() -> None:
