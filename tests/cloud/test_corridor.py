@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from citybrain.cloud import corridor as corridor_module
-from citybrain.cloud.corridor import STUCK, CorridorManager, PublishStatus, SendPlan, Settings
+from citybrain.cloud.corridor import (
+    ADVICE_BAND_SHARE,
+    STUCK,
+    CorridorManager,
+    PublishStatus,
+    SendPlan,
+    Settings,
+)
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router, UnreachableError
 from citybrain.cloud.state import NetworkState
@@ -23,6 +30,7 @@ from citybrain.models.messages import (
     VehiclePosition,
 )
 from citybrain.models.signal import Indication
+from citybrain.models.traffic import DEFAULT_LOST_TIME_S
 from citybrain.signal_plans.state import normal_state_at
 from citybrain.signal_plans.validator import check_plan
 from citybrain.simulator.controllers import EmulatedController
@@ -937,16 +945,17 @@ OWN_MPS = APPROACH_M / float(GRAPH.link_time[APPROACH])
 
 
 def test_a_vehicle_held_at_the_next_stop_line_is_advised_a_speed_that_gets_there_in_time() -> None:
-    """Advised the speed that reaches a03 as its window opens, its ETA band's early side
-    after it, not before: followed, it keeps its window and its pace (a slower drive it
-    was told to take teaches nothing)."""
+    """Advised the speed that reaches a03 as its window opens (nothing stands there), half
+    its ETA band's early side after it, not before: followed, it keeps its window and its
+    pace (a slower drive it was told to take teaches nothing)."""
     manager = _held_at_a03()
     advised = _advised(manager.on_position(_at("a02-a03", 0.0, 100.0), 100.0))
     line = _line_at(manager, "AMB-1", "a03")
     assert line.eta_s - 100.0 > APPROACH_M / OWN_MPS + 5.0  # held there
     early_side = line.eta_s - line.low_s
     assert early_side > 1.0
-    assert advised == pytest.approx(APPROACH_M / (line.eta_s + early_side - 100.0), abs=0.1)
+    due = line.open_s + ADVICE_BAND_SHARE * early_side
+    assert advised == pytest.approx(APPROACH_M / (due - 100.0), abs=0.1)
     assert advised is not None
     assert advised < OWN_MPS
     opening = line.open_s
@@ -956,6 +965,42 @@ def test_a_vehicle_held_at_the_next_stop_line_is_advised_a_speed_that_gets_there
         assert advised is not None
     assert manager.corridors[manager.by_vehicle["AMB-1"]].pace == 1.0
     assert _line_at(manager, "AMB-1", "a03").open_s == pytest.approx(opening, abs=1.0)
+
+
+def test_the_advice_aims_at_the_queue_its_approach_measures_not_at_the_flush_it_is_timed_with() -> (
+    None
+):
+    """12 cars stand on a02-a03 (3 lanes, 0.67 s a car) and 360 veh/h arrive. Before FIRE-2's
+    window a03 flushes them ahead of time (100-109.5 s: 11.25 cars after the start-up), so
+    AMB-1's own window (127.5 s) has 1.7 left and 1.8 come: advised to get there as those
+    3.5 have left, half its band's early side after. FIRE-2 past, AMB-1's window open, 6
+    still standing: as they leave from then on."""
+    manager = _held_at_a03()
+    state = manager.network_state
+    state.set_queue("a02-a03", 12.0, 100.0, flow_vph=360.0)
+    advised = _advised(manager.on_position(_at("a02-a03", 0.0, 100.0), 100.0))
+    line = _line_at(manager, "AMB-1", "a03")
+    per_veh = float(state.discharge_s_per_veh[APPROACH])
+    assert per_veh == pytest.approx(2.0 / 3.0)
+    assert (line.pre_open_s, line.pre_close_s, line.open_s) == pytest.approx((100.0, 109.5, 127.5))
+    served = (109.5 - 100.0 - DEFAULT_LOST_TIME_S) / per_veh
+    ahead = 12.0 + 0.1 * 9.5 - served + 0.1 * (127.5 - 109.5)
+    assert ahead == pytest.approx(3.5)
+    gone = 127.5 + DEFAULT_LOST_TIME_S + ahead * per_veh
+    due = gone + ADVICE_BAND_SHARE * (line.eta_s - line.low_s)
+    assert advised == pytest.approx(APPROACH_M / (due - 100.0), abs=0.1)
+    side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
+    manager.on_position(_at("a03s-a03", 0.0, 118.0 - side, "FIRE-2"), 118.0 - side)
+    manager.on_position(_at("a03-a03n", 15.0, 119.0, "FIRE-2"), 119.0)  # past a03
+    manager.on_position(_at("a02-a03", 250.0, 128.5), 128.5)
+    now, driven = 130.0, 300.0
+    state.set_queue("a02-a03", 6.0, now, flow_vph=360.0)
+    advised = _advised(manager.on_position(_at("a02-a03", driven, now), now))
+    line = _line_at(manager, "AMB-1", "a03")
+    assert line.open_s < now - 1.0
+    gone = max(now, line.open_s + DEFAULT_LOST_TIME_S) + 6.0 * per_veh
+    due = gone + ADVICE_BAND_SHARE * (line.eta_s - line.low_s)
+    assert advised == pytest.approx((APPROACH_M - driven) / (due - now), abs=0.1)
 
 
 def test_no_advice_unless_held_nor_with_advice_off_and_none_slower_than_the_floor() -> None:
@@ -978,8 +1023,8 @@ def test_a_hold_the_last_link_cannot_take_is_advised_from_the_link_before() -> N
     """FIRE-2 (60 cars to flush before it) holds a03 until about 194 s; AMB-1, on a01-a02 at
     100 s, would be there at 145 s. At 7 m/s at the slowest, the last link takes 33 s of that
     hold: AMB-1 is slowed on a01-a02 already, just enough to reach a02 when the rest of the
-    way at 7 m/s brings it to a03 as its queue there has gone (its band's early side after
-    that)."""
+    way at 7 m/s brings it to a03 as its window opens (nothing stands on a02-a03), half its
+    band's early side after that."""
     manager = _manager(min_advised_mps=7.0)
     manager.network_state.set_queue("a03s-a03", 60.0, 100.0, flow_vph=300.0)
     route = ("a01", "a02", "a03", "a04")
@@ -992,7 +1037,8 @@ def test_a_hold_the_last_link_cannot_take_is_advised_from_the_link_before() -> N
     a02, a03 = _line_at(manager, "AMB-1", "a02"), _line_at(manager, "AMB-1", "a03")
     assert not a02.yields
     assert a03.yields
-    at_a02 = a03.eta_s + (a03.eta_s - a03.low_s) - APPROACH_M / 7.0
+    assert a03.platoon_veh == 0.0  # nothing stands or comes on a02-a03: due as it opens
+    at_a02 = a03.open_s + ADVICE_BAND_SHARE * (a03.eta_s - a03.low_s) - APPROACH_M / 7.0
     first = float(GRAPH.link_length[GRAPH.link_index["a01-a02"]])
     assert advised == pytest.approx(first / (at_a02 - 100.0), abs=0.1)
 
