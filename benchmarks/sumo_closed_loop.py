@@ -83,6 +83,16 @@ lane discharges one every 2 s at saturation flow; SUMO's first few every 3 s).""
 COMMIT_LEAD_S = 20.0
 """How long before the first ambulance a timing of the crossing must know its arrival: to
 end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
+GRIDS = {
+    "grid": GRID,
+    "grid-no-advice": replace(GRID, speed_advice=False),
+    "grid-slowest-8": replace(GRID, min_advised_mps=8.0),
+    "grid-slowest-10": replace(GRID, min_advised_mps=10.0),
+    "grid-slowest-13.9": replace(GRID, min_advised_mps=13.9),
+}
+"""The grid's two crossing ambulances with the speed advice off, and with it never slower
+than 8, 10 and 13.9 m/s (the speed limit) instead of 5: how the advice trades stops at the
+crossing for delay there (``plot_trade_off``)."""
 CASES = (
     "arterial-eastbound",
     "arterial-westbound",
@@ -91,8 +101,7 @@ CASES = (
     "arterial-westbound-alone",
     "arterial-eastbound-ceiling",
     "arterial-westbound-ceiling",
-    "grid",
-    "grid-no-advice",
+    *GRIDS,
     "grid-solo",
 )
 """``-alone``: the corridor with every other vehicle taken out of the same seed's scenario, the
@@ -100,10 +109,11 @@ ceiling of what signals can do for this driver (SUMO: its imperfection, its acce
 ``-ceiling``: in the same traffic, every signal on the route green for the ambulance from
 dispatch until it passes (``green_all_the_way``), the ceiling of what signals can do in it.
 ``grid-no-advice``: the grid with the corridors' speed advice off (``Setup.speed_advice``): the
-second to cross drives on and waits at the crossing, what the advice trades for its stops.
+second to cross drives on and waits at the crossing, what the advice trades for its stops;
+``grid-slowest-*``: never advised slower than that (``Setup.min_advised_mps``).
 ``grid-solo``: each of the grid's ambulances under its corridor with the other taken out of
-the same seed's scenario; beside ``grid`` (and ``grid-no-advice``), what the crossing cost the
-second to cross, wherever it lost it."""
+the same seed's scenario; beside each of ``GRIDS``, what the crossing cost the second to
+cross, wherever it lost it."""
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -286,11 +296,7 @@ def run_case(
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
     if case == "grid-solo":
         return _run_solo(GRID, engine, seeds)
-    setups = {
-        "grid": GRID,
-        "grid-no-advice": replace(GRID, speed_advice=False),
-        "arterial-westbound": WESTBOUND,
-    }
+    setups = {**GRIDS, "arterial-westbound": WESTBOUND}
     setup = setups.get(case.removesuffix("-alone").removesuffix("-ceiling"), Setup())
     alone = case.endswith("-alone")
     policies = (Policy.CORRIDOR,) if alone else compared
@@ -769,16 +775,105 @@ def main() -> int:
     for (case, engine), found in parts.items():
         results.setdefault(case, {})[engine] = summarize(merge(found))
     for engine, solo in results.get("grid-solo", {}).items():
-        for case in ("grid", "grid-no-advice"):
+        for case in GRIDS:
             if engine in results.get(case, {}):
                 corridor = results[case][engine]["policies"]["corridor"]
                 corridor["crossing_cost"] = crossing_cost(corridor, solo["policies"]["corridor"])
     print(render(results, args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
+    plotted = plot_trade_off(results, args.out / "crossing_trade_off.png")
+    if plotted is not None:
+        print(f"the crossing's trade between stops and delay: {plotted}")
     (args.out / "sumo_closed_loop.json").write_text(
         json_text({"seeds": args.seeds, "cases": results})
     )
     return 0
+
+
+TARGET_LOSS_S = 10.0
+"""Issue 13's targets at the grid's crossing: the larger loss there at most this, and..."""
+TARGET_NEITHER_STOPS = 0.8
+"""...neither ambulance stopping there on at least this share of seeds."""
+
+
+def trade_off(results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, float, float]]]:
+    """Per engine, each of ``GRIDS`` run beside ``grid-solo``: (case, share of seeds on which
+    neither ambulance stopped at the crossing, the larger loss there), by that share."""
+    points: dict[str, list[tuple[str, float, float]]] = {}
+    for case in GRIDS:
+        for engine, run in results.get(case, {}).items():
+            corridor = run["policies"]["corridor"]
+            if "crossing_cost" in corridor:
+                point = (
+                    case,
+                    float(corridor["neither_stops_share"]),
+                    float(corridor["crossing_cost"]["larger_at_crossing_mean_s"]),
+                )
+                points.setdefault(engine, []).append(point)
+    return {engine: sorted(found, key=lambda p: p[1]) for engine, found in points.items()}
+
+
+def say_trade_off(points: dict[str, list[tuple[str, float, float]]]) -> str:
+    """The verdict on the trade: per engine, whether any setting meets both crossing targets,
+    and the least loss among those that keep the stops target."""
+    said = []
+    for engine, found in points.items():
+        both = [p for p in found if p[1] >= TARGET_NEITHER_STOPS and p[2] <= TARGET_LOSS_S]
+        keeping = [p for p in found if p[1] >= TARGET_NEITHER_STOPS]
+        least = min(found, key=lambda p: p[2])
+        clause = (
+            f"{engine}: {len(both)} of {len(found)} settings meet both; "
+            f"least loss {least[2]:.1f} s ({least[0]}, neither stops {least[1]:.0%})"
+        )
+        if keeping:
+            best = min(keeping, key=lambda p: p[2])
+            clause += f", least with the stops target kept {best[2]:.1f} s ({best[0]})"
+        said.append(clause)
+    return "the crossing's trade between stops and delay: " + "; ".join(said)
+
+
+def plot_trade_off(results: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """The larger loss at the crossing against the share of seeds on which neither ambulance
+    stopped there, one line per engine through the advice settings run, the targets' corner
+    shaded: where no line enters it, the two targets pull against each other. Dashed, the
+    crossing bound (the traffic that came known, a stop allowed): not a physical limit the
+    targets lie beyond. None where fewer than two settings were run beside ``grid-solo``."""
+    points = trade_off(results)
+    if not any(len(found) >= 2 for found in points.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.5), layout="constrained")
+    ax.fill_between(
+        [100 * TARGET_NEITHER_STOPS, 102.0], 0.0, TARGET_LOSS_S, color="#0b5d1e", alpha=0.15,
+        label="both targets",
+    )  # fmt: skip
+    for engine, found in points.items():
+        shares = [100 * p[1] for p in found]
+        losses = [p[2] for p in found]
+        (line,) = ax.plot(shares, losses, marker="o", label=engine)
+        cost = results.get("grid", {}).get(engine, {}).get("policies", {}).get("corridor", {})
+        bound = cost.get("crossing_cost", {}).get("any_timing_mean_s")
+        if bound is not None:
+            ax.axhline(bound, color=line.get_color(), linestyle="--", linewidth=1.0,
+                       label=f"{engine}: the least any timing could, stops allowed")  # fmt: skip
+        for case, share, loss in found:
+            ax.annotate(case.removeprefix("grid-") if case != "grid" else "grid (5 m/s)",
+                        (100 * share, loss), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)  # fmt: skip
+    ax.set_xlim(-2.0, 102.0)
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel("seeds on which neither ambulance stops at the crossing (%)")
+    ax.set_ylabel("the larger loss at the crossing (s)")
+    ax.set_title(say_trade_off(points).split(": ", 1)[0], fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _forecast_row(engines: dict[str, Any], policy: str, key: str, what: str) -> list[str]:
@@ -974,6 +1069,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             else "; one engine only: no comparison"
         ),
     ]
+    points = trade_off(results)
+    if any(len(found) >= 2 for found in points.values()):
+        rows.append(f"verdict: {say_trade_off(points)}")
     return "\n".join(rows)
 
 

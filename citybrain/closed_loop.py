@@ -210,6 +210,10 @@ class Setup:
     """The corridors advise a vehicle that yields to another one's window to slow down for
     it (``cloud.corridor.Settings.speed_advice``); without, it drives on and waits at the
     stop line. Off, the crossing shows what the advice costs and what it saves (stops)."""
+    min_advised_mps: float = CorridorSettings().min_advised_mps
+    """The slowest speed advised (``cloud.corridor.Settings.min_advised_mps``): at the speed
+    limit or above, nothing overtakes the slowed vehicle, and what it cannot absorb is waited
+    out at the stop line; the grid's trade between stops and delay at the crossing."""
 
 
 GRID = Setup(
@@ -511,7 +515,9 @@ class _Driver:
                 self.state,
                 self.net.road.plans,
                 lambda node, at: run.controllers[node].state_at(at),
-                settings=CorridorSettings(speed_advice=setup.speed_advice),
+                settings=CorridorSettings(
+                    speed_advice=setup.speed_advice, min_advised_mps=setup.min_advised_mps
+                ),
             )
 
     def step(self) -> None:

@@ -194,6 +194,29 @@ def test_without_speed_advice_the_one_that_yields_is_never_slowed_and_waits_inst
         assert advised.journeys[second].stops_at["g2_3"] == 0
 
 
+def test_advice_never_slower_than_the_floor_set_and_at_the_limit_nothing_slows_it_below(
+    comparison: demo.Comparison,
+) -> None:
+    """``Setup.min_advised_mps`` (the benchmark's ``grid-slowest-*``): advised at 5 m/s at the
+    slowest, the one that yields is told to go below the speed limit; with the floor at the
+    limit (13.9 m/s), never: what that cannot absorb it waits out at the stop line."""
+    advised = [
+        speed
+        for outcome in comparison.outcomes[Policy.CORRIDOR]
+        for j in outcome.journeys.values()
+        for _, speed in j.advice
+        if speed is not None
+    ]
+    assert min(advised) < 13.9
+    assert min(advised) >= 5.0
+    for seed in (1, 2):
+        outcome = run_policy(Policy.CORRIDOR, seed, replace(SMALL_GRID, min_advised_mps=13.9))
+        assert outcome.corridors == dict.fromkeys(VEHICLES, CorridorState.COMPLETED)
+        speeds = [s for j in outcome.journeys.values() for _, s in j.advice if s is not None]
+        assert speeds  # still advised, only not below the limit
+        assert all(speed >= 13.9 for speed in speeds)
+
+
 def test_one_ambulance_only_keeps_the_same_traffic() -> None:
     """The yardstick of what the crossing costs (``benchmarks/sumo_closed_loop.py``,
     ``grid-solo``): the other ambulance goes, every other trip stays as it was."""
