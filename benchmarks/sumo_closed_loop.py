@@ -783,7 +783,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plotted = plot_trade_off(results, args.out / "crossing_trade_off.png")
     if plotted is not None:
-        print(f"the crossing's trade between stops and delay: {plotted}")
+        print(f"{TRADE_OFF}: {plotted}")
     (args.out / "sumo_closed_loop.json").write_text(
         json_text({"seeds": args.seeds, "cases": results})
     )
@@ -794,11 +794,13 @@ TARGET_LOSS_S = 10.0
 """Issue 13's targets at the grid's crossing: the larger loss there at most this, and..."""
 TARGET_NEITHER_STOPS = 0.8
 """...neither ambulance stopping there on at least this share of seeds."""
+TRADE_OFF = "the crossing's trade between stops and delay"
 
 
 def trade_off(results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, float, float]]]:
     """Per engine, each of ``GRIDS`` run beside ``grid-solo``: (case, share of seeds on which
-    neither ambulance stopped at the crossing, the larger loss there), by that share."""
+    neither ambulance stopped at the crossing, the larger loss there), by that share; none
+    where no engine ran two of them (no trade to show)."""
     points: dict[str, list[tuple[str, float, float]]] = {}
     for case in GRIDS:
         for engine, run in results.get(case, {}).items():
@@ -810,6 +812,8 @@ def trade_off(results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, f
                     float(corridor["crossing_cost"]["larger_at_crossing_mean_s"]),
                 )
                 points.setdefault(engine, []).append(point)
+    if not any(len(found) >= 2 for found in points.values()):
+        return {}
     return {engine: sorted(found, key=lambda p: p[1]) for engine, found in points.items()}
 
 
@@ -829,7 +833,7 @@ def say_trade_off(points: dict[str, list[tuple[str, float, float]]]) -> str:
             best = min(keeping, key=lambda p: p[2])
             clause += f", least with the stops target kept {best[2]:.1f} s ({best[0]})"
         said.append(clause)
-    return "the crossing's trade between stops and delay: " + "; ".join(said)
+    return f"{TRADE_OFF}: " + "; ".join(said)
 
 
 def plot_trade_off(results: dict[str, dict[str, Any]], path: Path) -> Path | None:
@@ -839,7 +843,7 @@ def plot_trade_off(results: dict[str, dict[str, Any]], path: Path) -> Path | Non
     crossing bound (the traffic that came known, a stop allowed): not a physical limit the
     targets lie beyond. None where fewer than two settings were run beside ``grid-solo``."""
     points = trade_off(results)
-    if not any(len(found) >= 2 for found in points.values()):
+    if not points:
         return None
     import matplotlib
 
@@ -868,7 +872,7 @@ def plot_trade_off(results: dict[str, dict[str, Any]], path: Path) -> Path | Non
     ax.set_ylim(bottom=0.0)
     ax.set_xlabel("seeds on which neither ambulance stops at the crossing (%)")
     ax.set_ylabel("the larger loss at the crossing (s)")
-    ax.set_title(say_trade_off(points).split(": ", 1)[0], fontsize=10)
+    ax.set_title(TRADE_OFF, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path)
@@ -1070,7 +1074,7 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
         ),
     ]
     points = trade_off(results)
-    if any(len(found) >= 2 for found in points.values()):
+    if points:
         rows.append(f"verdict: {say_trade_off(points)}")
     return "\n".join(rows)
 

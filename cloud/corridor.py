@@ -1028,16 +1028,11 @@ class CorridorManager:
         waited (demo grid, seeds 1-40: aimed at it, with all the band, the second to cross
         lost 18.0 s at the crossing and neither stopped there on 92.5 % of seeds; aimed at
         this, with half the band, 16.8 s and 95 %)."""
-        link = int(self.graph.mv_from[line.movement])
-        links = np.array([link], dtype=np.int64)
-        state = self.network_state
-        standing = float(state.queues(now_s, links=links).queue_veh[0])
-        per_veh = float(state.discharge_s_per_veh[link])
+        standing, inflow, per_veh = self._approach_now(line, now_s)
         if now_s >= line.open_s:
             if standing <= 0.0:
                 return now_s
             return max(now_s, line.open_s + DEFAULT_LOST_TIME_S) + standing * per_veh
-        inflow = float(state.inflow_veh_per_s(now_s, links=links)[0])
         since = now_s
         if line.pre_close_s > max(line.pre_open_s, now_s):  # flushed ahead of time first
             served = (
@@ -1048,6 +1043,18 @@ class CorridorManager:
         arriving = inflow * max(0.0, line.open_s - since)
         ahead = standing + arriving + PLATOON_AHEAD_SHARE * line.platoon_veh
         return line.open_s + _green_to_flush(ahead, per_veh)
+
+    def _approach_now(self, line: StopLine, now_s: float) -> tuple[float, float, float]:
+        """What ``line``'s approach measures now: its queue (vehicles), its arrival rate
+        (vehicles a second) and the seconds a vehicle takes to leave at saturation flow."""
+        link = int(self.graph.mv_from[line.movement])
+        links = np.array([link], dtype=np.int64)
+        state = self.network_state
+        return (
+            float(state.queues(now_s, links=links).queue_veh[0]),
+            float(state.inflow_veh_per_s(now_s, links=links)[0]),
+            float(state.discharge_s_per_veh[link]),
+        )
 
     def _speed_to(self, corridor: Corridor, line: StopLine, due: float) -> float | None:
         """The fastest speed (at least ``min_advised_mps``) that takes ``due`` seconds or
@@ -1186,12 +1193,8 @@ class CorridorManager:
         line.pre_open_s = line.pre_close_s = 0.0
         if first is None:
             return
-        state = self.network_state
-        link = np.array([self.graph.mv_from[line.movement]], dtype=np.int64)
-        per_veh = float(state.discharge_s_per_veh[link[0]])
-        inflow = float(state.inflow_veh_per_s(now_s, links=link)[0])
+        queue, inflow, per_veh = self._approach_now(line, now_s)
         close = first - plan.signals.intergreen_s({line.group})
-        queue = float(state.queues(now_s, links=link).queue_veh[0])
         standing = queue + inflow * max(0.0, close - now_s)
         opening = max(green_from, close - DEFAULT_LOST_TIME_S - standing * per_veh)
         if close - opening < PRE_FLUSH_MIN_S:
