@@ -104,6 +104,12 @@ PLATOON_AHEAD_SHARE = 0.42
 """Of the platoon a window upstream carries to a stop line (``StopLine.platoon_veh``), the
 share that gets there ahead of the vehicle: the least-squares fit of what did leave ahead of
 each ambulance against the flush estimate's parts (demo grid, seeds 1-4, 80 windows)."""
+DRAIN_STALL_S = 2.0
+"""Under its own green, an approach whose queue has not fallen for this long (two telemetry
+periods) has none left in the vehicle's lanes: what still stands waits for another
+movement's green (a turn lane held red). Demo grid, seeds 1-40: the one that yields crawled
+at the slowest advised speed behind such a queue (6 left-turners, seed 14) and reached the
+stop line 2-6 s after the last car ahead of it had gone."""
 CUT = "its window ran out before it arrived: the cross streets have their turn first"
 PREEMPTED = "preempted"
 """The reason of a corridor cancelled to make room for a higher-priority one."""
@@ -129,6 +135,22 @@ class PublishStatus:
 
 
 Action = SendPlan | PublishStatus
+
+
+@dataclass(slots=True)
+class Drain:
+    """An approach's queue under the green of a window for a vehicle that yields there."""
+
+    green_s: float
+    """When its group was first seen green in the window."""
+    queue_veh: float
+    """The queue last seen."""
+    fell_s: float
+    """When it last fell (its green onset until it does)."""
+
+    def stalled(self, now_s: float) -> bool:
+        """No fall for ``DRAIN_STALL_S`` once the start-up lost time has run."""
+        return now_s - max(self.fell_s, self.green_s + DEFAULT_LOST_TIME_S) >= DRAIN_STALL_S
 
 
 @dataclass
@@ -178,6 +200,8 @@ class StopLine:
     """Its open window went to another corridor's vehicle that gets here first
     (``CorridorManager._hands_over``): it keeps its place behind that one until its own next
     window opens."""
+    drain: Drain | None = None
+    """While its own window shows green: how its approach's queue falls (``_watch_drain``)."""
     forecast: tuple[float, float] | None = None
     """(when, ETA) of the forecast made about ``FORECAST_S`` before the vehicle got here: its
     error once the vehicle passes teaches the corridor how far its ETAs can be trusted."""
@@ -704,8 +728,9 @@ class CorridorManager:
         return actions
 
     def measure(self, now_s: float) -> list[Action]:
-        """Take the queues seen now into every corridor's impact (``cloud/impact.py``): the
-        final status of each whose intersections have all recovered since it ended."""
+        """Take the queues seen now into every corridor's impact (``cloud/impact.py``) and into
+        how the queue drains ahead of a vehicle that yields (``_watch_drain``): the final
+        status of each corridor whose intersections have all recovered since it ended."""
         settled = []
         if self.impact.due(now_s):
             settled = self.impact.observe(self.network_state.queues(now_s).queue_veh, now_s)
@@ -726,11 +751,30 @@ class CorridorManager:
                     self.impact.passed(corridor.corridor_id, line.intersection, line.passed_s)
             held = {line.intersection for line in corridor.stop_lines if not line.released}
             self.impact.held_only(corridor.corridor_id, held, now_s)
+            for line in _ahead(corridor):
+                self._watch_drain(line, now_s)
         return [
             PublishStatus(self._status(self.corridors[c], now_s))
             for c in settled
             if c in self.corridors
         ]
+
+    def _watch_drain(self, line: StopLine, now_s: float) -> None:
+        """Follow the queue at a stop line where the vehicle yields, while its own window
+        shows green: the queue that stops falling then is not in the vehicle's way
+        (``_ready_at``)."""
+        own = line.yields and line.plan_id is not None and line.open_s <= now_s < line.close_s
+        state = self.signal_states(line.intersection, now_s) if own else None
+        if state is None or state.groups[line.group].indication is not Indication.GREEN:
+            line.drain = None
+            return
+        queue = self._approach_now(line, now_s)[0]
+        if line.drain is None:
+            line.drain = Drain(green_s=now_s, queue_veh=queue, fell_s=now_s)
+            return
+        if queue < line.drain.queue_veh:
+            line.drain.fell_s = now_s
+        line.drain.queue_veh = queue
 
     def _trip(self, corridor: Corridor, now_s: float) -> tuple[float, float] | None:
         """(trip, the same trip through the normal plans) of a vehicle at its destination."""
@@ -1021,7 +1065,8 @@ class CorridorManager:
         measures: the queue standing now (less what a window ahead of time serves), what
         arrives until its window opens, and the part of the platoon carried from upstream
         that gets there first, leaving at saturation flow from the opening; once open, what
-        still stands.
+        still stands, from its green on; now, once that has stopped falling under its green
+        (``Drain.stalled``: it waits for another movement).
 
         Not the flush its window is timed with: that one must err long, so that the vehicle
         never meets a red, and advice aimed at it slowed the vehicle more than it would have
@@ -1030,9 +1075,11 @@ class CorridorManager:
         this, with half the band, 16.8 s and 95 %)."""
         standing, inflow, per_veh = self._approach_now(line, now_s)
         if now_s >= line.open_s:
-            if standing <= 0.0:
+            drain = line.drain
+            if standing <= 0.0 or (drain is not None and drain.stalled(now_s)):
                 return now_s
-            return max(now_s, line.open_s + DEFAULT_LOST_TIME_S) + standing * per_veh
+            green = drain.green_s if drain is not None else line.open_s
+            return max(now_s, green + DEFAULT_LOST_TIME_S) + standing * per_veh
         since = now_s
         if line.pre_close_s > max(line.pre_open_s, now_s):  # flushed ahead of time first
             served = (

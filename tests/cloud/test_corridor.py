@@ -10,6 +10,7 @@ import pytest
 from citybrain.cloud import corridor as corridor_module
 from citybrain.cloud.corridor import (
     ADVICE_BAND_SHARE,
+    DRAIN_STALL_S,
     STUCK,
     CorridorManager,
     PublishStatus,
@@ -492,9 +493,10 @@ def _at(link: str, offset_m: float, now: float, vehicle: str = "AMB-1") -> Vehic
     return VehiclePosition(vehicle=vehicle, time=now, link=link, offset_m=offset_m, speed_mps=0.0)
 
 
-def _showing(indication: Indication) -> Any:
-    """Controller twins that show group 2 (the route's through) as ``indication`` everywhere."""
-    plan = ROAD.plans["a01"]
+def _showing(indication: Indication, node: str = "a01") -> Any:
+    """Controller twins that show group 2 (the route's through) as ``indication`` at ``node``
+    (and where the other plans are then)."""
+    plan = ROAD.plans[node]
     at = next(
         float(t)
         for t in range(200)
@@ -1001,6 +1003,36 @@ def test_the_advice_aims_at_the_queue_its_approach_measures_not_at_the_flush_it_
     gone = max(now, line.open_s + DEFAULT_LOST_TIME_S) + 6.0 * per_veh
     due = gone + ADVICE_BAND_SHARE * (line.eta_s - line.low_s)
     assert advised == pytest.approx((APPROACH_M - driven) / (due - now), abs=0.1)
+
+
+@pytest.mark.parametrize("shown", [Indication.GREEN, Indication.RED])
+def test_a_queue_that_stops_falling_under_its_green_no_longer_slows_the_one_that_yields(
+    shown: Indication,
+) -> None:
+    """FIRE-2 past, AMB-1's window open at a03 and its group green: 26 cars stand on a02-a03,
+    one leaves a second, then 23 stay (left-turners held red). Slowed while they fall; once
+    they have stood for ``DRAIN_STALL_S`` under its green, none of them is in its way and it
+    drives at its own speed. Where the light has not turned green yet, standing is no stall."""
+    manager = _held_at_a03()
+    state = manager.network_state
+    state.set_queue("a02-a03", 12.0, 100.0, flow_vph=360.0)
+    manager.on_position(_at("a02-a03", 0.0, 100.0), 100.0)
+    side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
+    manager.on_position(_at("a03s-a03", 0.0, 118.0 - side, "FIRE-2"), 118.0 - side)
+    manager.on_position(_at("a03-a03n", 15.0, 119.0, "FIRE-2"), 119.0)  # past a03
+    manager.signal_states = _showing(shown, "a03")
+    advice = {}
+    for second, queue in enumerate([26.0, 25.0, 24.0, 23.0, 23.0, 23.0, 23.0]):
+        now = 130.0 + second
+        state.set_queue("a02-a03", queue, now, flow_vph=360.0)
+        manager.measure(now)
+        advice[now] = _advised(manager.on_position(_at("a02-a03", 150.0 + second, now), now))
+    assert _line_at(manager, "AMB-1", "a03").open_s < 130.0
+    assert all(speed is not None for speed in advice.values()) is (shown is Indication.RED)
+    if shown is Indication.GREEN:
+        # green from 130 s, the start-up until 132 s, the last fall at 133 s
+        assert None not in [advice[now] for now in (130.0, 131.0, 132.0, 133.0, 134.0)]
+        assert advice[133.0 + DRAIN_STALL_S] is None
 
 
 def test_no_advice_unless_held_nor_with_advice_off_and_none_slower_than_the_floor() -> None:
