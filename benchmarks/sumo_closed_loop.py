@@ -80,6 +80,9 @@ BANDS_S = (0.0, 1.0, 2.0, 3.0)
 PAUSE_S = 4.0
 """A pause this long in an approach's departures under green: its standing queue is gone (a
 lane discharges one every 2 s at saturation flow; SUMO's first few every 3 s)."""
+NEAR_TIE_S = 2.0
+"""Two ambulances due at the crossing alone within this of each other (or the second sooner):
+which comes first is a near tie, decided on ETAs made a minute before (``_say_ties``)."""
 COMMIT_LEAD_S = 20.0
 """How long before the first ambulance a timing of the crossing must know its arrival: to
 end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
@@ -586,7 +589,18 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
         "any_timing_banded_s": [round(x, 1) for x in banded],
         "any_timing_banded_mean_s": round(_mean(banded), 1),
         "bound_timing": _bound_timing(both, crossed, DEFAULT_LOST_TIME_S),
+        "due_gap_s": [round(x, 1) for x in _due_gaps(both, crossed)],
     }
+
+
+def _due_gaps(both: dict[str, Any], crossed_alone: dict[int, dict[str, float]]) -> list[float]:
+    """Per seed of ``_crossing_bound``'s: how long after the first to cross the second was due
+    there alone (negative: it was due sooner)."""
+    gaps = []
+    for seed in _bound_seeds(both, crossed_alone):
+        (first,) = set(seed.names) - {seed.second}
+        gaps.append(seed.alone[seed.second] - seed.alone[first])
+    return gaps
 
 
 def _crossing_bound(
@@ -934,6 +948,29 @@ def _say_sooner(cost: dict[str, Any]) -> str:
     return said + (f", losing {_mean(sooner):.1f} s there at the crossing" if sooner else "")
 
 
+def _say_ties(cost: dict[str, Any]) -> str:
+    """The larger loss at the crossing, and the least any timing could make it, on the seeds
+    where the order was a near tie (``NEAR_TIE_S``) and on the others."""
+    gaps = cost.get("due_gap_s")
+    if not gaps:
+        return ""
+    rows = zip(gaps, cost["larger_at_crossing_s"], cost["any_timing_s"], strict=True)
+    split: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for gap, larger, bound in rows:
+        split[gap < NEAR_TIE_S].append((larger, bound))
+
+    def said(pairs: list[tuple[float, float]]) -> str:
+        larger, bound = (_mean([pair[i] for pair in pairs]) for i in (0, 1))
+        return f"{larger:.1f} s (any timing {bound:.1f} s)"
+
+    near, other = split[True], split[False]
+    return (
+        f"; the larger loss on the {len(near)} seeds where the order was a near tie (the "
+        f"second due alone within {NEAR_TIE_S:.0f} s after the first, or sooner) "
+        f"{said(near) if near else '-'}, on the other {len(other)} {said(other) if other else '-'}"
+    )
+
+
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps = []
@@ -1017,7 +1054,7 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 f"the crossing {c['larger_at_crossing_mean_s']:.1f} s, the least any timing of "
                 f"it could make that with the traffic that came {c['any_timing_mean_s']:.1f} s "
                 f"({c['any_timing_banded_mean_s']:.1f} s with each green held the corridors' "
-                f"margin before its ambulance); {_say_sooner(c)}"
+                f"margin before its ambulance); {_say_sooner(c)}{_say_ties(c)}"
                 for name, e in engines.items()
                 if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
             ]
