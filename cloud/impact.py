@@ -174,6 +174,10 @@ class ImpactMeter:
         """Each link's running queue level (``BASELINE_MEMORY_S``)."""
         self._slow_level_veh = np.zeros(link_count)
         """The same over ``TREND_MEMORY_S``."""
+        self._running = (np.zeros(link_count), np.zeros(link_count))
+        """The two levels' running averages from zero, before ``_levels`` corrects them."""
+        self._watching_s = 0.0
+        """Time observed since the meter started."""
         self._observed_s: float | None = None
         self.measured: dict[str, _Measured] = {}
         self._watched: dict[str, _Measured] = {}
@@ -206,15 +210,23 @@ class ImpactMeter:
                 settled.append(corridor_id)
         for corridor_id in settled:
             del self._watched[corridor_id]
-        if self._observed_s is None:
-            self.level_veh[:] = queue_veh
-            self._slow_level_veh[:] = queue_veh
-        else:
-            self.level_veh += -math.expm1(-dt / BASELINE_MEMORY_S) * (queue_veh - self.level_veh)
-            slow = self._slow_level_veh
-            slow += -math.expm1(-dt / TREND_MEMORY_S) * (queue_veh - slow)
+        self._levels(queue_veh, dt if self._observed_s is not None else OBSERVED_EVERY_S)
         self._observed_s = now_s
         return settled
+
+    def _levels(self, queue_veh: NDArray[np.float64], dt: float) -> None:
+        """Move the two running levels by one observation standing for ``dt``. Each is an
+        average from zero divided by the weight it has gathered, so that until its memory is
+        full it is the average of what was seen (a meter just started, by a cloud's restart or
+        a run's, would otherwise hold its first sample, one phase of a cycle, as the level
+        for minutes, and the two levels' gap from it as a trend: demo arterial, 10 seeds, the
+        cross streets' cost +46 % against the runs, recovered on 1 seed)."""
+        self._watching_s += dt
+        levels = (self.level_veh, self._slow_level_veh)
+        memories = (BASELINE_MEMORY_S, TREND_MEMORY_S)
+        for running, level, memory in zip(self._running, levels, memories, strict=True):
+            running += -math.expm1(-dt / memory) * (queue_veh - running)
+            level[:] = running / -math.expm1(-self._watching_s / memory)
 
     def _measure(self, crossing: _Crossing, queue: float, dt: float, now_s: float) -> None:
         level = crossing.expected_veh(now_s)

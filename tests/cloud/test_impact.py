@@ -173,3 +173,19 @@ def test_a_re_route_that_drops_an_intersection_lets_it_recover_from_then() -> No
     impact = meter.report("C1")
     assert impact is not None
     assert (impact.recovering, impact.intersections) == (0, 1)
+
+
+@pytest.mark.parametrize("watched_s", [60.0, 120.0, 180.0])
+def test_a_meter_just_started_takes_the_average_it_saw_as_the_level_not_its_first_sample(
+    watched_s: float,
+) -> None:
+    """A cloud's restart (or a run's start) begins at one phase of the cross streets' cycle:
+    8 queued for half of each 60 s cycle, none the other half, first seen at 8. One, two or
+    three whole cycles later, the level is the average of what was seen, not that first
+    sample (5.9 after two cycles, when it was held until the memory forgot it)."""
+    meter = _meter()
+    for now in np.arange(0.0, watched_s, 1.0):
+        queued = 8.0 if now % 60.0 < 30.0 else 0.0
+        meter.observe(np.array([0.0, queued, 3.0]), float(now))
+    assert meter.level_of(1) == pytest.approx(4.0, abs=0.5)
+    assert meter.level_of(2) == pytest.approx(3.0)  # a steady queue is its level from the start
