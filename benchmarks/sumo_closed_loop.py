@@ -23,8 +23,9 @@ timing of the crossing could have cost the two with the traffic that came to it
 ambulance, as a timing that knows the arrivals only that well must. Under the corridor, also
 the queues its windows flush ahead of the ambulance: what the cloud expected per stop line
 against what left (``ahead_veh``); on the grid, how the first to cross's green at the
-crossing was used, from its approach's departures (``_first_green``). A table, one verdict
-line, JSON in ``OUT/sumo_closed_loop.json``.
+crossing was used, from its approach's departures (``_first_green``), and the second's loss
+there split into parts that add up to it, near ties and the others apart (``_second_parts``).
+A table, one verdict line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
 """
@@ -195,11 +196,15 @@ def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, f
     approach's departures first paused ``PAUSE_S`` once started (its standing queue gone),
     how many left after that, and how long before the first no one did; and when the
     second's green there began after the first left, with how many left ahead of the second
-    in it. Empty where one never got there."""
+    in it, from its onset until the first of them left (the start-up), until the last did,
+    and until the second did. Empty where one never got there."""
     if not order:
         return {}
     (first, at), (second, at_second) = order
     left_s = first.trip.stop_lines[at].left_s
+    second_left_s = second.trip.stop_lines[at_second].left_s
+    second_onset = second.green_onset(crossing, second_left_s)
+    ahead = second.discharged.get(crossing, [])[:-1] or [second_onset]
     onset = first.green_onset(crossing, left_s)
     departed = first.discharged.get(crossing, [])[:-1]  # itself, the last, not counted
     pause = next(
@@ -216,11 +221,11 @@ def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, f
         "queue_gone_s": departed[pause] - onset if departed else 0.0,
         "after_veh": float(len(departed) - 1 - pause),
         "idle_s": left_s - (departed[-1] if departed else onset),
-        "second_green_after_s": second.green_onset(
-            crossing, second.trip.stop_lines[at_second].left_s
-        )
-        - left_s,
+        "second_green_after_s": second_onset - left_s,
         "second_ahead_veh": float(second.ahead_at_green.get(crossing, math.nan)),
+        "second_start_up_s": ahead[0] - second_onset,
+        "second_queue_s": ahead[-1] - ahead[0],
+        "second_after_s": second_left_s - ahead[-1],
     }
 
 
@@ -590,7 +595,42 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
         "any_timing_banded_mean_s": round(_mean(banded), 1),
         "bound_timing": _bound_timing(both, crossed, DEFAULT_LOST_TIME_S),
         "due_gap_s": [round(x, 1) for x in _due_gaps(both, crossed)],
+        "second_parts": _second_parts(both, crossed),
     }
+
+
+def _second_parts(
+    both: dict[str, Any], crossed_alone: dict[int, dict[str, float]]
+) -> list[dict[str, float]]:
+    """Per seed with a solo run: the second to cross's loss there split into its parts, which
+    add up to it: how long after it was due alone the first passed (positive: the order was
+    the wrong one), from then until its own green (the first's window after it passed and the
+    clearance), the start-up, the cars ahead of it leaving, then itself; with how long before
+    it was due the first was, and the first's green (``_first_green``)."""
+    parts = []
+    for seed, name, passed, green in zip(
+        both["seed"], both["second"], both["crossed_s"], both["first_green_per_seed"],
+        strict=True,
+    ):  # fmt: skip
+        alone = crossed_alone.get(seed)
+        if alone is None or not name or not green:
+            continue
+        (first,) = set(passed) - {name}
+        parts.append(
+            {
+                "due_gap_s": alone[name] - alone[first],
+                "loss_s": passed[name] - alone[name],
+                "order_s": passed[first] - alone[name],
+                "to_green_s": green["second_green_after_s"],
+                "start_up_s": green["second_start_up_s"],
+                "ahead_veh": green["second_ahead_veh"],
+                "queue_s": green["second_queue_s"],
+                "after_s": green["second_after_s"],
+                "first_green_s": green["green_s"],
+                "first_ahead_veh": green["ahead_veh"],
+            }
+        )
+    return parts
 
 
 def _due_gaps(both: dict[str, Any], crossed_alone: dict[int, dict[str, float]]) -> list[float]:
@@ -971,6 +1011,30 @@ def _say_ties(cost: dict[str, Any]) -> str:
     )
 
 
+def _say_parts(cost: dict[str, Any]) -> str:
+    """Where the second's loss at the crossing goes, near ties (``NEAR_TIE_S``) and the
+    others apart (``_second_parts``)."""
+    split: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for part in cost.get("second_parts", []):
+        split[part["due_gap_s"] < NEAR_TIE_S].append(part)
+
+    def said(parts: list[dict[str, float]]) -> str:
+        m = {key: _mean([p[key] for p in parts]) for key in parts[0]}
+        return (
+            f"{m['loss_s']:.1f} s = the first passing {m['order_s']:+.1f} s from when it was "
+            f"due + {m['to_green_s']:.1f} s to its green + {m['start_up_s']:.1f} s start-up + "
+            f"{m['queue_s']:.1f} s for the {m['ahead_veh']:.1f} cars ahead + "
+            f"{m['after_s']:.1f} s after them (the first's green {m['first_green_s']:.0f} s "
+            f"for {m['first_ahead_veh']:.0f} cars)"
+        )
+
+    rows = [f"{label} {said(parts)}" for label, parts in (
+        (f"on the {len(split[True])} near ties", split[True]),
+        (f"on the other {len(split[False])}", split[False]),
+    ) if parts]  # fmt: skip
+    return "; the second's loss at the crossing " + ", ".join(rows) if rows else ""
+
+
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps = []
@@ -1054,7 +1118,7 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 f"the crossing {c['larger_at_crossing_mean_s']:.1f} s, the least any timing of "
                 f"it could make that with the traffic that came {c['any_timing_mean_s']:.1f} s "
                 f"({c['any_timing_banded_mean_s']:.1f} s with each green held the corridors' "
-                f"margin before its ambulance); {_say_sooner(c)}{_say_ties(c)}"
+                f"margin before its ambulance); {_say_sooner(c)}{_say_ties(c)}{_say_parts(c)}"
                 for name, e in engines.items()
                 if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
             ]
