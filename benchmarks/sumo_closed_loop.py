@@ -39,11 +39,11 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -68,6 +68,8 @@ from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Scenario, build, load_network
 from citybrain.simulator.scoring import StopLineDelay
+
+_T = TypeVar("_T")
 
 BOUND_SINCE_S = 150.0
 """How long before the sooner ambulance is due the crossing bound counts vehicles from (about
@@ -988,6 +990,16 @@ def _say_sooner(cost: dict[str, Any]) -> str:
     return said + (f", losing {_mean(sooner):.1f} s there at the crossing" if sooner else "")
 
 
+def _by_tie(rows: Iterable[tuple[float, _T]]) -> tuple[list[_T], list[_T]]:
+    """Per seed's (due gap, item): the items of the seeds whose order was a near tie
+    (``NEAR_TIE_S``), and those of the others."""
+    near: list[_T] = []
+    other: list[_T] = []
+    for gap, item in rows:
+        (near if gap < NEAR_TIE_S else other).append(item)
+    return near, other
+
+
 def _say_ties(cost: dict[str, Any]) -> str:
     """The larger loss at the crossing, and the least any timing could make it, on the seeds
     where the order was a near tie (``NEAR_TIE_S``) and on the others."""
@@ -995,15 +1007,12 @@ def _say_ties(cost: dict[str, Any]) -> str:
     if not gaps:
         return ""
     rows = zip(gaps, cost["larger_at_crossing_s"], cost["any_timing_s"], strict=True)
-    split: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    for gap, larger, bound in rows:
-        split[gap < NEAR_TIE_S].append((larger, bound))
+    near, other = _by_tie((gap, (larger, bound)) for gap, larger, bound in rows)
 
     def said(pairs: list[tuple[float, float]]) -> str:
         larger, bound = (_mean([pair[i] for pair in pairs]) for i in (0, 1))
         return f"{larger:.1f} s (any timing {bound:.1f} s)"
 
-    near, other = split[True], split[False]
     return (
         f"; the larger loss on the {len(near)} seeds where the order was a near tie (the "
         f"second due alone within {NEAR_TIE_S:.0f} s after the first, or sooner) "
@@ -1014,9 +1023,7 @@ def _say_ties(cost: dict[str, Any]) -> str:
 def _say_parts(cost: dict[str, Any]) -> str:
     """Where the second's loss at the crossing goes, near ties (``NEAR_TIE_S``) and the
     others apart (``_second_parts``)."""
-    split: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-    for part in cost.get("second_parts", []):
-        split[part["due_gap_s"] < NEAR_TIE_S].append(part)
+    near, other = _by_tie((part["due_gap_s"], part) for part in cost.get("second_parts", []))
 
     def said(parts: list[dict[str, float]]) -> str:
         m = {key: _mean([p[key] for p in parts]) for key in parts[0]}
@@ -1029,8 +1036,7 @@ def _say_parts(cost: dict[str, Any]) -> str:
         )
 
     rows = [f"{label} {said(parts)}" for label, parts in (
-        (f"on the {len(split[True])} near ties", split[True]),
-        (f"on the other {len(split[False])}", split[False]),
+        (f"on the {len(near)} near ties", near), (f"on the other {len(other)}", other),
     ) if parts]  # fmt: skip
     return "; the second's loss at the crossing " + ", ".join(rows) if rows else ""
 
