@@ -574,8 +574,7 @@ def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
             together.append(sum(trips[n] - alone[seed][n] for n in trips))
             at.append(passed[name] - crossed[seed][name])
             least.append(max(0.0, earliest - crossed[seed][name]))
-            (first,) = set(trips) - {name}
-            sooner.append(crossed[seed][first] - crossed[seed][name])
+            sooner.append(-_due_gap(crossed[seed], name))
     finite = [x for x in second if math.isfinite(x)]
     larger, bound = _crossing_bound(both, crossed)
     _, banded = _crossing_bound(both, crossed, band_s=CorridorSettings().margin_s)
@@ -620,7 +619,7 @@ def _second_parts(
         (first,) = set(passed) - {name}
         parts.append(
             {
-                "due_gap_s": alone[name] - alone[first],
+                "due_gap_s": _due_gap(alone, name),
                 "loss_s": passed[name] - alone[name],
                 "order_s": passed[first] - alone[name],
                 "to_green_s": green["second_green_after_s"],
@@ -638,11 +637,14 @@ def _second_parts(
 def _due_gaps(both: dict[str, Any], crossed_alone: dict[int, dict[str, float]]) -> list[float]:
     """Per seed of ``_crossing_bound``'s: how long after the first to cross the second was due
     there alone (negative: it was due sooner)."""
-    gaps = []
-    for seed in _bound_seeds(both, crossed_alone):
-        (first,) = set(seed.names) - {seed.second}
-        gaps.append(seed.alone[seed.second] - seed.alone[first])
-    return gaps
+    return [_due_gap(seed.alone, seed.second) for seed in _bound_seeds(both, crossed_alone)]
+
+
+def _due_gap(alone: dict[str, float], second: str) -> float:
+    """How long after the first to cross the second was due there alone (``alone``: when
+    each left it alone; negative: it was due sooner, the order the wrong one in hindsight)."""
+    (first,) = set(alone) - {second}
+    return alone[second] - alone[first]
 
 
 def _crossing_bound(
