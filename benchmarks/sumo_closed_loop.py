@@ -11,7 +11,9 @@ imperfection, under our controllers) side by side, on the same seeds' traffic.
 
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
 over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
-beyond the same seeds without priority, and for SUMO the closed loop's real-time factor
+beyond the same seeds without priority (with its standard error seed by seed, and its mean
+on the seeds where more vehicles were teleported than without priority against the rest: a
+saturated network's jams), and for SUMO the closed loop's real-time factor
 (simulated seconds over wall seconds, network export and SUMO start included) and the vehicles
 SUMO teleported; on the grid also what the second to cross lost on its last link and on its
 last two (where speed advice slows it) with the least it could have, the share of seeds where
@@ -412,6 +414,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             continue
         travel = _mean(f["travel_time_s"])
         extra = _mean(f["others_veh_s"]) - _mean(without["others_veh_s"]) if without else math.nan
+        paired = _others_extra(f, without) if without and policy != "no_priority" else {}
         rows[policy] = {
             "travel_time_s": round(travel, 1),
             "x_free_flow": round(travel / _mean(f["free_flow_s"]), 3),
@@ -421,6 +424,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             "removed": sum(f["removed"]),
             "corridor_states": dict(Counter(str(c) for c in f["corridor"] if c)),
             "others_extra_veh_s": round(extra) if math.isfinite(extra) else None,
+            **paired,
         }
         pairs = [pair for seed in f["ahead_veh"] for pair in seed]
         if pairs:
@@ -456,6 +460,31 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             if "travel_time_s" in f
         },
     }
+
+
+def _others_extra(f: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
+    """Other traffic's extra vehicle-seconds seed by seed against no priority on the same
+    seed: their standard error, and their mean on the seeds where more vehicles were
+    teleported than without priority (a jam held one for SUMO's time to teleport) against
+    the rest. Tells a cost from the spread of a saturated network's jams."""
+    extras = [
+        cost - base for cost, base in zip(f["others_veh_s"], without["others_veh_s"], strict=True)
+    ]
+    jammed: list[float] = []
+    rest: list[float] = []
+    for extra, mine, theirs in zip(extras, f["teleports"], without["teleports"], strict=True):
+        (jammed if mine > theirs else rest).append(extra)
+    spread = float(np.std(extras, ddof=1) / math.sqrt(len(extras))) if len(extras) > 1 else math.nan
+    return {
+        "others_extra_per_seed_veh_s": [round(x) for x in extras],
+        "others_extra_se_veh_s": round(spread) if math.isfinite(spread) else None,
+        "others_extra_jammed": _seeds_mean(jammed),
+        "others_extra_rest": _seeds_mean(rest),
+    }
+
+
+def _seeds_mean(extras: list[float]) -> dict[str, int] | None:
+    return {"seeds": len(extras), "mean_veh_s": round(_mean(extras))} if extras else None
 
 
 def _flushed_ahead(outcome: Outcome) -> list[tuple[float, int]]:
@@ -969,6 +998,20 @@ def _per_engine(
     return [f"    {what}, " + "; ".join(cells)] if cells else []
 
 
+def _say_others(row: dict[str, Any]) -> str:
+    """Other traffic's extra vehicle-seconds and, seed by seed, its standard error."""
+    extra, spread = row.get("others_extra_veh_s"), row.get("others_extra_se_veh_s")
+    if extra is None:
+        return ""
+    return f"{extra:+,d}" + (f" ({spread:,d})" if spread is not None else "")
+
+
+def _say_jammed(row: dict[str, Any]) -> str:
+    jammed, rest = row["others_extra_jammed"], row.get("others_extra_rest")
+    said = f"{jammed['mean_veh_s']:+,d} veh-s on {jammed['seeds']} seeds"
+    return said + (f", {rest['mean_veh_s']:+,d} on the other {rest['seeds']}" if rest else "")
+
+
 def _say_bound_timing(timing: dict[str, float]) -> str:
     return (
         f"the first's green {timing['green_s']:.0f} s before it left, "
@@ -1054,7 +1097,8 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             f"  {case}",
             f"  {'policy':18} "
             + " ".join(
-                f"{e + ' s':>10} {'x free':>7} {'stops':>6} {'others +veh-s':>14}" for e in engines
+                f"{e + ' s':>10} {'x free':>7} {'stops':>6} {'others +veh-s (se)':>22}"
+                for e in engines
             )
             + f" {'sumo/ours':>10}",
         ]
@@ -1063,10 +1107,9 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
             cells = []
             for engine in engines.values():
                 p = engine["policies"][policy]
-                extra = p.get("others_extra_veh_s")
                 cells.append(
                     f"{p['travel_time_s']:10.1f} {p['x_free_flow']:7.3f} {p['stops']:6.2f} "
-                    + (f"{extra:+14,d}" if extra is not None else f"{'':>14}")
+                    + f"{_say_others(p):>22}"
                 )
             ratio = math.nan
             if "ours" in engines and "sumo" in engines:
@@ -1076,6 +1119,17 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 )
                 gaps.append(abs(ratio - 1.0))
             rows.append(f"  {policy:18} " + " ".join(cells) + f" {ratio:10.3f}")
+            jams = [
+                f"{name}: {_say_jammed(row)}"
+                for name, e in engines.items()
+                if (row := e["policies"][policy]).get("others_extra_jammed")
+            ]
+            if jams:
+                rows.append(
+                    "    other traffic's extra on the seeds where more vehicles were teleported "
+                    "than without priority (a jam held each for SUMO's time to teleport), and "
+                    "on the rest, " + "; ".join(jams)
+                )
             crossing = [
                 f"{name}: the second loses {e['policies'][policy]['second_loss_s']:.1f} s on its "
                 f"last link, {e['policies'][policy]['second_upstream_s']:.1f} s on its last two "
