@@ -1088,107 +1088,14 @@ def _say_parts(cost: dict[str, Any]) -> str:
 
 def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
-    gaps = []
+    gaps: list[float] = []
     for case, engines in results.items():
         if case == "grid-solo":  # its trips are the grid's yardstick (``crossing_cost``)
             continue
-        rows += [
-            "",
-            f"  {case}",
-            f"  {'policy':18} "
-            + " ".join(
-                f"{e + ' s':>10} {'x free':>7} {'stops':>6} {'others +veh-s (se)':>22}"
-                for e in engines
-            )
-            + f" {'sumo/ours':>10}",
-        ]
-        policies = next(iter(engines.values()))["policies"]
-        for policy in policies:
-            cells = []
-            for engine in engines.values():
-                p = engine["policies"][policy]
-                cells.append(
-                    f"{p['travel_time_s']:10.1f} {p['x_free_flow']:7.3f} {p['stops']:6.2f} "
-                    + f"{_say_others(p):>22}"
-                )
-            ratio = math.nan
-            if "ours" in engines and "sumo" in engines:
-                ratio = (
-                    engines["sumo"]["policies"][policy]["travel_time_s"]
-                    / engines["ours"]["policies"][policy]["travel_time_s"]
-                )
-                gaps.append(abs(ratio - 1.0))
-            rows.append(f"  {policy:18} " + " ".join(cells) + f" {ratio:10.3f}")
-            jams = [
-                f"{name}: {_say_jammed(row)}"
-                for name, e in engines.items()
-                if (row := e["policies"][policy]).get("others_extra_jammed")
-            ]
-            if jams:
-                rows.append(
-                    "    other traffic's extra on the seeds where more vehicles were teleported "
-                    "than without priority (a jam held each for SUMO's time to teleport), and "
-                    "on the rest, " + "; ".join(jams)
-                )
-            crossing = [
-                f"{name}: the second loses {e['policies'][policy]['second_loss_s']:.1f} s on its "
-                f"last link, {e['policies'][policy]['second_upstream_s']:.1f} s on its last two "
-                f"(least possible {e['policies'][policy]['second_floor_s']:.1f} s), neither stops "
-                f"on {e['policies'][policy]['neither_stops_share']:.0%} of seeds, both trips "
-                f"{e['policies'][policy]['both_trips_s']:.1f} s"
-                for name, e in engines.items()
-                if "second_loss_s" in e["policies"][policy]
-            ]
-            if crossing:
-                rows.append("    at the crossing, " + "; ".join(crossing))
-            rows += _forecast_row(
-                engines, policy, "first_late", "the first to cross's ETA there against when it came"
-            )
-            rows += _per_engine(
-                engines, policy, "first_green", "the first's green at the crossing (medians)",
-                lambda g: (
-                    f"{g['green_s']:.0f} s before it left, {g['ahead_veh']:.0f} vehicles ahead "
-                    f"of it; its queue gone after "
-                    f"{g['queue_gone_s']:.0f} s (departures paused {PAUSE_S:.0f} s), "
-                    f"{g['after_veh']:.0f} more came and left, none in its last "
-                    f"{g['idle_s']:.0f} s; the second's green {g['second_green_after_s']:.0f} s "
-                    f"after the first left, {g['second_ahead_veh']:.0f} vehicles ahead of it"
-                ),
-            )  # fmt: skip
-            rows += _per_engine(
-                engines, policy, "crossing_cost",
-                "the bound's timing of the crossing, the traffic that came known (medians)",
-                lambda cost: _say_bound_timing(cost["bound_timing"]),
-            )  # fmt: skip
-            rows += _per_engine(
-                engines, policy, "ahead_veh", "the queues its windows flush ahead of it",
-                lambda a: (
-                    f"the cloud expected {a['expected_veh']:.1f} vehicles a stop line (median), "
-                    f"{a['left_veh']:.1f} left ahead of the vehicle from its green's start; "
-                    f"{a['ratio']:.2f}x ({a['stop_lines']} stop lines)"
-                ),
-            )  # fmt: skip
-            rows += _forecast_row(
-                engines, policy, "forecasts", "its ETAs against when it got there"
-            )
-            cost = [
-                f"{name}: {c['mean_s']:.1f} s (median {c['median_s']:.1f}; per seed "
-                f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "
-                f"{c['both_extra_s']:.1f} s; of it at the crossing {c['at_crossing_mean_s']:.1f} s "
-                f"(the least, the first crossing when it did: {c['least_mean_s']:.1f} s), after "
-                f"it {c['mean_s'] - c['at_crossing_mean_s']:.1f} s; the larger of the two at "
-                f"the crossing {c['larger_at_crossing_mean_s']:.1f} s, the least any timing of "
-                f"it could make that with the traffic that came {c['any_timing_mean_s']:.1f} s "
-                f"({c['any_timing_banded_mean_s']:.1f} s with each green held the corridors' "
-                f"margin before its ambulance); {_say_sooner(c)}{_say_ties(c)}{_say_parts(c)}"
-                for name, e in engines.items()
-                if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
-            ]
-            if cost:
-                rows.append(
-                    "    the second's trip less its trip alone (target: at most 10 s), "
-                    + "; ".join(cost)
-                )
+        rows += ["", f"  {case}", _header(engines)]
+        for policy in next(iter(engines.values()))["policies"]:
+            rows.append(_policy_row(engines, policy, gaps))
+            rows += _jams_row(engines, policy) + _crossing_rows(engines, policy)
         if "sumo" in engines:
             sumo = engines["sumo"]
             teleports = sum(p["teleports"] for p in sumo["policies"].values())
@@ -1196,6 +1103,123 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
                 f"  SUMO closed loop: {sumo['real_time_factor']:.0f}x real time; "
                 f"{teleports} vehicles teleported"
             )
+    rows += ["", f"verdict: in SUMO micro {_say_sumo(results)}{_say_gaps(gaps)}"]
+    points = trade_off(results)
+    if points:
+        rows.append(f"verdict: {say_trade_off(points)}")
+    return "\n".join(rows)
+
+
+def _header(engines: dict[str, Any]) -> str:
+    cells = " ".join(
+        f"{e + ' s':>10} {'x free':>7} {'stops':>6} {'others +veh-s (se)':>22}" for e in engines
+    )
+    return f"  {'policy':18} {cells} {'sumo/ours':>10}"
+
+
+def _policy_row(engines: dict[str, Any], policy: str, gaps: list[float]) -> str:
+    """One policy's trip in each engine and their ratio (added to ``gaps``)."""
+    cells = []
+    for engine in engines.values():
+        p = engine["policies"][policy]
+        cells.append(
+            f"{p['travel_time_s']:10.1f} {p['x_free_flow']:7.3f} {p['stops']:6.2f} "
+            + f"{_say_others(p):>22}"
+        )
+    ratio = math.nan
+    if "ours" in engines and "sumo" in engines:
+        ratio = (
+            engines["sumo"]["policies"][policy]["travel_time_s"]
+            / engines["ours"]["policies"][policy]["travel_time_s"]
+        )
+        gaps.append(abs(ratio - 1.0))
+    return f"  {policy:18} " + " ".join(cells) + f" {ratio:10.3f}"
+
+
+def _jams_row(engines: dict[str, Any], policy: str) -> list[str]:
+    jams = [
+        f"{name}: {_say_jammed(row)}"
+        for name, e in engines.items()
+        if (row := e["policies"][policy]).get("others_extra_jammed")
+    ]
+    if not jams:
+        return []
+    return [
+        "    other traffic's extra on the seeds where more vehicles were teleported "
+        "than without priority (a jam held each for SUMO's time to teleport), and "
+        "on the rest, " + "; ".join(jams)
+    ]
+
+
+def _crossing_rows(engines: dict[str, Any], policy: str) -> list[str]:
+    """The grid's lines on the crossing, each engine's figures side by side."""
+    rows = []
+    crossing = [
+        f"{name}: the second loses {p['second_loss_s']:.1f} s on its last link, "
+        f"{p['second_upstream_s']:.1f} s on its last two (least possible "
+        f"{p['second_floor_s']:.1f} s), neither stops on {p['neither_stops_share']:.0%} of "
+        f"seeds, both trips {p['both_trips_s']:.1f} s"
+        for name, e in engines.items()
+        if "second_loss_s" in (p := e["policies"][policy])
+    ]
+    if crossing:
+        rows.append("    at the crossing, " + "; ".join(crossing))
+    rows += _forecast_row(
+        engines, policy, "first_late", "the first to cross's ETA there against when it came"
+    )
+    rows += _per_engine(
+        engines, policy, "first_green", "the first's green at the crossing (medians)",
+        lambda g: (
+            f"{g['green_s']:.0f} s before it left, {g['ahead_veh']:.0f} vehicles ahead "
+            f"of it; its queue gone after "
+            f"{g['queue_gone_s']:.0f} s (departures paused {PAUSE_S:.0f} s), "
+            f"{g['after_veh']:.0f} more came and left, none in its last "
+            f"{g['idle_s']:.0f} s; the second's green {g['second_green_after_s']:.0f} s "
+            f"after the first left, {g['second_ahead_veh']:.0f} vehicles ahead of it"
+        ),
+    )  # fmt: skip
+    rows += _per_engine(
+        engines, policy, "crossing_cost",
+        "the bound's timing of the crossing, the traffic that came known (medians)",
+        lambda cost: _say_bound_timing(cost["bound_timing"]),
+    )  # fmt: skip
+    rows += _per_engine(
+        engines, policy, "ahead_veh", "the queues its windows flush ahead of it",
+        lambda a: (
+            f"the cloud expected {a['expected_veh']:.1f} vehicles a stop line (median), "
+            f"{a['left_veh']:.1f} left ahead of the vehicle from its green's start; "
+            f"{a['ratio']:.2f}x ({a['stop_lines']} stop lines)"
+        ),
+    )  # fmt: skip
+    rows += _forecast_row(engines, policy, "forecasts", "its ETAs against when it got there")
+    cost = [
+        f"{name}: {_say_crossing_cost(c)}"
+        for name, e in engines.items()
+        if (c := e["policies"][policy].get("crossing_cost")) and c["second_extra_s"]
+    ]
+    if cost:
+        rows.append(
+            "    the second's trip less its trip alone (target: at most 10 s), " + "; ".join(cost)
+        )
+    return rows
+
+
+def _say_crossing_cost(c: dict[str, Any]) -> str:
+    return (
+        f"{c['mean_s']:.1f} s (median {c['median_s']:.1f}; per seed "
+        f"{min(c['second_extra_s']):.1f} to {max(c['second_extra_s']):.1f}), both "
+        f"{c['both_extra_s']:.1f} s; of it at the crossing {c['at_crossing_mean_s']:.1f} s "
+        f"(the least, the first crossing when it did: {c['least_mean_s']:.1f} s), after "
+        f"it {c['mean_s'] - c['at_crossing_mean_s']:.1f} s; the larger of the two at "
+        f"the crossing {c['larger_at_crossing_mean_s']:.1f} s, the least any timing of "
+        f"it could make that with the traffic that came {c['any_timing_mean_s']:.1f} s "
+        f"({c['any_timing_banded_mean_s']:.1f} s with each green held the corridors' "
+        f"margin before its ambulance); {_say_sooner(c)}{_say_ties(c)}{_say_parts(c)}"
+    )
+
+
+def _say_sumo(results: dict[str, dict[str, Any]]) -> str:
+    """SUMO's corridor against free flow, in traffic and alone, and its ceilings."""
     corridor = {
         case: e["sumo"]["policies"]["corridor"]["x_free_flow"]
         for case, e in results.items()
@@ -1208,38 +1232,28 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     }
     traffic = [x for case, x in corridor.items() if not case.endswith("-alone")]
     alone = [x for case, x in corridor.items() if case.endswith("-alone")]
-    ran = any("sumo" in e for e in results.values())
-    said = (
-        f"the corridor takes {min(traffic):.2f}-{max(traffic):.2f}x free flow in traffic"
-        if traffic
-        else "no corridor case ran"
-        if ran
-        else "nothing ran (--engines ours)"
-    )
-    rows += [
-        "",
-        f"verdict: in SUMO micro {said}"
-        + (
+    if traffic:
+        said = f"the corridor takes {min(traffic):.2f}-{max(traffic):.2f}x free flow in traffic"
+    elif any("sumo" in e for e in results.values()):
+        said = "no corridor case ran"
+    else:
+        said = "nothing ran (--engines ours)"
+    if alone:
+        said += (
             f" and {min(alone):.2f}-{max(alone):.2f}x alone on the road (its driver's own "
             "ceiling: no signal timing does better)"
-            if alone
-            else ""
         )
-        + "".join(
-            f"; {case} with every signal green all the way {x:.2f}x (no signal control does "
-            "better in that traffic)"
-            for case, x in ceiling.items()
-        )
-        + (
-            f"; the engines differ by up to {100 * max(gaps):.1f} % on a policy's mean trip"
-            if gaps
-            else "; one engine only: no comparison"
-        ),
-    ]
-    points = trade_off(results)
-    if points:
-        rows.append(f"verdict: {say_trade_off(points)}")
-    return "\n".join(rows)
+    return said + "".join(
+        f"; {case} with every signal green all the way {x:.2f}x (no signal control does "
+        "better in that traffic)"
+        for case, x in ceiling.items()
+    )
+
+
+def _say_gaps(gaps: list[float]) -> str:
+    if not gaps:
+        return "; one engine only: no comparison"
+    return f"; the engines differ by up to {100 * max(gaps):.1f} % on a policy's mean trip"
 
 
 if __name__ == "__main__":
