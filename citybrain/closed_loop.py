@@ -138,11 +138,15 @@ class Journey:
     band) each time the cloud published one, to hold against when it got there (corridor
     policy only)."""
 
+    lost: str | None = None
+    """What the engine did to it that no driver does (SUMO teleported or removed it), if
+    anything: its trip is then no real drive, and has no travel time."""
+
     @property
     def travel_time_s(self) -> float:
-        return (
-            float(self.trip.travel_time_s) if self.trip.travel_time_s is not None else float("nan")
-        )
+        if self.lost is not None or self.trip.travel_time_s is None:
+            return float("nan")
+        return float(self.trip.travel_time_s)
 
     def green_onset(self, intersection: str, until_s: float) -> float:
         """When its group's last green at ``intersection`` began, no later than ``until_s``
@@ -268,6 +272,7 @@ def _run(
             if controller.running is not None:
                 busy_until[node] = run.now
     estimates = _flush_estimates(driver.manager)
+    lost = {i.vehicle: i.describe() for i in reversed(run.incidents)}  # the first of each
     journeys: dict[str, Journey] = {}
     for trip, vehicle in zip(
         score(run, scenario=scenario.name, started_s=0.0).emergency, driver.vehicles, strict=True
@@ -295,6 +300,7 @@ def _run(
             vehicle.discharged,
             estimates.get(vehicle.name, {}),
             vehicle.forecasts,
+            lost.get(vehicle.name),
         )
     # vehicle-seconds all other traffic spent, up to the same end time under every policy
     others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)

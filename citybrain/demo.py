@@ -60,6 +60,12 @@ def compare(
                     f"{', '.join(late)} still driving when the run ended ({policy}, seed {seed}): "
                     "run longer after it leaves",
                 )
+            lost = [j.lost for j in outcome.journeys.values() if j.lost]
+            if lost:
+                # a trip the engine cut short or moved on is no drive to compare
+                raise ValidationError(
+                    "engine", f"{'; '.join(lost)} ({policy}, seed {seed}): no real trip to compare"
+                )
             outcomes[policy].append(outcome)
     first = outcomes[Policy.NO_PRIORITY][0]
     intersections = len({node for j in first.journeys.values() for node in j.stop_line_m})

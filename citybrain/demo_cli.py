@@ -96,16 +96,17 @@ def _stages(args: argparse.Namespace, live_wall_s: float) -> list[Stage]:
 def main(args: argparse.Namespace) -> int:
     from citybrain import demo, diagram, live
     from citybrain.closed_loop import Setup
+    from citybrain.simulator.cli import output_folder
 
     options = _checked(args)
+    output_folder(args.out)
     progress = None if args.json else Progress(_stages(args, live.wall_s(options)), _stderr)
     show: Callable[[str], None] = (lambda text: None) if args.json else _stdout
     if progress is not None:
         progress.plan("citybrain demo")
-    args.out.mkdir(parents=True, exist_ok=True)
     setup = _arterial_setup(args)
     arterial = _compare(progress, "arterial", setup, args)
-    data = demo.summary(arterial)
+    data = {"engine": args.engine.value, **demo.summary(arterial)}
     figure = diagram.time_space_diagram(_first(arterial), args.out / "time_space.png")
     show(f"\n{demo.render(data)}\n  time-space diagram (seed 1): {figure}")
     if args.grid:

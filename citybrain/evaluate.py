@@ -48,6 +48,10 @@ from citybrain.simulator.scenarios import (
 )
 
 _SHARE = re.compile(r"(?:(?P<file>.+)@)?(?P<percent>\d+(?:\.\d+)?)%")
+POLICY_NAMES = tuple(policy.value for policy in COMPARED)
+"""The policies every evaluation runs, as its JSON names them."""
+MAX_SHARE_PERCENT = 1000.0
+"""The most a route file's demand is scaled to (``--demand file@1000%``)."""
 DEFAULT_LEVEL = Level.MODERATE
 
 
@@ -72,6 +76,10 @@ class Ambulance:
     def __post_init__(self) -> None:
         check_id("ambulance.name", self.name)
         check_number("ambulance.depart_s", self.depart_s, ge=0.0, le=7 * 86400.0)
+        if self.origin == self.destination:
+            raise ValidationError(
+                "ambulance.destination", f"{self.name} starts where it ends: no trip to time"
+            )
 
 
 @dataclass(frozen=True)
@@ -186,8 +194,12 @@ def _demand(
         return (), 1.0, Level(demand)
     match = _SHARE.fullmatch(demand)
     if match is not None:
-        share = float(match["percent"]) / 100.0
-        check_number("demand share", share, gt=0.0, le=10.0)
+        percent = float(match["percent"])
+        if not 0.0 < percent <= MAX_SHARE_PERCENT:
+            raise ValidationError(
+                "demand", f"{demand!r}: a share is over 0% and at most {MAX_SHARE_PERCENT:g}%"
+            )
+        share = percent / 100.0
         files = (Path(match["file"]),) if match["file"] else own
         if not files:
             raise ValidationError(
@@ -294,10 +306,12 @@ def to_json(evaluation: Evaluation) -> dict[str, Any]:
                 },
                 "other_vehicle_seconds": round(outcome.other_vehicle_seconds, 1),
                 "corridor": {name: state.value for name, state in outcome.corridors.items()},
+                "lost": {name: j.lost for name, j in outcome.journeys.items() if j.lost},
             }
         per_seed.append(row)
     return {
         "network": evaluation.study.network,
+        "engine": evaluation.study.engine.value,
         "demand": evaluation.study.demand or "the scenario's own",
         "seeds": len(comparison.seeds),
         "intersections": comparison.intersections,
@@ -348,6 +362,13 @@ def render(data: dict[str, Any]) -> str:
     if unfinished:
         rows.append(f"  not arrived by the end of the run: {', '.join(unfinished)}")
     rows += [
+        f"  lost to the engine, no real drive, left out of the means: {name} ({policy}, seed "
+        f"{row['seed']}): {reason}"
+        for row in data["per_seed"]
+        for policy in POLICY_NAMES
+        for name, reason in row[policy].get("lost", {}).items()
+    ]
+    rows += [
         "",
         "  slower seeds: seeds on which the policy's trip took longer than without priority;",
         "  others +veh-s: extra vehicle-seconds all other traffic spent compared with no priority",
@@ -389,7 +410,7 @@ def _unfinished(data: dict[str, Any]) -> list[str]:
     return [
         f"{name} ({policy}, seed {row['seed']})"
         for row in data["per_seed"]
-        for policy in ("no_priority", "local_preemption", "corridor")
+        for policy in POLICY_NAMES
         for name, travel in row[policy]["travel_time_s"].items()
-        if travel is None
+        if travel is None and name not in row[policy].get("lost", {})
     ]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from citybrain.simulator.cities import ACCEPTED_SPECS
-from citybrain.simulator.cli import add_engine_option
+from citybrain.simulator.cli import add_engine_option, output_folder
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
         engine=args.engine,
         ceiling=args.ceiling,
     )
+    out = output_folder(args.out)
     logging.getLogger("citybrain").setLevel(logging.WARNING)
 
     def progress(text: str) -> None:
@@ -84,14 +85,13 @@ def main(args: argparse.Namespace) -> int:
 
     result = evaluate.evaluate(study, progress=progress)
     data = evaluate.to_json(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(data, args.out / "evaluate.json")
+    write_json(data, out / "evaluate.json")
     first = {policy: outcomes[0] for policy, outcomes in result.comparison.outcomes.items()}
     for ambulance in ambulances:
-        time_space_diagram(first, args.out / f"{ambulance.name}.png", vehicle=ambulance.name)
+        time_space_diagram(first, out / f"{ambulance.name}.png", vehicle=ambulance.name)
     if args.json:
         print(json_text(data))
     else:
         print(evaluate.render(data))
-        print(f"\n  JSON and time-space diagrams (seed 0) in {args.out}/")
+        print(f"\n  JSON and time-space diagrams (seed 0) in {out}/")
     return 0

@@ -4,16 +4,19 @@ networks into the cache."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+from citybrain.models.errors import ValidationError
 from citybrain.simulator import netfile, scoring
 from citybrain.simulator.cities import ACCEPTED_SPECS, RESCO_NETWORKS, RESCO_PREFIX, fetch_resco
 from citybrain.simulator.runner import Engine, SimulationRun
 from citybrain.simulator.scenarios import Level, Scenario, build, load_network
 from citybrain.simulator.sumo_run import open_run
 
+MAX_PORT = 65535
 NETWORK_HELP = (
     f"{ACCEPTED_SPECS} (SUMO networks are imported; resco:NAME is downloaded from PyPI on "
     "first use, see `sim fetch`)"
@@ -39,6 +42,29 @@ def _engine(text: str) -> Engine:
         raise argparse.ArgumentTypeError(
             f"invalid choice: {text!r} (choose from {', '.join(Engine)})"
         ) from None
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"a port is 0-{MAX_PORT}, got {port}")
+    return port
+
+
+def output_folder(path: Path) -> Path:
+    """``path``, made if missing, before any work whose results go there: a folder that
+    cannot be written is said at once, not after the runs."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValidationError("out", f"cannot make {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValidationError("out", f"cannot write to {path}")
+    return path
 
 
 def add_demand_option(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +112,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument("--seed", type=int, default=1)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=4710)
+    serve.add_argument("--port", type=port_number, default=4710)
     serve.add_argument(
         "--speed",
         type=float,
@@ -136,11 +162,12 @@ def main(args: argparse.Namespace) -> int:
         peak=args.peak,
         ambulance_at_s=args.ambulance_at,
     )
+    out = output_folder(args.out or Path("out") / scenario.name)
     with open_run(args.engine, scenario) as run:
-        return _run(args, scenario, run)
+        return _run(args, scenario, run, out)
 
 
-def _run(args: argparse.Namespace, scenario: Scenario, run: SimulationRun) -> int:
+def _run(args: argparse.Namespace, scenario: Scenario, run: SimulationRun, out: Path) -> int:
     from tqdm import tqdm  # the progress bar: imported when a simulation runs
 
     started = time.perf_counter()
@@ -154,7 +181,6 @@ def _run(args: argparse.Namespace, scenario: Scenario, run: SimulationRun) -> in
         run.advance(scenario.duration_s, on_step=show)
     wall = time.perf_counter() - started
     result = scoring.score(run, scenario=scenario.name, started_s=0.0)
-    out = args.out or Path("out") / scenario.name
     paths = scoring.write(result, run, out)
     print("\n".join(result.lines()))
     print(f"  {scenario.duration_s / wall:.0f}x real time; wrote " + ", ".join(map(str, paths)))

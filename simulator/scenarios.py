@@ -94,6 +94,8 @@ def load_network_and_sumo(spec: str) -> tuple[RoadNetwork, sumo.SumoNet | None]:
         raise ValidationError(
             "network", f"{spec!r} is neither a known spec nor a file; expected {ACCEPTED_SPECS}"
         )
+    if path.name.endswith((".xml", ".xml.gz", ".sumocfg")):  # not XML: `resolve_scenario`
+        raise ValidationError("network", f"{spec}: empty or not XML; expected {ACCEPTED_SPECS}")
     try:
         return netfile.load(path), None
     except ValidationError as error:

@@ -81,6 +81,10 @@ figures are cumulative."""
 STOP_BAR_SETBACK_M = 0.5
 """A stop-bar loop sits this far before the lane's end (SUMO wants it on the lane)."""
 INSTALL = "pip install 'citybrain[sumo]'"
+OLDEST_SUMO = (1, 20)
+"""The oldest SUMO the closed loop is built for (``pyproject.toml``'s ``sumo`` extra)."""
+SEED_MAX = 2**31 - 1
+"""SUMO's ``--seed`` is a C int: a larger one fails its command line."""
 
 _COLOUR = {Indication.GREEN: "G", Indication.YELLOW: "y", Indication.RED: "r"}
 _active: SumoRun | None = None
@@ -94,13 +98,30 @@ def libsumo_module() -> ModuleType:
     except ImportError:
         raise SumoUnavailableError(f"libsumo is not installed: {INSTALL}") from None
     ours = str(libsumo.simulation.getVersion()[1]).split()[-1]
+    if _release(ours) < OLDEST_SUMO:
+        oldest = ".".join(map(str, OLDEST_SUMO))
+        raise SumoUnavailableError(f"libsumo {ours} is older than SUMO {oldest}: {INSTALL} -U")
     tools = _tools_version()
     if tools is not None and tools != ours:
         raise SumoUnavailableError(
-            f"libsumo {ours} and the SUMO tools {tools} differ: {INSTALL} "
-            f"(or pip install libsumo=={tools})"
+            f"libsumo {ours} and the SUMO tools {tools} differ: pip install "
+            f"libsumo=={tools} (or both at one version: pip install libsumo==X eclipse-sumo==X)"
         )
     return libsumo
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``1.28.0`` (or a nightly's ``v1_28_0+0456-abc``) as (1, 28, 0): what follows the
+    leading numbers is left out, and a version with none reads as (0,)."""
+    numbers = []
+    for part in version.removeprefix("v").replace("_", ".").split("."):
+        digits = part[: len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if len(digits) < len(part):
+            break
+    return tuple(numbers) or (0,)
 
 
 def _tools_version() -> str | None:
@@ -157,7 +178,10 @@ class SumoState:
             return found[1]
         if self.frozen:
             raise SumoError(f"the SUMO run is closed: {name} was not read before it closed")
-        value = read()
+        try:
+            value = read()
+        except (self._lib.TraCIException, self._lib.FatalTraCIError) as error:
+            raise SumoError(f"SUMO failed reading {name}: {error}") from None
         self._read[name] = (self.now, value)
         return value
 
@@ -353,7 +377,7 @@ class SumoRun(ControlledRun):
         it. ``work_dir``: keep SUMO's inputs and log there (default: a temporary folder)."""
         global _active
         super().__init__(net, trips, start_s=0.0, sample_every_s=sample_every_s)
-        check_count("seed", seed)
+        check_count("seed", seed, le=SEED_MAX)
         check_number("dt_s", dt_s, ge=0.1, le=2.0)
         check_number("time_to_teleport_s", time_to_teleport_s, gt=0.0)
         if sumo_net is not None and sumo_net.road is not net.road:
@@ -487,8 +511,13 @@ class SumoRun(ControlledRun):
     def __enter__(self) -> SumoRun:
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        # the error that ended the run is the one to see, not SUMO's failing to freeze after it
+        with contextlib.suppress(SumoError):
+            self.close()
 
     def _cleanup(self) -> None:
         global _active
@@ -534,7 +563,8 @@ class SumoRun(ControlledRun):
             sim.hop_enter[trips.route_start[v]] = began
             sim.in_network.add(v)
             hop_of[vid] = 0
-            lib.vehicle.subscribe(vid, self._tracking if vid in self.tracked else self._moving)
+            with self._errors("following a departed vehicle"):
+                lib.vehicle.subscribe(vid, self._tracking if vid in self.tracked else self._moving)
             if vid in self._caps:
                 self._apply_cap(vid)
         route_index, speed = self._moving

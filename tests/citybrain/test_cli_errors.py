@@ -8,6 +8,7 @@ import logging
 import socket
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,30 @@ def test_keep_running_without_the_live_system_is_refused(
     assert _one_line(capsys.readouterr().err) == (
         "citybrain: keep_running: --keep-running keeps the live system up: drop --no-live"
     )
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_refused_by_the_option(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["sim", "serve", "--network", "arterial:1", "--port", port])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --port: " in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["sim", "run", "--network", "arterial:1", "--duration", "60"],
+     ["demo", "--seeds", "1", "--no-grid", "--no-live"]],
+)  # fmt: skip
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_run(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main([*command, "--out", str(blocker / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == f"citybrain: out: cannot make {blocker / 'out'}: Not a directory"

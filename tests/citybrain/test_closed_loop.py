@@ -197,3 +197,38 @@ def test_the_progression_line_starts_at_the_first_green_after_departure(
     assert t0 >= 0.0
     assert shown[start + t0] == "green"
     assert shown.get(start + t0 - 1.0) != "green"
+
+
+@pytest.mark.sumo
+@pytest.mark.slow
+def test_the_demo_runs_on_sumo_with_the_same_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--engine sumo`` on the demo (arterial only, one seed: about 40 s): the JSON our
+    engine gives, every key of it, with the engine named."""
+    pytest.importorskip("libsumo")
+    figures = {}
+    for engine in ("ours", "sumo"):
+        out = tmp_path / engine
+        args = ["demo", "--seeds", "1", "--no-grid", "--no-live", "--json", "--out", str(out)]
+        assert main([*args, "--engine", engine]) == 0
+        figures[engine] = json.loads(capsys.readouterr().out)
+        assert json.loads((out / "demo.json").read_text()) == figures[engine]
+    ours, sumo = figures["ours"], figures["sumo"]
+    assert (ours["engine"], sumo["engine"]) == ("ours", "sumo")
+    assert _keys(ours) == _keys(sumo)
+    for policy in ("no_priority", "local_preemption", "corridor"):
+        # the engines' agreement, loosely: on one seed
+        trips = sumo["policies"][policy]["travel_time_s"], ours["policies"][policy]["travel_time_s"]
+        assert 0.8 < trips[0] / trips[1] < 1.25, policy
+    corridor, local = sumo["policies"]["corridor"], sumo["policies"]["local_preemption"]
+    assert corridor["travel_time_s"] < local["travel_time_s"]
+
+
+def _keys(value: object, path: str = "") -> set[str]:
+    """Every key path of a JSON object (lists by their first item)."""
+    if isinstance(value, dict):
+        return {p for k, v in value.items() for p in _keys(v, f"{path}/{k}")} | {path}
+    if isinstance(value, list) and value:
+        return _keys(value[0], f"{path}[]")
+    return {path}

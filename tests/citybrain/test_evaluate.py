@@ -77,6 +77,43 @@ def test_trips_that_did_not_end_are_null_in_the_json(
     assert json.loads((tmp_path / "evaluate.json").read_text()) == printed
 
 
+def test_a_trip_the_engine_teleported_is_said_and_left_out_of_the_means(
+    arterial_result: dict[str, Any],
+) -> None:
+    """SUMO teleported the ambulance (``Journey.lost``): no travel time, the reason in the
+    JSON and in the report, not taken for a trip that did not end."""
+    study = evaluate.Study(
+        network="arterial:3", ambulances=(AMBULANCE,), demand="heavy", seeds=2, after_s=600.0
+    )
+    evaluation = evaluate.evaluate(study)
+    outcome = evaluation.comparison.outcomes[Policy.CORRIDOR][0]
+    reason = "AMB-1 teleport on a01-a02 at 380 s: jammed over the time to teleport"
+    outcome.journeys["AMB-1"] = dataclasses.replace(outcome.journeys["AMB-1"], lost=reason)
+    data = json.loads(json_text(evaluate.to_json(evaluation)))
+    assert data["engine"] == "ours"
+    assert data["per_seed"][0]["corridor"]["lost"] == {"AMB-1": reason}
+    assert data["per_seed"][1]["corridor"]["lost"] == {}
+    assert data["per_seed"][0]["corridor"]["travel_time_s"] == {"AMB-1": None}
+    kept = arterial_result["policies"]["corridor"]["per_seed_travel_time_s"][1]
+    assert data["policies"]["corridor"]["travel_time_s"] == kept
+    text = evaluate.render(data)
+    assert f"left out of the means: AMB-1 (corridor, seed 0): {reason}" in text
+    assert "not arrived" not in text
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(
+        ["evaluate", "--network", "arterial:3", "--from", "west-a01", "--to", "a03-east",
+         "--seeds", "1", "--out", str(blocker / "out")]
+    )  # fmt: skip
+    assert code == 2
+    assert f"out: cannot make {blocker / 'out'}: Not a directory" in capsys.readouterr().err
+
+
 def test_the_ceiling_holds_every_signal_green_and_no_policy_beats_it() -> None:
     """``green_all_the_way``: every signal on the route green for the ambulance from dispatch,
     whatever it costs the cross streets: the ambulance never stops, losing only what the
@@ -128,8 +165,9 @@ def test_several_ambulances_from_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("origin", "depart_s", "message"),
-    [("nowhere", 300.0, "neither an edge"), ("west-a01", 10.0, "leave at least")],
-)
+    [("nowhere", 300.0, "neither an edge"), ("west-a01", 10.0, "leave at least"),
+     ("a03-east", 300.0, "AMB-1 starts where it ends")],
+)  # fmt: skip
 def test_a_bad_route_or_departure_is_refused(origin: str, depart_s: float, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ambulance = evaluate.Ambulance("AMB-1", origin, "a03-east", depart_s)
@@ -138,8 +176,9 @@ def test_a_bad_route_or_departure_is_refused(origin: str, depart_s: float, messa
 
 @pytest.mark.parametrize(
     ("demand", "message"),
-    [("50%", "a share of what"), ("nosuch.rou.xml", "not a route file"), ("0%", "demand share")],
-)
+    [("50%", "a share of what"), ("nosuch.rou.xml", "not a route file"),
+     ("0%", "'0%': a share is over 0% and at most 1000%"), ("5000%", "at most 1000%")],
+)  # fmt: skip
 def test_a_bad_demand_is_refused(demand: str, message: str) -> None:
     study = evaluate.Study(network="arterial:3", ambulances=(AMBULANCE,), demand=demand, seeds=1)
     with pytest.raises(ValidationError, match=message):
@@ -200,3 +239,21 @@ def test_a_sumo_network_with_its_route_file(tmp_path: Path) -> None:
     assert route[0] == "A0A1"
     assert route[-1] == "B2C2"
     assert data["per_seed"][0]["corridor"]["travel_time_s"]["AMB-1"] is not None
+
+
+@pytest.mark.sumo
+def test_the_cli_evaluates_on_sumo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("libsumo")
+    code = main(
+        ["evaluate", "--network", "arterial:3", "--from", "west-a01", "--to", "a03-east",
+         "--depart", "300", "--after", "600", "--demand", "moderate", "--seeds", "1",
+         "--engine", "sumo", "--json", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["engine"] == "sumo"
+    row = data["per_seed"][0]
+    assert row["corridor"]["corridor"] == {"AMB-1": "completed"}
+    assert all(row[p]["lost"] == {} for p in ("no_priority", "local_preemption", "corridor"))
+    free = data["ambulances"]["AMB-1"]["free_flow_s"]
+    assert free <= data["policies"]["corridor"]["travel_time_s"] < 1.3 * free

@@ -144,6 +144,10 @@ def test_load_network_names_what_it_accepts(tmp_path: Path) -> None:
         load_network("resco:foo")
     with pytest.raises(ValidationError, match=r"'city\.net\.xml' is neither a known spec nor"):
         load_network("city.net.xml")
+    empty = tmp_path / "empty.net.xml"
+    empty.write_text("")
+    with pytest.raises(ValidationError, match=r"empty\.net\.xml: empty or not XML; expected"):
+        load_network(str(empty))
     routes = tmp_path / "city.rou.xml"
     routes.write_text("<routes/>")
     text = tmp_path / "notes.txt"

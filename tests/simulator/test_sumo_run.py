@@ -194,6 +194,52 @@ def test_vehicles_sumo_teleports_or_removes_are_reported() -> None:
             assert np.isnan(run.sim.arrived[v])
 
 
+@pytest.mark.parametrize("remove_jammed", [False, True])
+def test_an_ambulance_sumo_teleports_or_removes_ends_its_corridor_failed(
+    monkeypatch: pytest.MonkeyPatch, remove_jammed: bool
+) -> None:
+    """The ambulance jammed on its route (its next links made a crawl) until SUMO teleports
+    it or takes it out: the corridor fails saying so, and the trip is no travel time."""
+    from citybrain import closed_loop
+    from citybrain.cloud.corridor import CorridorManager
+
+    reasons: list[str] = []
+    fail = CorridorManager.fail
+
+    def failing(manager: CorridorManager, corridor_id: str, now_s: float, *, reason: str) -> Any:
+        reasons.append(reason)
+        return fail(manager, corridor_id, now_s, reason=reason)
+
+    step = SumoRun._step
+
+    def jam_the_ambulance(run: SumoRun) -> None:
+        step(run)
+        if run.now == 360.0 and "AMB-1" in libsumo.vehicle.getIDList():
+            route = libsumo.vehicle.getRoute("AMB-1")
+            hop = libsumo.vehicle.getRouteIndex("AMB-1")
+            for edge in route[hop : hop + 2]:
+                libsumo.edge.setMaxSpeed(edge, 0.05)
+
+    def jamming_run(engine: Engine, scenario: Any) -> SumoRun:
+        return SumoRun(
+            scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=scenario.seed,
+            time_to_teleport_s=20.0, remove_jammed=remove_jammed,
+        )  # fmt: skip
+
+    monkeypatch.setattr(CorridorManager, "fail", failing)
+    monkeypatch.setattr(SumoRun, "_step", jam_the_ambulance)
+    monkeypatch.setattr(closed_loop, "open_run", jamming_run)
+    outcome = run_policy(Policy.CORRIDOR, 1, SHORT, engine=Engine.SUMO)
+    kind = "removed" if remove_jammed else "teleport"
+    assert outcome.corridors == {"AMB-1": CorridorState.FAILED}
+    assert len(reasons) == 1
+    assert reasons[0].startswith(f"vehicle lost: AMB-1 {kind} on ")
+    journey = outcome.journeys["AMB-1"]
+    assert journey.lost is not None
+    assert journey.lost.startswith(f"AMB-1 {kind} on ")
+    assert np.isnan(journey.travel_time_s)
+
+
 def test_one_sumo_simulation_per_process() -> None:
     with _short_run() as run:
         with pytest.raises(sumo.SumoError, match="one simulation per process"):
@@ -244,8 +290,41 @@ def test_bad_input_is_refused_with_our_errors(
         SumoRun(scenario.net, scenario.trips)
     monkeypatch.setattr(importlib, "import_module", real)
     monkeypatch.setattr(sumo_run, "_tools_version", lambda: "1.0.0")
-    with pytest.raises(sumo.SumoUnavailableError, match="differ"):
+    with pytest.raises(sumo.SumoUnavailableError, match=r"differ: pip install libsumo==1\.0\.0"):
         SumoRun(scenario.net, scenario.trips)
+    # both older than the closed loop is built for: said, even where the two agree
+    monkeypatch.setattr(sumo_run, "_tools_version", lambda: "1.15.0")
+    monkeypatch.setattr(libsumo.simulation, "getVersion", lambda: (21, "SUMO 1.15.0"))
+    with pytest.raises(sumo.SumoUnavailableError, match=r"1\.15\.0 is older than SUMO 1\.20"):
+        SumoRun(scenario.net, scenario.trips)
+    monkeypatch.undo()
+    # a seed SUMO's command line cannot take is refused before SUMO starts
+    with pytest.raises(ValidationError, match="seed: must be <= 2147483647"):
+        SumoRun(scenario.net, scenario.trips, seed=2**31)
+
+
+@pytest.mark.parametrize(
+    ("version", "release"),
+    [("1.28.0", (1, 28, 0)), ("1.20", (1, 20)), ("v1_28_0+0456-1a2b", (1, 28, 0)),
+     ("1.21rc1", (1, 21)), ("1.9.2", (1, 9, 2)), ("git", (0,))],
+)  # fmt: skip
+def test_sumo_versions_compare_by_their_numbers(version: str, release: tuple[int, ...]) -> None:
+    assert sumo_run._release(version) == release
+
+
+def test_the_error_that_ended_a_run_is_not_hidden_by_closing_it() -> None:
+    """SUMO gone mid-run (here closed under the run's feet): the step's error is the one
+    raised, not a second one from reading SUMO's state as the run closes."""
+    with pytest.raises(sumo.SumoError, match="failed stepping"), _short_run() as run:
+        run.advance(5.0)
+        libsumo.close()
+        run.advance(1.0)
+    assert run.closed
+    with _short_run() as run:
+        run.advance(5.0)
+        libsumo.close()
+        with pytest.raises(sumo.SumoError, match="SUMO failed reading"):
+            run.close()
 
 
 def test_loop_counts_never_fall_when_sumo_forgets_a_vehicle_it_teleported() -> None:
