@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,12 @@ def _trip_figures(journeys: Sequence[Journey], free_flow: float) -> dict[str, An
     }
 
 
+def _corridor_states(outcomes: Sequence[Outcome], vehicle: str) -> dict[str, int]:
+    """How the vehicle's corridor ended, over the seeds (none without one)."""
+    ended = Counter(o.corridors[vehicle].value for o in outcomes if vehicle in o.corridors)
+    return dict(sorted(ended.items()))
+
+
 def _extra_delay(comparison: Comparison, policy: Policy) -> float:
     """Extra vehicle-seconds of all but the emergency vehicles compared with no priority."""
     if policy is Policy.NO_PRIORITY:
@@ -120,6 +127,7 @@ def summary(comparison: Comparison, *, vehicle: str = AMBULANCE) -> dict[str, An
                 per_stop.setdefault(line.intersection, []).append(line.delay_s)
         policies[policy.value] = {
             **_trip_figures(journeys, free_flow),
+            "corridor_states": _corridor_states(outcomes, vehicle),
             "other_vehicles_extra_delay_s": _extra_delay(comparison, policy),
             "recovery_s": round(_mean([j.recovered_s for j in journeys]), 1),
             "recovery_max_s": round(_mean([j.recovered_max_s for j in journeys]), 1),
@@ -188,6 +196,7 @@ def grid_summary(comparison: Comparison) -> dict[str, Any]:
             journeys = _journeys(outcomes, vehicle)
             figures[vehicle] = {
                 **_trip_figures(journeys, free_flow[vehicle]),
+                "corridor_states": _corridor_states(outcomes, vehicle),
                 "delay_at_crossing_s": round(_mean([j.delay_at(crossing) for j in journeys]), 2),
                 "stops_at_crossing": round(
                     _mean([float(j.stops_at[crossing]) for j in journeys]), 2
@@ -237,6 +246,7 @@ def render(data: dict[str, Any]) -> str:
             f"  {name:18} {p['travel_time_s']:9.1f} {p['ratio_to_free_flow']:7.2f} "
             f"{p['stops']:6.1f} {p['other_vehicles_extra_delay_s']:14.0f} {p['recovery_s']:11.1f}"
         )
+    rows += _unfinished_corridors(data["policies"])
     rows += [
         "",
         report.arterial_verdict(data),
@@ -246,6 +256,19 @@ def render(data: dict[str, Any]) -> str:
         *report.impact_lines(data["impact"]),
     ]
     return "\n".join(rows)
+
+
+def _unfinished_corridors(policies: dict[str, Any], vehicle: str = "") -> list[str]:
+    """A line where a corridor ended otherwise than completed on some seed: its table's
+    figures hold trips that had no corridor all the way (a JSON written before these were
+    kept has none to say)."""
+    corridor = policies["corridor"]
+    states = (corridor[vehicle] if vehicle else corridor).get("corridor_states", {})
+    other = {state: n for state, n in states.items() if state != "completed"}
+    if not other:
+        return []
+    said = ", ".join(f"{state} on {report.plural(n, 'seed')}" for state, n in other.items())
+    return [f"  {vehicle or 'the'} corridor did not complete: {said}"]
 
 
 def render_grid(data: dict[str, Any]) -> str:
@@ -280,6 +303,8 @@ def render_grid(data: dict[str, Any]) -> str:
             f"{crossing}: {clear:.0f} % of seeds | plans {p['plans_sent']:.0f} sent, "
             f"{p['plans_refused']:.0f} refused"
         )
+    for vehicle in vehicles:
+        rows += _unfinished_corridors(data["policies"], vehicle)
     rows += [
         "",
         report.grid_verdict(data),

@@ -148,6 +148,17 @@ def test_the_json_object_has_the_documented_shape(
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_corridor_that_did_not_complete_is_said_under_the_table(
+    comparison: demo.Comparison,
+) -> None:
+    data = demo.summary(comparison)
+    assert data["policies"]["corridor"]["corridor_states"] == {"completed": 2}
+    assert data["policies"]["local_preemption"]["corridor_states"] == {}
+    assert "did not complete" not in demo.render(data)
+    data["policies"]["corridor"]["corridor_states"] = {"cancelled": 1, "completed": 1}
+    assert "  the corridor did not complete: cancelled on 1 seed" in demo.render(data)
+
+
 def test_same_seed_same_result() -> None:
     first = run_policy(Policy.CORRIDOR, 5, SMALL)
     again = run_policy(Policy.CORRIDOR, 5, SMALL)

@@ -147,6 +147,12 @@ def test_the_grid_json_member_has_the_documented_shape(
     demo.write_json(data, tmp_path / "g.json")
     assert json.loads((tmp_path / "g.json").read_text()) == data
     assert "g2_3" in demo.render_grid(data)
+    assert "did not complete" not in demo.render_grid(data)
+    for vehicle in VEHICLES:
+        assert data["policies"]["corridor"][vehicle]["corridor_states"] == {"completed": 2}
+        assert data["policies"]["no_priority"][vehicle]["corridor_states"] == {}
+    data["policies"]["corridor"]["AMB-2"]["corridor_states"] = {"completed": 1, "failed": 1}
+    assert "  AMB-2 corridor did not complete: failed on 1 seed" in demo.render_grid(data)
     first = {policy: outcomes[0] for policy, outcomes in comparison.outcomes.items()}
     picture = diagram.time_space_diagram(first, tmp_path / "ts.png", vehicle="AMB-2")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
