@@ -8,6 +8,7 @@ imperfection, under our controllers) side by side, on the same seeds' traffic.
         [--engines ours sumo] [--policies ...] [--out out/bench]
     .venv/bin/python benchmarks/sumo_closed_loop.py --bounds-from out/bench/sumo_closed_loop.json
         [--start-up 2.5]
+    .venv/bin/python benchmarks/sumo_closed_loop.py --report-from out/bench/sumo_closed_loop.json
 
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
 over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
@@ -840,9 +841,19 @@ def main() -> int:
         "crossing bound with ETA bands of 0-3 s at --start-up",
     )
     parser.add_argument("--start-up", type=float, default=DEFAULT_LOST_TIME_S)
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        help="run nothing: the report (and the trade-off's plot, into --out) again from a JSON "
+        "this benchmark wrote",
+    )
     args = parser.parse_args()
     if args.bounds_from is not None:
         print(banded_bounds(json.loads(args.bounds_from.read_text()), args.start_up))
+        return 0
+    if args.report_from is not None:
+        saved = json.loads(args.report_from.read_text(), object_hook=_nan_where_null)
+        _report(saved["cases"], saved["seeds"], args.out)
         return 0
     seeds = list(range(1, args.seeds + 1))
     tasks: list[tuple[str, str, list[int], list[str]]] = []
@@ -866,15 +877,39 @@ def main() -> int:
             if engine in results.get(case, {}):
                 corridor = results[case][engine]["policies"]["corridor"]
                 corridor["crossing_cost"] = crossing_cost(corridor, solo["policies"]["corridor"])
-    print(render(results, args.seeds))
-    args.out.mkdir(parents=True, exist_ok=True)
-    plotted = plot_trade_off(results, args.out / "crossing_trade_off.png")
-    if plotted is not None:
-        print(f"{TRADE_OFF}: {plotted}")
+    _report(results, args.seeds, args.out)
     (args.out / "sumo_closed_loop.json").write_text(
         json_text({"seeds": args.seeds, "cases": results})
     )
     return 0
+
+
+def _report(results: dict[str, dict[str, Any]], seeds: int, out: Path) -> None:
+    print(render(results, seeds))
+    out.mkdir(parents=True, exist_ok=True)
+    plotted = plot_trade_off(results, out / "crossing_trade_off.png")
+    if plotted is not None:
+        print(f"{TRADE_OFF}: {plotted}")
+
+
+NO_FIGURE = (
+    "others_extra_veh_s",
+    "others_extra_se_veh_s",
+    "others_extra_jammed",
+    "others_extra_rest",
+)
+"""The JSON's keys whose null means no figure; every other null was a number not finite
+(``json_text`` writes nan as null)."""
+
+
+def _nan_where_null(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved JSON object as ``summarize`` made it: nan where the JSON has null."""
+    return {
+        key: [math.nan if v is None else v for v in value] if isinstance(value, list)
+        else math.nan if value is None and key not in NO_FIGURE
+        else value
+        for key, value in row.items()
+    }  # fmt: skip
 
 
 TARGET_LOSS_S = 10.0
