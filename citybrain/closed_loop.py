@@ -258,12 +258,39 @@ def run_policy(
 def _run(
     policy: Policy, seed: int, setup: Setup, scenario: Scenario, run: SimulationRun
 ) -> Outcome:
-    end = setup.warmup_s + setup.after_s
     run.advance(setup.warmup_s - setup.dispatch_lead_s - FLOW_WINDOW_S - 1.0)
     driver = _Driver(policy, scenario, run, setup)
+    busy_until, queued = _drive(driver, run, until_s=setup.warmup_s + setup.after_s)
+    # vehicle-seconds all other traffic spent, up to the same end time under every policy
+    others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
+    until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
+    seconds = float(np.sum((until - scenario.trips.depart)[others]))
+    crossings, crossing_queues = _crossing_queues(driver, run)
+    corridors, impacts = _corridor_ends(driver.manager)
+    return Outcome(
+        policy,
+        seed,
+        _journeys(driver, run, scenario, busy_until),
+        seconds,
+        driver.sent,
+        driver.refused,
+        crossings,
+        corridors,
+        queued,
+        impacts,
+        tuple(run.incidents),
+        crossing_queues,
+    )
+
+
+def _drive(
+    driver: _Driver, run: SimulationRun, *, until_s: float
+) -> tuple[dict[str, float], np.ndarray]:
+    """The closed loop, a second at a time: (per intersection, when its controller last ran
+    a plan of the policy's; per link, the vehicle-seconds queued on it)."""
     busy_until: dict[str, float] = {}
-    queued = np.zeros(len(scenario.net.link_ids))
-    while run.now < end:
+    queued = np.zeros(len(run.net.link_ids))
+    while run.now < until_s:
         driver.step()
         run.advance(1.0)
         queued += run.sim.link_queued
@@ -271,6 +298,12 @@ def _run(
         for node, controller in run.controllers.items():
             if controller.running is not None:
                 busy_until[node] = run.now
+    return busy_until, queued
+
+
+def _journeys(
+    driver: _Driver, run: SimulationRun, scenario: Scenario, busy_until: dict[str, float]
+) -> dict[str, Journey]:
     estimates = _flush_estimates(driver.manager)
     lost = {i.vehicle: i.describe() for i in reversed(run.incidents)}  # the first of each
     journeys: dict[str, Journey] = {}
@@ -302,13 +335,16 @@ def _run(
             vehicle.forecasts,
             lost.get(vehicle.name),
         )
-    # vehicle-seconds all other traffic spent, up to the same end time under every policy
-    others = ~scenario.trips.emergency & (scenario.trips.depart < run.now)
-    until = np.where(np.isnan(run.sim.arrived), run.now, np.minimum(run.sim.arrived, run.now))
-    seconds = float(np.sum((until - scenario.trips.depart)[others]))
+    return journeys
+
+
+def _crossing_queues(
+    driver: _Driver, run: SimulationRun
+) -> tuple[tuple[str, ...], dict[str, dict[str, QueueArrivals]]]:
+    """The intersections on more than one ambulance's route, and each one's queue there."""
     routes = Counter(node for vehicle in driver.vehicles for node in vehicle.stop_line_m)
     crossings = tuple(sorted(node for node, count in routes.items() if count > 1))
-    crossing_queues = {
+    queues = {
         node: {
             vehicle.name: queue_arrivals(run.net, run.trips, run.sim.hop_enter, vehicle.index, node)
             for vehicle in driver.vehicles
@@ -316,28 +352,22 @@ def _run(
         }
         for node in crossings
     }
+    return crossings, queues
+
+
+def _corridor_ends(
+    manager: CorridorManager | None,
+) -> tuple[dict[str, CorridorState], dict[str, CorridorImpact]]:
+    """Per ambulance, how its corridor ended and the impact the cloud estimated for it."""
     corridors: dict[str, CorridorState] = {}
     impacts: dict[str, CorridorImpact] = {}
-    if driver.manager is not None:
-        for corridor in driver.manager.corridors.values():
+    if manager is not None:
+        for corridor in manager.corridors.values():
             corridors[corridor.vehicle] = corridor.state
-            impact = driver.manager.impact.report(corridor.corridor_id)
+            impact = manager.impact.report(corridor.corridor_id)
             if impact is not None:
                 impacts[corridor.vehicle] = impact
-    return Outcome(
-        policy,
-        seed,
-        journeys,
-        seconds,
-        driver.sent,
-        driver.refused,
-        crossings,
-        corridors,
-        queued,
-        impacts,
-        tuple(run.incidents),
-        crossing_queues,
-    )
+    return corridors, impacts
 
 
 def _flush_estimates(manager: CorridorManager | None) -> dict[str, dict[str, float]]:
