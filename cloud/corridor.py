@@ -414,45 +414,13 @@ class CorridorManager:
             raise ValidationError(
                 "vehicle", f"{request.vehicle} already has corridor {existing.corridor_id}"
             )
-        offset = 0.0
-        if request.route:
-            links = self._links_of_route(request.route)
-            origins, destinations = [links[0]], [links[-1]]
-        else:
-            if request.origin is not None:
-                origins = self._endpoints(request.origin, outgoing=True)
-            elif start is not None:
-                origins, offset = self._endpoints(start[0], outgoing=True), start[1]
-            else:
-                raise ValidationError("origin", "give an origin or the vehicle's position")
-            if request.destination is None:
-                raise ValidationError("destination", "give a destination or a route")
-            destinations = self._endpoints(request.destination, outgoing=False)
+        origins, destinations, offset = self._ends_of(request, start)
         depart = now_s if request.depart_at is None else request.depart_at
         if not now_s - 1.0 <= depart <= now_s + self.settings.horizon_s:
             raise ValidationError(
                 "depart_at", f"must lie between now and the {self.settings.horizon_s:.0f} s horizon"
             )
-        ready = self._ready_estimate(now_s)
-        best: Route | None = None
-        for origin, destination in itertools.product(origins, destinations):
-            try:
-                candidate = self.router.route(
-                    self.graph.link_ids[origin],
-                    offset,
-                    self.graph.link_ids[destination],
-                    depart,
-                    ready,
-                )
-            except UnreachableError:
-                continue
-            if best is None or candidate.arrival_s < best.arrival_s:
-                best = candidate
-        if best is None:
-            place = request.origin or f"{request.vehicle}'s position"
-            raise UnreachableError(
-                "destination", f"no route from {place!r} to {request.destination!r}"
-            )
+        best = self._fastest(request, origins, destinations, offset, depart, now_s)
         corridor_id = request.corridor_id or compose_id(
             f"C{self._id_epoch}{next(self._ids)}", request.vehicle
         )
@@ -488,6 +456,56 @@ class CorridorManager:
             self._end(victim, CorridorState.CANCELLED, now_s, PREEMPTED)
         statuses = [PublishStatus(self._status(victim, now_s)) for victim in preempted]
         return [*self._replan(now_s), *statuses]
+
+    def _ends_of(
+        self, request: CorridorRequest, start: tuple[str, float] | None
+    ) -> tuple[list[int], list[int], float]:
+        """(the links it may start on, those it may end on, its offset on the first)."""
+        if request.route:
+            links = self._links_of_route(request.route)
+            return [links[0]], [links[-1]], 0.0
+        offset = 0.0
+        if request.origin is not None:
+            origins = self._endpoints(request.origin, outgoing=True)
+        elif start is not None:
+            origins, offset = self._endpoints(start[0], outgoing=True), start[1]
+        else:
+            raise ValidationError("origin", "give an origin or the vehicle's position")
+        if request.destination is None:
+            raise ValidationError("destination", "give a destination or a route")
+        return origins, self._endpoints(request.destination, outgoing=False), offset
+
+    def _fastest(
+        self,
+        request: CorridorRequest,
+        origins: list[int],
+        destinations: list[int],
+        offset: float,
+        depart: float,
+        now_s: float,
+    ) -> Route:
+        """The route arriving soonest from any origin to any destination."""
+        ready = self._ready_estimate(now_s)
+        best: Route | None = None
+        for origin, destination in itertools.product(origins, destinations):
+            try:
+                candidate = self.router.route(
+                    self.graph.link_ids[origin],
+                    offset,
+                    self.graph.link_ids[destination],
+                    depart,
+                    ready,
+                )
+            except UnreachableError:
+                continue
+            if best is None or candidate.arrival_s < best.arrival_s:
+                best = candidate
+        if best is None:
+            place = request.origin or f"{request.vehicle}'s position"
+            raise UnreachableError(
+                "destination", f"no route from {place!r} to {request.destination!r}"
+            )
+        return best
 
     def _room_for(self, priority: int, lines: list[StopLine]) -> list[Corridor]:
         """The live corridors a request of ``priority`` with these stop lines pre-empts to
