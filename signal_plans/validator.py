@@ -30,6 +30,11 @@ EPS_S = 1e-6
 """Float tolerance on durations; far below any controller's 0.1 s resolution."""
 
 
+YELLOW_OVERRUN_S = 1.0
+"""How much longer than its group's yellow a yellow may show (a step's timing to the tick):
+a yellow held on tells drivers neither to stop nor to go."""
+
+
 class RejectCode(enum.StrEnum):
     """Why a plan was refused; sent as ``reason_code`` in the ack."""
 
@@ -44,6 +49,7 @@ class RejectCode(enum.StrEnum):
     CONFLICTING_GREENS = "conflicting_greens"
     NO_YELLOW = "no_yellow"
     SHORT_YELLOW = "short_yellow"
+    LONG_YELLOW = "long_yellow"
     YELLOW_TO_GREEN = "yellow_to_green"
     RED_TO_YELLOW = "red_to_yellow"
     RED_CLEARANCE_CUT = "red_clearance_cut"
@@ -176,6 +182,12 @@ def _check_change(
                 return Verdict.reject(
                     RejectCode.SHORT_YELLOW,
                     f"{where}: {group!r} yellow for {held:.2f} s, needs {timing.yellow_s} s",
+                )
+            if held > timing.yellow_s + YELLOW_OVERRUN_S + EPS_S:
+                return Verdict.reject(
+                    RejectCode.LONG_YELLOW,
+                    f"{where}: {group!r} yellow for {held:.2f} s, at most "
+                    f"{timing.yellow_s + YELLOW_OVERRUN_S:g} s",
                 )
         case Indication.YELLOW, Indication.GREEN:
             return Verdict.reject(

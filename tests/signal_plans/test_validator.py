@@ -12,6 +12,7 @@ from citybrain.signal_plans.priority import plan_message
 from citybrain.signal_plans.state import ControllerState, GroupState, SignalStep, normal_state_at
 from citybrain.signal_plans.transitions import Transition, plan_green_window, takeover_state
 from citybrain.signal_plans.validator import (
+    YELLOW_OVERRUN_S,
     RejectCode,
     SafetyLimits,
     check_plan,
@@ -61,6 +62,27 @@ def test_each_kind_of_tampering_is_caught_with_its_own_code(now: float, group: s
         skipped = list(steps)
         skipped[index] = SignalStep(steps[index].at_s, steps[index].green, frozenset())
         assert check_steps(start, skipped).code is RejectCode.NO_YELLOW
+
+
+@pytest.mark.parametrize("held_on_s", [0.9, 1.5, 200.0])
+def test_a_yellow_held_on_is_refused(held_on_s: float) -> None:
+    """A yellow that does not end tells drivers neither to stop nor to go: at most its
+    group's yellow and a tick more (the field bus once took 200 s of it)."""
+    start, move = _move()
+    steps = list(move.steps)
+    index = _first(move.steps, "yellow_ends")
+    assert index is not None
+    ended = steps[index]
+    steps[index] = SignalStep(ended.at_s + held_on_s, ended.green, ended.yellow)
+    for later in range(index + 1, len(steps)):
+        step = steps[later]
+        steps[later] = SignalStep(step.at_s + held_on_s, step.green, step.yellow)
+    verdict = check_steps(start, steps)
+    if held_on_s <= YELLOW_OVERRUN_S:
+        assert verdict.accepted, verdict
+    else:
+        assert verdict.code is RejectCode.LONG_YELLOW
+        assert "at most" in verdict.reason
 
 
 def test_conflicting_greens_are_refused() -> None:
