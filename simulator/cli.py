@@ -209,7 +209,11 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.stop()
-        print(f"stopped at t={run.now:.0f} s; {server.core.rejected} requests refused")
+        refused = server.core.rejected
+        said = ", ".join(f"{code} {n}" for code, n in sorted(refused.items())) or "none"
+        print(f"stopped at t={run.now:.0f} s; {refused.total()} requests refused ({said})")
+        if server.core.halted is not None:
+            print(f"the simulation failed at t={run.now:.0f} s: {server.core.halted}")
 
     with open_run(args.engine, scenario) as run:
         asyncio.run(serve())

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from dataclasses import dataclass
 
 import msgspec
 
 from citybrain.models.codec import message_error
-from citybrain.models.errors import ValidationError
+from citybrain.models.errors import CitybrainError, ValidationError
 from citybrain.models.fieldbus import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
@@ -40,6 +42,10 @@ from citybrain.simulator.runner import SimulationRun
 
 log = logging.getLogger(__name__)
 
+SIMULATION_FAILED = "simulation_failed"
+"""The error code once the simulation behind the cabinets has failed (SUMO's error): not a
+request's fault, and asking again does not help."""
+
 _encode = msgspec.json.Encoder().encode
 _decode_request = msgspec.json.Decoder(Request).decode
 
@@ -54,39 +60,74 @@ class FieldBusCore:
     def __init__(self, run: SimulationRun, *, paced: bool) -> None:
         self.run = run
         self.paced = paced
-        self.rejected = 0
-        self.failed = 0
+        self.rejected: Counter[str] = Counter()
+        """Requests refused, by error code (``internal`` and ``simulation_failed`` too)."""
+        self.halted: str | None = None
+        """Why the simulation can go no further, once it has failed: said to every request
+        that needs it, never retried."""
         self._configs: dict[str, msgspec.Raw] = {}
         self._approaches: _ApproachIndex | None = None
 
-    def handle(self, line: bytes) -> Response:
+    def handle(self, line: bytes) -> Response | AdvanceBy:
+        """The response to one request line, or for an ``advance`` what the server steps
+        (``advanced`` then gives its response)."""
         try:
             request = _decode_request(line)
         except msgspec.ValidationError as error:
-            self.rejected += 1
             failure = message_error(error)
-            return Response(
-                id=_guess_id(line), ok=False, error=Failure("bad_request", str(failure))
-            )
+            return self.refuse(_guess_id(line), "bad_request", str(failure))
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
-            self.rejected += 1
-            return Response(
-                id=_guess_id(line), ok=False, error=Failure("bad_request", f"not JSON: {error}")
-            )
+            return self.refuse(_guess_id(line), "bad_request", f"not JSON: {error}")
         try:
+            if request.op is Op.ADVANCE:
+                return self._advance_by(request)
             return Response(id=request.id, ok=True, result=self._answer(request))
-        except FieldBusError as error:
-            self.rejected += 1
-            return Response(id=request.id, ok=False, error=Failure(error.code, error.message))
-        except ValidationError as error:
-            self.rejected += 1
-            return Response(id=request.id, ok=False, error=Failure("invalid", str(error)))
-        except Exception:  # a bug here must not take the cabinet (or the connection) down
-            self.failed += 1
-            log.exception("field bus: request %s failed", request.id)
-            return Response(
-                id=request.id, ok=False, error=Failure("internal", "the cabinet failed to answer")
-            )
+        except Exception as error:  # a bug here must not take the cabinet down
+            return self._failure(request.id, error)
+
+    def advanced(self, advance: AdvanceBy, error: Exception | None) -> Response:
+        """The response to an ``advance`` the server stepped, ``error`` if a step failed."""
+        if error is not None:
+            return self._failure(advance.request_id, error)
+        return Response(
+            id=advance.request_id, ok=True, result=msgspec.Raw(_encode(Clock(time=self.run.now)))
+        )
+
+    def refuse(self, request_id: int, code: str, message: str) -> Response:
+        """An error response, counted by its code; the first of each code and every
+        hundredth after it are logged (a client repeating a mistake does not flood the log)."""
+        self.rejected[code] += 1
+        count = self.rejected[code]
+        if count == 1 or count % 100 == 0:
+            log.warning("field bus: refused (%s, %d so far): %s", code, count, message)
+        return Response(id=request_id, ok=False, error=Failure(code, message))
+
+    def _failure(self, request_id: int, error: Exception) -> Response:
+        if isinstance(error, FieldBusError):
+            return self.refuse(request_id, error.code, error.message)
+        if isinstance(error, ValidationError):
+            return self.refuse(request_id, "invalid", str(error))
+        if isinstance(error, CitybrainError):  # the simulation itself failed (SUMO's error)
+            return self.refuse(request_id, SIMULATION_FAILED, self.halt(error))
+        log.error("field bus: request %s failed", request_id, exc_info=error)
+        return self.refuse(request_id, "internal", "the cabinet failed to answer")
+
+    def halt(self, error: Exception) -> str:
+        """The simulation failed (said once): it goes no further."""
+        if self.halted is None:
+            self.halted = str(error) or type(error).__name__
+            log.error("field bus: the simulation failed and stops here: %s", self.halted)
+        return self.halted
+
+    def _advance_by(self, request: Request) -> AdvanceBy:
+        if self.paced:
+            raise FieldBusError("paced_clock", "the clock runs by itself in paced mode")
+        seconds = request.seconds
+        if seconds is None or not 0.0 < seconds <= 3600.0:
+            raise FieldBusError("invalid", "advance needs 0 < seconds <= 3600")
+        if self.halted is not None:
+            raise FieldBusError(SIMULATION_FAILED, self.halted)
+        return AdvanceBy(request.id, seconds)
 
     def _answer(self, request: Request) -> msgspec.Raw:
         run = self.run
@@ -99,14 +140,6 @@ class FieldBusCore:
                 names=sorted(run.controllers),
             )
             return msgspec.Raw(_encode(hello))
-        if request.op is Op.ADVANCE:
-            if self.paced:
-                raise FieldBusError("paced_clock", "the clock runs by itself in paced mode")
-            seconds = request.seconds
-            if seconds is None or not 0.0 < seconds <= 3600.0:
-                raise FieldBusError("invalid", "advance needs 0 < seconds <= 3600")
-            run.advance(seconds)
-            return msgspec.Raw(_encode(Clock(time=run.now)))
         node = request.intersection
         if node is None or node not in run.controllers:
             raise FieldBusError("unknown_intersection", f"no cabinet at {node!r}")
@@ -209,6 +242,16 @@ class _ApproachIndex:
         return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class AdvanceBy:
+    """An ``advance`` to carry out: step the run by ``seconds``, a step at a time, other
+    clients served between the steps (a SUMO step of a city takes milliseconds, an hour of
+    them a minute)."""
+
+    request_id: int
+    seconds: float
+
+
 def _guess_id(line: bytes) -> int:
     """The request id, when a malformed request still carries a readable one (else -1)."""
     try:
@@ -243,6 +286,7 @@ class FieldBusServer:
         self._server: asyncio.Server | None = None
         self._clock: asyncio.Task[None] | None = None
         self._sessions: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._advancing = asyncio.Lock()
         self.connections = 0
 
     async def start(self) -> int:
@@ -272,13 +316,35 @@ class FieldBusServer:
         await asyncio.gather(*self._sessions, return_exceptions=True)
 
     async def _tick(self, speed: float) -> None:
+        """The paced clock; a simulation that fails stops it, said once and to every
+        request that needs the simulation after (``FieldBusCore.halted``)."""
         run = self.core.run
         step = run.sim.dt
         origin_wall, origin_sim = time.monotonic(), run.now
-        while True:
+        while self.core.halted is None:
             due = origin_wall + (run.now + step - origin_sim) / speed
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            run.advance(step)
+            try:
+                run.advance(step)
+            except Exception as error:  # said; the cabinets stay up, the clock stops
+                self.core.halt(error)
+
+    async def _advance(self, advance: AdvanceBy) -> Response:
+        """Step the run by ``advance.seconds``, yielding between steps so that every other
+        client is answered meanwhile; one advance at a time, each from where the last
+        ended, as when they ran whole."""
+        run = self.core.run
+        async with self._advancing:
+            until = run.now + advance.seconds
+            try:
+                while run.now < until - 1e-9 and self.core.halted is None:
+                    run.advance(min(run.sim.dt, until - run.now))
+                    await asyncio.sleep(0)
+            except Exception as error:  # answered; the cabinets stay up
+                return self.core.advanced(advance, error)
+        if self.core.halted is not None:
+            return self.core.refuse(advance.request_id, SIMULATION_FAILED, self.core.halted)
+        return self.core.advanced(advance, None)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -291,20 +357,18 @@ class FieldBusServer:
                 try:
                     line = await reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError:
-                    self.core.rejected += 1
-                    response = Response(
-                        id=-1,
-                        ok=False,
-                        error=Failure("too_large", f"request over {MAX_LINE_BYTES} bytes"),
-                    )
+                    message = f"request over {MAX_LINE_BYTES} bytes from {peer}: link closed"
+                    response = self.core.refuse(-1, "too_large", message)
                     writer.write(_encode(response) + b"\n")
                     await writer.drain()
-                    log.warning("field bus: oversize request from %s, closing", peer)
                     return
                 except asyncio.IncompleteReadError:
                     return
                 if line.strip():
-                    writer.write(_encode(self.core.handle(line)) + b"\n")
+                    answer = self.core.handle(line)
+                    if isinstance(answer, AdvanceBy):
+                        answer = await self._advance(answer)
+                    writer.write(_encode(answer) + b"\n")
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             return

@@ -99,7 +99,12 @@ def test_unsafe_plans_and_bad_requests_are_refused_and_the_server_keeps_serving(
             assert answers[1]["id"] == 7
             oversize = await _raw(port, b"x" * (MAX_LINE_BYTES + 10) + b"\n")
             assert oversize[0]["error"]["code"] == "too_large"  # type: ignore[index]
-            assert server.core.rejected >= 4
+            assert server.core.rejected == {
+                "unknown_intersection": 1,
+                "bad_request": 2,
+                "invalid": 1,
+                "too_large": 1,
+            }
             async with FieldBusClient(host="127.0.0.1", port=port) as client:
                 assert (await client.hello()).protocol == 1
         finally:
@@ -214,5 +219,100 @@ def test_release_brings_a_cabinet_back_to_its_normal_plan() -> None:
                 assert shown.groups == normal
         finally:
             await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_other_clients_are_answered_while_an_advance_steps_and_advances_add_up() -> None:
+    """A long advance (SUMO's hour of a city takes a minute) no longer holds every other
+    client: they are answered between its steps. Two advances at once run one after the
+    other, as when each ran whole."""
+
+    async def scenario() -> None:
+        run = _run()
+        server = FieldBusServer(run)
+        port = await server.start()
+        try:
+            async with (
+                FieldBusClient(host="127.0.0.1", port=port) as driver,
+                FieldBusClient(host="127.0.0.1", port=port) as other,
+                FieldBusClient(host="127.0.0.1", port=port) as reader,
+            ):
+                hour = asyncio.create_task(driver.advance(3600.0))
+                more = asyncio.create_task(other.advance(100.0))
+                await asyncio.sleep(0.01)
+                shown = await reader.signals("a01")
+                assert 0.0 < shown.time < 3600.0  # answered mid-advance
+                assert not hour.done()
+                assert sorted(await asyncio.gather(hour, more)) == [3600.0, 3700.0]
+                assert run.now == 3700.0
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+class _BrokenEngineError(Exception):
+    pass
+
+
+def test_a_simulation_that_fails_is_said_and_not_retried_and_the_cabinets_stay_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine fails (SUMO's error, a ``CitybrainError``): the advance says why, with a
+    code a client does not retry; every later advance says the same, reads still work."""
+    from citybrain.simulator.sumo import SumoError
+
+    async def scenario() -> None:
+        run = _run()
+        advance = run.advance
+
+        def failing(seconds: float, **options: Any) -> None:
+            if run.now >= 120.0:
+                raise SumoError("SUMO failed stepping: Vehicle 'AMB-1' has no valid route")
+            advance(seconds, **options)
+
+        monkeypatch.setattr(run, "advance", failing)
+        server = FieldBusServer(run)
+        port = await server.start()
+        try:
+            async with FieldBusClient(host="127.0.0.1", port=port) as client:
+                for _ in range(2):
+                    with pytest.raises(FieldBusError) as error:
+                        await client.advance(600.0)
+                    assert error.value.code == "simulation_failed"
+                    assert "has no valid route" in error.value.message
+                    assert not error.value.recoverable
+                assert run.now == 120.0
+                assert (await client.signals("a01")).time == 120.0
+        finally:
+            await server.stop()
+        assert server.core.rejected == {"simulation_failed": 2}
+
+    asyncio.run(scenario())
+
+
+def test_a_paced_clock_whose_simulation_fails_stops_and_the_server_stops_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario() -> None:
+        run = _run()
+        advance = run.advance
+
+        def failing(seconds: float, **options: Any) -> None:
+            if run.now >= 3.0:
+                raise _BrokenEngineError("the engine broke")
+            advance(seconds, **options)
+
+        monkeypatch.setattr(run, "advance", failing)
+        server = FieldBusServer(run, speed=1000.0)
+        await server.start()
+        for _ in range(100):
+            if server.core.halted is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert server.core.halted == "the engine broke"
+        assert run.now == 3.0
+        await server.stop()  # the clock's error is not raised again here
 
     asyncio.run(scenario())
