@@ -256,6 +256,18 @@ class _BrokenEngineError(Exception):
     pass
 
 
+def _failing_from(run: Run, at_s: float, error: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` advances until ``at_s``, then raises ``error`` at every advance."""
+    advance = run.advance
+
+    def failing(seconds: float, **options: Any) -> None:
+        if run.now >= at_s:
+            raise error
+        advance(seconds, **options)
+
+    monkeypatch.setattr(run, "advance", failing)
+
+
 def test_a_simulation_that_fails_is_said_and_not_retried_and_the_cabinets_stay_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -265,14 +277,8 @@ def test_a_simulation_that_fails_is_said_and_not_retried_and_the_cabinets_stay_u
 
     async def scenario() -> None:
         run = _run()
-        advance = run.advance
-
-        def failing(seconds: float, **options: Any) -> None:
-            if run.now >= 120.0:
-                raise SumoError("SUMO failed stepping: Vehicle 'AMB-1' has no valid route")
-            advance(seconds, **options)
-
-        monkeypatch.setattr(run, "advance", failing)
+        lost = SumoError("SUMO failed stepping: Vehicle 'AMB-1' has no valid route")
+        _failing_from(run, 120.0, lost, monkeypatch)
         server = FieldBusServer(run)
         port = await server.start()
         try:
@@ -297,14 +303,7 @@ def test_a_paced_clock_whose_simulation_fails_stops_and_the_server_stops_cleanly
 ) -> None:
     async def scenario() -> None:
         run = _run()
-        advance = run.advance
-
-        def failing(seconds: float, **options: Any) -> None:
-            if run.now >= 3.0:
-                raise _BrokenEngineError("the engine broke")
-            advance(seconds, **options)
-
-        monkeypatch.setattr(run, "advance", failing)
+        _failing_from(run, 3.0, _BrokenEngineError("the engine broke"), monkeypatch)
         server = FieldBusServer(run, speed=1000.0)
         await server.start()
         for _ in range(100):
