@@ -101,6 +101,11 @@ class ControllerModel:
                 schedule = plan_green_windows(self.plan, current, requests)
             except ValidationError as error:
                 return self._refuse(message, Verdict.reject(RejectCode.UNSUPPORTED, str(error)))
+            if not schedule.steps:
+                # the normal plan serves every window: run it (back onto it safely from a
+                # plan running here), never a display frozen at the takeover's
+                self._release(takeover, now_s)
+                return Outcome(AckStatus.ACCEPTED, verdict)
             steps = schedule.steps
             start = schedule.start
         else:

@@ -99,7 +99,7 @@ class SafetyLimits:
 def check_steps(state: ControllerState, steps: Sequence[SignalStep]) -> Verdict:
     """Check that running ``steps`` from ``state`` keeps every safety rule."""
     signals = state.signals
-    groups: dict[str, GroupState] = dict(state.groups)
+    groups = _yellows_from_takeover(state)
     previous_at = state.at_s
     for number, step in enumerate(steps):
         where = f"step {number} at {step.at_s:.3f}"
@@ -145,6 +145,18 @@ def check_steps(state: ControllerState, steps: Sequence[SignalStep]) -> Verdict:
             RejectCode.ENDS_IN_YELLOW, f"plan ends with {sorted(steps[-1].yellow)} still yellow"
         )
     return Verdict.accept()
+
+
+def _yellows_from_takeover(state: ControllerState) -> dict[str, GroupState]:
+    """The groups as the steps find them, a yellow that had already run its length before
+    the takeover counted as just done: a plan must end it at once (``YELLOW_OVERRUN_S``),
+    and is not refused for a yellow it found held on."""
+    groups = dict(state.groups)
+    for group, shown in groups.items():
+        if shown.indication is Indication.YELLOW:
+            done = state.at_s - state.signals.timings[group].yellow_s
+            groups[group] = GroupState(Indication.YELLOW, max(shown.since_s, done))
+    return groups
 
 
 def _check_change(

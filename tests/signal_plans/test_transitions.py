@@ -16,6 +16,7 @@ from citybrain.signal_plans.state import (
     SignalStep,
     advance,
     normal_events,
+    normal_periods,
     normal_state_at,
 )
 from citybrain.signal_plans.timing import GroupTiming, IntersectionSignals, Phase, TimingPlan
@@ -489,3 +490,40 @@ def test_a_controller_leaves_a_window_for_a_plan_with_such_groups() -> None:
 
 def _on_plan_now(plan: TimingPlan, state: ControllerState) -> bool:
     return return_to_normal(plan, state).steps == ()
+
+
+def test_a_window_the_normal_plan_serves_never_freezes_the_display_on_a_yellow() -> None:
+    """Accepted a moment before a yellow of the normal plan ends, a window that plan serves
+    anyway took over with no steps, and the controller held the display of its takeover:
+    the yellow stayed for the whole lease (SUMO showed 72 s of it). The normal plan runs on."""
+    plan = lead_lead_plan(nema_eight_group("X"), offset_s=7.0)
+    now = next(
+        t / 10
+        for t in range(10_000, 10_000 + int(10 * plan.cycle_s))
+        if any(
+            t / 10 - shown.since_s > plan.signals.timings[group].yellow_s - 0.5
+            for group, shown in normal_state_at(plan, t / 10).groups.items()
+            if shown.indication is Indication.YELLOW
+        )
+    )
+    served = next(
+        p for p in normal_periods(plan, now + 10.0, now + 3 * plan.cycle_s)
+        if p.green_start_s > now + 10.0 and p.green_end_s - p.green_start_s > 4.0
+    )  # fmt: skip
+    group = sorted(plan.phases[served.phase_index].groups)[0]
+    controller = ControllerModel(plan)
+    message = SignalPlan(
+        plan_id="p1", intersection="X", seq=1, issued_at=now, valid_from=now,
+        valid_until=now + 120.0,
+        windows=(
+            GreenWindow(
+                signal_group=group, open_at=served.green_start_s + 1.0,
+                close_at=served.green_end_s - 1.0,
+            ),
+        ),
+    )  # fmt: skip
+    assert controller.command(message, now).status is AckStatus.ACCEPTED
+    for later in range(1, 121):
+        at = now + later
+        controller.update(at)
+        assert controller.state_at(at).displays() == normal_state_at(plan, at).displays(), at

@@ -241,3 +241,20 @@ def test_windows_too_long_unknown_or_conflicting_are_refused() -> None:
 def test_unsafe_limits_are_refused(changes: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
         SafetyLimits(**changes)
+
+
+def test_a_plan_that_finds_a_yellow_held_on_must_end_it_at_once_and_may() -> None:
+    """The yellow was shown too long before the plan took over (not the plan's doing): the
+    plan that ends it within the overrun is accepted, one that holds it on is not."""
+    state = normal_state_at(PLAN, NOW)
+    greens = sorted(state.greens)
+    group = greens[0]
+    held = ControllerState(
+        state.signals,
+        NOW,
+        {**state.groups, group: GroupState(Indication.YELLOW, NOW - 60.0)},
+    )
+    rest = frozenset(greens[1:])
+    assert check_steps(held, [SignalStep(NOW + 0.5, rest)]).accepted
+    late = check_steps(held, [SignalStep(NOW + YELLOW_OVERRUN_S + 0.5, rest)])
+    assert late.code is RejectCode.LONG_YELLOW
