@@ -86,9 +86,12 @@ class FieldBusCore:
             return self._failure(request.id, error)
 
     def advanced(self, advance: AdvanceBy, error: Exception | None) -> Response:
-        """The response to an ``advance`` the server stepped, ``error`` if a step failed."""
+        """The response to an ``advance`` the server stepped, ``error`` if a step failed (or
+        the simulation failed meanwhile, reading it for another request)."""
         if error is not None:
             return self._failure(advance.request_id, error)
+        if self.halted is not None:
+            return self.refuse(advance.request_id, SIMULATION_FAILED, self.halted)
         return Response(
             id=advance.request_id, ok=True, result=msgspec.Raw(_encode(Clock(time=self.run.now)))
         )
@@ -342,8 +345,6 @@ class FieldBusServer:
                     await asyncio.sleep(0)
             except Exception as error:  # answered; the cabinets stay up
                 return self.core.advanced(advance, error)
-        if self.core.halted is not None:
-            return self.core.refuse(advance.request_id, SIMULATION_FAILED, self.core.halted)
         return self.core.advanced(advance, None)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
