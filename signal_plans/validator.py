@@ -29,6 +29,16 @@ from citybrain.signal_plans.timing import IntersectionSignals
 EPS_S = 1e-6
 """Float tolerance on durations; far below any controller's 0.1 s resolution."""
 
+_PLAIN_UP_TO_S = 1e9
+"""Times and durations up to this are said in plain digits in a refusal; beyond (a hostile
+plan's 1e300 s lease), in scientific notation, so the reason stays one readable line."""
+
+
+def _seconds(value: float, decimals: int = 1) -> str:
+    if abs(value) < _PLAIN_UP_TO_S:
+        return f"{value:.{decimals}f}"
+    return f"{value:.3e}"
+
 
 YELLOW_OVERRUN_S = 1.0
 """How much longer than its group's yellow a yellow may show (a step's timing to the tick):
@@ -242,23 +252,26 @@ def check_plan(
         )
     if plan.valid_until <= now:
         return Verdict.reject(
-            RejectCode.EXPIRED, f"expired at {plan.valid_until:.3f}, now {now:.3f}"
+            RejectCode.EXPIRED,
+            f"expired at {_seconds(plan.valid_until, 3)}, now {_seconds(now, 3)}",
         )
     if now - plan.issued_at > limits.max_plan_age_s:
         return Verdict.reject(
             RejectCode.STALE,
-            f"issued {now - plan.issued_at:.1f} s ago (limit {limits.max_plan_age_s} s)",
+            f"issued {_seconds(now - plan.issued_at)} s ago (limit {limits.max_plan_age_s} s)",
         )
     if plan.issued_at - now > limits.max_clock_skew_s:
         return Verdict.reject(
-            RejectCode.STALE, f"issued {plan.issued_at - now:.1f} s in the future: clocks disagree"
+            RejectCode.STALE,
+            f"issued {_seconds(plan.issued_at - now)} s in the future: clocks disagree",
         )
     if plan.kind is PlanKind.RELEASE:
         return Verdict.accept()
     lease = plan.valid_until - plan.valid_from
     if lease > limits.max_lease_s:
         return Verdict.reject(
-            RejectCode.LEASE_TOO_LONG, f"lease of {lease:.1f} s exceeds {limits.max_lease_s} s"
+            RejectCode.LEASE_TOO_LONG,
+            f"lease of {_seconds(lease)} s exceeds {limits.max_lease_s} s",
         )
     for index, window in enumerate(plan.windows):
         if window.signal_group not in signals.groups:
@@ -269,7 +282,7 @@ def check_plan(
         if length > limits.max_window_s:
             return Verdict.reject(
                 RejectCode.WINDOW_TOO_LONG,
-                f"windows[{index}]: {length:.1f} s exceeds {limits.max_window_s} s",
+                f"windows[{index}]: {_seconds(length)} s exceeds {limits.max_window_s} s",
             )
         for other in plan.windows[index + 1 :]:
             overlap = min(window.close_at, other.close_at) > max(window.open_at, other.open_at)

@@ -112,6 +112,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument("--seed", type=int, default=1)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="serve on an address beyond this machine's loopback (the field bus has no "
+        "authentication: whoever reaches the port can command the simulated cabinets)",
+    )
     serve.add_argument("--port", type=port_number, default=4710)
     serve.add_argument(
         "--speed",
@@ -197,7 +203,9 @@ def _serve(args: argparse.Namespace) -> int:
     speed = None if args.speed == 0 else args.speed
 
     async def serve() -> None:
-        server = FieldBusServer(run, host=args.host, port=args.port, speed=speed)
+        server = FieldBusServer(
+            run, host=args.host, port=args.port, speed=speed, allow_remote=args.allow_remote
+        )
         port = await server.start()
         clock = "as fast as clients advance it" if speed is None else f"{speed:g}x real time"
         print(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from citybrain.models.checks import check_count, check_number
 from citybrain.models.codec import message_error
 from citybrain.models.errors import CitybrainError, ValidationError
 from citybrain.models.fieldbus import (
@@ -37,11 +38,23 @@ from citybrain.models.fieldbus import (
     Response,
 )
 from citybrain.models.network import DetectorKind, Network
+from citybrain.models.settings import is_loopback
 from citybrain.signal_plans.config import IntersectionConfig, reading_from_state
 from citybrain.simulator.runner import SimulationRun
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 256
+"""Connections served at once; one more is answered ``too_many_connections`` and closed, so
+that a client opening sockets in a loop cannot take the server's file descriptors (an edge
+process shares one connection among all its agents)."""
+IDLE_TIMEOUT_S = 300.0
+"""A connection that sends no whole request, or reads no answer, for this long is closed: a
+half-sent line would otherwise hold its buffer for ever (edges poll every second)."""
+
+TOO_MANY_CONNECTIONS = "too_many_connections"
+IDLE = "idle"
+NOT_READING = "not_reading"
 SIMULATION_FAILED = "simulation_failed"
 """The error code once the simulation behind the cabinets has failed (SUMO's error): not a
 request's fault, and asking again does not help."""
@@ -97,13 +110,17 @@ class FieldBusCore:
         )
 
     def refuse(self, request_id: int, code: str, message: str) -> Response:
-        """An error response, counted by its code; the first of each code and every
-        hundredth after it are logged (a client repeating a mistake does not flood the log)."""
+        """An error response, counted (``count_refusal``)."""
+        self.count_refusal(code, message)
+        return Response(id=request_id, ok=False, error=Failure(code, message))
+
+    def count_refusal(self, code: str, message: str) -> None:
+        """Count what was refused by its code; the first of each code and every hundredth
+        after it are logged (a client repeating a mistake does not flood the log)."""
         self.rejected[code] += 1
         count = self.rejected[code]
         if count == 1 or count % 100 == 0:
             log.warning("field bus: refused (%s, %d so far): %s", code, count, message)
-        return Response(id=request_id, ok=False, error=Failure(code, message))
 
     def _failure(self, request_id: int, error: Exception) -> Response:
         if isinstance(error, FieldBusError):
@@ -281,11 +298,24 @@ class FieldBusServer:
         host: str = "127.0.0.1",
         port: int = 0,
         speed: float | None = None,
+        allow_remote: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         if speed is not None and not 0.0 < speed <= 10_000.0:
             raise ValidationError("speed", "paced speed must be in (0, 10000]")
+        if not allow_remote and not is_loopback(host):
+            raise ValidationError(
+                "host",
+                f"{host!r} is not this machine's loopback: the field bus has no authentication "
+                "(a cabinet's local wire), so anyone reaching it could command the cabinets; "
+                "allow_remote (sim serve --allow-remote) serves it beyond this machine",
+            )
+        check_count("max_connections", max_connections, ge=1, le=100_000)
+        check_number("idle_timeout_s", idle_timeout_s, gt=0.0, le=86_400.0)
         self.core = FieldBusCore(run, paced=speed is not None)
         self.host, self.port, self.speed = host, port, speed
+        self.max_connections, self.idle_timeout_s = max_connections, idle_timeout_s
         self._server: asyncio.Server | None = None
         self._clock: asyncio.Task[None] | None = None
         self._sessions: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -351,26 +381,24 @@ class FieldBusServer:
         self.connections += 1
         peer = writer.get_extra_info("peername")
         session = asyncio.current_task()
-        if session is not None:
+        full = len(self._sessions) >= self.max_connections
+        if session is not None and not full:
             self._sessions[session] = writer
         try:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError:
-                    message = f"request over {MAX_LINE_BYTES} bytes from {peer}: link closed"
-                    response = self.core.refuse(-1, "too_large", message)
-                    writer.write(_encode(response) + b"\n")
-                    await writer.drain()
-                    return
-                except asyncio.IncompleteReadError:
-                    return
+            if full:
+                message = f"{self.max_connections} connections open already: {peer} closed"
+                await self._send(writer, self.core.refuse(-1, TOO_MANY_CONNECTIONS, message))
+                return
+            while (line := await self._request(reader, writer, peer)) is not None:
                 if line.strip():
                     answer = self.core.handle(line)
                     if isinstance(answer, AdvanceBy):
                         answer = await self._advance(answer)
-                    writer.write(_encode(answer) + b"\n")
-                    await writer.drain()
+                    await self._send(writer, answer)
+        except TimeoutError:
+            message = f"{peer} read no answer in {self.idle_timeout_s:g} s: link closed"
+            self.core.count_refusal(NOT_READING, message)
+            writer.transport.abort()  # closing would wait for it to read what is buffered
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
@@ -379,3 +407,28 @@ class FieldBusServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def _request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
+    ) -> bytes | None:
+        """The next request line; None where the link is to close (the client hung up, sent
+        a line over the limit or nothing whole for ``idle_timeout_s``: the last two said)."""
+        try:
+            async with asyncio.timeout(self.idle_timeout_s):
+                return await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            return None
+        except asyncio.LimitOverrunError:
+            message = f"request over {MAX_LINE_BYTES} bytes from {peer}: link closed"
+            await self._send(writer, self.core.refuse(-1, "too_large", message))
+        except TimeoutError:
+            message = f"no whole request from {peer} in {self.idle_timeout_s:g} s: link closed"
+            await self._send(writer, self.core.refuse(-1, IDLE, message))
+        return None
+
+    async def _send(self, writer: asyncio.StreamWriter, response: Response) -> None:
+        """One response line; a client that reads none for ``idle_timeout_s`` (its socket's
+        buffers full) raises ``TimeoutError``, and is hung up on."""
+        writer.write(_encode(response) + b"\n")
+        async with asyncio.timeout(self.idle_timeout_s):
+            await writer.drain()

@@ -230,6 +230,26 @@ def test_windows_too_long_unknown_or_conflicting_are_refused() -> None:
     assert check_plan(release, state, now_s=NOW, last_order=(0, 1)).accepted
 
 
+@pytest.mark.security
+def test_absurd_times_are_refused_in_one_short_line() -> None:
+    """A hostile plan's 1e300 s lease, or one issued 1e299 s ago, is said in scientific
+    notation, not in 300 digits that would swamp the ack and the log."""
+    state = normal_state_at(PLAN, NOW)
+    window = GreenWindow(signal_group="2", open_at=NOW, close_at=NOW + 9.0)
+    for issued, now, code in (
+        (NOW, NOW, RejectCode.LEASE_TOO_LONG),
+        (0.0, 1e299, RejectCode.STALE),
+    ):
+        plan = SignalPlan(
+            plan_id="w", intersection="X", seq=1, issued_at=issued, valid_from=issued,
+            valid_until=1e300, windows=(window,),
+        )  # fmt: skip
+        verdict = check_plan(plan, state, now_s=now, last_order=None)
+        assert verdict.code is code
+        assert "e+" in verdict.reason
+        assert len(verdict.reason) < 80, verdict.reason
+
+
 @pytest.mark.parametrize(
     "changes",
     [

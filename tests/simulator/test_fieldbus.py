@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from citybrain.edge.drivers import FieldBusClient
+from citybrain.models.errors import ValidationError
 from citybrain.models.fieldbus import MAX_LINE_BYTES, FieldBusError, SignalReading
 from citybrain.models.messages import AckStatus, GreenWindow, IntervalStep, SignalPlan
 from citybrain.models.signal import Indication
@@ -315,3 +316,104 @@ def test_a_paced_clock_whose_simulation_fails_stops_and_the_server_stops_cleanly
         await server.stop()  # the clock's error is not raised again here
 
     asyncio.run(scenario())
+
+
+async def _hello(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that has been answered once."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b'{"id": 1, "op": "hello"}\n')
+    assert msgspec.json.decode(await asyncio.wait_for(reader.readline(), 2.0))["ok"]
+    return reader, writer
+
+
+async def _refused_then_closed(reader: asyncio.StreamReader) -> str:
+    """The error code of the one line the server said before it hung up."""
+    said = msgspec.json.decode(await asyncio.wait_for(reader.readline(), 2.0))
+    assert await asyncio.wait_for(reader.read(), 2.0) == b""
+    assert said["ok"] is False
+    assert said["id"] == -1
+    return str(said["error"]["code"])
+
+
+@pytest.mark.security
+def test_a_connection_over_the_cap_is_refused_and_the_others_are_still_served() -> None:
+    """A client opening sockets in a loop cannot take the server's file descriptors: past
+    ``max_connections`` each is told why and closed; a place that frees is served again."""
+
+    async def scenario() -> None:
+        server = FieldBusServer(_run(), max_connections=2)
+        port = await server.start()
+        try:
+            held = [await _hello(port) for _ in range(2)]
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert await _refused_then_closed(reader) == "too_many_connections"
+                writer.close()
+            _, first = held.pop()
+            first.close()
+            await first.wait_closed()
+            for _ in range(100):  # the server sees the hang-up
+                if len(server._sessions) < 2:
+                    break
+                await asyncio.sleep(0.01)
+            held.append(await _hello(port))
+            for reader, writer in held:
+                writer.write(b'{"id": 2, "op": "hello"}\n')
+                assert msgspec.json.decode(await reader.readline())["ok"]
+                writer.close()
+        finally:
+            await server.stop()
+        assert server.core.rejected == {"too_many_connections": 3}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.security
+def test_a_half_sent_request_or_an_unread_answer_does_not_hold_a_connection() -> None:
+    """A client that sends part of a line and waits (slowloris), or pipelines requests and
+    reads none of the answers, is closed after ``idle_timeout_s``; a client that keeps
+    asking is served all along."""
+
+    async def scenario() -> None:
+        server = FieldBusServer(_run(), idle_timeout_s=0.3)
+        port = await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b'{"id": 1, "op": "hel')
+            busy_reader, busy = await _hello(port)
+            for request_id in range(8):  # 0.4 s of asking, past the idle time
+                busy.write(b'{"id": %d, "op": "hello"}\n' % request_id)
+                assert msgspec.json.decode(await busy_reader.readline())["ok"]
+                await asyncio.sleep(0.05)
+            assert await _refused_then_closed(reader) == "idle"
+            writer.close()
+            _, flood = await asyncio.open_connection("127.0.0.1", port)
+            flood.write(b'{"id": 1, "op": "config", "intersection": "a01"}\n' * 20_000)
+            for _ in range(300):
+                if server.core.rejected["not_reading"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.core.rejected["not_reading"] == 1
+            flood.transport.abort()
+            busy.close()
+            _, fresh = await _hello(port)  # and the server goes on serving
+            fresh.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+ANY_ADDRESS = "0.0.0.0"  # noqa: S104 (refused: the point)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("host", [ANY_ADDRESS, "::", "192.0.2.7", "cabinets.example.org"])
+def test_the_field_bus_is_served_beyond_loopback_only_when_asked(host: str) -> None:
+    """It has no authentication (a cabinet's local wire): on any other address anyone who
+    reaches the port could command the cabinets, so that takes ``allow_remote``."""
+    with pytest.raises(ValidationError, match="allow_remote"):
+        FieldBusServer(_run(), host=host)
+    assert FieldBusServer(_run(), host=host, allow_remote=True).host == host
+    for local in ("127.0.0.1", "::1", "localhost"):
+        assert FieldBusServer(_run(), host=local).host == local
