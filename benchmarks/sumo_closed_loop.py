@@ -65,7 +65,12 @@ from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.demo import json_text
 from citybrain.evaluate import Ambulance, Study, evaluate
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S, queue_discharge_time_s
-from citybrain.simulator.crossing import Approach, crossing_schedule, least_larger_delay
+from citybrain.simulator.crossing import (
+    Approach,
+    crossing_schedule,
+    least_larger_delay,
+    least_larger_delay_without_stops,
+)
 from citybrain.simulator.demand import Trips, fixed_route
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine
@@ -167,7 +172,8 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         figures["crossing_timing_s"] = [(least_green, clearance)] * len(outcomes)
         figures["both_trips_s"] = [sum(j.travel_time_s for j in js) for js in every]
         figures["second"] = [order[-1][0].trip.vehicle if order else "" for order in orders]
-        figures["first_late_s"] = [_first_late(order) for order in orders]
+        figures["first_late_s"] = [_late(order, 0) for order in orders]
+        figures["second_late_s"] = [_late(order, 1) for order in orders]
         figures["first_green"] = [_first_green(order, crossing) for order in orders]
     figures["seed"] = [o.seed for o in outcomes]
     figures["trips_s"] = [{n: j.travel_time_s for n, j in o.journeys.items()} for o in outcomes]
@@ -184,14 +190,14 @@ def _at_crossing(journeys: list[Journey], crossing: str) -> list[tuple[Journey, 
     return sorted(at, key=lambda pair: pair[0].trip.stop_lines[pair[1]].left_s)
 
 
-def _first_late(order: list[tuple[Journey, int]]) -> dict[str, float]:
-    """How much later the first to cross got there than its corridor's ETA said, per lead of
-    ``FORECAST_LEADS_S`` (what a timing of the crossing knows of the arrival it must switch
-    for; NaN where none was given then)."""
+def _late(order: list[tuple[Journey, int]], which: int) -> dict[str, float]:
+    """How much later the first (``which`` 0) or the second to cross got there than its
+    corridor's ETA said, per lead of ``FORECAST_LEADS_S`` (what a timing of the crossing knows
+    of the arrivals it must switch for; NaN where none was given then)."""
     if not order:
         return {}
-    first, at = order[0]
-    late = {lead: late for lead, late, _ in _line_errors(first, first.trip.stop_lines[at])}
+    journey, at = order[which]
+    late = {lead: late for lead, late, _ in _line_errors(journey, journey.trip.stop_lines[at])}
     return {f"{lead:.0f}": late.get(lead, math.nan) for lead in FORECAST_LEADS_S}
 
 
@@ -335,7 +341,7 @@ def _run_solo(setup: Setup, engine: Engine, seeds: list[int]) -> dict[str, Any]:
     its trip by name, under ``solo_trips_s``)."""
     trips_of = setup_scenario(setup, seeds[0]).trips
     names = [trips_of.names[int(v)] for v in np.flatnonzero(trips_of.emergency)]
-    wall, trips, crossed = 0.0, [], []
+    wall, trips, crossed, late = 0.0, [], [], []
     for seed in seeds:
         started = time.perf_counter()
         journeys = {
@@ -348,8 +354,11 @@ def _run_solo(setup: Setup, engine: Engine, seeds: list[int]) -> dict[str, Any]:
         wall += time.perf_counter() - started
         trips.append({name: j.travel_time_s for name, j in journeys.items()})
         crossed.append(_left_crossing(journeys))
+        late.append(_late_alone(journeys))
     simulated = (setup.warmup_s + setup.after_s) * len(seeds) * len(names)
-    figures = {"seed": list(seeds), "solo_trips_s": trips, "solo_crossed_s": crossed}
+    figures = {
+        "seed": list(seeds), "solo_trips_s": trips, "solo_crossed_s": crossed, "solo_late_s": late
+    }  # fmt: skip
     return {"wall_s": wall, "simulated_s": simulated, "policies": {"corridor": figures}}
 
 
@@ -411,7 +420,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     without = data["policies"].get("no_priority")
     for policy, f in data["policies"].items():
         if "solo_trips_s" in f:
-            rows[policy] = {key: f[key] for key in ("seed", "solo_trips_s", "solo_crossed_s")}
+            kept = ("seed", "solo_trips_s", "solo_crossed_s", "solo_late_s")
+            rows[policy] = {key: f[key] for key in kept}
             continue
         travel = _mean(f["travel_time_s"])
         extra = _mean(f["others_veh_s"]) - _mean(without["others_veh_s"]) if without else math.nan
@@ -439,7 +449,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             rows[policy]["second_upstream_s"] = round(_mean(f["second_upstream_s"]), 1)
             rows[policy]["second_floor_s"] = round(_mean(f["second_floor_s"]), 1)
             rows[policy]["both_trips_s"] = round(_mean(f["both_trips_s"]), 1)
-            rows[policy]["first_late"] = _first_late_errors(f["first_late_s"])
+            rows[policy]["first_late"] = _late_errors(f["first_late_s"])
+            if "second_late_s" in f:
+                rows[policy]["second_late"] = _late_errors(f["second_late_s"])
             rows[policy]["first_green"] = _medians(f["first_green"])
             rows[policy].update(
                 seed=f["seed"],
@@ -450,6 +462,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 crossing_queues=f["crossing_queues"],
                 crossing_timing_s=f["crossing_timing_s"],
                 first_late_s=f["first_late_s"],
+                second_late_s=f["second_late_s"],
                 first_green_per_seed=f["first_green"],
             )
     return {
@@ -521,8 +534,9 @@ def _forecast_accuracy(errors: list[tuple[float, float, bool]]) -> dict[str, dic
     return out
 
 
-def _first_late_errors(seeds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """``_errors`` of the first to cross's ETA at the crossing over the seeds, per lead."""
+def _late_errors(seeds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``_errors`` of the first (or the second) to cross's ETA at the crossing over the
+    seeds, per lead."""
     out = {}
     for lead in (f"{x:.0f}" for x in FORECAST_LEADS_S):
         late = np.array([seed.get(lead, math.nan) for seed in seeds])
@@ -577,6 +591,20 @@ def _left_crossing(journeys: dict[str, Journey]) -> dict[str, float]:
         return dict.fromkeys(journeys, math.nan)
     (crossing,) = shared
     return {name: by_node[crossing].left_s for name, by_node in lines.items()}
+
+
+def _late_alone(journeys: dict[str, Journey]) -> dict[str, dict[str, float]]:
+    """Per ambulance alone, how much later it got to the crossing than its corridor's ETA
+    said, per lead of ``FORECAST_LEADS_S``: how well the cloud knows an unhindered arrival
+    there (with the other ambulance, the second's ETA is its turn after the first)."""
+    out = {}
+    crossed = _left_crossing(journeys)
+    for name, journey in journeys.items():
+        line = next((ln for ln in journey.trip.stop_lines if ln.left_s == crossed[name]), None)
+        if line is not None:
+            late = {lead: late for lead, late, _ in _line_errors(journey, line)}
+            out[name] = {f"{lead:.0f}": late.get(lead, math.nan) for lead in FORECAST_LEADS_S}
+    return out
 
 
 def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
@@ -683,13 +711,17 @@ def _crossing_bound(
     *,
     band_s: float = 0.0,
     start_up_s: float = DEFAULT_LOST_TIME_S,
-    first_known_at: str | None = None,
+    known_at: str | None = None,
+    known: tuple[str, ...] = ("first",),
+    late_alone: dict[int, dict[str, dict[str, float]]] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per seed, the larger of the two ambulances' losses at the crossing (their passing
     there less their passing alone), and the least any timing of the crossing's signal could
     have made it with the traffic that came (``simulator/crossing.py``, ``_bound_seeds``)."""
     larger, bound = [], []
-    for seed in _bound_seeds(both, crossed_alone, band_s=band_s, first_known_at=first_known_at):
+    for seed in _bound_seeds(
+        both, crossed_alone, band_s=band_s, known_at=known_at, known=known, late_alone=late_alone
+    ):
         larger.append(max(seed.crossed[name] - seed.alone[name] for name in seed.names))
         first, second = seed.approaches
         bound.append(least_larger_delay(first, second, since_s=seed.since_s, start_up_s=start_up_s))
@@ -716,16 +748,22 @@ def _bound_seeds(
     crossed_alone: dict[int, dict[str, float]],
     *,
     band_s: float = 0.0,
-    first_known_at: str | None = None,
+    known_at: str | None = None,
+    known: tuple[str, ...] = ("first",),
+    late_alone: dict[int, dict[str, dict[str, float]]] | None = None,
 ) -> list[_BoundSeed]:
     """Per seed with both runs: the two ambulances' approaches, each due when it passed
     alone, the vehicles of its queue from ``BOUND_SINCE_S`` before the sooner of them; with
     ``band_s``, each ambulance's green held that long before it, its queue gone (a timing
-    that knows its arrival only to the corridors' margin); with ``first_known_at`` (a lead of
-    ``FORECAST_LEADS_S``), the first to cross's held by how far its corridor's ETA that long
-    before was off, that seed (``band_s`` the second's)."""
+    that knows its arrival only to the corridors' margin); with ``known_at`` (a lead of
+    ``FORECAST_LEADS_S``), those ``known`` ("first", "second": to cross) held instead by how
+    far their corridor's ETA that long before was off, that seed (NaN: ``band_s``); with
+    ``late_alone`` too, each by how far its ETA was off when it drove alone (``_late_alone``):
+    what the cloud knew of the unhindered arrival the bound is due at."""
     seeds = []
-    lates = both.get("first_late_s") or [{}] * len(both["seed"])  # none before 2026-12-06
+    # the first's were kept from 2026-12-06 on, the second's from 2026-12-07
+    none: list[dict[str, float]] = [{}] * len(both["seed"])
+    lates = zip(both.get("first_late_s") or none, both.get("second_late_s") or none, strict=True)
     for seed, crossed, queues, (least_green, clearance), second, late in zip(
         both["seed"], both["crossed_s"], both["crossing_queues"], both["crossing_timing_s"],
         both["second"], lates, strict=True,
@@ -733,7 +771,15 @@ def _bound_seeds(
         alone = crossed_alone.get(seed)
         if alone is None or len(queues) != 2:
             continue
-        first_band = abs(late.get(first_known_at, math.nan)) if first_known_at else math.nan
+        bands = {
+            role: abs(late[i].get(known_at, math.nan)) if known_at and role in known else math.nan
+            for i, role in enumerate(("first", "second"))
+        }
+        if late_alone is not None and known_at:
+            alone_late = late_alone.get(seed, {})
+            (first_name,) = set(queues) - {second}
+            for role, name in (("first", first_name), ("second", second)):
+                bands[role] = abs(alone_late.get(name, {}).get(known_at, math.nan))
         names = tuple(queues)
         first, other = (
             Approach(
@@ -742,7 +788,7 @@ def _bound_seeds(
                 queues[name]["headway_s"],
                 least_green,
                 clearance,
-                band_s=first_band if name != second and math.isfinite(first_band) else band_s,
+                band_s=_band(bands["second" if name == second else "first"], band_s),
             )
             for name in names
         )
@@ -751,6 +797,10 @@ def _bound_seeds(
             _BoundSeed((names[0], names[1]), (first, other), since, crossed, alone, second)
         )
     return seeds
+
+
+def _band(known: float, otherwise: float) -> float:
+    return known if math.isfinite(known) else otherwise
 
 
 def _bound_timing(
@@ -789,8 +839,10 @@ def _bound_timing(
 def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
     """Per engine of a run's JSON with ``grid`` and ``grid-solo``: the least any timing of
     the crossing could make the larger loss there when it knows each ambulance's arrival
-    exactly or to 1, 2 or 3 s (``Approach.band_s``), and the first's as well as its corridor
-    knew it ``COMMIT_LEAD_S`` before; mean and seeds over 10 s."""
+    exactly or to 1, 2 or 3 s (``Approach.band_s``), and as well as their corridors knew them
+    ``COMMIT_LEAD_S`` before (the first's; both; each's when it drove alone); and known
+    exactly where neither may stop (``least_larger_delay_without_stops``, a minute or two);
+    mean and seeds over 10 s."""
     rows = [f"the crossing bound at a {start_up_s:.1f} s start-up, by how well arrivals are known"]
     for engine, run in results["cases"].get("grid", {}).items():
         solo = results["cases"]["grid-solo"][engine]["policies"]["corridor"]
@@ -801,13 +853,37 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
             _, bound = _crossing_bound(both, crossed, band_s=band_s, start_up_s=start_up_s)
             over = sum(x > 10.0 for x in bound)
             cells.append(f"{band_s:.0f} s: {_mean(bound):.1f} s ({over} over 10 s)")
-        if "first_late_s" in both:
+        rolling = [
+            least_larger_delay_without_stops(
+                *seed.approaches, since_s=seed.since_s, start_up_s=start_up_s
+            )
+            for seed in _bound_seeds(both, crossed)
+        ]
+        over = sum(x > 10.0 for x in rolling)
+        cells.append(
+            f"exactly, neither stopping (slowed instead, and overtaken): {_mean(rolling):.1f} s "
+            f"({over} over 10 s)"
+        )
+        lead = f"{COMMIT_LEAD_S:.0f}"
+        for known, said in (
+            (("first",), f"the first's as its ETA {lead} s before, the second's exactly"),
+            (("first", "second"), f"both as their ETAs {lead} s before"),
+        ):
+            if not all(f"{role}_late_s" in both for role in known):
+                continue
             _, bound = _crossing_bound(
-                both, crossed, start_up_s=start_up_s, first_known_at=f"{COMMIT_LEAD_S:.0f}"
+                both, crossed, start_up_s=start_up_s, known_at=lead, known=known
+            )
+            over = sum(x > 10.0 for x in bound)
+            cells.append(f"{said}: {_mean(bound):.1f} s ({over} over 10 s)")
+        if "solo_late_s" in solo:
+            late_alone = dict(zip(solo["seed"], solo["solo_late_s"], strict=True))
+            _, bound = _crossing_bound(
+                both, crossed, start_up_s=start_up_s, known_at=lead, late_alone=late_alone
             )
             over = sum(x > 10.0 for x in bound)
             cells.append(
-                f"the first's as its ETA {COMMIT_LEAD_S:.0f} s before, the second's exactly: "
+                f"each as its ETA {lead} s before when it drove alone: "
                 f"{_mean(bound):.1f} s ({over} over 10 s)"
             )
         rows.append(f"  {engine}: " + "; ".join(cells))
@@ -849,7 +925,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.bounds_from is not None:
-        print(banded_bounds(json.loads(args.bounds_from.read_text()), args.start_up))
+        saved = json.loads(args.bounds_from.read_text(), object_hook=_nan_where_null)
+        print(banded_bounds(saved, args.start_up))
         return 0
     if args.report_from is not None:
         saved = json.loads(args.report_from.read_text(), object_hook=_nan_where_null)
@@ -1003,8 +1080,8 @@ def plot_trade_off(results: dict[str, dict[str, Any]], path: Path) -> Path | Non
 
 
 def _forecast_row(engines: dict[str, Any], policy: str, key: str, what: str) -> list[str]:
-    """One report line of ``_errors`` per lead (``key``: ``forecasts`` or ``first_late``),
-    the engines side by side; none where no engine has them."""
+    """One report line of ``_errors`` per lead (``key``: ``forecasts``, ``first_late`` or
+    ``second_late``), the engines side by side; none where no engine has them."""
     band = ", share within the band" if key == "forecasts" else ""
     return _per_engine(
         engines, policy, key, f"{what} (median / 90th percentile error, median late{band})",
@@ -1201,6 +1278,9 @@ def _crossing_rows(engines: dict[str, Any], policy: str) -> list[str]:
         rows.append("    at the crossing, " + "; ".join(crossing))
     rows += _forecast_row(
         engines, policy, "first_late", "the first to cross's ETA there against when it came"
+    )
+    rows += _forecast_row(
+        engines, policy, "second_late", "the second's ETA there against when it came"
     )
     rows += _per_engine(
         engines, policy, "first_green", "the first's green at the crossing (medians)",

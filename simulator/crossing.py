@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -95,6 +95,37 @@ def least_larger_delay(
     return _Problem.of(first, second, since_s, start_up_s, longest_s).least_larger_delay()
 
 
+def least_larger_delay_without_stops(
+    first: Approach,
+    second: Approach,
+    *,
+    since_s: float,
+    start_up_s: float = DEFAULT_LOST_TIME_S,
+    step_s: float = 0.5,
+    longest_s: float = 60.0,
+) -> float:
+    """``least_larger_delay`` where neither ambulance may stop at the crossing: each may be
+    slowed upstream to pass at any time from its due one on, but whatever would reach the
+    stop line before it passes is ahead of it there (a slowed vehicle is overtaken), and it
+    must come to its green on with that queue gone (at speed: no start-up of its own).
+    Scanned every ``step_s`` of delay, each let through up to ``step_s`` after it comes (so
+    it errs low); infinite where none within ``longest_s`` is found."""
+    check_number("step_s", step_s, gt=0.0, le=10.0)
+    check_number("longest_s", longest_s, gt=0.0, le=600.0)
+    steps = int(longest_s / step_s) + 1
+    for larger in range(steps):
+        for smaller in range(larger + 1):
+            for delays in {(larger, smaller), (smaller, larger)}:
+                slowed = (
+                    replace(first, due_s=first.due_s + delays[0] * step_s),
+                    replace(second, due_s=second.due_s + delays[1] * step_s),
+                )
+                problem = _Problem.of(*slowed, since_s, start_up_s, longest_s, rolling=True)
+                if problem.timing((step_s, step_s)) is not None:
+                    return larger * step_s
+    return math.inf
+
+
 def crossing_schedule(
     first: Approach,
     second: Approach,
@@ -166,16 +197,26 @@ class _Problem:
     queues: tuple[list[float], list[float]]
     start_up_s: float
     longest_s: float
+    rolling: bool
+    """Whether an ambulance first in its green passes at speed (it was slowed to come then,
+    not stopped): no start-up of its own."""
 
     @classmethod
     def of(
-        cls, first: Approach, second: Approach, since_s: float, start_up_s: float, longest_s: float
+        cls,
+        first: Approach,
+        second: Approach,
+        since_s: float,
+        start_up_s: float,
+        longest_s: float,
+        *,
+        rolling: bool = False,
     ) -> _Problem:
         check_number("since_s", since_s)
         check_number("start_up_s", start_up_s, ge=0.0, le=10.0)
         check_number("longest_s", longest_s, gt=0.0, le=3600.0)
         queues = (first.ahead(since_s), second.ahead(since_s))
-        return cls((first, second), queues, start_up_s, longest_s)
+        return cls((first, second), queues, start_up_s, longest_s, rolling)
 
     def least_larger_delay(self) -> float:
         """``least_larger_delay``'s answer: the least delay both ambulances can be kept
@@ -204,11 +245,11 @@ class _Problem:
                             served = (served_0, served_1)[turn]
                             if served == sizes[turn]:
                                 continue
-                            leaves, starts = _leave(
-                                approaches, side, turn, last, green, self.start_up_s
-                            )
+                            ambulance = served == sizes[turn] - 1
+                            start_up = 0.0 if ambulance and self.rolling else self.start_up_s
+                            leaves, starts = _leave(approaches, side, turn, last, green, start_up)
                             leaves = max(leaves, queues[turn][served])
-                            if served == sizes[turn] - 1 and leaves > deadlines[turn]:
+                            if ambulance and leaves > deadlines[turn]:
                                 continue  # the ambulance, too late
                             key = (served_0 + (turn == 0), served_1 + (turn == 1), turn)
                             timing = (leaves, starts, _Step(step, turn, leaves, starts))
