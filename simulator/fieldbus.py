@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ process shares one connection among all its agents)."""
 IDLE_TIMEOUT_S = 300.0
 """A connection that sends no whole request, or reads no answer, for this long is closed: a
 half-sent line would otherwise hold its buffer for ever (edges poll every second)."""
+
+FD_HEADROOM = 64
+"""File descriptors the process needs besides the connections (the run, SUMO, logs): below
+``max_connections`` plus this, accepting fails with EMFILE before the cap can refuse."""
+HANG_UP_S = 1.0
+"""How long a closing link may take to hand over what is left to send before it is cut."""
 
 TOO_MANY_CONNECTIONS = "too_many_connections"
 IDLE = "idle"
@@ -319,6 +326,9 @@ class FieldBusServer:
         self._server: asyncio.Server | None = None
         self._clock: asyncio.Task[None] | None = None
         self._sessions: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        """Every connection's task, those being refused too (``stop`` ends them all)."""
+        self._admitted = 0
+        """Connections served, against ``max_connections``: each until its socket closed."""
         self._advancing = asyncio.Lock()
         self.connections = 0
 
@@ -327,6 +337,14 @@ class FieldBusServer:
             self._serve, self.host, self.port, limit=MAX_LINE_BYTES
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        allowed, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if allowed != resource.RLIM_INFINITY and allowed < self.max_connections + FD_HEADROOM:
+            log.warning(
+                "field bus: this process may open %d files, too few for %d connections (and "
+                "the run's own): raise ulimit -n or lower max_connections",
+                allowed,
+                self.max_connections,
+            )
         if self.speed is not None:
             self._clock = asyncio.create_task(self._tick(self.speed))
         log.info(
@@ -335,18 +353,22 @@ class FieldBusServer:
         return self.port
 
     async def stop(self) -> None:
-        """Stop the clock, stop listening and hang up on every client: a stopped cabinet
-        answers nobody (``Server.close`` alone leaves accepted connections served)."""
+        """Stop the clock, stop listening and hang up on every client at once, an advance
+        in progress too: a stopped cabinet answers nobody (``Server.close`` alone leaves
+        accepted connections served, and a client that reads nothing would hold a polite
+        close for ever)."""
         if self._clock is not None:
             self._clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._clock
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        for writer in self._sessions.values():
-            writer.close()
+        for session, writer in self._sessions.items():
+            writer.transport.abort()
+            session.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _tick(self, speed: float) -> None:
         """The paced clock; a simulation that fails stops it, said once and to every
@@ -381,9 +403,10 @@ class FieldBusServer:
         self.connections += 1
         peer = writer.get_extra_info("peername")
         session = asyncio.current_task()
-        full = len(self._sessions) >= self.max_connections
-        if session is not None and not full:
+        if session is not None:
             self._sessions[session] = writer
+        full = self._admitted >= self.max_connections
+        self._admitted += not full
         try:
             if full:
                 message = f"{self.max_connections} connections open already: {peer} closed"
@@ -402,11 +425,10 @@ class FieldBusServer:
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
+            await _hang_up(writer)
+            self._admitted -= not full  # its place is free once its socket is
             if session is not None:
                 self._sessions.pop(session, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
 
     async def _request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
@@ -414,8 +436,10 @@ class FieldBusServer:
         """The next request line; None where the link is to close (the client hung up, sent
         a line over the limit or nothing whole for ``idle_timeout_s``: the last two said)."""
         try:
-            async with asyncio.timeout(self.idle_timeout_s):
-                return await reader.readuntil(b"\n")
+            async with asyncio.timeout(self.idle_timeout_s):  # blank lines do not count
+                while not (line := await reader.readuntil(b"\n")).strip():
+                    pass
+                return line
         except asyncio.IncompleteReadError:
             return None
         except asyncio.LimitOverrunError:
@@ -432,3 +456,16 @@ class FieldBusServer:
         writer.write(_encode(response) + b"\n")
         async with asyncio.timeout(self.idle_timeout_s):
             await writer.drain()
+
+
+async def _hang_up(writer: asyncio.StreamWriter) -> None:
+    """Close the link, giving what is left to send ``HANG_UP_S``; then cut it (a client that
+    reads nothing would keep a polite close, its socket and its buffers, for ever)."""
+    writer.close()
+    try:
+        async with asyncio.timeout(HANG_UP_S):
+            await writer.wait_closed()
+    except (TimeoutError, ConnectionError, asyncio.CancelledError):
+        # cancelled by ``stop``: a connection's task ends quietly all the same (asyncio
+        # logs one that ends cancelled as an unhandled error)
+        writer.transport.abort()

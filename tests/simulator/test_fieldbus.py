@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from typing import Any
 
 import msgspec
@@ -13,6 +15,7 @@ from citybrain.models.messages import AckStatus, GreenWindow, IntervalStep, Sign
 from citybrain.models.signal import Indication
 from citybrain.signal_plans.config import CabinetConfig, IntersectionConfig, state_from_reading
 from citybrain.signal_plans.state import normal_state_at
+from citybrain.simulator import fieldbus
 from citybrain.simulator.fieldbus import FieldBusCore, FieldBusServer
 from citybrain.simulator.networks import ADVANCE_DETECTOR_M
 from citybrain.simulator.runner import Run
@@ -352,8 +355,8 @@ def test_a_connection_over_the_cap_is_refused_and_the_others_are_still_served() 
             _, first = held.pop()
             first.close()
             await first.wait_closed()
-            for _ in range(100):  # the server sees the hang-up
-                if len(server._sessions) < 2:
+            for _ in range(300):  # the server sees the hang-up
+                if server._admitted < 2:
                     break
                 await asyncio.sleep(0.01)
             held.append(await _hello(port))
@@ -402,6 +405,118 @@ def test_a_half_sent_request_or_an_unread_answer_does_not_hold_a_connection() ->
             await server.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.security
+def test_blank_lines_do_not_keep_a_connection_from_its_idle_timeout() -> None:
+    async def scenario() -> None:
+        server = FieldBusServer(_run(), idle_timeout_s=0.3)
+        port = await server.start()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def blank_lines() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(30):  # 3 s of them
+                    writer.write(b"\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+
+        keeping = asyncio.create_task(blank_lines())
+        try:
+            for _ in range(150):  # 1.5 s; the answer may be lost to the reset that follows
+                if server.core.rejected["idle"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.core.rejected["idle"] == 1
+            assert not keeping.done() or keeping.exception() is None
+        finally:
+            keeping.cancel()
+            writer.close()
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.security
+def test_a_link_closed_on_a_client_that_reads_nothing_is_cut_not_held() -> None:
+    """A polite close waits until what is buffered has been sent, for ever where the client
+    reads nothing: the server's socket, buffers and connection slot with it. ``_hang_up``
+    gives it a second, then cuts the link."""
+
+    async def scenario() -> None:
+        accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+        async def keep(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await accepted.put(writer)
+
+        listening = await asyncio.start_server(keep, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        _, client = await asyncio.open_connection("127.0.0.1", port)  # and never reads
+        served = await accepted.get()
+        served.write(b"x" * (64 << 20))  # beyond any socket buffer: the rest stays queued
+        assert served.transport.get_write_buffer_size() > 0
+        started = time.monotonic()
+        await asyncio.wait_for(fieldbus._hang_up(served), 5.0)
+        assert time.monotonic() - started < fieldbus.HANG_UP_S + 1.0
+        await asyncio.sleep(0.05)
+        assert served.transport.get_extra_info("socket").fileno() == -1  # released
+        client.close()
+        listening.close()
+        await listening.wait_closed()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.security
+def test_stopping_the_server_hangs_up_at_once_on_a_client_that_reads_nothing_and_on_an_advance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that pipelines requests and reads none of the answers holds its session
+    until the idle timeout (300 s); an advance of an hour steps for seconds. Stopping does
+    not wait for either."""
+
+    async def scenario() -> None:
+        run = _run()
+        step = run.advance
+
+        def slow(seconds: float, **options: Any) -> None:
+            time.sleep(0.001)  # a city's SUMO step
+            step(seconds, **options)
+
+        monkeypatch.setattr(run, "advance", slow)
+        server = FieldBusServer(run)
+        port = await server.start()
+        _, flood = await asyncio.open_connection("127.0.0.1", port)
+        flood.write(b'{"id": 1, "op": "config", "intersection": "a01"}\n' * 20_000)
+        _, advancing = await asyncio.open_connection("127.0.0.1", port)
+        advancing.write(b'{"id": 2, "op": "advance", "seconds": 3600}\n')
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(), 5.0)
+        assert time.monotonic() - started < 2.0
+        assert 0.0 < run.now < 3600.0
+        assert not server._sessions
+        assert server._admitted == 0
+        flood.transport.abort()
+        advancing.close()
+
+    asyncio.run(scenario())
+
+
+def test_too_few_file_descriptors_for_the_cap_are_said_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below the cap plus the run's own, accepting fails (EMFILE) before the cap refuses."""
+    monkeypatch.setattr(fieldbus.resource, "getrlimit", lambda _: (200, 4096))
+
+    async def scenario() -> None:
+        server = FieldBusServer(_run())
+        await server.start()
+        await server.stop()
+
+    with caplog.at_level("WARNING", logger="citybrain.simulator.fieldbus"):
+        asyncio.run(scenario())
+    assert "may open 200 files, too few for 256 connections" in caplog.text
 
 
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104 (refused: the point)
