@@ -507,7 +507,7 @@ def test_too_few_file_descriptors_for_the_cap_are_said_at_start(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Below the cap plus the run's own, accepting fails (EMFILE) before the cap refuses."""
-    monkeypatch.setattr(fieldbus.resource, "getrlimit", lambda _: (200, 4096))
+    monkeypatch.setattr("resource.getrlimit", lambda _: (200, 4096))
 
     async def scenario() -> None:
         server = FieldBusServer(_run())
