@@ -55,7 +55,8 @@ half-sent line would otherwise hold its buffer for ever (edges poll every second
 
 FD_HEADROOM = 64
 """File descriptors the process needs besides the connections (the run, SUMO, logs): below
-``max_connections`` plus this, accepting fails with EMFILE before the cap can refuse."""
+twice ``max_connections`` (as many again being refused in a burst) plus this, accepting
+fails with EMFILE before the cap can refuse."""
 HANG_UP_S = 1.0
 """How long a closing link may take to hand over what is left to send before it is cut."""
 
@@ -329,6 +330,7 @@ class FieldBusServer:
         """Every connection's task, those being refused too (``stop`` ends them all)."""
         self._admitted = 0
         """Connections served, against ``max_connections``: each until its socket closed."""
+        self._stopping = False
         self._advancing = asyncio.Lock()
         self.connections = 0
 
@@ -338,7 +340,8 @@ class FieldBusServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         allowed, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if allowed != resource.RLIM_INFINITY and allowed < self.max_connections + FD_HEADROOM:
+        needed = 2 * self.max_connections + FD_HEADROOM  # as many again being refused
+        if allowed != resource.RLIM_INFINITY and allowed < needed:
             log.warning(
                 "field bus: this process may open %d files, too few for %d connections (and "
                 "the run's own): raise ulimit -n or lower max_connections",
@@ -356,13 +359,14 @@ class FieldBusServer:
         """Stop the clock, stop listening and hang up on every client at once, an advance
         in progress too: a stopped cabinet answers nobody (``Server.close`` alone leaves
         accepted connections served, and a client that reads nothing would hold a polite
-        close for ever)."""
+        close for ever). A connection accepted meanwhile hangs up on itself (``_stopping``)."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
         if self._clock is not None:
             self._clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._clock
-        if self._server is not None:
-            self._server.close()
         for session, writer in self._sessions.items():
             writer.transport.abort()
             session.cancel()
@@ -403,6 +407,9 @@ class FieldBusServer:
         self.connections += 1
         peer = writer.get_extra_info("peername")
         session = asyncio.current_task()
+        if self._stopping:  # accepted as the server stopped
+            writer.transport.abort()
+            return
         if session is not None:
             self._sessions[session] = writer
         full = self._admitted >= self.max_connections
@@ -418,17 +425,20 @@ class FieldBusServer:
                     if isinstance(answer, AdvanceBy):
                         answer = await self._advance(answer)
                     await self._send(writer, answer)
+                await asyncio.sleep(0)  # a client with many lines buffered takes turns
         except TimeoutError:
             message = f"{peer} read no answer in {self.idle_timeout_s:g} s: link closed"
             self.core.count_refusal(NOT_READING, message)
             writer.transport.abort()  # closing would wait for it to read what is buffered
-        except (ConnectionError, asyncio.CancelledError):
-            return
+        except (OSError, asyncio.CancelledError):
+            return  # the link failed (any socket error), or the server stopped
         finally:
-            await _hang_up(writer)
-            self._admitted -= not full  # its place is free once its socket is
-            if session is not None:
-                self._sessions.pop(session, None)
+            try:
+                await _hang_up(writer)
+            finally:  # its place is free once its socket is
+                self._admitted -= not full
+                if session is not None:
+                    self._sessions.pop(session, None)
 
     async def _request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
@@ -438,7 +448,7 @@ class FieldBusServer:
         try:
             async with asyncio.timeout(self.idle_timeout_s):  # blank lines do not count
                 while not (line := await reader.readuntil(b"\n")).strip():
-                    pass
+                    await asyncio.sleep(0)  # others' turn
                 return line
         except asyncio.IncompleteReadError:
             return None
@@ -465,7 +475,7 @@ async def _hang_up(writer: asyncio.StreamWriter) -> None:
     try:
         async with asyncio.timeout(HANG_UP_S):
             await writer.wait_closed()
-    except (TimeoutError, ConnectionError, asyncio.CancelledError):
+    except (TimeoutError, OSError, asyncio.CancelledError):
         # cancelled by ``stop``: a connection's task ends quietly all the same (asyncio
         # logs one that ends cancelled as an unhandled error)
         writer.transport.abort()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 from typing import Any
 
@@ -499,6 +500,55 @@ def test_stopping_the_server_hangs_up_at_once_on_a_client_that_reads_nothing_and
         assert server._admitted == 0
         flood.transport.abort()
         advancing.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.security
+def test_a_link_that_fails_with_any_socket_error_gives_its_place_back() -> None:
+    """A remote client's link can fail with an error other than a ConnectionError (no route
+    to host): its place under the cap is freed all the same."""
+
+    async def scenario() -> None:
+        server = FieldBusServer(_run(), max_connections=1)
+        port = await server.start()
+        try:
+            _, writer = await _hello(port)
+            (served,) = server._sessions.values()
+            served.transport._fatal_error(OSError(errno.EHOSTUNREACH, "No route to host"))  # type: ignore[attr-defined]
+            for _ in range(300):
+                if server._admitted == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert server._admitted == 0
+            _, again = await _hello(port)
+            again.close()
+            writer.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_a_connection_accepted_as_the_server_stops_is_not_served(turns: int) -> None:
+    """Accepted by the kernel, its task not started when ``stop`` looks at the sessions: it
+    hangs up on itself rather than being served after the server stopped."""
+
+    async def scenario() -> None:
+        server = FieldBusServer(_run(), speed=1.0)
+        port = await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await server.stop()
+        await asyncio.sleep(0.2)
+        assert not server._sessions
+        assert server._admitted == 0
+        with contextlib.suppress(ConnectionError):
+            writer.write(b'{"id": 1, "op": "hello"}\n')
+            assert await asyncio.wait_for(reader.read(), 2.0) == b""
+        writer.close()
 
     asyncio.run(scenario())
 
