@@ -94,6 +94,9 @@ lane discharges one every 2 s at saturation flow; SUMO's first few every 3 s).""
 NEAR_TIE_S = 2.0
 """Two ambulances due at the crossing alone within this of each other (or the second sooner):
 which comes first is a near tie, decided on ETAs made a minute before (``_say_ties``)."""
+ALONE_LEADS_S = ("10", "20", "30")
+"""The leads at which the crossing bound takes each ambulance's arrival as its ETA then, when
+it drove alone (``banded_bounds``): how the bound grows with how far ahead the timing decides."""
 COMMIT_LEAD_S = 20.0
 """How long before the first ambulance a timing of the crossing must know its arrival: to
 end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
@@ -840,7 +843,8 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
     """Per engine of a run's JSON with ``grid`` and ``grid-solo``: the least any timing of
     the crossing could make the larger loss there when it knows each ambulance's arrival
     exactly or to 1, 2 or 3 s (``Approach.band_s``), and as well as their corridors knew them
-    ``COMMIT_LEAD_S`` before (the first's; both; each's when it drove alone); and known
+    ``COMMIT_LEAD_S`` before (the first's; both), or each's when it drove alone
+    ``ALONE_LEADS_S`` before; and known
     exactly where neither may stop (``least_larger_delay_without_stops``, a minute or two);
     mean and seeds over 10 s."""
     rows = [f"the crossing bound at a {start_up_s:.1f} s start-up, by how well arrivals are known"]
@@ -876,14 +880,14 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
             )
             over = sum(x > 10.0 for x in bound)
             cells.append(f"{said}: {_mean(bound):.1f} s ({over} over 10 s)")
-        if "solo_late_s" in solo:
-            late_alone = dict(zip(solo["seed"], solo["solo_late_s"], strict=True))
+        late_alone = dict(zip(solo["seed"], solo.get("solo_late_s", []), strict=False))
+        for ahead in ALONE_LEADS_S if late_alone else ():
             _, bound = _crossing_bound(
-                both, crossed, start_up_s=start_up_s, known_at=lead, late_alone=late_alone
+                both, crossed, start_up_s=start_up_s, known_at=ahead, late_alone=late_alone
             )
             over = sum(x > 10.0 for x in bound)
             cells.append(
-                f"each as its ETA {lead} s before when it drove alone: "
+                f"each as its ETA {ahead} s before when it drove alone: "
                 f"{_mean(bound):.1f} s ({over} over 10 s)"
             )
         rows.append(f"  {engine}: " + "; ".join(cells))
