@@ -331,6 +331,7 @@ class FieldBusServer:
         self._admitted = 0
         """Connections served, against ``max_connections``: each until its socket closed."""
         self._stopping = False
+        """Set by ``stop``: a connection accepted after it hangs up at once."""
         self._advancing = asyncio.Lock()
         self.connections = 0
 
