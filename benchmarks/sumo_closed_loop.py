@@ -200,7 +200,13 @@ def _late(order: list[tuple[Journey, int]], which: int) -> dict[str, float]:
     if not order:
         return {}
     journey, at = order[which]
-    late = {lead: late for lead, late, _ in _line_errors(journey, journey.trip.stop_lines[at])}
+    return _late_at(journey, journey.trip.stop_lines[at])
+
+
+def _late_at(journey: Journey, line: StopLineDelay) -> dict[str, float]:
+    """``_line_errors``' lateness alone, keyed by lead as the JSON keeps it (NaN for a lead
+    at which no ETA had been given)."""
+    late = {lead: late for lead, late, _ in _line_errors(journey, line)}
     return {f"{lead:.0f}": late.get(lead, math.nan) for lead in FORECAST_LEADS_S}
 
 
@@ -584,30 +590,32 @@ def _expected_over_left(pairs: list[tuple[float, int]]) -> dict[str, float]:
     }
 
 
-def _left_crossing(journeys: dict[str, Journey]) -> dict[str, float]:
-    """When each ambulance left the stop line of the intersection all their routes share."""
+def _crossing_lines(journeys: dict[str, Journey]) -> dict[str, StopLineDelay]:
+    """Each ambulance's stop line at the intersection all their routes share (none where
+    they share none, or more than one)."""
     lines = {
         name: {ln.intersection: ln for ln in j.trip.stop_lines} for name, j in journeys.items()
     }
     shared = set.intersection(*(set(by_node) for by_node in lines.values()))
     if len(shared) != 1:
-        return dict.fromkeys(journeys, math.nan)
+        return {}
     (crossing,) = shared
-    return {name: by_node[crossing].left_s for name, by_node in lines.items()}
+    return {name: by_node[crossing] for name, by_node in lines.items()}
+
+
+def _left_crossing(journeys: dict[str, Journey]) -> dict[str, float]:
+    """When each ambulance left the stop line of the intersection all their routes share."""
+    lines = _crossing_lines(journeys)
+    return {name: lines[name].left_s if lines else math.nan for name in journeys}
 
 
 def _late_alone(journeys: dict[str, Journey]) -> dict[str, dict[str, float]]:
     """Per ambulance alone, how much later it got to the crossing than its corridor's ETA
     said, per lead of ``FORECAST_LEADS_S``: how well the cloud knows an unhindered arrival
     there (with the other ambulance, the second's ETA is its turn after the first)."""
-    out = {}
-    crossed = _left_crossing(journeys)
-    for name, journey in journeys.items():
-        line = next((ln for ln in journey.trip.stop_lines if ln.left_s == crossed[name]), None)
-        if line is not None:
-            late = {lead: late for lead, late, _ in _line_errors(journey, line)}
-            out[name] = {f"{lead:.0f}": late.get(lead, math.nan) for lead in FORECAST_LEADS_S}
-    return out
+    return {
+        name: _late_at(journeys[name], line) for name, line in _crossing_lines(journeys).items()
+    }
 
 
 def crossing_cost(both: dict[str, Any], solo: dict[str, Any]) -> dict[str, Any]:
@@ -774,16 +782,16 @@ def _bound_seeds(
         alone = crossed_alone.get(seed)
         if alone is None or len(queues) != 2:
             continue
-        bands = {
-            role: abs(late[i].get(known_at, math.nan)) if known_at and role in known else math.nan
-            for i, role in enumerate(("first", "second"))
-        }
-        if late_alone is not None and known_at:
-            alone_late = late_alone.get(seed, {})
-            (first_name,) = set(queues) - {second}
-            for role, name in (("first", first_name), ("second", second)):
-                bands[role] = abs(alone_late.get(name, {}).get(known_at, math.nan))
         names = tuple(queues)
+        # per ambulance, how late it came against its ETAs: in this run (by its role there)
+        # or alone
+        if late_alone is None:
+            in_run = dict(zip(("first", "second"), late, strict=True))
+            roles = {name: "second" if name == second else "first" for name in names}
+            by_name = {name: in_run[roles[name]] for name in names if roles[name] in known}
+        else:
+            by_name = {name: late_alone.get(seed, {}).get(name, {}) for name in names}
+        bands = {name: abs(by_name[name].get(known_at, math.nan)) for name in by_name if known_at}
         first, other = (
             Approach(
                 np.array(queues[name]["arrivals_s"]),
@@ -791,7 +799,7 @@ def _bound_seeds(
                 queues[name]["headway_s"],
                 least_green,
                 clearance,
-                band_s=_band(bands["second" if name == second else "first"], band_s),
+                band_s=_band(bands.get(name, math.nan), band_s),
             )
             for name in names
         )
