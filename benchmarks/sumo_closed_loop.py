@@ -106,10 +106,12 @@ GRIDS = {
     "grid-slowest-8": replace(GRID, min_advised_mps=8.0),
     "grid-slowest-10": replace(GRID, min_advised_mps=10.0),
     "grid-slowest-13.9": replace(GRID, min_advised_mps=13.9),
+    "grid-handover-10": replace(GRID, handover_s=10.0),
 }
-"""The grid's two crossing ambulances with the speed advice off, and with it never slower
-than 8, 10 and 13.9 m/s (the speed limit) instead of 5: how the advice trades stops at the
-crossing for delay there (``plot_trade_off``)."""
+"""The grid's two crossing ambulances with the speed advice off, with it never slower than
+8, 10 and 13.9 m/s (the speed limit) instead of 5, and with a late vehicle's window at the
+crossing handed over to the other when it comes 10 s sooner instead of 30: how the advice
+and the order trade stops at the crossing for delay there (``plot_trade_off``)."""
 CASES = (
     "arterial-eastbound",
     "arterial-westbound",
@@ -128,6 +130,7 @@ dispatch until it passes (``green_all_the_way``), the ceiling of what signals ca
 ``grid-no-advice``: the grid with the corridors' speed advice off (``Setup.speed_advice``): the
 second to cross drives on and waits at the crossing, what the advice trades for its stops;
 ``grid-slowest-*``: never advised slower than that (``Setup.min_advised_mps``).
+``grid-handover-10``: a late vehicle's window handed over sooner (``Setup.handover_s``).
 ``grid-solo``: each of the grid's ambulances under its corridor with the other taken out of
 the same seed's scenario; beside each of ``GRIDS``, what the crossing cost the second to
 cross, wherever it lost it."""

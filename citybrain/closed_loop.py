@@ -218,6 +218,10 @@ class Setup:
     """The slowest speed advised (``cloud.corridor.Settings.min_advised_mps``): at the speed
     limit or above, nothing overtakes the slowed vehicle, and what it cannot absorb is waited
     out at the stop line; the grid's trade between stops and delay at the crossing."""
+    handover_s: float = CorridorSettings().handover_s
+    """How much sooner another vehicle must come for a late one's open window to go to it
+    (``cloud.corridor.Settings.handover_s``): sooner, the order at the crossing follows
+    ETAs that slipped, at the price of stops for the one that hands over."""
 
 
 GRID = Setup(
@@ -552,7 +556,9 @@ class _Driver:
                 self.net.road.plans,
                 lambda node, at: run.controllers[node].state_at(at),
                 settings=CorridorSettings(
-                    speed_advice=setup.speed_advice, min_advised_mps=setup.min_advised_mps
+                    speed_advice=setup.speed_advice,
+                    min_advised_mps=setup.min_advised_mps,
+                    handover_s=setup.handover_s,
                 ),
             )
 

@@ -13,11 +13,14 @@ import pytest
 
 from citybrain import demo, diagram
 from citybrain.cli import _parser
-from citybrain.closed_loop import GRID, Policy, Setup, run_policy, setup_scenario
+from citybrain.closed_loop import GRID, Policy, Setup, _Driver, run_policy, setup_scenario
+from citybrain.cloud.corridor import Settings as CorridorSettings
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorState
 from citybrain.simulator.crossing import Approach, least_larger_delay
+from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Level
+from citybrain.simulator.sumo_run import open_run
 
 SMALL_GRID = Setup(
     network="grid:6x6", level=Level.HEAVY, warmup_s=900.0, after_s=700.0, crossing=(2, 3)
@@ -221,6 +224,18 @@ def test_advice_never_slower_than_the_floor_set_and_at_the_limit_nothing_slows_i
         speeds = [s for j in outcome.journeys.values() for _, s in j.advice if s is not None]
         assert speeds  # still advised, only not below the limit
         assert all(speed >= 13.9 for speed in speeds)
+
+
+def test_the_corridors_hand_a_late_window_over_as_the_setup_says() -> None:
+    """``Setup.handover_s`` (the benchmark's ``grid-handover-10``) reaches the corridors'
+    settings; the other corridor settings stay the defaults but those the setup names."""
+    setup = replace(SMALL_GRID, handover_s=12.0, min_advised_mps=6.0)
+    scenario = setup_scenario(setup, 1)
+    with open_run(Engine.OURS, scenario) as run:
+        manager = _Driver(Policy.CORRIDOR, scenario, run, setup).manager
+    assert manager is not None
+    assert manager.settings == CorridorSettings(handover_s=12.0, min_advised_mps=6.0)
+    assert SMALL_GRID.handover_s == CorridorSettings().handover_s
 
 
 def test_one_ambulance_only_keeps_the_same_traffic() -> None:
