@@ -138,12 +138,20 @@ class SumoState:
     read from SUMO when asked (once per step), and frozen when the run closes."""
 
     def __init__(
-        self, net: CompiledNetwork, trips: Trips, dt_s: float, loops: _Loops, libsumo: ModuleType
+        self,
+        net: CompiledNetwork,
+        trips: Trips,
+        dt_s: float,
+        loops: _Loops,
+        libsumo: ModuleType,
+        errors: Callable[[str], contextlib.AbstractContextManager[None]],
     ) -> None:
         self.net, self.trips, self.dt = net, trips, dt_s
         self.now = 0.0
         self.loops = loops
         self._lib = libsumo
+        self._errors = errors
+        """The run's mapping of libsumo's exceptions to ``SumoError`` (``SumoRun._errors``)."""
         n = trips.count
         self.state = np.full(n, PENDING, dtype=np.int8)
         self.hop = np.zeros(n, dtype=np.int32)
@@ -178,10 +186,8 @@ class SumoState:
             return found[1]
         if self.frozen:
             raise SumoError(f"the SUMO run is closed: {name} was not read before it closed")
-        try:
+        with self._errors(f"reading {name}"):
             value = read()
-        except (self._lib.TraCIException, self._lib.FatalTraCIError) as error:
-            raise SumoError(f"SUMO failed reading {name}: {error}") from None
         self._read[name] = (self.now, value)
         return value
 
@@ -401,7 +407,7 @@ class SumoRun(ControlledRun):
                 sumo_net = export_network(net.road, self.work_dir / "net")
             self.sumo_net = sumo_net
             loops = _Loops(net, sumo_net)
-            self.sim = SumoState(net, trips, dt_s, loops, libsumo)
+            self.sim = SumoState(net, trips, dt_s, loops, libsumo, self._errors)
             self.detectors = DetectorCards(self.sim)
             self._lights = _Lights(sumo_net, self.controllers)
             self._index = {trips.names.get(v, f"v{v}"): v for v in range(trips.count)}
