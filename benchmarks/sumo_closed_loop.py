@@ -891,7 +891,11 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
             )
             over = sum(x > 10.0 for x in bound)
             cells.append(f"{said}: {_mean(bound):.1f} s ({over} over 10 s)")
-        late_alone = dict(zip(solo["seed"], solo.get("solo_late_s", []), strict=False))
+        late_alone = (
+            dict(zip(solo["seed"], solo["solo_late_s"], strict=True))
+            if "solo_late_s" in solo
+            else {}
+        )
         for ahead in ALONE_LEADS_S if late_alone else ():
             _, bound = _crossing_bound(
                 both, crossed, start_up_s=start_up_s, known_at=ahead, late_alone=late_alone
