@@ -40,6 +40,7 @@ from citybrain.cloud.state import NetworkState
 from citybrain.models.checks import compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
+    MAX_SPEED_MPS,
     AckStatus,
     CorridorImpact,
     CorridorRequest,
@@ -519,6 +520,13 @@ class _Vehicle:
         """The speed its corridor advises now, which it keeps to (none: its own)."""
         return self.advice[-1][1] if self.advice else None
 
+    def measured_mps(self) -> float | None:
+        """Its speed over the last step of its trajectory (none before it has two points)."""
+        if len(self.trajectory) < 2:
+            return None
+        (then, was), (now, at) = self.trajectory[-2:]
+        return min(max(0.0, (at - was) / (now - then)), MAX_SPEED_MPS) if now > then else None
+
 
 class _Driver:
     """What happens each second under a policy: detection, requests, positions, plans."""
@@ -738,8 +746,12 @@ class _Driver:
         self._apply(self.manager.request(request, now))
 
     def _position(self, vehicle: _Vehicle, link: int, offset_m: float) -> VehiclePosition:
-        speed = min(self.net.link_speed[link] * vehicle.speed_factor,
-                    vehicle.advised_mps or math.inf)  # fmt: skip
+        """Where it is, and its speed as its AVL unit measures it: over the last step of its
+        trajectory (before it has one, the speed it drives at there)."""
+        speed = vehicle.measured_mps()
+        if speed is None:
+            speed = min(self.net.link_speed[link] * vehicle.speed_factor,
+                        vehicle.advised_mps or math.inf)  # fmt: skip
         return VehiclePosition(
             vehicle=vehicle.name,
             time=self.run.now,

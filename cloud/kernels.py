@@ -355,13 +355,16 @@ def route_times(
     mv_ready: np.ndarray,
     ready_base: float,
     pace: float,
+    held_mps: float,
+    held_until_s: float,
     out_line: np.ndarray,
     out_wait: np.ndarray,
 ) -> float:
     """Along a fixed route: the time at each stop line before waiting, the wait there (0 at the
     last link, whose "stop line" is its end) and the arrival, which is returned. ``pace``
     scales every driving time (the vehicle's observed time over the graph's; 1.0 exactly
-    reproduces a search's labels).
+    reproduces a search's labels); until ``held_until_s`` it drives at ``held_mps`` instead
+    (``_driven_s``).
 
     NaN when ``n`` is not a valid length for the arrays given.
     """
@@ -379,7 +382,8 @@ def route_times(
     if u < 0 or u >= n_links:
         return math.nan
     length = link_length[u]
-    t: float = depart_s + pace * ((length - offset_m) / (length / link_time[u]))
+    free = pace * ((length - offset_m) / (length / link_time[u]))
+    t: float = depart_s + _driven_s(free, length - offset_m, depart_s, held_mps, held_until_s)
     for i in range(n):
         out_line[i] = t
         if i == n - 1:
@@ -393,7 +397,8 @@ def route_times(
         if wait < 0.0:
             wait = 0.0
         out_wait[i] = wait
-        t = (t + wait) + pace * link_time[w]
+        t = t + wait
+        t = t + _driven_s(pace * link_time[w], link_length[w], t, held_mps, held_until_s)
     return t
 
 
@@ -403,16 +408,34 @@ def free_flow_lines(
     n: int,
     line0: float,
     link_time: np.ndarray,
+    link_length: np.ndarray,
     pace: float,
+    held_mps: float,
+    held_until_s: float,
     out_line: np.ndarray,
 ) -> None:
     """Stop-line times along a route with no waiting, from the first stop line's time, each
-    link's time scaled by ``pace``."""
+    link's time scaled by ``pace``, at ``held_mps`` until ``held_until_s`` (``_driven_s``)."""
     t = line0
     for i in range(min(n, out_line.shape[0], route_links.shape[0])):
         if i > 0:
-            t = t + pace * link_time[route_links[i]]
+            w = route_links[i]
+            t = t + _driven_s(pace * link_time[w], link_length[w], t, held_mps, held_until_s)
         out_line[i] = t
+
+
+@njit(cache=True, inline="always")
+def _driven_s(
+    free_s: float, metres: float, t: float, held_mps: float, held_until_s: float
+) -> float:
+    """Time to drive ``metres`` from time ``t`` that take ``free_s`` at the vehicle's pace, the
+    part before ``held_until_s`` at ``held_mps`` (0: none; ``free_s`` exactly when none)."""
+    if held_mps <= 0.0 or t >= held_until_s or metres <= 0.0:
+        return free_s
+    reach = held_mps * (held_until_s - t)
+    if metres <= reach:
+        return metres / held_mps
+    return (held_until_s - t) + free_s * ((metres - reach) / metres)
 
 
 @njit(cache=True)

@@ -44,9 +44,29 @@ EARLIEST = (-math.inf, LARGEST)
 MAX_BASE_S = 1e12
 """Largest ``|base_s|`` of a ``MovementTimes`` (31,700 years): far below the rounding step of
 values near ``LARGEST``, so ``base + value`` never overflows into ``+inf``."""
+MAX_HELD_MPS = 70.0
+"""Fastest speed a ``HeldSpeed`` keeps (the fastest a position may report)."""
 MIN_PACE, MAX_PACE = 0.5, 4.0
 """The range of a vehicle's pace (observed driving time over the graph's) a route is timed
 with: from twice as fast as planned to four times as slow."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldSpeed:
+    """A speed a route's driving keeps until ``until_s`` instead of the vehicle's pace: the
+    traffic's, for a vehicle behind traffic it cannot pass, for as long as that is likely to
+    last (the car ahead may turn off at the next junction; nobody knows which)."""
+
+    speed_mps: float
+    until_s: float
+
+    def __post_init__(self) -> None:
+        check_number("speed_mps", self.speed_mps, gt=0.0, le=MAX_HELD_MPS)
+        check_number("until_s", self.until_s, ge=0.0, le=MAX_BASE_S)
+
+
+NOT_HELD = (0.0, -math.inf)
+"""``route_times``' and ``free_flow_lines``' held speed and end where none is kept."""
 
 
 class UnreachableError(ValidationError):
@@ -222,9 +242,11 @@ class Router:
         mv_ready_s: MovementTimes | ArrayLike,
         *,
         pace: float = 1.0,
+        held: HeldSpeed | None = None,
     ) -> Route:
         """``evaluate`` for a route given by link indices (e.g. the rest of a ``Route``), its
-        driving times scaled by ``pace`` (the vehicle's observed time over the graph's)."""
+        driving times scaled by ``pace`` (the vehicle's observed time over the graph's), at
+        ``held``'s speed until its end."""
         try:
             raw = np.asarray(link_indices)
         except (TypeError, ValueError) as error:
@@ -236,8 +258,9 @@ class Router:
         if raw.min() < 0 or raw.max() >= self.graph.links:
             raise ValidationError("link_indices", f"link index outside 0..{self.graph.links - 1}")
         return self._fixed(
-            raw.astype(np.int32), offset_m, depart_s, mv_ready_s, field="link_indices", pace=pace
-        )
+            raw.astype(np.int32), offset_m, depart_s, mv_ready_s,
+            field="link_indices", pace=pace, held=held,
+        )  # fmt: skip
 
     def _fixed(
         self,
@@ -248,6 +271,7 @@ class Router:
         *,
         field: str = "links",
         pace: float = 1.0,
+        held: HeldSpeed | None = None,
     ) -> Route:
         offset = self._offset(int(indices[0]), offset_m)
         pace = _number("pace", pace, ge=MIN_PACE, le=MAX_PACE)
@@ -264,7 +288,7 @@ class Router:
                 f"{field}[{gap}]",
                 f"no movement from link {ids[indices[gap - 1]]!r} to {ids[indices[gap]]!r}",
             )
-        return self._route_from(indices, moves, offset, depart, ready, pace)
+        return self._route_from(indices, moves, offset, depart, ready, pace, held)
 
     def windows(
         self,
@@ -278,6 +302,7 @@ class Router:
         sigma0_s: float = 1.0,
         sigma_rate: float = 0.03,
         pace: float = 1.0,
+        held: HeldSpeed | None = None,
     ) -> Windows:
         """Green windows along ``route``, one per stop line but the last link's, for queues
         that take ``flush_s[i]`` to flush once stop line ``i``'s movement can open, at the
@@ -285,11 +310,11 @@ class Router:
         here in O(route), whatever the graph's size (the caller knows them for its route only).
 
         ETAs start from the route's free-flow stop-line times (its first stop line, then link
-        times, no waiting) and every queue that cannot be flushed in time delays that ETA and
-        all later ones. Feeding the route's own ``line_s`` instead would count each wait twice:
-        ``route.line_s`` already includes the waits upstream. So when the route was searched
-        with ``mv_ready = earliest + flush``, ``eta == line_s + wait_s`` and
-        ``shift_s == sum(wait_s)`` (to rounding).
+        times at ``pace``, at ``held``'s speed until its end, no waiting) and every queue that
+        cannot be flushed in time delays that ETA and all later ones. Feeding the route's own
+        ``line_s`` instead would count each wait twice: ``route.line_s`` already includes the
+        waits upstream. So when the route was searched with ``mv_ready = earliest + flush``,
+        ``eta == line_s + wait_s`` and ``shift_s == sum(wait_s)`` (to rounding).
         """
         if not isinstance(route, Route):
             raise ValidationError("route", f"expected a Route, got {type(route).__name__}")
@@ -319,7 +344,9 @@ class Router:
             n,
             float(route.line_s[0]),
             self.graph.link_time,
+            self.graph.link_length,
             pace,
+            *_held_ok(held),
             line,
         )
         eta, opening, close, low, high = (np.empty(count, dtype=np.float64) for _ in range(5))
@@ -405,6 +432,7 @@ class Router:
         depart: float,
         ready: tuple[NDArray[np.float64], float],
         pace: float = 1.0,
+        held: HeldSpeed | None = None,
     ) -> Route:
         n = indices.shape[0]
         line = np.empty(n, dtype=np.float64)
@@ -420,6 +448,7 @@ class Router:
             ready[0],
             ready[1],
             pace,
+            *_held_ok(held),
             line,
             wait,
         )
@@ -500,6 +529,15 @@ def _checked(
             field, f"value {array[bad]} at {per} {bad} is outside [{low}, {high}]"
         )
     return array
+
+
+def _held_ok(held: object) -> tuple[float, float]:
+    """The kernels' (speed, end) of a ``HeldSpeed`` (checked when made), or ``NOT_HELD``."""
+    if held is None:
+        return NOT_HELD
+    if not isinstance(held, HeldSpeed):
+        raise ValidationError("held", f"expected a HeldSpeed, got {type(held).__name__}")
+    return held.speed_mps, held.until_s
 
 
 def _number(field: str, value: object, *, ge: float, le: float | None = None) -> float:

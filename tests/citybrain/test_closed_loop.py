@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 from citybrain import demo, diagram
 from citybrain.cli import main
 from citybrain.closed_loop import AMBULANCE, Policy, Setup, indication_colour, run_policy
-from citybrain.models.messages import CorridorState
+from citybrain.cloud.corridor import CorridorManager
+from citybrain.models.messages import CorridorState, VehiclePosition
 from citybrain.simulator.scenarios import Level, load_network
 
 SMALL = Setup(network="arterial:6", level=Level.SATURATED, warmup_s=300.0, after_s=900.0)
@@ -114,6 +116,32 @@ def test_the_corridor_s_etas_are_kept_until_the_ambulance_gets_there(
                     assert times[-1] <= passed[node] + 1.0
                     # a second before it got there, the ETA is that second, within a few
                     assert abs(given[-1][1] - passed[node]) < 5.0
+
+
+def test_positions_report_the_speed_driven_over_the_last_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As an AVL unit measures it, not the speed it could drive: each position after the
+    first says how far it went along its route since the one before, over that time, so one
+    slowed by the traffic ahead or standing in a queue says so."""
+    reported: list[tuple[float, float]] = []
+    on_position = CorridorManager.on_position
+
+    def spy(self: CorridorManager, position: VehiclePosition, now_s: float) -> list[object]:
+        reported.append((now_s, position.speed_mps))
+        return on_position(self, position, now_s)  # type: ignore[return-value]
+
+    monkeypatch.setattr(CorridorManager, "on_position", spy)
+    journey = run_policy(Policy.CORRIDOR, 1, SMALL).journeys[AMBULANCE]
+    along = dict(journey.trajectory)
+    driven = {
+        now: (along[now] - along[then]) / (now - then)
+        for then, now in itertools.pairwise(sorted(along))
+    }
+    said = {now: speed for now, speed in reported[1:] if now in driven}
+    assert len(said) > 100
+    assert said == pytest.approx({now: driven[now] for now in said})
+    assert min(said.values()) < 0.5 * max(said.values())
 
 
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:

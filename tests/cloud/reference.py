@@ -150,11 +150,24 @@ def route_times(
     depart_s: float,
     mv_ready: list[float],
     pace: float = 1.0,
+    *,
+    held: tuple[float, float] | None = None,
 ) -> tuple[list[float], list[float], float]:
     """(stop-line times before waiting, waits, arrival) along a fixed route, every driving
-    time ``pace`` times the graph's."""
+    time ``pace`` times the graph's; with ``held`` (speed, until): at that speed until then."""
+
+    def drive(metres: float, free_s: float, t: float) -> float:
+        """``t`` after driving ``metres`` that take ``free_s`` at its pace."""
+        if held is None or t >= held[1] or metres <= 0.0:
+            return t + free_s
+        speed, until = held
+        at_held = min(metres, speed * (until - t))
+        return t + at_held / speed + (metres - at_held) * (free_s / metres)
+
     length = g.link_length[links[0]]
-    t = depart_s + pace * ((length - offset_m) / (length / g.link_time[links[0]]))
+    t = drive(
+        length - offset_m, pace * ((length - offset_m) / (length / g.link_time[links[0]])), depart_s
+    )
     line, waits = [], []
     for i in range(len(links)):
         line.append(t)
@@ -163,7 +176,7 @@ def route_times(
             break
         wait = max(0.0, mv_ready[moves[i]] - t)
         waits.append(wait)
-        t = (t + wait) + pace * g.link_time[links[i + 1]]
+        t = drive(g.link_length[links[i + 1]], pace * g.link_time[links[i + 1]], t + wait)
     return line, waits, t
 
 

@@ -11,6 +11,7 @@ from citybrain.cloud import corridor as corridor_module
 from citybrain.cloud.corridor import (
     ADVICE_BAND_SHARE,
     DRAIN_STALL_S,
+    SPEED_HELD_S,
     STUCK,
     CorridorManager,
     PublishStatus,
@@ -853,6 +854,36 @@ def test_the_pace_it_is_seen_to_drive_times_the_windows_ahead_but_waiting_does_n
     ahead = float(GRAPH.link_time[GRAPH.link_index["a01-a02"]])
     assert _line(slow, "a02").eta_s - _line(slow, "a01").eta_s >= pace * ahead - 1e-6
     assert _line(waiting, "a02").eta_s - _line(waiting, "a01").eta_s < pace * ahead
+
+
+def test_a_speed_reported_under_its_own_is_kept_in_the_etas_ahead_for_a_while() -> None:
+    """At 60 % of its own speed (behind a car it cannot pass) it drives 9 s of its own
+    driving in the next 15 s: every ETA ahead 6 s later than at its own speed. Braking
+    (under half its speed), faster than its own, or told to go slower, the speed it reports
+    is not kept."""
+    link = GRAPH.link_index["west-a01"]
+    own = float(GRAPH.link_length[link]) / float(GRAPH.link_time[link])
+    reported = {"own": own, "held": 0.6 * own, "braking": 0.3 * own, "faster": 1.2 * own}
+    etas = {}
+    for name in (*reported, "advised"):
+        manager = _manager()
+        manager.request(_request(depart_at=100.0), 100.0)
+        if name == "advised":
+            manager.corridors[manager.by_vehicle["AMB-1"]].advised_mps = 0.6 * own
+        speed = reported.get(name, 0.6 * own)
+        at = VehiclePosition(
+            vehicle="AMB-1", time=101.0, link="west-a01", offset_m=10.0, speed_mps=speed
+        )
+        manager.on_position(at, 101.0)
+        etas[name] = (_line(manager, "a01").eta_s, _line(manager, "a02").eta_s)
+    to_go = float(GRAPH.link_length[link]) - 10.0
+    assert to_go > 9.0 * own  # the whole 15 s on this link
+    assert etas["own"][0] == pytest.approx(101.0 + to_go / own)  # nothing to wait for
+    assert [h - o for h, o in zip(etas["held"], etas["own"], strict=True)] == pytest.approx(
+        [SPEED_HELD_S * 0.4] * 2
+    )
+    for name in ("braking", "faster", "advised"):
+        assert etas[name] == pytest.approx(etas["own"]), name
 
 
 def test_ready_times_are_kept_up_to_date_where_queues_change_not_rebuilt_per_query() -> None:

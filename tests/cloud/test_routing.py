@@ -16,7 +16,14 @@ from scipy.sparse.csgraph import dijkstra
 
 from citybrain.cloud import kernels
 from citybrain.cloud.graph import DEFAULT_LANDMARKS, CorridorGraph, default_landmarks
-from citybrain.cloud.routing import MovementTimes, Route, Router, UnreachableError
+from citybrain.cloud.routing import (
+    NOT_HELD,
+    HeldSpeed,
+    MovementTimes,
+    Route,
+    Router,
+    UnreachableError,
+)
 
 from . import reference as ref
 from .cases import grid_graph, random_network, random_ready, random_times_graph
@@ -86,8 +93,9 @@ class Workspace:
         line, wait = np.empty(n), np.empty(n)
         g = self.graph
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, g.link_time, g.link_length, ready, 0.0, 1.0, line, wait
-        )
+            links, n, moves, offset, depart, g.link_time, g.link_length, ready, 0.0, 1.0,
+            *NOT_HELD, line, wait,
+        )  # fmt: skip
         return moves.tolist(), line.tolist(), wait.tolist(), arrival
 
 
@@ -315,7 +323,7 @@ def test_search_kernel_refuses_bad_arguments_without_crashing() -> None:
     assert math.isnan(
         kernels.route_times(
             np.array([0], np.int32), 0, np.array([-1], np.int32), 0.0, 0.0,
-            graph.link_time, graph.link_length, free, 0.0, 1.0, out, out,
+            graph.link_time, graph.link_length, free, 0.0, 1.0, *NOT_HELD, out, out,
         )
     )  # fmt: skip
 
@@ -365,16 +373,33 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
         line = np.empty(n)
         wait = np.empty(n)
         pace = float(rng.choice([1.0, rng.uniform(0.5, 4.0)]))  # a vehicle slower or faster
+        # behind traffic for a while, or not (exactly today's times when not)
+        held = (float(rng.uniform(1.0, 30.0)), depart + float(rng.uniform(-20.0, 200.0)))
+        held = held if rng.random() < 0.6 else NOT_HELD
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, link_time, link_length, ready, base, pace, line, wait
-        )
+            links, n, moves, offset, depart, link_time, link_length, ready, base, pace, *held,
+            line, wait,
+        )  # fmt: skip
         plain = ref.PlainGraph(
             [], link_time.tolist(), link_length.tolist(), [], [], 0.0, [], [], []
         )
         want = ref.route_times(
-            plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready], pace
-        )
-        assert (line.tolist(), wait.tolist(), arrival) == want
+            plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready],
+            pace, held=None if held == NOT_HELD else held,
+        )  # fmt: skip
+        if held == NOT_HELD:
+            assert (line.tolist(), wait.tolist(), arrival) == want
+        else:
+            assert line.tolist() == pytest.approx(want[0], rel=1e-12)
+            assert wait.tolist() == pytest.approx(want[1], rel=1e-12, abs=1e-9)
+            assert arrival == pytest.approx(want[2], rel=1e-12)
+        free = np.empty(n)
+        kernels.free_flow_lines(links, n, line[0], link_time, link_length, pace, *held, free)
+        no_wait = ref.route_times(
+            plain, links.tolist(), moves.tolist(), offset, depart, [-math.inf] * moves_total,
+            pace, held=None if held == NOT_HELD else held,
+        )[0]  # fmt: skip
+        assert free.tolist() == pytest.approx(no_wait, rel=1e-12)
 
         flush = rng.uniform(0.0, 40.0, n - 1)
         earliest = base + rng.uniform(0.0, 300.0, n - 1)
@@ -538,6 +563,42 @@ def test_router_routes_match_reference(name: str) -> None:
             assert timed.arrival_s == arrival
             assert timed.moves.tolist() == moves
             assert timed.wait_s.tolist() == wait
+
+
+def test_a_held_speed_times_the_route_at_it_until_it_ends() -> None:
+    """Row 0 of a 1 x 4 grid at 10 m/s (links of 150, 200, 200 m), no queues. A vehicle at
+    the start held to 5 m/s for 15 s covers 75 m in that time, the other 75 m of its link at
+    10 m/s: its first stop line at 22.5 s (15 s at its own speed), then 20 s a link as
+    before; the windows' ETAs agree, and a speed held until a time already past changes
+    nothing."""
+    grid = grid_graph(1, 4)
+    graph = grid.with_link_times(grid.link_length / 10.0)
+    router = Router(graph)
+    free = np.full(graph.movements, -np.inf)
+    links = router.route("bW0-g0_0", 0.0, "g0_3-bE0", 0.0, free).link_indices
+    held = HeldSpeed(speed_mps=5.0, until_s=15.0)
+    slow = router.retime(links, 0.0, 0.0, free, held=held)
+    assert slow.line_s[:4].tolist() == pytest.approx([22.5, 42.5, 62.5, 82.5])
+    assert router.retime(links, 0.0, 0.0, free).line_s[:4].tolist() == pytest.approx(
+        [15.0, 35.0, 55.0, 75.0]
+    )
+    flush = np.zeros(len(links) - 1)
+    windows = router.windows(slow, flush, flush - np.inf, 0.0, held=held)
+    assert windows.eta.tolist() == pytest.approx([22.5, 42.5, 62.5, 82.5])
+    # held past its first stop line: 5 m/s from 0 to 40 s (150 m, then 50 m), then 10 m/s;
+    # the windows from the first stop line at 22.5 s: 87.5 m at 5 m/s, 112.5 m at 10
+    longer = HeldSpeed(speed_mps=5.0, until_s=40.0)
+    assert router.retime(links, 0.0, 0.0, free, held=longer).line_s[:3].tolist() == (
+        pytest.approx([30.0, 55.0, 75.0])
+    )
+    assert router.windows(slow, flush, flush - np.inf, 0.0, held=longer).eta[:3].tolist() == (
+        pytest.approx([22.5, 51.25, 71.25])
+    )
+    past = HeldSpeed(speed_mps=5.0, until_s=0.0)
+    assert (
+        router.retime(links, 0.0, 0.0, free, held=past).line_s.tolist()
+        == router.retime(links, 0.0, 0.0, free).line_s.tolist()
+    )
 
 
 def test_router_closed_movements_and_dead_ends_are_unreachable() -> None:
@@ -712,6 +773,13 @@ def test_windows_and_evaluate_bad_inputs() -> None:
         (lambda: router.retime(route.link_indices[::2], 0.0, 0.0, free), "link_indices[1]"),
         (lambda: router.retime(route.link_indices, 1e6, 0.0, free), "offset_m"),
         (lambda: Router("graph"), "graph"),  # type: ignore[arg-type]
+        (lambda: HeldSpeed(speed_mps=0.0, until_s=10.0), "speed_mps"),
+        (lambda: HeldSpeed(speed_mps=math.nan, until_s=10.0), "speed_mps"),
+        (lambda: HeldSpeed(speed_mps=1e9, until_s=10.0), "speed_mps"),
+        (lambda: HeldSpeed(speed_mps=10.0, until_s=math.inf), "until_s"),
+        (lambda: HeldSpeed(speed_mps=10.0, until_s=-1.0), "until_s"),
+        (lambda: router.retime(route.link_indices, 0.0, 0.0, free, held=(5.0, 9.0)), "held"),  # type: ignore[arg-type]
+        (lambda: router.windows(route, zeros, zeros, 0.0, held=5.0), "held"),  # type: ignore[arg-type]
     ]
     for call, field in cases:
         with pytest.raises(ValidationError) as caught:
