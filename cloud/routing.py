@@ -31,6 +31,7 @@ from citybrain.cloud import kernels
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.models.checks import check_number
 from citybrain.models.errors import ValidationError
+from citybrain.models.messages import MAX_SPEED_MPS
 
 LARGEST = sys.float_info.max
 """Upper end of arrays that must be finite (``+inf`` excluded, ``-inf`` allowed if asked)."""
@@ -44,8 +45,6 @@ EARLIEST = (-math.inf, LARGEST)
 MAX_BASE_S = 1e12
 """Largest ``|base_s|`` of a ``MovementTimes`` (31,700 years): far below the rounding step of
 values near ``LARGEST``, so ``base + value`` never overflows into ``+inf``."""
-MAX_HELD_MPS = 70.0
-"""Fastest speed a ``HeldSpeed`` keeps (the fastest a position may report)."""
 MIN_PACE, MAX_PACE = 0.5, 4.0
 """The range of a vehicle's pace (observed driving time over the graph's) a route is timed
 with: from twice as fast as planned to four times as slow."""
@@ -61,7 +60,8 @@ class HeldSpeed:
     until_s: float
 
     def __post_init__(self) -> None:
-        check_number("speed_mps", self.speed_mps, gt=0.0, le=MAX_HELD_MPS)
+        # no faster than a position may report: the speed held is one it reported
+        check_number("speed_mps", self.speed_mps, gt=0.0, le=MAX_SPEED_MPS)
         check_number("until_s", self.until_s, ge=0.0, le=MAX_BASE_S)
 
 
