@@ -502,7 +502,7 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
         python_s += timed(reference_corridor, o, d, ready.tolist())
         # the same search in the kernel, without the router's validation and route objects
         numba_s += timed(
-            kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to,
+            kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to, graph.mv_junction_s,
             graph.link_time, graph.link_length, graph.link_x, graph.link_y, graph.max_speed,
             graph.link_from_node, graph.link_to_node, graph.lm_dist, ready, 0.0, True, *work,
         )  # fmt: skip
@@ -686,7 +686,7 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
     work = search_workspace(graph)
     for o, d in pairs[:100]:
         search += timed(
-            kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to,
+            kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to, graph.mv_junction_s,
             graph.link_time, graph.link_length, graph.link_x, graph.link_y, graph.max_speed,
             graph.link_from_node, graph.link_to_node, graph.lm_dist, kernel_ready, 0.0, True,
             *work,

@@ -468,7 +468,12 @@ class _Vehicle:
         self.route = [int(i) for i in trips.route_links[start : start + length]]
         self.moves = [int(m) for m in trips.route_moves[start : start + length]]
         road = net.road.network
-        self.offsets = np.concatenate([[0.0], np.cumsum(net.link_length[self.route])])
+        self.into_m = np.array([0.0, *(float(net.mv_junction_m[m]) for m in self.moves[:-1])])
+        """Per link of its route, the junction it crosses into it (none into the first)."""
+        crossed = net.link_length[self.route] + self.into_m
+        self.offsets = np.concatenate([[0.0], np.cumsum(crossed)])
+        """Per link, how far along the route the junction into it begins (the stop line
+        before it): the junctions are driven too, and its speed over them counted."""
         self.origin = road.link_by_id[net.link_ids[self.route[0]]].from_node
         self.nodes = [road.link_by_id[net.link_ids[i]].to_node for i in self.route]
         self.groups = [
@@ -621,7 +626,8 @@ class _Driver:
         if stops > vehicle.stops and vehicle.nodes[vehicle.hop] in vehicle.stops_at:
             vehicle.stops_at[vehicle.nodes[vehicle.hop]] += stops - vehicle.stops
         vehicle.hop, vehicle.stops = hop, stops
-        along = float(vehicle.offsets[hop] + max(0.0, sim.position[v]))
+        into = float(vehicle.into_m[hop])  # ours drives it from -into on the link, SUMO off it
+        along = float(vehicle.offsets[hop] + into + max(-into, sim.position[v]))
         vehicle.trajectory.append((now, along))
         if self.policy is Policy.LOCAL_PREEMPTION:
             self._preempt(vehicle, hop, now)

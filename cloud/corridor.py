@@ -393,9 +393,15 @@ class CorridorManager:
             [len(link.lanes) * link.length_m / JAM_SPACING_M for link in network.links]
         )
         self.red_share = np.zeros(len(graph.movement_ids))
+        self.switch_s = np.zeros(len(graph.movement_ids))
+        """Per movement: the assumed time to bring its group to green (``SWITCH_ESTIMATE_S``),
+        0 at a junction without a light, where nothing switches: only its queue holds the
+        vehicle there (``resco:ingolstadt21``'s corridor crosses 30 such junctions between its
+        10 lights, each once an 8 s wait in its ETAs)."""
         for movement in range(len(graph.movement_ids)):
             node = graph.intersection_ids[graph.mv_intersection[movement]]
             plan = plans.get(node)
+            self.switch_s[movement] = SWITCH_ESTIMATE_S if plan is not None else 0.0
             if plan is not None:
                 green = sum(
                     g
@@ -631,24 +637,41 @@ class CorridorManager:
         seen, corridor.seen = corridor.seen, (link, offset_m, now_s)
         if seen is None or now_s <= seen[2] or corridor.advised_mps is not None:
             return  # advised slower, or told to and not listening: neither is its pace
-        links = [int(x) for x in corridor.route.link_indices]
-        first = links.index(seen[0]) if seen[0] in links else len(links)
-        if link not in links[first:]:
-            return
-        graph = self.graph
-        planned = 0.0
-        for hop in range(first, links.index(link, first) + 1):
-            here = links[hop]
-            start = seen[1] if here == seen[0] else 0.0
-            end = offset_m if here == link else float(graph.link_length[here])
-            share = max(0.0, end - start) / float(graph.link_length[here])
-            planned += share * float(graph.link_time[here])
+        planned = self._planned_s(corridor.route, seen[:2], (link, offset_m))
         taken = now_s - seen[2]
-        if planned <= 0.0 or taken > PACE_SLOWEST * planned:
+        if planned is None or planned <= 0.0 or taken > PACE_SLOWEST * planned:
             return
         weight = min(1.0, planned / PACE_MEMORY_S)
         pace = (1.0 - weight) * corridor.pace + weight * taken / planned
         corridor.pace = min(max(pace, MIN_PACE), MAX_PACE)
+
+    def _planned_s(
+        self, route: Route, start: tuple[int, float], end: tuple[int, float]
+    ) -> float | None:
+        """The graph's time from ``start`` to ``end`` (each a link and an offset) along
+        ``route``, the junctions crossed included; None off the route, or where a report at
+        a link's end may have been anywhere in the junction after it: SUMO's engine, like an
+        AVL unit matched to the link it leaves, reports the link's end there."""
+        graph = self.graph
+        links = [int(x) for x in route.link_indices]
+        first = links.index(start[0]) if start[0] in links else len(links)
+        if end[0] not in links[first:]:
+            return None
+        last = links.index(end[0], first)
+        for hop, offset in ((first, start[1]), (last, end[1])):
+            inside = hop < len(links) - 1 and graph.mv_junction_s[route.moves[hop]] > 0.0
+            if inside and offset >= float(graph.link_length[links[hop]]):
+                return None
+        planned = 0.0
+        for hop in range(first, last + 1):
+            here = links[hop]
+            begin = start[1] if hop == first else 0.0
+            until = end[1] if hop == last else float(graph.link_length[here])
+            share = max(0.0, until - begin) / float(graph.link_length[here])
+            planned += share * float(graph.link_time[here])
+            if hop > first:  # it crossed the junction into ``here``
+                planned += float(graph.mv_junction_s[route.moves[hop - 1]])
+        return planned
 
     def _held(self, corridor: Corridor, link: int) -> HeldSpeed | None:
         """The speed its ETAs keep for ``SPEED_HELD_S`` after its last position on ``link``:
@@ -856,18 +879,19 @@ class CorridorManager:
     # ---- planning -------------------------------------------------------------------------
 
     def _ready_estimate(self, now_s: float) -> MovementTimes:
-        """When each movement's queue can be gone, seen from ``now_s``: a switch to green plus
-        its flush. Kept per movement and updated where queues changed (``take_changed``), so
-        a route query takes it as checked instead of checking every movement each time."""
+        """When each movement's queue can be gone, seen from ``now_s``: a switch to green
+        (``switch_s``) plus its flush. Kept per movement and updated where queues changed
+        (``take_changed``), so a route query takes it as checked instead of checking every
+        movement each time."""
         state = self.network_state
         changed = state.take_changed(now_s)
         if self._ready is None:
             flush = state.flush_time_s(now_s)[self.graph.mv_from]
-            self._ready = MovementTimes.ready(self.graph, SWITCH_ESTIMATE_S + flush)
+            self._ready = MovementTimes.ready(self.graph, self.switch_s + flush)
         elif changed.size:
             movements, owner = self.graph.movements_leaving(changed)
             flush = state.flush_time_s(now_s, links=changed)
-            self._ready.update(movements, SWITCH_ESTIMATE_S + flush[owner])
+            self._ready.update(movements, self.switch_s[movements] + flush[owner])
         return self._ready.at(now_s)
 
     def _replan(self, now_s: float) -> list[Action]:
@@ -1014,8 +1038,8 @@ class CorridorManager:
         holders: Counter[str],
     ) -> None:
         flush = self._flush_along(corridor, now_s)
-        earliest = np.full(flush.shape[0], now_s + SWITCH_ESTIMATE_S)
         route = corridor.route
+        earliest = now_s + self.switch_s[route.moves[: flush.shape[0]]]
         open_lines = _ahead(corridor)
         lead = self._lead(corridor, flush.shape[0], now_s, holders)
         lead = np.maximum(lead, self.settings.margin_s)
@@ -1096,8 +1120,11 @@ class CorridorManager:
         if ahead and yields[0]:
             targets.append((ahead[0], self._advised_at(ahead[0], now_s)))
         if len(ahead) == 2 and yields[1]:
-            links = corridor.route.link_indices[ahead[0].hop + 1 : ahead[1].hop + 1]
-            slowest = float(np.sum(self.graph.link_length[links])) / self.settings.min_advised_mps
+            route = corridor.route
+            links = route.link_indices[ahead[0].hop + 1 : ahead[1].hop + 1]
+            moves = route.moves[ahead[0].hop : ahead[1].hop]
+            metres = np.sum(self.graph.link_length[links]) + np.sum(self.graph.mv_junction_m[moves])
+            slowest = float(metres) / self.settings.min_advised_mps
             targets.append((ahead[0], self._advised_at(ahead[1], now_s) - slowest))
         speeds = [self._speed_to(corridor, line, at - seen_s) for line, at in targets]
         return min((speed for speed in speeds if speed is not None), default=None)
@@ -1156,9 +1183,13 @@ class CorridorManager:
         """The fastest speed (at least ``min_advised_mps``) that takes ``due`` seconds or
         more from the vehicle's last reported position to ``line``; None where its own speed
         does, within a second."""
-        links = corridor.route.link_indices[: line.hop + 1]
-        metres = self.graph.link_length[links].astype(np.float64)
-        own = metres / (self.graph.link_time[links] * corridor.pace)
+        graph, route = self.graph, corridor.route
+        links, moves = route.link_indices[: line.hop + 1], route.moves[: line.hop]
+        metres = graph.link_length[links].astype(np.float64)
+        seconds = graph.link_time[links].astype(np.float64)
+        metres[1:] += graph.mv_junction_m[moves]  # each link with the junction into it
+        seconds[1:] += graph.mv_junction_s[moves]
+        own = metres / (seconds * corridor.pace)
         metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
         if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:
             return None
@@ -1366,7 +1397,8 @@ class CorridorManager:
             return 0.0
         source = int(graph.mv_from[line.movement])
         spread = max(line.flushed_veh * float(self.network_state.discharge_s_per_veh[source]), 1.0)
-        travel = float(graph.link_time[link]) * graph.emergency_speed_factor
+        crossing = float(graph.mv_junction_s[line.movement]) + float(graph.link_time[link])
+        travel = crossing * graph.emergency_speed_factor
         first = line.passed_s - spread + travel
         low = max(first, now_s)
         high = min(line.passed_s + travel, float(route.line_s[0]))

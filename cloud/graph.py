@@ -171,6 +171,13 @@ class CorridorGraph:
     """Lanes of the source link that allow the movement's turn."""
     mv_headway_s: NDArray[np.float64]
     """Saturation headway of the movement's queue: 3600 / (saturation flow * lanes)."""
+    mv_junction_m: NDArray[np.float64]
+    """Distance driven inside the junction from the stop line onto the next link
+    (``Network.junction_m``): on a real city's map a quarter of a route can lie inside
+    junctions (``resco:ingolstadt21``'s corridor: 515 m of 2,537), which link lengths miss."""
+    mv_junction_s: NDArray[np.float64]
+    """Its emergency free-flow time: at the junction's speed limit (else the next link's)
+    times the speed factor. Route times add it on entering the next link."""
     mv_intersection: NDArray[np.int32]
     mv_group: tuple[str, ...]
     intersection_ids: tuple[str, ...]
@@ -196,7 +203,12 @@ class CorridorGraph:
         _check_array("mv_order", self.mv_order, np.int64, (moves,))
         for name in ("mv_from", "mv_to", "mv_lanes", "mv_intersection"):
             _check_array(name, getattr(self, name), np.int32, (moves,))
-        _check_array("mv_headway_s", self.mv_headway_s, np.float64, (moves,))
+        for name in ("mv_headway_s", "mv_junction_m", "mv_junction_s"):
+            _check_array(name, getattr(self, name), np.float64, (moves,))
+        for name in ("mv_junction_m", "mv_junction_s"):
+            values = getattr(self, name)
+            if moves and not bool(np.all(values >= 0.0) and np.all(np.isfinite(values))):
+                raise ValidationError(name, "every junction's distance and time must be >= 0")
         count = self.landmark_nodes.shape[0] if isinstance(self.landmark_nodes, np.ndarray) else 0
         _check_array("landmark_nodes", self.landmark_nodes, np.int32, (count,))
         _check_array("lm_dist", self.lm_dist, np.float64, (nodes, 2 * count))
@@ -258,6 +270,11 @@ class CorridorGraph:
             saturation[k] = link.saturation_flow_vphpl
         length = np.array([link.length_m for link in links], dtype=np.float64)
         speed = np.array([link.speed_limit_mps for link in links], dtype=np.float64)
+        junction_m = np.array([network.junction_m(m) for m in ordered], dtype=np.float64)
+        junction_mps = np.array(
+            [m.junction_speed_mps or links[link_index[m.to_link]].speed_limit_mps for m in ordered],
+            dtype=np.float64,
+        )
         return cls.from_arrays(
             link_ids=tuple(link.id for link in links),
             link_length=length,
@@ -276,6 +293,8 @@ class CorridorGraph:
             mv_to=np.array([link_index[m.to_link] for m in ordered], dtype=np.int32),
             mv_lanes=lanes,
             mv_headway_s=3600.0 / (saturation * lanes),
+            mv_junction_m=junction_m,
+            mv_junction_s=junction_m / (junction_mps * emergency_speed_factor),
             mv_group=tuple(m.signal_group for m in ordered),
             mv_order=order,
             landmarks=landmarks,
@@ -300,13 +319,16 @@ class CorridorGraph:
         mv_lanes: NDArray[np.int32],
         mv_headway_s: NDArray[np.float64],
         mv_group: Sequence[str],
+        mv_junction_m: NDArray[np.float64] | None = None,
+        mv_junction_s: NDArray[np.float64] | None = None,
         mv_order: NDArray[np.int64] | None = None,
         landmarks: int | None = None,
         emergency_speed_factor: float = 1.3,
     ) -> CorridorGraph:
         """Build from plain arrays (movements already sorted by source link), deriving the
         CSR, the link coordinates, the A* speed bound and the landmark table. Lets generators
-        of very large networks skip building ``Network`` objects."""
+        of very large networks skip building ``Network`` objects. Junctions left out are
+        crossed in no distance (links that run node to node)."""
         if landmarks is None:
             landmarks = default_landmarks(len(intersection_ids))
         check_count("landmarks", landmarks, le=MAX_LANDMARKS)
@@ -334,6 +356,8 @@ class CorridorGraph:
             mv_to=mv_to,
             mv_lanes=mv_lanes,
             mv_headway_s=mv_headway_s,
+            mv_junction_m=np.zeros(mv_from.shape[0]) if mv_junction_m is None else mv_junction_m,
+            mv_junction_s=np.zeros(mv_from.shape[0]) if mv_junction_s is None else mv_junction_s,
             mv_intersection=link_to_node[mv_from] if links else np.zeros(0, dtype=np.int32),
             mv_group=tuple(mv_group),
             intersection_ids=intersection_ids,

@@ -9,7 +9,9 @@ order, so a search's arrival time equals ``route_times`` along its route bit for
 * crossing into ``w`` through movement ``m = (u -> w)`` it waits
   ``wait = max(0, (ready_base + mv_ready[m]) - t_line)``, where ``ready_base + mv_ready[m]``
   is the caller's absolute earliest time the queue ahead of it on ``m`` can be gone (``-inf``:
-  no queue, ``+inf``: the movement may not be used), and enters ``w`` at ``t_line + wait``.
+  no queue, ``+inf``: the movement may not be used), crosses the junction in
+  ``mv_junction_s[m]`` and reaches the stop line of ``w`` at
+  ``(t_line + wait) + (mv_junction_s[m] + link_time[w])``.
   The scalar base lets one checked queue state serve queries at different ``now`` (0.0 adds
   nothing: ``0.0 + x == x`` exactly);
 * the destination is reached at the END of the destination link (no wait there).
@@ -161,6 +163,7 @@ def route_search(
     depart_s: float,
     out_start: np.ndarray,
     mv_to: np.ndarray,
+    mv_junction_s: np.ndarray,
     link_time: np.ndarray,
     link_length: np.ndarray,
     link_x: np.ndarray,
@@ -204,6 +207,7 @@ def route_search(
         or link_x.shape[0] != n_links
         or link_y.shape[0] != n_links
         or mv_ready.shape[0] != mv_to.shape[0]
+        or mv_junction_s.shape[0] != mv_to.shape[0]
         or out_start[n_links] > mv_to.shape[0]
         or link_from_node.shape[0] != n_links
         or link_to_node.shape[0] != n_links
@@ -263,7 +267,7 @@ def route_search(
             wait = (ready_base + mv_ready[k]) - gu
             if wait < 0.0:
                 wait = 0.0
-            g = (gu + wait) + link_time[w]
+            g = (gu + wait) + (mv_junction_s[k] + link_time[w])
             if not (g < math.inf):
                 continue
             if stamp == reached and not (g < dist[w]):
@@ -352,6 +356,8 @@ def route_times(
     depart_s: float,
     link_time: np.ndarray,
     link_length: np.ndarray,
+    mv_junction_s: np.ndarray,
+    mv_junction_m: np.ndarray,
     mv_ready: np.ndarray,
     ready_base: float,
     pace: float,
@@ -374,6 +380,8 @@ def route_times(
         or route_moves.shape[0] < n - 1
         or out_line.shape[0] < n
         or out_wait.shape[0] < n
+        or mv_junction_s.shape[0] != mv_ready.shape[0]
+        or mv_junction_m.shape[0] != mv_ready.shape[0]
     ):
         return math.nan
     n_links = link_time.shape[0]
@@ -398,29 +406,47 @@ def route_times(
             wait = 0.0
         out_wait[i] = wait
         t = t + wait
-        t = t + _driven_s(pace * link_time[w], link_length[w], t, held_mps, held_until_s)
+        t = t + _driven_s(
+            pace * (mv_junction_s[m] + link_time[w]),
+            mv_junction_m[m] + link_length[w],
+            t,
+            held_mps,
+            held_until_s,
+        )
     return t
 
 
 @njit(cache=True)
 def free_flow_lines(
     route_links: np.ndarray,
+    route_moves: np.ndarray,
     n: int,
     line0: float,
     link_time: np.ndarray,
     link_length: np.ndarray,
+    mv_junction_s: np.ndarray,
+    mv_junction_m: np.ndarray,
     pace: float,
     held_mps: float,
     held_until_s: float,
     out_line: np.ndarray,
 ) -> None:
     """Stop-line times along a route with no waiting, from the first stop line's time, each
-    link's time scaled by ``pace``, at ``held_mps`` until ``held_until_s`` (``_driven_s``)."""
+    junction's and link's time scaled by ``pace``, at ``held_mps`` until ``held_until_s``
+    (``_driven_s``)."""
     t = line0
-    for i in range(min(n, out_line.shape[0], route_links.shape[0])):
+    count = min(n, out_line.shape[0], route_links.shape[0], route_moves.shape[0] + 1)
+    for i in range(count):
         if i > 0:
             w = route_links[i]
-            t = t + _driven_s(pace * link_time[w], link_length[w], t, held_mps, held_until_s)
+            m = route_moves[i - 1]
+            t = t + _driven_s(
+                pace * (mv_junction_s[m] + link_time[w]),
+                mv_junction_m[m] + link_length[w],
+                t,
+                held_mps,
+                held_until_s,
+            )
         out_line[i] = t
 
 

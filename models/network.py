@@ -5,6 +5,7 @@ movements, detectors and signal groups, with every cross-reference checked once 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -307,6 +308,25 @@ class Network:
             return self.link_by_id[link_id]
         except KeyError:
             raise ValidationError("link", f"unknown link {link_id!r}") from None
+
+    @cached_property
+    def uncovered_m(self) -> Mapping[str, float]:
+        """Per link: how much further apart its two nodes are than its length, the distance a
+        vehicle drives inside the junctions at its ends (SUMO's internal lanes; 0 where links
+        run node to node, as ours do). Half of it belongs to each end's junction."""
+        nodes = self.intersection_by_id
+        out = {}
+        for link in self.links:
+            start, end = nodes[link.from_node], nodes[link.to_node]
+            chord = math.dist((start.x_m, start.y_m), (end.x_m, end.y_m))
+            out[link.id] = max(0.0, chord - link.length_m)
+        return out
+
+    def junction_m(self, movement: Movement) -> float:
+        """Distance ``movement`` drives inside its junction, from the stop line onto the next
+        link: half the uncovered distance (``uncovered_m``) of each of its two links."""
+        uncovered = self.uncovered_m
+        return (uncovered[movement.from_link] + uncovered[movement.to_link]) / 2.0
 
     @cached_property
     def _groups_by_intersection(self) -> Mapping[str, tuple[SignalGroup, ...]]:

@@ -193,10 +193,8 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
     out_start = np.zeros(len(links) + 1, dtype=np.int64)
     np.add.at(out_start, mv_from + 1, 1)
     out_start = np.cumsum(out_start)
-    uncovered = np.array(
-        [max(0.0, math.dist(x[link.from_node], x[link.to_node]) - link.length_m) for link in links]
-    )
-    junction_m = (uncovered[mv_from] + uncovered[mv_to]) / 2.0
+    uncovered = np.array([net.uncovered_m[link.id] for link in links], dtype=np.float64)
+    junction_m = (uncovered[mv_from] + uncovered[mv_to]) / 2.0  # as net.junction_m
     # a queue reaches back over the junction behind its link (SUMO's vehicles wait on its
     # internal lanes), and every lane holds at least the vehicle at its stop line, whose body
     # reaches back over that junction on a stub shorter than a car

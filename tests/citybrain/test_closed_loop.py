@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -12,7 +13,8 @@ from citybrain.cli import main
 from citybrain.closed_loop import AMBULANCE, Policy, Setup, indication_colour, run_policy
 from citybrain.cloud.corridor import CorridorManager
 from citybrain.models.messages import CorridorState, VehiclePosition
-from citybrain.simulator.scenarios import Level, load_network
+from citybrain.simulator.networks import arterial
+from citybrain.simulator.scenarios import Level, build, load_network
 
 SMALL = Setup(network="arterial:6", level=Level.SATURATED, warmup_s=300.0, after_s=900.0)
 
@@ -142,6 +144,46 @@ def test_positions_report_the_speed_driven_over_the_last_step(
     assert len(said) > 100
     assert said == pytest.approx({now: driven[now] for now in said})
     assert min(said.values()) < 0.5 * max(said.values())
+
+
+def test_the_route_it_drives_goes_across_the_junctions() -> None:
+    """On a map whose links end at the junctions' edges (the nodes 20 % further apart than
+    the links are long), the distance along its route counts each junction it crosses: its
+    stop lines lie where the links and junctions before them end, it has driven all of them
+    when it arrives, and its speed over each second (what its positions report) is never
+    the artefact of a junction left out: green all the way, none over its top speed and none
+    near a standstill."""
+    base = arterial(6)
+    nodes = tuple(
+        dataclasses.replace(node, x_m=1.2 * node.x_m, y_m=1.2 * node.y_m)
+        for node in base.network.intersections
+    )
+    road = dataclasses.replace(base, network=dataclasses.replace(base.network, intersections=nodes))
+    scenario = build(
+        road, level=Level.LIGHT, duration_s=1200.0, seed=1, ambulance_at_s=SMALL.warmup_s
+    )
+    outcome = run_policy(Policy.GREEN_ALL_THE_WAY, 1, SMALL, scenario=scenario)
+    journey = outcome.journeys[AMBULANCE]
+    network = road.network
+    links = [network.link(line.link) for line in journey.trip.stop_lines]
+    moves = {(m.from_link, m.to_link): m for m in network.movements}
+    crossed = [network.junction_m(moves[a.id, b.id]) for a, b in itertools.pairwise(links)]
+    assert min(crossed) > 50.0
+    metres = [link.length_m for link in links]
+    ends = itertools.accumulate(m + j for m, j in zip(metres, [0.0, *crossed], strict=True))
+    for line, end in zip(journey.trip.stop_lines, ends, strict=True):
+        if line.intersection in journey.stop_line_m:
+            assert journey.stop_line_m[line.intersection] == pytest.approx(end)
+    top = max(link.speed_limit_mps for link in links) * 1.3
+    total = sum(metres) + sum(crossed)
+    assert total - top < journey.trajectory[-1][1] <= total  # its last second before arriving
+    driven = [
+        (at - was) / (now - then)
+        for (then, was), (now, at) in itertools.pairwise(journey.trajectory[5:])
+    ]
+    assert len(driven) > 100
+    assert min(driven) > 0.5 * top
+    assert max(driven) <= top + 1e-6
 
 
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import cache
 
@@ -22,10 +23,16 @@ def grid_graph(rows: int, columns: int, landmarks: int = 8) -> CorridorGraph:
 
 
 def random_times_graph(rows: int, columns: int, seed: int, landmarks: int = 8) -> CorridorGraph:
-    """A generated grid whose links take random times (5-40 s), so optima are unique."""
+    """A generated grid whose links take random times (5-40 s), so optima are unique, and
+    whose junctions take 0-4 s to cross (10 m/s), as on a real city's map."""
     graph = grid_graph(rows, columns, landmarks)
     rng = np.random.default_rng(seed)
-    return graph.with_link_times(rng.uniform(5.0, 40.0, graph.links))
+    crossing = rng.uniform(0.0, 4.0, graph.movements)
+    return dataclasses.replace(
+        graph.with_link_times(rng.uniform(5.0, 40.0, graph.links)),
+        mv_junction_s=crossing,
+        mv_junction_m=10.0 * crossing,
+    )
 
 
 def random_network(seed: int, nodes: int = 40, out_degree: float = 2.5) -> Network:

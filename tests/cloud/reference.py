@@ -26,6 +26,9 @@ class PlainGraph:
     """Per link: (movement, target link) pairs in CSR order."""
     link_time: list[float]
     link_length: list[float]
+    mv_junction_s: list[float]
+    """Per movement: the time to cross its junction onto the next link."""
+    mv_junction_m: list[float]
     link_x: list[float]
     link_y: list[float]
     max_speed: float
@@ -43,6 +46,8 @@ def plain(graph: CorridorGraph, link_time: list[float] | None = None) -> PlainGr
         out,
         graph.link_time.tolist() if link_time is None else list(link_time),
         graph.link_length.tolist(),
+        graph.mv_junction_s.tolist(),
+        graph.mv_junction_m.tolist(),
         graph.link_x.tolist(),
         graph.link_y.tolist(),
         float(graph.max_speed),
@@ -121,7 +126,7 @@ def search(
             wait = mv_ready[move] - t
             if wait < 0.0:
                 wait = 0.0
-            arrive = (t + wait) + g.link_time[w]
+            arrive = (t + wait) + (g.mv_junction_s[move] + g.link_time[w])
             if not arrive < math.inf:
                 continue
             if w in best and not arrive < best[w]:
@@ -174,9 +179,11 @@ def route_times(
         if i == len(links) - 1:
             waits.append(0.0)
             break
-        wait = max(0.0, mv_ready[moves[i]] - t)
+        move, onto = moves[i], links[i + 1]
+        wait = max(0.0, mv_ready[move] - t)
         waits.append(wait)
-        t = drive(g.link_length[links[i + 1]], pace * g.link_time[links[i + 1]], t + wait)
+        crossing_m = g.mv_junction_m[move] + g.link_length[onto]
+        t = drive(crossing_m, pace * (g.mv_junction_s[move] + g.link_time[onto]), t + wait)
     return line, waits, t
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import Any
@@ -854,6 +855,66 @@ def test_the_pace_it_is_seen_to_drive_times_the_windows_ahead_but_waiting_does_n
     ahead = float(GRAPH.link_time[GRAPH.link_index["a01-a02"]])
     assert _line(slow, "a02").eta_s - _line(slow, "a01").eta_s >= pace * ahead - 1e-6
     assert _line(waiting, "a02").eta_s - _line(waiting, "a01").eta_s < pace * ahead
+
+
+def test_junctions_a_map_gives_are_in_the_etas_and_teach_no_pace() -> None:
+    """On a real city's map links end at a junction's edge, and crossing it takes time the
+    links do not have (SUMO's internal lanes): here the nodes lie 20 % further apart than the
+    links are long. Each ETA ahead counts the junctions before it, and a vehicle that drives
+    every metre at its own speed, junctions included (reporting its link's end while it
+    crosses, as SUMO's engine does), keeps its pace at 1."""
+    nodes = tuple(
+        dataclasses.replace(node, x_m=1.2 * node.x_m, y_m=1.2 * node.y_m)
+        for node in ROAD.network.intersections
+    )
+    network = dataclasses.replace(ROAD.network, intersections=nodes)
+    graph = CorridorGraph.from_network(network, emergency_speed_factor=1.3)
+    manager = CorridorManager(
+        graph, Router(graph), NetworkState(network), ROAD.plans,
+        lambda node, at: normal_state_at(ROAD.plans[node], at),
+    )  # fmt: skip
+    manager.request(_request(depart_at=100.0), 100.0)
+    corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
+    links, moves = corridor.route.link_indices, corridor.route.moves
+    crossing = graph.mv_junction_s[moves[:-1]]
+    assert crossing.min() > 3.0  # 80 m or so at 18 m/s
+    etas = [_line(manager, node).eta_s for node in ("a01", "a02", "a03")]
+    assert np.diff(etas) == pytest.approx(crossing[:2] + graph.link_time[links[1:3]])
+    # its drive as (until, link, metres, duration) stretches: a link, then the junction after it
+    stretches, until = [], 100.0
+    for hop in range(3):
+        link = int(links[hop])
+        until += float(graph.link_time[link])
+        stretches.append((until, link, float(graph.link_length[link]), graph.link_time[link]))
+        until += float(crossing[hop])
+        stretches.append((until, link, 0.0, crossing[hop]))
+    for now in np.arange(101.0, until, 1.0):
+        end, link, metres, duration = next(x for x in stretches if now <= x[0])
+        offset = float(graph.link_length[link]) - metres * (end - now) / duration
+        manager.on_position(_at(graph.link_ids[link], offset, float(now)), float(now))
+    assert manager.by_vehicle["AMB-1"] == corridor.corridor_id
+    assert corridor.pace == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_junction_without_a_light_costs_the_etas_beyond_it_no_switch() -> None:
+    """Nothing switches at a junction without a light (here a02, its plan left out): with no
+    queue there the ETA beyond it is the drive, not a controller's change to green the
+    vehicle would wait for (``SWITCH_ESTIMATE_S``, 8 s) when it gets there within that."""
+    plans = {node: plan for node, plan in ROAD.plans.items() if node != "a02"}
+    manager = CorridorManager(
+        GRAPH, Router(GRAPH), NetworkState(ROAD.network), plans,
+        lambda node, at: normal_state_at(plans[node], at),
+    )  # fmt: skip
+    manager.request(_request(depart_at=100.0), 100.0)
+    link = GRAPH.link_index["a01-a02"]
+    to_go = 20.0
+    manager.on_position(_at("a01-a02", float(GRAPH.link_length[link]) - to_go, 200.0), 200.0)
+    assert "a02" not in [line.intersection for line in corridor_module._ahead(
+        manager.corridors[manager.by_vehicle["AMB-1"]]
+    )]  # fmt: skip
+    own = float(GRAPH.link_length[link]) / float(GRAPH.link_time[link])
+    onward = float(GRAPH.link_time[GRAPH.link_index["a02-a03"]])
+    assert _line(manager, "a03").eta_s == pytest.approx(200.0 + to_go / own + onward)
 
 
 def test_a_speed_reported_under_its_own_is_kept_in_the_etas_ahead_for_a_while() -> None:

@@ -24,6 +24,7 @@ from citybrain.cloud.routing import (
     Router,
     UnreachableError,
 )
+from citybrain.models.errors import ValidationError
 
 from . import reference as ref
 from .cases import grid_graph, random_network, random_ready, random_times_graph
@@ -57,7 +58,7 @@ class Workspace:
         """``route_search``'s arguments, in order."""
         g = self.graph
         return (
-            origin, offset, destination, depart, g.out_start, g.mv_to,
+            origin, offset, destination, depart, g.out_start, g.mv_to, g.mv_junction_s,
             g.link_time if link_time is None else link_time, g.link_length, g.link_x, g.link_y,
             g.max_speed, g.link_from_node, g.link_to_node, g.lm_dist, ready, ready_base,
             use_astar, self.dist, self.prev, self.keys, self.vals, self.visited, self.out,
@@ -93,8 +94,8 @@ class Workspace:
         line, wait = np.empty(n), np.empty(n)
         g = self.graph
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, g.link_time, g.link_length, ready, 0.0, 1.0,
-            *NOT_HELD, line, wait,
+            links, n, moves, offset, depart, g.link_time, g.link_length, g.mv_junction_s,
+            g.mv_junction_m, ready, 0.0, 1.0, *NOT_HELD, line, wait,
         )  # fmt: skip
         return moves.tolist(), line.tolist(), wait.tolist(), arrival
 
@@ -193,10 +194,10 @@ def test_label_setting_is_exact_against_brute_force(seed: int) -> None:
 @pytest.mark.parametrize("name", ["grid-12x9-random-times", "random-sparse-3", "random-sparse-4"])
 def test_no_waiting_equals_scipy_dijkstra(name: str) -> None:
     """With no queues anywhere the search is a static shortest path: scipy's on the link graph
-    (edge u -> w weighs w's time) plus the partial origin link."""
+    (edge u -> w weighs its junction's time and w's) plus the partial origin link."""
     graph = GRAPHS[name]
     weights = csr_matrix(
-        (graph.link_time[graph.mv_to], (graph.mv_from, graph.mv_to)),
+        (graph.mv_junction_s + graph.link_time[graph.mv_to], (graph.mv_from, graph.mv_to)),
         shape=(graph.links, graph.links),
     )
     free = np.full(graph.movements, -np.inf)
@@ -308,10 +309,13 @@ def test_search_kernel_refuses_bad_arguments_without_crashing() -> None:
     assert kernels.route_search(*tiny.args(origin, 0.0, far, 0.0, free, False)) == -2
     assert kernels.route_search(*work.args(origin, math.nan, far, 0.0, free, False)) == -2
     args = list(work.args(origin, 0.0, far, 0.0, free, True))
-    args[12] = graph.link_to_node[:-1]  # node-of-link array of the wrong size
+    args[13] = graph.link_to_node[:-1]  # node-of-link array of the wrong size
     assert kernels.route_search(*args) == -2
     args = list(work.args(origin, 0.0, far, 0.0, free, True))
-    args[13] = graph.lm_dist[:1]  # landmark table missing the destination's intersection
+    args[14] = graph.lm_dist[:1]  # landmark table missing the destination's intersection
+    assert kernels.route_search(*args) == -2
+    args = list(work.args(origin, 0.0, far, 0.0, free, True))
+    args[6] = graph.mv_junction_s[:-1]  # one junction short
     assert kernels.route_search(*args) == -2
     args = list(work.args(origin, 0.0, far, 0.0, free[:-1], True))  # one movement short
     assert kernels.route_search(*args) == -2
@@ -323,7 +327,15 @@ def test_search_kernel_refuses_bad_arguments_without_crashing() -> None:
     assert math.isnan(
         kernels.route_times(
             np.array([0], np.int32), 0, np.array([-1], np.int32), 0.0, 0.0,
-            graph.link_time, graph.link_length, free, 0.0, 1.0, *NOT_HELD, out, out,
+            graph.link_time, graph.link_length, graph.mv_junction_s, graph.mv_junction_m,
+            free, 0.0, 1.0, *NOT_HELD, out, out,
+        )
+    )  # fmt: skip
+    assert math.isnan(
+        kernels.route_times(
+            np.array([0], np.int32), 1, np.array([-1], np.int32), 0.0, 0.0,
+            graph.link_time, graph.link_length, graph.mv_junction_s[:-1], graph.mv_junction_m,
+            free, 0.0, 1.0, *NOT_HELD, out, out,
         )
     )  # fmt: skip
 
@@ -365,6 +377,9 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
         moves[-1] = -1
         link_time = rng.uniform(3.0, 30.0, 30)
         link_length = rng.uniform(50.0, 400.0, 30)
+        # junctions crossed in 0-6 s, or in no time (links node to node)
+        junction_s = rng.uniform(0.0, 6.0, moves_total) * float(rng.random() < 0.7)
+        junction_m = junction_s * rng.uniform(5.0, 15.0, moves_total)
         ready = rng.uniform(0.0, 300.0, moves_total)
         ready[rng.random(moves_total) < 0.3] = -np.inf
         base = float(rng.choice([0.0, rng.uniform(-100.0, 100.0)]))  # the kernels add it
@@ -377,12 +392,13 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
         held = (float(rng.uniform(1.0, 30.0)), depart + float(rng.uniform(-20.0, 200.0)))
         held = held if rng.random() < 0.6 else NOT_HELD
         arrival = kernels.route_times(
-            links, n, moves, offset, depart, link_time, link_length, ready, base, pace, *held,
-            line, wait,
+            links, n, moves, offset, depart, link_time, link_length, junction_s, junction_m,
+            ready, base, pace, *held, line, wait,
         )  # fmt: skip
         plain = ref.PlainGraph(
-            [], link_time.tolist(), link_length.tolist(), [], [], 0.0, [], [], []
-        )
+            [], link_time.tolist(), link_length.tolist(), junction_s.tolist(),
+            junction_m.tolist(), [], [], 0.0, [], [], [],
+        )  # fmt: skip
         want = ref.route_times(
             plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready],
             pace, held=None if held == NOT_HELD else held,
@@ -394,7 +410,10 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
             assert wait.tolist() == pytest.approx(want[1], rel=1e-12, abs=1e-9)
             assert arrival == pytest.approx(want[2], rel=1e-12)
         free = np.empty(n)
-        kernels.free_flow_lines(links, n, line[0], link_time, link_length, pace, *held, free)
+        kernels.free_flow_lines(
+            links, moves, n, line[0], link_time, link_length, junction_s, junction_m, pace,
+            *held, free,
+        )  # fmt: skip
         no_wait = ref.route_times(
             plain, links.tolist(), moves.tolist(), offset, depart, [-math.inf] * moves_total,
             pace, held=None if held == NOT_HELD else held,
@@ -451,6 +470,40 @@ def test_windows_hand_computed_unflushable_queue_shifts_later_etas() -> None:
 
 
 # -- graph -----------------------------------------------------------------------------------
+
+
+def test_graph_times_each_junction_at_its_speed_limit() -> None:
+    """A junction's distance (``Network.junction_m``) at its own speed limit where the map
+    gives one (a turn slowed for its curve), else the next link's, times the speed factor;
+    links that run node to node (ours) cross in no time."""
+    from citybrain.simulator.networks import grid
+
+    net = grid(2, 2).network
+    assert not CorridorGraph.from_network(net).mv_junction_s.any()
+    shorter = tuple(dataclasses.replace(link, length_m=link.length_m - 12.0) for link in net.links)
+    turn = net.movements[0]
+    slowed = (dataclasses.replace(turn, junction_speed_mps=5.0), *net.movements[1:])
+    real = dataclasses.replace(net, links=shorter, movements=slowed)
+    graph = CorridorGraph.from_network(real, emergency_speed_factor=1.5)
+    for movement in real.movements:
+        k = graph.movement_index[movement.id]
+        assert graph.mv_junction_m[k] == pytest.approx(12.0)
+        speed = movement.junction_speed_mps or real.link(movement.to_link).speed_limit_mps
+        assert graph.mv_junction_s[k] == pytest.approx(12.0 / (speed * 1.5))
+    assert graph.mv_junction_s[graph.movement_index[turn.id]] == pytest.approx(12.0 / 7.5)
+
+
+@pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
+def test_graph_refuses_a_junction_time_that_is_no_duration(value: float) -> None:
+    graph = GRAPHS["grid-4x4-uniform"]
+    times = graph.mv_junction_s.copy()
+    times[3] = value
+    with pytest.raises(ValidationError, match="junction") as info:
+        dataclasses.replace(graph, mv_junction_s=times)
+    assert info.value.field == "mv_junction_s"
+    with pytest.raises(ValidationError) as info:
+        dataclasses.replace(graph, mv_junction_m=times[:-1])
+    assert info.value.field == "mv_junction_m"
 
 
 def test_graph_from_network_arrays() -> None:

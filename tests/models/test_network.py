@@ -109,6 +109,22 @@ def test_storage_and_free_flow_time() -> None:
     assert one_lane.free_flow_time_s == pytest.approx(6.0)
 
 
+def test_junctions_take_what_the_links_leave_between_their_nodes() -> None:
+    """Links of an imported map end at a junction's edge, not its centre: AB (280 m between
+    nodes 300 m apart) leaves 20 m inside the junctions at its ends, BA (300 m) none, and a
+    link longer than the chord (a bend) none either."""
+    links = (
+        Link("AB", "A", "B", 280.0, TWO_LANES, 15.0),
+        Link("BA", "B", "A", 330.0, TWO_LANES, 15.0),
+    )
+    network = _build(links=links)
+    assert network.uncovered_m == {"AB": pytest.approx(20.0), "BA": 0.0}
+    by_id = network.movement_by_id
+    assert network.junction_m(by_id["A-u"]) == pytest.approx(10.0)  # (BA 0 + AB 20) / 2
+    assert network.junction_m(by_id["B-u"]) == pytest.approx(10.0)
+    assert _build().uncovered_m == {"AB": 0.0, "BA": 0.0}  # links node to node
+
+
 def test_saturation_flow_defaults_to_1800() -> None:
     assert Link("L", "A", "B", 300.0, TWO_LANES, 15.0).saturation_flow_vphpl == 1800.0
 
