@@ -433,13 +433,12 @@ class CorridorManager:
             raise ValidationError(
                 "vehicle", f"{request.vehicle} already has corridor {existing.corridor_id}"
             )
-        origins, destinations, offset = self._ends_of(request, start)
         depart = now_s if request.depart_at is None else request.depart_at
         if not now_s - 1.0 <= depart <= now_s + self.settings.horizon_s:
             raise ValidationError(
                 "depart_at", f"must lie between now and the {self.settings.horizon_s:.0f} s horizon"
             )
-        best = self._fastest(request, origins, destinations, offset, depart, now_s)
+        best, offset = self._planned(request, start, depart, now_s)
         corridor_id = request.corridor_id or compose_id(
             f"C{self._id_epoch}{next(self._ids)}", request.vehicle
         )
@@ -476,13 +475,26 @@ class CorridorManager:
         statuses = [PublishStatus(self._status(victim, now_s)) for victim in preempted]
         return [*self._replan(now_s), *statuses]
 
+    def _planned(
+        self,
+        request: CorridorRequest,
+        start: tuple[str, float] | None,
+        depart: float,
+        now_s: float,
+    ) -> tuple[Route, float]:
+        """Its route and its offset on the first link: one the requester fixed (the crew's
+        own) timed along it, not searched between its ends (the vehicle would leave a route
+        the cloud found faster, and meet its windows late); else the fastest."""
+        if request.route:
+            links = self._links_of_route(request.route)
+            return self.router.retime(links, 0.0, depart, self._ready_estimate(now_s)), 0.0
+        origins, destinations, offset = self._ends_of(request, start)
+        return self._fastest(request, origins, destinations, offset, depart, now_s), offset
+
     def _ends_of(
         self, request: CorridorRequest, start: tuple[str, float] | None
     ) -> tuple[list[int], list[int], float]:
         """(the links it may start on, those it may end on, its offset on the first)."""
-        if request.route:
-            links = self._links_of_route(request.route)
-            return [links[0]], [links[-1]], 0.0
         offset = 0.0
         if request.origin is not None:
             origins = self._endpoints(request.origin, outgoing=True)

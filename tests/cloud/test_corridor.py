@@ -37,7 +37,7 @@ from citybrain.models.traffic import DEFAULT_LOST_TIME_S
 from citybrain.signal_plans.state import normal_state_at
 from citybrain.signal_plans.validator import check_plan
 from citybrain.simulator.controllers import EmulatedController
-from citybrain.simulator.networks import arterial
+from citybrain.simulator.networks import arterial, grid
 
 ROAD = arterial(5, length_m=2400.0)
 GRAPH = CorridorGraph.from_network(ROAD.network, emergency_speed_factor=1.3)
@@ -102,6 +102,25 @@ def test_a_request_is_granted_with_safe_plans_inside_the_horizon_only() -> None:
         assert window.open_at < eta < window.close_at
         state = normal_state_at(ROAD.plans[action.intersection], 100.0)
         assert check_plan(plan, state, now_s=100.0, last_order=None).accepted
+
+
+def test_a_route_the_requester_fixes_is_followed_not_searched_between_its_ends() -> None:
+    """Dispatch gives the crew's route (a detour east and back west): the corridor's stop
+    lines are that route's, in its order, not those of the fastest route between its ends
+    (straight north), which the vehicle would never drive, meeting its windows late."""
+    road = grid(3, 3)
+    graph = CorridorGraph.from_network(road.network)
+    manager = CorridorManager(
+        graph, Router(graph), NetworkState(road.network), road.plans,
+        lambda node, at: normal_state_at(road.plans[node], at),
+    )  # fmt: skip
+    detour = ("bS0", "g0_0", "g0_1", "g0_2", "g1_2", "g1_1", "g1_0", "g2_0", "bN0")
+    actions = manager.request(_request(origin=None, route=detour), 100.0)
+    (status,) = _statuses(actions)
+    assert [line.intersection for line in status.status.intersections] == list(detour[1:-1])
+    straight = manager.router.route("bS0-g0_0", 0.0, "g2_0-bN0", 100.0, np.zeros(graph.movements))
+    corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
+    assert corridor.route.arrival_s > straight.arrival_s + 30.0  # four links more
 
 
 def test_queues_make_windows_open_earlier() -> None:

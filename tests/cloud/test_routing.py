@@ -252,13 +252,12 @@ def bounds_to(graph: CorridorGraph, destination: int) -> NDArray[np.float64]:
 )
 def test_bound_is_admissible_and_consistent(name: str) -> None:
     """From every link the bound is at most the true free-flow time to the destination
-    (scipy on the reversed link graph), infinite only where there is truly no way, and it
-    never drops by more than a link's time along a movement."""
+    (scipy on the reversed link graph, each junction crossed included), infinite only where
+    there is truly no way, and it never drops by more than a movement's junction and target
+    link's time along it."""
     graph = GRAPHS[name]
-    reverse = csr_matrix(
-        (graph.link_time[graph.mv_to], (graph.mv_to, graph.mv_from)),
-        shape=(graph.links, graph.links),
-    )
+    step = graph.mv_junction_s + graph.link_time[graph.mv_to]
+    reverse = csr_matrix((step, (graph.mv_to, graph.mv_from)), shape=(graph.links, graph.links))
     for destination in range(0, graph.links, max(1, graph.links // 9)):
         to_go = dijkstra(reverse, directed=True, indices=[destination])[0]
         h = bounds_to(graph, destination)
@@ -267,7 +266,7 @@ def test_bound_is_admissible_and_consistent(name: str) -> None:
         assert np.all(~finite[np.isinf(h)])
         u, w = graph.mv_from, graph.mv_to
         live = np.isfinite(h[w])
-        assert np.all(h[u][live] <= graph.link_time[w][live] + h[w][live] + 1e-9)
+        assert np.all(h[u][live] <= step[live] + h[w][live] + 1e-9)
 
 
 def test_landmarks_make_astar_settle_little_more_than_the_route() -> None:
