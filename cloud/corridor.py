@@ -438,7 +438,7 @@ class CorridorManager:
             raise ValidationError(
                 "depart_at", f"must lie between now and the {self.settings.horizon_s:.0f} s horizon"
             )
-        best, offset = self._planned(request, start, depart, now_s)
+        best, offset = self._route_for(request, start, depart, now_s)
         corridor_id = request.corridor_id or compose_id(
             f"C{self._id_epoch}{next(self._ids)}", request.vehicle
         )
@@ -475,7 +475,7 @@ class CorridorManager:
         statuses = [PublishStatus(self._status(victim, now_s)) for victim in preempted]
         return [*self._replan(now_s), *statuses]
 
-    def _planned(
+    def _route_for(
         self,
         request: CorridorRequest,
         start: tuple[str, float] | None,

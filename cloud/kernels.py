@@ -368,9 +368,9 @@ def route_times(
 ) -> float:
     """Along a fixed route: the time at each stop line before waiting, the wait there (0 at the
     last link, whose "stop line" is its end) and the arrival, which is returned. ``pace``
-    scales every driving time (the vehicle's observed time over the graph's; 1.0 exactly
-    reproduces a search's labels); until ``held_until_s`` it drives at ``held_mps`` instead
-    (``_driven_s``).
+    scales every driving time, each junction's crossing with the link after it (the
+    vehicle's observed time over the graph's; 1.0 exactly reproduces a search's labels);
+    until ``held_until_s`` it drives at ``held_mps`` instead (``_driven_s``).
 
     NaN when ``n`` is not a valid length for the arrays given.
     """
