@@ -719,7 +719,13 @@ class _Driver:
         if manager is None or vehicle.name not in manager.by_vehicle:
             return
         offset = float(self.run.sim.position[vehicle.index])
-        self._apply(manager.on_position(self._position(vehicle, vehicle.route[hop], offset), now))
+        link = vehicle.route[hop]
+        if offset < 0.0 and vehicle.into_m[hop] > 0.0:
+            # still crossing the junction into it: at the end of the link it left, as SUMO's
+            # engine (and an AVL unit matched to a link) says there
+            link = vehicle.route[hop - 1]
+            offset = float(self.net.link_length[link])
+        self._apply(manager.on_position(self._position(vehicle, link, offset), now))
 
     def _observe(self, now: float) -> None:
         """What telemetry would tell the cloud: the standing queue and the arrival flow (the

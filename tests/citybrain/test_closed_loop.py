@@ -13,8 +13,8 @@ from citybrain.cli import main
 from citybrain.closed_loop import AMBULANCE, Policy, Setup, indication_colour, run_policy
 from citybrain.cloud.corridor import CorridorManager
 from citybrain.models.messages import CorridorState, VehiclePosition
-from citybrain.simulator.networks import arterial
-from citybrain.simulator.scenarios import Level, build, load_network
+from citybrain.simulator.networks import RoadNetwork, arterial
+from citybrain.simulator.scenarios import Level, Scenario, build, load_network
 
 SMALL = Setup(network="arterial:6", level=Level.SATURATED, warmup_s=300.0, after_s=900.0)
 
@@ -146,13 +146,9 @@ def test_positions_report_the_speed_driven_over_the_last_step(
     assert min(said.values()) < 0.5 * max(said.values())
 
 
-def test_the_route_it_drives_goes_across_the_junctions() -> None:
-    """On a map whose links end at the junctions' edges (the nodes 20 % further apart than
-    the links are long), the distance along its route counts each junction it crosses: its
-    stop lines lie where the links and junctions before them end, it has driven all of them
-    when it arrives, and its speed over each second (what its positions report) is never
-    the artefact of a junction left out: green all the way, none over its top speed and none
-    near a standstill."""
+def _with_junctions() -> tuple[RoadNetwork, Scenario]:
+    """The small arterial as a map whose links end at the junctions' edges (its nodes 20 %
+    further apart than its links are long: 80 m or so inside each junction), light traffic."""
     base = arterial(6)
     nodes = tuple(
         dataclasses.replace(node, x_m=1.2 * node.x_m, y_m=1.2 * node.y_m)
@@ -162,6 +158,17 @@ def test_the_route_it_drives_goes_across_the_junctions() -> None:
     scenario = build(
         road, level=Level.LIGHT, duration_s=1200.0, seed=1, ambulance_at_s=SMALL.warmup_s
     )
+    return road, scenario
+
+
+def test_the_route_it_drives_goes_across_the_junctions() -> None:
+    """On a map whose links end at the junctions' edges (the nodes 20 % further apart than
+    the links are long), the distance along its route counts each junction it crosses: its
+    stop lines lie where the links and junctions before them end, it has driven all of them
+    when it arrives, and its speed over each second (what its positions report) is never
+    the artefact of a junction left out: green all the way, none over its top speed and none
+    near a standstill."""
+    road, scenario = _with_junctions()
     outcome = run_policy(Policy.GREEN_ALL_THE_WAY, 1, SMALL, scenario=scenario)
     journey = outcome.journeys[AMBULANCE]
     network = road.network
@@ -184,6 +191,30 @@ def test_the_route_it_drives_goes_across_the_junctions() -> None:
     assert len(driven) > 100
     assert min(driven) > 0.5 * top
     assert max(driven) <= top + 1e-6
+
+
+def test_while_it_crosses_a_junction_its_position_is_the_end_of_the_link_it_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As SUMO's engine reports it (and an AVL unit matched to a link): the cloud does not
+    see it on the next link, at its start, seconds before it gets there. On the map with
+    junctions of the test above, each crossing (80 m or more, 4 s or more) is seen as
+    reports at the end of the link it left."""
+    road, scenario = _with_junctions()
+    reported: list[tuple[str, float]] = []
+    on_position = CorridorManager.on_position
+
+    def spy(self: CorridorManager, position: VehiclePosition, now_s: float) -> list[object]:
+        reported.append((position.link, position.offset_m))
+        return on_position(self, position, now_s)  # type: ignore[return-value]
+
+    monkeypatch.setattr(CorridorManager, "on_position", spy)
+    journey = run_policy(Policy.CORRIDOR, 1, SMALL, scenario=scenario).journeys[AMBULANCE]
+    links = [line.link for line in journey.trip.stop_lines]
+    for left, entered in itertools.pairwise(links):
+        end = road.network.link(left).length_m
+        assert reported.count((left, end)) >= 2, left
+        assert (entered, 0.0) not in reported, entered
 
 
 def test_the_corridor_is_fastest_and_stops_least(comparison: demo.Comparison) -> None:
