@@ -1132,11 +1132,8 @@ class CorridorManager:
         if ahead and yields[0]:
             targets.append((ahead[0], self._advised_at(ahead[0], now_s)))
         if len(ahead) == 2 and yields[1]:
-            route = corridor.route
-            links = route.link_indices[ahead[0].hop + 1 : ahead[1].hop + 1]
-            moves = route.moves[ahead[0].hop : ahead[1].hop]
-            metres = np.sum(self.graph.link_length[links]) + np.sum(self.graph.mv_junction_m[moves])
-            slowest = float(metres) / self.settings.min_advised_mps
+            metres, _ = self._hops(corridor.route, ahead[0].hop + 1, ahead[1].hop + 1)
+            slowest = float(np.sum(metres)) / self.settings.min_advised_mps
             targets.append((ahead[0], self._advised_at(ahead[1], now_s) - slowest))
         speeds = [self._speed_to(corridor, line, at - seen_s) for line, at in targets]
         return min((speed for speed in speeds if speed is not None), default=None)
@@ -1191,16 +1188,24 @@ class CorridorManager:
             float(state.discharge_s_per_veh[link]),
         )
 
+    def _hops(self, route: Route, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per hop of ``route`` from ``start`` up to ``stop``: the metres and the graph's
+        seconds of its link and of the junction into it (none into the route's first link,
+        which the vehicle is on)."""
+        links = route.link_indices[start:stop]
+        metres = self.graph.link_length[links].astype(np.float64)
+        seconds = self.graph.link_time[links].astype(np.float64)
+        first = max(start, 1)  # hops entered through a junction on this route
+        moves = route.moves[first - 1 : stop - 1]
+        metres[first - start :] += self.graph.mv_junction_m[moves]
+        seconds[first - start :] += self.graph.mv_junction_s[moves]
+        return metres, seconds
+
     def _speed_to(self, corridor: Corridor, line: StopLine, due: float) -> float | None:
         """The fastest speed (at least ``min_advised_mps``) that takes ``due`` seconds or
         more from the vehicle's last reported position to ``line``; None where its own speed
         does, within a second."""
-        graph, route = self.graph, corridor.route
-        links, moves = route.link_indices[: line.hop + 1], route.moves[: line.hop]
-        metres = graph.link_length[links].astype(np.float64)
-        seconds = graph.link_time[links].astype(np.float64)
-        metres[1:] += graph.mv_junction_m[moves]  # each link with the junction into it
-        seconds[1:] += graph.mv_junction_s[moves]
+        metres, seconds = self._hops(corridor.route, 0, line.hop + 1)
         own = metres / (seconds * corridor.pace)
         metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
         if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:

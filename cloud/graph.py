@@ -173,7 +173,7 @@ class CorridorGraph:
     """Saturation headway of the movement's queue: 3600 / (saturation flow * lanes)."""
     mv_junction_m: NDArray[np.float64]
     """Distance driven inside the junction from the stop line onto the next link
-    (``Network.junction_m``): on a real city's map a quarter of a route can lie inside
+    (``Network.junction_m``): on a real city's map a fifth of a route can lie inside
     junctions (``resco:ingolstadt21``'s corridor: 515 m of 2,537), which link lengths miss."""
     mv_junction_s: NDArray[np.float64]
     """Its emergency free-flow time: at the junction's speed limit (else the next link's)
@@ -272,7 +272,7 @@ class CorridorGraph:
         speed = np.array([link.speed_limit_mps for link in links], dtype=np.float64)
         junction_m = np.array([network.junction_m(m) for m in ordered], dtype=np.float64)
         junction_mps = np.array(
-            [m.junction_speed_mps or links[link_index[m.to_link]].speed_limit_mps for m in ordered],
+            [m.junction_speed_mps or speed[link_index[m.to_link]] for m in ordered],
             dtype=np.float64,
         )
         return cls.from_arrays(
