@@ -470,8 +470,8 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
     bare = Router(
         dataclasses.replace(
             graph,
-            landmark_nodes=np.zeros(0, np.int32),
-            lm_dist=np.zeros((len(graph.intersection_ids), 0)),
+            landmark_links=np.zeros(0, np.int32),
+            lm_dist=np.zeros((graph.links, 0)),
         )
     )
     straight: list[float] = []
@@ -504,7 +504,7 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
         numba_s += timed(
             kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to, graph.mv_junction_s,
             graph.link_time, graph.link_length, graph.link_x, graph.link_y, graph.max_speed,
-            graph.link_from_node, graph.link_to_node, graph.lm_dist, ready, 0.0, True, *work,
+            graph.lm_dist, ready, 0.0, True, *work,
         )  # fmt: skip
     first_call = fresh_process_first_call()
 
@@ -577,8 +577,8 @@ def test_cross_city_316x316(benchmark: BenchmarkFixture) -> None:
     bare = Router(
         dataclasses.replace(
             graph,
-            landmark_nodes=np.zeros(0, np.int32),
-            lm_dist=np.zeros((len(graph.intersection_ids), 0)),
+            landmark_links=np.zeros(0, np.int32),
+            lm_dist=np.zeros((graph.links, 0)),
         )
     )
     straight = timed(bare.route, origin, 0.0, destination, 0.0, ready, repeat=3)
@@ -688,7 +688,7 @@ def test_corridor_irregular_sumo(benchmark: BenchmarkFixture, junctions: int) ->
         search += timed(
             kernels.route_search, o, 0.0, d, 0.0, graph.out_start, graph.mv_to, graph.mv_junction_s,
             graph.link_time, graph.link_length, graph.link_x, graph.link_y, graph.max_speed,
-            graph.link_from_node, graph.link_to_node, graph.lm_dist, kernel_ready, 0.0, True,
+            graph.lm_dist, kernel_ready, 0.0, True,
             *work,
         )  # fmt: skip
     static = static_link_graph(graph)

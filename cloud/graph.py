@@ -12,11 +12,14 @@ Two lower bounds on the time still to drive feed the A* search (the larger is us
 add to the true time, so both stay admissible):
 
 * straight-line distance over ``max_speed``, the fastest any link closes distance;
-* landmarks (ALT): free-flow times from and to a few far-out intersections, computed once on
-  the intersection graph (turn restrictions ignored, which only lowers them), give
-  ``time(a -> b) >= time(L -> b) - time(L -> a)`` and ``>= time(a -> L) - time(b -> L)``.
+* landmarks (ALT): free-flow times from and to a few links on the rim, computed once on the
+  link graph the search runs on (turn restrictions and each movement's junction included),
+  give ``time(a -> b) >= time(L -> b) - time(L -> a)`` and ``>= time(a -> L) - time(b -> L)``.
   On a grid the straight-line bound cannot tell the many equally short staircase routes apart
-  and A* ends up settling most links between the two ends; landmarks are exact there.
+  and A* ends up settling most links between the two ends; landmarks are exact there. On an
+  imported map, where junctions take time and differ by turn, times on the intersection graph
+  fell short by every junction's difference from the least one and A* settled five times as
+  many links.
 
 The graph is checked once, when it is built, and its arrays are read-only copies from then
 on, so nothing changes it unchecked (the kernels trust its contents; a link time lowered in
@@ -44,11 +47,14 @@ ADMISSIBLE_MARGIN = 1e-9
 DEFAULT_LANDMARKS = 8
 CITY_LANDMARKS = ((2_000, 16), (50_000, 32))
 """(intersections, landmarks): from that size on, that many landmarks by default. Measured on
-irregular SUMO networks (``benchmarks/test_corridor_speed.py``), the search's CPU p99: 10,000
-junctions 0.89 ms with 8, 0.55 with 16 (32 no better); 100,000 junctions 12.6 ms with 8, 8.5
-with 16, 5.6 with 32. The table costs 16 B per landmark and intersection (51 MB for 32 on
-100,000) and two Dijkstra runs per landmark when the graph is built. Networks under 2,000
-intersections keep 8, and with them the routes they had."""
+irregular SUMO networks (``benchmarks/test_corridor_speed.py``, tables then on the
+intersection graph), the search's CPU p99: 10,000 junctions 0.89 ms with 8, 0.55 with 16 (32
+no better); 100,000 junctions 12.6 ms with 8, 8.5 with 16, 5.6 with 32; on the link graph
+with junctions timed, 64 instead of 32 settle a sixth fewer links but take longer (median
+2.67 against 2.34 ms). The table costs 16 B per landmark and link (158 MB for 32 on 100,000
+SUMO junctions' 308,000 links) and two Dijkstra runs per landmark on the link graph when the
+graph is built (5 s there). Networks under 2,000 intersections keep 8, and with them the
+routes they had."""
 MAX_LANDMARKS = 64
 
 
@@ -91,18 +97,19 @@ def choose_landmarks(
     node_x: NDArray[np.float64],
     node_y: NDArray[np.float64],
 ) -> NDArray[np.int32]:
-    """Up to ``count`` intersections on the rim: in each of ``count`` equal angular sectors
-    around the centre, the one farthest out (among those with links in and out). Landmarks
-    behind the origin or beyond the destination give the tightest bounds; the rim is where
-    they are for most queries."""
+    """Up to ``count`` links on the rim: in each of ``count`` equal angular sectors around the
+    centre, the first link into the intersection farthest out (among those with links in and
+    out). Landmarks behind the origin or beyond the destination give the tightest bounds; the
+    rim is where they are for most queries."""
     nodes = node_x.shape[0]
+    links = link_from_node.shape[0]
     connected = np.zeros(nodes, dtype=bool)
-    if count == 0 or link_from_node.shape[0] == 0:
+    if count == 0 or links == 0:
         return np.zeros(0, dtype=np.int32)
     connected[link_from_node] = True
-    has_in = np.zeros(nodes, dtype=bool)
-    has_in[link_to_node] = True
-    candidates = np.flatnonzero(connected & has_in)
+    first_in = np.full(nodes, links, dtype=np.int64)
+    np.minimum.at(first_in, link_to_node, np.arange(links))
+    candidates = np.flatnonzero(connected & (first_in < links))
     if candidates.size == 0:
         return np.zeros(0, dtype=np.int32)
     cx, cy = node_x[candidates].mean(), node_y[candidates].mean()
@@ -114,31 +121,35 @@ def choose_landmarks(
     for s in range(count):
         inside = np.flatnonzero(sector == s)
         if inside.size:
-            chosen.append(int(candidates[inside[np.argmax(radius[inside])]]))
+            chosen.append(int(first_in[candidates[inside[np.argmax(radius[inside])]]]))
     return np.array(sorted(set(chosen)), dtype=np.int32)
 
 
 def landmark_table(
     landmarks: NDArray[np.int32],
+    out_start: NDArray[np.int64],
+    mv_to: NDArray[np.int32],
+    mv_junction_s: NDArray[np.float64],
     link_time: NDArray[np.float64],
-    link_from_node: NDArray[np.int32],
-    link_to_node: NDArray[np.int32],
-    nodes: int,
 ) -> NDArray[np.float64]:
-    """Free-flow times on the intersection graph: column ``2 j`` from landmark ``j`` to each
-    intersection, column ``2 j + 1`` from each intersection to landmark ``j`` (``inf`` where
-    there is no way). Parallel links count with their fastest time."""
-    table = np.zeros((nodes, 2 * landmarks.shape[0]), dtype=np.float64)
+    """Free-flow times on the link graph, the search's own (each movement costs its junction
+    plus the link it enters): column ``2 j`` from the end of landmark link ``j`` to the end of
+    each link, column ``2 j + 1`` from the end of each link to the end of landmark ``j``
+    (``inf`` where there is no way). Turn restrictions and each movement's junction count, so
+    the bounds are as tight on an imported map as on a grid. Parallel movements count with
+    their fastest time."""
+    links = link_time.shape[0]
+    table = np.zeros((links, 2 * landmarks.shape[0]), dtype=np.float64)
     if landmarks.shape[0] == 0:
         return table
-    pair = link_from_node.astype(np.int64) * nodes + link_to_node
-    order = np.lexsort((link_time, pair))
+    mv_from = np.repeat(np.arange(links, dtype=np.int64), np.diff(out_start))
+    cost = mv_junction_s + link_time[mv_to]
+    pair = mv_from * links + mv_to
+    order = np.lexsort((cost, pair))
     first = np.ones(order.shape[0], dtype=bool)
     first[1:] = pair[order][1:] != pair[order][:-1]
     keep = order[first]
-    weights = csr_matrix(
-        (link_time[keep], (link_from_node[keep], link_to_node[keep])), shape=(nodes, nodes)
-    )
+    weights = csr_matrix((cost[keep], (mv_from[keep], mv_to[keep])), shape=(links, links))
     sources = landmarks.astype(np.int64)
     table[:, 0::2] = dijkstra(weights, directed=True, indices=sources).T
     table[:, 1::2] = dijkstra(weights.T.tocsr(), directed=True, indices=sources).T
@@ -186,9 +197,9 @@ class CorridorGraph:
     node_y: NDArray[np.float64]
     max_speed: float
     """Upper bound on straight-line progress per second (m/s): the A* heuristic's divisor."""
-    landmark_nodes: NDArray[np.int32]
+    landmark_links: NDArray[np.int32]
     lm_dist: NDArray[np.float64]
-    """Per intersection, free-flow times from / to each landmark (see ``landmark_table``)."""
+    """Per link, free-flow times from / to each landmark link (see ``landmark_table``)."""
     emergency_speed_factor: float = 1.3
 
     def __post_init__(self) -> None:
@@ -209,9 +220,11 @@ class CorridorGraph:
             values = getattr(self, name)
             if moves and not bool(np.all(values >= 0.0) and np.all(np.isfinite(values))):
                 raise ValidationError(name, "every junction's distance and time must be >= 0")
-        count = self.landmark_nodes.shape[0] if isinstance(self.landmark_nodes, np.ndarray) else 0
-        _check_array("landmark_nodes", self.landmark_nodes, np.int32, (count,))
-        _check_array("lm_dist", self.lm_dist, np.float64, (nodes, 2 * count))
+        count = self.landmark_links.shape[0] if isinstance(self.landmark_links, np.ndarray) else 0
+        _check_array("landmark_links", self.landmark_links, np.int32, (count,))
+        _check_array("lm_dist", self.lm_dist, np.float64, (links, 2 * count))
+        if count and (self.landmark_links.min() < 0 or self.landmark_links.max() >= links):
+            raise ValidationError("landmark_links", "landmark outside the link range")
         if len(self.mv_group) != moves:
             raise ValidationError("mv_group", f"expected {moves} groups, got {len(self.mv_group)}")
         if links and not bool(np.all(self.link_time > 0.0) and np.all(np.isfinite(self.link_time))):
@@ -369,14 +382,8 @@ class CorridorGraph:
             max_speed=heuristic_speed(
                 link_length, link_time, link_from_node, link_to_node, node_x, node_y
             ),
-            landmark_nodes=chosen,
-            lm_dist=landmark_table(
-                chosen,
-                _entered_s(link_time, mv_to, junction_s),
-                link_from_node,
-                link_to_node,
-                len(intersection_ids),
-            ),
+            landmark_links=chosen,
+            lm_dist=landmark_table(chosen, out_start, mv_to, junction_s, link_time),
             emergency_speed_factor=emergency_speed_factor,
         )
 
@@ -411,11 +418,7 @@ class CorridorGraph:
                 self.node_y,
             ),
             lm_dist=landmark_table(
-                self.landmark_nodes,
-                _entered_s(times, self.mv_to, self.mv_junction_s),
-                self.link_from_node,
-                self.link_to_node,
-                len(self.node_x),
+                self.landmark_links, self.out_start, self.mv_to, self.mv_junction_s, times
             ),
         )
 
@@ -450,18 +453,6 @@ class CorridorGraph:
             "movement",
             f"no movement from link {self.link_ids[from_link]!r} to {self.link_ids[to_link]!r}",
         )
-
-
-def _entered_s(
-    link_time: NDArray[np.float64], mv_to: NDArray[np.int32], mv_junction_s: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Per link: its time plus the least time of a junction into it, the least a route pays
-    for it beyond its first link. The landmark table on these bounds routes as tightly where
-    junctions take time (an imported map) as where they take none: on link times alone, A*
-    on 100,000 SUMO junctions settled six times as many links."""
-    least = np.full(link_time.shape[0], np.inf)
-    np.minimum.at(least, mv_to, mv_junction_s)
-    return link_time + np.where(np.isfinite(least), least, 0.0)
 
 
 def _check_array(name: str, value: object, dtype: type[np.generic], shape: tuple[int, ...]) -> None:

@@ -20,9 +20,8 @@ Entering later never lets a vehicle leave earlier (the cost is FIFO), so label-s
 Dijkstra is exact. A* adds a lower bound on the time still to drive, the larger of the
 straight-line distance from the END of ``u`` to the END of the destination over the fastest
 straight-line speed of any link, and the landmark bound of ``lm_dist`` (free-flow times on the
-intersection graph, see ``graph.py``) to the destination's entry intersection plus the
-destination's own time; waits only lengthen the true time, so both are
-admissible and consistent. Its key is ``g + h * (1 + TIE_WEIGHT)``: the tiny weight makes the
+link graph, see ``graph.py``); waits only lengthen the true time, so both are admissible and
+consistent. Its key is ``g + h * (1 + TIE_WEIGHT)``: the tiny weight makes the
 search prefer, among routes of equal length, the link closer to the destination, which on grid
 networks (where landmarks are exact and thousands of staircase routes tie) is the difference
 between settling the route and settling the whole rectangle. The price is an arrival at most
@@ -117,41 +116,29 @@ def _bound(
     destination: int,
     xd: float,
     yd: float,
-    tail_s: float,
     link_x: np.ndarray,
     link_y: np.ndarray,
     max_speed: float,
-    link_to_node: np.ndarray,
     lm_dist: np.ndarray,
-    entry_row: np.ndarray,
+    destination_row: np.ndarray,
 ) -> float:
-    """Lower bound on the time from the end of link ``w`` to the end of the destination.
-
-    The larger of the straight-line bound and, from the landmarks, the time to the
-    destination's ENTRY intersection plus the destination's own time ``tail_s`` (every way in
-    drives the whole destination link; aiming at its far end would let routes that reach that
-    intersection from the wrong side look finished). ``inf`` when the landmarks prove there is
-    no way; NaN bounds (inf - inf: this landmark reaches neither) are ignored.
+    """Lower bound on the time from the end of link ``w`` to the end of the destination: the
+    larger of the straight-line bound and the landmarks' (``lm_dist`` is on the link graph, so
+    it bounds exactly that). ``inf`` when the landmarks prove there is no way; NaN bounds
+    (inf - inf: this landmark reaches neither) are ignored.
     """
     if w == destination:
         return 0.0
     dx = link_x[w] - xd
     dy = link_y[w] - yd
     h = math.sqrt(dx * dx + dy * dy) / max_speed
-    if lm_dist.shape[1] == 0:
-        return h
-    row = link_to_node[w]
-    gap = 0.0
     for j in range(0, lm_dist.shape[1], 2):
-        b = entry_row[j] - lm_dist[row, j]
-        if b > gap:
-            gap = b
-        b = lm_dist[row, j + 1] - entry_row[j + 1]
-        if b > gap:
-            gap = b
-    gap += tail_s
-    if gap > h:
-        h = gap
+        b = destination_row[j] - lm_dist[w, j]
+        if b > h:
+            h = b
+        b = lm_dist[w, j + 1] - destination_row[j + 1]
+        if b > h:
+            h = b
     return h
 
 
@@ -169,8 +156,6 @@ def route_search(
     link_x: np.ndarray,
     link_y: np.ndarray,
     max_speed: float,
-    link_from_node: np.ndarray,
-    link_to_node: np.ndarray,
     lm_dist: np.ndarray,
     mv_ready: np.ndarray,
     ready_base: float,
@@ -209,14 +194,9 @@ def route_search(
         or mv_ready.shape[0] != mv_to.shape[0]
         or mv_junction_s.shape[0] != mv_to.shape[0]
         or out_start[n_links] > mv_to.shape[0]
-        or link_from_node.shape[0] != n_links
-        or link_to_node.shape[0] != n_links
+        or lm_dist.shape[0] != n_links
         or lm_dist.shape[1] % 2 != 0
     ):
-        return BAD_ARGUMENTS
-    n_nodes = lm_dist.shape[0]
-    entry = link_from_node[destination]
-    if entry < 0 or entry >= n_nodes or link_to_node[origin] < 0 or link_to_node[origin] >= n_nodes:
         return BAD_ARGUMENTS
     capacity = heap_keys.shape[0]
     reached = visited[n_links] + 2
@@ -225,8 +205,7 @@ def route_search(
     astar = use_astar and max_speed > 0.0
     xd = link_x[destination]
     yd = link_y[destination]
-    entry_row = lm_dist[entry]
-    tail = link_time[destination]
+    destination_row = lm_dist[destination]
 
     length = link_length[origin]
     g0 = depart_s + (length - offset_m) / (length / link_time[origin])
@@ -239,10 +218,7 @@ def route_search(
     visited[origin] = reached
     h = 0.0
     if astar:
-        h = _bound(
-            origin, destination, xd, yd, tail, link_x, link_y, max_speed, link_to_node, lm_dist,
-            entry_row,
-        )  # fmt: skip
+        h = _bound(origin, destination, xd, yd, link_x, link_y, max_speed, lm_dist, destination_row)
         if not (h < math.inf):
             return UNREACHABLE
     heap_keys[0] = g0 + h * TIE_FACTOR
@@ -275,9 +251,8 @@ def route_search(
             h = 0.0
             if astar:
                 h = _bound(
-                    w, destination, xd, yd, tail, link_x, link_y, max_speed, link_to_node,
-                    lm_dist, entry_row,
-                )  # fmt: skip
+                    w, destination, xd, yd, link_x, link_y, max_speed, lm_dist, destination_row
+                )
                 if not (h < math.inf):
                     visited[w] = settled  # proven not to lead there: never bound it again
                     continue

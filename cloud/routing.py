@@ -399,8 +399,6 @@ class Router:
             g.link_x,
             g.link_y,
             g.max_speed,
-            g.link_from_node,
-            g.link_to_node,
             g.lm_dist,
             ready[0],
             ready[1],

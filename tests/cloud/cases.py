@@ -28,11 +28,9 @@ def random_times_graph(rows: int, columns: int, seed: int, landmarks: int = 8) -
     graph = grid_graph(rows, columns, landmarks)
     rng = np.random.default_rng(seed)
     crossing = rng.uniform(0.0, 4.0, graph.movements)
-    return dataclasses.replace(
-        graph.with_link_times(rng.uniform(5.0, 40.0, graph.links)),
-        mv_junction_s=crossing,
-        mv_junction_m=10.0 * crossing,
-    )
+    times = rng.uniform(5.0, 40.0, graph.links)
+    crossed = dataclasses.replace(graph, mv_junction_s=crossing, mv_junction_m=10.0 * crossing)
+    return crossed.with_link_times(times)  # bounds on the junctions too
 
 
 def random_network(seed: int, nodes: int = 40, out_degree: float = 2.5) -> Network:

@@ -32,10 +32,8 @@ class PlainGraph:
     link_x: list[float]
     link_y: list[float]
     max_speed: float
-    link_from_node: list[int]
-    link_to_node: list[int]
     landmarks: list[list[float]]
-    """Per intersection: [from landmark 0, to landmark 0, from landmark 1, ...]."""
+    """Per link: [from landmark 0, to landmark 0, from landmark 1, ...]."""
 
 
 def plain(graph: CorridorGraph, link_time: list[float] | None = None) -> PlainGraph:
@@ -51,8 +49,6 @@ def plain(graph: CorridorGraph, link_time: list[float] | None = None) -> PlainGr
         graph.link_x.tolist(),
         graph.link_y.tolist(),
         float(graph.max_speed),
-        graph.link_from_node.tolist(),
-        graph.link_to_node.tolist(),
         graph.lm_dist.tolist(),
     )
 
@@ -75,12 +71,11 @@ def search(
 ) -> tuple[list[int], list[int], float] | None:
     """Earliest-arrival route as (links, moves with -1 last, arrival), or None if unreachable."""
     xd, yd = g.link_x[destination], g.link_y[destination]
-    entry = g.landmarks[g.link_from_node[destination]]
-    tail = g.link_time[destination]
+    there = g.landmarks[destination]
 
     def bound(link: int) -> float:
         """Straight line over the top speed, or (if larger) the landmarks' bound on the time
-        to the destination's entry intersection plus the destination link itself."""
+        from the end of ``link`` to the end of the destination."""
         if not use_astar or g.max_speed <= 0.0:
             return 0.0
         if link == destination:
@@ -88,21 +83,15 @@ def search(
         dx = g.link_x[link] - xd
         dy = g.link_y[link] - yd
         h = math.sqrt(dx * dx + dy * dy) / g.max_speed
-        here = g.landmarks[g.link_to_node[link]]
-        if not here:
-            return h
-        gap = 0.0
+        here = g.landmarks[link]
         for j in range(0, len(here), 2):
             # NaN (inf - inf: this landmark reaches neither) never wins a comparison
-            ahead = entry[j] - here[j]
-            if ahead > gap:
-                gap = ahead
-            behind = here[j + 1] - entry[j + 1]
-            if behind > gap:
-                gap = behind
-        gap += tail
-        if gap > h:
-            h = gap
+            ahead = there[j] - here[j]
+            if ahead > h:
+                h = ahead
+            behind = here[j + 1] - there[j + 1]
+            if behind > h:
+                h = behind
         return h
 
     start = origin_line(g, origin, offset_m, depart_s)

@@ -60,7 +60,7 @@ class Workspace:
         return (
             origin, offset, destination, depart, g.out_start, g.mv_to, g.mv_junction_s,
             g.link_time if link_time is None else link_time, g.link_length, g.link_x, g.link_y,
-            g.max_speed, g.link_from_node, g.link_to_node, g.lm_dist, ready, ready_base,
+            g.max_speed, g.lm_dist, ready, ready_base,
             use_astar, self.dist, self.prev, self.keys, self.vals, self.visited, self.out,
         )  # fmt: skip
 
@@ -227,16 +227,13 @@ def bounds_to(graph: CorridorGraph, destination: int) -> NDArray[np.float64]:
         np.hypot(graph.link_x - graph.link_x[destination], graph.link_y - graph.link_y[destination])
         / graph.max_speed
     )
-    here = graph.lm_dist[graph.link_to_node]
-    entry = graph.lm_dist[graph.link_from_node[destination]]
-    if entry.shape[0]:
-        with np.errstate(invalid="ignore"):
-            ahead = entry[0::2] - here[:, 0::2]
-            behind = here[:, 1::2] - entry[1::2]
-        gap = np.zeros(graph.links)
-        for bound in (*ahead.T, *behind.T):
-            gap = np.fmax(gap, bound)  # fmax skips NaN (inf - inf: no information)
-        h = np.fmax(h, gap + graph.link_time[destination]).astype(np.float64)
+    here = graph.lm_dist
+    there = graph.lm_dist[destination]
+    with np.errstate(invalid="ignore"):
+        ahead = there[0::2] - here[:, 0::2]
+        behind = here[:, 1::2] - there[1::2]
+    for bound in (*ahead.T, *behind.T):
+        h = np.fmax(h, bound)  # fmax skips NaN (inf - inf: no information)
     h[destination] = 0.0
     return h
 
@@ -267,6 +264,24 @@ def test_bound_is_admissible_and_consistent(name: str) -> None:
         u, w = graph.mv_from, graph.mv_to
         live = np.isfinite(h[w])
         assert np.all(h[u][live] <= step[live] + h[w][live] + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["grid-12x9-random-times", "random-sparse-4"])
+def test_landmark_bound_is_exact_toward_a_landmark(name: str) -> None:
+    """The landmark table is on the search's own link graph: toward a landmark link every
+    link's bound IS its free-flow time there, each movement's junction and every missing turn
+    included (a table on the intersection graph falls short by each junction's difference
+    from the least one into its link)."""
+    graph = GRAPHS[name]
+    assert np.any(graph.mv_junction_s > 0.0)
+    step = graph.mv_junction_s + graph.link_time[graph.mv_to]
+    reverse = csr_matrix((step, (graph.mv_to, graph.mv_from)), shape=(graph.links, graph.links))
+    for landmark in graph.landmark_links:
+        to_go = dijkstra(reverse, directed=True, indices=[int(landmark)])[0]
+        h = bounds_to(graph, int(landmark))
+        finite = np.isfinite(to_go)
+        assert np.array_equal(np.isfinite(h), finite)
+        assert h[finite] == pytest.approx(to_go[finite], rel=1e-12, abs=1e-9)
 
 
 def test_landmarks_make_astar_settle_little_more_than_the_route() -> None:
@@ -308,10 +323,10 @@ def test_search_kernel_refuses_bad_arguments_without_crashing() -> None:
     assert kernels.route_search(*tiny.args(origin, 0.0, far, 0.0, free, False)) == -2
     assert kernels.route_search(*work.args(origin, math.nan, far, 0.0, free, False)) == -2
     args = list(work.args(origin, 0.0, far, 0.0, free, True))
-    args[13] = graph.link_to_node[:-1]  # node-of-link array of the wrong size
+    args[12] = graph.lm_dist[:-1]  # landmark table one link short
     assert kernels.route_search(*args) == -2
     args = list(work.args(origin, 0.0, far, 0.0, free, True))
-    args[14] = graph.lm_dist[:1]  # landmark table missing the destination's intersection
+    args[12] = graph.lm_dist[:, :-1]  # a landmark's second column missing
     assert kernels.route_search(*args) == -2
     args = list(work.args(origin, 0.0, far, 0.0, free, True))
     args[6] = graph.mv_junction_s[:-1]  # one junction short
@@ -396,7 +411,7 @@ def test_route_times_and_windows_kernels_match_reference() -> None:
         )  # fmt: skip
         plain = ref.PlainGraph(
             [], link_time.tolist(), link_length.tolist(), junction_s.tolist(),
-            junction_m.tolist(), [], [], 0.0, [], [], [],
+            junction_m.tolist(), [], [], 0.0, [],
         )  # fmt: skip
         want = ref.route_times(
             plain, links.tolist(), moves.tolist(), offset, depart, [base + r for r in ready],
@@ -530,7 +545,7 @@ def test_graph_from_network_arrays() -> None:
         assert graph.mv_group[k] == movement.signal_group
         assert graph.movement_between(int(graph.mv_from[k]), int(graph.mv_to[k])) == k
     assert graph.max_speed == pytest.approx(13.9 * 1.5)
-    assert len(graph.landmark_nodes) <= DEFAULT_LANDMARKS
+    assert len(graph.landmark_links) <= DEFAULT_LANDMARKS
     sizes = (1_999, 2_000, 49_999, 50_000)
     assert [default_landmarks(n) for n in sizes] == [DEFAULT_LANDMARKS, 16, 16, 32]
 
