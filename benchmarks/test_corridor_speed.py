@@ -470,7 +470,7 @@ def test_corridor_100x100(benchmark: BenchmarkFixture, city: CorridorGraph) -> N
     bare = Router(
         dataclasses.replace(
             graph,
-            landmark_links=np.zeros(0, np.int32),
+            landmark_nodes=np.zeros(0, np.int32),
             lm_dist=np.zeros((graph.links, 0)),
         )
     )
@@ -577,7 +577,7 @@ def test_cross_city_316x316(benchmark: BenchmarkFixture) -> None:
     bare = Router(
         dataclasses.replace(
             graph,
-            landmark_links=np.zeros(0, np.int32),
+            landmark_nodes=np.zeros(0, np.int32),
             lm_dist=np.zeros((graph.links, 0)),
         )
     )
