@@ -22,6 +22,8 @@ from citybrain.models.signal import SignalGroup
 
 JAM_SPACING_M = 7.5
 """Road length one stopped car occupies (vehicle length plus gap), the usual planning value."""
+MAX_JUNCTION_M = 1000.0
+"""Longest way across one junction a map may give (SUMO clusters of junctions reach 100 m)."""
 
 
 class Turn(enum.StrEnum):
@@ -137,10 +139,15 @@ class Movement:
     junction_speed_mps: float | None = None
     """The speed limit across its junction (SUMO's internal lanes: netconvert slows a turn
     for its curve); None: its links' own."""
+    junction_m: float | None = None
+    """The distance it drives across its junction, stop line to next link (SUMO's internal
+    lanes end to end); None: estimated from the node coordinates (``Network.junction_m``)."""
 
     def __post_init__(self) -> None:
         if self.junction_speed_mps is not None:
             check_number("movement.junction_speed_mps", self.junction_speed_mps, gt=0.0, le=70.0)
+        if self.junction_m is not None:
+            check_number("movement.junction_m", self.junction_m, ge=0.0, le=MAX_JUNCTION_M)
         check_id_fields(
             (
                 "movement.id",
@@ -324,7 +331,10 @@ class Network:
 
     def junction_m(self, movement: Movement) -> float:
         """Distance ``movement`` drives inside its junction, from the stop line onto the next
-        link: half the uncovered distance (``uncovered_m``) of each of its two links."""
+        link: its own where the map gives it (``Movement.junction_m``), else half the
+        uncovered distance (``uncovered_m``) of each of its two links."""
+        if movement.junction_m is not None:
+            return movement.junction_m
         uncovered = self.uncovered_m
         return (uncovered[movement.from_link] + uncovered[movement.to_link]) / 2.0
 

@@ -85,10 +85,10 @@ class CompiledNetwork:
     mv_is_foe: NDArray[np.bool_]
     """Movements some other movement gives way to."""
     mv_junction_m: NDArray[np.float64]
-    """Distance driven inside the junction between the stop line and the next link: half the
-    part of each of the two links' junction-to-junction distance their lanes leave uncovered
-    (SUMO lanes end at the junction's edge, its vehicles cross the junction on internal
-    lanes; links that run from node to node, like the generated ones, leave none)."""
+    """Distance driven inside the junction between the stop line and the next link
+    (``Network.junction_m``: SUMO's internal lanes where the map gives them, else half the
+    part of each of the two links' junction-to-junction distance their lanes leave uncovered;
+    links that run from node to node, like the generated ones, leave none)."""
     controller_ids: tuple[str, ...]
     controller_index: dict[str, int]
     group_bits: tuple[dict[str, int], ...]
@@ -194,7 +194,7 @@ def compile_network(road: RoadNetwork) -> CompiledNetwork:
     np.add.at(out_start, mv_from + 1, 1)
     out_start = np.cumsum(out_start)
     uncovered = np.array([net.uncovered_m[link.id] for link in links], dtype=np.float64)
-    junction_m = (uncovered[mv_from] + uncovered[mv_to]) / 2.0  # as net.junction_m
+    junction_m = np.array([net.junction_m(m) for m in ordered], dtype=np.float64)
     # a queue reaches back over the junction behind its link (SUMO's vehicles wait on its
     # internal lanes), and every lane holds at least the vehicle at its stop line, whose body
     # reaches back over that junction on a stub shorter than a car

@@ -57,6 +57,7 @@ class _Movement(msgspec.Struct, array_like=True):
     turn: Turn
     group: str
     junction_speed: float | None = None  # files written before it was kept have none
+    junction_m: float | None = None  # likewise
 
 
 class _Detector(msgspec.Struct, array_like=True):
@@ -132,6 +133,7 @@ def save(road: RoadNetwork, path: Path) -> None:
                 m.turn,
                 m.signal_group,
                 m.junction_speed_mps,
+                m.junction_m,
             )
             for m in net.movements
         ],
@@ -200,7 +202,9 @@ def _build(document: _File) -> RoadNetwork:
         ),
         tuple(Approach(*fields) for fields in document.approaches),
         tuple(
-            Movement(m.id, m.node, m.source, m.target, m.turn, m.group, m.junction_speed)
+            Movement(
+                m.id, m.node, m.source, m.target, m.turn, m.group, m.junction_speed, m.junction_m
+            )
             for m in document.movements
         ),
         tuple(

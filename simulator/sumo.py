@@ -508,9 +508,9 @@ def _convert(netfile: NetFile, saturation: float, begin_s: float) -> SumoNet:
     turns = [_turn(pair.connections) for pair in pairs.values()]
     mids = _Ids().make_all([f"{link_of_edge[a]}:{link_of_edge[b]}" for a, b in pairs])
     signals = _junction_signals(netfile, pairs, mids, node_of_junction, begin_s, notes)
-    speeds = [_junction_speed(pair) for pair in pairs.values()]
+    ways = [_junction_way(pair) for pair in pairs.values()]
     movements, groups = _movements(
-        pairs, mids, turns, speeds, signals, link_of_edge, node_of_junction
+        pairs, mids, turns, ways, signals, link_of_edge, node_of_junction
     )
     tls_links, tls_size = traffic_light_links(netfile, pairs, mids, turns, node_of_junction)
     del pairs, mids, turns  # millions of objects: gone before the network takes their place
@@ -561,13 +561,13 @@ def _movements(
     pairs: Mapping[tuple[str, str], EdgePair],
     mids: Sequence[str],
     turns: Sequence[Turn],
-    speeds: Sequence[float | None],
+    ways: Sequence[tuple[float | None, float | None]],
     signals: Mapping[str, JunctionSignals | None],
     link_of_edge: Mapping[str, str],
     node_of_junction: Mapping[str, str],
 ) -> tuple[tuple[Movement, ...], tuple[SignalGroup, ...]]:
-    """Each pair's movement (``mids``, ``turns``, ``speeds``: its id, turn and speed across
-    the junction), and the signal groups:
+    """Each pair's movement (``mids``, ``turns``, ``ways``: its id, turn, and speed and length
+    across the junction), and the signal groups:
     the junctions' own, and a ``free`` one at each junction without a plan."""
     group_of: dict[str, str] = {}
     groups: list[SignalGroup] = []
@@ -577,23 +577,29 @@ def _movements(
             group_of.update(dict.fromkeys(members, group))
     free: defaultdict[str, set[str]] = defaultdict(set)
     movements = []
-    for (a, b), pair, mid, turn, speed in zip(
-        pairs, pairs.values(), mids, turns, speeds, strict=True
+    for (a, b), pair, mid, turn, (speed, length) in zip(
+        pairs, pairs.values(), mids, turns, ways, strict=True
     ):
         node = node_of_junction[pair.junction]
         group = group_of.get(mid, FREE_GROUP)
         if group == FREE_GROUP:
             free[node].add(mid)
-        movements.append(Movement(mid, node, link_of_edge[a], link_of_edge[b], turn, group, speed))
+        movements.append(
+            Movement(mid, node, link_of_edge[a], link_of_edge[b], turn, group, speed, length)
+        )
     groups += [SignalGroup(FREE_GROUP, node, frozenset(ids)) for node, ids in free.items()]
     return tuple(movements), tuple(groups)
 
 
-def _junction_speed(pair: EdgePair) -> float | None:
-    """The mean speed limit of the internal lanes the pair's connections take (netconvert
-    slows a turn for its curve); None where none is known."""
-    found = [c.via_speed_mps for c in pair.connections if not math.isnan(c.via_speed_mps)]
-    return sum(found) / len(found) if found else None
+def _junction_way(pair: EdgePair) -> tuple[float | None, float | None]:
+    """The mean speed limit (netconvert slows a turn for its curve) and length of the
+    internal lanes the pair's connections take; None where not known."""
+    speeds = [c.via_speed_mps for c in pair.connections if not math.isnan(c.via_speed_mps)]
+    lengths = [c.via_length_m for c in pair.connections if not math.isnan(c.via_length_m)]
+    return (
+        sum(speeds) / len(speeds) if speeds else None,
+        sum(lengths) / len(lengths) if lengths else None,
+    )
 
 
 def _turn(connections: Sequence[NetConnection]) -> Turn:

@@ -85,6 +85,7 @@ class NetConnection:
     junction_index: int  # index in the junction's <request> rows (foes, response), -1 if none
     allows_car: bool  # the connection's own allow/disallow (True when it has none)
     via_speed_mps: float  # speed limit of its first internal lane (nan: none known)
+    via_length_m: float  # its internal lanes end to end, stop line to next edge (nan: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +313,11 @@ _NORMALIZED = str.maketrans("\t\n\r", "   ")
 # reference, a '<' (malformed) or a tab or line break (which XML reads as a space).
 _NOT_PLAIN = re.compile("[&<\t\n\r]")
 _PLAIN_VALUE = '[^"&<\t\n\r]*'
-_INTERNAL_LANE = re.compile(r'<lane id="([^"]*)"[^>]*? speed="([^"]*)"')
+_INTERNAL_LANE = re.compile(r'<lane id="([^"]*)"[^>]*? speed="([^"]*)"(?: length="([^"]*)")?')
+_INTERNAL_VIA = re.compile(
+    r'<connection(?=[^>]*?\sfrom="([^"]*)")(?=[^>]*?\sfromLane="([^"]*)")[^>]*?\svia="([^"]*)"'
+)
+_MAX_VIA_LANES = 16  # internal lanes one connection crosses (SUMO splits a turn in two at most)
 
 _MAX_CACHED = 10_000  # entries per cache of layouts, templates and junction logics
 # A run of junction internals starts at a tag with this marker (outside its values: it has no
@@ -499,7 +504,11 @@ class _Scanner:
                 return -1
             self.builder.internal_lanes(text[start:end])
             return end
-        return end if text.count("/>", start, end) == text.count("<", start, end) else -1
+        if text.count("/>", start, end) != text.count("<", start, end):
+            return -1
+        if tag == "connection":
+            self.builder.internal_vias(text[start:end])
+        return end
 
     def flat_elements(self, text: str, start: int, tag: str) -> int:
         """Past the flat elements with this ``tag`` that follow one another from ``start``, -1
@@ -881,6 +890,11 @@ class _Builder:
         # internal lane id -> its speed (netconvert slows a turn for its curve), for the
         # connections through it (SUMO writes them after the internal edges)
         self.internal_speeds: dict[str, float] = {}
+        self.internal_lengths: dict[str, float] = {}
+        # internal lane id -> the internal lane a connection inside the junction goes on to
+        # (a turn that waits inside its junction crosses it on two lanes, one after the other)
+        self.internal_next: dict[str, str] = {}
+        self.vias: list[str | None] = []  # each connection's first internal lane
         self.junction: _OpenJunction | None = None
         self.program: _OpenProgram | None = None
         # Values met again and again, read once and shared.
@@ -948,7 +962,7 @@ class _Builder:
         edge = self.edge
         if edge is None:
             if self.internal:
-                self.internal_lane(values[0], values[2])
+                self.internal_lane(values[0], values[2], values[3])
             return
         lane_id, index, speed, length, shape, allow, disallow = values
         try:
@@ -966,18 +980,36 @@ class _Builder:
             self.bad_lane(values, edge)
         edge.lanes.append(lane)
 
-    def internal_lane(self, lane_id: str | None, speed: str | None) -> None:
-        """Keep an internal lane's speed (a lane without a valid one is not kept: the turns
-        through it are then taken as fast as their links)."""
+    def internal_lane(self, lane_id: str | None, speed: str | None, length: str | None) -> None:
+        """Keep an internal lane's speed and length (one without a valid speed or length is
+        not kept: the turns through it are then taken as fast as their links, or as long as
+        the node coordinates say)."""
         if lane_id is None:
             return
         with contextlib.suppress(TypeError, ValueError):
             self.internal_speeds[lane_id] = self.speeds.get(speed) or self.speed(speed)
+        with contextlib.suppress(TypeError, ValueError):
+            metres = float(length)  # type: ignore[arg-type]
+            if 0.0 <= metres < math.inf:
+                self.internal_lengths[lane_id] = metres
 
     def internal_lanes(self, run: str) -> None:
-        """Keep the speeds of the internal lanes in a run of internal edges read at once."""
-        for lane_id, speed in _INTERNAL_LANE.findall(run):
-            self.internal_lane(_unescape(lane_id) if "&" in lane_id else lane_id, speed)
+        """Keep the speeds and lengths of the internal lanes in a run of internal edges read
+        at once."""
+        for lane_id, speed, length in _INTERNAL_LANE.findall(run):
+            lane = _unescape(lane_id) if "&" in lane_id else lane_id
+            self.internal_lane(lane, speed, length or None)
+
+    def internal_via(self, from_id: str, from_lane: int | str, via: str) -> None:
+        """Keep the internal lane a connection inside a junction goes on to."""
+        self.internal_next[f"{from_id}_{from_lane}"] = via.split(" ", 1)[0]
+
+    def internal_vias(self, run: str) -> None:
+        """Keep the lanes the connections in a run of them inside junctions go on to."""
+        for from_id, from_lane, via in _INTERNAL_VIA.findall(run):
+            if "&" in from_id or "&" in via:
+                from_id, via = _unescape(from_id), _unescape(via)
+            self.internal_via(from_id, from_lane, via)
 
     def speed(self, text: str | None) -> float:
         speed = float(text)  # type: ignore[arg-type]
@@ -1185,6 +1217,8 @@ class _Builder:
             self.bad_connection(values)
         if internal:
             self.count_pedestrian_link(from_id, from_index, to_id)  # type: ignore[arg-type]
+            if via:
+                self.internal_via(from_id, from_index, via)  # type: ignore[arg-type]
             return
         from_entry, to_entry = self.edges.get(from_id), self.edges.get(to_id)  # type: ignore[arg-type]
         if from_entry is None or to_entry is None or direction is None or link_index < -1:
@@ -1205,8 +1239,10 @@ class _Builder:
                 self.count_link(rows, from_index, to_edge),  # the junction index: see ``result``
                 True if allow is None and disallow is None else self.allows_car(allow, disallow),
                 self.internal_speeds.get(via.split(" ", 1)[0], math.nan) if via else math.nan,
+                math.nan,  # once every internal connection is read: see ``via_length``
             )
         )
+        self.vias.append(via.split(" ", 1)[0] if via else None)
         self.first_rows.append(first_rows)
 
     def count_link(self, rows: list[int], lane: int, to_edge: NetEdge) -> int:
@@ -1286,12 +1322,31 @@ class _Builder:
                     row += entry[1][lane]
 
     def finished_connections(self) -> tuple[NetConnection, ...]:
-        """The connections, with their index in their junction's request rows."""
+        """The connections, with their index in their junction's request rows and the length
+        of their way through the junction (set once, before they are handed out: frozen from
+        then on)."""
         self.set_first_rows()
-        for connection, first_rows in zip(self.connections, self.first_rows, strict=True):
+        rows = zip(self.connections, self.first_rows, self.vias, strict=True)
+        for connection, first_rows, via in rows:
             rank = connection.junction_index
             first = first_rows[connection.from_lane]
             if rank >= 0:
-                # Set once, before the connection is handed out: frozen from then on.
                 object.__setattr__(connection, "junction_index", -1 if first < 0 else first + rank)
+            if via is not None:
+                object.__setattr__(connection, "via_length_m", self.via_length(via))
         return tuple(self.connections)
+
+    def via_length(self, lane: str) -> float:
+        """The internal lanes from ``lane`` on, end to end (nan if one's length is unknown or
+        they do not end within ``_MAX_VIA_LANES``)."""
+        total = 0.0
+        for _ in range(_MAX_VIA_LANES):
+            length = self.internal_lengths.get(lane)
+            if length is None:
+                return math.nan  # the one nan: connections compare equal across readers
+            total += length
+            following = self.internal_next.get(lane)
+            if following is None:
+                return total
+            lane = following
+        return math.nan

@@ -125,6 +125,23 @@ def test_junctions_take_what_the_links_leave_between_their_nodes() -> None:
     assert _build().uncovered_m == {"AB": 0.0, "BA": 0.0}  # links node to node
 
 
+def test_a_junction_the_map_measured_is_taken_as_it_is() -> None:
+    """Where the map gives a movement's way across its junction (SUMO's internal lanes), it
+    is that, not the estimate from the node coordinates; a bad one is refused."""
+    links = (
+        Link("AB", "A", "B", 280.0, TWO_LANES, 15.0),
+        Link("BA", "B", "A", 330.0, TWO_LANES, 15.0),
+    )
+    network = _build(links=links)
+    measured = replace(network.movement_by_id["A-u"], junction_m=17.5)
+    assert network.junction_m(measured) == 17.5
+    assert network.junction_m(replace(measured, junction_m=0.0)) == 0.0
+    for bad in (-1.0, math.nan, math.inf, 5_000.0):
+        with pytest.raises(ValidationError) as caught:
+            replace(measured, junction_m=bad)
+        assert caught.value.field == "movement.junction_m"
+
+
 def test_saturation_flow_defaults_to_1800() -> None:
     assert Link("L", "A", "B", 300.0, TWO_LANES, 15.0).saturation_flow_vphpl == 1800.0
 

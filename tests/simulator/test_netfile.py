@@ -40,10 +40,12 @@ def test_save_and_load_round_trip(road: RoadNetwork, tmp_path: Path) -> None:
     assert again.read_bytes() == path.read_bytes()
 
 
-def test_a_junction_speed_makes_the_round_trip(tmp_path: Path) -> None:
+def test_a_junction_speed_and_length_make_the_round_trip(tmp_path: Path) -> None:
     road = arterial(1)
     movements = tuple(
-        dataclasses.replace(m, junction_speed_mps=6.5 if m.turn is Turn.RIGHT else None)
+        dataclasses.replace(m, junction_speed_mps=6.5, junction_m=12.25)
+        if m.turn is Turn.RIGHT
+        else m
         for m in road.network.movements
     )
     road = dataclasses.replace(road, network=dataclasses.replace(road.network, movements=movements))
@@ -52,11 +54,13 @@ def test_a_junction_speed_makes_the_round_trip(tmp_path: Path) -> None:
     back = netfile.load(path)
     assert back == road
     assert {m.junction_speed_mps for m in back.network.movements} == {6.5, None}
-    # files written before junction speeds were kept hold six fields a movement
+    assert {m.junction_m for m in back.network.movements} == {12.25, None}
+    # files written before junction speeds and lengths were kept hold six fields a movement
     document = json.loads(path.read_text())
     document["movements"] = [movement[:6] for movement in document["movements"]]
     path.write_text(json.dumps(document))
-    assert {m.junction_speed_mps for m in netfile.load(path).network.movements} == {None}
+    old = netfile.load(path).network.movements
+    assert {(m.junction_speed_mps, m.junction_m) for m in old} == {(None, None)}
 
 
 def test_round_trip_of_a_grid_with_ten_or_more_columns(tmp_path: Path) -> None:

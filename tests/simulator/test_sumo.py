@@ -116,6 +116,33 @@ def test_a_movement_crosses_its_junction_at_sumo_s_internal_lane_speed(
     assert slowed >= turns > 0  # every turn slowed (netgenerate's default limitTurnSpeed)
 
 
+def test_a_movement_crosses_its_junction_on_sumo_s_internal_lanes(
+    grid_file: Path, imported: sumo.SumoNet
+) -> None:
+    """The way a movement drives across its junction is its connections' internal lanes end
+    to end, as sumolib links them (a left turn that waits inside the junction crosses it on
+    two), in the mean over its lanes; not the estimate from the node coordinates."""
+    net = sumolib.net.readNet(str(grid_file), withInternal=True)
+    network = imported.road.network
+    split = 0
+    for movement in network.movements:
+        source = net.getEdge(imported.edge_of_link[movement.from_link])
+        target = imported.edge_of_link[movement.to_link]
+        lengths = []
+        for lane in source.getLanes():
+            for c in lane.getOutgoing():
+                if c.getTo().getID() != target or not c.getViaLaneID():
+                    continue
+                via = net.getLane(c.getViaLaneID())
+                onward = [k.getViaLaneID() for k in via.getOutgoing() if k.getViaLaneID()]
+                second = net.getLane(onward[0]).getLength() if onward else 0.0
+                lengths.append(via.getLength() + second)
+                split += bool(onward)
+        assert movement.junction_m == pytest.approx(sum(lengths) / len(lengths))
+        assert network.junction_m(movement) == movement.junction_m
+    assert split > 0  # left turns that wait inside their junction
+
+
 def test_junctions_and_signal_plans(grid_file: Path, imported: sumo.SumoNet) -> None:
     net = sumolib.net.readNet(str(grid_file), withPrograms=True)
     road = imported.road

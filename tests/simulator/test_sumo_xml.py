@@ -28,8 +28,10 @@ from citybrain.simulator.sumo_xml import (
     read_net_file,
 )
 
-# A -> B -> C, a traffic light at B; with what the reader leaves out (an internal edge, an
-# internal junction, a connection inside B) and what it ignores (location, type, param).
+# A -> B -> C, a traffic light at B; with what the reader leaves out (internal edges, an
+# internal junction, connections inside B: but for their lanes' speeds and lengths, which
+# the connections through them keep) and what it ignores (location, type, param). The way
+# AB_0 -> BC_0 crosses B on two internal lanes, 3.00 m then 2.50 m.
 NET = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- hand-written: A -> B -> C -->
 <net version="1.20" junctionCornerDetail="5" limitTurnSpeed="5.50">
@@ -37,6 +39,9 @@ NET = """<?xml version="1.0" encoding="UTF-8"?>
     <type id="road" priority="1" numLanes="2" speed="13.89"/>
     <edge id=":B_0" function="internal">
         <lane id=":B_0_0" index="0" speed="6.51" length="3.00" shape="98.50,-1.60 101.50,-1.60"/>
+    </edge>
+    <edge id=":B_2" function="internal">
+        <lane id=":B_2_0" index="0" speed="6.51" length="2.50" shape="101.50,-1.60 101.50,-4.80"/>
     </edge>
     <edge id="AB" from="A" to="B" priority="1">
         <lane id="AB_0" index="0" speed="13.89" length="98.50" shape="0.00,-1.60 50.00,-1.60 98.50,-1.60 98.50,-1.60"/>
@@ -59,7 +64,8 @@ NET = """<?xml version="1.0" encoding="UTF-8"?>
     <junction id=":B_1_0" type="internal" x="100.00" y="-1.60" incLanes=":B_0_0" intLanes=""/>
     <connection from="AB" to="BC" fromLane="0" toLane="0" via=":B_0_0" tl="B" linkIndex="0" dir="s" state="O"/>
     <connection from="AB" to="BC" fromLane="0" toLane="1" via=":B_1_0" tl="B" linkIndex="1" dir="s" state="o" disallow="passenger"/>
-    <connection from=":B_0" to="BC" fromLane="0" toLane="0" dir="s" state="M"/>
+    <connection from=":B_0" to="BC" fromLane="0" toLane="0" via=":B_2_0" dir="s" state="M"/>
+    <connection from=":B_2" to="BC" fromLane="0" toLane="0" dir="s" state="M"/>
 </net>
 """  # noqa: E501 - a SUMO network, one element a line as SUMO writes it
 
@@ -87,8 +93,8 @@ def _expected(path: Path) -> NetFile:
             "C": NetJunction("C", "dead_end", 200.0, 0.0, (), ()),
         },
         connections=(
-            NetConnection("AB", "BC", 0, 0, "s", "B", 0, 0, True, 6.51),
-            NetConnection("AB", "BC", 0, 1, "s", "B", 1, 1, False, math.nan),
+            NetConnection("AB", "BC", 0, 0, "s", "B", 0, 0, True, 6.51, 5.5),
+            NetConnection("AB", "BC", 0, 1, "s", "B", 1, 1, False, math.nan, math.nan),
         ),
         programs={
             "B": (NetProgram("B", "0", "static", 5.0, (*phases, NetPhase(30.0, "rG", None, None))),)
@@ -113,8 +119,12 @@ def _same(read: NetFile, expected: NetFile) -> None:
 
 def _nan_as_none(connection: NetConnection) -> tuple[object, ...]:
     """A connection's fields, comparable (a nan is unequal even to itself)."""
-    speed = connection.via_speed_mps
-    return (*dataclasses.astuple(connection)[:-1], None if math.isnan(speed) else speed)
+    speed, length = connection.via_speed_mps, connection.via_length_m
+    return (
+        *dataclasses.astuple(connection)[:-2],
+        None if math.isnan(speed) else speed,
+        None if math.isnan(length) else length,
+    )
 
 
 def test_reads_a_hand_written_network(tmp_path: Path) -> None:
@@ -227,7 +237,7 @@ BAD: list[tuple[str, Callable[[str], str], list[str]]] = [
     (
         "length not a number",
         lambda t: t.replace('length="98.50" shape="0.00', 'length="nan" shape="0.00'),
-        ["<lane id='AB_0'>", "<edge id='AB'>", "length", "'nan'", "line 10"],
+        ["<lane id='AB_0'>", "<edge id='AB'>", "length", "'nan'", "line 13"],
     ),
     (
         "negative length",
@@ -237,7 +247,7 @@ BAD: list[tuple[str, Callable[[str], str], list[str]]] = [
     (
         "speed missing",
         lambda t: t.replace('id="BC_1" index="1" speed="20.00"', 'id="BC_1" index="1"'),
-        ["<lane id='BC_1'>", "speed", "missing", "line 14"],
+        ["<lane id='BC_1'>", "speed", "missing", "line 17"],
     ),
     (
         "lane without id",
@@ -288,7 +298,7 @@ BAD: list[tuple[str, Callable[[str], str], list[str]]] = [
     (
         "unknown edge",
         lambda t: t.replace('to="BC" fromLane="0" toLane="1"', 'to="ZZ" fromLane="0" toLane="1"'),
-        ["<connection from='AB' to='ZZ'>", "unknown edge 'ZZ'", "line 29"],
+        ["<connection from='AB' to='ZZ'>", "unknown edge 'ZZ'", "line 32"],
     ),
     (
         "unknown lane",
@@ -330,7 +340,7 @@ def test_names_the_line_when_expat_reads(tmp_path: Path) -> None:
     text = NET.replace('length="98.50" shape="0.00', 'length="nan" shape="0.00')
     path = _write(tmp_path, text.replace('"', "'"))  # outside the scanner's subset
     with pytest.raises(
-        ValidationError, match=r"line 10: <lane id='AB_0'> of <edge id='AB'> length"
+        ValidationError, match=r"line 13: <lane id='AB_0'> of <edge id='AB'> length"
     ):
         read_net_file(path)
 
@@ -434,6 +444,9 @@ def _check_connections(net: NetFile, sumo_net: Any) -> int:
             assert connection.tl == (link.getTLSID() or "")
             assert connection.link_index == link.getTLLinkIndex()
             assert connection.allows_car == link.allows("passenger")
+            assert connection.via_length_m == pytest.approx(
+                _via_length(sumo_net, link.getViaLaneID()), nan_ok=True
+            )
             links.append(link)
             seen += 1
         indices = [node.getLinkIndex(link) for link in links]
@@ -446,6 +459,29 @@ def _check_connections(net: NetFile, sumo_net: Any) -> int:
                     assert bool(junction.foes[i] >> j & 1) == node.areFoes(i, j)
                     assert bool(junction.response[j] >> i & 1) == node.forbids(a, b)
     return seen
+
+
+def _via_length(sumo_net: Any, lane_id: str) -> float:
+    """The internal lanes from ``lane_id`` on, as sumolib links them (a turn that waits
+    inside its junction goes on from its first internal lane to a second)."""
+    total = 0.0 if lane_id else math.nan
+    while lane_id:
+        lane = sumo_net.getLane(lane_id)
+        total += lane.getLength()
+        onward = [link.getViaLaneID() for link in lane.getOutgoing() if link.getViaLaneID()]
+        lane_id = onward[0] if onward else ""
+    return total
+
+
+def test_a_connection_keeps_its_way_through_the_junction(tmp_path: Path) -> None:
+    """Both internal lanes of a turn that waits inside its junction, end to end: the first
+    connection crosses B on 3.00 m then 2.50 m; the second's internal lane is not in the
+    file, so its length is not known."""
+    for reader in (sumo_xml._scan, sumo_xml._parse_with_expat):
+        path = _write(tmp_path, NET)
+        read = sumo_xml._read(path, reader).result(path)
+        assert read.connections[0].via_length_m == pytest.approx(5.5)
+        assert math.isnan(read.connections[1].via_length_m)
 
 
 def _check_programs(net: NetFile, sumo_net: Any) -> None:
