@@ -314,9 +314,9 @@ _NORMALIZED = str.maketrans("\t\n\r", "   ")
 _NOT_PLAIN = re.compile("[&<\t\n\r]")
 _PLAIN_VALUE = '[^"&<\t\n\r]*'
 _INTERNAL_LANE = re.compile(r'<lane id="([^"]*)"[^>]*? speed="([^"]*)"(?: length="([^"]*)")?')
-_INTERNAL_VIA = re.compile(
-    r'<connection(?=[^>]*?\sfrom="([^"]*)")(?=[^>]*?\sfromLane="([^"]*)")[^>]*?\svia="([^"]*)"'
-)
+_VIA = re.compile(r'via="([^"]*)"')
+_FROM_LANE = re.compile(r'\sfrom="([^"]*)"|\sfromLane="([^"]*)"')
+_INC_LANES = re.compile(r'\sincLanes="([^"]*)"')
 _MAX_VIA_LANES = 16  # internal lanes one connection crosses (SUMO splits a turn in two at most)
 
 _MAX_CACHED = 10_000  # entries per cache of layouts, templates and junction logics
@@ -508,6 +508,8 @@ class _Scanner:
             return -1
         if tag == "connection":
             self.builder.internal_vias(text[start:end])
+        elif tag == "junction":
+            self.builder.internal_junctions(text[start:end])
         return end
 
     def flat_elements(self, text: str, start: int, tag: str) -> int:
@@ -891,10 +893,15 @@ class _Builder:
         # connections through it (SUMO writes them after the internal edges)
         self.internal_speeds: dict[str, float] = {}
         self.internal_lengths: dict[str, float] = {}
-        # internal lane id -> the internal lane a connection inside the junction goes on to
-        # (a turn that waits inside its junction crosses it on two lanes, one after the other)
+        self.lengths: dict[str, float] = {}  # shared, as speeds are
+        # A turn that waits inside its junction crosses it on two internal lanes: the first
+        # ends at an internal junction (which lists it in its incLanes), and a connection
+        # inside the junction goes on from it to the second. Internal junctions come before
+        # the connections, those inside junctions after the rest: the connections whose way
+        # may go on are kept until the end, the others' length is known when they are read.
+        self.waiting_lanes: set[str] = set()
         self.internal_next: dict[str, str] = {}
-        self.vias: list[str | None] = []  # each connection's first internal lane
+        self.going_on: list[tuple[NetConnection, str]] = []
         self.junction: _OpenJunction | None = None
         self.program: _OpenProgram | None = None
         # Values met again and again, read once and shared.
@@ -989,33 +996,62 @@ class _Builder:
         with contextlib.suppress(TypeError, ValueError):
             self.internal_speeds[lane_id] = self.speeds.get(speed) or self.speed(speed)
         with contextlib.suppress(TypeError, ValueError):
-            metres = float(length)  # type: ignore[arg-type]
-            if 0.0 <= metres < math.inf:
-                self.internal_lengths[lane_id] = metres
+            self.internal_lengths[lane_id] = self.lengths.get(length) or self.length(length)  # type: ignore[arg-type]
 
     def internal_lanes(self, run: str) -> None:
         """Keep the speeds and lengths of the internal lanes in a run of internal edges read
-        at once."""
+        at once (values met before taken from their caches: millions of lanes, few values)."""
+        speeds, lengths = self.speeds, self.lengths
+        internal_speeds, internal_lengths = self.internal_speeds, self.internal_lengths
         for lane_id, speed, length in _INTERNAL_LANE.findall(run):
             lane = _unescape(lane_id) if "&" in lane_id else lane_id
-            self.internal_lane(lane, speed, length or None)
+            known_speed, known_length = speeds.get(speed), lengths.get(length)
+            if known_speed is None or known_length is None:
+                self.internal_lane(lane, speed, length or None)
+            else:
+                internal_speeds[lane] = known_speed
+                internal_lengths[lane] = known_length
 
     def internal_via(self, from_id: str, from_lane: int | str, via: str) -> None:
         """Keep the internal lane a connection inside a junction goes on to."""
         self.internal_next[f"{from_id}_{from_lane}"] = via.split(" ", 1)[0]
 
     def internal_vias(self, run: str) -> None:
-        """Keep the lanes the connections in a run of them inside junctions go on to."""
-        for from_id, from_lane, via in _INTERNAL_VIA.findall(run):
+        """Keep the lanes the connections in a run of them inside junctions go on to (few
+        have a ``via``: found by it, then their element read)."""
+        for found in _VIA.finditer(run):
+            start = run.rfind("<", 0, found.start())
+            attributes = dict.fromkeys(("from", "fromLane"), "")
+            for from_id, from_lane in _FROM_LANE.findall(run, start, found.start()):
+                attributes["from" if from_id else "fromLane"] = from_id or from_lane
+            from_id, via = attributes["from"], found.group(1)
             if "&" in from_id or "&" in via:
                 from_id, via = _unescape(from_id), _unescape(via)
-            self.internal_via(from_id, from_lane, via)
+            self.internal_via(from_id, attributes["fromLane"], via)
+
+    def internal_junction(self, inc_lanes: str | None) -> None:
+        """Keep the internal lanes that end at an internal junction: a way through them may
+        go on."""
+        for lane in (inc_lanes or "").split():
+            if lane.startswith(":"):
+                self.waiting_lanes.add(lane)
+
+    def internal_junctions(self, run: str) -> None:
+        """The same, for a run of internal junctions read at once."""
+        for inc_lanes in _INC_LANES.findall(run):
+            self.internal_junction(_unescape(inc_lanes) if "&" in inc_lanes else inc_lanes)
 
     def speed(self, text: str | None) -> float:
         speed = float(text)  # type: ignore[arg-type]
         if not 0.0 < speed < math.inf:
             raise ValueError(text)
         return _keep(self.speeds, text, speed)
+
+    def length(self, text: str) -> float:
+        length = float(text)
+        if not 0.0 <= length < math.inf:
+            raise ValueError(text)
+        return _keep(self.lengths, text, length)
 
     @staticmethod
     def bad_lane(values: _Values, edge: _OpenEdge) -> NoReturn:
@@ -1047,6 +1083,7 @@ class _Builder:
     def start_junction(self, values: _Values) -> None:
         junction_id, kind, x, y, inc_lanes = values
         if kind == "internal":
+            self.internal_junction(inc_lanes)
             self.junction = None
             return
         try:
@@ -1227,22 +1264,23 @@ class _Builder:
         to_edge = to_entry[0]
         if not (0 <= from_index < len(from_edge.lanes) and 0 <= to_index < len(to_edge.lanes)):
             self.bad_connection(values)
-        self.connections.append(
-            _new_connection(
-                from_edge.id,
-                to_edge.id,
-                from_index,
-                to_index,
-                sys.intern(direction),
-                "" if tl is None else sys.intern(tl),
-                link_index,
-                self.count_link(rows, from_index, to_edge),  # the junction index: see ``result``
-                True if allow is None and disallow is None else self.allows_car(allow, disallow),
-                self.internal_speeds.get(via.split(" ", 1)[0], math.nan) if via else math.nan,
-                math.nan,  # once every internal connection is read: see ``via_length``
-            )
+        lane = via.split(" ", 1)[0] if via else ""
+        connection = _new_connection(
+            from_edge.id,
+            to_edge.id,
+            from_index,
+            to_index,
+            sys.intern(direction),
+            "" if tl is None else sys.intern(tl),
+            link_index,
+            self.count_link(rows, from_index, to_edge),  # the junction index: see ``result``
+            True if allow is None and disallow is None else self.allows_car(allow, disallow),
+            self.internal_speeds.get(lane, math.nan),
+            self.internal_lengths.get(lane, math.nan),
         )
-        self.vias.append(via.split(" ", 1)[0] if via else None)
+        self.connections.append(connection)
+        if lane in self.waiting_lanes:
+            self.going_on.append((connection, lane))
         self.first_rows.append(first_rows)
 
     def count_link(self, rows: list[int], lane: int, to_edge: NetEdge) -> int:
@@ -1322,18 +1360,17 @@ class _Builder:
                     row += entry[1][lane]
 
     def finished_connections(self) -> tuple[NetConnection, ...]:
-        """The connections, with their index in their junction's request rows and the length
-        of their way through the junction (set once, before they are handed out: frozen from
-        then on)."""
+        """The connections, with their index in their junction's request rows and the whole
+        length of a way through the junction that goes on (set once, before they are handed
+        out: frozen from then on)."""
         self.set_first_rows()
-        rows = zip(self.connections, self.first_rows, self.vias, strict=True)
-        for connection, first_rows, via in rows:
+        for connection, first_rows in zip(self.connections, self.first_rows, strict=True):
             rank = connection.junction_index
             first = first_rows[connection.from_lane]
             if rank >= 0:
                 object.__setattr__(connection, "junction_index", -1 if first < 0 else first + rank)
-            if via is not None:
-                object.__setattr__(connection, "via_length_m", self.via_length(via))
+        for connection, lane in self.going_on:
+            object.__setattr__(connection, "via_length_m", self.via_length(lane))
         return tuple(self.connections)
 
     def via_length(self, lane: str) -> float:
