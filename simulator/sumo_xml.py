@@ -318,6 +318,7 @@ _VIA = re.compile(r'via="([^"]*)"')
 _FROM_LANE = re.compile(r'\sfrom="([^"]*)"|\sfromLane="([^"]*)"')
 _INC_LANES = re.compile(r'\sincLanes="([^"]*)"')
 _MAX_VIA_LANES = 16  # internal lanes one connection crosses (SUMO splits a turn in two at most)
+_NO_WAY = (math.nan, math.nan)  # an internal lane's speed and length, neither known
 
 _MAX_CACHED = 10_000  # entries per cache of layouts, templates and junction logics
 # A run of junction internals starts at a tag with this marker (outside its values: it has no
@@ -889,11 +890,11 @@ class _Builder:
         self.counts_pedestrian_links = False  # there are walking areas
         self.edge: _OpenEdge | None = None
         self.internal = False  # the edge being read is a junction's internal one
-        # internal lane id -> its speed (netconvert slows a turn for its curve), for the
-        # connections through it (SUMO writes them after the internal edges)
-        self.internal_speeds: dict[str, float] = {}
-        self.internal_lengths: dict[str, float] = {}
-        self.lengths: dict[str, float] = {}  # shared, as speeds are
+        # internal lane id -> its speed (netconvert slows a turn for its curve) and length
+        # (nan: not valid), for the connections through it (SUMO writes them after the
+        # internal edges); the pairs are shared, as speeds are: millions of lanes, few values
+        self.internal_ways: dict[str, tuple[float, float]] = {}
+        self.ways: dict[tuple[str | None, str | None], tuple[float, float]] = {}
         # A turn that waits inside its junction crosses it on two internal lanes: the first
         # ends at an internal junction (which lists it in its incLanes), and a connection
         # inside the junction goes on from it to the second. Internal junctions come before
@@ -988,29 +989,34 @@ class _Builder:
         edge.lanes.append(lane)
 
     def internal_lane(self, lane_id: str | None, speed: str | None, length: str | None) -> None:
-        """Keep an internal lane's speed and length (one without a valid speed or length is
-        not kept: the turns through it are then taken as fast as their links, or as long as
-        the node coordinates say)."""
-        if lane_id is None:
-            return
+        """Keep an internal lane's speed and length (either nan where not valid: the turns
+        through it are then taken as fast as their links, or as long as the node coordinates
+        say)."""
+        if lane_id is not None:
+            way = self.ways.get((speed, length)) or self.way(speed, length)
+            self.internal_ways[lane_id] = way
+
+    def way(self, speed: str | None, length: str | None) -> tuple[float, float]:
+        pair = (math.nan, math.nan)
         with contextlib.suppress(TypeError, ValueError):
-            self.internal_speeds[lane_id] = self.speeds.get(speed) or self.speed(speed)
+            pair = (self.speeds.get(speed) or self.speed(speed), math.nan)
         with contextlib.suppress(TypeError, ValueError):
-            self.internal_lengths[lane_id] = self.lengths.get(length) or self.length(length)  # type: ignore[arg-type]
+            metres = float(length)  # type: ignore[arg-type]
+            if 0.0 <= metres < math.inf:
+                pair = (pair[0], metres)
+        return _keep(self.ways, (speed, length), pair)
 
     def internal_lanes(self, run: str) -> None:
         """Keep the speeds and lengths of the internal lanes in a run of internal edges read
-        at once (values met before taken from their caches: millions of lanes, few values)."""
-        speeds, lengths = self.speeds, self.lengths
-        internal_speeds, internal_lengths = self.internal_speeds, self.internal_lengths
+        at once."""
+        ways, internal_ways = self.ways, self.internal_ways
         for lane_id, speed, length in _INTERNAL_LANE.findall(run):
             lane = _unescape(lane_id) if "&" in lane_id else lane_id
-            known_speed, known_length = speeds.get(speed), lengths.get(length)
-            if known_speed is None or known_length is None:
+            way = ways.get((speed, length or None))
+            if way is None:
                 self.internal_lane(lane, speed, length or None)
             else:
-                internal_speeds[lane] = known_speed
-                internal_lengths[lane] = known_length
+                internal_ways[lane] = way
 
     def internal_via(self, from_id: str, from_lane: int | str, via: str) -> None:
         """Keep the internal lane a connection inside a junction goes on to."""
@@ -1046,12 +1052,6 @@ class _Builder:
         if not 0.0 < speed < math.inf:
             raise ValueError(text)
         return _keep(self.speeds, text, speed)
-
-    def length(self, text: str) -> float:
-        length = float(text)
-        if not 0.0 <= length < math.inf:
-            raise ValueError(text)
-        return _keep(self.lengths, text, length)
 
     @staticmethod
     def bad_lane(values: _Values, edge: _OpenEdge) -> NoReturn:
@@ -1275,8 +1275,7 @@ class _Builder:
             link_index,
             self.count_link(rows, from_index, to_edge),  # the junction index: see ``result``
             True if allow is None and disallow is None else self.allows_car(allow, disallow),
-            self.internal_speeds.get(lane, math.nan),
-            self.internal_lengths.get(lane, math.nan),
+            *self.internal_ways.get(lane, _NO_WAY),
         )
         self.connections.append(connection)
         if lane in self.waiting_lanes:
@@ -1378,8 +1377,8 @@ class _Builder:
         they do not end within ``_MAX_VIA_LANES``)."""
         total = 0.0
         for _ in range(_MAX_VIA_LANES):
-            length = self.internal_lengths.get(lane)
-            if length is None:
+            length = self.internal_ways.get(lane, _NO_WAY)[1]
+            if math.isnan(length):
                 return math.nan  # the one nan: connections compare equal across readers
             total += length
             following = self.internal_next.get(lane)
