@@ -149,7 +149,8 @@ def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
         "corridor": [o.corridors.get("AMB-1", "") for o in outcomes],
         "others_veh_s": [o.other_vehicle_seconds for o in outcomes],
         "ahead_veh": [_flushed_ahead(o) for o in outcomes],
-        "forecast_errors": [_forecast_errors(o) for o in outcomes],
+        "forecast_errors": [_forecast_errors(o, at_line=False) for o in outcomes],
+        "forecast_errors_at_line": [_forecast_errors(o, at_line=True) for o in outcomes],
     }
     if outcomes and outcomes[0].crossings:
         (crossing,) = outcomes[0].crossings
@@ -252,18 +253,40 @@ def _first_green(order: list[tuple[Journey, int]], crossing: str) -> dict[str, f
     }
 
 
-def _line_errors(journey: Journey, line: StopLineDelay) -> list[tuple[float, float, bool]]:
+def _line_errors(
+    journey: Journey, line: StopLineDelay, got_there_s: float | None = None
+) -> list[tuple[float, float, bool]]:
     """Per lead of ``FORECAST_LEADS_S`` at which its corridor had given an ETA for ``line``:
-    how much later the ambulance got there than that ETA said (negative: sooner), and
-    whether it got there within that ETA's band."""
+    how much later the ambulance got there (``got_there_s``; by default when it entered the
+    link after it) than that ETA said (negative: sooner), and whether it got there within
+    that ETA's band."""
+    at = line.left_s if got_there_s is None else got_there_s
     given = journey.forecasts.get(line.intersection, [])
     errors = []
     for lead in FORECAST_LEADS_S:
-        before = [forecast for forecast in given if forecast[0] <= line.left_s - lead]
+        before = [forecast for forecast in given if forecast[0] <= at - lead]
         if before:
             _, eta, low, high = before[-1]
-            errors.append((lead, line.left_s - eta, low <= line.left_s <= high))
+            errors.append((lead, at - eta, low <= at <= high))
     return errors
+
+
+def _reached_s(journey: Journey, line: StopLineDelay) -> float | None:
+    """When the position the ambulance reported first reached ``line``'s stop line (between
+    two reports, at a steady speed): the time an ETA is for. Its entry into the link after
+    it (``left_s``) is later by the junction's crossing, a second or more on a real map."""
+    at = journey.stop_line_m.get(line.intersection)
+    track = np.array(journey.trajectory, dtype=np.float64).reshape(-1, 2)
+    if at is None or not track.size:
+        return None
+    past = np.flatnonzero(track[:, 1] >= at)
+    if not past.size:
+        return None
+    k = int(past[0])
+    if k == 0 or track[k, 1] <= track[k - 1, 1]:
+        return float(track[k, 0])
+    (t0, m0), (t1, m1) = track[k - 1], track[k]
+    return float(t0 + (t1 - t0) * (at - m0) / (m1 - m0))
 
 
 def _second_upstream(order: list[tuple[Journey, int]], clearance_s: float) -> tuple[float, float]:
@@ -452,9 +475,10 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         pairs = [pair for seed in f["ahead_veh"] for pair in seed]
         if pairs:
             rows[policy]["ahead_veh"] = _expected_over_left(pairs)
-        errors = [error for seed in f["forecast_errors"] for error in seed]
-        if errors:
-            rows[policy]["forecasts"] = _forecast_accuracy(errors)
+        for key, name in (("forecast_errors", "forecasts"), ("forecast_errors_at_line", "at_line")):
+            errors = [error for seed in f.get(key, []) for error in seed]
+            if errors:
+                rows[policy][name] = _forecast_accuracy(errors)
         if "second_loss_s" in f:
             rows[policy]["second_loss_s"] = round(_mean(f["second_loss_s"]), 1)
             rows[policy]["neither_stops_share"] = round(_mean(f["neither_stops"]), 2)
@@ -524,13 +548,15 @@ def _flushed_ahead(outcome: Outcome) -> list[tuple[float, int]]:
     ]
 
 
-def _forecast_errors(outcome: Outcome) -> list[tuple[float, float, bool]]:
-    """``_line_errors`` of every stop line every ambulance passed."""
+def _forecast_errors(outcome: Outcome, *, at_line: bool) -> list[tuple[float, float, bool]]:
+    """``_line_errors`` of every stop line every ambulance passed, timed when it entered
+    the link after it or (``at_line``) when it reached the stop line."""
     return [
         error
         for journey in outcome.journeys.values()
         for line in journey.trip.stop_lines
-        for error in _line_errors(journey, line)
+        if not at_line or (reached := _reached_s(journey, line)) is not None
+        for error in _line_errors(journey, line, reached if at_line else None)
     ]
 
 
@@ -1101,7 +1127,7 @@ def plot_trade_off(results: dict[str, dict[str, Any]], path: Path) -> Path | Non
 def _forecast_row(engines: dict[str, Any], policy: str, key: str, what: str) -> list[str]:
     """One report line of ``_errors`` per lead (``key``: ``forecasts``, ``first_late`` or
     ``second_late``), the engines side by side; none where no engine has them."""
-    band = ", share within the band" if key == "forecasts" else ""
+    band = ", share within the band" if key in ("forecasts", "at_line") else ""
     return _per_engine(
         engines, policy, key, f"{what} (median / 90th percentile error, median late{band})",
         lambda by_lead: ", ".join(
@@ -1325,7 +1351,15 @@ def _crossing_rows(engines: dict[str, Any], policy: str) -> list[str]:
             f"{a['ratio']:.2f}x ({a['stop_lines']} stop lines)"
         ),
     )  # fmt: skip
-    rows += _forecast_row(engines, policy, "forecasts", "its ETAs against when it got there")
+    rows += _forecast_row(
+        engines,
+        policy,
+        "forecasts",
+        "its ETAs against when it entered the link after the stop line",
+    )
+    rows += _forecast_row(
+        engines, policy, "at_line", "... and against when it reached the stop line"
+    )
     cost = [
         f"{name}: {_say_crossing_cost(c)}"
         for name, e in engines.items()
