@@ -23,7 +23,7 @@ straight-line speed of any link, and the landmark bound of ``lm_dist`` (free-flo
 link graph, see ``graph.py``); waits only lengthen the true time, so both are admissible and
 consistent. Its key is ``g + h * (1 + TIE_WEIGHT)``: the tiny weight makes the
 search prefer, among routes of equal length, the link closer to the destination, which on grid
-networks (where landmarks are exact and thousands of staircase routes tie) is the difference
+networks (where landmarks come close and thousands of staircase routes tie) is the difference
 between settling the route and settling the whole rectangle. The price is an arrival at most
 ``TIE_WEIGHT * h(origin)`` later than the optimum (about 0.01 ms on a three-hour trip).
 

@@ -594,12 +594,16 @@ def _movements(
 def _junction_way(pair: EdgePair) -> tuple[float | None, float | None]:
     """The mean speed limit (netconvert slows a turn for its curve) and length of the
     internal lanes the pair's connections take; None where not known."""
-    speeds = [c.via_speed_mps for c in pair.connections if not math.isnan(c.via_speed_mps)]
-    lengths = [c.via_length_m for c in pair.connections if not math.isnan(c.via_length_m)]
     return (
-        sum(speeds) / len(speeds) if speeds else None,
-        sum(lengths) / len(lengths) if lengths else None,
+        _mean_known([c.via_speed_mps for c in pair.connections]),
+        _mean_known([c.via_length_m for c in pair.connections]),
     )
+
+
+def _mean_known(values: Sequence[float]) -> float | None:
+    """The mean of the values that are not NaN; None if none is."""
+    known = [value for value in values if not math.isnan(value)]
+    return sum(known) / len(known) if known else None
 
 
 def _turn(connections: Sequence[NetConnection]) -> Turn:
