@@ -66,13 +66,14 @@ from citybrain.cloud.epoch import next_epoch
 from citybrain.cloud.keys import Keyring
 from citybrain.cloud.service import CloudService, ServiceSettings
 from citybrain.cloud.storage import PostgresStore, TelemetryWriter
+from citybrain.live import free_port
 from citybrain.models.messages import CorridorRequest, Telemetry
 from citybrain.models.signing import PlanSigner, TrustStore
 from citybrain.models.topics import ROOT, TopicKind, intersection_filter
 from citybrain.simulator.scenarios import load_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import Mosquitto, PostgreSQL, free_port
+from conftest import Mosquitto, PostgreSQL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from telemetry_load import city_ids

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import shutil
 import signal
 import socket
@@ -94,11 +95,37 @@ class LiveSetupError(CitybrainError):
     """The live system cannot start as asked (a database that does not answer, ...)."""
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_PORTS_FROM = 10_000
+_TRIES = 64
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free loopback port below the kernel's ephemeral range, for a server we may stop and
+    start again (a broker outage). A port in that range can be taken meanwhile by any outgoing
+    connection, even by a client retrying that very port: Linux then connects it to itself
+    (simultaneous open) and holds the port, so the server cannot come back."""
+    first_ephemeral = _first_ephemeral_port()
+    for _ in range(_TRIES if first_ephemeral > _LISTEN_PORTS_FROM else 0):
+        port = _LISTEN_PORTS_FROM + secrets.randbelow(first_ephemeral - _LISTEN_PORTS_FROM)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # nothing free below the range: any port will have to do
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _first_ephemeral_port() -> int:
+    """Linux's, else the IANA range's start (49152, as on BSD, macOS and Windows)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import pytest
 
 from citybrain.edge.agent import EdgeAgent, run_host
 from citybrain.edge.settings import load_settings
+from citybrain.live import free_port
 from citybrain.simulator.fieldbus import FieldBusServer
 from citybrain.simulator.runner import Run
 from citybrain.simulator.scenarios import Level, build
@@ -28,15 +29,6 @@ SPEED = 4.0
 """Simulated seconds per wall second."""
 
 pytestmark = [pytest.mark.security, pytest.mark.broker, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _until(condition: Callable[[], Any], timeout_s: float, what: str) -> None:
@@ -52,7 +44,7 @@ class Cloud:
 
     def __init__(self, broker: Any, tmp_path: Path) -> None:
         self.layout = broker.layout
-        self.api = f"http://127.0.0.1:{_free_port()}"
+        self.api = f"http://127.0.0.1:{free_port()}"
         self.command = [
             sys.executable, "-m", "citybrain", "cloud", "serve",
             "--config", str(self.layout.cloud / "leader.toml"),

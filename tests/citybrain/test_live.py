@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from citybrain.live import LiveOptions, LiveResult, run_live
+from citybrain import live
+from citybrain.live import LiveOptions, LiveResult, free_port, run_live
 
 pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
@@ -70,3 +72,23 @@ async def _sign_in_then_interrupt(said: list[str], answers: list[int]) -> None:
     ):
         answers.append(response.status)
     os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_free_port_is_below_the_ephemeral_range_so_no_client_can_take_it() -> None:
+    first, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < first for port in ports)
+    assert len(ports) > 1, "the same port every time: parallel tests would collide"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))
+
+
+@pytest.mark.parametrize("range_text", ["1024 65535", "", "not ports"])
+def test_a_free_port_is_still_found_when_the_range_leaves_no_room_or_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, range_text: str
+) -> None:
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text(range_text)
+    monkeypatch.setattr(live, "_EPHEMERAL_RANGE", ranges)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
