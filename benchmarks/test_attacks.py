@@ -63,6 +63,7 @@ from citybrain.models.messages import (
     VehiclePosition,
 )
 from citybrain.models.signing import PlanSigner
+from citybrain.models.tls import client_context
 from citybrain.models.topics import TopicKind, intersection_topic, vehicle_position_topic
 from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.controllers import Outcome
@@ -351,7 +352,7 @@ async def peer(
     secret = password if password is not None or user is None else city.broker.password(user)
     client = aiomqtt.Client(
         "localhost", city.broker.port, identifier=identifier, username=user, password=secret,
-        tls_params=aiomqtt.TLSParameters(ca_certs=str(city.broker.layout.ca_cert)),
+        tls_context=client_context(ca_file=city.broker.layout.ca_cert),
         protocol=aiomqtt.ProtocolVersion.V311, timeout=WAIT_S,
     )  # fmt: skip
     async with client:

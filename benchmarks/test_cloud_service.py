@@ -69,6 +69,7 @@ from citybrain.cloud.storage import PostgresStore, TelemetryWriter
 from citybrain.live import free_port
 from citybrain.models.messages import CorridorRequest, Telemetry
 from citybrain.models.signing import PlanSigner, TrustStore
+from citybrain.models.tls import client_context
 from citybrain.models.topics import ROOT, TopicKind, intersection_filter
 from citybrain.simulator.scenarios import load_network
 
@@ -243,7 +244,7 @@ def _client(broker: _DeployedMosquitto, user: str, identifier: str) -> aiomqtt.C
     return aiomqtt.Client(
         "127.0.0.1", broker.port, identifier=identifier, username=user,
         password=secret.read_text().strip(),
-        tls_params=aiomqtt.TLSParameters(ca_certs=str(secret.parent / "ca.crt")),
+        tls_context=client_context(ca_file=secret.parent / "ca.crt"),
         protocol=aiomqtt.ProtocolVersion.V311, socket_options=NODELAY,
     )  # fmt: skip
 

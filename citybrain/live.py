@@ -56,6 +56,7 @@ from citybrain.edge.settings import (
 from citybrain.models.codec import DEFAULT_CODEC
 from citybrain.models.errors import CitybrainError
 from citybrain.models.messages import VehiclePosition
+from citybrain.models.tls import client_context
 from citybrain.models.topics import vehicle_position_topic
 from citybrain.simulator.fieldbus import FieldBusServer
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
@@ -526,8 +527,7 @@ def _vehicle_client(mqtt: LiveBroker) -> aiomqtt.Client:
         "127.0.0.1", mqtt.port, identifier=f"{AMBULANCE}-{REGION}",
         username=security.vehicle_user(AMBULANCE) if secret else None,
         password=secret.read_text().strip() if secret else None,
-        tls_params=aiomqtt.TLSParameters(ca_certs=str(secret.parent / "ca.crt"))
-        if secret else None,
+        tls_context=client_context(ca_file=secret.parent / "ca.crt") if secret else None,
         protocol=aiomqtt.ProtocolVersion.V311,
     )  # fmt: skip
 

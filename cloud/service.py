@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from citybrain.models.messages import (
     Telemetry,
 )
 from citybrain.models.signing import PlanSigner
+from citybrain.models.tls import client_context
 
 __all__ = [
     "DEFAULT_REGION",
@@ -171,14 +173,13 @@ class ServiceSettings:
             return self.password
         return read_secret("password_file", self.password_file)
 
-    def tls_parameters(self) -> aiomqtt.TLSParameters | None:
+    def tls_context(self) -> ssl.SSLContext | None:
         """TLS with the broker's certificate and host name checked, or ``None`` (plain TCP)."""
         if not self.tls:
             return None
-        ca, cert, key = (
-            str(p) if p else None for p in (self.ca_file, self.cert_file, self.key_file)
+        return client_context(
+            ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file
         )
-        return aiomqtt.TLSParameters(ca_certs=ca, certfile=cert, keyfile=key)
 
 
 class CloudService(Operations):

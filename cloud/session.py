@@ -101,7 +101,7 @@ class BrokerSession:
             identifier=settings.client_id,
             username=settings.username,
             password=password,
-            tls_params=settings.tls_parameters(),
+            tls_context=settings.tls_context(),
             protocol=ProtocolVersion.V311,
             # The leader's session persists (acks and statuses wait for it across a reconnect);
             # an ingest worker's does not: Mosquitto keeps dealing a stopped member of a shared

@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from citybrain.edge.settings import BrokerSettings
 from citybrain.models.retry import Backoff
+from citybrain.models.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,10 @@ def paho_client(*, broker: BrokerSettings, client_id: str, clean_session: bool) 
     if broker.username is not None:
         client.username_pw_set(broker.username, broker.secret())
     if broker.tls:
-        client.tls_set(
-            ca_certs=str(broker.ca_file) if broker.ca_file else None,
-            certfile=str(broker.cert_file) if broker.cert_file else None,
-            keyfile=str(broker.key_file) if broker.key_file else None,
+        client.tls_set_context(
+            client_context(
+                ca_file=broker.ca_file, cert_file=broker.cert_file, key_file=broker.key_file
+            )
         )
         client.tls_insecure_set(broker.tls_insecure)
     return client

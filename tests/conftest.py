@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from citybrain.live import free_port
+from citybrain.models.tls import client_context
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -114,7 +115,7 @@ class SecureMosquitto(Mosquitto):
         return aiomqtt.Client(
             "127.0.0.1", self.port, identifier=f"{user}-{time.monotonic_ns()}", username=user,
             password=self.password(user),
-            tls_params=aiomqtt.TLSParameters(ca_certs=str(self.layout.ca_cert)),
+            tls_context=client_context(ca_file=self.layout.ca_cert),
             protocol=aiomqtt.ProtocolVersion.V311,
         )  # fmt: skip
 
