@@ -24,6 +24,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -693,8 +694,9 @@ class CorridorManager:
         speed = corridor.reported_mps
         if speed is None or corridor.advised_mps is not None:
             return None
-        graph = self.graph
-        own = float(graph.link_length[link]) / (float(graph.link_time[link]) * corridor.pace)
+        own = _own_mps(
+            corridor, float(self.graph.link_length[link]), float(self.graph.link_time[link])
+        )
         if not HELD_FLOOR * own <= speed < own:
             return None
         return HeldSpeed(speed_mps=speed, until_s=corridor.last_position_s + SPEED_HELD_S)
@@ -1206,7 +1208,7 @@ class CorridorManager:
         more from the vehicle's last reported position to ``line``; None where its own speed
         does, within a second."""
         metres, seconds = self._hops(corridor.route, 0, line.hop + 1)
-        own = metres / (seconds * corridor.pace)
+        own = _own_mps(corridor, metres, seconds)
         metres[0] = max(0.0, metres[0] - corridor.offset_m)  # left to drive on each link
         if float(np.sum(metres / own)) > due - ADVICE_MIN_HOLD_S:
             return None
@@ -1714,3 +1716,12 @@ def _base36(number: int) -> str:
         number, digit = divmod(number, 36)
         text = digits[digit] + text
     return text or "0"
+
+
+_Metres = TypeVar("_Metres", float, np.ndarray)
+
+
+def _own_mps(corridor: Corridor, metres: _Metres, free_flow_s: _Metres) -> _Metres:
+    """The vehicle's own speed over links this long and this quick at free flow, at the pace
+    it has shown: what its held speed is measured against and its advice slows it from."""
+    return metres / (free_flow_s * corridor.pace)
