@@ -54,7 +54,7 @@ from citybrain.models.messages import (
 )
 from citybrain.models.signal import Indication
 from citybrain.simulator.crossing import QueueArrivals, queue_arrivals
-from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
+from citybrain.simulator.kernels import ARRIVED, DRIVING, PENDING, QUEUED
 from citybrain.simulator.networks import RoadNetwork
 from citybrain.simulator.runner import Engine, SimulationRun, VehicleIncident
 from citybrain.simulator.scenarios import (
@@ -679,12 +679,13 @@ class _Driver:
 
     def _hold_green(self, vehicle: _Vehicle, now: float) -> None:
         """The ceiling: every signal the ambulance has still to pass green for it, from
-        dispatch until it passes (then back to its normal plan)."""
-        arrived = self.run.sim.state[vehicle.index] == ARRIVED
-        for hop in [h for h in vehicle.held_until if arrived or h < vehicle.hop]:
+        dispatch until it passes or leaves the network another way (SUMO removed it); then
+        back to its normal plan."""
+        gone = self.run.sim.state[vehicle.index] not in (PENDING, DRIVING, QUEUED)
+        for hop in [h for h in vehicle.held_until if gone or h < vehicle.hop]:
             del vehicle.held_until[hop]
             self._send(vehicle.nodes[hop], self._release_plan(vehicle.nodes[hop], now))
-        if arrived:
+        if gone:
             return
         for hop in range(vehicle.hop, len(vehicle.nodes)):
             node, group = vehicle.nodes[hop], vehicle.groups[hop]

@@ -66,6 +66,19 @@ class Trips:
     def rerouted(self) -> bool:
         return self.reroute is not None and bool(self.reroute.any())
 
+    def check_on(self, links: int) -> None:
+        """Refuse, before any engine starts, what would fail it mid-run (SUMO only when the
+        vehicle is due) or move nothing: a departure not finite or negative, a speed factor
+        not finite and positive, a route through a link outside a network of ``links``."""
+        if not self.count:
+            return
+        if not np.all(np.isfinite(self.depart)) or self.depart.min() < 0:
+            raise ValidationError("trips.depart", "departure times must be finite and >= 0")
+        if not np.all(np.isfinite(self.speed_factor)) or self.speed_factor.min() <= 0:
+            raise ValidationError("trips.speed_factor", "speed factors must be finite and > 0")
+        if self.route_links.min() < 0 or self.route_links.max() >= links:
+            raise ValidationError("trips.route_links", "a route names a link outside the network")
+
     @staticmethod
     def concat(parts: Sequence[Trips]) -> Trips:
         offsets = np.cumsum([0, *(p.route_links.shape[0] for p in parts)])[:-1]

@@ -62,10 +62,7 @@ class Simulation:
         check_number("acceleration_mps2", acceleration_mps2, gt=0.0, le=10.0)
         check_number("deceleration_mps2", deceleration_mps2, gt=0.0, le=10.0)
         check_number("dawdle_mps", dawdle_mps, ge=0.0, le=3.0)
-        if trips.count and (not np.all(np.isfinite(trips.depart)) or trips.depart.min() < 0):
-            raise ValidationError("trips.depart", "departure times must be finite and >= 0")
-        if trips.count and (trips.route_links.min() < 0 or trips.route_links.max() >= net.links):
-            raise ValidationError("trips.route_links", "a route names a link outside the network")
+        trips.check_on(net.links)
         if trips.reroute is not None and trips.reroute.shape != (trips.count,):
             raise ValidationError("trips.reroute", "needs one flag per vehicle")
         if trips.standing is not None and trips.standing.shape != (trips.count,):

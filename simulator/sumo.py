@@ -195,14 +195,20 @@ def sumo_version() -> str | None:
     binary = find_binary("sumo")
     if binary is None:
         return None
-    done = subprocess.run(  # noqa: S603 - a resolved SUMO binary, fixed arguments
-        [str(binary), "--version"],
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        timeout=60,
-        check=False,
-    )
+    try:
+        done = subprocess.run(  # noqa: S603 - a resolved SUMO binary, fixed arguments
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            env=_environment(),
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:  # another machine's build, a hang
+        raise SumoUnavailableError(
+            f"{binary} does not run ({error}): pip install 'citybrain[sumo]', or point "
+            "SUMO_HOME at a SUMO built for this machine"
+        ) from None
     lines = done.stdout.strip().splitlines()
     return lines[0] if lines else None
 
@@ -221,6 +227,8 @@ def run_tool(command: Sequence[str], *, log: Path | None, timeout_s: float | Non
         )
     except subprocess.TimeoutExpired:
         raise SumoError(f"{Path(command[0]).name} ran over {timeout_s} s") from None
+    except OSError as error:
+        raise SumoError(f"{Path(command[0]).name} does not run: {error}") from None
     wall = time.perf_counter() - started
     output = (done.stdout or "") + (done.stderr or "")
     if log is not None:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from numpy.typing import NDArray
@@ -267,8 +268,8 @@ class _Loops:
                     loop = f"{approach.id}:{kind}:{lane.index}"
                     self.ids[kind][link].append(loop)
                     self.lines.append(
-                        f'    <inductionLoop id="{loop}" lane="{lane.id}" pos="{pos:.2f}" '
-                        f'period="{LOOP_PERIOD_S:g}" file="NUL"/>'
+                        f"    <inductionLoop id={quoteattr(loop)} lane={quoteattr(lane.id)} "
+                        f'pos="{pos:.2f}" period="{LOOP_PERIOD_S:g}" file="NUL"/>'
                     )
 
     def write(self, path: Path) -> None:
@@ -388,8 +389,7 @@ class SumoRun(ControlledRun):
         check_number("time_to_teleport_s", time_to_teleport_s, gt=0.0)
         if sumo_net is not None and sumo_net.road is not net.road:
             raise ValidationError("sumo_net", "the SUMO network is not the run's network")
-        if trips.count and (trips.route_links.min() < 0 or trips.route_links.max() >= net.links):
-            raise ValidationError("trips.route_links", "a route names a link outside the network")
+        trips.check_on(net.links)
         libsumo = libsumo_module()
         if _active is not None or libsumo.simulation.isLoaded():
             raise SumoError(
@@ -430,11 +430,11 @@ class SumoRun(ControlledRun):
             if remove_jammed:
                 teleport += ("--time-to-teleport.remove", "true")
             self._start(sumo_net.path, routes, additional, seed, dt_s, teleport)
-        except BaseException:
+            _active = self
+            self._show_lights()
+        except BaseException:  # libsumo freed: the next run in this process may start
             self._cleanup()
             raise
-        _active = self
-        self._show_lights()
 
     def _start(
         self,
@@ -491,6 +491,8 @@ class SumoRun(ControlledRun):
         """From now on tracked ``vehicle`` keeps under ``speed_mps``: its maximum speed in
         SUMO (car following and its imperfection still apply); ``None``: its type's again.
         Kept until it departs if it has not yet."""
+        if self.closed:  # libsumo may hold another run's vehicle of that name by now
+            raise SumoError("the SUMO run is closed")
         self._tracked(vehicle, speed_mps)
         self._caps[vehicle] = speed_mps
         if vehicle in self._hop_of:
@@ -605,8 +607,12 @@ class SumoRun(ControlledRun):
         for vid in arrived:
             v = index[vid]
             sim.in_network.discard(v)
+            hop = hop_of.pop(vid)
+            # SUMO lists a vehicle it took out for a jam (``remove_jammed``) as arrived, also on
+            # its last link: it went standing still, which no vehicle reaching its end does
+            jammed = self.remove_jammed and vid in halted
             halted.discard(vid)
-            if not self._finished(v, hop_of.pop(vid), vid):
+            if jammed or not self._finished(v, hop, vid):
                 sim.state[v] = REMOVED
                 self._incident(now, vid, "removed", "left before the end of its route")
             else:

@@ -410,3 +410,26 @@ def group_bits(net: Any, node: str, groups: list[str]) -> int:
 def _route(net: Any, trips: Trips, v: int) -> list[str]:
     start, length = int(trips.route_start[v]), int(trips.route_len[v])
     return [net.link_ids[i] for i in trips.route_links[start : start + length]]
+
+
+@pytest.mark.parametrize(
+    ("field", "first", "said"),
+    [
+        ("depart", math.nan, "departure times"),
+        ("depart", -1.0, "departure times"),
+        ("speed_factor", 0.0, "speed factors"),
+        ("speed_factor", math.inf, "speed factors"),
+        ("route_links", NET.links, "outside the network"),
+        ("route_links", -1, "outside the network"),
+    ],
+)
+def test_trips_an_engine_would_fail_on_mid_run_are_refused_before(
+    field: str, first: float, said: str
+) -> None:
+    good = random_trips(NET, seed=1, duration_s=60.0, vehicles_per_hour=600.0)
+    assert good.count
+    good.check_on(NET.links)
+    column = getattr(good, field).copy()
+    column[0] = first
+    with pytest.raises(ValidationError, match=said):
+        dataclasses.replace(good, **{field: column}).check_on(NET.links)

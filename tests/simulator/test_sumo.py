@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -450,3 +451,27 @@ def test_sumo_errors_are_reported(grid_file: Path, tmp_path: Path) -> None:
     missing_routes = tmp_path / "none.rou.xml"
     with pytest.raises(sumo.SumoError, match="exited"):
         sumo.run_sumo(grid_file, missing_routes, duration_s=10.0, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("binary", ["not-this-machine", "hangs"])
+def test_a_sumo_that_does_not_run_is_said_with_how_to_install_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, binary: str
+) -> None:
+    """Another machine's build (exec format error) or a binary that never answers: our
+    error, saying what to do, not an OSError or a timeout from subprocess."""
+    tool = tmp_path / "sumo"
+    if binary == "hangs":
+        tool.write_text("#!/bin/sh\nsleep 30\n")
+        monkeypatch.setattr(subprocess, "run", _timing_out)
+    else:
+        tool.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))  # an ELF header for no machine
+    tool.chmod(0o755)
+    monkeypatch.setattr(sumo, "find_binary", lambda name="sumo": tool)
+    with pytest.raises(sumo.SumoUnavailableError, match=r"does not run .*pip install"):
+        sumo.sumo_version()
+    with pytest.raises(sumo.SumoError, match=r"does not run|ran over"):
+        sumo.run_tool([str(tool), "--version"], log=None, timeout_s=1.0)
+
+
+def _timing_out(command: list[str], **options: Any) -> Any:
+    raise subprocess.TimeoutExpired(command, options.get("timeout") or 0.0)

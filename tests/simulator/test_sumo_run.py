@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -194,13 +195,39 @@ def test_vehicles_sumo_teleports_or_removes_are_reported() -> None:
             assert np.isnan(run.sim.arrived[v])
 
 
-@pytest.mark.parametrize("remove_jammed", [False, True])
-def test_an_ambulance_sumo_teleports_or_removes_ends_its_corridor_failed(
-    monkeypatch: pytest.MonkeyPatch, remove_jammed: bool
-) -> None:
-    """The ambulance jammed on its route (its next links made a crawl) until SUMO teleports
-    it or takes it out: the corridor fails saying so, and the trip is no travel time."""
+def _jamming(monkeypatch: pytest.MonkeyPatch, *, remove_jammed: bool, last_link: bool) -> None:
+    """Runs whose ambulance SUMO jams at 360 s (its next two links, or its last one, made a
+    crawl) until it teleports it or takes it out after 20 s."""
     from citybrain import closed_loop
+
+    step = SumoRun._step
+
+    def jam_the_ambulance(run: SumoRun) -> None:
+        step(run)
+        if run.now == 360.0 and "AMB-1" in libsumo.vehicle.getIDList():
+            route = libsumo.vehicle.getRoute("AMB-1")
+            hop = libsumo.vehicle.getRouteIndex("AMB-1")
+            for edge in route[-1:] if last_link else route[hop : hop + 2]:
+                libsumo.edge.setMaxSpeed(edge, 0.05)
+
+    def jamming_run(engine: Engine, scenario: Any) -> SumoRun:
+        return SumoRun(
+            scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=scenario.seed,
+            time_to_teleport_s=20.0, remove_jammed=remove_jammed,
+        )  # fmt: skip
+
+    monkeypatch.setattr(SumoRun, "_step", jam_the_ambulance)
+    monkeypatch.setattr(closed_loop, "open_run", jamming_run)
+
+
+@pytest.mark.parametrize("last_link", [False, True], ids=["on its way", "on its last link"])
+@pytest.mark.parametrize("remove_jammed", [False, True], ids=["teleported", "removed"])
+def test_an_ambulance_sumo_teleports_or_removes_ends_its_corridor_failed(
+    monkeypatch: pytest.MonkeyPatch, remove_jammed: bool, last_link: bool
+) -> None:
+    """The ambulance jammed on its route until SUMO teleports it or takes it out: the
+    corridor fails saying so, and the trip is no travel time. SUMO lists a vehicle it took
+    out as arrived, on its last link too: that one was counted arrived, its corridor done."""
     from citybrain.cloud.corridor import CorridorManager
 
     reasons: list[str] = []
@@ -210,25 +237,8 @@ def test_an_ambulance_sumo_teleports_or_removes_ends_its_corridor_failed(
         reasons.append(reason)
         return fail(manager, corridor_id, now_s, reason=reason)
 
-    step = SumoRun._step
-
-    def jam_the_ambulance(run: SumoRun) -> None:
-        step(run)
-        if run.now == 360.0 and "AMB-1" in libsumo.vehicle.getIDList():
-            route = libsumo.vehicle.getRoute("AMB-1")
-            hop = libsumo.vehicle.getRouteIndex("AMB-1")
-            for edge in route[hop : hop + 2]:
-                libsumo.edge.setMaxSpeed(edge, 0.05)
-
-    def jamming_run(engine: Engine, scenario: Any) -> SumoRun:
-        return SumoRun(
-            scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=scenario.seed,
-            time_to_teleport_s=20.0, remove_jammed=remove_jammed,
-        )  # fmt: skip
-
     monkeypatch.setattr(CorridorManager, "fail", failing)
-    monkeypatch.setattr(SumoRun, "_step", jam_the_ambulance)
-    monkeypatch.setattr(closed_loop, "open_run", jamming_run)
+    _jamming(monkeypatch, remove_jammed=remove_jammed, last_link=last_link)
     outcome = run_policy(Policy.CORRIDOR, 1, SHORT, engine=Engine.SUMO)
     kind = "removed" if remove_jammed else "teleport"
     assert outcome.corridors == {"AMB-1": CorridorState.FAILED}
@@ -240,6 +250,30 @@ def test_an_ambulance_sumo_teleports_or_removes_ends_its_corridor_failed(
     assert np.isnan(journey.travel_time_s)
 
 
+def test_the_ceiling_gives_the_signals_back_when_sumo_removes_its_ambulance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Green all the way holds every signal still ahead until the ambulance passes: one that
+    SUMO took out never passes, and those signals were held green for it to the run's end."""
+    from citybrain.closed_loop import _Driver
+
+    sent: list[tuple[float, str, str]] = []
+    send = _Driver._send
+
+    def recording(driver: _Driver, node: str, plan: SignalPlan) -> Any:
+        sent.append((driver.run.now, node, plan.kind.value))
+        return send(driver, node, plan)
+
+    monkeypatch.setattr(_Driver, "_send", recording)
+    _jamming(monkeypatch, remove_jammed=True, last_link=False)
+    outcome = run_policy(Policy.GREEN_ALL_THE_WAY, 1, SHORT, engine=Engine.SUMO)
+    (removed,) = [i for i in outcome.incidents if i.vehicle == "AMB-1"]
+    assert removed.kind == "removed"
+    after = [(kind, node) for at, node, kind in sent if at >= removed.time_s]
+    assert after, "nothing released"
+    assert {kind for kind, _ in after} == {"release"}
+
+
 def test_one_sumo_simulation_per_process() -> None:
     with _short_run() as run:
         with pytest.raises(sumo.SumoError, match="one simulation per process"):
@@ -249,6 +283,30 @@ def test_one_sumo_simulation_per_process() -> None:
         again.advance(1.0)
     with pytest.raises(sumo.SumoError, match="closed"):
         again.advance(1.0)
+    with _short_run() as other:  # a closed run's vehicle names are another run's now
+        other.advance(70.0)
+        own = libsumo.vehicle.getMaxSpeed("AMB-1")
+        with pytest.raises(sumo.SumoError, match="closed"):
+            again.set_speed_cap("AMB-1", 3.0)
+        assert libsumo.vehicle.getMaxSpeed("AMB-1") == own
+
+
+def test_a_run_that_fails_to_start_frees_libsumo_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its first lights failing: the run was never handed over, so nobody could close it,
+    and every later run in the process was refused as a second simulation."""
+
+    def failing(tls: str, state: str) -> None:
+        raise libsumo.TraCIException(f"no light {tls!r}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(libsumo.trafficlight, "setRedYellowGreenState", failing)
+        with pytest.raises(sumo.SumoError, match="setting a traffic light"):
+            _short_run()
+    assert not libsumo.simulation.isLoaded()
+    with _short_run() as run:
+        run.advance(1.0)
 
 
 def test_bad_input_is_refused_with_our_errors(
@@ -258,6 +316,12 @@ def test_bad_input_is_refused_with_our_errors(
     snet = export_network(compile_network(load_network("arterial:3")).road, tmp_path)
     with pytest.raises(ValidationError, match="not the run's network"):
         SumoRun(scenario.net, scenario.trips, sumo_net=snet)
+    # SUMO took a departure at NaN and failed when the vehicle was due, 200 s on
+    nan_depart = scenario.trips.depart.copy()
+    nan_depart[0] = np.nan
+    with pytest.raises(ValidationError, match="departure times"):
+        SumoRun(scenario.net, dataclasses.replace(scenario.trips, depart=nan_depart))
+    assert not libsumo.simulation.isLoaded()
     # a route SUMO cannot drive: its error is ours, not a traceback from libsumo
     road = scenario.net.road
     route = main_route(road)
