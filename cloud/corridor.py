@@ -39,7 +39,7 @@ from citybrain.cloud.routing import (
     Router,
     UnreachableError,
 )
-from citybrain.cloud.state import NetworkState
+from citybrain.cloud.state import NetworkState, RefusedError
 from citybrain.models.checks import check_count, check_number, compose_id
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
@@ -72,6 +72,9 @@ horizon, and in route search): a typical remaining minimum green plus a clearanc
 
 MOVED_M = 5.0
 """How far a vehicle goes on its link for it to count as moving."""
+FIX_ERROR_M = 50.0
+"""How far a position fix and its matching to a link may be off: a report further from the
+last than the vehicle could drive in between plus this is refused (``_check_plausible``)."""
 STUCK = "stuck in traffic its windows cannot move: windows dropped until it moves"
 ARBITRATION_MARGIN_S = 20.0
 """How far a vehicle's arrival at a shared intersection must move before its turn there is
@@ -274,6 +277,11 @@ class Corridor:
     """How its ETA's uncertainty grows with the time to go, learned from the error of the
     forecasts at the stop lines it passed (``_learn_spread``); the band's low edge sets how
     early a window opens."""
+    reported_at: float = -math.inf
+    """The time its last accepted position was taken (the vehicle's clock): a report not
+    after it is a redelivery, a replay or late."""
+    left_links: set[int] = field(default_factory=set)
+    """Links it was seen on, or passed, and has left: a report on one is behind it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +620,20 @@ class CorridorManager:
             raise ValidationError("link", f"unknown link {position.link!r}")
         if position.offset_m > self.graph.link_length[link] + 1.0:
             raise ValidationError("offset_m", f"beyond the end of {position.link}")
+        self._check_plausible(corridor, position, link)
+        links = list(corridor.route.link_indices)
+        rerouted = None
+        if link not in links:  # searched before anything changes: a refusal leaves it all
+            try:
+                rerouted = self._reroute(corridor, link, position.offset_m, now_s, keep=None)
+            except UnreachableError:
+                raise RefusedError(
+                    "position_unreachable",
+                    "link",
+                    f"{corridor.vehicle}'s destination cannot be reached from {position.link}",
+                ) from None
+        self._left(corridor, link, links)
+        corridor.reported_at = position.time
         corridor.last_position_s = now_s
         corridor.reported_mps = position.speed_mps
         if corridor.first_position_s is None:
@@ -621,8 +643,7 @@ class CorridorManager:
             corridor.state = CorridorState.ACTIVE
         if link != corridor.mark[0] or position.offset_m >= corridor.mark[1] + MOVED_M:
             corridor.mark, corridor.moved_at_s = (link, position.offset_m), now_s
-        links = list(corridor.route.link_indices)
-        if link in links:
+        if rerouted is None:
             hop = links.index(link)
             for line in corridor.stop_lines:
                 if line.hop < hop and not line.released:
@@ -639,10 +660,65 @@ class CorridorManager:
             log.info("%s left its route at %s: re-routing", corridor.vehicle, position.link)
             for line in corridor.stop_lines:
                 line.released = True
-            corridor.route = self._reroute(corridor, link, position.offset_m, now_s, keep=None)
+            corridor.route = rerouted
             corridor.stop_lines = self._stop_lines(corridor.route)
         corridor.offset_m = min(position.offset_m, float(self.graph.link_length[link]))
         return self._replan(now_s)
+
+    def _check_plausible(self, corridor: Corridor, position: VehiclePosition, link: int) -> None:
+        """Refuse, before it changes anything, a report no vehicle driving on makes: one not
+        after the last (a QoS 1 redelivery, a replay, a late one), one on a link it has left
+        (late, or map matching flipping between two links at a junction: each flip back had
+        the corridor re-route and re-open its windows), or one further from the last than
+        ``MAX_SPEED_MPS`` covers in the time between (a fix gone wrong: taken at its word it
+        released every signal it jumped over, or ended the corridor)."""
+        if position.time <= corridor.reported_at:
+            raise RefusedError(
+                "position_stale",
+                "time",
+                f"{position.time:.1f} is not after its last report ({corridor.reported_at:.1f})",
+            )
+        if link in corridor.left_links:
+            raise RefusedError(
+                "position_behind", "link", f"{corridor.vehicle} has left {position.link}"
+            )
+        if corridor.seen is None:
+            return
+        graph, (last, last_offset, _) = self.graph, corridor.seen
+        ends = math.hypot(
+            graph.link_x[link] - graph.link_x[last], graph.link_y[link] - graph.link_y[last]
+        )
+        apart = (
+            ends - self._from_end_m(last, last_offset) - self._from_end_m(link, position.offset_m)
+        )
+        reach = MAX_SPEED_MPS * (position.time - corridor.reported_at) + FIX_ERROR_M
+        if apart > reach:
+            raise RefusedError(
+                "position_jump",
+                "link",
+                f"{corridor.vehicle} at least {apart:.0f} m from its last report, "
+                f"{position.time - corridor.reported_at:.1f} s before",
+            )
+
+    def _from_end_m(self, link: int, offset_m: float) -> float:
+        """At most how far a point ``offset_m`` along ``link`` lies from the link's downstream
+        node: what is left of the link, or of the straight line between its two nodes where
+        that is longer (the junctions at its ends, which its length leaves out)."""
+        graph = self.graph
+        start, end = graph.link_from_node[link], graph.link_to_node[link]
+        nodes = math.hypot(
+            graph.node_x[end] - graph.node_x[start], graph.node_y[end] - graph.node_y[start]
+        )
+        return max(float(graph.link_length[link]), nodes) - offset_m
+
+    @staticmethod
+    def _left(corridor: Corridor, link: int, links: list[int]) -> None:
+        """Note the links it has left on coming to ``link``: the one it was on, and on its
+        route those it passed without a report."""
+        if corridor.seen is not None and corridor.seen[0] != link:
+            corridor.left_links.add(corridor.seen[0])
+        if link in links:
+            corridor.left_links.update(links[: links.index(link)])
 
     def _learn_pace(self, corridor: Corridor, link: int, offset_m: float, now_s: float) -> None:
         """Weigh the stretch driven since the last report into the vehicle's pace: its time
@@ -709,13 +785,7 @@ class CorridorManager:
         destination = self.graph.link_ids[corridor.destination_link]
         ready = self._ready_estimate(now_s)
         if keep is None:
-            try:
-                return self.router.route(
-                    self.graph.link_ids[link], offset, destination, now_s, ready
-                )
-            except UnreachableError:
-                corridor.reason = "destination unreachable from where the vehicle is"
-                raise
+            return self.router.route(self.graph.link_ids[link], offset, destination, now_s, ready)
         rest = corridor.route.link_indices[keep:]
         held = self._held(corridor, link)
         route = self.router.retime(rest, offset, now_s, ready, pace=corridor.pace, held=held)

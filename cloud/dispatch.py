@@ -45,10 +45,13 @@ log = logging.getLogger(__name__)
 
 MAX_TIME_S = 253_402_300_799.0
 """9999-12-31T23:59:59Z: later times are not times any clock or database here can hold."""
-QUIET_REFUSALS = frozenset({"seq_old", "fleet_position_time", "fleet_position_link"})
+QUIET_REFUSALS = frozenset(
+    {"seq_old", "fleet_position_time", "fleet_position_link", "position_stale", "position_behind"}
+)
 """Refusals of what changes nothing and comes in normal operation (a QoS 1 redelivery; the
-unit of a vehicle without a corridor at a depot off the network, or with its clock off):
-counted by reason, but never a burst."""
+unit of a vehicle without a corridor at a depot off the network, or with its clock off; a
+corridor vehicle's position matched back onto the link it left): counted by reason, but
+never a burst."""
 
 TelemetrySink = Callable[[Telemetry, float], Awaitable[None]]
 """Where telemetry goes to be stored (awaits when the writer's queue is full)."""

@@ -21,7 +21,7 @@ from citybrain.cloud.corridor import (
 )
 from citybrain.cloud.graph import CorridorGraph
 from citybrain.cloud.routing import Router, UnreachableError
-from citybrain.cloud.state import NetworkState
+from citybrain.cloud.state import NetworkState, RefusedError
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import (
     MAX_WINDOWS,
@@ -214,16 +214,64 @@ def test_positions_release_what_is_passed_and_the_end_completes_the_corridor() -
     assert all(s > 1 for s in seqs)
 
 
-def test_a_vehicle_off_its_route_is_re_routed() -> None:
+def _refused(manager: CorridorManager, position: VehiclePosition, code: str) -> None:
+    """``position`` refused for ``code``, the corridor left exactly as it was."""
+    corridor = next(iter(manager.corridors.values()))
+    lines = [dataclasses.replace(line) for line in corridor.stop_lines]
+    before = dataclasses.replace(corridor, stop_lines=lines, left_links=set(corridor.left_links))
+    with pytest.raises(RefusedError) as refused:
+        manager.on_position(position, position.time)
+    assert refused.value.code == code
+    assert corridor == before
+
+
+def test_a_position_its_destination_cannot_be_reached_from_changes_nothing() -> None:
+    """It released every stop line before the search failed: the corridor stayed active and
+    never sent a window again."""
     manager = _manager()
     manager.request(_request(), 100.0)
-    detour = VehiclePosition(
-        vehicle="AMB-1", time=120.0, link="a01-a01n", offset_m=5.0, speed_mps=10.0
-    )
-    with pytest.raises(UnreachableError):
-        manager.on_position(detour, 120.0)  # a01n is a dead end: no way on to the destination
+    manager.on_position(_at("west-a01", 400.0, 120.0), 120.0)
+    _refused(manager, _at("a01-a01n", 5.0, 121.0), "position_unreachable")  # a dead end
+    actions = manager.on_position(_at("west-a01", 430.0, 122.0), 122.0)
     corridor = next(iter(manager.corridors.values()))
-    assert corridor.reason
+    assert corridor.state is CorridorState.ACTIVE
+    assert not any(line.released for line in corridor.stop_lines)
+    assert all(p.plan.kind is PlanKind.PRIORITY for p in _plans(actions))
+
+
+def test_a_late_or_repeated_position_changes_nothing() -> None:
+    """A QoS 1 redelivery or a late report on the link it left was a 'left its route': a new
+    window for the signal it had passed, the ones ahead re-timed later."""
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    manager.on_position(_at("a01-a02", 440.0, 300.0), 300.0)
+    manager.on_position(_at("a02-a03", 10.0, 301.0), 301.0)
+    _refused(manager, _at("a02-a03", 10.0, 301.0), "position_stale")
+    _refused(manager, _at("a01-a02", 442.0, 300.5), "position_stale")
+
+
+def test_a_position_flipping_back_to_the_link_it_left_changes_nothing() -> None:
+    """Map matching at a junction flipping between two links: each flip back re-routed it
+    and re-opened the passed signal's window, for as long as it stood there."""
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    manager.on_position(_at("a01-a02", 444.0, 300.0), 300.0)
+    manager.on_position(_at("a02-a03", 0.5, 302.0), 302.0)
+    _refused(manager, _at("a01-a02", 444.0, 304.0), "position_behind")
+    _refused(manager, _at("west-a01", 100.0, 306.0), "position_behind")  # passed unreported
+
+
+def test_a_position_further_than_it_could_drive_since_the_last_changes_nothing() -> None:
+    """A fix 2 km on, a second later: taken at its word it ended the corridor (or released
+    every signal it jumped over), and its real reports after went nowhere."""
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    manager.on_position(_at("west-a01", 50.0, 120.0), 120.0)
+    _refused(manager, _at("a05-east", 10.0, 121.0), "position_jump")
+    _refused(manager, _at("a03-a04", 100.0, 121.0), "position_jump")
+    manager.on_position(_at("west-a01", 150.0, 126.0), 126.0)  # 20 m/s: on it goes
+    manager.on_position(_at("a02-a03", 60.0, 160.0), 160.0)  # 820 m in 34 s: it drove it
+    assert next(iter(manager.corridors.values())).state is CorridorState.ACTIVE
 
 
 def test_silence_times_out_and_releases() -> None:
