@@ -221,8 +221,14 @@ def test_a_position_never_moves_the_clock_and_moves_only_its_own_corridor(
             await publish(secure_mosquitto, [position("AMB-9", service.clock.now())])
             await until(lambda: "AMB-9" in service.core.fleet, what="AMB-9 placed")
             assert corridor.state is CorridorState.GRANTED
-            await publish(secure_mosquitto, [position("AMB-1", service.clock.now())])
+            true = position("AMB-1", service.clock.now())
+            await publish(secure_mosquitto, [true])
             await until(lambda: corridor.state is CorridorState.ACTIVE, what="a true position")
+            # recorded and sent again: it would have re-timed the corridor from where it was
+            seen = corridor.seen
+            await publish(secure_mosquitto, [true])
+            await until(lambda: refused(service, "position_stale") == 1, what="replay refused")
+            assert corridor.seen == seen
 
     asyncio.run(scenario())
 
