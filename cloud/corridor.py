@@ -829,7 +829,10 @@ class CorridorManager:
 
     def set_confirmed(self, intersection: str, confirmed: bool, now_s: float) -> list[Action]:
         """Plan around an intersection whose edge does not answer (its normal plan decides
-        when the vehicle passes, later windows follow), or take it back once it answers."""
+        when the vehicle passes, later windows follow), or take it back once it answers.
+        What it was sent is released: its edge may have taken the plan and only its acks be
+        lost, and the cloud now plans as if it ran its normal plan (before, it forgot the
+        plan, so no release ever went there, even after the corridor ended)."""
         if confirmed == (intersection not in self.unconfirmed):
             return []
         if confirmed:
@@ -837,7 +840,6 @@ class CorridorManager:
         else:
             log.warning("%s does not acknowledge plans: planning around it", intersection)
             self.unconfirmed.add(intersection)
-            self.sent.pop(intersection, None)
         return self._replan(now_s)
 
     def cancel(
@@ -995,8 +997,8 @@ class CorridorManager:
             corridor.advised_mps = self._advise(corridor, now_s)
             if corridor.advised_mps is not None:
                 corridor.advised_s = now_s
-            for line in corridor.stop_lines:
-                if not line.released:
+            for line in corridor.stop_lines:  # a stuck one's are not sent: nothing to keep
+                if not line.released and not corridor.stuck:
                     reservations += [(line.intersection, line.group, a, b) for a, b in _spans(line)]
             statuses.append(PublishStatus(self._status(corridor, now_s)))
         return [*self._dispatch(now_s), *statuses]
@@ -1059,6 +1061,11 @@ class CorridorManager:
                 else:
                     line.handed_over = False
                     corridor.turn_s = -math.inf
+            elif _changing_for(line, now_s) and self._hands_over(
+                corridor, line, live, shared, now_s
+            ):  # as an open one: else ``_hold`` keeps it and squeezes the other in after it
+                _hand_over(corridor, line)
+                corridor.turn_s = float(corridor.route.line_s[line.hop])
             elif line.handed_over:
                 corridor.turn_s = float(corridor.route.line_s[line.hop])
             else:
@@ -1413,6 +1420,8 @@ class CorridorManager:
         close = first - plan.signals.intergreen_s({line.group})
         standing = queue + inflow * max(0.0, close - now_s)
         opening = max(green_from, close - DEFAULT_LOST_TIME_S - standing * per_veh)
+        # no longer than an own window may be: an edge refuses a plan with a longer one
+        opening = max(opening, close - self.settings.max_window_s)
         if close - opening < PRE_FLUSH_MIN_S:
             return
         line.pre_open_s, line.pre_close_s = opening, close
@@ -1693,6 +1702,11 @@ def _learn_spread(corridor: Corridor, line: StopLine) -> None:
     error = abs(line.passed_s - eta_s) / max(eta_s - made_s, 10.0)
     rate = (1.0 - SPREAD_LEARNING) * corridor.spread_rate + SPREAD_LEARNING * error
     corridor.spread_rate = min(max(rate, LEAST_SPREAD_RATE), MOST_SPREAD_RATE)
+
+
+def _changing_for(line: StopLine, now_s: float) -> bool:
+    """Whether the controller is changing for ``line``'s window (committed, not yet open)."""
+    return line.plan_id is not None and line.committed_s is not None and now_s < line.open_s
 
 
 def _hand_over(holder: Corridor, line: StopLine) -> None:

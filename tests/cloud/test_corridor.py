@@ -1306,3 +1306,92 @@ def test_the_etas_at_and_after_an_open_window_hold_while_its_queue_drains() -> N
     at_window, after = np.array(etas).T
     assert np.ptp(at_window) < 1.0, etas
     assert np.ptp(after) < 1.0, etas
+
+
+def _along(links: tuple[str, ...], driven_m: float) -> tuple[str, float]:
+    """Where a vehicle ``driven_m`` along ``links`` is: a link and an offset."""
+    for link in links:
+        length = float(GRAPH.link_length[GRAPH.link_index[link]])
+        if driven_m < length:
+            return link, driven_m
+        driven_m -= length
+    return links[-1], length
+
+
+def test_a_higher_priority_vehicle_takes_a_window_the_controller_is_changing_for() -> None:
+    """A lower priority's window the controller had begun to change for (committed, not yet
+    open) was kept, and the higher priority's squeezed in after it: 1 s of green, 29 s late."""
+    manager = _manager(stuck_s=3600.0)
+    manager.network_state.set_queue("a02-a03", 20.0, 100.0)
+    manager.request(_request("AMB-1", priority=3, depart_at=100.0), 100.0)
+    line = _line_at(manager, "AMB-1", "a03")
+    now, driven = 100.0, 0.0
+    while line.committed_s is None or line.committed_s <= now:
+        manager.network_state.set_queue("a02-a03", 20.0, now)
+        manager.on_position(_at(*_along(("west-a01", "a01-a02", "a02-a03"), driven), now), now)
+        now, driven = now + 1.0, driven + 15.0
+    crossing = ("a03s", "a03", "a03n")
+    fire = _request(
+        "FIRE-2", priority=9, origin="a03s", route=crossing, depart_at=now, requested_at=now
+    )
+    (plan,) = [p.plan for p in _plans(manager.request(fire, now)) if p.intersection == "a03"]
+    fire_line = _line_at(manager, "FIRE-2", "a03")
+    (window,) = [w for w in plan.windows if w.signal_group == fire_line.group]
+    assert window.open_at <= fire_line.eta_s <= window.close_at
+    assert all(w.open_at >= window.close_at for w in plan.windows if w is not window)
+
+
+@pytest.mark.parametrize("other", ["stuck", "cancelled"])
+def test_a_stuck_vehicles_windows_hold_no_other_corridor_back(other: str) -> None:
+    """Its windows are dropped, not sent; they were still fitted around, so a lower priority
+    crossing its way waited 31 s more at a red no plan asked for."""
+    manager = _manager(stuck_s=60.0)
+    manager.request(_request("AMB-1", priority=9, depart_at=100.0), 100.0)
+    amb = manager.corridors[manager.by_vehicle["AMB-1"]]
+    stand = float(GRAPH.link_length[GRAPH.link_index["west-a01"]]) - 50.0
+    now = 100.0
+    while not amb.stuck:
+        manager.on_position(_at("west-a01", stand, now), now)
+        now += 1.0
+    if other == "cancelled":
+        manager.cancel(amb.corridor_id, now)
+    crossing = ("a01s", "a01", "a01n")
+    engine = _request(
+        "ENG-3", priority=3, origin="a01s", route=crossing, depart_at=now, requested_at=now
+    )
+    manager.request(engine, now)
+    line, dispatched, driven = _line_at(manager, "ENG-3", "a01"), now, 0.0
+    while not (driven >= 195.0 and line.plan_id is not None and line.open_s <= now):
+        now, driven = now + 1.0, min(driven + 15.0, 195.0)
+        if other == "stuck":
+            manager.on_position(_at("west-a01", stand, now), now)
+        manager.on_position(_at("a01s-a01", driven, now, "ENG-3"), now)
+    assert now - dispatched <= 28.0  # as if the stuck vehicle had no corridor
+
+
+def test_an_intersection_whose_acks_stop_is_sent_a_release() -> None:
+    """Its edge may run the plan with only its acks lost: it was forgotten, and no release
+    went there even once the corridor ended (its window ran to the lease's end)."""
+    manager = _manager()
+    manager.request(_request(), 100.0)
+    assert "a01" in manager.sent
+    actions = manager.set_confirmed("a01", False, 105.0)
+    (plan,) = [p.plan for p in _plans(actions) if p.intersection == "a01"]
+    assert plan.kind is PlanKind.RELEASE
+    manager.cancel(manager.by_vehicle["AMB-1"], 106.0)
+    assert "a01" not in manager.sent
+    assert not _plans(manager.set_confirmed("a01", True, 110.0))  # nothing left to send it
+
+
+def test_an_early_flush_before_another_corridors_window_is_no_longer_than_an_edge_takes() -> None:
+    """The window a crossing's second vehicle's queue gets before the first's was not capped
+    at ``max_window_s`` as its own is: 120 cars queued, the edge refused the plan."""
+    manager = _manager()
+    manager.network_state.set_queue("a02-a03", 120.0, 100.0, flow_vph=1800.0)
+    manager.request(_request("AMB-1", priority=3, depart_at=170.0), 100.0)
+    eta = _line_at(manager, "AMB-1", "a03").eta_s
+    crossing = ("a03s", "a03", "a03n")
+    fire = _request("FIRE-2", priority=9, origin="a03s", route=crossing, depart_at=eta - 23.0)
+    (sent,) = [p for p in _plans(manager.request(fire, 100.0)) if p.intersection == "a03"]
+    shown = normal_state_at(ROAD.plans["a03"], 100.0)
+    assert check_plan(sent.plan, shown, now_s=100.0, last_order=None).accepted
