@@ -395,6 +395,8 @@ class SumoRun(ControlledRun):
             raise SumoError(
                 "libsumo runs one simulation per process and one is open: close it first"
             )
+        if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
+            raise ValidationError("work_dir", f"{work_dir} is a file, not a folder")
         self._lib = libsumo
         self._own_dir = work_dir is None
         self.work_dir = (

@@ -316,6 +316,9 @@ def test_bad_input_is_refused_with_our_errors(
     snet = export_network(compile_network(load_network("arterial:3")).road, tmp_path)
     with pytest.raises(ValidationError, match="not the run's network"):
         SumoRun(scenario.net, scenario.trips, sumo_net=snet)
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValidationError, match="is a file"):
+        SumoRun(scenario.net, scenario.trips, work_dir=tmp_path / "taken")
     # SUMO took a departure at NaN and failed when the vehicle was due, 200 s on
     nan_depart = scenario.trips.depart.copy()
     nan_depart[0] = np.nan
