@@ -276,7 +276,10 @@ class EdgeCore:
         if reading is None or now_s - reading.time > self.settings.reading_max_age_s:
             return Verdict(False, None, "no recent reading of the controller's signals")
         takeover = max(now_s, plan.valid_from)
-        state = self._state_at(reading, takeover, now_s)
+        try:
+            state = self._state_at(reading, takeover, now_s)
+        except ValidationError as error:  # a reading no safe plan starts from (conflicting greens)
+            return Verdict.reject(RejectCode.CONFLICTING_GREENS, f"the controller reads {error}")
         limits = self.settings.limits
         verdict = check_plan(plan, state, now_s=now_s, last_order=self.last_order, limits=limits)
         if not verdict.accepted or not plan.windows:
@@ -313,11 +316,10 @@ class EdgeCore:
             return [self._ack(plan.plan_id, plan.seq, AckStatus.RELEASED, now_s)]
         self.counters["plans_refused_by_controller"] += 1
         log.warning("%s: controller refused %s: %s", self.intersection, plan_id, reason)
-        return [
-            self._ack(
-                plan.plan_id, plan.seq, status, now_s, reason_code or "refused", reason or "refused"
-            )
-        ]
+        code, why = reason_code or "refused", reason or "refused"
+        if ID_PATTERN.fullmatch(code) is None:  # a cabinet's own words: kept in the reason
+            code, why = "refused", f"{code[:80]}: {why}"
+        return [self._ack(plan.plan_id, plan.seq, status, now_s, code, why)]
 
     def on_command_failed(self, plan_id: str, reason: str, now_s: float) -> list[EdgeAction]:
         """The controller could not be reached with a plan: refused, with the reason."""

@@ -168,9 +168,11 @@ class ControllerModel:
         return Outcome(AckStatus.RELEASED, Verdict.accept())
 
     def _release(self, at_s: float, now_s: float | None = None) -> None:
-        """Back to the normal plan from ``at_s`` on (now, or a release's later takeover)."""
+        """Back to the normal plan from ``at_s`` on (now, or a release's later takeover, but
+        never after the running plan's own lease: a release does not extend it)."""
         if self.running is None:
             return
+        at_s = min(at_s, self.running.valid_until)
         state = self.state_at(at_s)
         back = return_to_normal(self.plan, state)
         if not back.steps:

@@ -67,6 +67,7 @@ class RejectCode(enum.StrEnum):
     PED_CLEARANCE_CUT = "ped_clearance_cut"
     ENDS_IN_YELLOW = "ends_in_yellow"
     UNSUPPORTED = "unsupported"
+    RELEASE_TOO_LATE = "release_too_late"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +97,16 @@ class SafetyLimits:
     """A plan issued longer ago than this (for example queued while the edge was away) is stale."""
     max_clock_skew_s: float = 2.0
     """How far in the future a plan's issue time may lie before it is refused as stale."""
+    max_release_lead_s: float = 30.0
+    """How far ahead a release may take over: the plan it ends runs until then, whatever its
+    lease says (the cloud's releases take over at most 10 s ahead)."""
 
     def __post_init__(self) -> None:
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
         check_number("max_window_s", self.max_window_s, gt=0.0, le=300.0)
         check_number("max_plan_age_s", self.max_plan_age_s, gt=0.0, le=300.0)
         check_number("max_clock_skew_s", self.max_clock_skew_s, ge=0.0, le=10.0)
+        check_number("max_release_lead_s", self.max_release_lead_s, ge=0.0, le=self.max_lease_s)
         if self.max_window_s > self.max_lease_s:
             raise ValidationError("max_window_s", "cannot exceed max_lease_s")
 
@@ -266,6 +271,12 @@ def check_plan(
             f"issued {_seconds(plan.issued_at - now)} s in the future: clocks disagree",
         )
     if plan.kind is PlanKind.RELEASE:
+        if plan.valid_from - now > limits.max_release_lead_s:
+            return Verdict.reject(
+                RejectCode.RELEASE_TOO_LATE,
+                f"takes over {_seconds(plan.valid_from - now)} s from now "
+                f"(limit {limits.max_release_lead_s} s): the plan it ends would run until then",
+            )
         return Verdict.accept()
     lease = plan.valid_until - plan.valid_from
     if lease > limits.max_lease_s:

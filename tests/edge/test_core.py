@@ -18,7 +18,7 @@ from citybrain.edge.core import (
     ReleaseController,
     SendToController,
 )
-from citybrain.models.fieldbus import ApproachConfig, ApproachCounts, DetectorReading
+from citybrain.models.fieldbus import ApproachConfig, ApproachCounts, DetectorReading, SignalReading
 from citybrain.models.messages import (
     AckStatus,
     GreenWindow,
@@ -31,6 +31,7 @@ from citybrain.models.messages import (
     Status,
     Telemetry,
 )
+from citybrain.models.signal import Indication
 from citybrain.models.signing import (
     KeyState,
     PlanSigner,
@@ -325,3 +326,53 @@ def test_a_restarted_edge_keeps_its_high_water_mark() -> None:
     core = EdgeCore(CONFIG, trust=TRUST, last_order=(5, 900))
     _read(core, NOW)
     assert _refusal(core, _window_plan(seq=900, epoch=5)) == "out_of_sequence"
+
+
+@pytest.mark.security
+def test_a_release_taking_over_later_than_a_release_does_is_refused() -> None:
+    """One an hour ahead was acked released and the lease watch stopped, while the cabinet
+    kept the plan it ends running until then (a lease of 90 s held for an hour)."""
+    core = _core()
+    (sent,) = _commands(core.on_plan(_window_plan(seq=1), NOW))
+    core.on_command_result(sent.plan_id, AckStatus.ACCEPTED, None, None, NOW)
+    late = CLOUD.sign(
+        SignalPlan(
+            plan_id="r2", intersection="X", seq=2, issued_at=NOW + 10.0,
+            valid_from=NOW + 3600.0, valid_until=NOW + 3601.0, kind=PlanKind.RELEASE,
+        )
+    )  # fmt: skip
+    _read(core, NOW + 10.0, mode="priority")
+    (ack,) = _acks(core.on_plan(late, NOW + 10.0))
+    assert (ack.status, ack.reason_code) == (AckStatus.REJECTED, "release_too_late")
+    assert core.active is not None  # the lease watch goes on, and ends it at 90 s
+    assert any(isinstance(a, ReleaseController) for a in core.tick(NOW + 90.0))
+
+
+@pytest.mark.parametrize("code", ["E 42: conflict monitor", "x" * 65])
+def test_a_cabinets_own_refusal_code_is_acked_in_the_reason_not_crashing_the_agent(
+    code: str,
+) -> None:
+    core = _core()
+    (sent,) = _commands(core.on_plan(_window_plan(seq=1), NOW))
+    (ack,) = _acks(core.on_command_result(sent.plan_id, AckStatus.REJECTED, code, "no", NOW))
+    assert ack.reason_code == "refused"
+    assert (ack.reason or "").startswith(code[:20])
+
+
+def test_a_plan_on_a_reading_with_conflicting_greens_is_refused_and_counted() -> None:
+    """A cabinet in priority mode reading two conflicting groups green: the plan's check
+    raised, so it got no ack and no count (the agent logged an error from its callback)."""
+    core = _core()
+    groups = sorted(PLAN.signals.groups)
+    other = next(g for g in groups if PLAN.signals.conflict("2", g))
+    both = (Indication.GREEN, Indication.RED)
+    shown = {g: both[g not in ("2", other)] for g in groups}
+    core.on_signals(
+        SignalReading(
+            time=NOW + 1, groups=shown, since=dict.fromkeys(groups, NOW), mode="priority"
+        ),
+        NOW + 1,
+    )
+    (ack,) = _acks(core.on_plan(_window_plan(seq=1, issued_at=NOW + 1), NOW + 1))
+    assert (ack.status, ack.reason_code) == (AckStatus.REJECTED, "conflicting_greens")
+    assert core.counters["plans_rejected_conflicting_greens"] == 1

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from citybrain.models.errors import ValidationError
-from citybrain.models.messages import AckStatus, GreenWindow, SignalPlan
+from citybrain.models.messages import AckStatus, GreenWindow, IntervalStep, PlanKind, SignalPlan
 from citybrain.models.signal import Indication
 from citybrain.signal_plans.controller import ControllerModel
 from citybrain.signal_plans.library import lead_lead_plan, nema_eight_group
@@ -527,3 +527,26 @@ def test_a_window_the_normal_plan_serves_never_freezes_the_display_on_a_yellow()
         at = now + later
         controller.update(at)
         assert controller.state_at(at).displays() == normal_state_at(plan, at).displays(), at
+
+
+def test_a_release_taking_over_after_the_lease_does_not_extend_it() -> None:
+    """The plan it ends ran until the release's takeover, its own lease ignored."""
+    controller = ControllerModel(PLAN)
+    held = tuple(sorted(normal_state_at(PLAN, 0.0).greens))
+    hold = SignalPlan(
+        plan_id="p1", intersection="X", seq=1, issued_at=0.0, valid_from=0.0, valid_until=90.0,
+        steps=(IntervalStep(at=0.0, green=held),),
+    )  # fmt: skip
+    assert controller.command(hold, 0.0).status is AckStatus.ACCEPTED
+    for now in range(12, 66):  # from when the normal plan has moved on from what it holds
+        controller.update(float(now))
+    release = SignalPlan(
+        plan_id="r2", intersection="X", seq=2, issued_at=65.0, valid_from=95.0,
+        valid_until=120.0, kind=PlanKind.RELEASE,
+    )  # fmt: skip
+    assert controller.command(release, 65.0).status is AckStatus.RELEASED
+    running = controller.running
+    assert running is not None
+    back = [step.at_s for step in running.steps if step.at_s >= 90.0]
+    assert back
+    assert min(back) < 95.0, "the return to normal waited for the release, past the lease"
