@@ -312,7 +312,8 @@ class EdgeCore:
             self.counters["plans_applied"] += 1
             return [self._ack(plan.plan_id, plan.seq, AckStatus.APPLIED, now_s)]
         if status is AckStatus.RELEASED:
-            self.active = None
+            if plan.valid_from <= now_s:  # else the lease watch goes on until it takes over
+                self.active = None
             return [self._ack(plan.plan_id, plan.seq, AckStatus.RELEASED, now_s)]
         self.counters["plans_refused_by_controller"] += 1
         log.warning("%s: controller refused %s: %s", self.intersection, plan_id, reason)

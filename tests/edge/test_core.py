@@ -329,23 +329,33 @@ def test_a_restarted_edge_keeps_its_high_water_mark() -> None:
 
 
 @pytest.mark.security
-def test_a_release_taking_over_later_than_a_release_does_is_refused() -> None:
-    """One an hour ahead was acked released and the lease watch stopped, while the cabinet
-    kept the plan it ends running until then (a lease of 90 s held for an hour)."""
+def _release(seq: int, issued_at: float, valid_from: float) -> SignalPlan:
+    return CLOUD.sign(
+        SignalPlan(
+            plan_id=f"r{seq}", intersection="X", seq=seq, issued_at=issued_at,
+            valid_from=valid_from, valid_until=valid_from + 5.0, kind=PlanKind.RELEASE,
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.security
+def test_a_release_taking_over_later_leaves_the_lease_watched_until_then() -> None:
+    """One an hour ahead was acked released and the edge stopped watching the lease of the
+    plan it ends: a cabinet that runs that plan until the release takes over held a 90 s
+    lease for the hour. Now one more than 30 s ahead is refused, and one within that leaves
+    the lease watched until the cabinet shows the normal plan again."""
     core = _core()
     (sent,) = _commands(core.on_plan(_window_plan(seq=1), NOW))
     core.on_command_result(sent.plan_id, AckStatus.ACCEPTED, None, None, NOW)
-    late = CLOUD.sign(
-        SignalPlan(
-            plan_id="r2", intersection="X", seq=2, issued_at=NOW + 10.0,
-            valid_from=NOW + 3600.0, valid_until=NOW + 3601.0, kind=PlanKind.RELEASE,
-        )
-    )  # fmt: skip
     _read(core, NOW + 10.0, mode="priority")
-    (ack,) = _acks(core.on_plan(late, NOW + 10.0))
+    (ack,) = _acks(core.on_plan(_release(2, NOW + 10.0, NOW + 3600.0), NOW + 10.0))
     assert (ack.status, ack.reason_code) == (AckStatus.REJECTED, "release_too_late")
-    assert core.active is not None  # the lease watch goes on, and ends it at 90 s
-    assert any(isinstance(a, ReleaseController) for a in core.tick(NOW + 90.0))
+    (command,) = _commands(core.on_plan(_release(3, NOW + 10.0, NOW + 35.0), NOW + 10.0))
+    answer = core.on_command_result(command.plan_id, AckStatus.RELEASED, None, None, NOW + 10.0)
+    assert [ack.status for ack in _acks(answer)] == [AckStatus.RELEASED]
+    assert core.active is not None, "the lease watch stopped 25 s before the release"
+    _read(core, NOW + 40.0)
+    assert core.active is None
 
 
 @pytest.mark.parametrize("code", ["E 42: conflict monitor", "x" * 65])
