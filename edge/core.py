@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 CONTROLLER_UNAVAILABLE = "controller_unavailable"
 MALFORMED = "malformed"
 LEASE_EXPIRED = "lease_expired"
+FAIL_SAFE = "fail_safe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,9 +377,27 @@ class EdgeCore:
             self.fail_safe = True
             self.counters["fail_safe_entered"] += 1
             if self.active is not None or self.pending is not None:
-                self.active = self.pending = None
                 actions.append(ReleaseController("cloud unreachable"))
+                actions += self._fail_safe_acks(now_s)
         return actions
+
+    def _fail_safe_acks(self, now_s: float) -> list[EdgeAction]:
+        """What fail-safe did to the plans it dropped, said (published once the broker is
+        back, from the buffer): the cloud believed the one running applied and the one
+        waiting accepted."""
+        why = "fail-safe: no broker, the local plan runs"
+        acks: list[EdgeAction] = []
+        if self.active is not None:
+            plan, self.active = self.active, None
+            acks.append(
+                self._ack(plan.plan_id, plan.seq, AckStatus.RELEASED, now_s, FAIL_SAFE, why)
+            )
+        if self.pending is not None:
+            plan, self.pending = self.pending, None
+            acks.append(
+                self._ack(plan.plan_id, plan.seq, AckStatus.REJECTED, now_s, FAIL_SAFE, why)
+            )
+        return acks
 
     def _due(self, now_s: float) -> list[EdgeAction]:
         plan = self.pending

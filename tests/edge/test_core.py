@@ -386,3 +386,27 @@ def test_a_plan_on_a_reading_with_conflicting_greens_is_refused_and_counted() ->
     (ack,) = _acks(core.on_plan(_window_plan(seq=1, issued_at=NOW + 1), NOW + 1))
     assert (ack.status, ack.reason_code) == (AckStatus.REJECTED, "conflicting_greens")
     assert core.counters["plans_rejected_conflicting_greens"] == 1
+
+
+def test_fail_safe_says_what_it_did_to_the_plans_it_dropped() -> None:
+    """They were dropped without an ack: the cloud went on believing one applied and the
+    other accepted. The acks go out once the broker is back (the agent buffers them)."""
+    core = _core(failsafe_after_s=30.0)
+    (sent,) = _commands(core.on_plan(_window_plan(seq=1), NOW))
+    core.on_command_result(sent.plan_id, AckStatus.ACCEPTED, None, None, NOW)
+    waiting = _window_plan(
+        seq=2, issued_at=NOW + 5, valid_from=NOW + 60, valid_until=NOW + 150,
+        windows=(GreenWindow(signal_group="4", open_at=NOW + 70, close_at=NOW + 90),),
+    )  # fmt: skip
+    _read(core, NOW + 5, mode="priority")
+    core.on_plan(waiting, NOW + 5)
+    core.on_broker(False, NOW + 6)
+    actions = core.tick(NOW + 36)
+    assert any(isinstance(a, ReleaseController) for a in actions)
+    said = {(ack.plan_id, ack.status, ack.reason_code) for ack in _acks(actions)}
+    assert said == {
+        ("p1", AckStatus.RELEASED, "fail_safe"),
+        ("p2", AckStatus.REJECTED, "fail_safe"),
+    }
+    assert core.active is None
+    assert core.pending is None
