@@ -428,3 +428,19 @@ def test_a_speed_cap_holds_the_sumo_vehicle_under_it_until_lifted() -> None:
         run.advance(20.0)
         freed = np.diff(track.positions[-10:]) / np.diff(track.times[-10:])
         assert freed.max() > 13.9
+
+
+def test_a_network_whose_ids_hold_xml_characters_runs(tmp_path: Path) -> None:
+    """SUMO takes an edge id with an ampersand; our loop file wrote it unescaped, so SUMO
+    could not read it and said only 'Process Error'."""
+    exported = export_network(load_network("arterial:3"), tmp_path / "net")
+    odd = tmp_path / "odd.net.xml"
+    odd.write_text(exported.path.read_text().replace("a01-a02", "a01&amp;a02"))
+    imported = sumo.read_net(odd)
+    net = compile_network(imported.road)
+    no_trips = Trips(
+        np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
+        np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.bool_), {},
+    )  # fmt: skip
+    with SumoRun(net, no_trips, sumo_net=imported) as run:
+        run.advance(5.0)
