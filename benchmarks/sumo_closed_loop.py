@@ -525,7 +525,7 @@ def _others_extra(f: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
     rest: list[float] = []
     for extra, mine, theirs in zip(extras, f["teleports"], without["teleports"], strict=True):
         (jammed if mine > theirs else rest).append(extra)
-    spread = float(np.std(extras, ddof=1) / math.sqrt(len(extras))) if len(extras) > 1 else math.nan
+    spread = _standard_error(extras)
     return {
         "others_extra_per_seed_veh_s": [round(x) for x in extras],
         "others_extra_se_veh_s": round(spread) if math.isfinite(spread) else None,
@@ -543,16 +543,19 @@ def _against_preemption(rows: dict[str, dict[str, Any]]) -> None:
     if key not in corridor or key not in local:
         return
     differences = [c - p for c, p in zip(corridor[key], local[key], strict=True)]
-    spread = (
-        np.std(differences, ddof=1) / math.sqrt(len(differences))
-        if len(differences) > 1
-        else math.nan
-    )
+    spread = _standard_error(differences)
     corridor["others_over_local_preemption"] = {
         "mean_veh_s": round(_mean(differences)),
-        "se_veh_s": round(float(spread)) if math.isfinite(spread) else None,
+        "se_veh_s": round(spread) if math.isfinite(spread) else None,
         "seeds": len(differences),
     }
+
+
+def _standard_error(values: list[float]) -> float:
+    """Of the mean of ``values`` (seed by seed); nan for fewer than two."""
+    if len(values) < 2:
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def _seeds_mean(extras: list[float]) -> dict[str, int] | None:
