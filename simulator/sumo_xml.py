@@ -1012,11 +1012,9 @@ class _Builder:
         ways, internal_ways = self.ways, self.internal_ways
         for lane_id, speed, length in _INTERNAL_LANE.findall(run):
             lane = _unescape(lane_id) if "&" in lane_id else lane_id
-            way = ways.get((speed, length or None))
-            if way is None:
-                self.internal_lane(lane, speed, length or None)
-            else:
-                internal_ways[lane] = way
+            internal_ways[lane] = ways.get((speed, length or None)) or self.way(
+                speed, length or None
+            )
 
     def internal_via(self, from_id: str, from_lane: int | str, via: str) -> None:
         """Keep the internal lane a connection inside a junction goes on to."""
