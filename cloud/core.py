@@ -337,7 +337,7 @@ class CloudCore:
         if ack.status in (AckStatus.ACCEPTED, AckStatus.APPLIED, AckStatus.RELEASED):
             self._acknowledged(ack.intersection, ack.plan_id)
         elif refused:
-            self._refused(ack.intersection, ack.plan_id)
+            self._abandon(ack.intersection, ack.plan_id, "dispatches_refused")
         return self._track(actions, now_s)
 
     def tick(self, now_s: float) -> list[Action]:
@@ -353,6 +353,7 @@ class CloudCore:
             if pending.attempts >= settings.send_attempts:
                 self.counters["intersections_unconfirmed"] += 1
                 self.unconfirmed.append(node)
+                self._abandon(node, pending.plan.plan_id, "dispatches_unconfirmed")
                 actions += self.manager.set_confirmed(node, False, now_s)
                 continue
             self.counters["plans_resent"] += 1
@@ -360,11 +361,10 @@ class CloudCore:
                 resent: list[Action] = [SendPlan(node, pending.plan)]
             else:
                 resent = self.manager.resend(node, now_s)
-            for action in resent:
-                if isinstance(action, SendPlan):
-                    self.pending[(node, action.plan.plan_id)] = _Pending(
-                        action.plan, wall, pending.attempts + 1
-                    )
+            again = [a.plan for a in resent if isinstance(a, SendPlan) and a.intersection == node]
+            for plan in again:
+                self.pending[(node, plan.plan_id)] = _Pending(plan, wall, pending.attempts + 1)
+            self._replace(node, pending.plan.plan_id, again[0].plan_id if again else None)
             actions += resent
         return self._track(actions, now_s)
 
@@ -394,13 +394,24 @@ class CloudCore:
                     self.on_latency(latency_ms)
                 del self.dispatches[corridor_id]
 
-    def _refused(self, node: str, plan_id: str) -> None:
-        """A first plan refused: that request will never be acknowledged all through, so it
-        gives no latency sample (counted instead)."""
+    def _abandon(self, node: str, plan_id: str, counter: str) -> None:
+        """A first plan refused or given up on: that request will never be acknowledged all
+        through, so it gives no latency sample (counted instead)."""
         for corridor_id, dispatch in list(self.dispatches.items()):
             if (node, plan_id) in dispatch.waiting:
-                self.counters["dispatches_refused"] += 1
+                self.counters[counter] += 1
                 del self.dispatches[corridor_id]
+
+    def _replace(self, node: str, plan_id: str, new_id: str | None) -> None:
+        """A first plan sent again under a new id is acknowledged under that one; one not
+        sent again (its corridor ended meanwhile) never will be, so its request ends."""
+        if new_id is None:
+            self._abandon(node, plan_id, "dispatches_superseded")
+            return
+        for dispatch in self.dispatches.values():
+            if (node, plan_id) in dispatch.waiting:
+                dispatch.waiting.discard((node, plan_id))
+                dispatch.waiting.add((node, new_id))
 
     # ---- views ------------------------------------------------------------------------------
 

@@ -281,7 +281,8 @@ class Corridor:
     """The time its last accepted position was taken (the vehicle's clock): a report not
     after it is a redelivery, a replay or late."""
     left_links: set[int] = field(default_factory=set)
-    """Links it was seen on, or passed, and has left: a report on one is behind it."""
+    """Links it was seen on, or passed, and has left, and that its route does not run over
+    again: a report on one is behind it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,6 +663,8 @@ class CorridorManager:
                 line.released = True
             corridor.route = rerouted
             corridor.stop_lines = self._stop_lines(corridor.route)
+            # a way back round the block runs over links it left: they are ahead of it again
+            corridor.left_links.difference_update(int(x) for x in rerouted.link_indices)
         corridor.offset_m = min(position.offset_m, float(self.graph.link_length[link]))
         return self._replan(now_s)
 

@@ -102,6 +102,51 @@ def test_an_unacknowledged_plan_is_sent_again_as_a_new_plan_then_planned_around(
     assert target.intersection not in core.manager.unconfirmed
 
 
+def _first_unanswered(wall: Wall) -> tuple[CloudCore, SendPlan]:
+    """A request whose first plan to one intersection alone goes unacknowledged."""
+    core = _core(wall, ack_timeout_s=1.0, send_attempts=2)
+    sent = _plans(core.request(_request(), NOW))
+    for plan in sent[1:]:
+        core.on_ack(_ack(plan), NOW)
+    return core, sent[0]
+
+
+def test_a_first_plan_acknowledged_only_when_sent_again_still_gives_the_latency() -> None:
+    wall = Wall()
+    core, unanswered = _first_unanswered(wall)
+    wall.t = 1.5
+    again = _plans(core.tick(NOW + 1.5))
+    (resent,) = [p for p in again if p.intersection == unanswered.intersection]
+    core.on_ack(_ack(resent), NOW + 1.6)
+    assert not core.dispatches
+    assert list(core.plan_latency_ms) == [1500.0]
+
+
+def test_a_first_plan_never_acknowledged_ends_its_request_instead_of_keeping_it_forever() -> None:
+    wall = Wall()
+    core, _ = _first_unanswered(wall)
+    wall.t = 1.5
+    core.tick(NOW + 1.5)
+    wall.t = 3.0
+    core.tick(NOW + 3.0)
+    assert not core.dispatches
+    assert not core.plan_latency_ms
+    assert core.counters["dispatches_unconfirmed"] == 1
+
+
+def test_a_first_plan_not_sent_again_because_its_corridor_ended_ends_its_request() -> None:
+    wall = Wall()
+    core, _ = _first_unanswered(wall)
+    corridor_id = core.corridor_of("AMB-1")
+    assert corridor_id is not None
+    for release in _plans(core.cancel(corridor_id, NOW + 0.5, reason="test")):
+        core.on_ack(_ack(release, AckStatus.RELEASED), NOW + 0.5)
+    wall.t = 1.5
+    core.tick(NOW + 1.5)
+    assert not core.dispatches
+    assert core.counters["dispatches_superseded"] == 1
+
+
 def test_telemetry_updates_queues_and_redeliveries_are_refused() -> None:
     core = _core()
     approach = next(a for a in ROAD.network.approaches if a.intersection_id == "a02")

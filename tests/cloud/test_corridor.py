@@ -104,16 +104,21 @@ def test_a_request_is_granted_with_safe_plans_inside_the_horizon_only() -> None:
         assert check_plan(plan, state, now_s=100.0, last_order=None).accepted
 
 
+def _grid_manager() -> CorridorManager:
+    road = grid(3, 3)
+    graph = CorridorGraph.from_network(road.network)
+    return CorridorManager(
+        graph, Router(graph), NetworkState(road.network), road.plans,
+        lambda node, at: normal_state_at(road.plans[node], at),
+    )  # fmt: skip
+
+
 def test_a_route_the_requester_fixes_is_followed_not_searched_between_its_ends() -> None:
     """Dispatch gives the crew's route (a detour east and back west): the corridor's stop
     lines are that route's, in its order, not those of the fastest route between its ends
     (straight north), which the vehicle would never drive, meeting its windows late."""
-    road = grid(3, 3)
-    graph = CorridorGraph.from_network(road.network)
-    manager = CorridorManager(
-        graph, Router(graph), NetworkState(road.network), road.plans,
-        lambda node, at: normal_state_at(road.plans[node], at),
-    )  # fmt: skip
+    manager = _grid_manager()
+    graph = manager.graph
     detour = ("bS0", "g0_0", "g0_1", "g0_2", "g1_2", "g1_1", "g1_0", "g2_0", "bN0")
     actions = manager.request(_request(origin=None, route=detour), 100.0)
     (status,) = _statuses(actions)
@@ -259,6 +264,23 @@ def test_a_position_flipping_back_to_the_link_it_left_changes_nothing() -> None:
     manager.on_position(_at("a02-a03", 0.5, 302.0), 302.0)
     _refused(manager, _at("a01-a02", 444.0, 304.0), "position_behind")
     _refused(manager, _at("west-a01", 100.0, 306.0), "position_behind")  # passed unreported
+
+
+def test_a_link_it_left_is_ahead_again_once_a_re_route_runs_back_over_it() -> None:
+    """Two wrong turns and the way to its destination runs round the block, over the link it
+    drove first: its reports there are on its new route, not behind it."""
+    manager = _grid_manager()
+    graph = manager.graph
+    manager.request(_request(origin=None, route=("bS0", "g0_0", "g1_0", "g2_0", "bN0")), 100.0)
+    for link, now in (("g0_0-g1_0", 120.0), ("g1_0-g1_1", 135.0), ("g1_1-g0_1", 150.0)):
+        manager.on_position(_at(link, 100.0, now), now)
+    corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
+    assert graph.link_index["g0_0-g1_0"] in corridor.route.link_indices
+    manager.on_position(_at("g0_1-g0_0", 100.0, 165.0), 165.0)
+    manager.on_position(_at("g0_0-g1_0", 100.0, 180.0), 180.0)
+    assert corridor.state is CorridorState.ACTIVE
+    assert graph.link_ids[corridor.route.link_indices[0]] == "g0_0-g1_0"
+    _refused(manager, _at("g1_1-g0_1", 100.0, 182.0), "position_behind")
 
 
 def test_a_position_further_than_it_could_drive_since_the_last_changes_nothing() -> None:
