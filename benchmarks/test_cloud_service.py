@@ -9,10 +9,11 @@ PostgreSQL (fsync on), both started here.
   the deployment's key, a horizon covering the whole route, with its storage writer and HTTP API
   behind a bearer token) in this process. A corridor along the whole arterial is requested,
   alternately straight on the service and through the operators' HTTP API, timed until every one
-  of its 21 first plans is acknowledged by its edge; then cancelled and its releases
-  acknowledged before the next. Median and p99 (target p99 <= 50 ms). Peers in the same run: the
-  same request on an in-process ``CloudCore`` fed the same telemetry (no MQTT), signing and
-  verifying its 21 plans in process, and a bare QoS 1 round trip through the same TLS broker.
+  of its first plans is acknowledged by its edge (those a plan made now can reach: 17 of the 21
+  stop lines; the last ones lie beyond a lease and are sent later); then cancelled and its
+  releases acknowledged before the next. Median and p99 (target p99 <= 50 ms). Peers in the same
+  run: the same request on an in-process ``CloudCore`` fed the same telemetry (no MQTT), signing
+  and verifying its plans in process, and a bare QoS 1 round trip through the same TLS broker.
 * ``test_telemetry_ingest``: ``benchmarks/telemetry_load.py`` publishes realistic telemetry
   for 10,000 intersections at QoS 1, paced, from its own process; ingest workers
   (``benchmarks/ingest_worker.py``: ``CloudService(role=INGEST)`` on ``$share/ingest/...``,
@@ -278,9 +279,9 @@ class _Latency:
     in_process_ms: list[float] = field(default_factory=list)
     """Peer: ``CloudCore.request`` alone, no MQTT."""
     signing_ms: list[float] = field(default_factory=list)
-    """Peer: signing the request's 21 plans, as the service does before sending them."""
+    """Peer: signing the request's plans, as the service does before sending them."""
     verifying_ms: list[float] = field(default_factory=list)
-    """Peer: checking the 21 signatures against a box's trust store, as its edges do."""
+    """Peer: checking their signatures against a box's trust store, as its edges do."""
     round_trip_ms: list[float] = field(default_factory=list)
     """Peer: one QoS 1 publish to its delivery back, same broker, the leader's identity."""
     phases_ms: dict[str, list[float]] = field(default_factory=dict)
@@ -501,7 +502,7 @@ def _in_process(
 ) -> None:
     """Peers: the same requests on an in-process core fed the live run's last telemetry, at the
     same controller times; timed apart, ``request`` (routing, windows, plans; the twins take
-    the plans afterwards, untimed, as the service has them do), signing its 21 plans with the
+    the plans afterwards, untimed, as the service has them do), signing its plans with the
     deployment's key, and verifying them against a box's trust store."""
     clock = [0.0]
     peer = CloudCore(road.network, road.plans, settings=settings, wall_clock=lambda: clock[0])
@@ -518,7 +519,7 @@ def _in_process(
         done = time.perf_counter()
         refusals = [trust.verify(plan) for plan in signed]
         checked = time.perf_counter()
-        assert len(signed) == len(route) - 2
+        assert 0 < len(signed) <= len(route) - 2
         assert refusals == [None] * len(signed)
         if index >= 2:  # as in the live run, the first two are warm-up
             result.in_process_ms.append((made - started) * 1000.0)
@@ -549,8 +550,8 @@ def test_corridor_request_latency(
     benchmark: Any, broker: _DeployedMosquitto, postgres: PostgreSQL, tmp_path: Path
 ) -> None:
     results: list[_Latency] = []
-    # plans past a 300 s lease are refused by the cabinets and the cloud's twins (counted and
-    # reported below), each with a warning: keep the log readable
+    # a plan any cabinet or the cloud's twin refuses (counted and reported below) logs a
+    # warning each: keep the log readable
     quiet = [logging.getLogger(n) for n in ("citybrain.signal_plans.controller",
                                             "citybrain.cloud.corridor")]  # fmt: skip
 
@@ -578,17 +579,17 @@ def test_corridor_request_latency(
     both50, both99 = _percentiles(r.direct_ms + r.api_ms)
     plans = sorted(set(r.plans_per_request))
     print(f"\n{len(r.direct_ms)} + {len(r.api_ms)} corridor requests along the 21-intersection "
-          f"arterial (plans per request {plans}, {r.failures} not acked in 5 s); TLS, an identity "
-          f"per party, the ACL, plans signed, {EDGE_BOXES} edge process(es)")  # fmt: skip
-    print(f"  request -> 21 first plans acked, direct:   median {d50:.2f} ms, p99 {d99:.2f} ms")
-    print(f"  request -> 21 first plans acked, HTTP API: median {a50:.2f} ms, p99 {a99:.2f} ms "
+          f"arterial (first plans per request {plans}, {r.failures} not acked in 5 s); TLS, an "
+          f"identity per party, the ACL, plans signed, {EDGE_BOXES} edge process(es)")  # fmt: skip
+    print(f"  request -> first plans acked, direct:      median {d50:.2f} ms, p99 {d99:.2f} ms")
+    print(f"  request -> first plans acked, HTTP API:    median {a50:.2f} ms, p99 {a99:.2f} ms "
           f"(POST answered: median {h50:.2f} ms, p99 {h99:.2f} ms)")  # fmt: skip
     print(f"  both paths together:                       median {both50:.2f} ms, p99 {both99:.2f}")
     print(f"  core.plan_latency_ms (plans made -> acks): median {c50:.2f} ms, p99 {c99:.2f} ms")
-    print(f"  cancel -> 21 releases acked:               median {x50:.2f} ms, p99 {x99:.2f} ms")
+    print(f"  cancel -> releases acked:                  median {x50:.2f} ms, p99 {x99:.2f} ms")
     print(f"  peer, CloudCore.request in process:        median {i50:.2f} ms, p99 {i99:.2f} ms")
-    print(f"  peer, signing its 21 plans in process:     median {s50:.2f} ms, p99 {s99:.2f} ms")
-    print(f"  peer, verifying the 21 signatures:         median {v50:.2f} ms, p99 {v99:.2f} ms")
+    print(f"  peer, signing its plans in process:        median {s50:.2f} ms, p99 {s99:.2f} ms")
+    print(f"  peer, verifying their signatures:          median {v50:.2f} ms, p99 {v99:.2f} ms")
     print(f"  peer, one QoS 1 round trip (same broker):  median {q50:.2f} ms, p99 {q99:.2f} ms")
     print(f"  direct / in-process (request + signing): x{d50 / (i50 + s50):.1f} median; the "
           f"network path adds {d50 - i50 - s50:.2f} ms (median)")  # fmt: skip
@@ -611,7 +612,8 @@ def test_corridor_request_latency(
          "rtt_p50_ms": q50, "failures": r.failures}
     )  # fmt: skip
     assert r.failures == 0
-    assert plans == [21]
+    assert len(plans) == 1  # every request the same first plans: those a plan made now reaches
+    assert 15 <= plans[0] < 21
     assert both99 <= TARGET_P99_MS
 
 

@@ -76,6 +76,9 @@ FIX_ERROR_M = 50.0
 """How far a position fix and its matching to a link may be off: a report further from the
 last than the vehicle could drive in between plus this is refused (``_check_plausible``)."""
 STUCK = "stuck in traffic its windows cannot move: windows dropped until it moves"
+PLAN_AGE_SLACK_S = 5.0
+"""A plan takes over at least this long before it is ``max_plan_age_s`` old: room for its way
+to the edge, the edge's handing it over ahead of the takeover, and the clocks' skew."""
 ARBITRATION_MARGIN_S = 20.0
 """How far a vehicle's arrival at a shared intersection must move before its turn there is
 taken again: its estimate moves by a few seconds with every queue it meets, and a swap moves
@@ -338,6 +341,11 @@ class Settings:
     """The controllers' lease limit (``SafetyLimits.max_lease_s``): a plan whose windows lie
     further ahead takes over later, so that ``valid_until - valid_from`` stays within it (the
     controller runs its normal plan until then, which is what the plan would replay)."""
+    max_plan_age_s: float = 30.0
+    """The controllers' plan age limit (``SafetyLimits.max_plan_age_s``): the edge hands a plan
+    to its cabinet just before it takes over, and the cabinet refuses one made longer ago, so
+    a window that would need a later takeover (beyond a lease from now, with a long
+    ``horizon_s``) is sent once it comes within reach (``_dispatch``)."""
 
     def __post_init__(self) -> None:
         check_number("horizon_s", self.horizon_s, gt=0.0, le=600.0)
@@ -351,6 +359,12 @@ class Settings:
         check_number("lead_budget_veh", self.lead_budget_veh, ge=0.0, le=1000.0)
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
+        check_number(
+            "max_plan_age_s",
+            self.max_plan_age_s,
+            gt=self.takeover_lead_s + PLAN_AGE_SLACK_S,
+            le=300.0,
+        )
         check_number("stuck_s", self.stuck_s, gt=0.0, le=3600.0)
         check_number("max_window_s", self.max_window_s, gt=self.clear_after_s, le=300.0)
         check_number("min_advised_mps", self.min_advised_mps, gt=0.0, le=30.0)
@@ -392,6 +406,9 @@ class CorridorManager:
         self._ended: deque[str] = deque()
         self.seq: dict[str, int] = {}
         self.sent: dict[str, _Sent] = {}
+        self.deferred_until = math.inf
+        """When the first window left out of its plan for being beyond a lease comes within
+        reach (``_dispatch``): ``tick`` sends it then if no position has."""
         self.unconfirmed: set[str] = set()
         """Intersections whose edge did not acknowledge plans: planned around, sent nothing."""
         self._ids = itertools.count(1)
@@ -885,6 +902,8 @@ class CorridorManager:
             for line in _ahead(corridor)
         ):
             actions += self._replan(now_s)
+        elif now_s >= self.deferred_until:
+            actions += self._dispatch(now_s)
         return actions
 
     def measure(self, now_s: float) -> list[Action]:
@@ -1520,8 +1539,9 @@ class CorridorManager:
                 if not line.released and line.hop >= 0 and line.due and line.close_s > line.open_s:
                     _want(wanted, corridor, line)
         actions: list[Action] = []
+        self.deferred_until = math.inf
         for node in sorted(wanted.keys() | self.sent.keys()):
-            lines = sorted(wanted.get(node, []), key=lambda want: want[2])
+            lines = self._within_reach(sorted(wanted.get(node, []), key=lambda w: w[2]), now_s)
             sent = self.sent.get(node)
             if not lines:
                 if sent is not None:
@@ -1560,6 +1580,26 @@ class CorridorManager:
             self.sent[node] = _Sent(plan_id, windows)
             actions.append(SendPlan(node, plan))
         return actions
+
+    def _within_reach(self, lines: list[_Wanted], now_s: float) -> list[_Wanted]:
+        """The windows (in order) a plan made now can hold: a plan takes over no sooner than
+        ``max_lease_s`` before its last window closes (with ``lease_margin_s``), and no later
+        than its cabinet takes a plan made now. The rest wait; ``deferred_until`` says when
+        the first of them comes within reach."""
+        settings = self.settings
+        latest = now_s + settings.max_plan_age_s - PLAN_AGE_SLACK_S
+        closing = now_s + settings.takeover_lead_s
+        for count, (_, _, open_s, close_s) in enumerate(lines):
+            # a window opens no sooner than the one before it closes (as ``_dispatch`` sends it)
+            closing = max(close_s, max(open_s, closing) + 1.0)
+            takeover = closing + settings.lease_margin_s - settings.max_lease_s
+            if takeover > latest:
+                reach = takeover - settings.max_plan_age_s + PLAN_AGE_SLACK_S
+                self.deferred_until = min(self.deferred_until, reach)
+                for _, line, _, _ in lines[count:]:
+                    line.plan_id, line.confirmed = None, False
+                return lines[:count]
+        return lines
 
     def _next_seq(self, node: str) -> int:
         seq = self.seq.get(node, 0) + 1

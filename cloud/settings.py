@@ -199,6 +199,7 @@ class CorridorSection:
     takeover_lead_s: float = _CORRIDOR.takeover_lead_s
     max_window_s: float = _CORRIDOR.max_window_s
     max_lease_s: float = _CORRIDOR.max_lease_s
+    max_plan_age_s: float = _CORRIDOR.max_plan_age_s
     position_timeout_s: float = _CORRIDOR.position_timeout_s
     stuck_s: float = _CORRIDOR.stuck_s
     max_corridors: int = _CORRIDOR.max_corridors
@@ -221,7 +222,8 @@ class CorridorSection:
                 lead_budget_veh=self.lead_budget_veh, takeover_lead_s=self.takeover_lead_s,
                 speed_advice=self.speed_advice, min_advised_mps=self.min_advised_mps,
                 handover_s=self.handover_s, max_window_s=self.max_window_s,
-                max_lease_s=self.max_lease_s, position_timeout_s=self.position_timeout_s,
+                max_lease_s=self.max_lease_s, max_plan_age_s=self.max_plan_age_s,
+                position_timeout_s=self.position_timeout_s,
                 stuck_s=self.stuck_s, max_corridors=self.max_corridors, epoch=epoch,
             ),
         )  # fmt: skip

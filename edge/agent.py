@@ -57,7 +57,10 @@ REPLAY_WINDOW = 400
 COMMAND_QUEUE = 64
 CLOCK_HOLD_S = 1.0
 """The controller clock is read at ``poll_hz``; between reads it is taken to run with the
-wall clock, but never more than this past the last read (a stepped simulator may pause)."""
+wall clock until the last reading is this much (wall time) past the age a plan may be checked
+against (``reading_max_age_s``), then held (a stepped simulator may pause). Held sooner, a
+controller link gone down read as a clock standing still: every plan was refused as issued in
+the future (``stale``) instead of ``controller_unavailable``."""
 LIVE = "live"
 STATUS = "status"
 
@@ -110,12 +113,14 @@ class EdgeAgent:
 
     def now(self) -> float:
         """Controller time: the last reading's, advanced since at the rate the controller's
-        clock has been seen to run (1 in the field; a simulation's pace), for at most
-        ``CLOCK_HOLD_S`` of wall time."""
+        clock has been seen to run (1 in the field; a simulation's pace), until that reading
+        is too old to check a plan against and ``CLOCK_HOLD_S`` more."""
         if self._reading is None:
             return 0.0
         at, read_at = self._reading
-        return at + min(time.monotonic() - read_at, CLOCK_HOLD_S) * self._rate
+        oldest = self.core.settings.reading_max_age_s if self.core is not None else 0.0
+        ran = (time.monotonic() - read_at) * self._rate
+        return at + min(ran, oldest + CLOCK_HOLD_S * self._rate)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: read the controller, stream telemetry, apply plans. On stop the

@@ -352,7 +352,7 @@ class EdgeCore:
         """Time passing: start plans that are due, end leases, enter fail-safe."""
         actions = self._due(now_s)
         active = self.active
-        if active is not None and now_s >= active.valid_until:
+        if active is not None and now_s >= active.valid_until and not self._renewing():
             log.info("%s: lease of %s ran out, back to normal", self.intersection, active.plan_id)
             self.active = None
             self.counters["leases_expired"] += 1
@@ -380,6 +380,13 @@ class EdgeCore:
                 actions.append(ReleaseController("cloud unreachable"))
                 actions += self._fail_safe_acks(now_s)
         return actions
+
+    def _renewing(self) -> bool:
+        """A plan handed to the controller and not answered yet replaces the one running once
+        taken: a lease-end release now would reach the controller after it and undo it (a
+        cabinet slow to answer lost the renewal that way). Refused or undelivered, it leaves
+        the running plan's lease expired, and the next tick releases it."""
+        return any(plan.kind is not PlanKind.RELEASE for plan in self.commanded.values())
 
     def _fail_safe_acks(self, now_s: float) -> list[EdgeAction]:
         """What fail-safe did to the plans it dropped, said (published once the broker is

@@ -68,6 +68,7 @@ class RejectCode(enum.StrEnum):
     ENDS_IN_YELLOW = "ends_in_yellow"
     UNSUPPORTED = "unsupported"
     RELEASE_TOO_LATE = "release_too_late"
+    TAKEOVER_TOO_LATE = "takeover_too_late"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,12 @@ def check_plan(
                 f"(limit {limits.max_release_lead_s} s): the plan it ends would run until then",
             )
         return Verdict.accept()
+    if plan.valid_from - plan.issued_at > limits.max_plan_age_s:
+        return Verdict.reject(
+            RejectCode.TAKEOVER_TOO_LATE,
+            f"takes over {_seconds(plan.valid_from - plan.issued_at)} s after it was issued "
+            f"(limit {limits.max_plan_age_s} s): it would be stale when handed over",
+        )
     lease = plan.valid_until - plan.valid_from
     if lease > limits.max_lease_s:
         return Verdict.reject(

@@ -165,7 +165,9 @@ def test_telemetry_updates_queues_and_redeliveries_are_refused() -> None:
 
 def test_plans_far_ahead_take_over_later_so_their_lease_stays_within_the_limit() -> None:
     """A horizon covering a whole 7 km arterial puts the last windows 6 minutes ahead: their
-    plans take over later rather than carry a lease the controllers refuse."""
+    plans take over later rather than carry a lease the controllers refuse, but never so late
+    that the cabinet, handed the plan at its takeover, finds it stale; the windows further
+    out wait (``test_windows_beyond_a_lease_wait_until_...`` in ``test_corridor.py``)."""
     from citybrain.cloud.corridor import Settings as CorridorSettings
     from citybrain.signal_plans.controller import ControllerModel
     from citybrain.simulator.scenarios import load_network
@@ -179,7 +181,7 @@ def test_plans_far_ahead_take_over_later_so_their_lease_stays_within_the_limit()
         requested_at=NOW,
     )  # fmt: skip
     plans = _plans(core.request(request, NOW))
-    assert len(plans) == len(road.plans)
+    assert len(road.plans) - 5 <= len(plans) < len(road.plans)
     later = [p for p in plans if p.plan.valid_from > NOW + 0.2]
     assert later, "the last stop lines are more than a lease ahead"
     for sent in plans:
@@ -188,9 +190,9 @@ def test_plans_far_ahead_take_over_later_so_their_lease_stays_within_the_limit()
         # the plan still takes over a cycle or more before its window, or at once
         cycle = road.plans[sent.intersection].cycle_s
         assert plan.valid_from == NOW + 0.2 or plan.valid_from <= plan.windows[0].open_at - cycle
-        # a cabinet with the default limits takes it, as does the cloud's twin
+        # a cabinet with the default limits takes it at its takeover, as does the cloud's twin
         cabinet = ControllerModel(road.plans[sent.intersection])
-        assert cabinet.command(plan, NOW).status is AckStatus.ACCEPTED
+        assert cabinet.command(plan, plan.valid_from).status is AckStatus.ACCEPTED
     core.settle()
     assert core.counters["twin_refused"] == 0
 

@@ -34,6 +34,7 @@ from citybrain.models.messages import (
 )
 from citybrain.models.signal import Indication
 from citybrain.models.traffic import DEFAULT_LOST_TIME_S
+from citybrain.signal_plans.controller import ControllerModel
 from citybrain.signal_plans.state import normal_state_at
 from citybrain.signal_plans.validator import check_plan
 from citybrain.simulator.controllers import EmulatedController
@@ -126,6 +127,34 @@ def test_a_route_the_requester_fixes_is_followed_not_searched_between_its_ends()
     straight = manager.router.route("bS0-g0_0", 0.0, "g2_0-bN0", 100.0, np.zeros(graph.movements))
     corridor = manager.corridors[manager.by_vehicle["AMB-1"]]
     assert corridor.route.arrival_s > straight.arrival_s + 30.0  # four links more
+
+
+def test_windows_beyond_a_lease_wait_until_a_plan_for_them_can_take_over_in_time() -> None:
+    """With a long horizon the last signals' windows lie over 300 s ahead: their plans took
+    over up to 90 s after they were made, and each cabinet, handed its plan at the takeover,
+    refused it as stale. Now every plan takes over while its cabinet still takes it, and the
+    windows left out are sent once they come within reach, by ``tick`` if nothing else."""
+    road = arterial()
+    graph = CorridorGraph.from_network(road.network, emergency_speed_factor=1.3)
+    manager = CorridorManager(
+        graph, Router(graph), NetworkState(road.network), road.plans,
+        lambda node, at: normal_state_at(road.plans[node], at),
+        settings=Settings(horizon_s=400.0, position_timeout_s=600.0),
+    )  # fmt: skip
+    sent = _plans(manager.request(_request(route=None, destination="east"), 100.0))
+    first = {p.intersection for p in sent}
+    assert len(first) < 21
+    assert math.isfinite(manager.deferred_until)
+    for now in np.arange(101.0, 400.0):
+        sent += _plans(manager.tick(float(now)))
+    windows = [p for p in sent if p.plan.windows]
+    assert {p.intersection for p in windows} == set(road.plans)
+    for each in windows:
+        plan = each.plan
+        assert plan.valid_from - plan.issued_at <= 25.0 + 1e-9
+        assert plan.issued_at <= plan.windows[0].open_at
+        cabinet = ControllerModel(road.plans[each.intersection])
+        assert cabinet.command(plan, plan.valid_from).status is AckStatus.ACCEPTED
 
 
 def test_queues_make_windows_open_earlier() -> None:

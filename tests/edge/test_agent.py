@@ -95,9 +95,16 @@ class Listener:
 
 class City:
     def __init__(
-        self, run: Run, agents: list[EdgeAgent], listener: Listener, signer: PlanSigner
+        self,
+        run: Run,
+        agents: list[EdgeAgent],
+        listener: Listener,
+        signer: PlanSigner,
+        bus: FieldBusServer,
     ) -> None:
         self.run, self.agents, self.listener, self.signer = run, agents, listener, signer
+        self.bus = bus
+        """The cabinets' field bus: stopped, every controller link is down."""
 
     def agent(self, node: str) -> EdgeAgent:
         return next(a for a in self.agents if a.intersection == node)
@@ -183,7 +190,7 @@ async def city(
     try:
         await until(lambda: len(started) == 3 and all(a.ready.is_set() for a in started))
         await until(lambda: all(a.session is not None and a.session.connected for a in started))
-        yield City(run, started, listener, keys.signer())
+        yield City(run, started, listener, keys.signer(), server)
     finally:
         stop.set()
         await asyncio.wait_for(host, 15.0)
@@ -288,6 +295,26 @@ def test_bad_plans_are_refused_with_their_reason_and_never_reach_the_cabinet(
             assert codes == {plan.plan_id: code for code, plan in bad.items()}
             assert cabinet.running is None
             assert cabinet.refused == refused_before
+
+    asyncio.run(scenario())
+
+
+def test_a_plan_met_by_a_controller_link_gone_down_is_refused_for_that(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    """The agent's clock stood still 1 s after the last reading, so a plan the cloud made 3 s
+    later looked issued in the future and was refused ``stale``: the cloud was told to fix
+    its clock, not that the cabinet was unreachable."""
+
+    async def scenario() -> None:
+        async with city(mosquitto, tmp_path) as c:
+            await c.bus.stop()
+            down = c.run.now
+            await asyncio.sleep(3.5)
+            c.send(c.plan("a03", issued_at=down + 3.5, valid_from=down + 3.5))
+            await until(lambda: len(c.listener.acks("a03")) == 1)
+            (ack,) = c.listener.acks("a03")
+            assert (ack.status, ack.reason_code) == (AckStatus.REJECTED, "controller_unavailable")
 
     asyncio.run(scenario())
 

@@ -191,6 +191,32 @@ def test_a_lease_that_runs_out_brings_the_normal_plan_back() -> None:
     assert core.active is None
 
 
+@pytest.mark.parametrize("answer", [AckStatus.ACCEPTED, AckStatus.REJECTED])
+def test_a_renewal_the_controller_has_not_answered_yet_is_not_undone_at_the_lease_end(
+    answer: AckStatus,
+) -> None:
+    """The lease-end release went to the cabinet behind the renewal handed to it 0.5 s before
+    and released it: the corridor lost its green while the edge believed the renewal ran."""
+    core = _core()
+    plan = _window_plan()
+    core.on_plan(plan, NOW)
+    core.on_command_result(plan.plan_id, AckStatus.ACCEPTED, None, None, NOW)
+    _read(core, NOW + 89.5, mode="priority")
+    renewal = _window_plan(
+        seq=2, issued_at=NOW + 89.5, valid_from=NOW + 89.5, valid_until=NOW + 150.0,
+        windows=(GreenWindow(signal_group="4", open_at=NOW + 100.0, close_at=NOW + 120.0),),
+    )  # fmt: skip
+    assert _commands(core.on_plan(renewal, NOW + 89.5)) == [renewal]
+    assert not any(isinstance(a, ReleaseController) for a in core.tick(NOW + 90.5))
+    core.on_command_result(renewal.plan_id, answer, None, None, NOW + 91.0)
+    if answer is AckStatus.ACCEPTED:
+        assert core.active == renewal
+        assert core.tick(NOW + 91.5) == []
+    else:  # the running plan's lease is over: released now
+        assert ReleaseController(LEASE_EXPIRED) in core.tick(NOW + 91.5)
+        assert core.active is None
+
+
 def test_losing_the_broker_puts_the_intersection_on_its_local_plan() -> None:
     core = _core(failsafe_after_s=30.0)
     plan = _window_plan()
@@ -391,17 +417,18 @@ def test_a_plan_on_a_reading_with_conflicting_greens_is_refused_and_counted() ->
 def test_fail_safe_says_what_it_did_to_the_plans_it_dropped() -> None:
     """They were dropped without an ack: the cloud went on believing one applied and the
     other accepted. The acks go out once the broker is back (the agent buffers them)."""
-    core = _core(failsafe_after_s=30.0)
+    core = _core(failsafe_after_s=10.0)
     (sent,) = _commands(core.on_plan(_window_plan(seq=1), NOW))
     core.on_command_result(sent.plan_id, AckStatus.ACCEPTED, None, None, NOW)
     waiting = _window_plan(
-        seq=2, issued_at=NOW + 5, valid_from=NOW + 60, valid_until=NOW + 150,
-        windows=(GreenWindow(signal_group="4", open_at=NOW + 70, close_at=NOW + 90),),
+        seq=2, issued_at=NOW + 5, valid_from=NOW + 30, valid_until=NOW + 150,
+        windows=(GreenWindow(signal_group="4", open_at=NOW + 40, close_at=NOW + 60),),
     )  # fmt: skip
     _read(core, NOW + 5, mode="priority")
     core.on_plan(waiting, NOW + 5)
+    assert core.pending is waiting
     core.on_broker(False, NOW + 6)
-    actions = core.tick(NOW + 36)
+    actions = core.tick(NOW + 16)
     assert any(isinstance(a, ReleaseController) for a in actions)
     said = {(ack.plan_id, ack.status, ack.reason_code) for ack in _acks(actions)}
     assert said == {

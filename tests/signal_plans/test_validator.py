@@ -173,6 +173,25 @@ def test_a_good_plan_is_accepted_and_an_expired_one_is_not() -> None:
     assert late.code is RejectCode.EXPIRED
 
 
+@pytest.mark.parametrize(("lead_s", "accepted"), [(30.0, True), (31.0, False)])
+def test_a_plan_taking_over_after_it_would_be_stale_is_refused(
+    lead_s: float, accepted: bool
+) -> None:
+    """Its edge hands it to the cabinet at its takeover, which would find it stale then: the
+    edge acked it accepted and the cabinet refused it a minute later."""
+    plan = SignalPlan(
+        plan_id="w", intersection="X", seq=1, issued_at=NOW, valid_from=NOW + lead_s,
+        valid_until=NOW + lead_s + 60.0,
+        windows=(GreenWindow(signal_group="2", open_at=NOW + lead_s + 10, close_at=NOW + 80),),
+    )  # fmt: skip
+    state = normal_state_at(PLAN, NOW + lead_s, before=True)
+    verdict = check_plan(plan, state, now_s=NOW, last_order=None)
+    assert verdict.accepted is accepted
+    if not accepted:
+        assert verdict.code is RejectCode.TAKEOVER_TOO_LATE
+        assert "31.0 s after it was issued" in verdict.reason
+
+
 def test_windows_too_long_unknown_or_conflicting_are_refused() -> None:
     state = normal_state_at(PLAN, NOW)
 
