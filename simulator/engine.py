@@ -28,6 +28,9 @@ from citybrain.simulator.demand import ROUTING_INTERVAL_S, DepartureRouter, Trip
 from citybrain.simulator.engine_state import KernelState
 
 DEFAULT_DT_S = 1.0
+MAX_ADVANCE_S = 14 * 86400.0
+"""The most one ``advance`` runs: the longest scenario (7 days) and its continuation (as
+long again). A larger figure is a caller's mistake that would run for ever."""
 LOST_TIME_S = 2.0
 ACCELERATION_MPS2 = 2.0
 DECELERATION_MPS2 = 3.0
@@ -96,7 +99,7 @@ class Simulation:
     def advance(self, seconds: float) -> None:
         """Run whole steps covering ``seconds`` of simulated time; while vehicles remain to be
         routed at departure, in chunks of ``ROUTING_INTERVAL_S`` with routing between."""
-        check_number("seconds", seconds, ge=0.0)
+        check_number("seconds", seconds, ge=0.0, le=MAX_ADVANCE_S)
         steps = round(seconds / self.dt)
         chunk = max(1, round(ROUTING_INTERVAL_S / self.dt))
         while steps:

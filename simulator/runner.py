@@ -18,7 +18,7 @@ from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.controllers import EmulatedController, Outcome
 from citybrain.simulator.demand import Trips
 from citybrain.simulator.detectors import DetectorCards
-from citybrain.simulator.engine import END_LAG_S, Simulation
+from citybrain.simulator.engine import END_LAG_S, MAX_ADVANCE_S, Simulation
 from citybrain.simulator.kernels import ARRIVED, DRIVING, QUEUED
 
 
@@ -245,7 +245,7 @@ class Run(ControlledRun):
     def advance(self, seconds: float, *, on_step: Callable[[float], None] | None = None) -> None:
         """Run ``seconds`` of simulated time. Single steps while a controller runs a priority
         plan or an emergency vehicle is tracked; larger strides otherwise."""
-        check_number("seconds", seconds, ge=0.0)
+        check_number("seconds", seconds, ge=0.0, le=MAX_ADVANCE_S)
         end = self.now + seconds - 1e-9
         while self.now < end:
             self._sample()

@@ -50,6 +50,7 @@ from citybrain.simulator.compiled import CompiledNetwork
 from citybrain.simulator.controllers import EmulatedController
 from citybrain.simulator.demand import Trips, hop_metres, route_hops
 from citybrain.simulator.detectors import DetectorCards
+from citybrain.simulator.engine import MAX_ADVANCE_S
 from citybrain.simulator.kernels import ARRIVED, DRIVING, PENDING, QUEUED
 from citybrain.simulator.runner import (
     ControlledRun,
@@ -65,6 +66,7 @@ from citybrain.simulator.sumo import (
     SumoUnavailableError,
     TlsLink,
     find_binary,
+    run_tool,
     sumo_version,
     tls_state,
     write_routes,
@@ -85,6 +87,8 @@ INSTALL = "pip install 'citybrain[sumo]'"
 OLDEST_SUMO = (1, 20)
 """The oldest SUMO the closed loop is built for (``pyproject.toml``'s ``sumo`` extra)."""
 SEED_MAX = 2**31 - 1
+LOAD_CHECK_TIMEOUT_S = 300.0
+"""How long SUMO's binary may take to load a network again to say why libsumo could not."""
 """SUMO's ``--seed`` is a C int: a larger one fails its command line."""
 
 _COLOUR = {Indication.GREEN: "G", Indication.YELLOW: "y", Indication.RED: "r"}
@@ -457,8 +461,10 @@ class SumoRun(ControlledRun):
             *("--no-step-log", "true"),
             *("--log", str(self.work_dir / "sumo.log"), "--no-warnings", "true"),
         ]
-        with self._errors("starting"):
+        try:
             self._lib.start(command)
+        except (self._lib.TraCIException, self._lib.FatalTraCIError):
+            raise SumoError(f"SUMO failed loading: {_why_not_loaded(command)}") from None
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -479,7 +485,7 @@ class SumoRun(ControlledRun):
 
     def advance(self, seconds: float, *, on_step: Callable[[float], None] | None = None) -> None:
         """Run ``seconds`` of simulated time, one SUMO step at a time."""
-        check_number("seconds", seconds, ge=0.0)
+        check_number("seconds", seconds, ge=0.0, le=MAX_ADVANCE_S)
         if self.closed:
             raise SumoError("the SUMO run is closed")
         end = self.now + seconds - 1e-9
@@ -663,3 +669,14 @@ def open_run(
     if engine is Engine.SUMO:
         return SumoRun(scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=scenario.seed)
     return contextlib.nullcontext(Run(scenario.net, scenario.trips))
+
+
+def _why_not_loaded(command: list[str]) -> str:
+    """libsumo writes why it could not load to the process's standard error, and raises an
+    exception that says nothing ("Process Error"): SUMO's binary, run on the same command line
+    until time 0, says it again where it can be read."""
+    try:
+        run_tool([*command, "--end", "0"], log=None, timeout_s=LOAD_CHECK_TIMEOUT_S)
+    except SumoError as error:
+        return str(error)
+    return "libsumo refused what SUMO's own binary loads (its words went to standard error)"

@@ -67,6 +67,8 @@ def test_a_green_window_for_the_main_through_is_accepted_and_served() -> None:
     # five cars reach the stop line at 356-360 s (3566 m at 13.25 m/s, the limit less their
     # dawdling), just after the main through's green ended
     run = _run([87.0 + i for i in range(5)])
+    with pytest.raises(ValidationError, match="seconds"):
+        run.advance(1e12)  # a caller's slip: refused, not run for ever
     run.advance(365.0)
     assert run.sim.q_len[NET.mv_queue[NET.movement_index["a01:ET"]]] == 5
     window = GreenWindow(signal_group="2", open_at=375.0, close_at=390.0)

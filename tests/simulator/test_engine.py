@@ -319,8 +319,9 @@ def test_simulation_refuses_bad_input() -> None:
     with pytest.raises(ValidationError, match="route_links"):
         Simulation(net, bad_link)
     sim = Simulation(net, good)
-    with pytest.raises(ValidationError, match="seconds"):
-        sim.advance(-1.0)
+    for absurd in (-1.0, math.inf, math.nan, 1e12):  # 1e12 s: a caller's slip, run for ever
+        with pytest.raises(ValidationError, match="seconds"):
+            sim.advance(absurd)
 
 
 def test_a_group_green_in_two_consecutive_phases_keeps_moving_through_the_change() -> None:

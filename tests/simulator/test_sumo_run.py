@@ -379,6 +379,25 @@ def test_sumo_versions_compare_by_their_numbers(version: str, release: tuple[int
     assert sumo_run._release(version) == release
 
 
+def test_a_file_sumo_cannot_load_says_what_sumo_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libsumo writes why to standard error and raises "Process Error": the error said only
+    that. Here a loop on a lane the network does not have."""
+
+    def broken(self: Any, path: Path) -> None:
+        loop = '<inductionLoop id="d0" lane="nowhere_0" pos="1" period="60" file="NUL"/>'
+        path.write_text(f"<additional>{loop}</additional>")
+
+    monkeypatch.setattr(sumo_run._Loops, "write", broken)
+    with pytest.raises(
+        sumo.SumoError, match=r"SUMO failed loading: sumo exited with 1:(.|\n)*nowhere_0"
+    ):
+        _short_run(seconds=60.0)
+    assert not libsumo.simulation.isLoaded()
+    monkeypatch.undo()
+    with _short_run(seconds=60.0) as run:  # the next run in this process starts
+        run.advance(1.0)
+
+
 def test_the_error_that_ended_a_run_is_not_hidden_by_closing_it() -> None:
     """SUMO gone mid-run (here closed under the run's feet): the step's error is the one
     raised, not a second one from reading SUMO's state as the run closes."""
@@ -417,6 +436,8 @@ def test_a_speed_cap_holds_the_sumo_vehicle_under_it_until_lifted() -> None:
         for bad in ("nobody", "AMB-1"):
             with pytest.raises(ValidationError):
                 run.set_speed_cap(bad, -1.0 if bad == "AMB-1" else 5.0)
+        with pytest.raises(ValidationError, match="seconds"):
+            run.advance(1e12)
         run.set_speed_cap("AMB-1", 6.0)
         run.advance(61.0)
         track = run.trajectories["AMB-1"]
