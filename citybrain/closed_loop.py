@@ -208,6 +208,9 @@ class Setup:
     crossing: tuple[int, int] | None = None
     """(row, column) on a grid: two ambulances whose routes cross at junction ``g{row}_{column}``
     (`crossing_ambulances`: AMB-1 leaves after the warm-up); None: one along the main route."""
+    opposing: bool = False
+    """With ``crossing``: the second ambulance drives the first's row the other way, meeting
+    it there head on, instead of along the column."""
     direction: Direction = "eastbound"
     """The one ambulance's way along the main route: ``westbound`` drives against the
     arterial's green wave, where no priority meets far more reds (only without ``crossing``)."""
@@ -432,6 +435,8 @@ def setup_scenario(setup: Setup, seed: int, *, only: str | None = None) -> Scena
     if setup.crossing is None:
         if only is not None:
             raise ValidationError("only", "a setup without a crossing has one ambulance")
+        if setup.opposing:
+            raise ValidationError("opposing", "an ambulance meets another only at a crossing")
         return build(
             setup.network,
             level=setup.level,
@@ -445,7 +450,9 @@ def setup_scenario(setup: Setup, seed: int, *, only: str | None = None) -> Scena
         raise ValidationError("direction", "crossing ambulances have their own directions")
     road = load_network(setup.network)
     row, column = setup.crossing
-    ambulances = crossing_ambulances(road, row=row, column=column, at_s=setup.warmup_s)
+    ambulances = crossing_ambulances(
+        road, row=row, column=column, at_s=setup.warmup_s, opposing=setup.opposing
+    )
     kept = [a for a in ambulances if only is None or a.name == only]
     if not kept:
         raise ValidationError("only", f"no ambulance {only!r} in this setup")

@@ -30,7 +30,7 @@ from citybrain.signal_plans.state import (
 )
 from citybrain.signal_plans.timing import TimingPlan
 from citybrain.signal_plans.transitions import Transition, plan_green_window, takeover_state
-from citybrain.signal_plans.validator import Verdict, check_plan, check_steps
+from citybrain.signal_plans.validator import SafetyLimits, Verdict, check_plan, check_steps
 
 AMBULANCE_GROUP = MAIN_THROUGHS[0]
 
@@ -111,13 +111,15 @@ def run(settings: DemoSettings) -> DemoResult:
         at_takeover = takeover_state(plan, state, transition)
         verdict = check_steps(at_takeover, transition.steps)
         if transition.steps:
+            # sent once it can take over before it is too old (the cabinet gets it then)
+            issued = max(departure, transition.starts_at_s - SafetyLimits().max_plan_age_s)
             outgoing = plan_message(
-                transition, plan_id=f"demo-{name}", intersection=name, seq=1, issued_at_s=departure
+                transition, plan_id=f"demo-{name}", intersection=name, seq=1, issued_at_s=issued
             )
             encoded = DEFAULT_CODEC.encode(outgoing)
             payload = len(encoded)
             message = DEFAULT_CODEC.decode(encoded, SignalPlan)
-            verdict = check_plan(message, at_takeover, now_s=departure, last_order=None)
+            verdict = check_plan(message, at_takeover, now_s=issued, last_order=None)
         lines.append(
             StopLine(
                 name,

@@ -1009,10 +1009,7 @@ class CorridorManager:
         statuses: list[Action] = []
         reservations: list[tuple[str, str, float, float]] = []
         live = self._live()
-        # how many live corridors each intersection is ahead of: shared where more than one
-        holders = Counter(
-            node for corridor in live for node in {ln.intersection for ln in _ahead(corridor)}
-        )
+        holders = self._holders(live)
         for corridor in self._in_turn(live, holders, now_s):
             self._check_stuck(corridor, now_s)  # against the windows it was given
             self._time_windows(corridor, now_s, reservations, holders)
@@ -1024,6 +1021,19 @@ class CorridorManager:
                     reservations += [(line.intersection, line.group, a, b) for a, b in _spans(line)]
             statuses.append(PublishStatus(self._status(corridor, now_s)))
         return [*self._dispatch(now_s), *statuses]
+
+    def _holders(self, live: list[Corridor]) -> Counter[str]:
+        """Per intersection, how many different phases the live corridors still to pass it
+        need there (``TimingPlan.window_groups``): shared (taken in turn, without a lead)
+        where more than one. Vehicles on opposing throughs need the same one: counted as
+        two, every intersection two ambulances meeting on a street both pass lost its lead
+        and took turns (10 of 10 on a grid row)."""
+        needs = {
+            (line.intersection, self.plans[line.intersection].window_groups(line.group))
+            for corridor in live
+            for line in _ahead(corridor)
+        }
+        return Counter(node for node, _ in needs)
 
     def _check_stuck(self, corridor: Corridor, now_s: float) -> None:
         """Drop the windows of a vehicle that does not move while the one ahead is green (the
@@ -1403,14 +1413,17 @@ class CorridorManager:
     ) -> float | None:
         """Push the line's earliest opening (``earliest``, per stop line of the route) past
         the windows reserved before it at its intersection (served in turn, a conflicting one
-        after its clearance); a pushed window can run into the next reservation, so a few
+        after its clearance; one its phase shows too, an opposing through, is the same green
+        and holds nothing back); a pushed window can run into the next reservation, so a few
         passes. Returns when the first conflicting window it waits for opens (None: it waits
         for none)."""
         first: float | None = None
         for _ in range(3):
             arrival = max(line_s, float(earliest[line.hop]))
             for node, group, opened, closed in reservations:
-                if node != line.intersection or group == line.group or closed <= now_s:
+                if node != line.intersection or closed <= now_s:
+                    continue
+                if group == line.group or plan.served_together(group, line.group):
                     continue
                 if opened <= arrival + self.settings.clear_after_s:
                     conflicting = plan.signals.conflict(group, line.group)
@@ -1540,8 +1553,14 @@ class CorridorManager:
                     _want(wanted, corridor, line)
         actions: list[Action] = []
         self.deferred_until = math.inf
+        soonest = now_s + settings.takeover_lead_s
         for node in sorted(wanted.keys() | self.sent.keys()):
-            lines = self._within_reach(sorted(wanted.get(node, []), key=lambda w: w[2]), now_s)
+            lines = sorted(wanted.get(node, []), key=lambda want: want[2])
+            timed = self._timed(node, lines, soonest)
+            reach = self._within_reach(timed, now_s)
+            for _, line, _, _ in lines[reach:]:
+                line.plan_id, line.confirmed = None, False
+            lines, timed = lines[:reach], timed[:reach]
             sent = self.sent.get(node)
             if not lines:
                 if sent is not None:
@@ -1550,56 +1569,74 @@ class CorridorManager:
             windows = tuple((c.corridor_id, ln.group, a, b) for c, ln, a, b in lines)
             if sent is not None and _same_windows(sent.windows, windows, settings.min_change_s):
                 continue
-            seq = self._next_seq(node)
-            plan_id = compose_id(lines[0][0].corridor_id, node, seq)
-            soonest = now_s + settings.takeover_lead_s
-            green: list[GreenWindow] = []
-            owners = list(dict.fromkeys(c.corridor_id for c, *_ in lines))
-            self._serving[plan_id] = owners
-            for owner in owners:
-                self._plans_of.setdefault(owner, []).append(plan_id)
-            for _, line, open_s, close_s in lines:
-                opening = max(open_s, soonest, green[-1].close_at if green else 0.0)
-                closing = max(close_s, opening + 1.0)
-                green.append(
-                    GreenWindow(signal_group=line.group, open_at=opening, close_at=closing)
-                )
-                line.plan_id, line.confirmed = plan_id, False
-            valid_until = green[-1].close_at + settings.lease_margin_s
-            plan = SignalPlan(
-                plan_id=plan_id,
-                intersection=node,
-                seq=seq,
-                epoch=settings.epoch,
-                issued_at=now_s,
-                valid_from=max(soonest, valid_until - settings.max_lease_s),
-                valid_until=valid_until,
-                corridor_id=lines[0][0].corridor_id,
-                windows=tuple(green),
-            )
-            self.sent[node] = _Sent(plan_id, windows)
-            actions.append(SendPlan(node, plan))
+            plan = self._plan(node, lines, timed, now_s)
+            self.sent[node] = _Sent(plan.plan.plan_id, windows)
+            actions.append(plan)
         return actions
 
-    def _within_reach(self, lines: list[_Wanted], now_s: float) -> list[_Wanted]:
-        """The windows (in order) a plan made now can hold: a plan takes over no sooner than
-        ``max_lease_s`` before its last window closes (with ``lease_margin_s``), and no later
-        than its cabinet takes a plan made now. The rest wait; ``deferred_until`` says when
-        the first of them comes within reach."""
+    def _timed(self, node: str, lines: list[_Wanted], soonest: float) -> list[tuple[float, float]]:
+        """When each window (in order of opening) is sent to open and close: not before
+        ``soonest``, nor before every window ahead of it that another phase shows has closed
+        (served in turn; windows one phase shows, two vehicles on opposing throughs, are one
+        green), and for 1 s at least."""
+        plan = self.plans[node]
+        timed: list[tuple[float, float]] = []
+        for count, (_, line, open_s, close_s) in enumerate(lines):
+            ahead = [
+                closing
+                for (_, other, _, _), (_, closing) in zip(lines[:count], timed, strict=True)
+                if not plan.served_together(other.group, line.group)
+            ]
+            opening = max(open_s, soonest, *ahead)
+            timed.append((opening, max(close_s, opening + 1.0)))
+        return timed
+
+    def _within_reach(self, timed: list[tuple[float, float]], now_s: float) -> int:
+        """How many of the windows (in order, as ``_timed``) a plan made now can hold: a plan
+        takes over no sooner than ``max_lease_s`` before its last window closes (with
+        ``lease_margin_s``), and no later than its cabinet takes a plan made now. The rest
+        wait; ``deferred_until`` says when the first of them comes within reach."""
         settings = self.settings
         latest = now_s + settings.max_plan_age_s - PLAN_AGE_SLACK_S
-        closing = now_s + settings.takeover_lead_s
-        for count, (_, _, open_s, close_s) in enumerate(lines):
-            # a window opens no sooner than the one before it closes (as ``_dispatch`` sends it)
-            closing = max(close_s, max(open_s, closing) + 1.0)
-            takeover = closing + settings.lease_margin_s - settings.max_lease_s
+        last = -math.inf
+        for count, (_, closing) in enumerate(timed):
+            last = max(last, closing)
+            takeover = last + settings.lease_margin_s - settings.max_lease_s
             if takeover > latest:
                 reach = takeover - settings.max_plan_age_s + PLAN_AGE_SLACK_S
                 self.deferred_until = min(self.deferred_until, reach)
-                for _, line, _, _ in lines[count:]:
-                    line.plan_id, line.confirmed = None, False
-                return lines[:count]
-        return lines
+                return count
+        return len(timed)
+
+    def _plan(
+        self, node: str, lines: list[_Wanted], timed: list[tuple[float, float]], now_s: float
+    ) -> SendPlan:
+        """The plan holding ``lines``' windows at ``node``, as ``_timed`` times them."""
+        settings = self.settings
+        seq = self._next_seq(node)
+        plan_id = compose_id(lines[0][0].corridor_id, node, seq)
+        owners = list(dict.fromkeys(c.corridor_id for c, *_ in lines))
+        self._serving[plan_id] = owners
+        for owner in owners:
+            self._plans_of.setdefault(owner, []).append(plan_id)
+        for _, line, _, _ in lines:
+            line.plan_id, line.confirmed = plan_id, False
+        valid_until = max(closing for _, closing in timed) + settings.lease_margin_s
+        plan = SignalPlan(
+            plan_id=plan_id,
+            intersection=node,
+            seq=seq,
+            epoch=settings.epoch,
+            issued_at=now_s,
+            valid_from=max(now_s + settings.takeover_lead_s, valid_until - settings.max_lease_s),
+            valid_until=valid_until,
+            corridor_id=lines[0][0].corridor_id,
+            windows=tuple(
+                GreenWindow(signal_group=line.group, open_at=opening, close_at=closing)
+                for (_, line, _, _), (opening, closing) in zip(lines, timed, strict=True)
+            ),
+        )
+        return SendPlan(node, plan)
 
     def _next_seq(self, node: str) -> int:
         seq = self.seq.get(node, 0) + 1

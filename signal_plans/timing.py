@@ -285,3 +285,18 @@ class TimingPlan:
 
     def phases_serving(self, group: str) -> tuple[int, ...]:
         return tuple(i for i, phase in enumerate(self.phases) if group in phase.groups)
+
+    def window_groups(self, group: str) -> frozenset[str] | None:
+        """What a green window for ``group`` shows: the phase serving it with the longest
+        green (the first on a tie); None for a group no phase serves."""
+        candidates = self.phases_serving(group)
+        if not candidates:
+            return None
+        return self.phases[max(candidates, key=lambda i: (self.greens_s[i], -i))].groups
+
+    def served_together(self, group: str, other: str) -> bool:
+        """Whether windows of the two groups show the same phase, so that windows of both
+        that overlap are one green (two vehicles on opposing throughs): served in turn, the
+        second waited for the first's window to close."""
+        shown = self.window_groups(group)
+        return shown is not None and shown == self.window_groups(other)

@@ -175,6 +175,18 @@ def plan_green_window(
     they are never shortened.
     """
     check_id("group", group)
+    return _window(plan, state, frozenset({group}), open_at_s, close_at_s)
+
+
+def _window(
+    plan: TimingPlan,
+    state: ControllerState,
+    needed: frozenset[str],
+    open_at_s: float,
+    close_at_s: float,
+) -> Transition:
+    """``plan_green_window`` for every group of ``needed`` at once (groups served together:
+    the window shows the phase they share)."""
     check_number("open_at_s", open_at_s)
     check_number("close_at_s", close_at_s)
     if close_at_s <= open_at_s:
@@ -183,10 +195,10 @@ def plan_green_window(
         raise ValidationError("close_at_s", "the window has already closed")
     if state.signals != plan.signals:
         raise ValidationError("state", "state and plan belong to different intersections")
-    candidates = plan.phases_serving(group)
-    if not candidates:
-        raise ValidationError("group", f"{group!r} is not served by plan {plan.plan_id!r}")
-    target = plan.phases[max(candidates, key=lambda i: (plan.greens_s[i], -i))].groups
+    target = plan.window_groups(min(needed))
+    if target is None or not needed <= target:
+        names = " with ".join(repr(group) for group in sorted(needed))
+        raise ValidationError("group", f"{names} is not served by plan {plan.plan_id!r}")
     open_at_s = max(open_at_s, state.at_s)
     periods = [
         p
@@ -199,7 +211,7 @@ def plan_green_window(
         for period in periods:
             groups = plan.phases[period.phase_index].groups
             covers = period.green_start_s <= open_at_s and period.green_end_s >= close_at_s
-            if group in groups and covers:
+            if needed <= groups and covers:
                 return Transition(
                     Strategy.NONE,
                     (),
@@ -209,7 +221,7 @@ def plan_green_window(
                     state.at_s,
                 )
         strategy, requests, starts_at, decided = _requests_on_plan(
-            plan, state, target, group, open_at_s, close_at_s, periods
+            plan, state, target, needed, open_at_s, close_at_s, periods
         )
         if decided >= 2 and periods[decided - 1].green_start_s > state.at_s:
             # Up to the period before the one cut or extended, the plan only replays the normal
@@ -218,9 +230,9 @@ def plan_green_window(
             state = normal_state_at(plan, periods[decided - 1].green_start_s, before=True)
             requests = requests[decided - 1 :]
     else:
-        strategy, requests = _requests_off_plan(state, target, group, open_at_s, close_at_s)
+        strategy, requests = _requests_off_plan(state, target, needed, open_at_s, close_at_s)
         starts_at = state.at_s
-    return _with_way_back(plan, state, strategy, group, requests, periods, starts_at)
+    return _with_way_back(plan, state, strategy, needed, requests, periods, starts_at)
 
 
 def _on_plan(plan: TimingPlan, state: ControllerState, *, before: bool = False) -> bool:
@@ -243,7 +255,7 @@ def _requests_on_plan(
     plan: TimingPlan,
     state: ControllerState,
     target: frozenset[str],
-    group: str,
+    needed: frozenset[str],
     open_at_s: float,
     close_at_s: float,
     periods: list[Period],
@@ -260,7 +272,7 @@ def _requests_on_plan(
     for number, period in enumerate(periods):
         groups = plan.phases[period.phase_index].groups
         started = period.green_start_s <= state.at_s
-        if group in groups and (
+        if needed <= groups and (
             period.green_end_s >= open_at_s or _gap_too_short(plan, period, open_at_s)
         ):
             takeover = max(state.at_s, min(period.green_end_s, close_at_s))
@@ -295,11 +307,15 @@ def _requests_on_plan(
 
 
 def _requests_off_plan(
-    state: ControllerState, target: frozenset[str], group: str, open_at_s: float, close_at_s: float
+    state: ControllerState,
+    target: frozenset[str],
+    needed: frozenset[str],
+    open_at_s: float,
+    close_at_s: float,
 ) -> tuple[Strategy, list[PhaseRequest]]:
     """The controller is not on its normal timeline (say, leaving another priority plan)."""
     current = state.greens
-    if group in current:
+    if needed <= current:
         groups = target if current <= target else current
         return Strategy.EXTENSION, [PhaseRequest(groups, close_at_s)]
     if not current:
@@ -312,7 +328,7 @@ def _with_way_back(
     plan: TimingPlan,
     state: ControllerState,
     strategy: Strategy,
-    group: str,
+    needed: frozenset[str],
     requests: list[PhaseRequest],
     periods: list[Period],
     starts_at_s: float,
@@ -325,7 +341,9 @@ def _with_way_back(
     """
     signals = plan.signals
     built = build_steps(state, requests)
-    green_from = _green_run_start(state, built.steps, group, built.green_starts_s[-1])
+    green_from = max(
+        _green_run_start(state, built.steps, group, built.green_starts_s[-1]) for group in needed
+    )
     release_at = built.releases_s[-1]
     green_until: float | None = None
     for period in periods:
@@ -350,7 +368,7 @@ def _with_way_back(
             )
         attempt = build_steps(state, [*requests, PhaseRequest(groups, period.green_end_s)])
         if green_until is None:
-            green_until = period.green_end_s if group in groups else attempt.changes_s[-1]
+            green_until = period.green_end_s if needed <= groups else attempt.changes_s[-1]
         shortest = max((signals.timings[g].min_green_s for g in groups - holding), default=0.0)
         if period.green_end_s - attempt.green_starts_s[-1] >= shortest:
             resume_at = max(attempt.green_starts_s[-1], period.green_start_s)
@@ -458,15 +476,15 @@ def plan_green_windows(
     normal plan in between): whichever opens the next window sooner, the later takeover on a
     tie, since it leaves normal operation alone longer. Windows already closed are dropped.
     """
-    ordered = _merged(windows, state.at_s)
+    ordered = _merged(plan, windows, state.at_s)
     if not ordered:
         raise ValidationError("windows", "every window has already closed")
-    first = plan_green_window(plan, state, *ordered[0])
+    first = _window(plan, state, *ordered[0])
     start = takeover_state(plan, state, first)
     steps = list(first.steps)
     transitions = [first]
     previous_close = ordered[0][2]
-    for group, open_at_s, close_at_s in ordered[1:]:
+    for needed, open_at_s, close_at_s in ordered[1:]:
         last = transitions[-1]
         best: tuple[float, float, list[SignalStep], Transition] | None = None
         earliest = max(start.at_s, last.starts_at_s, previous_close)
@@ -475,7 +493,7 @@ def plan_green_windows(
                 continue
             chain = followed_to(plan, steps, last.resume_at_s, takeover)
             here = advance(start, chain, takeover)
-            move = plan_green_window(plan, here, group, open_at_s, close_at_s)
+            move = _window(plan, here, needed, open_at_s, close_at_s)
             rank = (round(move.late_by_s(open_at_s), 1), -takeover)
             if best is None or rank < best[:2]:
                 # until the move takes over, the controller runs its normal plan
@@ -495,7 +513,7 @@ def plan_green_windows(
                 joined = followed_to(plan, kept, takeover, move.starts_at_s)
                 best = (*rank, [s for s in joined if s.at_s < move.starts_at_s], move)
         if best is None:
-            raise ValidationError("windows", f"the window of group {group!r} cannot be served")
+            raise ValidationError("windows", f"the window of {sorted(needed)} cannot be served")
         steps = [*best[2], *best[3].steps]
         transitions.append(best[3])
         previous_close = close_at_s
@@ -505,10 +523,13 @@ def plan_green_windows(
     return Schedule(start, tuple(steps), tuple(transitions))
 
 
-def _merged(windows: Sequence[WindowRequest], now_s: float) -> list[tuple[str, float, float]]:
-    """Open windows in order of opening; overlapping windows of one group become one, and
-    windows of different groups must not overlap (the corridor manager serves them in turn)."""
-    merged: list[tuple[str, float, float]] = []
+def _merged(
+    plan: TimingPlan, windows: Sequence[WindowRequest], now_s: float
+) -> list[tuple[frozenset[str], float, float]]:
+    """Open windows in order of opening; overlapping windows of one group, or of groups served
+    together (``TimingPlan.served_together``), become one, and other windows must not overlap
+    (the corridor manager serves them in turn)."""
+    merged: list[tuple[frozenset[str], float, float]] = []
     for window in sorted(windows, key=lambda w: (w.open_at_s, w.close_at_s)):
         check_id("group", window.group)
         check_number("open_at_s", window.open_at_s)
@@ -518,16 +539,16 @@ def _merged(windows: Sequence[WindowRequest], now_s: float) -> list[tuple[str, f
         if window.close_at_s <= now_s:
             continue
         if merged and merged[-1][2] > window.open_at_s:
-            group, opened, closed = merged[-1]
-            if group != window.group:
+            needed, opened, closed = merged[-1]
+            if window.group not in needed and not plan.served_together(min(needed), window.group):
                 raise ValidationError(
                     "windows",
-                    f"windows of groups {group!r} and {window.group!r} overlap: "
-                    "windows of different groups are served in turn",
+                    f"windows of groups {sorted(needed)} and {window.group!r} overlap: "
+                    "windows of groups shown by different phases are served in turn",
                 )
-            merged[-1] = (group, opened, max(closed, window.close_at_s))
+            merged[-1] = (needed | {window.group}, opened, max(closed, window.close_at_s))
         else:
-            merged.append((window.group, window.open_at_s, window.close_at_s))
+            merged.append((frozenset({window.group}), window.open_at_s, window.close_at_s))
     return merged
 
 
@@ -559,4 +580,6 @@ def return_to_normal(plan: TimingPlan, state: ControllerState) -> Transition:
     ]
     holding = [PhaseRequest(state.greens, state.at_s)]
     group = min(state.greens) if state.greens else min(plan.phases[0].groups)
-    return _with_way_back(plan, state, Strategy.NONE, group, holding, periods, state.at_s)
+    return _with_way_back(
+        plan, state, Strategy.NONE, frozenset({group}), holding, periods, state.at_s
+    )

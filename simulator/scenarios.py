@@ -206,11 +206,13 @@ def crossing_ambulances(
     column: int,
     at_s: float,
     speed_factor: float = AMBULANCE_SPEED_FACTOR,
+    opposing: bool = False,
 ) -> tuple[AmbulanceSpec, AmbulanceSpec]:
     """Two ambulances whose routes cross on a ``grid``: AMB-1 along ``row`` west to east,
-    leaving at ``at_s``; AMB-2 along ``column`` south to north, leaving so that at free flow
-    both reach the stop line of junction ``g{row}_{column}`` at the same moment, where their
-    corridors compete for the same intersection."""
+    leaving at ``at_s``; AMB-2 along ``column`` south to north (``opposing``: along ``row``
+    east to west, meeting AMB-1 head on), leaving so that at free flow both reach the stop
+    line of junction ``g{row}_{column}`` at the same moment, where their corridors compete
+    for the same intersection (or, opposing, share its green)."""
     nodes = road.network.intersection_by_id
     rows = sum(1 for n in nodes if n.startswith("bW"))
     columns = sum(1 for n in nodes if n.startswith("bS"))
@@ -219,7 +221,7 @@ def crossing_ambulances(
     east = [f"bW{row}", *(f"g{row}_{c}" for c in range(columns)), f"bE{row}"]
     north = [f"bS{column}", *(f"g{r}_{column}" for r in range(rows)), f"bN{column}"]
     crossing = f"g{row}_{column}"
-    routes = [_links(road, east), _links(road, north)]
+    routes = [_links(road, east), _links(road, east[::-1] if opposing else north)]
     reach = [_free_flow_to(road, route, crossing, speed_factor) for route in routes]
     return (
         AmbulanceSpec("AMB-1", tuple(routes[0]), at_s, speed_factor),

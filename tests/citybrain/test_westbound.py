@@ -60,6 +60,8 @@ def test_crossing_ambulances_take_no_direction() -> None:
             1,
             Setup(network=GRID.network, crossing=(4, 5), direction="westbound"),
         )
+    with pytest.raises(ValidationError, match="opposing"):
+        run_policy(Policy.NO_PRIORITY, 1, Setup(opposing=True))
 
 
 def test_a_run_too_short_for_the_ambulance_to_arrive_is_refused() -> None:

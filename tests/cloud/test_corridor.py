@@ -335,6 +335,30 @@ def test_silence_times_out_and_releases() -> None:
     assert _plans(actions)
 
 
+def test_vehicles_on_opposing_throughs_share_one_green_instead_of_taking_turns() -> None:
+    """Eastbound and westbound meet at a03: one main-through green serves both. Before, the
+    westbound window waited for the eastbound one to close (7 s later there, 5 s at the end)."""
+    back = ("east", "a05", "a04", "a03", "a02", "a01", "west")
+    alone = _manager()
+    alone.request(_request("AMB-2", origin="east", route=back, requested_at=108.0), 108.0)
+    manager = _manager()
+    manager.request(_request("AMB-1"), 100.0)
+    actions = manager.request(_request("AMB-2", origin="east", route=back), 108.0)
+    for node in ("a01", "a02", "a03", "a04", "a05"):
+        line, solo = _line(manager, node, "AMB-2"), _line(alone, node, "AMB-2")
+        assert (line.open_s, line.close_s) == pytest.approx((solo.open_s, solo.close_s))
+    east, west = _line(manager, "a03"), _line(manager, "a03", "AMB-2")
+    assert (east.group, west.group) == ("2", "6")
+    assert max(east.open_s, west.open_s) < min(east.close_s, west.close_s)  # they overlap
+    (sent,) = [p for p in _plans(actions) if p.intersection == "a03"]
+    cabinet = ControllerModel(ROAD.plans["a03"])
+    assert cabinet.command(sent.plan, 108.0).status is AckStatus.ACCEPTED
+    for line in (east, west):
+        for t in np.linspace(line.open_s, line.close_s, 8, endpoint=False):
+            shown = cabinet.state_at(float(t)).displays()
+            assert shown["2"] is shown["6"] is Indication.GREEN, t
+
+
 def test_a_higher_priority_keeps_its_window_and_the_other_waits_for_it() -> None:
     manager = _manager()
     manager.request(_request("AMB-1", priority=3), 100.0)
@@ -479,19 +503,24 @@ def test_windows_open_earlier_by_the_lead_the_cross_streets_can_afford() -> None
     assert opened["busy"] == pytest.approx(opened["unknown"], abs=0.01)
 
 
-def test_no_lead_where_another_corridor_comes_too() -> None:
-    """At an intersection another vehicle's corridor also crosses, a lead would come out of
-    that vehicle's turn, not the cross streets'."""
-    opened = {}
-    for others in ((), ("AMB-2",)):
+def test_no_lead_where_another_corridor_needs_another_phase_there() -> None:
+    """At an intersection another vehicle's corridor crosses, a lead would come out of that
+    vehicle's turn, not the cross streets'. One on the opposing through, or behind it on the
+    same, takes no turn there (the same phase): the lead stays."""
+    opened: dict[tuple[str, ...], float] = {}
+    crossing = ("a02s", "a02", "a02n")
+    back = ("east", "a05", "a04", "a03", "a02", "a01", "west")
+    for other in ((), crossing, back, ROUTE):
         manager = _manager(max_lead_s=20.0)
         for link in GRAPH.link_ids:
             manager.network_state.set_queue(link, 0.0, 100.0, flow_vph=0.0)
         manager.request(_request(), 100.0)
-        for vehicle in others:
-            manager.request(_request(vehicle, requested_at=100.0), 100.0)
-        opened[others] = _line(manager, "a02").open_s
-    assert opened[("AMB-2",)] == pytest.approx(opened[()] + 20.0 - Settings().margin_s, abs=0.01)
+        if other:
+            manager.request(_request("AMB-2", origin=other[0], route=other), 100.0)
+        opened[other] = _line(manager, "a02").open_s
+    lead = 20.0 - Settings().margin_s
+    assert opened[crossing] == pytest.approx(opened[()] + lead, abs=0.01)
+    assert opened[back] == opened[ROUTE] == opened[()]
 
 
 def test_a_window_coming_within_the_horizon_is_planned_without_a_position_report() -> None:

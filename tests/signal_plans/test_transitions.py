@@ -279,6 +279,58 @@ def test_several_windows_are_served_in_turn_safely(
     )
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=timing_plans(),
+    now=st.floats(10_000.0, 20_000.0),
+    pair=st.sampled_from([("1", "5"), ("2", "6"), ("3", "7"), ("4", "8")]),
+    lead=st.floats(0.0, 200.0),
+    lengths=st.lists(st.floats(4.0, 40.0), min_size=2, max_size=2),
+    overlap=st.floats(0.05, 0.95),
+    later=st.sampled_from(["1", "2", "3", "4", "5", "6", "7", "8"]),
+)
+def test_overlapping_windows_of_groups_one_phase_shows_are_one_green(
+    plan: TimingPlan,
+    now: float,
+    pair: tuple[str, str],
+    lead: float,
+    lengths: list[float],
+    overlap: float,
+    later: str,
+) -> None:
+    """Two vehicles on opposing throughs: their windows overlap and both are green all
+    through (served in turn, the second waited for the first's to close), safely; a third
+    window after them is served in turn as before."""
+    first = WindowRequest(pair[0], now + lead, now + lead + lengths[0])
+    opens = first.open_at_s + overlap * lengths[0]
+    second = WindowRequest(pair[1], opens, opens + lengths[1])
+    end = max(first.close_at_s, second.close_at_s)
+    third = WindowRequest(later, end + 30.0, end + 45.0)
+    assert plan.served_together(*pair)
+    schedule = plan_green_windows(plan, normal_state_at(plan, now), [second, first, third])
+    assert check_steps(schedule.start, schedule.steps).accepted
+    assert violations(schedule.start, schedule.steps) == []
+    assert len(schedule.transitions) == 2
+    together = schedule.transitions[0]
+    served_from = max(together.green_from_s, first.open_at_s)
+    for window in (first, second):
+        start = max(served_from, window.open_at_s)
+        for k in range(10):
+            t = start + (window.close_at_s - start) * k / 10
+            if t < window.close_at_s:
+                shown = _controller_shows(plan, schedule, t)
+                assert shown[window.group] is Indication.GREEN, (window, t)
+
+
+def test_overlapping_windows_of_groups_no_phase_shows_together_are_refused() -> None:
+    plan = lead_lead_plan(nema_eight_group("X"))
+    state = normal_state_at(plan, 1000.0)
+    windows = [WindowRequest("2", 1020.0, 1040.0), WindowRequest("5", 1030.0, 1050.0)]
+    assert not plan.served_together("2", "5")  # compatible, but shown by different phases
+    with pytest.raises(ValidationError, match="shown by different phases"):
+        plan_green_windows(plan, state, windows)
+
+
 def _controller_shows(plan: TimingPlan, schedule: Schedule, at_s: float) -> dict[str, Indication]:
     """What a controller running ``schedule`` shows: its normal plan before the takeover, the
     steps, then after the last step its displays held until the normal plan shows the same."""

@@ -111,6 +111,16 @@ def test_crossing_ambulances_reach_their_crossing_together_at_free_flow() -> Non
     assert second.depart_s == pytest.approx(1000.0 + 200.0 / speed)
 
 
+def test_opposing_ambulances_meet_head_on_at_their_crossing_at_free_flow() -> None:
+    first, second = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0, opposing=True)
+    assert first.route[0] == "bW4-g4_0"
+    assert second.route == tuple(
+        "-".join(reversed(link.split("-"))) for link in reversed(first.route)
+    )
+    # AMB-1 has 150 + 5 x 200 m to g4_5's stop line, AMB-2 150 + 4 x 200 m: 200 m more
+    assert second.depart_s == pytest.approx(1000.0 + 200.0 / (13.9 * 1.3))
+
+
 def test_several_ambulances_come_after_the_traffic_which_they_leave_unchanged() -> None:
     specs = crossing_ambulances(GRID, row=4, column=5, at_s=300.0)
     alone = build(GRID, level=Level.LIGHT, duration_s=600.0, seed=2)
