@@ -264,7 +264,8 @@ class CloudCore:
         actions = self.manager.request(request, now_s, start=start)
         corridor_id = self.manager.by_vehicle[request.vehicle]
         first = {(a.intersection, a.plan.plan_id) for a in actions if isinstance(a, SendPlan)}
-        self.dispatches[corridor_id] = _Dispatch(started, first)
+        if first:  # none: every window lies beyond reach for now, no latency to time
+            self.dispatches[corridor_id] = _Dispatch(started, first)
         self.counters["corridors_requested"] += 1
         return self._track(actions, now_s)
 

@@ -1028,12 +1028,19 @@ class CorridorManager:
         where more than one. Vehicles on opposing throughs need the same one: counted as
         two, every intersection two ambulances meeting on a street both pass lost its lead
         and took turns (10 of 10 on a grid row)."""
-        needs = {
-            (line.intersection, self.plans[line.intersection].window_groups(line.group))
-            for corridor in live
-            for line in _ahead(corridor)
-        }
-        return Counter(node for node, _ in needs)
+        needs: dict[str, dict[frozenset[str] | None, set[str]]] = {}
+        for corridor in live:
+            for line in _ahead(corridor):
+                phase = self.plans[line.intersection].window_groups(line.group)
+                by_phase = needs.setdefault(line.intersection, {})
+                by_phase.setdefault(phase, set()).add(corridor.corridor_id)
+        return Counter(
+            {
+                # one corridor passing twice takes no turn with itself
+                node: len(by_phase) if len(set().union(*by_phase.values())) > 1 else 1
+                for node, by_phase in needs.items()
+            }
+        )
 
     def _check_stuck(self, corridor: Corridor, now_s: float) -> None:
         """Drop the windows of a vehicle that does not move while the one ahead is green (the
@@ -1428,7 +1435,8 @@ class CorridorManager:
                 if opened <= arrival + self.settings.clear_after_s:
                     conflicting = plan.signals.conflict(group, line.group)
                     clearance = plan.signals.intergreen_s({group}) if conflicting else 0.0
-                    earliest[line.hop] = max(earliest[line.hop], closed + clearance)
+                    ends = max(closed, opened + _min_green_s(plan, group))
+                    earliest[line.hop] = max(earliest[line.hop], ends + clearance)
                     if conflicting:
                         first = opened if first is None else min(first, opened)
         return first
@@ -1594,15 +1602,17 @@ class CorridorManager:
     def _within_reach(self, timed: list[tuple[float, float]], now_s: float) -> int:
         """How many of the windows (in order, as ``_timed``) a plan made now can hold: a plan
         takes over no sooner than ``max_lease_s`` before its last window closes (with
-        ``lease_margin_s``), and no later than its cabinet takes a plan made now. The rest
-        wait; ``deferred_until`` says when the first of them comes within reach."""
+        ``lease_margin_s``), and no later than its cabinet takes a plan made now nor than its
+        first window opens. The rest wait; ``deferred_until`` says when the first of them
+        comes within reach by age (the windows before it passed, a position re-plans)."""
         settings = self.settings
         latest = now_s + settings.max_plan_age_s - PLAN_AGE_SLACK_S
-        last = -math.inf
-        for count, (_, closing) in enumerate(timed):
-            last = max(last, closing)
+        last, first = -math.inf, math.inf
+        for count, (opening, closing) in enumerate(timed):
+            last, first = max(last, closing), min(first, opening)
             takeover = last + settings.lease_margin_s - settings.max_lease_s
-            if takeover > latest:
+            # nor after the plan's first window opens (a near window and one 5 minutes on)
+            if takeover > min(latest, first):
                 reach = takeover - settings.max_plan_age_s + PLAN_AGE_SLACK_S
                 self.deferred_until = min(self.deferred_until, reach)
                 return count
@@ -1840,6 +1850,15 @@ def _want(wanted: dict[str, list[_Wanted]], corridor: Corridor, line: StopLine) 
         return
     log.debug("%s: no room for %s's window", line.intersection, corridor.corridor_id)
     line.plan_id, line.confirmed = None, False
+
+
+def _min_green_s(plan: TimingPlan, group: str) -> float:
+    """The least green a window for ``group`` shows once opened: the longest minimum of the
+    groups its phase turns green (a window shorter than that runs longer, and one after it
+    timed from its close found its green late)."""
+    shown = plan.window_groups(group) or frozenset({group})
+    timings = plan.signals.timings
+    return max((timings[g].min_green_s for g in shown if g in timings), default=0.0)
 
 
 def _same_windows(

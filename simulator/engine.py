@@ -28,9 +28,9 @@ from citybrain.simulator.demand import ROUTING_INTERVAL_S, DepartureRouter, Trip
 from citybrain.simulator.engine_state import KernelState
 
 DEFAULT_DT_S = 1.0
-MAX_ADVANCE_S = 14 * 86400.0
-"""The most one ``advance`` runs: the longest scenario (7 days) and its continuation (as
-long again). A larger figure is a caller's mistake that would run for ever."""
+MAX_ADVANCE_S = 31 * 86400.0
+"""The most one ``advance`` runs: a month, over the longest run any entry point builds (30
+days). A larger figure is a caller's mistake that would run for ever."""
 LOST_TIME_S = 2.0
 ACCELERATION_MPS2 = 2.0
 DECELERATION_MPS2 = 3.0

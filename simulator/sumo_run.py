@@ -87,9 +87,9 @@ INSTALL = "pip install 'citybrain[sumo]'"
 OLDEST_SUMO = (1, 20)
 """The oldest SUMO the closed loop is built for (``pyproject.toml``'s ``sumo`` extra)."""
 SEED_MAX = 2**31 - 1
+"""SUMO's ``--seed`` is a C int: a larger one fails its command line."""
 LOAD_CHECK_TIMEOUT_S = 300.0
 """How long SUMO's binary may take to load a network again to say why libsumo could not."""
-"""SUMO's ``--seed`` is a C int: a larger one fails its command line."""
 
 _COLOUR = {Indication.GREEN: "G", Indication.YELLOW: "y", Indication.RED: "r"}
 _active: SumoRun | None = None
@@ -675,8 +675,10 @@ def _why_not_loaded(command: list[str]) -> str:
     """libsumo writes why it could not load to the process's standard error, and raises an
     exception that says nothing ("Process Error"): SUMO's binary, run on the same command line
     until time 0, says it again where it can be read."""
+    log = next(arg for arg in command if arg.endswith("sumo.log"))  # the run's own, kept
+    again = [str(Path(log).with_name("sumo-check.log")) if arg == log else arg for arg in command]
     try:
-        run_tool([*command, "--end", "0"], log=None, timeout_s=LOAD_CHECK_TIMEOUT_S)
+        run_tool([*again, "--end", "0"], log=None, timeout_s=LOAD_CHECK_TIMEOUT_S)
     except SumoError as error:
         return str(error)
     return "libsumo refused what SUMO's own binary loads (its words went to standard error)"

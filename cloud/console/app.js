@@ -295,7 +295,8 @@ function renderCorridors() {
     }),
   );
   if (!list.children.length) list.append(element("li", {}, "No corridors yet."));
-  map.routes = live.map((c) => ({ ids: c.route, selected: c.corridor_id === view.selected, status: c, vehicle: null }));
+  // placed at once: between this and the next animation step it read as no vehicle at all
+  map.routes = live.map((c) => ({ ids: c.route, selected: c.corridor_id === view.selected, status: c, vehicle: vehicleOf(c) }));
   if (view.selected) renderDetail();
   map.invalidate();
   animate();

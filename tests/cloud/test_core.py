@@ -147,6 +147,26 @@ def test_a_first_plan_not_sent_again_because_its_corridor_ended_ends_its_request
     assert core.counters["dispatches_superseded"] == 1
 
 
+def test_a_request_with_no_first_plan_times_no_latency() -> None:
+    """Leaving in 400 s with a long horizon, every window lies beyond reach: no first plan,
+    and the next ack of another corridor's plan took it as this request's (42 s "latency")."""
+    from citybrain.cloud.corridor import Settings as CorridorSettings
+
+    wall = Wall()
+    settings = CoreSettings(corridor=CorridorSettings(horizon_s=600.0))
+    core = CloudCore(ROAD.network, ROAD.plans, settings=settings, wall_clock=wall)
+    later = CorridorRequest(
+        vehicle="AMB-2", origin="west", route=ROUTE, priority=5, requester="op",
+        requested_at=NOW, depart_at=NOW + 400.0,
+    )  # fmt: skip
+    assert _plans(core.request(later, NOW)) == []
+    wall.t = 42.0
+    sent = _plans(core.request(_request(), NOW + 1.0))
+    for plan in sent:
+        core.on_ack(_ack(plan), NOW + 1.0)
+    assert list(core.plan_latency_ms) == [0.0]  # AMB-1's, none for AMB-2
+
+
 def test_telemetry_updates_queues_and_redeliveries_are_refused() -> None:
     core = _core()
     approach = next(a for a in ROAD.network.approaches if a.intersection_id == "a02")

@@ -129,18 +129,24 @@ def test_a_route_the_requester_fixes_is_followed_not_searched_between_its_ends()
     assert corridor.route.arrival_s > straight.arrival_s + 30.0  # four links more
 
 
+def _whole_arterial(*, horizon_s: float) -> tuple[Any, CorridorManager]:
+    """The demo's 7 km arterial (21 signals) with a horizon covering it, vehicles silent up
+    to 10 minutes."""
+    road = arterial()
+    graph = CorridorGraph.from_network(road.network, emergency_speed_factor=1.3)
+    return road, CorridorManager(
+        graph, Router(graph), NetworkState(road.network), road.plans,
+        lambda node, at: normal_state_at(road.plans[node], at),
+        settings=Settings(horizon_s=horizon_s, position_timeout_s=600.0),
+    )  # fmt: skip
+
+
 def test_windows_beyond_a_lease_wait_until_a_plan_for_them_can_take_over_in_time() -> None:
     """With a long horizon the last signals' windows lie over 300 s ahead: their plans took
     over up to 90 s after they were made, and each cabinet, handed its plan at the takeover,
     refused it as stale. Now every plan takes over while its cabinet still takes it, and the
     windows left out are sent once they come within reach, by ``tick`` if nothing else."""
-    road = arterial()
-    graph = CorridorGraph.from_network(road.network, emergency_speed_factor=1.3)
-    manager = CorridorManager(
-        graph, Router(graph), NetworkState(road.network), road.plans,
-        lambda node, at: normal_state_at(road.plans[node], at),
-        settings=Settings(horizon_s=400.0, position_timeout_s=600.0),
-    )  # fmt: skip
+    road, manager = _whole_arterial(horizon_s=400.0)
     sent = _plans(manager.request(_request(route=None, destination="east"), 100.0))
     first = {p.intersection for p in sent}
     assert len(first) < 21
@@ -155,6 +161,21 @@ def test_windows_beyond_a_lease_wait_until_a_plan_for_them_can_take_over_in_time
         assert plan.issued_at <= plan.windows[0].open_at
         cabinet = ControllerModel(road.plans[each.intersection])
         assert cabinet.command(plan, plan.valid_from).status is AckStatus.ACCEPTED
+
+
+def test_a_near_window_and_one_beyond_a_lease_at_one_intersection_wait_in_turn() -> None:
+    """A fire engine crossing a17 now while the ambulance comes there in 290 s: one plan for
+    both would take over after the near window opened, an invalid plan, and the request
+    raised (as did every later position of the ambulance). The near one goes now."""
+    _, manager = _whole_arterial(horizon_s=600.0)
+    manager.request(_request(route=None, destination="east"), 1000.0)
+    ambulance = _line(manager, "a17")
+    assert 280.0 < ambulance.eta_s - 1000.0 < 300.0
+    fire = _request("FIRE-2", origin="a17s", route=("a17s", "a17", "a17n"), requested_at=1001.0)
+    (sent,) = [p for p in _plans(manager.request(fire, 1001.0)) if p.intersection == "a17"]
+    assert [w.signal_group for w in sent.plan.windows] == [_line(manager, "a17", "FIRE-2").group]
+    assert ambulance.plan_id is None  # unconfirmed until it comes within reach
+    manager.on_position(_at("west-a01", 60.0, 1005.0), 1005.0)  # its reports go on
 
 
 def test_queues_make_windows_open_earlier() -> None:
@@ -357,6 +378,42 @@ def test_vehicles_on_opposing_throughs_share_one_green_instead_of_taking_turns()
         for t in np.linspace(line.open_s, line.close_s, 8, endpoint=False):
             shown = cabinet.state_at(float(t)).displays()
             assert shown["2"] is shown["6"] is Indication.GREEN, t
+
+
+def test_a_route_passing_an_intersection_twice_takes_no_turn_with_itself() -> None:
+    """Round a block back through g0_0 on another movement: counted as two phases needed
+    there, the intersection was shared and the second window there lost its lead (17 s)."""
+    manager = _grid_manager()
+    for link in manager.graph.link_ids:
+        manager.network_state.set_queue(link, 0.0, 100.0, flow_vph=0.0)
+    route = ("bW0", "g0_0", "g0_1", "g1_1", "g1_0", "g0_0", "bS0")
+    manager.request(_request(origin=None, route=route), 100.0)
+    lines = manager.corridors[manager.by_vehicle["AMB-1"]].stop_lines
+    passes = [(line.intersection, line.group) for line in lines if line.intersection == "g0_0"]
+    assert passes == [("g0_0", "2"), ("g0_0", "8")]
+    assert lines[-1].eta_s - lines[-1].open_s == pytest.approx(Settings().max_lead_s)
+
+
+def test_a_crossing_window_is_followed_after_its_minimum_green_not_its_close() -> None:
+    """A fire engine crossing a02 just before two ambulances meet there: its window is
+    shorter than its phase's minimum green, and theirs, timed from its close, opened on a red
+    the cabinet still held for the fire engine (both missed)."""
+    back = ("east", "a05", "a04", "a03", "a02", "a01", "west")
+    manager = _manager()
+    manager.request(_request("AMB-2", origin="east", route=back, requested_at=62.0), 62.0)
+    manager.request(_request("AMB-1"), 100.0)
+    crossing = _request("FIRE-3", origin="a02s", route=("a02s", "a02", "a02n"), requested_at=132.5)
+    actions = manager.request(crossing, 132.5)
+    (sent,) = [p for p in _plans(actions) if p.intersection == "a02"]
+    cabinet = ControllerModel(ROAD.plans["a02"])
+    assert cabinet.command(sent.plan, 132.5).status is AckStatus.ACCEPTED
+    for vehicle in ("AMB-1", "AMB-2", "FIRE-3"):
+        line = _line(manager, "a02", vehicle)
+        shown = [
+            cabinet.state_at(float(t)).displays()[line.group]
+            for t in np.linspace(max(line.open_s, 132.5), line.close_s, 10, endpoint=False)
+        ]
+        assert Indication.GREEN in shown, vehicle
 
 
 def test_a_higher_priority_keeps_its_window_and_the_other_waits_for_it() -> None:
@@ -1213,9 +1270,10 @@ def test_the_advice_aims_at_the_queue_its_approach_measures_not_at_the_flush_it_
 ):
     """12 cars stand on a02-a03 (3 lanes, 0.67 s a car) and 360 veh/h arrive. Before FIRE-2's
     window a03 flushes them ahead of time (100-109.5 s: 11.25 cars after the start-up), so
-    AMB-1's own window (127.5 s) has 1.7 left and 1.8 come: advised to get there as those
-    3.5 have left, half its band's early side after. FIRE-2 past, AMB-1's window open, 6
-    still standing: as they leave from then on."""
+    AMB-1's own window (130.5 s: FIRE-2's, 115-122 s, runs its phase's 10 s minimum green,
+    then 5.5 s of clearance) has 1.7 left and 2.1 come: advised to get there as those 3.8
+    have left, half its band's early side after. FIRE-2 past, AMB-1's window open, 6 still
+    standing: as they leave from then on."""
     manager = _held_at_a03()
     state = manager.network_state
     state.set_queue("a02-a03", 12.0, 100.0, flow_vph=360.0)
@@ -1223,11 +1281,11 @@ def test_the_advice_aims_at_the_queue_its_approach_measures_not_at_the_flush_it_
     line = _line_at(manager, "AMB-1", "a03")
     per_veh = float(state.discharge_s_per_veh[APPROACH])
     assert per_veh == pytest.approx(2.0 / 3.0)
-    assert (line.pre_open_s, line.pre_close_s, line.open_s) == pytest.approx((100.0, 109.5, 127.5))
+    assert (line.pre_open_s, line.pre_close_s, line.open_s) == pytest.approx((100.0, 109.5, 130.5))
     served = (109.5 - 100.0 - DEFAULT_LOST_TIME_S) / per_veh
-    ahead = 12.0 + 0.1 * 9.5 - served + 0.1 * (127.5 - 109.5)
-    assert ahead == pytest.approx(3.5)
-    gone = 127.5 + DEFAULT_LOST_TIME_S + ahead * per_veh
+    ahead = 12.0 + 0.1 * 9.5 - served + 0.1 * (130.5 - 109.5)
+    assert ahead == pytest.approx(3.8)
+    gone = 130.5 + DEFAULT_LOST_TIME_S + ahead * per_veh
     due = gone + ADVICE_BAND_SHARE * (line.eta_s - line.low_s)
     assert advised == pytest.approx(APPROACH_M / (due - 100.0), abs=0.1)
     side = float(GRAPH.link_time[GRAPH.link_index["a03s-a03"]])
