@@ -36,6 +36,8 @@ need the same phase should lose no more than half that over their whole trips.""
 
 Trip = tuple[float, int]
 """An ambulance's travel time and its stops."""
+Seed = dict[str, dict[str, Trip]]
+"""Per ambulance, its trip ``both`` (with the other) and ``alone``."""
 
 
 def _run(task: tuple[str, int, str | None]) -> dict[str, Trip]:
@@ -49,23 +51,23 @@ def _run(task: tuple[str, int, str | None]) -> dict[str, Trip]:
     }
 
 
-def measure(engine: str, seeds: list[int], jobs: int) -> list[dict[str, object]]:
+def measure(engine: str, seeds: list[int], jobs: int) -> dict[int, Seed]:
     """Per seed, each ambulance's trip with the other and alone."""
     tasks = [(engine, seed, only) for seed in seeds for only in (None, *AMBULANCES)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         done = list(pool.map(_run, tasks))
-    rows = []
+    rows: dict[int, Seed] = {}
     for index, seed in enumerate(seeds):
         both, *alone = done[3 * index : 3 * index + 3]
-        row: dict[str, object] = {"seed": seed}
-        for name, solo in zip(AMBULANCES, alone, strict=True):
-            row[name] = {"both": both[name], "alone": solo[name]}
-        rows.append(row)
+        rows[seed] = {
+            name: {"both": both[name], "alone": solo[name]}
+            for name, solo in zip(AMBULANCES, alone, strict=True)
+        }
         print(f"  seed {seed} done", file=sys.stderr)
     return rows
 
 
-def render(engine: str, rows: list[dict[str, object]]) -> str:
+def render(engine: str, rows: dict[int, Seed]) -> str:
     lines = [
         f"two ambulances meeting head on, demo grid row 4, corridor, {engine}, "
         f"{len(rows)} seeds: each trip with the other against the same seed alone",
@@ -73,17 +75,15 @@ def render(engine: str, rows: list[dict[str, object]]) -> str:
     ]
     extras: list[float] = []
     stops = {"both": 0, "alone": 0}
-    for row in rows:
+    for seed, row in rows.items():
         cells = []
         for name in AMBULANCES:
-            trip = row[name]
-            assert isinstance(trip, dict)
-            (both_s, both_stops), (alone_s, alone_stops) = trip["both"], trip["alone"]
+            (both_s, both_stops), (alone_s, alone_stops) = row[name]["both"], row[name]["alone"]
             extras.append(both_s - alone_s)
             stops["both"] += both_stops
             stops["alone"] += alone_stops
             cells.append(f"{both_s:7.1f} / {alone_s:7.1f} s ({both_stops} / {alone_stops})")
-        lines.append(f"  {row['seed']:4}   " + "   ".join(cells))
+        lines.append(f"  {seed:4}   " + "   ".join(cells))
     mean = statistics.fmean(extras)
     se = statistics.stdev(extras) / math.sqrt(len(extras)) if len(extras) > 1 else math.nan
     lines.append(
@@ -111,7 +111,8 @@ def main() -> int:
     rows = measure(args.engine, list(range(1, args.seeds + 1)), args.jobs)
     print(render(args.engine, rows))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"opposing-{args.engine}.json").write_text(json.dumps(rows, indent=1))
+    saved = [{"seed": seed, **row} for seed, row in rows.items()]
+    (args.out / f"opposing-{args.engine}.json").write_text(json.dumps(saved, indent=1))
     return 0
 
 

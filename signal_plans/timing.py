@@ -289,10 +289,19 @@ class TimingPlan:
     def window_groups(self, group: str) -> frozenset[str] | None:
         """What a green window for ``group`` shows: the phase serving it with the longest
         green (the first on a tie); None for a group no phase serves."""
-        candidates = self.phases_serving(group)
-        if not candidates:
-            return None
-        return self.phases[max(candidates, key=lambda i: (self.greens_s[i], -i))].groups
+        return self._window_phases.get(group)
+
+    @cached_property
+    def _window_phases(self) -> Mapping[str, frozenset[str]]:
+        """``window_groups`` of every group a phase serves, worked out once per plan: the
+        corridor manager asks it of every pair of windows it fits at an intersection."""
+        served = {group for phase in self.phases for group in phase.groups}
+        return {
+            group: self.phases[
+                max(self.phases_serving(group), key=lambda i: (self.greens_s[i], -i))
+            ].groups
+            for group in served
+        }
 
     def served_together(self, group: str, other: str) -> bool:
         """Whether windows of the two groups show the same phase, so that windows of both

@@ -458,13 +458,13 @@ class SumoRun(ControlledRun):
             *("--additional-files", str(additional), "--begin", "0"),
             *("--step-length", f"{dt_s:g}", "--seed", str(seed)),
             *teleport,
-            *("--no-step-log", "true"),
-            *("--log", str(self.work_dir / "sumo.log"), "--no-warnings", "true"),
+            *("--no-step-log", "true", "--no-warnings", "true"),
         ]
         try:
-            self._lib.start(command)
+            self._lib.start([*command, "--log", str(self.work_dir / "sumo.log")])
         except (self._lib.TraCIException, self._lib.FatalTraCIError):
-            raise SumoError(f"SUMO failed loading: {_why_not_loaded(command)}") from None
+            check = [*command, "--log", str(self.work_dir / "sumo-check.log")]  # the run's kept
+            raise SumoError(f"SUMO failed loading: {_why_not_loaded(check)}") from None
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -675,10 +675,8 @@ def _why_not_loaded(command: list[str]) -> str:
     """libsumo writes why it could not load to the process's standard error, and raises an
     exception that says nothing ("Process Error"): SUMO's binary, run on the same command line
     until time 0, says it again where it can be read."""
-    log = next(arg for arg in command if arg.endswith("sumo.log"))  # the run's own, kept
-    again = [str(Path(log).with_name("sumo-check.log")) if arg == log else arg for arg in command]
     try:
-        run_tool([*again, "--end", "0"], log=None, timeout_s=LOAD_CHECK_TIMEOUT_S)
+        run_tool([*command, "--end", "0"], log=None, timeout_s=LOAD_CHECK_TIMEOUT_S)
     except SumoError as error:
         return str(error)
     return "libsumo refused what SUMO's own binary loads (its words went to standard error)"
