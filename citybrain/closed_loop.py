@@ -60,6 +60,7 @@ from citybrain.simulator.runner import Engine, SimulationRun, VehicleIncident
 from citybrain.simulator.scenarios import (
     Direction,
     Level,
+    Meeting,
     Scenario,
     build,
     crossing_ambulances,
@@ -206,11 +207,11 @@ class Setup:
     peak: bool = False
     """Demand with a peak (x1.5 at mid-run), see `citybrain.simulator.scenarios.build`."""
     crossing: tuple[int, int] | None = None
-    """(row, column) on a grid: two ambulances whose routes cross at junction ``g{row}_{column}``
+    """(row, column) on a grid: ambulances that meet at junction ``g{row}_{column}``
     (`crossing_ambulances`: AMB-1 leaves after the warm-up); None: one along the main route."""
-    opposing: bool = False
-    """With ``crossing``: the second ambulance drives the first's row the other way, meeting
-    it there head on, instead of along the column."""
+    meeting: Meeting = Meeting.CROSSING
+    """With ``crossing``: how they meet there (AMB-2 along the column, the row the other way,
+    behind AMB-1, or both of the last but one and AMB-3 along the column)."""
     direction: Direction = "eastbound"
     """The one ambulance's way along the main route: ``westbound`` drives against the
     arterial's green wave, where no priority meets far more reds (only without ``crossing``)."""
@@ -435,8 +436,8 @@ def setup_scenario(setup: Setup, seed: int, *, only: str | None = None) -> Scena
     if setup.crossing is None:
         if only is not None:
             raise ValidationError("only", "a setup without a crossing has one ambulance")
-        if setup.opposing:
-            raise ValidationError("opposing", "an ambulance meets another only at a crossing")
+        if setup.meeting is not Meeting.CROSSING:
+            raise ValidationError("meeting", "ambulances meet only at a crossing")
         return build(
             setup.network,
             level=setup.level,
@@ -451,7 +452,7 @@ def setup_scenario(setup: Setup, seed: int, *, only: str | None = None) -> Scena
     road = load_network(setup.network)
     row, column = setup.crossing
     ambulances = crossing_ambulances(
-        road, row=row, column=column, at_s=setup.warmup_s, opposing=setup.opposing
+        road, row=row, column=column, at_s=setup.warmup_s, meeting=setup.meeting
     )
     kept = [a for a in ambulances if only is None or a.name == only]
     if not kept:

@@ -199,6 +199,26 @@ def build(
     return Scenario(f"{road.name}-{level}", net, trips, duration_s, seed, snet)
 
 
+class Meeting(enum.StrEnum):
+    """How the ambulances of a grid case meet at its junction ``g{row}_{column}``."""
+
+    CROSSING = "crossing"
+    """AMB-1 along the row west to east, AMB-2 along the column south to north: different
+    phases, taken in turn."""
+    HEAD_ON = "head-on"
+    """AMB-2 along the row east to west: the opposing through, one phase for both."""
+    CONVOY = "convoy"
+    """AMB-2 behind AMB-1 on its route, ``CONVOY_GAP_S`` later (two crews sent to one call)."""
+    THREE_WAY = "three-way"
+    """Head on, and AMB-3 along the column as well: two vehicles served by one phase against
+    one served by another."""
+
+
+CONVOY_GAP_S = 20.0
+"""How long after AMB-1 the second of a convoy leaves: close enough for one green to serve
+both at every signal, the case where its corridor must cost the first nothing."""
+
+
 def crossing_ambulances(
     road: RoadNetwork,
     *,
@@ -206,26 +226,43 @@ def crossing_ambulances(
     column: int,
     at_s: float,
     speed_factor: float = AMBULANCE_SPEED_FACTOR,
-    opposing: bool = False,
-) -> tuple[AmbulanceSpec, AmbulanceSpec]:
-    """Two ambulances whose routes cross on a ``grid``: AMB-1 along ``row`` west to east,
-    leaving at ``at_s``; AMB-2 along ``column`` south to north (``opposing``: along ``row``
-    east to west, meeting AMB-1 head on), leaving so that at free flow both reach the stop
-    line of junction ``g{row}_{column}`` at the same moment, where their corridors compete
-    for the same intersection (or, opposing, share its green)."""
+    meeting: Meeting = Meeting.CROSSING,
+) -> tuple[AmbulanceSpec, ...]:
+    """Ambulances that meet at junction ``g{row}_{column}`` of a ``grid`` as ``meeting`` says,
+    AMB-1 along ``row`` west to east leaving at ``at_s``, the others leaving so that at free
+    flow they reach that junction's stop line at the same moment (a convoy's second
+    ``CONVOY_GAP_S`` after the first), where their corridors compete for it or share its
+    green."""
     nodes = road.network.intersection_by_id
     rows = sum(1 for n in nodes if n.startswith("bW"))
     columns = sum(1 for n in nodes if n.startswith("bS"))
     check_count("row", row, le=max(rows - 1, 0))
     check_count("column", column, le=max(columns - 1, 0))
-    east = [f"bW{row}", *(f"g{row}_{c}" for c in range(columns)), f"bE{row}"]
-    north = [f"bS{column}", *(f"g{r}_{column}" for r in range(rows)), f"bN{column}"]
+    east = _links(road, [f"bW{row}", *(f"g{row}_{c}" for c in range(columns)), f"bE{row}"])
+    west = _links(
+        road, [f"bE{row}", *(f"g{row}_{c}" for c in reversed(range(columns))), f"bW{row}"]
+    )
+    north = _links(road, [f"bS{column}", *(f"g{r}_{column}" for r in range(rows)), f"bN{column}"])
+    others = {
+        Meeting.CROSSING: [north],
+        Meeting.HEAD_ON: [west],
+        Meeting.CONVOY: [east],
+        Meeting.THREE_WAY: [west, north],
+    }[meeting]
     crossing = f"g{row}_{column}"
-    routes = [_links(road, east), _links(road, east[::-1] if opposing else north)]
-    reach = [_free_flow_to(road, route, crossing, speed_factor) for route in routes]
+    first = _free_flow_to(road, east, crossing, speed_factor)
+    gap = CONVOY_GAP_S if meeting is Meeting.CONVOY else 0.0
     return (
-        AmbulanceSpec("AMB-1", tuple(routes[0]), at_s, speed_factor),
-        AmbulanceSpec("AMB-2", tuple(routes[1]), at_s + reach[0] - reach[1], speed_factor),
+        AmbulanceSpec("AMB-1", tuple(east), at_s, speed_factor),
+        *(
+            AmbulanceSpec(
+                f"AMB-{number}",
+                tuple(route),
+                at_s + gap + first - _free_flow_to(road, route, crossing, speed_factor),
+                speed_factor,
+            )
+            for number, route in enumerate(others, start=2)
+        ),
     )
 
 

@@ -90,6 +90,10 @@ SEED_MAX = 2**31 - 1
 """SUMO's ``--seed`` is a C int: a larger one fails its command line."""
 LOAD_CHECK_TIMEOUT_S = 300.0
 """How long SUMO's binary may take to load a network again to say why libsumo could not."""
+OPAQUE_LOAD_ERROR = "Process Error"
+"""What libsumo raises where it wrote why to standard error (a file it cannot read, a loop on
+a lane the network lacks): only then is the binary run again to say it (``_why_not_loaded``);
+other load errors (a route over an edge the network lacks) carry SUMO's words themselves."""
 
 _COLOUR = {Indication.GREEN: "G", Indication.YELLOW: "y", Indication.RED: "r"}
 _active: SumoRun | None = None
@@ -462,7 +466,10 @@ class SumoRun(ControlledRun):
         ]
         try:
             self._lib.start([*command, "--log", str(self.work_dir / "sumo.log")])
-        except (self._lib.TraCIException, self._lib.FatalTraCIError):
+        except (self._lib.TraCIException, self._lib.FatalTraCIError) as error:
+            said = str(error).strip()
+            if said and said != OPAQUE_LOAD_ERROR:  # a route's unknown edge, say: SUMO's words
+                raise SumoError(f"SUMO failed loading: {said}") from None
             check = [*command, "--log", str(self.work_dir / "sumo-check.log")]  # the run's kept
             raise SumoError(f"SUMO failed loading: {_why_not_loaded(check)}") from None
 

@@ -11,7 +11,7 @@ from citybrain import demo
 from citybrain.closed_loop import AMBULANCE, GRID, Policy, Setup, run_policy
 from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorState
-from citybrain.simulator.scenarios import Level
+from citybrain.simulator.scenarios import Level, Meeting
 
 WEST = Setup(
     network="arterial:6",
@@ -60,8 +60,8 @@ def test_crossing_ambulances_take_no_direction() -> None:
             1,
             Setup(network=GRID.network, crossing=(4, 5), direction="westbound"),
         )
-    with pytest.raises(ValidationError, match="opposing"):
-        run_policy(Policy.NO_PRIORITY, 1, Setup(opposing=True))
+    with pytest.raises(ValidationError, match="meeting"):
+        run_policy(Policy.NO_PRIORITY, 1, Setup(meeting=Meeting.HEAD_ON))
 
 
 def test_a_run_too_short_for_the_ambulance_to_arrive_is_refused() -> None:

@@ -380,6 +380,31 @@ def test_vehicles_on_opposing_throughs_share_one_green_instead_of_taking_turns()
             assert shown["2"] is shown["6"] is Indication.GREEN, t
 
 
+def test_a_convoy_is_one_green_that_costs_the_first_nothing() -> None:
+    """Two crews sent to one call, the second 10 s behind the first on its route: at every
+    signal one green holds from the first's arrival to the second's close, and the first's
+    windows are those it has alone."""
+    alone = _manager()
+    alone.request(_request("AMB-1", depart_at=100.0), 100.0)
+    manager = _manager()
+    manager.request(_request("AMB-1", depart_at=100.0), 100.0)
+    actions = manager.request(_request("AMB-2", depart_at=110.0, requested_at=101.0), 101.0)
+    plans = {p.intersection: p.plan for p in _plans(actions)}
+    for node in ("a01", "a02", "a03", "a04", "a05"):
+        first, second = _line(manager, node), _line(manager, node, "AMB-2")
+        solo = _line(alone, node)
+        assert (first.open_s, first.close_s) == pytest.approx((solo.open_s, solo.close_s), abs=0.1)
+        assert first.group == second.group
+        assert second.eta_s > first.eta_s
+        cabinet = ControllerModel(ROAD.plans[node])
+        assert cabinet.command(plans[node], 101.0).status is AckStatus.ACCEPTED
+        # from the first's arrival (a normal plan's green that starts up to 2 s after the
+        # window opens serves it: SKIP_RATHER_THAN_LATE_S) to the second's close, unbroken
+        span = np.linspace(first.eta_s, second.close_s, 16, endpoint=False)
+        shown = [cabinet.state_at(float(t)).displays()[first.group] for t in span]
+        assert shown == [Indication.GREEN] * len(span), node
+
+
 def test_a_route_passing_an_intersection_twice_takes_no_turn_with_itself() -> None:
     """Round a block back through g0_0 on another movement: counted as two phases needed
     there, the intersection was shared and the second window there lost its lead (17 s)."""

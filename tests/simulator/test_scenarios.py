@@ -13,10 +13,12 @@ from citybrain.simulator.compiled import compile_network
 from citybrain.simulator.demand import Trips, fixed_route, random_trips
 from citybrain.simulator.networks import arterial, grid
 from citybrain.simulator.scenarios import (
+    CONVOY_GAP_S,
     MAIN_ENTRY_VPH,
     SIDE_ENTRY_VPH,
     AmbulanceSpec,
     Level,
+    Meeting,
     build,
     crossing_ambulances,
     load_network,
@@ -112,13 +114,29 @@ def test_crossing_ambulances_reach_their_crossing_together_at_free_flow() -> Non
 
 
 def test_opposing_ambulances_meet_head_on_at_their_crossing_at_free_flow() -> None:
-    first, second = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0, opposing=True)
+    first, second = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0, meeting=Meeting.HEAD_ON)
     assert first.route[0] == "bW4-g4_0"
     assert second.route == tuple(
         "-".join(reversed(link.split("-"))) for link in reversed(first.route)
     )
     # AMB-1 has 150 + 5 x 200 m to g4_5's stop line, AMB-2 150 + 4 x 200 m: 200 m more
     assert second.depart_s == pytest.approx(1000.0 + 200.0 / (13.9 * 1.3))
+
+
+def test_a_convoy_follows_the_first_on_its_route() -> None:
+    first, second = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0, meeting=Meeting.CONVOY)
+    assert second.route == first.route
+    assert second.name == "AMB-2"
+    assert second.depart_s == pytest.approx(1000.0 + CONVOY_GAP_S)
+
+
+def test_three_ways_meet_head_on_and_across_at_free_flow() -> None:
+    specs = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0, meeting=Meeting.THREE_WAY)
+    head_on = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0, meeting=Meeting.HEAD_ON)
+    across = crossing_ambulances(GRID, row=4, column=5, at_s=1000.0)
+    assert [spec.name for spec in specs] == ["AMB-1", "AMB-2", "AMB-3"]
+    assert specs[:2] == head_on
+    assert (specs[2].route, specs[2].depart_s) == (across[1].route, across[1].depart_s)
 
 
 def test_several_ambulances_come_after_the_traffic_which_they_leave_unchanged() -> None:

@@ -451,6 +451,28 @@ def test_a_speed_cap_holds_the_sumo_vehicle_under_it_until_lifted() -> None:
         assert freed.max() > 13.9
 
 
+def test_a_load_error_libsumo_words_itself_is_kept_without_loading_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route over an edge the network lacks: libsumo's exception says so itself. It was
+    dropped for SUMO's binary loading everything again (up to 300 s on a large network)."""
+    real_start = sumo_run.SumoRun._start
+
+    def bad_route(self: Any, net_file: Path, routes: Path, *rest: Any) -> None:
+        vehicle = '<vehicle id="v" depart="0"><route edges="nowhere"/></vehicle>'
+        routes.write_text(f"<routes>{vehicle}</routes>")
+        real_start(self, net_file, routes, *rest)
+
+    def no_second_load(*args: Any, **kwargs: Any) -> float:
+        raise AssertionError("loaded again")
+
+    monkeypatch.setattr(sumo_run.SumoRun, "_start", bad_route)
+    monkeypatch.setattr(sumo_run, "run_tool", no_second_load)
+    with pytest.raises(sumo.SumoError, match="SUMO failed loading: The edge 'nowhere' within"):
+        _short_run(seconds=60.0)
+    assert not libsumo.simulation.isLoaded()
+
+
 def test_a_network_whose_ids_hold_xml_characters_runs(tmp_path: Path) -> None:
     """SUMO takes an edge id with an ampersand; our loop file wrote it unescaped, so SUMO
     could not read it and said only 'Process Error'."""
