@@ -55,6 +55,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections import defaultdict
@@ -235,8 +236,18 @@ def run_tool(command: Sequence[str], *, log: Path | None, timeout_s: float | Non
         log.write_text(f"$ {' '.join(command)}\n{output}")
     if done.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-12:])
-        raise SumoError(f"{Path(command[0]).name} exited with {done.returncode}:\n{tail}")
+        raise SumoError(f"{Path(command[0]).name} {_ended(done.returncode)}:\n{tail}")
     return wall
+
+
+def _ended(returncode: int) -> str:
+    """How a tool's process ended: a crash by its signal's name, else its exit status."""
+    if returncode < 0:
+        try:
+            return f"crashed ({signal.Signals(-returncode).name})"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with {returncode}"
 
 
 def netgenerate_grid(

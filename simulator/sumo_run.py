@@ -415,6 +415,8 @@ class SumoRun(ControlledRun):
         try:
             if sumo_net is None:
                 sumo_net = export_network(net.road, self.work_dir / "net")
+            else:  # a file we did not write: SUMO may crash on it, taking this process along
+                _check_sumo_loads(sumo_net.path, self.work_dir / "sumo-net-check.log")
             self.sumo_net = sumo_net
             loops = _Loops(net, sumo_net)
             self.sim = SumoState(net, trips, dt_s, loops, libsumo, self._errors)
@@ -676,6 +678,28 @@ def open_run(
     if engine is Engine.SUMO:
         return SumoRun(scenario.net, scenario.trips, sumo_net=scenario.sumo_net, seed=scenario.seed)
     return contextlib.nullcontext(Run(scenario.net, scenario.trips))
+
+
+_loads: set[tuple[str, int, int]] = set()
+"""Network files SUMO's binary loaded in this process (path, size, modification time)."""
+
+
+def _check_sumo_loads(net_file: Path, log: Path) -> None:
+    """SUMO crashes on some networks it cannot run (one without connections: a segmentation
+    fault, in libsumo the whole process with it), so a file we did not write is loaded first
+    by SUMO's binary in a process of its own, once per file and process: such a network fails
+    with our error, and what SUMO said."""
+    stat = net_file.stat()
+    key = (str(net_file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _loads:
+        return
+    binary = find_binary("sumo")
+    command = [str(binary or "sumo"), "--net-file", str(net_file), "--end", "0"]
+    try:
+        run_tool([*command, "--no-step-log", "true"], log=log, timeout_s=LOAD_CHECK_TIMEOUT_S)
+    except SumoError as error:
+        raise SumoError(f"SUMO cannot run network {net_file.name}: {error}") from None
+    _loads.add(key)
 
 
 def _why_not_loaded(command: list[str]) -> str:

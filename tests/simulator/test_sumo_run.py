@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import re
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -473,6 +474,25 @@ def test_a_load_error_libsumo_words_itself_is_kept_without_loading_again(
     assert not libsumo.simulation.isLoaded()
 
 
+def test_a_network_sumo_crashes_on_fails_with_our_error_and_this_process_lives(
+    tmp_path: Path,
+) -> None:
+    """A network whose connections through its junctions' insides are gone: our reader takes
+    it, SUMO dies of a segmentation fault loading it, and libsumo took the whole process with
+    it (the field bus, a benchmark)."""
+    grid = sumo.netgenerate_grid(tmp_path / "grid.net.xml", rows=2, columns=2)
+    bare = tmp_path / "bare.net.xml"
+    bare.write_text(re.sub(r'<connection from=":[^>]*/>', "", grid.read_text()))
+    imported = sumo.read_net(bare)
+    net = compile_network(imported.road)
+    with pytest.raises(
+        sumo.SumoError, match=r"SUMO cannot run network bare\.net\.xml: sumo crashed \(SIGSEGV\)"
+    ):
+        SumoRun(net, _no_trips(), sumo_net=imported, work_dir=tmp_path / "run")
+    assert not libsumo.simulation.isLoaded()
+    assert "bare.net.xml" in (tmp_path / "run" / "sumo-net-check.log").read_text()
+
+
 def test_a_network_whose_ids_hold_xml_characters_runs(tmp_path: Path) -> None:
     """SUMO takes an edge id with an ampersand; our loop file wrote it unescaped, so SUMO
     could not read it and said only 'Process Error'."""
@@ -481,9 +501,12 @@ def test_a_network_whose_ids_hold_xml_characters_runs(tmp_path: Path) -> None:
     odd.write_text(exported.path.read_text().replace("a01-a02", "a01&amp;a02"))
     imported = sumo.read_net(odd)
     net = compile_network(imported.road)
-    no_trips = Trips(
+    with SumoRun(net, _no_trips(), sumo_net=imported) as run:
+        run.advance(5.0)
+
+
+def _no_trips() -> Trips:
+    return Trips(
         np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
         np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.bool_), {},
     )  # fmt: skip
-    with SumoRun(net, no_trips, sumo_net=imported) as run:
-        run.advance(5.0)
