@@ -1,6 +1,7 @@
 """Several ambulances meeting on the demo's 10 x 10 grid (issue 13), all at junction g4_5's
-stop line at the same moment at free flow (``Setup.meeting``; the crossing of two, AMB-1
-along row 4 and AMB-2 along column 5, has its own report in ``sumo_closed_loop.py``):
+stop line at the same moment at free flow but a convoy's second (``Setup.meeting``; the
+crossing of two, AMB-1 along row 4 and AMB-2 along column 5, has its own report in
+``sumo_closed_loop.py``):
 
 - ``head-on``: AMB-2 along row 4 the other way. Both corridors pass every signal of the row,
   one on the main through, the other on the opposing one: one phase serves both.
@@ -14,9 +15,11 @@ the same alone is what the junction cost it.
     .venv/bin/python benchmarks/meeting.py [--meeting head-on] [--seeds 10]
         [--engine ours|sumo] [--jobs 2] [--out out/bench]
 
-A table per seed, the mean extra per trip with its standard error, the stops, the larger loss
-at the junction, a verdict line; JSON in ``OUT/meeting-MEETING-ENGINE.json``. Each run in a
-process of its own (libsumo holds one simulation per process).
+A table per seed, the mean extra per trip with its standard error (over the seeds' means: one
+seed's trips share its traffic), each ambulance's, the stops, the larger loss at the junction,
+a verdict line (a convoy judged on what the second costs the first); JSON in
+``OUT/meeting-MEETING-ENGINE.json``. Each run in a process of its own (libsumo holds one
+simulation per process).
 """
 
 from __future__ import annotations
@@ -90,45 +93,72 @@ def render(engine: str, meeting: Meeting, rows: dict[int, Seed]) -> str:
         f"{len(rows)} seeds: each trip with the others against the same seed alone",
         "  seed   " + "   ".join(f"{name} with / alone (stops)   at {JUNCTION}" for name in names),
     ]
-    extras: list[float] = []
+    extras: dict[str, list[float]] = {name: [] for name in names}
+    by_seed: list[float] = []  # each seed's mean extra: its trips share traffic, so one sample
     larger: list[float] = []
     stops = {"both": 0, "alone": 0}
+    lost = 0
     for seed, row in rows.items():
-        cells, losses = [], []
+        cells, losses, seed_extras = [], [], []
         for name in names:
             (both_s, both_stops, both_at), (alone_s, alone_stops, alone_at) = (
                 row[name]["both"],
                 row[name]["alone"],
             )
-            extras.append(both_s - alone_s)
-            losses.append(both_at - alone_at)
+            extra, loss = both_s - alone_s, both_at - alone_at
+            cells.append(
+                f"{both_s:6.1f} / {alone_s:6.1f} s ({both_stops} / {alone_stops}) {loss:+6.1f} s"
+            )
+            if math.isnan(extra):  # SUMO teleported or removed it, with or alone: no drive
+                lost += 1
+                continue
+            extras[name].append(extra)
+            seed_extras.append(extra)
+            losses.append(loss)
             stops["both"] += both_stops
             stops["alone"] += alone_stops
-            cells.append(
-                f"{both_s:6.1f} / {alone_s:6.1f} s ({both_stops} / {alone_stops}) "
-                f"{both_at - alone_at:+6.1f} s"
-            )
-        larger.append(max(losses))
+        if seed_extras:
+            by_seed.append(statistics.fmean(seed_extras))
+            larger.append(max(losses))
         lines.append(f"  {seed:4}   " + "   ".join(cells))
-    mean = statistics.fmean(extras)
-    se = statistics.stdev(extras) / math.sqrt(len(extras)) if len(extras) > 1 else math.nan
+    trips = [extra for name in names for extra in extras[name]]
+    mean, larger_mean = statistics.fmean(trips), statistics.fmean(larger)
     lines.append(
-        f"  extra per trip: mean {mean:+.1f} s (se {se:.1f}), median "
-        f"{statistics.median(extras):+.1f} s, worst {max(extras):+.1f} s; stops "
-        f"{stops['both']} with the others against {stops['alone']} alone ({len(extras)} trips); "
-        f"the larger loss at {JUNCTION} {statistics.fmean(larger):.1f} s a seed"
+        f"  extra per trip: mean {mean:+.1f} s (se {_se(by_seed):.1f}, over seeds), median "
+        f"{statistics.median(trips):+.1f} s, worst {max(trips):+.1f} s; stops {stops['both']} "
+        f"with the others against {stops['alone']} alone ({len(trips)} trips"
+        + (f", {lost} lost to SUMO left out" if lost else "")
+        + f"); the larger loss at {JUNCTION} {larger_mean:.1f} s a seed"
     )
-    lines.append(_verdict(meeting, mean, statistics.fmean(larger), max(extras)))
+    lines.append(
+        "  each ambulance's extra: "
+        + ", ".join(
+            f"{name} {statistics.fmean(extras[name]):+.1f} s (se {_se(extras[name]):.1f})"
+            for name in names
+        )
+    )
+    first = statistics.fmean(extras[names[0]])
+    lines.append(_verdict(meeting, mean, first, larger_mean, max(trips)))
     return "\n".join(lines)
 
 
-def _verdict(meeting: Meeting, mean: float, larger: float, worst: float) -> str:
+def _se(values: list[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
+def _verdict(meeting: Meeting, mean: float, first: float, larger: float, worst: float) -> str:
     if meeting is Meeting.THREE_WAY:
         held = "holds" if larger <= CROSSING_TARGET_S else "does not hold"
         return (
             f"verdict: where one phase serves two of them and another the third, the one that "
             f"waits loses {larger:.1f} s at {JUNCTION} ({held} at the crossing's "
             f"{CROSSING_TARGET_S:.0f} s); each trip {mean:+.1f} s on average"
+        )
+    if meeting is Meeting.CONVOY:
+        held = "holds" if first <= SAME_PHASE_TARGET_S else "does not hold"
+        return (
+            f"verdict: the second of a convoy costs the first {first:+.1f} s on average ({held} "
+            f"at {SAME_PHASE_TARGET_S:.0f} s); each trip {mean:+.1f} s"
         )
     held = "holds" if mean <= SAME_PHASE_TARGET_S else "does not hold"
     return (
@@ -152,10 +182,21 @@ def main() -> int:
     rows = measure(args.engine, meeting, list(range(1, args.seeds + 1)), args.jobs)
     print(render(args.engine, meeting, rows))
     args.out.mkdir(parents=True, exist_ok=True)
-    saved = [{"seed": seed, **row} for seed, row in rows.items()]
+    saved = [{"seed": seed, **_json_safe(row)} for seed, row in rows.items()]
     path = args.out / f"meeting-{meeting.value}-{args.engine}.json"
-    path.write_text(json.dumps(saved, indent=1))
+    path.write_text(json.dumps(saved, indent=1, allow_nan=False))
     return 0
+
+
+def _json_safe(row: Seed) -> dict[str, dict[str, list[float | int | None]]]:
+    """A lost trip's nan (no travel time, no junction reached) as null: JSON has no nan."""
+    return {
+        name: {
+            run: [None if isinstance(v, float) and math.isnan(v) else v for v in trip]
+            for run, trip in runs.items()
+        }
+        for name, runs in row.items()
+    }
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -88,6 +89,8 @@ OLDEST_SUMO = (1, 20)
 """The oldest SUMO the closed loop is built for (``pyproject.toml``'s ``sumo`` extra)."""
 SEED_MAX = 2**31 - 1
 """SUMO's ``--seed`` is a C int: a larger one fails its command line."""
+log = logging.getLogger(__name__)
+
 LOAD_CHECK_TIMEOUT_S = 300.0
 """How long SUMO's binary may take to load a network again to say why libsumo could not."""
 OPAQUE_LOAD_ERROR = "Process Error"
@@ -481,10 +484,9 @@ class SumoRun(ControlledRun):
         try:
             yield
         except (self._lib.TraCIException, self._lib.FatalTraCIError) as error:
-            log = self.work_dir / "sumo.log"
-            tail = (
-                log.read_text(errors="replace").strip().splitlines()[-8:] if log.is_file() else []
-            )
+            sumo_log = self.work_dir / "sumo.log"
+            said = sumo_log.read_text(errors="replace") if sumo_log.is_file() else ""
+            tail = said.strip().splitlines()[-8:]
             detail = "\n".join(tail)
             raise SumoError(
                 f"SUMO failed {doing}: {error}" + (f"\n{detail}" if detail else "")
@@ -680,23 +682,30 @@ def open_run(
     return contextlib.nullcontext(Run(scenario.net, scenario.trips))
 
 
-_loads: set[tuple[str, int, int]] = set()
-"""Network files SUMO's binary loaded in this process (path, size, modification time)."""
+_loads: set[tuple[str, int, int, int]] = set()
+"""Network files SUMO's binary loaded in this process (path, inode, size, modification time)."""
 
 
-def _check_sumo_loads(net_file: Path, log: Path) -> None:
+def _check_sumo_loads(net_file: Path, log_path: Path) -> None:
     """SUMO crashes on some networks it cannot run (one without connections: a segmentation
     fault, in libsumo the whole process with it), so a file we did not write is loaded first
     by SUMO's binary in a process of its own, once per file and process: such a network fails
     with our error, and what SUMO said."""
-    stat = net_file.stat()
-    key = (str(net_file.resolve()), stat.st_size, stat.st_mtime_ns)
+    try:
+        stat = net_file.stat()
+    except OSError as error:
+        raise SumoError(f"SUMO cannot run network {net_file}: {error.strerror}") from None
+    key = (str(net_file.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if key in _loads:
         return
     binary = find_binary("sumo")
-    command = [str(binary or "sumo"), "--net-file", str(net_file), "--end", "0"]
+    if binary is None:  # libsumo without SUMO's binary: nothing to load it apart with
+        log.warning("no sumo binary beside libsumo: %s is loaded unchecked", net_file.name)
+        _loads.add(key)
+        return
+    command = [str(binary), "--net-file", str(net_file), "--end", "0"]
     try:
-        run_tool([*command, "--no-step-log", "true"], log=log, timeout_s=LOAD_CHECK_TIMEOUT_S)
+        run_tool([*command, "--no-step-log", "true"], log=log_path, timeout_s=LOAD_CHECK_TIMEOUT_S)
     except SumoError as error:
         raise SumoError(f"SUMO cannot run network {net_file.name}: {error}") from None
     _loads.add(key)

@@ -493,6 +493,15 @@ def test_a_network_sumo_crashes_on_fails_with_our_error_and_this_process_lives(
     assert "bare.net.xml" in (tmp_path / "run" / "sumo-net-check.log").read_text()
 
 
+def test_a_network_file_gone_before_the_run_fails_with_our_error(tmp_path: Path) -> None:
+    exported = export_network(load_network("arterial:3"), tmp_path / "net")
+    imported = sumo.read_net(exported.path)
+    exported.path.unlink()
+    with pytest.raises(sumo.SumoError, match=r"SUMO cannot run network .*arterial-3\.net\.xml"):
+        SumoRun(compile_network(imported.road), _no_trips(), sumo_net=imported)
+    assert not libsumo.simulation.isLoaded()
+
+
 def test_a_network_whose_ids_hold_xml_characters_runs(tmp_path: Path) -> None:
     """SUMO takes an edge id with an ampersand; our loop file wrote it unescaped, so SUMO
     could not read it and said only 'Process Error'."""
