@@ -13,7 +13,7 @@ Each trip under the corridor is held against the same seed's trip with the other
 the same alone is what the junction cost it.
 
     .venv/bin/python benchmarks/meeting.py [--meeting head-on] [--seeds 10]
-        [--engine ours|sumo] [--jobs 2] [--out out/bench]
+        [--engine ours|sumo] [--jobs 2] [--out out/bench] [--report-from JSON]
 
 A table per seed, the mean extra per trip with its standard error (over the seeds' means: one
 seed's trips share its traffic), each ambulance's, the stops, the larger loss at the junction,
@@ -32,6 +32,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from citybrain.closed_loop import GRID, Policy, run_policy, setup_scenario
 from citybrain.simulator.runner import Engine
@@ -175,17 +176,41 @@ def main() -> int:
     parser.add_argument("--engine", choices=[e.value for e in Engine], default=Engine.OURS.value)
     parser.add_argument("--jobs", type=int, default=2, help="processes (one SUMO each)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
+    parser.add_argument(
+        "--report-from", type=Path, help="run nothing: the report again from a JSON this wrote"
+    )
     args = parser.parse_args()
+    if args.report_from is not None:
+        saved = json.loads(args.report_from.read_text())
+        rows = {int(seed["seed"]): _from_json(seed) for seed in saved["seeds"]}
+        print(render(saved["engine"], Meeting(saved["meeting"]), rows))
+        return 0
     if not 1 <= args.seeds <= 1000 or not 1 <= args.jobs <= 64:
         parser.error("--seeds must be in 1..1000 and --jobs in 1..64")
     meeting = Meeting(args.meeting)
     rows = measure(args.engine, meeting, list(range(1, args.seeds + 1)), args.jobs)
     print(render(args.engine, meeting, rows))
     args.out.mkdir(parents=True, exist_ok=True)
-    saved = [{"seed": seed, **_json_safe(row)} for seed, row in rows.items()]
+    seeds = [{"seed": seed, **_json_safe(row)} for seed, row in rows.items()]
+    saved = {"meeting": meeting.value, "engine": args.engine, "seeds": seeds}
     path = args.out / f"meeting-{meeting.value}-{args.engine}.json"
     path.write_text(json.dumps(saved, indent=1, allow_nan=False))
     return 0
+
+
+def _from_json(seed: dict[str, Any]) -> Seed:
+    return {
+        name: {
+            run: (
+                math.nan if travel is None else float(travel),
+                int(stops),
+                math.nan if at is None else float(at),
+            )
+            for run, (travel, stops, at) in runs.items()
+        }
+        for name, runs in seed.items()
+        if name != "seed"
+    }
 
 
 def _json_safe(row: Seed) -> dict[str, dict[str, list[float | int | None]]]:
