@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from citybrain.closed_loop import GRID, Policy, run_policy, setup_scenario
+from citybrain.closed_loop import GRID, Journey, Policy, run_policy, setup_scenario
 from citybrain.simulator.runner import Engine
 from citybrain.simulator.scenarios import Meeting, crossing_ambulances, load_network
 
@@ -47,8 +47,9 @@ CROSSING_TARGET_S = 10.0
 """The larger loss at the junction at most where vehicles need different phases: the issue's
 target for two that cross."""
 
-Trip = tuple[float, int, float]
-"""An ambulance's travel time, its stops, and its loss on the link into the junction."""
+Trip = tuple[float, int, float, int, int]
+"""An ambulance's travel time, its stops, its loss on the link into the junction, the stop
+lines its corridor sent a window for, and of those the ones it missed (``_missed``)."""
 Seed = dict[str, dict[str, Trip]]
 """Per ambulance, its trip ``both`` (with the others) and ``alone``."""
 
@@ -60,9 +61,31 @@ def _run(task: tuple[str, str, int, str | None]) -> dict[str, Trip]:
     scenario = setup_scenario(setup, seed, only=only)
     outcome = run_policy(Policy.CORRIDOR, seed, setup, scenario=scenario, engine=Engine(engine))
     return {
-        name: (journey.travel_time_s, journey.trip.stops, journey.delay_at(JUNCTION))
+        name: (
+            journey.travel_time_s,
+            journey.trip.stops,
+            journey.delay_at(JUNCTION),
+            len(journey.windows),
+            _missed(journey),
+        )
         for name, journey in outcome.journeys.items()
     }
+
+
+def _missed(journey: Journey) -> int:
+    """Stop lines where the last window sent for the vehicle before it passed was never shown
+    green, or where it passed after that window closed: a corridor that failed it there, what
+    several corridors at one intersection must never cause."""
+    missed = 0
+    for line in journey.trip.stop_lines:
+        window = journey.windows.get(line.intersection)
+        if window is None:
+            continue
+        opens, closes = window
+        shown = journey.signals[line.intersection]
+        green = any(opens - 0.5 <= t <= closes + 0.5 and s == "green" for t, s in shown)
+        missed += not green or line.left_s > closes + 0.5
+    return missed
 
 
 def measure(engine: str, meeting: Meeting, seeds: list[int], jobs: int) -> dict[int, Seed]:
@@ -98,14 +121,17 @@ def render(engine: str, meeting: Meeting, rows: dict[int, Seed]) -> str:
     by_seed: list[float] = []  # each seed's mean extra: its trips share traffic, so one sample
     larger: list[float] = []
     stops = {"both": 0, "alone": 0}
+    windows = {"sent": 0, "missed": 0}
     lost = 0
     for seed, row in rows.items():
         cells, losses, seed_extras = [], [], []
         for name in names:
-            (both_s, both_stops, both_at), (alone_s, alone_stops, alone_at) = (
+            (both_s, both_stops, both_at, sent, missed), (alone_s, alone_stops, alone_at, *_) = (
                 row[name]["both"],
                 row[name]["alone"],
             )
+            windows["sent"] += sent
+            windows["missed"] += missed
             extra, loss = both_s - alone_s, both_at - alone_at
             cells.append(
                 f"{both_s:6.1f} / {alone_s:6.1f} s ({both_stops} / {alone_stops}) {loss:+6.1f} s"
@@ -137,6 +163,10 @@ def render(engine: str, meeting: Meeting, rows: dict[int, Seed]) -> str:
             f"{name} {statistics.fmean(extras[name]):+.1f} s (se {_se(extras[name]):.1f})"
             for name in names
         )
+    )
+    lines.append(
+        f"  windows: {windows['sent']} stop lines given one with the others, "
+        f"{windows['missed']} never shown green or passed after it closed"
     )
     first = statistics.fmean(extras[names[0]])
     lines.append(_verdict(meeting, mean, first, larger_mean, max(trips)))
@@ -205,8 +235,10 @@ def _from_json(seed: dict[str, Any]) -> Seed:
                 math.nan if travel is None else float(travel),
                 int(stops),
                 math.nan if at is None else float(at),
+                int(sent),
+                int(missed),
             )
-            for run, (travel, stops, at) in runs.items()
+            for run, (travel, stops, at, sent, missed) in runs.items()
         }
         for name, runs in seed.items()
         if name != "seed"
