@@ -19,7 +19,7 @@ from citybrain.models.errors import ValidationError
 from citybrain.models.messages import CorridorState
 from citybrain.simulator.crossing import Approach, least_larger_delay
 from citybrain.simulator.runner import Engine
-from citybrain.simulator.scenarios import Level
+from citybrain.simulator.scenarios import Level, Meeting
 from citybrain.simulator.sumo_run import open_run
 
 SMALL_GRID = Setup(
@@ -236,6 +236,28 @@ def test_the_corridors_hand_a_late_window_over_as_the_setup_says() -> None:
     assert manager is not None
     assert manager.settings == CorridorSettings(handover_s=12.0, min_advised_mps=6.0)
     assert SMALL_GRID.handover_s == CorridorSettings().handover_s
+
+
+@pytest.mark.parametrize("meeting", [Meeting.HEAD_ON, Meeting.CONVOY, Meeting.THREE_WAY])
+def test_several_corridors_meeting_all_complete_each_passing_every_signal_on_its_green(
+    meeting: Meeting,
+) -> None:
+    """Several vehicles (the issue's fourth point, ``benchmarks/meeting.py``): every corridor
+    completes, no plan is refused, and each vehicle passes every signal inside its window and
+    on a green."""
+    outcome = run_policy(Policy.CORRIDOR, 2, replace(SMALL_GRID, meeting=meeting))
+    names = ("AMB-1", "AMB-2", "AMB-3") if meeting is Meeting.THREE_WAY else VEHICLES
+    assert outcome.corridors == dict.fromkeys(names, CorridorState.COMPLETED)
+    assert outcome.plans_refused == 0
+    for name, journey in outcome.journeys.items():
+        lines = journey.trip.stop_lines
+        signalized = [ln for ln in lines if ln.intersection in journey.stop_line_m]
+        assert len(signalized) == 6
+        for line in signalized:
+            _, closes = journey.windows[line.intersection]
+            assert line.left_s <= closes + 0.5, (name, line.intersection)
+            shown = [s for t, s in journey.signals[line.intersection] if t <= line.left_s]
+            assert shown[-1] == "green", (name, line.intersection)
 
 
 def test_one_ambulance_only_keeps_the_same_traffic() -> None:
