@@ -187,6 +187,12 @@ def grid_summary(comparison: Comparison) -> dict[str, Any]:
     at the intersection where the routes cross, and the cost to everyone else."""
     base = comparison.outcomes[Policy.NO_PRIORITY]
     vehicles = list(base[0].journeys)
+    if len(base[0].crossings) != 1:
+        raise ValidationError(
+            "meeting",
+            "the grid report is of two routes that cross once; benchmarks/meeting.py "
+            f"reports ambulances meeting otherwise (these share {len(base[0].crossings)})",
+        )
     (crossing,) = base[0].crossings
     free_flow = {v: _mean([j.trip.free_flow_s for j in _journeys(base, v)]) for v in vehicles}
     policies: dict[str, Any] = {}

@@ -260,6 +260,16 @@ def test_several_corridors_meeting_all_complete_each_passing_every_signal_on_its
             assert shown[-1] == "green", (name, line.intersection)
 
 
+def test_the_grid_report_refuses_ambulances_that_meet_otherwise_than_crossing() -> None:
+    """Head on, their routes share every junction of the row: the report's one crossing was
+    a bare ValueError of unpacking."""
+    setup = replace(SMALL_GRID, meeting=Meeting.HEAD_ON, after_s=600.0)
+    outcome = run_policy(Policy.NO_PRIORITY, 1, setup)
+    comparison = demo.Comparison(setup, (1,), {Policy.NO_PRIORITY: [outcome]}, 6)
+    with pytest.raises(ValidationError, match="share 6"):
+        demo.grid_summary(comparison)
+
+
 def test_one_ambulance_only_keeps_the_same_traffic() -> None:
     """The yardstick of what the crossing costs (``benchmarks/sumo_closed_loop.py``,
     ``grid-solo``): the other ambulance goes, every other trip stays as it was."""
