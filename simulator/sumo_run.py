@@ -95,7 +95,7 @@ LOAD_CHECK_TIMEOUT_S = 300.0
 """How long SUMO's binary may take to load a network again to say why libsumo could not."""
 OPAQUE_LOAD_ERROR = "Process Error"
 """What libsumo raises where it wrote why to standard error (a file it cannot read, a loop on
-a lane the network lacks): only then is the binary run again to say it (``_why_not_loaded``);
+a lane the network lacks): only then is the binary run again to say it (``_sumo_says``);
 other load errors (a route over an edge the network lacks) carry SUMO's words themselves."""
 
 _COLOUR = {Indication.GREEN: "G", Indication.YELLOW: "y", Indication.RED: "r"}
@@ -475,8 +475,12 @@ class SumoRun(ControlledRun):
             said = str(error).strip()
             if said and said != OPAQUE_LOAD_ERROR:  # a route's unknown edge, say: SUMO's words
                 raise SumoError(f"SUMO failed loading: {said}") from None
-            check = [*command, "--log", str(self.work_dir / "sumo-check.log")]  # the run's kept
-            raise SumoError(f"SUMO failed loading: {_why_not_loaded(check)}") from None
+            # libsumo wrote why to standard error: SUMO's binary says it again (the run's log kept)
+            check = [*command, "--log", str(self.work_dir / "sumo-check.log")]
+            why = _sumo_says(check, log=None) or (
+                "libsumo refused what SUMO's own binary loads (its words went to standard error)"
+            )
+            raise SumoError(f"SUMO failed loading: {why}") from None
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -703,20 +707,18 @@ def _check_sumo_loads(net_file: Path, log_path: Path) -> None:
         log.warning("no sumo binary beside libsumo: %s is loaded unchecked", net_file.name)
         _loads.add(key)
         return
-    command = [str(binary), "--net-file", str(net_file), "--end", "0"]
-    try:
-        run_tool([*command, "--no-step-log", "true"], log=log_path, timeout_s=LOAD_CHECK_TIMEOUT_S)
-    except SumoError as error:
-        raise SumoError(f"SUMO cannot run network {net_file.name}: {error}") from None
+    said = _sumo_says([str(binary), "--net-file", str(net_file), "--no-step-log", "true"], log_path)
+    if said is not None:
+        raise SumoError(f"SUMO cannot run network {net_file.name}: {said}")
     _loads.add(key)
 
 
-def _why_not_loaded(command: list[str]) -> str:
-    """libsumo writes why it could not load to the process's standard error, and raises an
-    exception that says nothing ("Process Error"): SUMO's binary, run on the same command line
-    until time 0, says it again where it can be read."""
+def _sumo_says(command: list[str], log: Path | None) -> str | None:
+    """What SUMO's binary, run on ``command`` until time 0 in a process of its own, says is
+    wrong (None where it loads): libsumo writes that to this process's standard error and
+    raises an exception that says nothing ("Process Error"), or crashes with the process."""
     try:
-        run_tool([*command, "--end", "0"], log=None, timeout_s=LOAD_CHECK_TIMEOUT_S)
+        run_tool([*command, "--end", "0"], log=log, timeout_s=LOAD_CHECK_TIMEOUT_S)
     except SumoError as error:
         return str(error)
-    return "libsumo refused what SUMO's own binary loads (its words went to standard error)"
+    return None
