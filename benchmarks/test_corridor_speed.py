@@ -84,7 +84,6 @@ OPPOSITE = np.array([1, 0, 3, 2])
 LEFT_OF = np.array([2, 3, 1, 0])  # E->N, W->S, N->W, S->E
 RIGHT_OF = np.array([3, 2, 0, 1])
 GROUPS = (("2", "5"), ("6", "1"), ("4", "7"), ("8", "3"))  # (through and right, left)
-TURN_LANES = np.array([2, 1, 1], dtype=np.int32)  # through, left, right
 
 
 def grid_corridor_graph(
@@ -94,7 +93,6 @@ def grid_corridor_graph(
     spacing_m: float = 200.0,
     feeder_m: float = 150.0,
     speed_mps: float = 13.9,
-    saturation_flow_vphpl: float = 1800.0,
 ) -> CorridorGraph:
     """The ``CorridorGraph`` of ``networks.grid(rows, columns)``, same ids and index order.
 
@@ -159,7 +157,6 @@ def grid_corridor_graph(
     at = end[source]
     network_order = np.empty(source.shape[0], dtype=np.int64)
     network_order[np.lexsort((turn, source, at))] = np.arange(source.shape[0])
-    lanes = TURN_LANES[turn]
     return CorridorGraph.from_arrays(
         link_ids=tuple(
             f"{names[a]}-{names[b]}" for a, b in zip(start.tolist(), end.tolist(), strict=True)
@@ -177,8 +174,6 @@ def grid_corridor_graph(
         ),
         mv_from=source.astype(np.int32),
         mv_to=target.astype(np.int32),
-        mv_lanes=lanes,
-        mv_headway_s=3600.0 / (saturation_flow_vphpl * lanes),
         mv_group=[GROUPS[h][t == 1] for h, t in zip(came.tolist(), turn.tolist(), strict=True)],
         mv_order=network_order,
     )

@@ -185,10 +185,6 @@ class CorridorGraph:
     """Position of each (sorted) movement in ``network.movements``."""
     mv_from: NDArray[np.int32]
     mv_to: NDArray[np.int32]
-    mv_lanes: NDArray[np.int32]
-    """Lanes of the source link that allow the movement's turn."""
-    mv_headway_s: NDArray[np.float64]
-    """Saturation headway of the movement's queue: 3600 / (saturation flow * lanes)."""
     mv_junction_m: NDArray[np.float64]
     """Distance driven inside the junction from the stop line onto the next link
     (``Network.junction_m``): on a real city's map a fifth of a route can lie inside
@@ -219,11 +215,10 @@ class CorridorGraph:
             _check_array(name, getattr(self, name), np.float64, (nodes,))
         _check_array("out_start", self.out_start, np.int64, (links + 1,))
         _check_array("mv_order", self.mv_order, np.int64, (moves,))
-        for name in ("mv_from", "mv_to", "mv_lanes", "mv_intersection"):
+        for name in ("mv_from", "mv_to", "mv_intersection"):
             _check_array(name, getattr(self, name), np.int32, (moves,))
-        for name in ("mv_headway_s", "mv_junction_m", "mv_junction_s"):
-            _check_array(name, getattr(self, name), np.float64, (moves,))
         for name in ("mv_junction_m", "mv_junction_s"):
+            _check_array(name, getattr(self, name), np.float64, (moves,))
             values = getattr(self, name)
             if moves and not bool(np.all(values >= 0.0) and np.all(np.isfinite(values))):
                 raise ValidationError(name, "every junction's distance and time must be >= 0")
@@ -274,18 +269,13 @@ class CorridorGraph:
         source = np.array([link_index[m.from_link] for m in movements], dtype=np.int32)
         order = np.argsort(source, kind="stable").astype(np.int64)
         ordered = [movements[i] for i in order]
-        lanes = np.zeros(len(ordered), dtype=np.int32)
-        saturation = np.zeros(len(ordered), dtype=np.float64)
         for k, movement in enumerate(ordered):
             link = links[source[order[k]]]
-            serving = link.lanes_allowing(movement.turn)
-            if serving == 0:
+            if link.lanes_allowing(movement.turn) == 0:
                 raise ValidationError(
                     "movement.turn",
                     f"no lane of {link.id!r} allows {movement.id!r} ({movement.turn})",
                 )
-            lanes[k] = serving
-            saturation[k] = link.saturation_flow_vphpl
         length = np.array([link.length_m for link in links], dtype=np.float64)
         speed = np.array([link.speed_limit_mps for link in links], dtype=np.float64)
         junction_m = np.array([network.junction_m(m) for m in ordered], dtype=np.float64)
@@ -309,8 +299,6 @@ class CorridorGraph:
             movement_ids=tuple(m.id for m in ordered),
             mv_from=source[order],
             mv_to=np.array([link_index[m.to_link] for m in ordered], dtype=np.int32),
-            mv_lanes=lanes,
-            mv_headway_s=3600.0 / (saturation * lanes),
             mv_junction_m=junction_m,
             mv_junction_s=junction_m / (junction_mps * emergency_speed_factor),
             mv_group=tuple(m.signal_group for m in ordered),
@@ -334,8 +322,6 @@ class CorridorGraph:
         movement_ids: tuple[str, ...],
         mv_from: NDArray[np.int32],
         mv_to: NDArray[np.int32],
-        mv_lanes: NDArray[np.int32],
-        mv_headway_s: NDArray[np.float64],
         mv_group: Sequence[str],
         mv_junction_m: NDArray[np.float64] | None = None,
         mv_junction_s: NDArray[np.float64] | None = None,
@@ -374,8 +360,6 @@ class CorridorGraph:
             mv_order=np.arange(len(movement_ids), dtype=np.int64) if mv_order is None else mv_order,
             mv_from=mv_from,
             mv_to=mv_to,
-            mv_lanes=mv_lanes,
-            mv_headway_s=mv_headway_s,
             mv_junction_m=junction_m,
             mv_junction_s=junction_s,
             mv_intersection=link_to_node[mv_from] if links else np.zeros(0, dtype=np.int32),

@@ -523,6 +523,26 @@ def test_graph_refuses_a_junction_time_that_is_no_duration(value: float) -> None
     assert info.value.field == "mv_junction_m"
 
 
+def test_graph_refuses_a_movement_no_lane_of_its_link_allows() -> None:
+    """A network whose lanes do not carry one of its turns (a hand-edited map) is refused with
+    the link and movement named, not built into a graph that routes through that turn."""
+    from citybrain.models.network import Lane, Turn
+    from citybrain.simulator.networks import grid
+
+    net = grid(3, 4).network
+    left = next(m for m in net.movements if m.turn is Turn.LEFT)
+    source = net.link_by_id[left.from_link]
+    through_only = tuple(
+        Lane(index=lane.index, turns=frozenset({Turn.THROUGH})) for lane in source.lanes
+    )
+    links = tuple(
+        dataclasses.replace(link, lanes=through_only) if link is source else link
+        for link in net.links
+    )
+    with pytest.raises(ValidationError, match=f"no lane of {source.id!r} allows {left.id!r}"):
+        CorridorGraph.from_network(dataclasses.replace(net, links=links))
+
+
 def test_graph_from_network_arrays() -> None:
     from citybrain.simulator.networks import grid
 
@@ -535,15 +555,12 @@ def test_graph_from_network_arrays() -> None:
         node = net.intersection_by_id[link.to_node]
         assert (graph.link_x[i], graph.link_y[i]) == (node.x_m, node.y_m)
     assert sorted(graph.movement_ids) == sorted(m.id for m in net.movements)
-    lanes = {"T": 2, "L": 1, "R": 1}
     for movement in net.movements:
         k = graph.movement_index[movement.id]
         assert net.movements[int(graph.mv_order[k])] is movement
         assert graph.mv_from[k] == graph.link_index[movement.from_link]
         assert graph.mv_to[k] == graph.link_index[movement.to_link]
         assert graph.out_start[graph.mv_from[k]] <= k < graph.out_start[graph.mv_from[k] + 1]
-        assert graph.mv_lanes[k] == lanes[movement.id[-1]]
-        assert graph.mv_headway_s[k] == 3600.0 / (1800.0 * lanes[movement.id[-1]])
         assert graph.intersection_ids[graph.mv_intersection[k]] == movement.intersection_id
         assert graph.mv_group[k] == movement.signal_group
         assert graph.movement_between(int(graph.mv_from[k]), int(graph.mv_to[k])) == k
