@@ -269,8 +269,8 @@ class CorridorGraph:
         source = np.array([link_index[m.from_link] for m in movements], dtype=np.int32)
         order = np.argsort(source, kind="stable").astype(np.int64)
         ordered = [movements[i] for i in order]
-        for k, movement in enumerate(ordered):
-            link = links[source[order[k]]]
+        for movement in ordered:
+            link = network.link_by_id[movement.from_link]
             if link.lanes_allowing(movement.turn) == 0:
                 raise ValidationError(
                     "movement.turn",
