@@ -107,11 +107,15 @@ GRIDS = {
     "grid-slowest-10": replace(GRID, min_advised_mps=10.0),
     "grid-slowest-13.9": replace(GRID, min_advised_mps=13.9),
     "grid-handover-10": replace(GRID, handover_s=10.0),
+    "grid-meeting-lead-3": replace(GRID, meeting_lead_budget_veh=3.0),
+    "grid-meeting-lead-9": replace(GRID, meeting_lead_budget_veh=9.0),
 }
 """The grid's two crossing ambulances with the speed advice off, with it never slower than
 8, 10 and 13.9 m/s (the speed limit) instead of 5, and with a late vehicle's window at the
-crossing handed over to the other when it comes 10 s sooner instead of 30: how the advice
-and the order trade stops at the crossing for delay there (``plot_trade_off``)."""
+crossing handed over to the other when it comes 10 s sooner instead of 30, and with the lead
+before the crossing held to the budget of a vehicle alone (3 vehicles, the code before the
+twenty-ninth session) or to 9 instead of 30: how the advice, the order and the lead trade
+stops at the crossing for delay there (``plot_trade_off``)."""
 CASES = (
     "arterial-eastbound",
     "arterial-westbound",
@@ -131,6 +135,7 @@ dispatch until it passes (``green_all_the_way``), the ceiling of what signals ca
 second to cross drives on and waits at the crossing, what the advice trades for its stops;
 ``grid-slowest-*``: never advised slower than that (``Setup.min_advised_mps``).
 ``grid-handover-10``: a late vehicle's window handed over sooner (``Setup.handover_s``).
+``grid-meeting-lead-*``: the lead's budget before the crossing (``Setup.meeting_lead_budget_veh``).
 ``grid-solo``: each of the grid's ambulances under its corridor with the other taken out of
 the same seed's scenario; beside each of ``GRIDS``, what the crossing cost the second to
 cross, wherever it lost it."""
@@ -963,6 +968,9 @@ def banded_bounds(results: dict[str, Any], start_up_s: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--first-seed", type=int, default=1, help="seeds FIRST_SEED to FIRST_SEED + SEEDS - 1"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="processes (one SUMO each)")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument(
@@ -1005,7 +1013,7 @@ def main() -> int:
                 _against_preemption(engine["policies"])
         _report(saved["cases"], saved["seeds"], args.out)
         return 0
-    seeds = list(range(1, args.seeds + 1))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     tasks: list[tuple[str, str, list[int], list[str]]] = []
     for case in args.cases:
         for engine in args.engines:

@@ -303,6 +303,13 @@ class Settings:
     vehicle, which drives faster than it, is caught up with and followed."""
     lead_budget_veh: float = 3.0
     """How many arriving cross-street vehicles a window's lead may hold at one intersection."""
+    meeting_lead_budget_veh: float = 30.0
+    """The same before an intersection the corridor shares with another live corridor: there
+    the other's windows are timed on this vehicle's ETA, which holds only where it does not
+    catch up with the traffic its own windows let go just ahead of it. Demo grid, two that
+    cross, ours, seeds 1-20: the larger loss until past the crossing, against each trip
+    alone, 13.5 / 5.6 / 4.7 s with 3 / 9 / 30, other traffic +29,690 / +39,123 / +41,673 veh-s
+    against no priority."""
     platoon_share: float = 0.7
     """Share of the vehicles flushed ahead of the ambulance at one stop line that continue to
     the next one (and so join the queue it must flush there): the through share."""
@@ -357,6 +364,7 @@ class Settings:
         check_number("platoon_share", self.platoon_share, ge=0.0, le=1.0)
         check_number("max_lead_s", self.max_lead_s, ge=0.0, le=120.0)
         check_number("lead_budget_veh", self.lead_budget_veh, ge=0.0, le=1000.0)
+        check_number("meeting_lead_budget_veh", self.meeting_lead_budget_veh, ge=0.0, le=1000.0)
         check_number("takeover_lead_s", self.takeover_lead_s, ge=0.0, le=10.0)
         check_number("max_lease_s", self.max_lease_s, gt=0.0, le=900.0)
         check_number(
@@ -1346,9 +1354,10 @@ class CorridorManager:
     ) -> np.ndarray:
         """Per stop line, how long before the vehicle the traffic let onto its route there
         should have left: ``max_lead_s`` while the cross streets can afford it (the arrivals
-        it holds there, from live telemetry, stay within ``lead_budget_veh``), none where
-        their flow is not known, where another corridor's vehicle comes too, or where the
-        vehicle is no faster than traffic.
+        it holds there, from live telemetry, stay within ``lead_budget_veh``, or within
+        ``meeting_lead_budget_veh`` before an intersection another corridor crosses), none
+        where their flow is not known, where another corridor's vehicle comes too, or where
+        the vehicle is no faster than traffic.
 
         At 1.3x the speed limit the vehicle catches up before its destination with whatever
         leaves less than 0.3 of its remaining trip ahead of it: more than 30 s over any trip
@@ -1360,8 +1369,11 @@ class CorridorManager:
         if self.graph.emergency_speed_factor <= 1.0:
             return lead
         links = corridor.route.link_indices
+        meets = any(holders[line.intersection] > 1 for line in _ahead(corridor))
+        budget = self.settings.meeting_lead_budget_veh if meets else self.settings.lead_budget_veh
         for line in _ahead(corridor):
             if holders[line.intersection] > 1:
+                budget = self.settings.lead_budget_veh  # past where the other's are timed on it
                 continue  # the lead would come out of the other vehicle's turn there
             approach = int(links[line.hop])
             cross = np.array(
@@ -1370,7 +1382,7 @@ class CorridorManager:
             if not bool(np.all(self.network_state.live(now_s, links=cross))):
                 continue
             arrivals = float(np.sum(self.network_state.inflow_veh_per_s(now_s, links=cross)))
-            affordable = self.settings.lead_budget_veh / arrivals if arrivals > 0.0 else math.inf
+            affordable = budget / arrivals if arrivals > 0.0 else math.inf
             lead[line.hop] = min(self.settings.max_lead_s, affordable)
         return lead
 

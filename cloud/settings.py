@@ -193,6 +193,7 @@ class CorridorSection:
     margin_s: float = _CORRIDOR.margin_s
     max_lead_s: float = _CORRIDOR.max_lead_s
     lead_budget_veh: float = _CORRIDOR.lead_budget_veh
+    meeting_lead_budget_veh: float = _CORRIDOR.meeting_lead_budget_veh
     speed_advice: bool = _CORRIDOR.speed_advice
     min_advised_mps: float = _CORRIDOR.min_advised_mps
     handover_s: float = _CORRIDOR.handover_s
@@ -219,7 +220,9 @@ class CorridorSection:
             stale_after_s=self.stale_after_s, emergency_speed_factor=self.emergency_speed_factor,
             corridor=CorridorSettings(
                 horizon_s=self.horizon_s, margin_s=self.margin_s, max_lead_s=self.max_lead_s,
-                lead_budget_veh=self.lead_budget_veh, takeover_lead_s=self.takeover_lead_s,
+                lead_budget_veh=self.lead_budget_veh,
+                meeting_lead_budget_veh=self.meeting_lead_budget_veh,
+                takeover_lead_s=self.takeover_lead_s,
                 speed_advice=self.speed_advice, min_advised_mps=self.min_advised_mps,
                 handover_s=self.handover_s, max_window_s=self.max_window_s,
                 max_lease_s=self.max_lease_s, max_plan_age_s=self.max_plan_age_s,
