@@ -4,30 +4,31 @@ with two ambulances whose routes cross (``grid``) and on ``resco:ingolstadt21``,
 our engine and SUMO micro (libsumo: SUMO moves every vehicle, with its default driver
 imperfection, under our controllers) side by side, on the same seeds' traffic.
 
-    .venv/bin/python benchmarks/sumo_closed_loop.py [--seeds 10] [--jobs 2] [--cases ...]
-        [--engines ours sumo] [--policies ...] [--out out/bench]
+    .venv/bin/python benchmarks/sumo_closed_loop.py [--seeds 10] [--first-seed 1] [--jobs 2]
+        [--cases ...] [--engines ours sumo] [--policies ...] [--out out/bench]
     .venv/bin/python benchmarks/sumo_closed_loop.py --bounds-from out/bench/sumo_closed_loop.json
         [--start-up 2.5]
     .venv/bin/python benchmarks/sumo_closed_loop.py --report-from out/bench/sumo_closed_loop.json
 
 Per case, engine and policy: the ambulance's mean travel time, x free flow, stops (ours: waits
 over 1 s in a queue; SUMO: falls below 0.1 m/s), the vehicle-seconds all other traffic spent
-beyond the same seeds without priority (with its standard error seed by seed, and its mean
-on the seeds where more vehicles were teleported than without priority against the rest: a
-saturated network's jams), and for SUMO the closed loop's real-time factor
-(simulated seconds over wall seconds, network export and SUMO start included) and the vehicles
-SUMO teleported; on the grid also what the second to cross lost on its last link and on its
-last two (where speed advice slows it) with the least it could have, the share of seeds where
-neither stopped at the crossing, and the two trips together; with ``grid-solo`` in the same
-run, the corridor's second to cross against its trip alone (``crossing_cost``), beside the
-least the crossing could have cost it with the first crossing when it did, and the least any
-timing of the crossing could have cost the two with the traffic that came to it
-(``simulator/crossing.py``), also with each green held the corridors' margin (3 s) before its
-ambulance, as a timing that knows the arrivals only that well must. Under the corridor, also
-the queues its windows flush ahead of the ambulance: what the cloud expected per stop line
-against what left (``ahead_veh``); on the grid, how the first to cross's green at the
-crossing was used, from its approach's departures (``_first_green``), and the second's loss
-there split into parts that add up to it, near ties and the others apart (``_second_parts``).
+beyond the same seeds without priority (with its standard error seed by seed, and its mean on
+the seeds where more vehicles were teleported than without priority against the rest: a
+saturated network's jams), and for SUMO the closed loop's real-time factor (simulated seconds
+over wall seconds, network export and SUMO start included) and the vehicles SUMO teleported; on
+the grid also what the second to cross lost on its last link and on its last two (where speed
+advice slows it) with the least it could have, the share of seeds where neither stopped at the
+crossing, and the two trips together; with ``grid-solo`` in the same run, the corridor's second
+to cross against its trip alone (``crossing_cost``), beside the least the crossing could have
+cost it with the first crossing when it did, and the least any timing of the crossing could
+have cost the two with the traffic that came to it (``simulator/crossing.py``), also with each
+green held the corridors' margin (3 s) before its ambulance, as a timing that knows the
+arrivals only that well must; with ``grid-solo-same-lead``, the larger loss like for like (each
+alone with the meeting's lead). Under the corridor, also the queues its windows flush ahead of
+the ambulance: what the cloud expected per stop line against what left (``ahead_veh``); on the
+grid, how the first to cross's green at the crossing was used, from its approach's departures
+(``_first_green``), and the second's loss there split into parts that add up to it, near ties
+and the others apart (``_second_parts``).
 A table, one verdict line, JSON in ``OUT/sumo_closed_loop.json``.
 Each (case, engine, seed) runs in a process of its own: libsumo holds one simulation per
 process.
@@ -100,6 +101,10 @@ it drove alone (``banded_bounds``): how the bound grows with how far ahead the t
 COMMIT_LEAD_S = 20.0
 """How long before the first ambulance a timing of the crossing must know its arrival: to
 end the other approach's green, clear it (5 s) and flush its own queue (10-15 s) in time."""
+SAME_LEAD = "crossing_cost_same_lead"
+"""The crossing's cost against ``grid-solo-same-lead``, beside ``crossing_cost``."""
+SOLOS = {"grid-solo": "crossing_cost", "grid-solo-same-lead": SAME_LEAD}
+"""The cases of each ambulance alone, and the key of the grid cases' cost held against each."""
 GRIDS = {
     "grid": GRID,
     "grid-no-advice": replace(GRID, speed_advice=False),
@@ -126,6 +131,7 @@ CASES = (
     "arterial-westbound-ceiling",
     *GRIDS,
     "grid-solo",
+    "grid-solo-same-lead",
 )
 """``-alone``: the corridor with every other vehicle taken out of the same seed's scenario, the
 ceiling of what signals can do for this driver (SUMO: its imperfection, its accelerations).
@@ -138,7 +144,10 @@ second to cross drives on and waits at the crossing, what the advice trades for 
 ``grid-meeting-lead-*``: the lead's budget before the crossing (``Setup.meeting_lead_budget_veh``).
 ``grid-solo``: each of the grid's ambulances under its corridor with the other taken out of
 the same seed's scenario; beside each of ``GRIDS``, what the crossing cost the second to
-cross, wherever it lost it."""
+cross, wherever it lost it. ``grid-solo-same-lead``: the same with the lead a meeting's
+corridor has before the crossing (``Setup.meeting_lead_budget_veh``) all the way, so that
+each loss until past the crossing is held against a trip alone with the same lead: like for
+like (the first corridor spends it from its request on, not only once the second's comes)."""
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -355,6 +364,8 @@ def run_case(
         return {"wall_s": wall, "simulated_s": simulated, "policies": out}
     if case == "grid-solo":
         return _run_solo(GRID, engine, seeds)
+    if case == "grid-solo-same-lead":
+        return _run_solo(replace(GRID, lead_budget_veh=GRID.meeting_lead_budget_veh), engine, seeds)
     setups = {**GRIDS, "arterial-westbound": WESTBOUND}
     setup = setups.get(case.removesuffix("-alone").removesuffix("-ceiling"), Setup())
     alone = case.endswith("-alone")
@@ -1030,15 +1041,17 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     for (case, engine), found in parts.items():
         results.setdefault(case, {})[engine] = summarize(merge(found))
-    for engine, solo in results.get("grid-solo", {}).items():
-        for case in GRIDS:
-            if engine in results.get(case, {}):
-                corridor = results[case][engine]["policies"]["corridor"]
-                corridor["crossing_cost"] = crossing_cost(corridor, solo["policies"]["corridor"])
-    _report(results, args.seeds, args.out)
+    for solo_case, key in SOLOS.items():
+        for engine, solo in results.get(solo_case, {}).items():
+            for case in GRIDS:
+                if engine in results.get(case, {}):
+                    corridor = results[case][engine]["policies"]["corridor"]
+                    corridor[key] = crossing_cost(corridor, solo["policies"]["corridor"])
+    args.out.mkdir(parents=True, exist_ok=True)  # first: the runs are kept if the report fails
     (args.out / "sumo_closed_loop.json").write_text(
         json_text({"seeds": args.seeds, "cases": results})
     )
+    _report(results, args.seeds, args.out)
     return 0
 
 
@@ -1283,7 +1296,7 @@ def render(results: dict[str, dict[str, Any]], seeds: int) -> str:
     rows = [f"closed loop, our engine and SUMO micro side by side ({seeds} seeds)"]
     gaps: list[float] = []
     for case, engines in results.items():
-        if case == "grid-solo":  # its trips are the grid's yardstick (``crossing_cost``)
+        if case in SOLOS:  # their trips are the grid's yardsticks (``crossing_cost``)
             continue
         rows += ["", f"  {case}", _header(engines)]
         for policy in next(iter(engines.values()))["policies"]:
@@ -1422,6 +1435,15 @@ def _crossing_rows(engines: dict[str, Any], policy: str) -> list[str]:
         rows.append(
             "    the second's trip less its trip alone (target: at most 10 s), " + "; ".join(cost)
         )
+    rows += _per_engine(
+        engines, policy, SAME_LEAD,
+        "like for like, against each trip alone with the meeting's lead all the way "
+        "(grid-solo-same-lead)",
+        lambda c: (
+            f"the larger loss at the crossing {c['larger_at_crossing_mean_s']:.1f} s, the "
+            f"second's trip {c['mean_s']:.1f} s, both {c['both_extra_s']:.1f} s"
+        ),
+    )  # fmt: skip
     return rows
 
 

@@ -227,6 +227,8 @@ class Setup:
     """How much sooner another vehicle must come for a late one's open window to go to it
     (``cloud.corridor.Settings.handover_s``): sooner, the order at the crossing follows
     ETAs that slipped, at the price of stops for the one that hands over."""
+    lead_budget_veh: float = CorridorSettings().lead_budget_veh
+    """The lead's budget (``cloud.corridor.Settings.lead_budget_veh``)."""
     meeting_lead_budget_veh: float = CorridorSettings().meeting_lead_budget_veh
     """The lead's budget before an intersection two corridors share
     (``cloud.corridor.Settings.meeting_lead_budget_veh``)."""
@@ -583,6 +585,7 @@ class _Driver:
                     speed_advice=setup.speed_advice,
                     min_advised_mps=setup.min_advised_mps,
                     handover_s=setup.handover_s,
+                    lead_budget_veh=setup.lead_budget_veh,
                     meeting_lead_budget_veh=setup.meeting_lead_budget_veh,
                 ),
             )

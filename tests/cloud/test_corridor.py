@@ -622,24 +622,30 @@ def test_no_lead_where_another_corridor_needs_another_phase_there() -> None:
 def test_the_lead_before_an_intersection_another_corridor_shares_has_its_own_budget() -> None:
     """Before an intersection another corridor crosses, the other's windows are timed on this
     vehicle's ETA there: its lead spends ``meeting_lead_budget_veh``, so that it does not
-    catch up with the traffic its windows let go; past it, and alone, the usual budget."""
-    opened: dict[tuple[bool, float], dict[str, float]] = {}
-    for crossed, budget in ((False, 30.0), (True, 3.0), (True, 30.0)):
+    catch up with the traffic its windows let go; past the last such, and alone, the usual
+    budget."""
+    opened: dict[tuple[tuple[str, ...], float], dict[str, float]] = {}
+    for crossed, budget in (((), 30.0), (("a03",), 3.0), (("a03",), 30.0), (("a03", "a05"), 30.0)):
         manager = _manager(lead_budget_veh=3.0, meeting_lead_budget_veh=budget, max_lead_s=20.0)
         for link in GRAPH.link_ids:  # 3 cross links at each: 0.25 veh/s, 3 held in 12 s
             manager.network_state.set_queue(link, 0.0, 100.0, flow_vph=300.0)
         manager.request(_request(), 100.0)
-        if crossed:  # of lower priority: fitted after AMB-1, which never waits for it
-            other = ("a03s", "a03", "a03n")
-            manager.request(_request("AMB-2", priority=3, origin=other[0], route=other), 100.0)
+        for count, node in enumerate(crossed):  # of lower priority: AMB-1 never waits for them
+            other = (f"{node}s", node, f"{node}n")
+            vehicle = f"AMB-{count + 2}"
+            manager.request(_request(vehicle, priority=3, origin=other[0], route=other), 100.0)
         opened[crossed, budget] = {
             node: _line(manager, node).open_s for node in ("a02", "a04", "a05")
         }  # not a01's: it opens as soon as its controller can, whatever the lead
-    alone, usual, meeting = opened[False, 30.0], opened[True, 3.0], opened[True, 30.0]
-    assert usual == pytest.approx(alone, abs=0.01)
-    assert meeting["a02"] == pytest.approx(alone["a02"] - 8.0, abs=0.01)  # 20 s, not 12
-    for node in ("a04", "a05"):
-        assert meeting[node] == pytest.approx(alone[node], abs=0.01)
+    alone = opened[(), 30.0]
+    assert opened[("a03",), 3.0] == pytest.approx(alone, abs=0.01)
+    once, twice = opened[("a03",), 30.0], opened[("a03", "a05"), 30.0]
+    sooner = 8.0  # 20 s (max_lead_s) of lead in place of 12 s
+    assert once["a02"] == pytest.approx(alone["a02"] - sooner, abs=0.01)
+    assert once["a04"] == pytest.approx(alone["a04"], abs=0.01)
+    assert once["a05"] == pytest.approx(alone["a05"], abs=0.01)
+    assert twice["a02"] == pytest.approx(alone["a02"] - sooner, abs=0.01)
+    assert twice["a04"] == pytest.approx(alone["a04"] - sooner, abs=0.01)
 
 
 def test_a_window_coming_within_the_horizon_is_planned_without_a_position_report() -> None:
