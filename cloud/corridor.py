@@ -1370,10 +1370,11 @@ class CorridorManager:
             return lead
         links = corridor.route.link_indices
         settings = self.settings
-        shared = [line.hop for line in _ahead(corridor) if holders[line.intersection] > 1]
+        ahead = _ahead(corridor)
+        shared = {line.hop for line in ahead if holders[line.intersection] > 1}
         last_shared = max(shared, default=-1)
-        for line in _ahead(corridor):
-            if holders[line.intersection] > 1:
+        for line in ahead:
+            if line.hop in shared:
                 continue  # the lead would come out of the other vehicle's turn there
             meets = line.hop < last_shared  # another's windows are timed on its ETA further on
             budget = settings.meeting_lead_budget_veh if meets else settings.lead_budget_veh
